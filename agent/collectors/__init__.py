@@ -1,0 +1,1 @@
+"""Collectors: one module per collector, registered by name (see agent.collectors.registry)."""

@@ -1,0 +1,67 @@
+"""Collector interface and the context every collector is built with.
+
+A collector is one module under agent/collectors/ with one class decorated by
+``@register(name, default_enabled=...)`` (agent.collectors.registry). The runtime
+(agent.runtime.pipeline) builds enabled collectors once, calls :meth:`Collector.collect` every tick
+under the collector's own timeout, and calls :meth:`Collector.close` on shutdown.
+
+Rules for implementers:
+- declare every metric you emit in ``metrics`` (check-rules and the README are built from it);
+- never block the event loop: file trees and big parses go through ``asyncio.to_thread``;
+- raise on failure (the runtime marks the collector failed, keeps its last error, and drops its
+  families for that tick) instead of returning partial nonsense; per-object oddities (one
+  vanished pod, one garbage file) are skipped and counted, not raised;
+- take all file roots and URLs from ``ctx.settings`` so tests point collectors at fixture trees.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from agent.structs.metrics import Family, MetricSpec
+
+if TYPE_CHECKING:
+    from agent.settings import Settings
+
+
+@dataclass
+class CollectorContext:
+    """What a collector gets at construction: settings plus shared clients.
+
+    ``shared`` holds objects several collectors use (e.g. the kubelet client that both the
+    ``kubelet`` and ``cgroup`` collectors query, so /pods is fetched once per tick). Keys are
+    documented by the module that sets them.
+    """
+
+    settings: Settings
+    shared: dict[str, Any] = field(default_factory=dict)
+
+
+class Collector(ABC):
+    """Base class of all collectors."""
+
+    name: ClassVar[str] = ""
+    default_enabled: ClassVar[bool] = True
+    metrics: ClassVar[Sequence[MetricSpec]] = ()
+    help: ClassVar[str] = ""
+
+    def __init__(self, ctx: CollectorContext) -> None:
+        self.ctx = ctx
+
+    @property
+    def timeout(self) -> float:
+        """Seconds this collector may take per tick before it is marked failed."""
+        return self.ctx.settings.collector_timeout
+
+    async def start(self) -> None:  # noqa: B027 - optional hook, empty by default
+        """Start background work (e.g. a watch). Called once before the first tick."""
+
+    @abstractmethod
+    async def collect(self) -> list[Family]:
+        """Collect one tick's families. Raise to mark the collector failed for this tick."""
+
+    async def close(self) -> None:  # noqa: B027 - optional hook, empty by default
+        """Release clients and stop background work. Called once on shutdown."""

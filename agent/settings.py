@@ -1,0 +1,296 @@
+"""Typed settings for the agent, from flags > environment > config file > defaults.
+
+Called by agent.cli (``nodemedic run``) and by the SIGHUP reload in agent.runtime.daemon. Every
+setting is declared once in ``FLAGS``; argparse options, environment variables
+(``NODEMEDIC_`` + flag name upper-cased with ``.``/``-`` as ``_``), config-file keys (the flag
+name without dashes) and the README flag table are all derived from that list, so they cannot
+drift apart. ``load_settings`` raises :class:`SettingsError` with one line naming the setting and
+what is allowed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from agent.structs.durations import parse_duration
+
+ENV_PREFIX = "NODEMEDIC_"
+
+
+class SettingsError(Exception):
+    """A setting is invalid; the message is one line naming it and what is allowed."""
+
+
+class Settings(BaseModel):
+    """Validated settings. Field names are the flag names with ``.``/``-`` as ``_``."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    config: Path | None = None
+    web_listen_address: str = ":9678"
+    web_max_connections: int = Field(default=64, ge=1, le=10000)
+    path_cgroupfs: Path = Path("/sys/fs/cgroup")
+    path_procfs: Path = Path("/proc")
+    kubelet_url: str = "https://127.0.0.1:10250"
+    kubelet_token_file: Path | None = None
+    kubelet_ca_file: Path | None = None
+    kubelet_insecure_skip_verify: bool = False
+    kubeconfig: Path | None = None
+    node_name: str = Field(default_factory=socket.gethostname, min_length=1)
+    rules_dir: Path = Path("/etc/nodemedic/rules")
+    collect_interval: float = Field(default=10.0, ge=1.0, le=3600.0)
+    collector_timeout: float = Field(default=5.0, gt=0.0, le=600.0)
+    dry_run: bool = False
+    host_disk_paths: tuple[str, ...] = ("/", "/var/lib/kubelet", "/var/lib/containerd")
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["auto", "json", "console"] = "auto"
+    collectors: Mapping[str, bool] = Field(default_factory=dict)
+
+    @field_validator("web_listen_address")
+    @classmethod
+    def _check_listen(cls, v: str) -> str:
+        host, sep, port = v.rpartition(":")
+        if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ValueError("must be HOST:PORT or :PORT with a port from 0 to 65535")
+        return v
+
+    @field_validator("kubelet_url")
+    @classmethod
+    def _check_url(cls, v: str) -> str:
+        if not v.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL")
+        return v.rstrip("/")
+
+    def listen_host_port(self) -> tuple[str, int]:
+        host, _, port = self.web_listen_address.rpartition(":")
+        return (host.strip("[]") or "0.0.0.0"), int(port)
+
+    def collector_enabled(self, name: str, default: bool) -> bool:
+        return self.collectors.get(name, default)
+
+
+@dataclass(frozen=True)
+class Flag:
+    """One setting as exposed on the command line, in the environment and in the config file."""
+
+    name: str  # e.g. "web.listen-address"
+    kind: Literal["str", "path", "optpath", "duration", "bool", "int", "list"]
+    help: str
+
+    @property
+    def field(self) -> str:
+        return self.name.replace(".", "_").replace("-", "_")
+
+    @property
+    def env(self) -> str:
+        return ENV_PREFIX + self.field.upper()
+
+
+FLAGS: tuple[Flag, ...] = (
+    Flag("config", "optpath", "YAML config file; keys are flag names without dashes"),
+    Flag("web.listen-address", "str", "address for /metrics, /healthz, /readyz, /status"),
+    Flag("web.max-connections", "int", "concurrent HTTP connections served before refusing"),
+    Flag("path.cgroupfs", "path", "cgroup filesystem root (v1 controllers and/or v2)"),
+    Flag("path.procfs", "path", "procfs root"),
+    Flag("kubelet.url", "str", "kubelet base URL (https://...:10250 or http://...:10255)"),
+    Flag("kubelet.token-file", "optpath", "bearer token file for the kubelet's HTTPS port"),
+    Flag("kubelet.ca-file", "optpath", "CA bundle that signed the kubelet's serving certificate"),
+    Flag("kubelet.insecure-skip-verify", "bool", "do not verify the kubelet's certificate"),
+    Flag("kubeconfig", "optpath", "kubeconfig for the API server; unset = in-cluster or none"),
+    Flag("node-name", "str", "this node's Kubernetes name"),
+    Flag("rules.dir", "path", "directory of YAML remediation rules"),
+    Flag("collect.interval", "duration", "time between collection ticks (1s to 1h)"),
+    Flag("collector.timeout", "duration", "per-collector time limit within a tick"),
+    Flag("dry-run", "bool", "evaluate rules and gate actions, but execute none"),
+    Flag("host.disk-paths", "list", "comma-separated paths whose filesystems the host collector watches"),
+    Flag("log.level", "str", "debug, info, warning or error"),
+    Flag("log.format", "str", "auto (console on a TTY, else JSON), json or console"),
+)
+
+_FLAG_BY_FIELD = {f.field: f for f in FLAGS}
+
+
+def flag_default(flag: Flag) -> str:
+    """Printable default of a flag (README table, --help)."""
+    field = Settings.model_fields[flag.field]
+    if field.default_factory is not None:
+        return "hostname" if flag.field == "node_name" else ""
+    value = field.default
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, tuple):
+        return ",".join(value)
+    if flag.kind == "duration":
+        return f"{value:g}s"
+    return str(value)
+
+
+def _convert(flag: Flag, raw: Any) -> Any:
+    """Convert a string (flag/env) or YAML value to the field's type; ValueError on bad input."""
+    if flag.kind == "duration":
+        return parse_duration(raw)
+    if flag.kind == "bool":
+        if isinstance(raw, bool):
+            return raw
+        s = str(raw).strip().lower()
+        if s in ("1", "true", "yes", "on"):
+            return True
+        if s in ("0", "false", "no", "off"):
+            return False
+        raise ValueError("must be true or false")
+    if flag.kind == "list":
+        if isinstance(raw, (list, tuple)):
+            return tuple(str(x) for x in raw)
+        return tuple(p.strip() for p in str(raw).split(",") if p.strip())
+    if flag.kind == "int":
+        if isinstance(raw, bool):
+            raise ValueError("must be an integer")
+        return int(raw)
+    if flag.kind == "optpath" and (raw is None or str(raw) == ""):
+        return None
+    if isinstance(raw, (dict, list)):
+        raise ValueError("must be a single value")
+    return str(raw)
+
+
+def build_parser(parser: argparse.ArgumentParser, collector_names: Sequence[str]) -> None:
+    """Add every setting flag (and --collector.NAME / --no-collector.NAME) to ``parser``."""
+    for flag in FLAGS:
+        dest = f"s_{flag.field}"
+        if flag.kind == "bool":
+            parser.add_argument(
+                f"--{flag.name}", dest=dest, action="store_const", const="true", default=None,
+                help=f"{flag.help} (env {flag.env})",
+            )
+            parser.add_argument(
+                f"--no-{flag.name}", dest=dest, action="store_const", const="false",
+                help=argparse.SUPPRESS,
+            )
+        else:
+            parser.add_argument(
+                f"--{flag.name}", dest=dest, default=None, metavar=flag.kind.upper(),
+                help=f"{flag.help} (default {flag_default(flag) or 'unset'}; env {flag.env})",
+            )
+    for name in collector_names:
+        parser.add_argument(
+            f"--collector.{name}", dest=f"c_{name}", action="store_const", const=True,
+            default=None, help=f"enable the {name} collector",
+        )
+        parser.add_argument(
+            f"--no-collector.{name}", dest=f"c_{name}", action="store_const", const=False,
+            help=f"disable the {name} collector",
+        )
+
+
+def _read_config(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise SettingsError(f"--config={path}: cannot read: {exc.strerror or exc}") from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f":{mark.line + 1}:{mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise SettingsError(f"{path}{where}: invalid YAML: {problem}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise SettingsError(f"{path}: must be a mapping of flag names to values")
+    return data
+
+
+def load_settings(
+    args: argparse.Namespace | None = None,
+    environ: Mapping[str, str] | None = None,
+    collector_names: Sequence[str] = (),
+    base_dir: Path | None = None,
+) -> Settings:
+    """Merge defaults < config file < environment < flags and validate the result."""
+    env = os.environ if environ is None else environ
+    flag_values: dict[str, Any] = {}
+    collectors: dict[str, bool] = {}
+    if args is not None:
+        for flag in FLAGS:
+            v = getattr(args, f"s_{flag.field}", None)
+            if v is not None:
+                flag_values[flag.field] = v
+        for name in collector_names:
+            v = getattr(args, f"c_{name}", None)
+            if v is not None:
+                collectors[name] = bool(v)
+
+    config_path_raw = flag_values.get("config") or env.get(_FLAG_BY_FIELD["config"].env)
+    merged: dict[str, tuple[str, Any]] = {}  # field -> (source description, raw value)
+    if config_path_raw:
+        cfg_path = Path(config_path_raw)
+        if base_dir is not None and not cfg_path.is_absolute():
+            cfg_path = base_dir / cfg_path
+        cfg = _read_config(cfg_path)
+        for key, value in cfg.items():
+            if key.startswith("collector.") and key.count(".") == 1:
+                name = key.split(".", 1)[1]
+                if collector_names and name not in collector_names:
+                    raise SettingsError(
+                        f"{cfg_path}: {key}: unknown collector; known: {', '.join(collector_names)}"
+                    )
+                if not isinstance(value, bool):
+                    raise SettingsError(f"{cfg_path}: {key}: must be true or false")
+                collectors.setdefault(name, value)
+                continue
+            field = str(key).replace(".", "_").replace("-", "_")
+            if field not in _FLAG_BY_FIELD or field == "config":
+                raise SettingsError(
+                    f"{cfg_path}: {key}: unknown setting; see `nodemedic run --help`"
+                )
+            merged[field] = (f"{cfg_path}: {key}", value)
+        merged["config"] = ("--config", str(cfg_path))
+    for flag in FLAGS:
+        if flag.env in env:
+            merged[flag.field] = (f"${flag.env}", env[flag.env])
+    for name in collector_names:
+        key = f"{ENV_PREFIX}COLLECTOR_{name.upper()}"
+        if key in env and name not in collectors:
+            try:
+                collectors[name] = _convert(Flag("x", "bool", ""), env[key])
+            except ValueError as exc:
+                raise SettingsError(f"${key}={env[key]!r}: {exc}") from exc
+    for fld, raw in flag_values.items():
+        merged[fld] = (f"--{_FLAG_BY_FIELD[fld].name}", raw)
+
+    values: dict[str, Any] = {}
+    for fld, (source, raw) in merged.items():
+        try:
+            values[fld] = _convert(_FLAG_BY_FIELD[fld], raw)
+        except ValueError as exc:
+            raise SettingsError(f"{source}={raw!r}: {exc}") from exc
+    values["collectors"] = collectors
+    try:
+        return Settings(**values)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        fld = str(err["loc"][0]) if err["loc"] else "?"
+        flag = _FLAG_BY_FIELD.get(fld)
+        source, raw = merged.get(fld, (f"--{flag.name}" if flag else fld, values.get(fld)))
+        msg = str(err["msg"]).removeprefix("Value error, ")
+        raise SettingsError(f"{source}={raw!r}: {msg}") from exc
+
+
+def settings_for_tests(**overrides: Any) -> Settings:
+    """Defaults with field overrides, for unit tests and benchmarks."""
+    return Settings(**overrides)
+
+
+Converter = Callable[[Any], Any]
