@@ -1,0 +1,105 @@
+"""What the rules engine asks for and what the safety gate decides: pure data.
+
+Flow (DESIGN.md §3): agent.rules.engine turns a Snapshot into ``ActionRequest``s;
+agent.safety.gate turns each request into a ``Decision``; agent.actions executes allowed ones and
+returns an ``Outcome``; agent.runtime records all three (metric, log, Event, annotation).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+TargetKind = Literal["node", "pod", "service"]
+Severity = Literal["info", "warning", "critical"]
+
+# Action type names, shared by the rule schema (validation) and the action registry.
+ACTION_TYPES = (
+    "cordon",
+    "uncordon",
+    "taint",
+    "untaint",
+    "drain",
+    "evict-pod",
+    "restart-service",
+    "annotate",
+    "event",
+    "webhook",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ActionSpec:
+    """One action of a rule as written in YAML: its type and validated parameters."""
+
+    type: str
+    params: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """What an action applies to. For pods ``namespace``/``name`` are set; ``node`` always is."""
+
+    kind: TargetKind
+    node: str
+    namespace: str = ""
+    name: str = ""
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        if self.kind == "node":
+            return f"node/{self.node}"
+        return f"{self.kind}/{self.namespace}/{self.name}"
+
+
+@dataclass(frozen=True, slots=True)
+class ActionRequest:
+    """The engine's request to run one action for one firing rule on one target.
+
+    ``step`` is the index in the rule's escalation ladder (0 = first action set); ``undo`` marks
+    requests made after the healthy delay to reverse what the rule did (e.g. uncordon).
+    ``observed`` carries the values that made the rule fire, for Events and logs.
+    """
+
+    rule: str
+    action: ActionSpec
+    target: Target
+    step: int = 0
+    severity: Severity = "warning"
+    dry_run: bool = False
+    undo: bool = False
+    observed: Mapping[str, float] = field(default_factory=dict)
+    reason: str = ""
+    runbook: str = ""
+    cooldown_seconds: float = 0.0
+    max_per_hour: int = 0  # 0 = no per-rule hourly cap beyond the global one
+
+
+DecisionKind = Literal["allowed", "dry_run", "denied"]
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The safety gate's verdict on one request; ``reason`` is a stable machine-readable word
+    (e.g. ``ok``, ``dry_run``, ``paused``, ``cooldown``, ``rule_hourly_cap``, ``cluster_cap``,
+    ``missing_data``, ``not_leader``) and ``detail`` a sentence for humans."""
+
+    request: ActionRequest
+    kind: DecisionKind
+    reason: str
+    detail: str = ""
+
+
+OutcomeKind = Literal["success", "failure", "retry", "noop", "skipped"]
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """Result of executing (or simulating) one allowed request."""
+
+    decision: Decision
+    kind: OutcomeKind
+    message: str = ""
+    details: Mapping[str, Any] = field(default_factory=dict)
