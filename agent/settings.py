@@ -58,7 +58,7 @@ class Settings(BaseModel):
     @field_validator("web_listen_address")
     @classmethod
     def _check_listen(cls, v: str) -> str:
-        host, sep, port = v.rpartition(":")
+        _, sep, port = v.rpartition(":")
         if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
             raise ValueError("must be HOST:PORT or :PORT with a port from 0 to 65535")
         return v
@@ -111,7 +111,7 @@ FLAGS: tuple[Flag, ...] = (
     Flag("collect.interval", "duration", "time between collection ticks (1s to 1h)"),
     Flag("collector.timeout", "duration", "per-collector time limit within a tick"),
     Flag("dry-run", "bool", "evaluate rules and gate actions, but execute none"),
-    Flag("host.disk-paths", "list", "comma-separated paths whose filesystems the host collector watches"),
+    Flag("host.disk-paths", "list", "comma-separated paths whose filesystems are watched"),
     Flag("log.level", "str", "debug, info, warning or error"),
     Flag("log.format", "str", "auto (console on a TTY, else JSON), json or console"),
 )
@@ -282,8 +282,8 @@ def load_settings(
     except ValidationError as exc:
         err = exc.errors()[0]
         fld = str(err["loc"][0]) if err["loc"] else "?"
-        flag = _FLAG_BY_FIELD.get(fld)
-        source, raw = merged.get(fld, (f"--{flag.name}" if flag else fld, values.get(fld)))
+        known = _FLAG_BY_FIELD.get(fld)
+        source, raw = merged.get(fld, (f"--{known.name}" if known else fld, values.get(fld)))
         msg = str(err["msg"]).removeprefix("Value error, ")
         raise SettingsError(f"{source}={raw!r}: {msg}") from exc
 

@@ -44,7 +44,7 @@ def format_duration(seconds: float) -> str:
     """Inverse of parse_duration for display: 90 -> '1m30s', 0.5 -> '500ms'."""
     if seconds < 1:
         return f"{round(seconds * 1000)}ms"
-    out, rest = [], int(round(seconds))
+    out, rest = [], round(seconds)
     for unit, size in (("h", 3600), ("m", 60), ("s", 1)):
         if rest >= size:
             out.append(f"{rest // size}{unit}")

@@ -1,0 +1,67 @@
+# nodemedic — every target installs what it needs; see README.md.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+STAMP := $(VENV)/.installed
+LISTEN ?= :9678
+RUN_ARGS ?=
+PYTEST_ARGS ?=
+# Debian packages the tests drive for real (promtool/prometheus, node_exporter as the benchmark
+# reference, iptables/conntrack/ipvsadm/iproute2 for the kernel tests, systemd-analyze).
+APT_PACKAGES := prometheus prometheus-node-exporter iptables conntrack ipvsadm iproute2 systemd procps
+APT_PROBES := /usr/bin/promtool /usr/bin/prometheus /usr/bin/prometheus-node-exporter /usr/sbin/iptables /usr/sbin/conntrack /usr/sbin/ipvsadm /usr/sbin/ip /usr/bin/systemd-analyze
+
+.PHONY: run test lint bench install uninstall venv system-deps clean demo apiserver check-rules
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --disable-pip-version-check -U pip
+	$(PIP) install -q --disable-pip-version-check -e '.[test]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+## run: the agent on this machine with the default rules (works without a cluster).
+run: $(STAMP)
+	$(VENV)/bin/nodemedic run --web.listen-address $(LISTEN) --rules.dir rules $(RUN_ARGS)
+
+demo: $(STAMP)
+	$(VENV)/bin/nodemedic demo
+
+check-rules: $(STAMP)
+	$(VENV)/bin/nodemedic check-rules rules/
+
+system-deps:
+	@missing=0; for p in $(APT_PROBES); do test -x $$p || missing=1; done; \
+	if [ $$missing = 1 ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing Debian packages: $(APT_PACKAGES)"; \
+	    apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $(APT_PACKAGES) >/dev/null; \
+	  else echo "warning: not root or no apt-get; tests needing $(APT_PACKAGES) will skip"; fi; \
+	fi
+	@# Debian's packages start their services; tests run their own instances on free ports.
+	-@systemctl stop prometheus prometheus-node-exporter >/dev/null 2>&1 || true
+	-@pkill -x prometheus >/dev/null 2>&1 || true
+	-@pkill -f prometheus-node-exporter >/dev/null 2>&1 || true
+
+## test: install everything the tests need, then run them.
+test: system-deps $(STAMP)
+	$(VENV)/bin/pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check agent tests bench dashboards
+	$(VENV)/bin/mypy --strict agent
+
+bench: system-deps $(STAMP)
+	$(PY) bench/run_all.py
+
+install: $(STAMP)
+	bash scripts/install.sh
+
+uninstall:
+	bash scripts/uninstall.sh
+
+clean:
+	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache

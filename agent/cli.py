@@ -1,0 +1,103 @@
+"""The ``nodemedic`` command: ``run``, ``version``, ``check-rules``, ``apiserver``, ``demo``.
+
+Entry point of the console script (pyproject ``[project.scripts]``) and of ``python -m agent``.
+Subcommands owned by other packages register themselves through an ``add_parser(subparsers)``
+function in their module (agent.rules.cli, agent.testing.cli, agent.demo); this module only
+parses, configures logging and hands over.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import os
+import platform
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from agent import __version__
+from agent.collectors import registry as collector_registry
+from agent.settings import Settings, SettingsError, build_parser, load_settings
+
+# Modules that contribute subcommands; each exposes add_parser(subparsers).
+_SUBCOMMAND_MODULES = ("agent.rules.cli", "agent.testing.cli", "agent.demo")
+
+
+def _collector_names() -> list[str]:
+    collector_registry.load_builtin()
+    return list(collector_registry.collectors())
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="nodemedic",
+        description="Node-local Kubernetes health agent and autoremediation daemon.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    run = sub.add_parser(
+        "run", help="run the agent",
+        description="Collect, evaluate rules, remediate within budgets, export metrics. "
+        "Precedence: flags > NODEMEDIC_* environment > --config file > defaults.",
+    )
+    build_parser(run, _collector_names())
+    run.set_defaults(func=_cmd_run)
+    ver = sub.add_parser("version", help="print version information")
+    ver.set_defaults(func=_cmd_version)
+    for mod_name in _SUBCOMMAND_MODULES:
+        try:
+            mod = importlib.import_module(mod_name)
+        except ModuleNotFoundError as exc:
+            if exc.name != mod_name:
+                raise
+            continue
+        mod.add_parser(sub)
+    return parser
+
+
+def _cmd_version(_: argparse.Namespace) -> int:
+    print(f"nodemedic {__version__} (python {platform.python_version()}, {sys.platform})")
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    names = _collector_names()
+
+    def reload_settings() -> Settings:
+        return load_settings(args, collector_names=names, base_dir=Path.cwd())
+
+    try:
+        settings = reload_settings()
+    except SettingsError as exc:
+        print(f"nodemedic: invalid setting: {exc}", file=sys.stderr)
+        return 2
+    from agent.runtime.daemon import Agent
+    from agent.runtime.logging import configure_logging
+
+    configure_logging(settings.log_level, settings.log_format)
+    agent = Agent(settings, reload_settings=reload_settings, handle_signals=True)
+    try:
+        return asyncio.run(agent.run())
+    except OSError as exc:  # e.g. the listen address is in use
+        print(f"nodemedic: cannot start: {exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:  # invalid rules at start etc. carry a clear message
+        msg = str(exc)
+        print(f"nodemedic: cannot start: {msg}", file=sys.stderr)
+        return 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = make_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help(sys.stderr)
+        return 2
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    code: int = args.func(args)
+    return code
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""The daemon: supervised tasks, the collection tick, signals, logging and systemd notify."""

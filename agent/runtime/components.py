@@ -1,0 +1,76 @@
+"""Wiring: the shared clients collectors use, and the per-tick components after collection.
+
+Called by agent.runtime.daemon at start and on reload. ``build_shared`` puts the clients several
+collectors share into ``ctx.shared``:
+- ``"kubelet"``: agent.kubelet_client.KubeletClient (one /pods fetch per tick for all collectors);
+- ``"api"``: a kubernetes_asyncio ApiClient from agent.kube.client, or None without a cluster.
+``build_components`` returns the objects that see each snapshot (rules + remediation).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any, Protocol
+
+import structlog
+
+from agent.collectors.base import CollectorContext
+from agent.settings import Settings
+from agent.structs.metrics import Family
+from agent.structs.snapshot import Snapshot
+
+log = structlog.get_logger("nodemedic.components")
+
+
+class Component(Protocol):
+    """Something that runs after each collection (e.g. the remediation stage)."""
+
+    async def start(self) -> None: ...
+    async def on_snapshot(self, snapshot: Snapshot) -> None: ...
+    def families(self) -> list[Family]: ...
+    def status(self) -> dict[str, Any]: ...
+    async def reload(self, settings: Settings) -> None:
+        """Apply new settings/rules; raise (keeping the old ones) when they are invalid."""
+    async def close(self) -> None: ...
+
+
+def _optional(module: str) -> Any | None:
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        if exc.name != module:
+            raise
+        return None
+
+
+async def build_shared(ctx: CollectorContext) -> None:
+    """Create the shared kubelet and API clients (the API client is None without a cluster)."""
+    kc = _optional("agent.kubelet_client")
+    if kc is not None:
+        ctx.shared["kubelet"] = kc.KubeletClient.from_settings(ctx.settings)
+    kube = _optional("agent.kube.client")
+    ctx.shared["api"] = None
+    if kube is not None:
+        try:
+            ctx.shared["api"] = await kube.create_api_client(ctx.settings)
+        except Exception as exc:  # no cluster is a normal state for `make run`
+            log.warning("api_client_unavailable", error=str(exc))
+
+
+async def close_shared(ctx: CollectorContext) -> None:
+    for key in ("kubelet", "api"):
+        client = ctx.shared.pop(key, None)
+        if client is not None:
+            try:
+                await client.close()
+            except Exception as exc:
+                log.warning("client_close_failed", client=key, error=str(exc))
+
+
+async def build_components(settings: Settings, ctx: CollectorContext) -> list[Component]:
+    """The remediation stage (rules engine + safety gate + actions), when available."""
+    mod = _optional("agent.runtime.remediation")
+    if mod is None or not hasattr(mod, "build_stage"):
+        return []
+    stage: Component = await mod.build_stage(settings, ctx)
+    return [stage]

@@ -1,0 +1,322 @@
+"""The agent daemon: tick loop, HTTP server, signals, reload, systemd notify, clean shutdown.
+
+Called by agent.cli (``nodemedic run``) and by the demo (several agents in one process: nothing
+here is a process-wide global; signal handling is opt-in). One tick = collect (agent.runtime
+.pipeline) -> snapshot -> components (rules/remediation, agent.runtime.components) -> render the
+exposition once (agent.exporter.render) -> WATCHDOG=1 when healthy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from typing import Any
+
+import structlog
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+
+from agent import __version__
+from agent.collectors import registry as collector_registry
+from agent.collectors.base import Collector, CollectorContext
+from agent.exporter.render import Exposition, FamilySource, Renderer
+from agent.exporter.self_metrics import SelfMetrics
+from agent.exporter.server import build_app, start_server
+from agent.runtime.components import Component, build_components, build_shared, close_shared
+from agent.runtime.logging import configure_logging
+from agent.runtime.pipeline import Collection
+from agent.runtime.sdnotify import Notifier
+from agent.runtime.tasks import Supervisor
+from agent.settings import Settings, SettingsError
+from agent.structs.metrics import Family
+from agent.structs.snapshot import Snapshot
+
+log = structlog.get_logger("nodemedic.daemon")
+
+# Settings whose change needs the collectors rebuilt (everything they read at construction).
+_COLLECTOR_FIELDS = (
+    "collectors", "path_cgroupfs", "path_procfs", "kubelet_url", "kubelet_token_file",
+    "kubelet_ca_file", "kubelet_insecure_skip_verify", "kubeconfig", "node_name",
+    "collector_timeout", "host_disk_paths",
+)
+
+
+def enabled_collectors(settings: Settings, ctx: CollectorContext) -> list[Collector]:
+    """Instantiate every registered collector that the settings enable."""
+    collector_registry.load_builtin()
+    out: list[Collector] = []
+    for name, cls in collector_registry.collectors().items():
+        if settings.collector_enabled(name, cls.default_enabled):
+            out.append(cls(ctx))
+    return out
+
+
+class Agent:
+    """One nodemedic agent. ``start()``/``stop()`` for embedding; ``run()`` for the CLI."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        reload_settings: Callable[[], Settings] | None = None,
+        notifier: Notifier | None = None,
+        handle_signals: bool = False,
+    ) -> None:
+        self.settings = settings
+        self._reload_settings = reload_settings
+        self._notifier = notifier or Notifier()
+        self._handle_signals = handle_signals
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.metrics = SelfMetrics(self.registry)
+        self.metrics.dry_run.set(1 if settings.dry_run else 0)
+        self._renderer = Renderer(self.registry)
+        self.registry.register(FamilySource(self._families))
+        self._supervisor = Supervisor(on_restart=self._task_restarted)
+        self._stop = asyncio.Event()
+        self._snapshot: Snapshot | None = None
+        self._last_tick_mono: float | None = None
+        self._last_tick_seconds = 0.0
+        self._started_mono = time.monotonic()
+        self._collection: Collection | None = None
+        self._ctx: CollectorContext | None = None
+        self._components: list[Component] = []
+        self._runner: web.AppRunner | None = None
+        self.port: int | None = None
+        self._wake = asyncio.Event()
+        self._reload_lock = asyncio.Lock()
+        self._last_reload_error: str | None = None
+        self._executor: ThreadPoolExecutor | None = None
+
+    # ---- lifecycle -------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Build collectors and components, start serving HTTP and the tick loop."""
+        loop = asyncio.get_running_loop()
+        if self._handle_signals:
+            # Bounded worker pool for file parsing: a hung read cannot spawn threads forever.
+            self._executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="nodemedic-io")
+            loop.set_default_executor(self._executor)
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, self.request_stop)
+            loop.add_signal_handler(signal.SIGHUP, self.request_reload)
+        self._ctx = CollectorContext(self.settings)
+        await build_shared(self._ctx)
+        self._components = await build_components(self.settings, self._ctx)
+        self._collection = Collection(enabled_collectors(self.settings, self._ctx))
+        for c in self._collection.collectors:
+            await c.start()
+        for comp in self._components:
+            await comp.start()
+        host, port = self.settings.listen_host_port()
+        app = build_app(self, self.metrics, self.settings.web_max_connections)
+        self._runner, self.port = await start_server(app, host, port)
+        log.info(
+            "started", version=__version__, node=self.settings.node_name,
+            listen=f"{host}:{self.port}", dry_run=self.settings.dry_run,
+            collectors=[c.name for c in self._collection.collectors],
+            components=[type(c).__name__ for c in self._components],
+        )
+        self._supervisor.spawn("tick", self._tick_loop)
+        self._notifier.ready(f"serving on {host}:{self.port}")
+        wd = self._notifier.watchdog_seconds
+        if wd is not None and wd < 2 * self.settings.collect_interval:
+            log.warning("watchdog_shorter_than_interval", watchdog_seconds=wd,
+                        interval=self.settings.collect_interval)
+
+    async def stop(self) -> None:
+        """Stop ticking, close collectors, components and the server (bounded in time)."""
+        self._notifier.stopping()
+        await self._supervisor.stop(grace=2.0)
+        for comp in reversed(self._components):
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(comp.close(), timeout=2.0)
+        if self._collection is not None:
+            await self._collection.close()
+        if self._ctx is not None:
+            await close_shared(self._ctx)
+        if self._runner is not None:
+            await self._runner.cleanup()
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+        log.info("stopped")
+
+    async def run(self) -> int:
+        """Start, wait for SIGTERM/SIGINT (or request_stop), shut down. Returns an exit code."""
+        await self.start()
+        await self._stop.wait()
+        log.info("stopping")
+        try:
+            await asyncio.wait_for(self.stop(), timeout=4.5)
+        except TimeoutError:
+            log.error("shutdown_timed_out")
+            return 1
+        return 0
+
+    def request_stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+
+    def request_reload(self) -> None:
+        self._supervisor.spawn(f"reload-{time.monotonic_ns()}", self.reload, restart=False)
+
+    # ---- the tick --------------------------------------------------------------------------
+    async def tick_once(self) -> Snapshot:
+        """Collect, hand the snapshot to every component, render the exposition."""
+        assert self._collection is not None, "start() first"
+        start = time.perf_counter()
+        snapshot = await self._collection.collect()
+        self._snapshot = snapshot
+        for name, st in snapshot.collectors.items():
+            self.metrics.collector_success.labels(name).set(1 if st.ok else 0)
+            self.metrics.collector_duration.labels(name).set(st.duration_seconds)
+            if not st.ok:
+                reason = "timeout" if st.error and "timed out" in st.error else "error"
+                self.metrics.collector_failures.labels(name, reason).inc()
+        for comp in self._components:
+            try:
+                await comp.on_snapshot(snapshot)
+            except Exception:  # a component bug must not stop collection and export
+                log.exception("component_failed", component=type(comp).__name__)
+        self._last_tick_seconds = time.perf_counter() - start
+        self.metrics.tick_duration.observe(self._last_tick_seconds)
+        self.metrics.last_tick.set(time.time())
+        exp = await asyncio.to_thread(self._renderer.render)
+        self.metrics.render_duration.set(exp.render_seconds)
+        self._last_tick_mono = time.monotonic()
+        if self.healthy()[0]:
+            self._notifier.watchdog()
+        return snapshot
+
+    async def _tick_loop(self) -> None:
+        interval = self.settings.collect_interval
+        next_at = time.monotonic()
+        while not self._stop.is_set():
+            await self.tick_once()
+            interval = self.settings.collect_interval
+            next_at += interval
+            now = time.monotonic()
+            if now > next_at:  # overran: skip the missed ticks instead of bursting
+                missed = int((now - next_at) // interval) + 1
+                self.metrics.ticks_skipped.inc(missed)
+                next_at += missed * interval
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=max(0.0, next_at - now))
+            if self._wake.is_set():
+                next_at = time.monotonic()  # reloaded: tick now with the new settings
+
+    # ---- reload ----------------------------------------------------------------------------
+    async def reload(self) -> None:
+        """SIGHUP: re-read settings and rules; keep the last good ones on any error."""
+        async with self._reload_lock:
+            try:
+                new = self._reload_settings() if self._reload_settings else self.settings
+                for comp in self._components:
+                    await comp.reload(new)
+            except (SettingsError, Exception) as exc:
+                self._last_reload_error = str(exc)
+                self.metrics.config_reloads.labels("failure").inc()
+                self.metrics.config_last_reload_success.set(0)
+                log.error("reload_failed_keeping_last_good_config", error=str(exc))
+                return
+            old = self.settings
+            if new.web_listen_address != old.web_listen_address:
+                log.warning("listen_address_change_needs_restart",
+                            old=old.web_listen_address, new=new.web_listen_address)
+            self.settings = new
+            if any(getattr(new, f) != getattr(old, f) for f in _COLLECTOR_FIELDS):
+                await self._rebuild_collectors()
+            if (new.log_level, new.log_format) != (old.log_level, old.log_format):
+                configure_logging(new.log_level, new.log_format)
+            self.metrics.dry_run.set(1 if new.dry_run else 0)
+            self._last_reload_error = None
+            self.metrics.config_reloads.labels("success").inc()
+            self.metrics.config_last_reload_success.set(1)
+            log.info("reloaded", dry_run=new.dry_run, interval=new.collect_interval)
+            self._wake.set()
+
+    async def _rebuild_collectors(self) -> None:
+        old = self._collection
+        if self._ctx is not None:
+            await close_shared(self._ctx)
+        self._ctx = CollectorContext(self.settings)
+        await build_shared(self._ctx)
+        coll = Collection(enabled_collectors(self.settings, self._ctx))
+        for c in coll.collectors:
+            await c.start()
+        self._collection = coll
+        if old is not None:
+            await old.close()
+
+    # ---- views for the HTTP server ---------------------------------------------------------
+    def _families(self) -> list[Family]:
+        fams: list[Family] = []
+        if self._snapshot is not None:
+            fams.extend(self._snapshot.families.values())
+        for comp in self._components:
+            try:
+                fams.extend(comp.families())
+            except Exception:
+                log.exception("component_families_failed", component=type(comp).__name__)
+        return fams
+
+    def exposition(self) -> Exposition | None:
+        return self._renderer.latest
+
+    def healthy(self) -> tuple[bool, str]:
+        s = self.settings
+        limit = max(3 * s.collect_interval, s.collect_interval + s.collector_timeout + 5)
+        ref = self._last_tick_mono or self._started_mono
+        age = time.monotonic() - ref
+        if age > limit:
+            return False, f"no tick finished for {age:.1f}s (limit {limit:.0f}s)"
+        return True, "ok"
+
+    def ready(self) -> tuple[bool, str]:
+        if self._last_tick_mono is None:
+            return False, "first collection not finished"
+        return True, "ok"
+
+    @property
+    def snapshot(self) -> Snapshot | None:
+        return self._snapshot
+
+    def status(self) -> dict[str, Any]:
+        snap = self._snapshot
+        out: dict[str, Any] = {
+            "node": self.settings.node_name,
+            "version": __version__,
+            "dry_run": self.settings.dry_run,
+            "ready": self._last_tick_mono is not None,
+            "interval_seconds": self.settings.collect_interval,
+            "last_reload_error": self._last_reload_error,
+            "tasks": self._supervisor.names(),
+        }
+        if snap is not None:
+            out["last_tick"] = {
+                "at": datetime.fromtimestamp(snap.taken_at, UTC).isoformat(),
+                "age_seconds": round(time.monotonic() - snap.monotonic, 3),
+                "duration_seconds": round(self._last_tick_seconds, 4),
+            }
+            out["collectors"] = {
+                name: {
+                    "ok": st.ok,
+                    "error": st.error,
+                    "duration_seconds": round(st.duration_seconds, 4),
+                    "series": sum(len(snap.families[f].samples) for f in st.families
+                                  if f in snap.families),
+                }
+                for name, st in snap.collectors.items()
+            }
+        for comp in self._components:
+            try:
+                out.update(comp.status())
+            except Exception as exc:
+                out.setdefault("errors", []).append(f"{type(comp).__name__}: {exc}")
+        return out
+
+    def _task_restarted(self, name: str) -> None:
+        self.metrics.task_restarts.labels(name).inc()

@@ -1,0 +1,143 @@
+"""The HTTP endpoints as Prometheus and on-call engineers use them."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import json
+from typing import Any
+
+from aiohttp import ClientSession, web
+from aiohttp.test_utils import TestClient, TestServer
+from prometheus_client import CollectorRegistry
+from prometheus_client.parser import text_string_to_metric_families
+
+from agent.exporter.render import Exposition, FamilySource, Renderer
+from agent.exporter.self_metrics import SelfMetrics
+from agent.exporter.server import build_app
+from agent.structs.metrics import Family, MetricSpec
+
+OOM = MetricSpec("nodemedic_container_oom_kills_total", "OOM kills.", "counter",
+                 ("namespace", "pod", "container"))
+MEM = MetricSpec("nodemedic_container_memory_usage_bytes", "Usage.", "gauge",
+                 ("namespace", "pod", "container"))
+
+
+class FakeAgent:
+    def __init__(self, renderer: Renderer) -> None:
+        self.renderer = renderer
+        self.slow = 0.0
+
+    def exposition(self) -> Exposition | None:
+        return self.renderer.latest
+
+    def healthy(self) -> tuple[bool, str]:
+        return True, "ok"
+
+    def ready(self) -> tuple[bool, str]:
+        return (self.renderer.latest is not None), "first collection not finished"
+
+    def status(self) -> dict[str, Any]:
+        return {"node": "n1", "collectors": {"cgroup": {"ok": True}}}
+
+
+def families() -> list[Family]:
+    oom, mem = OOM.family(), MEM.family()
+    oom.add(["default", "web-1", "app"], 3)
+    mem.add(["default", "web-1", "app"], 1.5e8)
+    mem.add(["kube-system", 'we"ird\\pod', "c"], 1)
+    return [oom, mem]
+
+
+def make() -> tuple[FakeAgent, SelfMetrics, Renderer]:
+    reg = CollectorRegistry(auto_describe=False)
+    sm = SelfMetrics(reg)
+    reg.register(FamilySource(families))
+    r = Renderer(reg)
+    return FakeAgent(r), sm, r
+
+
+async def test_metrics_before_first_tick_is_503_then_served() -> None:
+    """/metrics and /readyz answer 503 until the first collection, then serve the text format."""
+    agent, sm, renderer = make()
+    async with TestClient(TestServer(build_app(agent, sm))) as client:
+        assert (await client.get("/metrics")).status == 503
+        assert (await client.get("/readyz")).status == 503
+        renderer.render()
+        resp = await client.get("/metrics", headers={"Accept-Encoding": "identity"})
+        assert resp.status == 200
+        assert resp.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+        text = await resp.text()
+        fams = {f.name: f for f in text_string_to_metric_families(text)}
+        oom = fams["nodemedic_container_oom_kills"]
+        assert oom.type == "counter"
+        assert oom.samples[0].value == 3
+        weird = [s for s in fams["nodemedic_container_memory_usage_bytes"].samples
+                 if s.labels["namespace"] == "kube-system"]
+        assert weird[0].labels["pod"] == 'we"ird\\pod'  # escaped on the wire, intact after parse
+        assert (await client.get("/readyz")).status == 200
+
+
+async def test_gzip_when_accepted_and_same_bytes_for_every_scraper() -> None:
+    """gzip is served to clients that accept it; every scrape gets the one cached rendering."""
+    agent, sm, renderer = make()
+    renderer.render()
+    async with TestClient(TestServer(build_app(agent, sm))) as client:
+        r1 = await client.get(
+            "/metrics", headers={"Accept-Encoding": "gzip"}, auto_decompress=False
+        )
+        assert r1.headers["Content-Encoding"] == "gzip"
+        body = gzip.decompress(await r1.read())
+        r2 = await client.get("/metrics", headers={"Accept-Encoding": "identity"})
+        assert body == await r2.read()
+
+
+async def test_status_is_json_and_nothing_is_writable() -> None:
+    """/status is JSON; POST/PUT/DELETE anywhere are refused; unknown paths are 404."""
+    agent, sm, renderer = make()
+    renderer.render()
+    async with TestClient(TestServer(build_app(agent, sm))) as client:
+        st = await client.get("/status")
+        assert json.loads(await st.text())["node"] == "n1"
+        for method in ("POST", "PUT", "DELETE", "PATCH"):
+            for path in ("/metrics", "/status", "/healthz"):
+                resp = await client.request(method, path, data=b"x" * 10)
+                assert resp.status == 405, (method, path)
+        assert (await client.get("/../../etc/passwd")).status == 404
+
+
+async def test_oversized_request_is_refused_and_server_keeps_serving() -> None:
+    """A huge header or body gets a 4xx; the next normal request still works."""
+    agent, sm, renderer = make()
+    renderer.render()
+    async with TestClient(TestServer(build_app(agent, sm))) as client:
+        resp = await client.get("/metrics", headers={"X-Junk": "a" * 20000})
+        assert 400 <= resp.status < 500
+        resp = await client.post("/metrics", data=b"x" * 5_000_000)
+        assert 400 <= resp.status < 500
+        assert (await client.get("/healthz")).status == 200
+
+
+async def test_too_many_in_flight_get_503() -> None:
+    """Beyond the in-flight limit requests are refused at once instead of queueing."""
+    agent, sm, renderer = make()
+    renderer.render()
+    gate = asyncio.Event()
+    orig_status = agent.status
+
+    app = build_app(agent, sm, max_in_flight=2)
+
+    async def slow_status(_: Any) -> Any:
+        await gate.wait()
+        return web.json_response(orig_status())
+
+    app.router.add_get("/slow", slow_status)
+    async with TestServer(app) as server, ClientSession() as session:
+        url = str(server.make_url("/slow"))
+        pending = [asyncio.create_task(session.get(url)) for _ in range(2)]
+        await asyncio.sleep(0.2)
+        refused = await session.get(str(server.make_url("/healthz")))
+        assert refused.status == 503
+        gate.set()
+        for t in pending:
+            assert (await t).status == 200
