@@ -50,6 +50,14 @@ class Settings(BaseModel):
     collect_interval: float = Field(default=10.0, ge=1.0, le=3600.0)
     collector_timeout: float = Field(default=5.0, gt=0.0, le=600.0)
     dry_run: bool = False
+    actions_restart_allowlist: tuple[str, ...] = ("kubelet.service", "containerd.service")
+    actions_webhook_allowlist: tuple[str, ...] = ()
+    safety_max_cordoned: str = Field(default="10%", pattern=r"^[0-9]{1,6}%?$")
+    safety_max_actions_per_hour: int = Field(default=20, ge=0, le=100000)
+    safety_drain_grace_cap: float = Field(default=120.0, ge=0.0, le=86400.0)
+    safety_pause_configmap: str = Field(
+        default="kube-system/nodemedic", pattern=r"^[a-z0-9][-a-z0-9.]*/[a-z0-9][-a-z0-9.]*$"
+    )
     host_disk_paths: tuple[str, ...] = ("/", "/var/lib/kubelet", "/var/lib/containerd")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["auto", "json", "console"] = "auto"
@@ -111,6 +119,12 @@ FLAGS: tuple[Flag, ...] = (
     Flag("collect.interval", "duration", "time between collection ticks (1s to 1h)"),
     Flag("collector.timeout", "duration", "per-collector time limit within a tick"),
     Flag("dry-run", "bool", "evaluate rules and gate actions, but execute none"),
+    Flag("actions.restart-allowlist", "list", "systemd units restart-service may restart"),
+    Flag("actions.webhook-allowlist", "list", "webhook URLs; an entry ending in / allows below it"),
+    Flag("safety.max-cordoned", "str", "cluster cap on unschedulable nodes: N or N%"),
+    Flag("safety.max-actions-per-hour", "int", "disruptive actions allowed per hour (0 = none)"),
+    Flag("safety.drain-grace-cap", "duration", "cap on a pod's grace period during drain"),
+    Flag("safety.pause-configmap", "str", "NAMESPACE/NAME of the cluster-wide pause ConfigMap"),
     Flag("host.disk-paths", "list", "comma-separated paths whose filesystems are watched"),
     Flag("log.level", "str", "debug, info, warning or error"),
     Flag("log.format", "str", "auto (console on a TTY, else JSON), json or console"),
