@@ -1,0 +1,214 @@
+"""Find the cgroup hierarchies under a cgroupfs root and the kubepods pod/container cgroups in them.
+
+Called by agent.collectors.cgroupfs.read once per tick (so a tree that changes between ticks, or a
+pod created a second ago, is picked up). Handles:
+
+- cgroup v2 mounted at the root (``cgroup.controllers`` at the root) or at ``<root>/unified``
+  alone;
+- cgroup v1 controllers ``memory``, ``cpu``, ``cpuacct`` (separate, or joined as
+  ``cpu,cpuacct``), optionally with a v2 ``unified`` hierarchy beside them (systemd's "hybrid"
+  mode: the unified tree carries PSI files even when it has no controllers);
+- the kubelet's systemd driver (``kubepods.slice/kubepods-burstable.slice/
+  kubepods-burstable-pod<uid with _>.slice/cri-containerd-<id>.scope``, also ``docker-<id>.scope``
+  and ``crio-<id>.scope``) and cgroupfs driver (``kubepods/burstable/pod<uid>/<id>``, Guaranteed
+  pods directly under ``kubepods``).
+
+Everything here is synchronous and cheap (a few ``stat``/``scandir`` calls per directory); the
+collector runs it in a worker thread.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Literal
+
+Role = Literal["memory", "cpu", "cpuacct", "v2"]
+Mode = Literal["v1", "v2", "hybrid", "none"]
+
+_TOPS = ("kubepods.slice", "kubepods")
+_QOS_DIRS = {
+    "kubepods-burstable.slice": "burstable",
+    "kubepods-besteffort.slice": "besteffort",
+    "burstable": "burstable",
+    "besteffort": "besteffort",
+}
+_CONTAINER_PREFIXES = ("cri-containerd-", "docker-", "crio-", "containerd-")
+# Directories inside a pod cgroup that are not containers: cri-o's conmon monitor process, and
+# "system.slice"-style helpers some runtimes add.
+_NOT_CONTAINER_PREFIXES = ("crio-conmon-",)
+_UID_CHARS = frozenset("0123456789abcdefABCDEF-")
+
+
+@dataclass(frozen=True, slots=True)
+class Hierarchy:
+    """One mounted hierarchy we read from: v1 controller(s) or a v2 tree.
+
+    ``roles`` says which files to read there (a joined ``cpu,cpuacct`` directory has both cpu
+    roles). ``expected`` is the set of our control files present in its kubepods directory: the
+    kubelet creates pods below with the same controllers, so a file in ``expected`` that is
+    missing in a live pod cgroup is an error, and a file not in it is never opened (e.g.
+    ``memory.current`` in a v2 tree with no memory controller).
+    """
+
+    path: str
+    roles: tuple[Role, ...]
+    expected: frozenset[str] = frozenset()
+
+
+@dataclass(slots=True)
+class CgroupRef:
+    """One pod-level (``container_id == ""``) or container cgroup, with its directory in every
+    hierarchy where it was found, in read-priority order (v1 controllers before unified)."""
+
+    uid: str
+    container_id: str
+    qos: str
+    dirs: list[tuple[Hierarchy, str]] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class Layout:
+    """What :func:`detect` found under the cgroupfs root."""
+
+    mode: Mode
+    hierarchies: tuple[Hierarchy, ...]
+
+
+def _is_dir(path: str) -> bool:
+    return os.path.isdir(path)
+
+
+def detect(root: str, watched_files: frozenset[str]) -> Layout:
+    """Detect v1 / v2 / hybrid under ``root``; ``watched_files`` are the control files the reader
+    uses, to compute each hierarchy's ``expected`` set."""
+    found: list[tuple[str, tuple[Role, ...]]] = []
+    if os.path.exists(os.path.join(root, "cgroup.controllers")):
+        found.append((root, ("v2",)))
+        mode: Mode = "v2"
+    else:
+        joined = os.path.join(root, "cpu,cpuacct")
+        cpu = os.path.join(root, "cpu")
+        cpuacct = os.path.join(root, "cpuacct")
+        memory = os.path.join(root, "memory")
+        if _is_dir(memory):
+            found.append((memory, ("memory",)))
+        # "cpu" and "cpuacct" are usually symlinks to "cpu,cpuacct" when joined: read it once.
+        if _is_dir(joined):
+            found.append((joined, ("cpu", "cpuacct")))
+        elif _is_dir(cpu) and _is_dir(cpuacct) and os.path.realpath(cpu) == os.path.realpath(
+            cpuacct
+        ):
+            found.append((cpu, ("cpu", "cpuacct")))
+        else:
+            if _is_dir(cpu):
+                found.append((cpu, ("cpu",)))
+            if _is_dir(cpuacct):
+                found.append((cpuacct, ("cpuacct",)))
+        unified = os.path.join(root, "unified")
+        has_unified = os.path.exists(os.path.join(unified, "cgroup.controllers"))
+        if has_unified:
+            found.append((unified, ("v2",)))
+        if len(found) > (1 if has_unified else 0):
+            mode = "hybrid" if has_unified else "v1"
+        elif has_unified:
+            mode = "v2"
+        else:
+            mode = "none"
+    hierarchies = tuple(
+        Hierarchy(path, roles, _expected(path, watched_files)) for path, roles in found
+    )
+    return Layout(mode, hierarchies)
+
+
+def _expected(path: str, watched: frozenset[str]) -> frozenset[str]:
+    for top in _TOPS:
+        try:
+            with os.scandir(os.path.join(path, top)) as it:
+                return frozenset(e.name for e in it if e.name in watched)
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        except OSError:
+            return frozenset()
+    return frozenset()
+
+
+def pod_uid(name: str) -> str | None:
+    """UID from a pod cgroup directory name, or None when the name is not a pod cgroup.
+
+    ``pod<uid>`` (cgroupfs) and ``kubepods[-<qos>]-pod<uid_with_underscores>.slice`` (systemd).
+    """
+    if name.endswith(".slice"):
+        name = name[:-6].rsplit("-", 1)[-1]
+        uid = name[3:].replace("_", "-") if name.startswith("pod") else ""
+    else:
+        uid = name[3:] if name.startswith("pod") else ""
+    if not uid or not _UID_CHARS.issuperset(uid):
+        return None
+    return uid.lower()
+
+
+def container_id(name: str) -> str | None:
+    """Runtime container ID from a container cgroup directory name, or None when not one."""
+    if name.startswith(_NOT_CONTAINER_PREFIXES):
+        return None
+    if name.endswith(".scope"):
+        name = name[:-6]
+    for prefix in _CONTAINER_PREFIXES:
+        if name.startswith(prefix):
+            name = name[len(prefix) :]
+            break
+    if not name or not name.isalnum():
+        return None
+    return name
+
+
+def _subdirs(path: str) -> list[str]:
+    """Names of the subdirectories of ``path``; [] when it vanished or cannot be listed."""
+    try:
+        with os.scandir(path) as it:
+            return [e.name for e in it if e.is_dir(follow_symlinks=False)]
+    except OSError:
+        return []
+
+
+def discover(layout: Layout) -> list[CgroupRef]:
+    """Every pod and container cgroup in every hierarchy, merged by (pod uid, container id).
+
+    Pod-level refs come first in the list for each pod, followed by its containers.
+    """
+    refs: dict[tuple[str, str], CgroupRef] = {}
+    for h in layout.hierarchies:
+        for top in _TOPS:
+            top_path = os.path.join(h.path, top)
+            for name in _subdirs(top_path):
+                qos = _QOS_DIRS.get(name)
+                if qos is not None:
+                    qos_path = os.path.join(top_path, name)
+                    for pod_name in _subdirs(qos_path):
+                        _add_pod(refs, h, os.path.join(qos_path, pod_name), pod_name, qos)
+                else:
+                    _add_pod(refs, h, os.path.join(top_path, name), name, "guaranteed")
+    return list(refs.values())
+
+
+def _add_pod(
+    refs: dict[tuple[str, str], CgroupRef], h: Hierarchy, path: str, name: str, qos: str
+) -> None:
+    uid = pod_uid(name)
+    if uid is None:
+        return
+    _add(refs, h, path, (uid, ""), qos)
+    for cname in _subdirs(path):
+        cid = container_id(cname)
+        if cid is not None:
+            _add(refs, h, os.path.join(path, cname), (uid, cid), qos)
+
+
+def _add(
+    refs: dict[tuple[str, str], CgroupRef], h: Hierarchy, path: str, key: tuple[str, str], qos: str
+) -> None:
+    ref = refs.get(key)
+    if ref is None:
+        ref = refs[key] = CgroupRef(key[0], key[1], qos)
+    ref.dirs.append((h, path))

@@ -1,0 +1,358 @@
+"""Read one tick of per-pod and per-container cgroup statistics from a cgroupfs root.
+
+Called (in a worker thread) by agent.collectors.cgroup every tick and by bench/cgroup_collect.py.
+:func:`scan` detects the layout, discovers kubepods cgroups, and reads each control file once
+with plain ``os.open``/``os.read`` (the cheapest way to read a kernfs file from Python). Files
+that are missing, unreadable, garbage or that vanish mid-read are skipped and counted by reason in
+:attr:`NodeScan.errors`; a cgroup whose directory disappears while it is read (pod deleted) is
+dropped whole, so no half-read pod is reported.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from agent.collectors.cgroupfs.layout import CgroupRef, Hierarchy, Layout, detect, discover
+from agent.collectors.cgroupfs.parse import (
+    PSI_RESOURCES,
+    ParseError,
+    parse_int,
+    parse_keyed,
+    parse_psi,
+    parse_v1_cfs_quota,
+    parse_v1_memory_limit,
+    parse_v2_cpu_max,
+    parse_v2_max,
+)
+
+# Error reasons (label values of nodemedic_cgroup_read_errors_total).
+MISSING = "missing"  # an expected file is absent while its cgroup still exists
+PERMISSION = "permission"
+PARSE = "parse"  # empty or garbage content
+VANISHED = "vanished"  # the cgroup was removed between discovery and read (counted per cgroup)
+IO = "io"  # any other OSError
+REASONS = (MISSING, PERMISSION, PARSE, VANISHED, IO)
+
+_READ_SIZE = 65536
+_MAX_MESSAGES = 20
+
+V1_MEMORY_FILES = (
+    "memory.usage_in_bytes",
+    "memory.stat",
+    "memory.limit_in_bytes",
+    "memory.oom_control",
+)
+V1_CPU_FILES = ("cpu.stat", "cpu.cfs_quota_us", "cpu.cfs_period_us")
+V1_CPUACCT_FILES = ("cpuacct.usage",)
+PSI_FILES = tuple(f"{r}.pressure" for r in PSI_RESOURCES)
+V2_FILES = ("memory.current", "memory.stat", "memory.max", "memory.events", "cpu.stat", "cpu.max")
+WATCHED_FILES = frozenset(
+    V1_MEMORY_FILES + V1_CPU_FILES + V1_CPUACCT_FILES + V2_FILES + PSI_FILES
+)
+
+_V1_MEMSTAT_KEYS = (b"total_inactive_file",)
+_V1_OOM_KEYS = (b"oom_kill",)
+_V1_CPUSTAT_KEYS = (b"nr_periods", b"nr_throttled", b"throttled_time")
+_V2_MEMSTAT_KEYS = (b"inactive_file",)
+_V2_EVENTS_KEYS = (b"oom", b"oom_kill")
+_V2_CPUSTAT_KEYS = (b"usage_usec", b"nr_periods", b"nr_throttled", b"throttled_usec")
+
+
+class _Vanished(Exception):
+    """The cgroup directory disappeared while we were reading it."""
+
+
+class CgroupStats:
+    """Values read for one cgroup; ``None`` means "not available" (never a made-up zero)."""
+
+    __slots__ = (
+        "cfs_periods",
+        "cfs_throttled_periods",
+        "cfs_throttled_seconds",
+        "container_id",
+        "cpu_quota_cores",
+        "cpu_usage_seconds",
+        "memory_inactive_file",
+        "memory_limit",
+        "memory_usage",
+        "oom_events",
+        "oom_kills",
+        "psi",
+        "qos",
+        "uid",
+    )
+
+    def __init__(self, uid: str, container_id: str, qos: str) -> None:
+        self.uid = uid
+        self.container_id = container_id
+        self.qos = qos
+        self.memory_usage: int | None = None
+        self.memory_inactive_file: int | None = None
+        self.memory_limit: int | None = None  # None also when unlimited
+        self.oom_kills: int | None = None
+        self.oom_events: int | None = None
+        self.cpu_usage_seconds: float | None = None
+        self.cfs_periods: int | None = None
+        self.cfs_throttled_periods: int | None = None
+        self.cfs_throttled_seconds: float | None = None
+        self.cpu_quota_cores: float | None = None  # None also when unlimited
+        # (resource, kind, avg10 ratio, total seconds)
+        self.psi: list[tuple[str, str, float, float]] = []
+
+    @property
+    def working_set(self) -> int | None:
+        """usage - inactive_file, floored at 0, as cAdvisor and the kubelet compute it."""
+        if self.memory_usage is None or self.memory_inactive_file is None:
+            return None
+        return max(0, self.memory_usage - self.memory_inactive_file)
+
+
+@dataclass(slots=True)
+class NodeScan:
+    """Result of one :func:`scan`: the layout, per-cgroup stats, and errors by reason."""
+
+    layout: Layout
+    stats: list[CgroupStats] = field(default_factory=list)
+    errors: dict[str, int] = field(default_factory=dict)
+    messages: list[str] = field(default_factory=list)  # first few error details, for logs
+
+
+class _Reader:
+    """Reads files of one cgroup, classifying failures; one instance per scan."""
+
+    __slots__ = ("scan",)
+
+    def __init__(self, scan: NodeScan) -> None:
+        self.scan = scan
+
+    def error(self, reason: str, message: str) -> None:
+        errors = self.scan.errors
+        errors[reason] = errors.get(reason, 0) + 1
+        if len(self.scan.messages) < _MAX_MESSAGES:
+            self.scan.messages.append(f"{reason}: {message}")
+
+    def read(self, h: Hierarchy, directory: str, name: str) -> bytes | None:
+        """Content of ``directory/name``, or None (counted) when it cannot be read.
+
+        Files not present in the hierarchy's kubepods directory are not attempted at all.
+        Raises _Vanished when the cgroup itself is gone.
+        """
+        if name not in h.expected:
+            return None
+        path = f"{directory}/{name}"
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                data = os.read(fd, _READ_SIZE)
+                if len(data) == _READ_SIZE:
+                    chunks = [data]
+                    while chunk := os.read(fd, _READ_SIZE):
+                        chunks.append(chunk)
+                    data = b"".join(chunks)
+            finally:
+                os.close(fd)
+        except (FileNotFoundError, NotADirectoryError):
+            if not os.path.isdir(directory):
+                raise _Vanished(directory) from None
+            self.error(MISSING, path)
+            return None
+        except PermissionError:
+            self.error(PERMISSION, path)
+            return None
+        except OSError as exc:
+            # ENODEV: the cgroup was removed after open (kernfs node deactivated).
+            if exc.errno == errno.ENODEV or not os.path.isdir(directory):
+                raise _Vanished(directory) from None
+            self.error(IO, f"{path}: {exc.strerror}")
+            return None
+        return data
+
+    def bad(self, directory: str, name: str, exc: ParseError) -> None:
+        self.error(PARSE, f"{directory}/{name}: {exc}")
+
+
+def _read_v1_memory(r: _Reader, h: Hierarchy, d: str, s: CgroupStats) -> None:
+    data = r.read(h, d, "memory.usage_in_bytes")
+    if data is not None:
+        try:
+            s.memory_usage = parse_int(data)
+        except ParseError as exc:
+            r.bad(d, "memory.usage_in_bytes", exc)
+    data = r.read(h, d, "memory.stat")
+    if data is not None:
+        try:
+            v = parse_keyed(data, _V1_MEMSTAT_KEYS).get(b"total_inactive_file")
+            if v is None:
+                raise ParseError("no total_inactive_file line")
+            s.memory_inactive_file = v
+        except ParseError as exc:
+            r.bad(d, "memory.stat", exc)
+    data = r.read(h, d, "memory.limit_in_bytes")
+    if data is not None:
+        try:
+            s.memory_limit = parse_v1_memory_limit(data)
+        except ParseError as exc:
+            r.bad(d, "memory.limit_in_bytes", exc)
+    data = r.read(h, d, "memory.oom_control")
+    if data is not None:
+        try:
+            kv = parse_keyed(data, (b"under_oom", *_V1_OOM_KEYS))
+            if b"under_oom" not in kv:
+                raise ParseError("no under_oom line")
+            # oom_kill exists since Linux 4.13; older kernels simply do not report it.
+            s.oom_kills = kv.get(b"oom_kill")
+        except ParseError as exc:
+            r.bad(d, "memory.oom_control", exc)
+    # v1 has no OOM *event* counter (memory.failcnt counts limit hits that reclaim resolved,
+    # not OOMs), so oom_events stays None rather than reporting something else under its name.
+
+
+def _read_v1_cpu(r: _Reader, h: Hierarchy, d: str, s: CgroupStats) -> None:
+    data = r.read(h, d, "cpu.stat")
+    if data is not None:
+        try:
+            kv = parse_keyed(data, _V1_CPUSTAT_KEYS)
+            if len(kv) != 3:
+                raise ParseError("missing nr_periods/nr_throttled/throttled_time")
+            s.cfs_periods = kv[b"nr_periods"]
+            s.cfs_throttled_periods = kv[b"nr_throttled"]
+            s.cfs_throttled_seconds = kv[b"throttled_time"] / 1e9
+        except ParseError as exc:
+            r.bad(d, "cpu.stat", exc)
+    quota = r.read(h, d, "cpu.cfs_quota_us")
+    if quota is not None:
+        period = r.read(h, d, "cpu.cfs_period_us")
+        if period is not None:
+            try:
+                s.cpu_quota_cores = parse_v1_cfs_quota(quota, period)
+            except ParseError as exc:
+                r.bad(d, "cpu.cfs_quota_us", exc)
+
+
+def _read_v1_cpuacct(r: _Reader, h: Hierarchy, d: str, s: CgroupStats) -> None:
+    data = r.read(h, d, "cpuacct.usage")
+    if data is not None:
+        try:
+            s.cpu_usage_seconds = parse_int(data) / 1e9
+        except ParseError as exc:
+            r.bad(d, "cpuacct.usage", exc)
+
+
+def _read_v2(r: _Reader, h: Hierarchy, d: str, s: CgroupStats) -> None:
+    # In hybrid mode the v1 controllers were read first; the unified tree only fills gaps
+    # (usually just PSI), so its files are not even opened when v1 already gave the values.
+    if s.memory_usage is None:
+        data = r.read(h, d, "memory.current")
+        if data is not None:
+            try:
+                s.memory_usage = parse_int(data)
+            except ParseError as exc:
+                r.bad(d, "memory.current", exc)
+            data = r.read(h, d, "memory.stat")
+            if data is not None:
+                try:
+                    v = parse_keyed(data, _V2_MEMSTAT_KEYS).get(b"inactive_file")
+                    if v is None:
+                        raise ParseError("no inactive_file line")
+                    s.memory_inactive_file = v
+                except ParseError as exc:
+                    r.bad(d, "memory.stat", exc)
+            data = r.read(h, d, "memory.max")
+            if data is not None:
+                try:
+                    s.memory_limit = parse_v2_max(data)
+                except ParseError as exc:
+                    r.bad(d, "memory.max", exc)
+    if s.oom_kills is None:
+        data = r.read(h, d, "memory.events")
+        if data is not None:
+            try:
+                kv = parse_keyed(data, _V2_EVENTS_KEYS)
+                if len(kv) != 2:
+                    raise ParseError("missing oom/oom_kill lines")
+                s.oom_events = kv[b"oom"]
+                s.oom_kills = kv[b"oom_kill"]
+            except ParseError as exc:
+                r.bad(d, "memory.events", exc)
+    if s.cpu_usage_seconds is None or s.cfs_periods is None:
+        data = r.read(h, d, "cpu.stat")
+        if data is not None:
+            try:
+                kv = parse_keyed(data, _V2_CPUSTAT_KEYS)
+                usage = kv.get(b"usage_usec")
+                if usage is None:
+                    raise ParseError("no usage_usec line")
+                if s.cpu_usage_seconds is None:
+                    s.cpu_usage_seconds = usage / 1e6
+                # nr_periods & co. exist only when the cpu controller is enabled for the cgroup.
+                if s.cfs_periods is None and len(kv) == 4:
+                    s.cfs_periods = kv[b"nr_periods"]
+                    s.cfs_throttled_periods = kv[b"nr_throttled"]
+                    s.cfs_throttled_seconds = kv[b"throttled_usec"] / 1e6
+            except ParseError as exc:
+                r.bad(d, "cpu.stat", exc)
+        if s.cpu_quota_cores is None:
+            data = r.read(h, d, "cpu.max")
+            if data is not None:
+                try:
+                    s.cpu_quota_cores = parse_v2_cpu_max(data)
+                except ParseError as exc:
+                    r.bad(d, "cpu.max", exc)
+    if not s.psi:
+        for resource, fname in zip(PSI_RESOURCES, PSI_FILES, strict=True):
+            data = r.read(h, d, fname)
+            if data is None:
+                continue
+            try:
+                for kind, ratio, seconds in parse_psi(data):
+                    s.psi.append((resource, kind, ratio, seconds))
+            except ParseError as exc:
+                r.bad(d, fname, exc)
+
+
+_ROLE_READERS: dict[str, Callable[[_Reader, Hierarchy, str, CgroupStats], None]] = {
+    "memory": _read_v1_memory,
+    "cpu": _read_v1_cpu,
+    "cpuacct": _read_v1_cpuacct,
+    "v2": _read_v2,
+}
+
+
+def read_cgroup(r: _Reader, ref: CgroupRef) -> CgroupStats | None:
+    """Stats of one cgroup from all its hierarchies, or None when it vanished (counted)."""
+    s = CgroupStats(ref.uid, ref.container_id, ref.qos)
+    try:
+        for h, d in ref.dirs:
+            for role in h.roles:
+                _ROLE_READERS[role](r, h, d, s)
+    except _Vanished:
+        r.error(VANISHED, f"pod {ref.uid} container {ref.container_id or '-'}")
+        return None
+    return s
+
+
+def scan(
+    root: str | os.PathLike[str],
+    *,
+    after_discover: Callable[[list[CgroupRef]], None] | None = None,
+) -> NodeScan:
+    """Detect, discover and read every kubepods cgroup under ``root``.
+
+    ``after_discover`` is a test hook run between discovery and reading (to delete a pod and
+    prove that a vanishing pod is dropped and counted, not reported half-read).
+    """
+    layout = detect(os.fspath(root), WATCHED_FILES)
+    result = NodeScan(layout)
+    refs = discover(layout)
+    if after_discover is not None:
+        after_discover(refs)
+    reader = _Reader(result)
+    out = result.stats
+    for ref in refs:
+        s = read_cgroup(reader, ref)
+        if s is not None:
+            out.append(s)
+    return result
