@@ -1,0 +1,142 @@
+"""Generate the README's reference tables (flags, collectors, metrics) from the code itself.
+
+Called by ``python -m agent.docs`` (rewrites the marked blocks in README.md) and by
+tests/unit/test_readme.py (fails when README.md and the code disagree), so the tables cannot
+drift from what the agent really accepts and exports.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+import re
+import sys
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry
+
+from agent.collectors import registry
+from agent.exporter.self_metrics import SelfMetrics
+from agent.settings import FLAGS, flag_default
+from agent.structs.metrics import MetricSpec
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def _md(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def flags_table() -> str:
+    rows = ["| flag | default | environment | meaning |", "|---|---|---|---|"]
+    for f in FLAGS:
+        default = flag_default(f)
+        rows.append(
+            f"| `--{f.name}` | {f'`{default}`' if default else ''} | `{f.env}` | {_md(f.help)} |"
+        )
+    rows.append(
+        "| `--collector.NAME` / `--no-collector.NAME` | see collectors | "
+        "`NODEMEDIC_COLLECTOR_NAME` | enable or disable one collector |"
+    )
+    return "\n".join(rows)
+
+
+def collectors_table() -> str:
+    registry.load_builtin()
+    rows = ["| collector | default | what it collects |", "|---|---|---|"]
+    for name, cls in registry.collectors().items():
+        doc = cls.help or (cls.__doc__ or "").strip().splitlines()[0]
+        rows.append(f"| `{name}` | {'on' if cls.default_enabled else 'off'} | {_md(doc)} |")
+    return "\n".join(rows)
+
+
+def _self_specs() -> list[MetricSpec]:
+    reg = CollectorRegistry(auto_describe=False)
+    SelfMetrics(reg)
+    out = []
+    for metric in reg.collect():
+        typ = metric.type
+        name = metric.name + ("_total" if typ == "counter" else "")
+        labels: list[str] = []
+        for s in metric.samples:
+            labels = [k for k in s.labels if k != "le"]
+            break
+        out.append(MetricSpec(name, metric.documentation,
+                              "counter" if typ == "counter" else "gauge", tuple(labels)))
+    return out
+
+
+def component_specs() -> list[tuple[str, MetricSpec]]:
+    """Module-level MetricSpecs of non-collector components (rules, safety, failover, ...)."""
+    import agent
+
+    collector_names = {s.name for cls in registry.collectors().values() for s in cls.metrics}
+    out: list[tuple[str, MetricSpec]] = []
+    seen: set[str] = set(collector_names)
+    for info in pkgutil.walk_packages(agent.__path__, "agent."):
+        if info.name.startswith(("agent.testing", "agent.collectors", "agent.cli", "agent.__main__",
+                                 "agent.demo")):
+            continue
+        try:
+            mod = importlib.import_module(info.name)
+        except Exception:  # noqa: S112 - a module that cannot import has no table rows
+            continue
+        owner = info.name.split(".")[1]
+        for value in vars(mod).values():
+            if isinstance(value, MetricSpec) and value.name not in seen:
+                seen.add(value.name)
+                out.append((owner, value))
+    return sorted(out, key=lambda e: (e[0], e[1].name))
+
+
+def metrics_table() -> str:
+    registry.load_builtin()
+    rows = ["| metric | type | labels | source | meaning |", "|---|---|---|---|---|"]
+    entries: list[tuple[str, MetricSpec]] = [("agent", s) for s in _self_specs()]
+    for cname, cls in registry.collectors().items():
+        entries.extend((cname, s) for s in cls.metrics)
+    entries.extend(component_specs())
+    for owner, spec in entries:
+        labels = ", ".join(f"`{lbl}`" for lbl in spec.labelnames)
+        rows.append(f"| `{spec.name}` | {spec.type} | {labels} | {owner} | {_md(spec.help)} |")
+    return "\n".join(rows)
+
+
+BLOCKS: dict[str, Callable[[], str]] = {
+    "flags": flags_table,
+    "collectors": collectors_table,
+    "metrics": metrics_table,
+}
+
+
+def _block_re(name: str) -> re.Pattern[str]:
+    return re.compile(
+        rf"(<!-- BEGIN GENERATED {name} -->\n)(.*?)(<!-- END GENERATED {name} -->)", re.S
+    )
+
+
+def render(text: str, names: Iterable[str] = BLOCKS) -> str:
+    for name in names:
+        table = BLOCKS[name]()
+
+        def put(m: re.Match[str], t: str = table) -> str:
+            return m.group(1) + t + "\n" + m.group(3)
+
+        text, n = _block_re(name).subn(put, text)
+        if n != 1:
+            raise ValueError(f"README block {name!r} not found exactly once")
+    return text
+
+
+def main() -> int:
+    text = README.read_text()
+    new = render(text)
+    if new != text:
+        README.write_text(new)
+        print("README.md tables updated")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
