@@ -1,0 +1,333 @@
+"""The cgroup collector on fixture kubepods trees built from real captures (v2 systemd, v1
+cgroupfs), with and without the kubelet's pod list, and on broken, missing and vanishing files."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from agent.collectors.base import CollectorContext
+from agent.collectors.cgroup import CgroupCollector
+from agent.collectors.cgroupfs import CgroupRef, scan
+from agent.settings import Settings
+from agent.structs.metrics import Family
+from agent.structs.pods import PodRef
+
+FIX = Path(__file__).resolve().parents[2] / "fixtures" / "cgroup"
+V2 = FIX / "v2-systemd"
+V1 = FIX / "v1-cgroupfs"
+
+DAEMONSET = "45b528af-fb82-4e96-8103-b9da1194dd36"
+COREDNS = "36447428-81f8-45eb-b825-414de2e8012b"
+KUBE_PROXY = "90565722-42c8-4f10-a59b-c8fc6571e86d"
+KINDNET = "ebb73de1-03ec-4c34-bda3-bb8a44f01c2b"
+APISERVER = "8ac8c3a9ee4d182b8d934f20e971ada7"
+DS_CID = "ff102f3ad315dd9b977f8e654f8dfc8c21daff8744724a835267e0d91374fc54"
+SANDBOX = "0badc0ffee0000000000000000000000000000000000000000000000000000aa"
+
+
+def real_pod_refs() -> list[PodRef]:
+    """PodRefs from the real kubelet /pods capture, as agent.kubelet_client would produce."""
+    doc = json.loads((FIX / "pods_minikube_v1.35.json").read_text())
+    refs = []
+    for item in doc["items"]:
+        meta, status = item["metadata"], item["status"]
+        containers = {
+            cs["containerID"].split("://", 1)[1]: cs["name"]
+            for cs in status.get("containerStatuses", [])
+            if cs.get("containerID")
+        }
+        refs.append(PodRef(meta["uid"], meta["namespace"], meta["name"],
+                           status.get("qosClass", ""), status.get("phase", ""), containers))
+    return refs
+
+
+class FakeKubelet:
+    """Stands in for agent.kubelet_client.KubeletClient: only ``pods()`` is used."""
+
+    def __init__(self, refs: list[PodRef] | None = None, error: Exception | None = None) -> None:
+        self.refs = refs or []
+        self.error = error
+
+    async def pods(self) -> list[PodRef]:
+        if self.error is not None:
+            raise self.error
+        return self.refs
+
+
+def collector(root: Path, kubelet: object | None = None) -> CgroupCollector:
+    ctx = CollectorContext(Settings(path_cgroupfs=root))
+    if kubelet is not None:
+        ctx.shared["kubelet"] = kubelet
+    return CgroupCollector(ctx)
+
+
+async def collect(root: Path, kubelet: object | None = None) -> dict[str, Family]:
+    return {f.name: f for f in await collector(root, kubelet).collect()}
+
+
+@pytest.fixture
+def v2_copy(tmp_path: Path) -> Path:
+    dst = tmp_path / "v2"
+    shutil.copytree(V2, dst, symlinks=True)
+    return dst
+
+
+@pytest.fixture
+def v1_copy(tmp_path: Path) -> Path:
+    dst = tmp_path / "v1"
+    shutil.copytree(V1, dst, symlinks=True)
+    return dst
+
+
+def v2_container(root: Path, uid: str, cid: str, qos: str = "burstable") -> Path:
+    u = uid.replace("-", "_")
+    return (root / "kubepods.slice" / f"kubepods-{qos}.slice" / f"kubepods-{qos}-pod{u}.slice"
+            / f"cri-containerd-{cid}.scope")
+
+
+async def test_v2_systemd_tree_attributed_by_kubelet() -> None:
+    """With the kubelet's pod list, v2 systemd-driver series carry namespace, pod and container
+    names, the QoS class of the cgroup path, and the values of the captured files."""
+    fams = await collect(V2, FakeKubelet(real_pod_refs()))
+    usage = fams["nodemedic_container_memory_usage_bytes"]
+    ctr = {"namespace": "scraper", "pod": "e2e-daemonset-kb65b", "uid": DAEMONSET,
+           "container": "compute-pi-digits", "qos": "burstable"}
+    assert usage.get(**ctr) == 10498404352
+    # Working set = memory.current - inactive_file, as the kubelet computes it.
+    assert fams["nodemedic_container_memory_working_set_bytes"].get(**ctr) == (
+        10498404352 - 6685749248
+    )
+    assert fams["nodemedic_container_memory_limit_bytes"].get(**ctr) == 268435456
+    assert fams["nodemedic_container_oom_kills_total"].get(**ctr) == 2
+    assert fams["nodemedic_container_oom_events_total"].get(**ctr) == 3
+    assert fams["nodemedic_container_cpu_usage_seconds_total"].get(**ctr) == pytest.approx(
+        3611.347518
+    )
+    assert fams["nodemedic_container_cpu_quota_cores"].get(**ctr) == pytest.approx(0.08)
+    assert fams["nodemedic_container_cpu_cfs_throttled_periods_total"].get(**ctr) == 0
+    assert fams["nodemedic_container_pressure_seconds_total"].get(
+        **ctr, resource="cpu", kind="some") == pytest.approx(115.056064)
+    assert fams["nodemedic_container_pressure_avg10_ratio"].get(
+        **ctr, resource="io", kind="full") == 0.0
+    # Pod-level cgroup: container="" ; Guaranteed pod directly under kubepods.slice.
+    assert usage.get(pod="e2e-daemonset-kb65b", container="") == 10498404352
+    assert usage.get(pod="kindnet-zkpn8", container="kindnet-cni", qos="guaranteed") is not None
+    assert usage.get(pod="kube-proxy-8k9zt", container="kube-proxy", qos="besteffort") is not None
+    assert usage.get(pod="kube-apiserver-datagen-1-35", container="kube-apiserver") is not None
+    assert fams["nodemedic_cgroup_pod_attribution"].get() == 1
+    assert fams["nodemedic_cgroup_cgroups"].get(level="pod") == 5
+    # 5 containers + the daemonset pod's sandbox; cri-o's conmon scope is not a container.
+    assert fams["nodemedic_cgroup_cgroups"].get(level="container") == 6
+    assert fams["nodemedic_cgroup_read_errors_total"].get(reason="parse") == 0
+
+
+async def test_unlimited_limits_are_absent_not_huge() -> None:
+    """memory.max / cpu.max 'max' produce no limit series rather than a bogus number."""
+    fams = await collect(V2)
+    assert fams["nodemedic_container_memory_limit_bytes"].get(uid=COREDNS) is None
+    assert fams["nodemedic_container_cpu_quota_cores"].get(uid=COREDNS) is None
+    assert fams["nodemedic_container_memory_limit_bytes"].get(uid=KINDNET) == 52428800
+    assert fams["nodemedic_container_cpu_quota_cores"].get(uid=KINDNET) == 1.0
+
+
+async def test_no_kubelet_labels_carry_uid_and_container_id() -> None:
+    """Without a kubelet client, series carry the pod UID, empty namespace/pod, the container
+    ID as container, and the QoS class from the cgroup path."""
+    fams = await collect(V2)
+    usage = fams["nodemedic_container_memory_usage_bytes"]
+    assert usage.get(namespace="", pod="", uid=DAEMONSET, container=DS_CID,
+                     qos="burstable") == 10498404352
+    assert usage.get(uid=DAEMONSET, container="") == 10498404352
+    assert fams["nodemedic_cgroup_pod_attribution"].get() == 0
+
+
+async def test_sandbox_not_in_pod_list_keeps_its_id() -> None:
+    """A cgroup the kubelet does not list (pod sandbox) is named by its ID, never by a guess."""
+    fams = await collect(V2, FakeKubelet(real_pod_refs()))
+    usage = fams["nodemedic_container_memory_usage_bytes"]
+    assert usage.get(pod="e2e-daemonset-kb65b", container=SANDBOX) == 10498404352
+
+
+async def test_failing_kubelet_falls_back_to_uids() -> None:
+    """A kubelet that errors only costs attribution: values are still reported, by UID."""
+    fams = await collect(V2, FakeKubelet(error=ConnectionRefusedError("kubelet down")))
+    assert fams["nodemedic_cgroup_pod_attribution"].get() == 0
+    assert fams["nodemedic_container_memory_usage_bytes"].get(
+        uid=DAEMONSET, container=DS_CID, pod="") == 10498404352
+
+
+async def test_v1_cgroupfs_tree() -> None:
+    """v1 cgroupfs driver with joined cpu,cpuacct: throttling, quota, working set and OOM kills
+    from the captured files; unlimited memory and a kernel without oom_kill give no series."""
+    fams = await collect(V1, FakeKubelet(real_pod_refs()))
+    ds = {"pod": "e2e-daemonset-kb65b", "container": "compute-pi-digits", "qos": "burstable"}
+    assert fams["nodemedic_container_cpu_cfs_periods_total"].get(**ds) == 769021
+    assert fams["nodemedic_container_cpu_cfs_throttled_periods_total"].get(**ds) == 1046
+    assert fams["nodemedic_container_cpu_cfs_throttled_seconds_total"].get(**ds) == (
+        pytest.approx(352.597023453)
+    )
+    assert fams["nodemedic_container_cpu_quota_cores"].get(**ds) == pytest.approx(0.08)
+    assert fams["nodemedic_container_cpu_usage_seconds_total"].get(**ds) == (
+        pytest.approx(95.996653175)
+    )
+    assert fams["nodemedic_container_memory_working_set_bytes"].get(**ds) == (
+        295997440 - 40108032
+    )
+    # 9223372036854771712 = unlimited; this capture's kernel has no oom_kill line.
+    assert fams["nodemedic_container_memory_limit_bytes"].get(**ds) is None
+    assert fams["nodemedic_container_oom_kills_total"].get(**ds) is None
+    kindnet = {"pod": "kindnet-zkpn8", "container": "kindnet-cni", "qos": "guaranteed"}
+    assert fams["nodemedic_container_memory_limit_bytes"].get(**kindnet) == 2147483648
+    assert fams["nodemedic_container_oom_kills_total"].get(**kindnet) == 0
+    assert fams["nodemedic_container_memory_usage_bytes"].get(
+        pod="kube-proxy-8k9zt", container="", qos="besteffort") == 1215860736
+    # v1 has no OOM-event counter and these captures no PSI: absent, not zero.
+    assert fams["nodemedic_container_oom_events_total"].samples == []
+    assert fams["nodemedic_container_pressure_seconds_total"].samples == []
+    assert fams["nodemedic_cgroup_cgroups"].get(level="container") == 4
+
+
+async def test_empty_and_garbage_files_skip_only_that_value(v2_copy: Path) -> None:
+    """An empty memory.current and a garbage memory.max drop just those values (and the working
+    set that depends on usage), count parse errors, and leave the rest of the pod intact."""
+    d = v2_container(v2_copy, DAEMONSET, DS_CID)
+    (d / "memory.current").write_bytes(b"")
+    (d / "memory.max").write_bytes(b"lots\n")
+    (d / "cpu.pressure").write_bytes(b"some avg10=?? avg60=0.00 avg300=0.00 total=1\n")
+    c = collector(v2_copy)
+    fams = {f.name: f for f in await c.collect()}
+    assert fams["nodemedic_container_memory_usage_bytes"].get(container=DS_CID) is None
+    assert fams["nodemedic_container_memory_working_set_bytes"].get(container=DS_CID) is None
+    assert fams["nodemedic_container_memory_limit_bytes"].get(container=DS_CID) is None
+    assert fams["nodemedic_container_pressure_seconds_total"].get(
+        container=DS_CID, resource="cpu") is None
+    assert fams["nodemedic_container_pressure_seconds_total"].get(
+        container=DS_CID, resource="memory", kind="some") == pytest.approx(1.736583)
+    assert fams["nodemedic_container_oom_kills_total"].get(container=DS_CID) == 2
+    assert fams["nodemedic_container_memory_usage_bytes"].get(uid=COREDNS, container="") == (
+        10498404352
+    )
+    assert fams["nodemedic_cgroup_read_errors_total"].get(reason="parse") == 3
+    # The counter is cumulative across ticks.
+    fams = {f.name: f for f in await c.collect()}
+    assert fams["nodemedic_cgroup_read_errors_total"].get(reason="parse") == 6
+
+
+async def test_missing_expected_file_is_counted(v1_copy: Path) -> None:
+    """A control file that its hierarchy has but one live cgroup lacks is skipped and counted."""
+    d = (v1_copy / "memory" / "kubepods" / "burstable" / f"pod{COREDNS}")
+    cid = next(p.name for p in d.iterdir() if p.is_dir())
+    (d / cid / "memory.usage_in_bytes").unlink()
+    (d / cid / "memory.stat").write_text("cache 1\nrss 2\n")  # no total_inactive_file
+    fams = await collect(v1_copy)
+    assert fams["nodemedic_container_memory_usage_bytes"].get(container=cid) is None
+    assert fams["nodemedic_container_memory_working_set_bytes"].get(container=cid) is None
+    assert fams["nodemedic_container_memory_limit_bytes"].get(container=cid) == 2147483648
+    assert fams["nodemedic_cgroup_read_errors_total"].get(reason="missing") == 1
+    assert fams["nodemedic_cgroup_read_errors_total"].get(reason="parse") == 1
+
+
+def test_pod_vanishing_between_discovery_and_read(v2_copy: Path) -> None:
+    """A pod deleted after discovery is dropped whole and counted as vanished; no half-read
+    values for it, the other pods are unaffected."""
+    pod_dir = v2_container(v2_copy, DAEMONSET, DS_CID).parent
+
+    def delete(refs: list[CgroupRef]) -> None:
+        assert any(r.uid == DAEMONSET for r in refs)
+        shutil.rmtree(pod_dir)
+
+    result = scan(v2_copy, after_discover=delete)
+    assert [s for s in result.stats if s.uid == DAEMONSET] == []
+    assert result.errors == {"vanished": 3}  # pod + container + sandbox cgroups
+    assert {s.uid for s in result.stats} == {COREDNS, APISERVER, KUBE_PROXY, KINDNET}
+
+
+def test_container_vanishing_in_one_v1_hierarchy(v1_copy: Path) -> None:
+    """In v1 a container removed from one controller mid-teardown is dropped, not half-read."""
+    d = v1_copy / "cpu,cpuacct" / "kubepods" / "burstable" / f"pod{DAEMONSET}" / DS_CID
+
+    result = scan(v1_copy, after_discover=lambda refs: shutil.rmtree(d))
+    assert [s for s in result.stats if s.container_id == DS_CID] == []
+    assert result.errors == {"vanished": 1}
+
+
+def _scan_as_nobody(root: Path) -> dict[str, object]:
+    """Run scan() in a forked child that dropped root, so file modes really apply."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: never return into pytest
+        try:
+            os.close(r)
+            os.setgroups([])
+            os.setgid(65534)
+            os.setuid(65534)
+            res = scan(root)
+            out = {"errors": res.errors,
+                   "usage": {s.container_id: s.memory_usage for s in res.stats}}
+            os.write(w, json.dumps(out).encode())
+        finally:
+            os._exit(0)
+    os.close(w)
+    with os.fdopen(r, "rb") as f:
+        data = f.read()
+    os.waitpid(pid, 0)
+    return json.loads(data)  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+def world_readable_copy() -> Iterator[Path]:
+    base = Path(tempfile.mkdtemp(prefix="nodemedic-cgroup-"))
+    try:
+        os.chmod(base, 0o755)
+        shutil.copytree(V2, base / "v2", symlinks=True)
+        yield base / "v2"
+    finally:
+        shutil.rmtree(base)
+
+
+def test_permission_denied_is_counted_not_fatal(world_readable_copy: Path) -> None:
+    """An unreadable memory.current (EACCES) skips that value, counts 'permission', and the
+    rest of the node is still read."""
+    d = v2_container(world_readable_copy, DAEMONSET, DS_CID)
+    os.chmod(d / "memory.current", 0)
+    if os.geteuid() == 0:
+        out = _scan_as_nobody(world_readable_copy)
+    else:
+        res = scan(world_readable_copy)
+        out = {"errors": res.errors,
+               "usage": {s.container_id: s.memory_usage for s in res.stats}}
+    assert out["errors"] == {"permission": 1}
+    usage = out["usage"]
+    assert isinstance(usage, dict)
+    assert usage[DS_CID] is None
+    assert usage[SANDBOX] == 10498404352
+
+
+async def test_missing_root_fails_the_collector_with_a_clear_message(tmp_path: Path) -> None:
+    """A --path.cgroupfs with no hierarchy marks the collector failed, naming the flag."""
+    with pytest.raises(RuntimeError, match=r"--path\.cgroupfs"):
+        await collector(tmp_path / "nope").collect()
+
+
+async def test_node_without_kubepods_reports_zero_cgroups(tmp_path: Path) -> None:
+    """A cgroup root without kubepods (not a Kubernetes node yet) is fine: zero cgroups."""
+    (tmp_path / "cgroup.controllers").write_text("cpu memory\n")
+    (tmp_path / "system.slice").mkdir()
+    fams = await collect(tmp_path)
+    assert fams["nodemedic_cgroup_cgroups"].get(level="pod") == 0
+    assert fams["nodemedic_container_memory_usage_bytes"].samples == []
+
+
+async def test_declared_metrics_cover_every_family() -> None:
+    """Every family the collector returns is declared in its ``metrics`` catalogue."""
+    declared = {s.name for s in CgroupCollector.metrics}
+    fams = await collect(V2)
+    assert set(fams) <= declared
+    assert CgroupCollector.name == "cgroup"
