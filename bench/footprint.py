@@ -40,8 +40,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from agent.testing.fake_kubelet import FakeKubelet, Override  # noqa: E402
 from synthetic_node import build_node, pods_json  # noqa: E402
+
+from agent.testing.fake_kubelet import FakeKubelet, Override  # noqa: E402
 
 RESULTS = REPO / "bench" / "results"
 NODE_EXPORTER = "/usr/bin/prometheus-node-exporter"
@@ -105,7 +106,9 @@ def wait_http(url: str, timeout: float = 30) -> None:
     raise RuntimeError(f"{url} not up")
 
 
-def start_agent(cgroot: Path, kubelet_url: str, interval: str, port: int) -> subprocess.Popen[bytes]:
+def start_agent(
+    cgroot: Path, kubelet_url: str, interval: str, port: int
+) -> subprocess.Popen[bytes]:
     env = dict(os.environ, NODEMEDIC_LOG_LEVEL="warning", NODEMEDIC_LOG_FORMAT="json")
     env.pop("NOTIFY_SOCKET", None)
     return subprocess.Popen(
