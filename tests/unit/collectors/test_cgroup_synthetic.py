@@ -1,0 +1,59 @@
+"""The synthetic 250-pod node of bench/synthetic_node.py reads back whole through the collector."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from agent.collectors.base import CollectorContext
+from agent.collectors.cgroup import CgroupCollector
+from agent.settings import Settings
+from agent.structs.pods import PodRef
+
+REPO = Path(__file__).resolve().parents[3]
+if str(REPO) not in sys.path:  # bench/ is not an installed package
+    sys.path.insert(0, str(REPO))
+
+from bench.synthetic_node import build_node, pods_json  # noqa: E402
+
+
+class _Kubelet:
+    def __init__(self, refs: list[PodRef]) -> None:
+        self.refs = refs
+
+    async def pods(self) -> list[PodRef]:
+        return self.refs
+
+
+@pytest.mark.parametrize("layout", ["v2-systemd", "v1-cgroupfs"])
+async def test_collector_reads_back_250_pods_by_2_containers(tmp_path: Path, layout: str) -> None:
+    """All 250 pods and 500 containers of the synthetic node are found and attributed."""
+    refs = build_node(tmp_path, pods=250, containers=2, layout=layout)  # type: ignore[arg-type]
+    ctx = CollectorContext(Settings(path_cgroupfs=tmp_path), shared={"kubelet": _Kubelet(refs)})
+    fams = {f.name: f for f in await CgroupCollector(ctx).collect()}
+    assert fams["nodemedic_cgroup_cgroups"].get(level="pod") == 250
+    assert fams["nodemedic_cgroup_cgroups"].get(level="container") == 500
+    assert sum(v for _, v in fams["nodemedic_cgroup_read_errors_total"].samples) == 0
+    ws = fams["nodemedic_container_memory_working_set_bytes"]
+    assert len(ws.samples) == 750
+    by_name = {(lbl["namespace"], lbl["pod"], lbl["container"]) for lbl, _ in ws.series()}
+    want = {(r.namespace, r.name, c) for r in refs for c in ("", *r.containers.values())}
+    assert by_name == want
+    qos = {r.uid: r.qos_class.lower() for r in refs}
+    assert all(lbl["qos"] == qos[lbl["uid"]] for lbl, _ in ws.series())
+    assert all(v > 0 for _, v in ws.samples)
+    assert fams["nodemedic_container_cpu_cfs_throttled_periods_total"].samples
+
+
+def test_pods_json_matches_the_tree(tmp_path: Path) -> None:
+    """pods_json gives one PodList item per pod with containerd:// IDs of its cgroups."""
+    refs = build_node(tmp_path, pods=3, containers=2)
+    doc = pods_json(refs)
+    assert doc["kind"] == "PodList"
+    assert [i["metadata"]["uid"] for i in doc["items"]] == [r.uid for r in refs]
+    ids = {cs["containerID"] for i in doc["items"] for cs in i["status"]["containerStatuses"]}
+    assert ids == {f"containerd://{cid}" for r in refs for cid in r.containers}
+    for item, ref in zip(doc["items"], refs, strict=True):
+        assert item["status"]["qosClass"] == ref.qos_class
