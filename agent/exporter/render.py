@@ -3,13 +3,16 @@
 Called by agent.runtime.daemon after each tick (in a worker thread: rendering thousands of series
 is CPU work that must not stall the event loop). The HTTP server (agent.exporter.server) serves the
 cached bytes, so scrape cost does not grow with the number of scrapers or with the series count.
-Rendering itself is prometheus_client's ``generate_latest``, fed by a bridge collector that turns
-our ``Family`` objects into prometheus_client metric families.
+The agent's own metrics are prometheus_client objects rendered by ``generate_latest``; the
+collected families (tens of thousands of series on a busy node) go through FamilyRenderer, which
+writes the same text format with cached label strings. ``FamilySource`` bridges families into a
+prometheus_client registry where that is more convenient (tests, tools).
 """
 
 from __future__ import annotations
 
 import gzip
+import math
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -65,11 +68,77 @@ class Exposition:
     render_seconds: float
 
 
-class Renderer:
-    """Renders a registry to text + gzip; thread-safe, keeps the latest result."""
+def _escape(v: str) -> str:
+    if "\\" in v or '"' in v or "\n" in v:
+        return v.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+    return v
 
-    def __init__(self, registry: CollectorRegistry) -> None:
+
+def _value(v: float) -> str:
+    if math.isnan(v):
+        return "NaN"
+    if v == math.inf:
+        return "+Inf"
+    if v == -math.inf:
+        return "-Inf"
+    return repr(v)
+
+
+class FamilyRenderer:
+    """Text format 0.0.4 for our families, ~10x cheaper than generate_latest at 20k series.
+
+    The label part of each line (``name{a="x",b="y"} ``) is cached between ticks, keyed by the
+    label values: cgroup and Service series are stable, so most lines cost one dict lookup.
+    The cache is generational (only entries used in the last render survive), so it is bounded
+    by the current series count and forgets vanished pods.
+    """
+
+    def __init__(self) -> None:
+        self._prefixes: dict[str, dict[tuple[str, ...], str]] = {}
+
+    def render(self, families: Iterable[Family]) -> str:
+        out: list[str] = []
+        append = out.append
+        new_prefixes: dict[str, dict[tuple[str, ...], str]] = {}
+        for fam in families:
+            spec = fam.spec
+            name = spec.name
+            typ = "gauge" if spec.type == "info" else spec.type
+            doc = spec.help.replace("\\", "\\\\").replace("\n", "\\n")
+            append(f"# HELP {name} {doc}\n# TYPE {name} {typ}\n")
+            if not spec.labelnames:
+                for _, value in fam.samples:
+                    append(f"{name} {_value(value)}\n")
+                continue
+            old = self._prefixes.get(name, {})
+            cur = new_prefixes.setdefault(name, {})
+            heads = [f'{k}="' for k in spec.labelnames]
+            for values, value in fam.samples:
+                prefix = cur.get(values)
+                if prefix is None:
+                    prefix = old.get(values)
+                    if prefix is None:
+                        inner = ",".join([h + _escape(x) + '"'
+                                          for h, x in zip(heads, values, strict=True)])
+                        prefix = f"{name}{{{inner}}} "
+                    cur[values] = prefix
+                append(prefix + _value(value) + "\n")
+        self._prefixes = new_prefixes
+        return "".join(out)
+
+
+class Renderer:
+    """Renders self-metrics (prometheus_client) plus our families to text + gzip; keeps the
+    latest result. Thread-safe: called from a worker thread once per tick."""
+
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        families: Callable[[], Iterable[Family]] | None = None,
+    ) -> None:
         self._registry = registry
+        self._families = families
+        self._family_renderer = FamilyRenderer()
         self._lock = threading.Lock()
         self.latest: Exposition | None = None
 
@@ -77,8 +146,11 @@ class Renderer:
         start = time.perf_counter()
         with self._lock:
             text = generate_latest(self._registry)
-            # Level 5: nearly level 9's ratio on repetitive exposition text, far less CPU.
-            gz = gzip.compress(text, compresslevel=5, mtime=0)
+            if self._families is not None:
+                text += self._family_renderer.render(self._families()).encode()
+            # Level 1: on repetitive exposition text it gets within ~10% of level 5's size
+            # for half the CPU, and this runs every tick.
+            gz = gzip.compress(text, compresslevel=1, mtime=0)
             exp = Exposition(text, gz, time.monotonic(), time.perf_counter() - start)
             self.latest = exp
         return exp

@@ -24,7 +24,7 @@ from prometheus_client import CollectorRegistry
 from agent import __version__
 from agent.collectors import registry as collector_registry
 from agent.collectors.base import Collector, CollectorContext
-from agent.exporter.render import Exposition, FamilySource, Renderer
+from agent.exporter.render import Exposition, Renderer
 from agent.exporter.self_metrics import SelfMetrics
 from agent.exporter.server import build_app, start_server
 from agent.runtime.components import Component, build_components, build_shared, close_shared
@@ -73,8 +73,7 @@ class Agent:
         self.registry = CollectorRegistry(auto_describe=False)
         self.metrics = SelfMetrics(self.registry)
         self.metrics.dry_run.set(1 if settings.dry_run else 0)
-        self._renderer = Renderer(self.registry)
-        self.registry.register(FamilySource(self._families))
+        self._renderer = Renderer(self.registry, self._families)
         self._supervisor = Supervisor(on_restart=self._task_restarted)
         self._stop = asyncio.Event()
         self._snapshot: Snapshot | None = None

@@ -12,7 +12,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
-from agent.exporter.render import Exposition, FamilySource, Renderer
+from agent.exporter.render import Exposition, Renderer
 from agent.exporter.self_metrics import SelfMetrics
 from agent.exporter.server import build_app
 from agent.structs.metrics import Family, MetricSpec
@@ -52,8 +52,7 @@ def families() -> list[Family]:
 def make() -> tuple[FakeAgent, SelfMetrics, Renderer]:
     reg = CollectorRegistry(auto_describe=False)
     sm = SelfMetrics(reg)
-    reg.register(FamilySource(families))
-    r = Renderer(reg)
+    r = Renderer(reg, families)
     return FakeAgent(r), sm, r
 
 
