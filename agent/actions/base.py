@@ -1,0 +1,134 @@
+"""The action interface: a pure ``plan()`` and an idempotent ``execute()``, plus shared helpers.
+
+Implemented by one module per action under agent/actions/ (registered with
+``agent.actions.registry.action``); called only by agent.safety.gate (plan, to validate and
+explain) and agent.runtime.remediation (execute, after the gate allowed the request).
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from agent.kube.nodes import ensure_annotations
+from agent.settings import Settings
+from agent.structs.durations import parse_duration
+from agent.structs.remediation import ActionRequest, Decision, Outcome, OutcomeKind, TargetKind
+
+# Every key nodemedic writes on Kubernetes objects lives under this prefix (DESIGN.md §5).
+PREFIX = "nodemedic.io/"
+CORDONED_BY = PREFIX + "cordoned-by"
+ADMIN_UNCORDONED = PREFIX + "uncordoned-by-admin"
+
+
+__all__ = ["ensure_annotations"]  # re-exported for actions that edit annotations
+
+
+class InvalidParams(ValueError):
+    """The request's parameters or target cannot be used by this action (never executed)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """What an action would change, for dry-run output, logs and Events."""
+
+    action: str
+    target: str
+    summary: str
+    changes: tuple[str, ...] = ()
+
+
+@dataclass
+class ActionContext:
+    """What execute() gets: API client (None when no API), node, settings and injectable parts.
+
+    ``systemctl`` is the binary restart-service runs (tests point it at a recording script);
+    ``http`` is the session webhooks use; ``progress`` receives drain progress for the gauges;
+    ``started_at`` is when a resumed multi-pass action (drain, evict-pod retries) first started.
+    """
+
+    api: Any
+    node_name: str
+    settings: Settings
+    systemctl: str = "/bin/systemctl"
+    http: Any = None
+    progress: Callable[[str, int, float], None] | None = None
+    now: Callable[[], float] = time.time
+    started_at: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Action(ABC):
+    """One action type. Subclasses set the class attributes and implement plan/execute."""
+
+    name: ClassVar[str] = ""
+    targets: ClassVar[tuple[TargetKind, ...]] = ("node",)
+    needs_api: ClassVar[bool] = True
+    # Disruptive actions count against the global hourly cap; informational ones do not, so an
+    # Event storm can never use up the budget a cordon needs.
+    disruptive: ClassVar[bool] = False
+    # Actions that make this node unschedulable are checked against the cluster cordon budget.
+    cordons: ClassVar[bool] = False
+
+    def check_target(self, req: ActionRequest) -> None:
+        if req.target.kind not in self.targets:
+            raise InvalidParams(
+                f"{self.name} applies to {'/'.join(self.targets)} targets, not {req.target.kind}"
+            )
+        if req.target.kind == "pod" and not (req.target.namespace and req.target.name):
+            raise InvalidParams(f"{self.name}: pod target needs namespace and name")
+
+    @abstractmethod
+    def plan(self, req: ActionRequest, settings: Settings) -> Plan:
+        """Validate and describe the change; pure (no I/O). Raises InvalidParams."""
+
+    @abstractmethod
+    async def execute(self, decision: Decision, ctx: ActionContext) -> Outcome:
+        """Do it. Must converge when re-run after a crash (check state before changing it)."""
+
+
+def outcome(decision: Decision, kind: OutcomeKind, message: str, **details: Any) -> Outcome:
+    return Outcome(decision=decision, kind=kind, message=message, details=details)
+
+
+def param_str(params: Mapping[str, Any], key: str, default: str | None = None) -> str:
+    value = params.get(key, default)
+    if value is None:
+        raise InvalidParams(f"missing parameter {key!r}")
+    if not isinstance(value, str):
+        raise InvalidParams(f"parameter {key!r} must be a string")
+    return value
+
+
+def param_duration(params: Mapping[str, Any], key: str, default: float) -> float:
+    if key not in params:
+        return default
+    try:
+        return parse_duration(params[key])
+    except ValueError as exc:
+        raise InvalidParams(f"parameter {key!r}: {exc}") from exc
+
+
+def check_key(key: str) -> str:
+    """Only keys under nodemedic.io/ may be written, so we never clobber someone else's."""
+    if not key.startswith(PREFIX) or len(key) == len(PREFIX) or len(key) > 253 + 63:
+        raise InvalidParams(f"key {key!r} must start with {PREFIX} (nodemedic only writes its own)")
+    return key
+
+
+def describe(req: ActionRequest) -> str:
+    """One sentence for Events and logs: rule, step, reason and observed values."""
+    observed = ", ".join(f"{k}={v:g}" for k, v in sorted(req.observed.items()))
+    parts = [f"rule {req.rule}"]
+    if req.step:
+        parts.append(f"step {req.step}")
+    if req.reason:
+        parts.append(req.reason)
+    if observed:
+        parts.append(f"observed {observed}")
+    if req.runbook:
+        parts.append(f"runbook {req.runbook}")
+    return "; ".join(parts)

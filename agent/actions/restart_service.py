@@ -1,0 +1,78 @@
+"""``restart-service``: ``systemctl restart UNIT`` for an allow-listed systemd unit on this node.
+
+Called through the gate by agent.runtime.remediation (e.g. restart kubelet when /healthz fails).
+The unit must match a strict name pattern and be listed in ``--actions.restart-allowlist``; it is
+passed as one argv element to ``systemctl`` (never through a shell), so nothing in a rule can
+inject a command. Tests point ``ActionContext.systemctl`` at a recording script.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+
+from agent.actions.base import Action, ActionContext, InvalidParams, Plan, outcome, param_str
+from agent.actions.registry import action
+from agent.settings import Settings
+from agent.structs.remediation import ActionRequest, Decision, Outcome
+
+UNIT_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9:_.@\\-]{0,250}\.(service|socket|timer)$")
+SYSTEMCTL_TIMEOUT = 90.0  # systemctl waits for the restart job; kubelet stop can take a while
+
+
+def allowed_unit(req: ActionRequest, settings: Settings) -> str:
+    unit = param_str(req.action.params, "unit")
+    if not UNIT_RE.match(unit):
+        raise InvalidParams(f"unit {unit!r} is not a valid systemd unit name")
+    if unit not in settings.actions_restart_allowlist:
+        raise InvalidParams(
+            f"unit {unit!r} is not in --actions.restart-allowlist "
+            f"({', '.join(settings.actions_restart_allowlist) or 'empty'})"
+        )
+    if req.target.node != settings.node_name:
+        raise InvalidParams(f"restart-service only acts on this node ({settings.node_name})")
+    return unit
+
+
+@action("restart-service")
+class RestartService(Action):
+    needs_api = False
+    disruptive = True
+
+    def plan(self, req: ActionRequest, settings: Settings) -> Plan:
+        self.check_target(req)
+        unit = allowed_unit(req, settings)
+        return Plan(self.name, req.target.key, f"systemctl restart {unit}", (f"restart {unit}",))
+
+    async def execute(self, decision: Decision, ctx: ActionContext) -> Outcome:
+        unit = allowed_unit(decision.request, ctx.settings)
+        argv = [ctx.systemctl, "restart", unit]
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *argv,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+            )
+        except OSError as exc:
+            return outcome(decision, "failure", f"cannot run {ctx.systemctl}: {exc}", argv=argv)
+        try:
+            out, err = await asyncio.wait_for(proc.communicate(), SYSTEMCTL_TIMEOUT)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+            return outcome(
+                decision,
+                "failure",
+                f"systemctl restart {unit} timed out after {SYSTEMCTL_TIMEOUT:g}s",
+                argv=argv,
+            )
+        if proc.returncode != 0:
+            tail = (err or out).decode("utf-8", "replace").strip()[-300:]
+            return outcome(
+                decision,
+                "failure",
+                f"systemctl restart {unit} exited {proc.returncode}: {tail}",
+                argv=argv,
+            )
+        return outcome(decision, "success", f"restarted {unit}", argv=argv)

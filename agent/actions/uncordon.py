@@ -1,0 +1,86 @@
+"""``uncordon``: reverse nodemedic's own cordon, never an admin's.
+
+Called through the gate by agent.runtime.remediation, usually as a rule's undo step after its
+healthy delay. The node becomes schedulable only when no rule still holds the cordon (the rules
+listed in ``nodemedic.io/cordoned-by``); a cordon without that annotation is an admin's and is left
+alone. Also ends the "admin uncordoned it" episode for the rule by clearing its marker.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from agent.actions.base import (
+    ADMIN_UNCORDONED,
+    CORDONED_BY,
+    Action,
+    ActionContext,
+    InvalidParams,
+    Plan,
+    outcome,
+)
+from agent.actions.cordon import marker, marker_rules
+from agent.actions.registry import action
+from agent.kube.nodes import ensure_annotations, is_unschedulable, update_node
+from agent.settings import Settings
+from agent.structs.remediation import ActionRequest, Decision, Outcome
+
+
+@action("uncordon")
+class Uncordon(Action):
+    def plan(self, req: ActionRequest, settings: Settings) -> Plan:
+        self.check_target(req)
+        if req.target.node != settings.node_name:
+            raise InvalidParams(f"uncordon only acts on this node ({settings.node_name})")
+        return Plan(
+            self.name,
+            req.target.key,
+            f"uncordon node {req.target.node} if no other rule holds nodemedic's cordon",
+            (f"annotation {CORDONED_BY} -= {req.rule}", "spec.unschedulable=false when empty"),
+        )
+
+    async def execute(self, decision: Decision, ctx: ActionContext) -> Outcome:
+        req = decision.request
+        now = ctx.now()
+        state: list[str] = []
+
+        def mutate(node: dict[str, Any]) -> bool:
+            state.clear()
+            ann = ensure_annotations(node)
+            changed = False
+            overridden = marker_rules(ann, ADMIN_UNCORDONED)
+            if req.rule in overridden:
+                rest = [r for r in overridden if r != req.rule]
+                if rest:
+                    ann[ADMIN_UNCORDONED] = marker(rest, now)
+                else:
+                    del ann[ADMIN_UNCORDONED]
+                changed = True
+                state.append("episode_cleared")
+            if CORDONED_BY not in ann:
+                state.append("admin" if is_unschedulable(node) else "schedulable")
+                return changed
+            holders = [r for r in marker_rules(ann, CORDONED_BY) if r not in (req.rule, "?")]
+            if holders:
+                ann[CORDONED_BY] = marker(holders, now)
+                state.append("held")
+                return True
+            del ann[CORDONED_BY]
+            if is_unschedulable(node):
+                node.setdefault("spec", {})["unschedulable"] = False
+                state.append("uncordoned")
+            else:
+                state.append("schedulable")
+            return True
+
+        await update_node(ctx.api, req.target.node, mutate)
+        last = state[-1] if state else "schedulable"
+        if last == "uncordoned":
+            return outcome(decision, "success", f"uncordoned node {req.target.node}")
+        if last == "held":
+            return outcome(decision, "noop", "other rules still hold nodemedic's cordon")
+        if last == "admin":
+            return outcome(
+                decision, "noop", f"node {req.target.node} was cordoned by an admin; leaving it"
+            )
+        return outcome(decision, "noop", f"node {req.target.node} is schedulable")

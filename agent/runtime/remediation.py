@@ -1,0 +1,414 @@
+"""The remediation stage: rules engine -> safety gate -> actions -> record, once per snapshot.
+
+Called by agent.runtime.daemon through agent.runtime.components (``build_stage``): ``start()``
+once, ``on_snapshot()`` after every collection, ``families()`` / ``status()`` for /metrics and
+/status, ``close()`` on shutdown. For every request the engine makes it
+1. refuses it as ``missing_data`` when a collector behind the rule's observed series failed this
+   tick (never act on stale or absent data);
+2. asks the gate (the only path to execution);
+3. runs allowed actions concurrently (bounded), each failure contained to its own request;
+4. records each decision: ``nodemedic_actions_total``, one structured log line with every field,
+   a Kubernetes Event on the target for real actions, and the ledger plus the engine's state in
+   the node annotation ``nodemedic.io/state`` so a restarted agent resumes (cooldowns, caps, the
+   escalation ladder, a drain in progress).
+Actions that need more passes (outcome ``retry``: drain, a PDB-blocked eviction) stay pending and
+are re-gated and re-run on later ticks until they finish, fail or time out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+from collections import deque
+from collections.abc import Iterable
+from typing import Any, Protocol
+
+import structlog
+
+from agent.actions import registry
+from agent.actions.base import ActionContext, describe
+from agent.kube.errors import KubeError, KubeUnavailable
+from agent.kube.events import InvolvedObject, record_event
+from agent.kube.nodes import ensure_annotations, get_node, read_annotations, update_node
+from agent.safety.gate import SafetyGate
+from agent.safety.ledger import Ledger, Pending, ledger_key
+from agent.settings import Settings
+from agent.structs.metrics import Family, MetricSpec
+from agent.structs.remediation import ActionRequest, Decision, Outcome, OutcomeKind
+from agent.structs.snapshot import Snapshot
+
+log = structlog.get_logger("nodemedic.remediation")
+
+STATE_ANNOTATION = "nodemedic.io/state"
+PERSIST_INTERVAL = 60.0  # engine-only state changes are written at most this often
+RECENT_DECISIONS = 50  # kept for /status
+DEFAULT_CONCURRENCY = 4
+_METRIC_RE = re.compile(r"nodemedic_[A-Za-z0-9_]+")
+
+STATE_WRITES = MetricSpec(
+    "nodemedic_state_writes_total",
+    "Writes of the remediation state annotation, by result.",
+    "counter",
+    ("result",),
+)
+EVENT_FAILURES = MetricSpec(
+    "nodemedic_remediation_events_failed_total",
+    "Kubernetes Events about actions that could not be written.",
+    "counter",
+)
+PENDING = MetricSpec(
+    "nodemedic_actions_in_progress",
+    "Actions that need more passes (drains, blocked evictions), by action.",
+    "gauge",
+    ("action",),
+)
+
+
+class Engine(Protocol):
+    """What the stage needs from agent.rules' engine."""
+
+    def evaluate(self, snapshot: Snapshot, now: float) -> list[ActionRequest]: ...
+    def export_state(self) -> Any: ...
+    def restore_state(self, state: Any) -> None: ...
+    def families(self) -> list[Family]: ...
+    def status(self) -> dict[str, Any]: ...
+
+
+def _camel(action: str) -> str:
+    return "".join(part.capitalize() for part in action.split("-"))
+
+
+class RemediationStage:
+    """One per agent; all durable state lives in the gate's ledger and the node annotation."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        api: Any,
+        engine: Engine,
+        *,
+        clock: Any = time.time,
+        systemctl: str = "/bin/systemctl",
+        http: Any = None,
+        concurrency: int = DEFAULT_CONCURRENCY,
+        persist_interval: float = PERSIST_INTERVAL,
+    ) -> None:
+        self.settings = settings
+        self.api = api
+        self.engine = engine
+        self.clock = clock
+        self.systemctl = systemctl
+        self.http = http
+        self.gate = SafetyGate(settings, api, clock=clock)
+        self._sem = asyncio.Semaphore(max(1, concurrency))
+        self._extra: dict[str, dict[str, Any]] = {}
+        self._recent: deque[dict[str, Any]] = deque(maxlen=RECENT_DECISIONS)
+        self._restored = api is None
+        self._restore_problems: list[str] = []
+        self._persisted_engine: str | None = None
+        self._last_persist = 0.0
+        self._dirty = False
+        self._writes = {"ok": 0, "error": 0}
+        self._event_failures = 0
+
+    @property
+    def ledger(self) -> Ledger:
+        return self.gate.ledger
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Restore ledger and engine state from the node annotation (retried each tick if the
+        API is down now; until then the gate denies everything as missing_data anyway)."""
+        await self._restore()
+
+    async def _restore(self) -> None:
+        if self._restored:
+            return
+        try:
+            node = await get_node(self.api, self.settings.node_name)
+        except KubeError as exc:
+            log.warning("state_restore_deferred", node=self.settings.node_name, error=str(exc))
+            return
+        self._restored = True
+        raw = read_annotations(node).get(STATE_ANNOTATION)
+        if not raw:
+            return
+        ledger, engine_state, problems = Ledger.from_json(raw)
+        self.gate.ledger = ledger
+        self._restore_problems = problems
+        for problem in problems:
+            log.warning("state_restore_problem", problem=problem)
+        if engine_state is not None:
+            try:
+                self.engine.restore_state(engine_state)
+            except Exception as exc:  # a bad annotation must never stop the agent
+                log.warning("engine_state_restore_failed", error=str(exc))
+            else:
+                self._persisted_engine = json.dumps(engine_state, sort_keys=True, default=str)
+        log.info(
+            "state_restored",
+            history=len(ledger.history),
+            in_progress=[ledger_key(p.request) for p in ledger.pending.values()],
+        )
+
+    async def close(self) -> None:
+        """Write the final state (best effort); the API client belongs to the caller."""
+        if self.api is not None and self._restored:
+            await self._persist(force=True)
+
+    async def reload(self, settings: Settings) -> None:
+        """New settings take effect at the next decision; the ledger is kept."""
+        self.settings = settings
+        self.gate.settings = settings
+        reload = getattr(self.engine, "reload", None)
+        if callable(reload):
+            result = reload(settings)
+            if asyncio.iscoroutine(result):
+                await result
+
+    # --- one tick ----------------------------------------------------------------------------
+
+    async def on_snapshot(self, snapshot: Snapshot) -> None:
+        await self._restore()
+        now = self.clock()
+        try:
+            requests = list(self.engine.evaluate(snapshot, now))
+        except Exception:
+            log.exception("rules_evaluation_failed")
+            requests = []
+        work: list[tuple[ActionRequest, bool]] = [
+            (p.request, True) for p in self.ledger.pending.values()
+        ]
+        for req in requests:
+            if ledger_key(req) in self.ledger.pending:
+                continue  # already running; the pending pass continues it
+            work.append((req, False))
+
+        decisions: list[tuple[Decision, bool]] = []
+        for req, continuing in work:
+            stale = None if continuing else self._stale(req, snapshot)
+            decision = stale or await self.gate.decide(req, continuing=continuing)
+            decisions.append((decision, continuing))
+
+        async def run(decision: Decision, continuing: bool) -> Outcome | None:
+            if decision.kind != "allowed":
+                return None
+            async with self._sem:
+                return await self._execute(decision, continuing)
+
+        outcomes = await asyncio.gather(*(run(d, c) for d, c in decisions))
+        events: list[tuple[Decision, Outcome]] = []
+        for (decision, continuing), result in zip(decisions, outcomes, strict=True):
+            self._record(decision, result, continuing)
+            if result is not None and (not continuing or result.kind != "retry"):
+                events.append((decision, result))
+        if events and self.api is not None:
+            await asyncio.gather(*(self._event(d, o) for d, o in events))
+        if self.api is not None and self._restored:
+            await self._persist(force=self._dirty)
+
+    def _stale(self, req: ActionRequest, snapshot: Snapshot) -> Decision | None:
+        """missing_data when a collector behind this request's series failed this tick."""
+        metrics: set[str] = set()
+        for key in req.observed:
+            metrics.update(_METRIC_RE.findall(key))
+        rule_metrics = getattr(self.engine, "rule_metrics", None)
+        if callable(rule_metrics):
+            metrics.update(rule_metrics(req.rule))
+        for metric in sorted(metrics):
+            owner = snapshot.owners.get(metric)
+            if owner is not None and not snapshot.has_data_for(metric):
+                detail = f"collector {owner} failed this tick; {metric} has no fresh data"
+                return self.gate.deny(req, "missing_data", detail)
+        return None
+
+    async def _execute(self, decision: Decision, continuing: bool) -> Outcome:
+        req = decision.request
+        key = ledger_key(req)
+        act = registry.get(req.action.type)
+        assert act is not None  # the gate denied unknown actions
+        pending = self.ledger.pending.get(key)
+        ctx = ActionContext(
+            api=self.api,
+            node_name=self.settings.node_name,
+            settings=self.settings,
+            systemctl=self.systemctl,
+            http=self.http,
+            progress=self.gate.drain_progress,
+            now=self.clock,
+            started_at=pending.started if pending is not None else None,
+            extra=self._extra.setdefault(key, {}),
+        )
+        try:
+            return await act.execute(decision, ctx)
+        except KubeUnavailable as exc:
+            # Resumable work waits for the API to come back; one-shot actions report failure.
+            kind: OutcomeKind = (
+                "retry" if continuing or req.action.type in ("drain", "evict-pod") else "failure"
+            )
+            return Outcome(decision, kind, f"API unreachable: {exc.reason}")
+        except KubeError as exc:
+            return Outcome(decision, "failure", str(exc))
+        except Exception as exc:  # one broken action must never take the tick down
+            log.exception("action_crashed", action=req.action.type, rule=req.rule)
+            return Outcome(decision, "failure", f"{type(exc).__name__}: {exc}")
+
+    def _record(self, decision: Decision, result: Outcome | None, continuing: bool) -> None:
+        req = decision.request
+        key = ledger_key(req)
+        self.gate.count(decision, result)
+        if result is not None:
+            if not continuing:
+                self.gate.record_execution(decision, result)
+                self._dirty = True
+            if result.kind == "retry":
+                if key not in self.ledger.pending:
+                    self.ledger.pending[key] = Pending(req, self.clock())
+                    self._dirty = True
+                else:
+                    self.ledger.pending[key].attempts += 1
+            elif key in self.ledger.pending:
+                del self.ledger.pending[key]
+                self._extra.pop(key, None)
+                self._dirty = True
+        fields: dict[str, Any] = {
+            "rule": req.rule,
+            "action": req.action.type,
+            "params": dict(req.action.params),
+            "target": req.target.key,
+            "node": req.target.node,
+            "step": req.step,
+            "undo": req.undo,
+            "severity": req.severity,
+            "decision": decision.kind,
+            "reason": decision.reason,
+            "detail": decision.detail,
+            "outcome": result.kind if result is not None else "none",
+            "message": result.message if result is not None else "",
+            "details": dict(result.details) if result is not None else {},
+            "observed": dict(req.observed),
+            "rule_reason": req.reason,
+            "runbook": req.runbook,
+            "continuing": continuing,
+            "dry_run": decision.kind == "dry_run",
+        }
+        # Repeated passes of a pending drain are debug noise; everything else is info.
+        quiet = continuing and result is not None and result.kind == "retry"
+        (log.debug if quiet else log.info)("remediation_decision", **fields)
+        self._recent.append({"time": self.clock(), **fields})
+
+    async def _event(self, decision: Decision, result: Outcome) -> None:
+        req = decision.request
+        if req.action.type == "event":
+            return  # the action itself was the Event
+        if req.target.kind == "pod":
+            obj = InvolvedObject("Pod", req.target.name, req.target.namespace)
+        else:
+            obj = InvolvedObject("Node", req.target.node)
+        type_ = "Warning" if result.kind in ("failure", "retry") else "Normal"
+        message = f"{req.action.type} {result.kind}: {result.message}. {describe(req)}"
+        try:
+            await record_event(
+                self.api,
+                obj,
+                f"Nodemedic{_camel(req.action.type)}",
+                message,
+                type_=type_,
+                host=self.settings.node_name,
+                action=req.action.type,
+            )
+        except KubeError as exc:
+            self._event_failures += 1
+            log.warning("action_event_failed", rule=req.rule, error=str(exc))
+
+    async def _persist(self, *, force: bool) -> None:
+        """Write ledger + engine state when something we did changed, or the engine's state
+        changed and PERSIST_INTERVAL passed; failures are retried next tick."""
+        try:
+            engine_state = self.engine.export_state()
+        except Exception as exc:
+            log.warning("engine_state_export_failed", error=str(exc))
+            engine_state = None
+        engine_json = json.dumps(engine_state, sort_keys=True, default=str)
+        now = self.clock()
+        changed = engine_json != self._persisted_engine
+        if not force and not (changed and now - self._last_persist >= PERSIST_INTERVAL):
+            return
+        text = self.ledger.to_json(now, engine_state)
+
+        def mutate(node: dict[str, Any]) -> bool:
+            ann = ensure_annotations(node)
+            if ann.get(STATE_ANNOTATION) == text:
+                return False
+            ann[STATE_ANNOTATION] = text
+            return True
+
+        try:
+            await update_node(self.api, self.settings.node_name, mutate)
+        except KubeError as exc:
+            self._writes["error"] += 1
+            log.warning("state_write_failed", error=str(exc))
+            return
+        self._writes["ok"] += 1
+        self._persisted_engine = engine_json
+        self._last_persist = now
+        self._dirty = False
+        if self.gate.pause is not None:
+            self.gate.pause.invalidate()
+
+    # --- exposing ----------------------------------------------------------------------------
+
+    def families(self) -> list[Family]:
+        writes = STATE_WRITES.family()
+        for result, n in sorted(self._writes.items()):
+            writes.add((result,), n)
+        failures = EVENT_FAILURES.family()
+        failures.add((), self._event_failures)
+        pending = PENDING.family()
+        counts: dict[str, int] = {}
+        for p in self.ledger.pending.values():
+            counts[p.request.action.type] = counts.get(p.request.action.type, 0) + 1
+        for action, n in sorted(counts.items()):
+            pending.add((action,), n)
+        out = [*self.gate.families(), writes, failures, pending]
+        try:
+            out.extend(self.engine.families())
+        except Exception:
+            log.exception("engine_families_failed")
+        return out
+
+    def status(self) -> dict[str, Any]:
+        try:
+            rules = self.engine.status()
+        except Exception as exc:
+            rules = {"error": str(exc)}
+        return {
+            "remediation": {
+                "dry_run": self.settings.dry_run,
+                "gate": self.gate.status(),
+                "state_restored": self._restored,
+                "state_problems": self._restore_problems,
+                "in_progress": [
+                    {
+                        "rule": p.request.rule,
+                        "action": p.request.action.type,
+                        "target": p.request.target.key,
+                        "started": p.started,
+                        "attempts": p.attempts,
+                    }
+                    for p in self.ledger.pending.values()
+                ],
+                "recent_decisions": list(self._recent)[-20:],
+            },
+            "rules": rules,
+        }
+
+
+def metric_specs() -> Iterable[MetricSpec]:
+    """Every metric the stage and gate can export (README table, promtool tests)."""
+    from agent.safety.gate import METRICS
+
+    return (*METRICS, STATE_WRITES, EVENT_FAILURES, PENDING)

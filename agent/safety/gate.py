@@ -1,0 +1,292 @@
+"""The safety gate: the only path from an ActionRequest to execution.
+
+Called by agent.runtime.remediation for every request (and again for every further pass of an
+unfinished drain). Checks, in order, each denial carrying a stable reason word:
+unknown_action, invalid_params (the action's pure plan() refused it), missing_data (no API
+configured for an API action, or the API unreachable: we cannot know whether we are paused),
+paused (node annotation or cluster ConfigMap), admin_override (an admin uncordoned what this
+rule cordoned), cooldown, rule_hourly_cap, global_hourly_cap (disruptive actions only),
+cluster_cap (unschedulable nodes counted on the API right before a cordon or drain); then global
+or per-rule dry-run gives ``dry_run`` and anything left is ``allowed``. Undo requests and further
+passes of an action already running skip the cooldown and caps (finishing or reversing is safe)
+but never the pause or missing-data checks. Exposes its counters via ``families()``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+from agent.actions import registry
+from agent.actions.base import InvalidParams, Plan
+from agent.actions.cordon import admin_override_rules
+from agent.kube.errors import KubeError
+from agent.kube.nodes import is_unschedulable, list_nodes
+from agent.safety.budget import cordon_allowed
+from agent.safety.ledger import Ledger
+from agent.safety.pause import PauseSwitch
+from agent.settings import Settings
+from agent.structs.durations import format_duration
+from agent.structs.metrics import Family, MetricSpec
+from agent.structs.remediation import ActionRequest, Decision, DecisionKind, Outcome
+
+ACTIONS_TOTAL = MetricSpec(
+    "nodemedic_actions_total",
+    "Remediation requests by action, rule, gate decision and execution outcome (none if not run).",
+    "counter",
+    ("action", "rule", "decision", "outcome"),
+)
+ACTIONS_DENIED = MetricSpec(
+    "nodemedic_actions_denied_total",
+    "Requests the safety gate denied, by action, rule and reason.",
+    "counter",
+    ("action", "rule", "reason"),
+)
+PAUSED = MetricSpec(
+    "nodemedic_paused",
+    "1 when remediation is paused at this scope (node or cluster).",
+    "gauge",
+    ("scope",),
+)
+CORDONED = MetricSpec(
+    "nodemedic_cordoned_nodes",
+    "Unschedulable nodes in the cluster at the last cordon budget check.",
+    "gauge",
+)
+CORDON_LIMIT = MetricSpec(
+    "nodemedic_cordon_budget_limit",
+    "Maximum unschedulable nodes --safety.max-cordoned allows at the last check.",
+    "gauge",
+)
+HOURLY_USED = MetricSpec(
+    "nodemedic_disruptive_actions_last_hour",
+    "Disruptive actions executed in the last hour (against --safety.max-actions-per-hour).",
+    "gauge",
+)
+DRAIN_REMAINING = MetricSpec(
+    "nodemedic_drain_pods_remaining",
+    "Pods still to leave the node being drained.",
+    "gauge",
+    ("node",),
+)
+DRAIN_STARTED = MetricSpec(
+    "nodemedic_drain_started_timestamp_seconds",
+    "When the drain in progress started (Unix seconds).",
+    "gauge",
+    ("node",),
+)
+METRICS = (
+    ACTIONS_TOTAL,
+    ACTIONS_DENIED,
+    PAUSED,
+    CORDONED,
+    CORDON_LIMIT,
+    HOURLY_USED,
+    DRAIN_REMAINING,
+    DRAIN_STARTED,
+)
+
+
+class SafetyGate:
+    """Decides on requests and records executions; all state is in ``ledger`` (persisted)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        api: Any,
+        *,
+        clock: Callable[[], float] = time.time,
+        pause: PauseSwitch | None = None,
+    ) -> None:
+        self.settings = settings
+        self.api = api
+        self.clock = clock
+        self.ledger = Ledger()
+        self.pause = pause or (
+            PauseSwitch(api, settings.node_name, settings.safety_pause_configmap)
+            if api is not None
+            else None
+        )
+        self._actions: Counter[tuple[str, str, str, str]] = Counter()
+        self._denied: Counter[tuple[str, str, str]] = Counter()
+        self._cordoned: int | None = None
+        self._limit: int | None = None
+        self._drain: dict[str, tuple[int, float]] = {}
+
+    # --- deciding ----------------------------------------------------------------------------
+
+    def plan(self, req: ActionRequest) -> Plan | Decision:
+        """The action's plan, or a denial when the action is unknown or its params are bad."""
+        act = registry.get(req.action.type)
+        if act is None:
+            return self.deny(req, "unknown_action", f"no action named {req.action.type!r}")
+        try:
+            return act.plan(req, self.settings)
+        except InvalidParams as exc:
+            return self.deny(req, "invalid_params", str(exc))
+
+    async def decide(self, req: ActionRequest, *, continuing: bool = False) -> Decision:
+        """Run every check; never raises (API trouble becomes missing_data)."""
+        planned = self.plan(req)
+        if isinstance(planned, Decision):
+            return planned
+        act = registry.get(req.action.type)
+        assert act is not None
+        now = self.clock()
+        node: dict[str, Any] = {}
+        if self.api is None:
+            if act.needs_api:
+                return self.deny(req, "missing_data", "no Kubernetes API is configured")
+        else:
+            assert self.pause is not None
+            view = await self.pause.view()
+            if not view.ok:
+                return self.deny(req, "missing_data", f"cannot read the pause switch: {view.error}")
+            if view.cluster_paused:
+                return self.deny(
+                    req, "paused", f"paused cluster-wide by {self.settings.safety_pause_configmap}"
+                )
+            if view.node_paused:
+                return self.deny(req, "paused", "paused by node annotation nodemedic.io/paused")
+            node = view.node
+        if act.cordons and req.rule in admin_override_rules(node):
+            return self.deny(
+                req,
+                "admin_override",
+                f"an admin uncordoned this node after rule {req.rule} cordoned it",
+            )
+        if not (continuing or req.undo):
+            denied = self._budgets(req, act.disruptive, now)
+            if denied is not None:
+                return denied
+            if act.cordons and self.api is not None and not is_unschedulable(node):
+                denied = await self._cluster_cap(req)
+                if denied is not None:
+                    return denied
+        if self.settings.dry_run or req.dry_run:
+            scope = "--dry-run" if self.settings.dry_run else f"rule {req.rule} dry_run"
+            return self._decision(req, "dry_run", "dry_run", f"{scope}: would {planned.summary}")
+        return self._decision(req, "allowed", "ok", planned.summary)
+
+    def _budgets(self, req: ActionRequest, disruptive: bool, now: float) -> Decision | None:
+        last = self.ledger.last_run(req)
+        if last is not None and req.cooldown_seconds > 0 and now - last[0] < req.cooldown_seconds:
+            left = req.cooldown_seconds - (now - last[0])
+            return self.deny(
+                req, "cooldown", f"ran {last[1]}x; cooldown {format_duration(left)} left"
+            )
+        if req.max_per_hour > 0 and self.ledger.count_rule(req.rule, now) >= req.max_per_hour:
+            return self.deny(
+                req, "rule_hourly_cap", f"rule {req.rule} used its {req.max_per_hour} actions/hour"
+            )
+        cap = self.settings.safety_max_actions_per_hour
+        if disruptive and self.ledger.count_disruptive(now) >= cap:
+            return self.deny(
+                req, "global_hourly_cap", f"{cap} disruptive actions/hour already used on this node"
+            )
+        return None
+
+    async def _cluster_cap(self, req: ActionRequest) -> Decision | None:
+        """Count unschedulable nodes on the API now (never from a cache) before cordoning."""
+        try:
+            nodes = await list_nodes(self.api)
+        except KubeError as exc:
+            return self.deny(req, "missing_data", f"cannot count cordoned nodes: {exc}")
+        me = self.settings.node_name
+        others = sum(
+            1 for n in nodes if is_unschedulable(n) and (n.get("metadata") or {}).get("name") != me
+        )
+        ok, limit = cordon_allowed(self.settings.safety_max_cordoned, len(nodes), others)
+        self._cordoned, self._limit = others, limit
+        if not ok:
+            return self.deny(
+                req,
+                "cluster_cap",
+                f"{others} of {len(nodes)} nodes are already unschedulable; "
+                f"--safety.max-cordoned={self.settings.safety_max_cordoned} allows {limit}",
+            )
+        return None
+
+    def deny(self, req: ActionRequest, reason: str, detail: str) -> Decision:
+        """A denial, counted (also used by the stage for stale-snapshot refusals)."""
+        self._denied[(req.action.type, req.rule, reason)] += 1
+        return self._decision(req, "denied", reason, detail)
+
+    @staticmethod
+    def _decision(req: ActionRequest, kind: DecisionKind, reason: str, detail: str) -> Decision:
+        return Decision(request=req, kind=kind, reason=reason, detail=detail)
+
+    # --- recording ---------------------------------------------------------------------------
+
+    def count(self, decision: Decision, outcome: Outcome | None) -> None:
+        """Count one decision (and its outcome when it ran) in nodemedic_actions_total."""
+        req = decision.request
+        self._actions[
+            (req.action.type, req.rule, decision.kind, outcome.kind if outcome else "none")
+        ] += 1
+
+    def record_execution(self, decision: Decision, outcome: Outcome) -> None:
+        """Remember an executed request for cooldowns and caps (first pass only)."""
+        act = registry.get(decision.request.action.type)
+        self.ledger.record(decision.request, self.clock(), bool(act and act.disruptive))
+        cordoned_now = outcome.kind in ("success", "retry") and outcome.details.get("cordon") in (
+            None,
+            "cordoned",
+        )
+        if act is not None and act.cordons and self._cordoned is not None and cordoned_now:
+            self._cordoned += 1  # this node joined; the next budget check recounts anyway
+        if self.pause is not None:
+            self.pause.invalidate()  # we may have changed our node; re-read before deciding
+
+    def drain_progress(self, node: str, remaining: int, started: float) -> None:
+        """Callback for agent.actions.drain: started=0 means the drain ended."""
+        if started:
+            self._drain[node] = (remaining, started)
+        else:
+            self._drain.pop(node, None)
+
+    # --- exposing ----------------------------------------------------------------------------
+
+    def families(self) -> list[Family]:
+        actions = ACTIONS_TOTAL.family()
+        for labels, n in sorted(self._actions.items()):
+            actions.add(labels, n)
+        denied = ACTIONS_DENIED.family()
+        for labels3, n in sorted(self._denied.items()):
+            denied.add(labels3, n)
+        paused = PAUSED.family()
+        view = self.pause.last if self.pause is not None else None
+        if view is not None and view.ok:
+            paused.add(("node",), float(view.node_paused))
+            paused.add(("cluster",), float(view.cluster_paused))
+        out = [actions, denied, paused]
+        if self._cordoned is not None and self._limit is not None:
+            cordoned, limit = CORDONED.family(), CORDON_LIMIT.family()
+            cordoned.add((), self._cordoned)
+            limit.add((), self._limit)
+            out += [cordoned, limit]
+        used = HOURLY_USED.family()
+        used.add((), self.ledger.count_disruptive(self.clock()))
+        remaining, started = DRAIN_REMAINING.family(), DRAIN_STARTED.family()
+        for node, (left, since) in sorted(self._drain.items()):
+            remaining.add((node,), left)
+            started.add((node,), since)
+        return [*out, used, remaining, started]
+
+    def status(self) -> dict[str, Any]:
+        view = self.pause.last if self.pause is not None else None
+        now = self.clock()
+        return {
+            "api": "none" if self.pause is None else ("ok" if view and view.ok else "unreachable"),
+            "paused": {
+                "node": bool(view and view.node_paused),
+                "cluster": bool(view and view.cluster_paused),
+            },
+            "disruptive_actions_last_hour": self.ledger.count_disruptive(now),
+            "max_actions_per_hour": self.settings.safety_max_actions_per_hour,
+            "cordoned_nodes": self._cordoned,
+            "cordon_budget_limit": self._limit,
+            "draining": {n: {"remaining": r, "started": s} for n, (r, s) in self._drain.items()},
+        }

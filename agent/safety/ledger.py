@@ -1,0 +1,183 @@
+"""What nodemedic did on this node, when and for which rule: cooldowns, hourly caps, resumption.
+
+Owned by agent.safety.gate (reads it to decide, records executions) and persisted by
+agent.runtime.remediation into the node annotation ``nodemedic.io/state`` (compact JSON, bounded
+to ``MAX_STATE_BYTES``) so that a restarted agent keeps its cooldowns, budgets and in-progress
+actions (a drain half done) instead of starting over. Pure: no I/O, time is passed in.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from agent.structs.remediation import ActionRequest, ActionSpec, Target
+
+HOUR = 3600.0
+MAX_HISTORY = 500  # executions kept for the hourly caps (older than an hour are dropped anyway)
+MAX_LAST = 200  # distinct (rule, action, target, step) keys remembered for cooldowns
+MAX_STATE_BYTES = 32 * 1024  # well below the 256 KiB the API allows for all annotations
+STATE_VERSION = 1
+
+
+def ledger_key(req: ActionRequest) -> str:
+    return f"{req.rule}|{req.action.type}|{req.target.key}|{req.step}|{int(req.undo)}"
+
+
+def request_to_json(req: ActionRequest) -> dict[str, Any]:
+    """Enough of a request to re-run it after a restart (in-progress drains, evictions)."""
+    t = req.target
+    return {
+        "rule": req.rule,
+        "type": req.action.type,
+        "params": dict(req.action.params),
+        "target": {"kind": t.kind, "node": t.node, "namespace": t.namespace, "name": t.name},
+        "step": req.step,
+        "severity": req.severity,
+        "dry_run": req.dry_run,
+        "undo": req.undo,
+        "observed": dict(req.observed),
+        "reason": req.reason,
+        "runbook": req.runbook,
+    }
+
+
+def request_from_json(data: dict[str, Any]) -> ActionRequest:
+    """Inverse of request_to_json; raises KeyError/TypeError/ValueError on garbage."""
+    t = data["target"]
+    kind = t["kind"]
+    if kind not in ("node", "pod", "service"):
+        raise ValueError(f"bad target kind {kind!r}")
+    severity = data.get("severity", "warning")
+    if severity not in ("info", "warning", "critical"):
+        severity = "warning"
+    return ActionRequest(
+        rule=str(data["rule"]),
+        action=ActionSpec(str(data["type"]), dict(data.get("params") or {})),
+        target=Target(kind, str(t["node"]), str(t.get("namespace", "")), str(t.get("name", ""))),
+        step=int(data.get("step", 0)),
+        severity=severity,
+        dry_run=bool(data.get("dry_run", False)),
+        undo=bool(data.get("undo", False)),
+        observed={str(k): float(v) for k, v in (data.get("observed") or {}).items()},
+        reason=str(data.get("reason", "")),
+        runbook=str(data.get("runbook", "")),
+    )
+
+
+@dataclass
+class Pending:
+    """An action that needs more passes (outcome ``retry``): re-run each tick until done."""
+
+    request: ActionRequest
+    started: float
+    attempts: int = 1
+
+
+@dataclass
+class Ledger:
+    """Executions as (time, rule, action, disruptive) for caps; last run per key for cooldowns."""
+
+    history: deque[tuple[float, str, str, bool]] = field(
+        default_factory=lambda: deque(maxlen=MAX_HISTORY)
+    )
+    last: dict[str, tuple[float, int]] = field(default_factory=dict)
+    pending: dict[str, Pending] = field(default_factory=dict)
+    dropped: int = 0  # state entries dropped to stay within MAX_STATE_BYTES or unreadable
+
+    def record(self, req: ActionRequest, now: float, disruptive: bool) -> None:
+        self.history.append((now, req.rule, req.action.type, disruptive))
+        key = ledger_key(req)
+        _, count = self.last.get(key, (0.0, 0))
+        self.last[key] = (now, count + 1)
+        if len(self.last) > MAX_LAST:
+            oldest = min(self.last, key=lambda k: self.last[k][0])
+            del self.last[oldest]
+
+    def last_run(self, req: ActionRequest) -> tuple[float, int] | None:
+        return self.last.get(ledger_key(req))
+
+    def count_rule(self, rule: str, now: float) -> int:
+        return sum(1 for t, r, _, _ in self.history if r == rule and now - t < HOUR)
+
+    def count_disruptive(self, now: float) -> int:
+        return sum(1 for t, _, _, d in self.history if d and now - t < HOUR)
+
+    def prune(self, now: float, keep_seconds: float = HOUR) -> None:
+        while self.history and now - self.history[0][0] >= HOUR:
+            self.history.popleft()
+        # Cooldowns are per request; a day covers any sane cooldown and bounds the map.
+        for key in [k for k, (t, _) in self.last.items() if now - t >= max(keep_seconds, 86400)]:
+            del self.last[key]
+
+    # --- persistence -------------------------------------------------------------------------
+
+    def to_json(self, now: float, engine_state: Any = None) -> str:
+        """Compact JSON for the node annotation, trimmed to MAX_STATE_BYTES (oldest first)."""
+        self.prune(now)
+        hist = [[round(t, 1), r, a, int(d)] for t, r, a, d in self.history]
+        by_age = sorted(self.last.items(), key=lambda kv: kv[1][0])
+        last = {k: [round(t, 1), n] for k, (t, n) in by_age}
+        pending = [
+            {"req": request_to_json(p.request), "started": round(p.started, 1), "n": p.attempts}
+            for p in self.pending.values()
+        ]
+        doc: dict[str, Any] = {
+            "v": STATE_VERSION,
+            "at": round(now, 1),
+            "h": hist,
+            "l": last,
+            "p": pending,
+        }
+        if engine_state is not None:
+            doc["e"] = engine_state
+        text = json.dumps(doc, separators=(",", ":"), sort_keys=False, default=str)
+        while len(text.encode()) > MAX_STATE_BYTES:
+            if doc["h"]:
+                doc["h"] = doc["h"][len(doc["h"]) // 2 + 1 :]
+            elif doc["l"]:
+                keys = list(doc["l"])
+                doc["l"] = {k: doc["l"][k] for k in keys[len(keys) // 2 + 1 :]}
+            elif "e" in doc:
+                del doc["e"]
+            else:
+                doc["p"] = doc["p"][: len(doc["p"]) // 2]
+            self.dropped += 1
+            text = json.dumps(doc, separators=(",", ":"), default=str)
+        return text
+
+    @classmethod
+    def from_json(cls, text: str) -> tuple[Ledger, Any, list[str]]:
+        """(ledger, engine state or None, problems). Garbage never raises: it is skipped."""
+        problems: list[str] = []
+        ledger = cls()
+        try:
+            doc = json.loads(text)
+        except ValueError as exc:
+            return ledger, None, [f"state annotation is not JSON: {exc}"]
+        if not isinstance(doc, dict) or doc.get("v") != STATE_VERSION:
+            return ledger, None, ["state annotation has an unknown format; starting fresh"]
+        for item in doc.get("h") or []:
+            try:
+                t, r, a, d = item
+                ledger.history.append((float(t), str(r), str(a), bool(d)))
+            except (TypeError, ValueError):
+                problems.append(f"skipped history entry {item!r}")
+        for key, item in (doc.get("l") or {}).items():
+            try:
+                t, n = item
+                ledger.last[str(key)] = (float(t), int(n))
+            except (TypeError, ValueError):
+                problems.append(f"skipped cooldown entry {key!r}")
+        for item in doc.get("p") or []:
+            try:
+                req = request_from_json(item["req"])
+                ledger.pending[ledger_key(req)] = Pending(
+                    req, float(item["started"]), int(item.get("n", 1))
+                )
+            except (KeyError, TypeError, ValueError) as exc:
+                problems.append(f"skipped in-progress action: {exc!r}")
+        ledger.dropped = len(problems)
+        return ledger, doc.get("e"), problems
