@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import time
@@ -248,3 +249,16 @@ async def test_every_emitted_metric_is_declared(fake: FakeKubelet) -> None:
     declared = {s.name for s in KubeletCollector.metrics}
     assert set(fams) <= declared
     assert len(declared) == len(KubeletCollector.metrics)
+
+
+async def test_pods_shared_with_another_collector_in_one_tick(fake: FakeKubelet) -> None:
+    """The kubelet collector and a cgroup-style pods() caller in one tick cost one /pods."""
+    fake.delays["/pods"] = 0.1
+    c = _collector(fake.url)
+    try:
+        fams, refs = await asyncio.gather(c.collect(), c.ctx.shared["kubelet"].pods())
+    finally:
+        await c.close()
+    assert fake.hits["/pods"] == 1
+    assert len(refs) == 24
+    assert {f.name: f for f in fams}["nodemedic_kubelet_pods"].get(phase="Running") == 18
