@@ -1,0 +1,872 @@
+"""The rules engine: pure evaluation of a Snapshot against the loaded rules, with per-rule state.
+
+Called once per tick by agent.runtime (``evaluate(snapshot, now)``), which hands the returned
+``ActionRequest``s to the safety gate (agent.safety). No I/O: the only inputs are the snapshot,
+the clock value passed in and the state kept here; ``export_state()``/``restore_state()`` let the
+actions side persist the state in node annotations so a restarted agent continues a ladder.
+
+Per rule and target instance (the node, or one namespace/pod for ``target: pod``) the state is
+inactive -> pending (``for:`` running) -> firing (ladder steps run, one per ``after``) ->
+resolving (``healthy_for`` running) -> inactive (undo actions emitted). When any metric a rule
+reads has no data this tick (its collector failed or is disabled), the rule is frozen: nothing
+fires, resolves or escalates, and the time without data does not count towards any timer.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+import re
+import time
+from bisect import bisect_right
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from agent.structs.durations import format_duration
+from agent.structs.metrics import Family, MetricSpec
+from agent.structs.remediation import ActionRequest, ActionSpec, Target
+from agent.structs.snapshot import Snapshot
+
+from .loader import LoadedRule, RuleSet
+from .schema import (
+    AllOf,
+    AnyOf,
+    MetricCondition,
+    NotOf,
+    Rule,
+    action_params,
+    render_template,
+)
+
+STATE_VERSION = 1
+MAX_INSTANCES_PER_RULE = 1000
+MAX_HISTORY_SERIES = 100_000
+MAX_CHANGES_PER_SERIES = 1024
+
+_OPS: dict[str, Callable[[float, float], bool]] = {
+    ">": operator.gt, ">=": operator.ge, "<": operator.lt, "<=": operator.le,
+    "==": operator.eq, "!=": operator.ne,
+}
+STATE_CODE = {"inactive": 0, "pending": 1, "firing": 2, "resolving": 2}
+
+# ----------------------------------------------------------------------------- metrics
+_STATE = MetricSpec(
+    "nodemedic_rule_state",
+    "Rule state: 0 inactive, 1 pending, 2 firing (actions in effect, including while waiting "
+    "for healthy_for before undo). The worst instance wins.", "gauge", ("rule",))
+_EVALS = MetricSpec("nodemedic_rule_evaluations_total",
+                    "Evaluations of each rule (ticks with data for all its metrics).", "counter",
+                    ("rule",))
+_NO_DATA = MetricSpec("nodemedic_rule_no_data",
+                      "1 while a metric the rule reads has no data (the rule is frozen).",
+                      "gauge", ("rule",))
+_NO_DATA_TOTAL = MetricSpec("nodemedic_rule_no_data_ticks_total",
+                            "Ticks a rule was frozen because a metric it reads had no data.",
+                            "counter", ("rule",))
+_INSTANCES = MetricSpec("nodemedic_rule_instances",
+                        "Targets of each rule by state (pending, firing, resolving).", "gauge",
+                        ("rule", "state"))
+_REQUESTS = MetricSpec("nodemedic_rule_action_requests_total",
+                       "Action requests the engine handed to the safety gate.", "counter",
+                       ("rule", "undo"))
+_DROPPED = MetricSpec("nodemedic_rule_instances_dropped_total",
+                      "New targets not tracked because the rule already tracks the maximum.",
+                      "counter", ("rule",))
+_HIST_SERIES = MetricSpec("nodemedic_rule_history_series",
+                          "Counter series whose history the engine keeps for rate/increase.",
+                          "gauge")
+_HIST_EVICT = MetricSpec("nodemedic_rule_history_evictions_total",
+                         "Series or samples dropped from the rate/increase history (bounds).",
+                         "counter")
+_EVAL_SECONDS = MetricSpec("nodemedic_rules_evaluation_seconds",
+                           "CPU-clock duration of the last evaluation of all rules.", "gauge")
+_RESTORE_SKIPPED = MetricSpec("nodemedic_rule_state_restore_skipped_total",
+                              "Entries of restored state that were invalid or for unknown rules.",
+                              "counter")
+ENGINE_METRICS = (_STATE, _EVALS, _NO_DATA, _NO_DATA_TOTAL, _INSTANCES, _REQUESTS, _DROPPED,
+                  _HIST_SERIES, _HIST_EVICT, _EVAL_SECONDS, _RESTORE_SKIPPED)
+
+
+# ----------------------------------------------------------------------------- compilation
+
+Matcher = tuple[str, str, Any]  # (label, op, value or compiled regex)
+
+
+@dataclass(frozen=True, slots=True)
+class _Leaf:
+    """A compiled MetricCondition."""
+
+    metric: str
+    matchers: tuple[Matcher, ...]
+    function: str
+    window: float
+    divide_by: str | None
+    aggregate: str
+    op: str
+    value: float
+    clear: float | None
+    display: str
+
+    @property
+    def select_key(self) -> tuple[Any, ...]:
+        return (self.metric, self.matchers_key, self.function, self.window, self.divide_by,
+                self.aggregate)
+
+    @property
+    def matchers_key(self) -> tuple[tuple[str, str, str], ...]:
+        return tuple((lbl, op, v.pattern if isinstance(v, re.Pattern) else v)
+                     for lbl, op, v in self.matchers)
+
+
+# A compiled condition tree: ("leaf", _Leaf) | ("all"|"any", [trees]) | ("not", tree)
+Tree = tuple[str, Any]
+
+
+def _compile_leaf(c: MetricCondition) -> _Leaf:
+    matchers: list[Matcher] = []
+    shown: list[str] = []
+    for label, m in sorted(c.labels.items()):
+        if isinstance(m, str):
+            op, val = "=", m
+        else:
+            op, val = m.op_value()
+        shown.append(f'{label}{op}"{val}"')
+        # Regexes are fully anchored, as in PromQL.
+        matchers.append((label, op, re.compile(f"(?:{val})\\Z") if "~" in op else val))
+    sel = c.metric + ("{" + ",".join(shown) + "}" if shown else "")
+    if c.function != "value":
+        sel = f"{c.function}({sel}[{format_duration(c.window or 0)}])"
+    if c.divide_by:
+        sel = f"{sel} / {c.divide_by}"
+    if c.aggregate != "none":
+        sel = f"{c.aggregate}({sel})"
+    display = f"{sel} {c.op} {c.value:g}"
+    return _Leaf(c.metric, tuple(matchers), c.function, float(c.window or 0.0), c.divide_by,
+                 c.aggregate, c.op, c.value, c.clear, display)
+
+
+def _compile(cond: Any) -> Tree:
+    if isinstance(cond, MetricCondition):
+        return ("leaf", _compile_leaf(cond))
+    if isinstance(cond, AllOf):
+        return ("all", [_compile(c) for c in cond.all])
+    if isinstance(cond, AnyOf):
+        return ("any", [_compile(c) for c in cond.any])
+    if isinstance(cond, NotOf):
+        return ("not", _compile(cond.not_))
+    raise TypeError(f"not a condition: {cond!r}")
+
+
+def _leaves(tree: Tree) -> Iterable[_Leaf]:
+    kind, arg = tree
+    if kind == "leaf":
+        yield arg
+    elif kind == "not":
+        yield from _leaves(arg)
+    else:
+        for sub in arg:
+            yield from _leaves(sub)
+
+
+@dataclass(slots=True)
+class _Step:
+    after: float
+    actions: tuple[ActionSpec, ...]
+    undo: tuple[ActionSpec, ...]
+
+
+@dataclass(slots=True)
+class _Compiled:
+    rule: Rule
+    runbook: str
+    when: Tree
+    resolve: Tree | None
+    leaves: tuple[_Leaf, ...]
+    metrics: tuple[str, ...]
+    steps: tuple[_Step, ...]
+    expr: str
+
+
+def _spec(action: Any) -> ActionSpec:
+    return ActionSpec(type=action.type, params=action_params(action))
+
+
+def _compile_rule(lr: LoadedRule) -> _Compiled:
+    rule = lr.rule
+    when = _compile(rule.when)
+    resolve = _compile(rule.resolve) if rule.resolve is not None else None
+    leaves = list(_leaves(when)) + (list(_leaves(resolve)) if resolve else [])
+    metrics = sorted({lf.metric for lf in leaves} | {lf.divide_by for lf in leaves
+                                                     if lf.divide_by})
+    steps = [_Step(0.0, tuple(map(_spec, rule.actions)), tuple(map(_spec, rule.undo)))]
+    steps += [_Step(s.after, tuple(map(_spec, s.actions)), tuple(map(_spec, s.undo)))
+              for s in rule.escalate]
+    expr = " and ".join(lf.display for lf in _leaves(when)) if when[0] != "any" else " or ".join(
+        lf.display for lf in _leaves(when))
+    return _Compiled(rule, lr.runbook_url, when, resolve, tuple(leaves), tuple(metrics),
+                     tuple(steps), expr)
+
+
+# ----------------------------------------------------------------------------- history
+
+
+class _Counter:
+    """Change points of one counter series, reset-corrected, for increase/rate over windows.
+
+    Only changes are stored (most counters, e.g. OOM kills, never move), so an idle series costs
+    one comparison per tick.
+    """
+
+    __slots__ = ("changes", "first_seen", "last_raw", "offset", "seen")
+
+    def __init__(self, now: float, raw: float, tick: int) -> None:
+        self.first_seen = now
+        self.last_raw = raw
+        self.offset = 0.0
+        self.changes: deque[tuple[float, float]] = deque([(now, raw)])
+        self.seen = tick
+
+    def update(self, now: float, raw: float, horizon: float) -> int:
+        """Record a new raw value; return how many old change points were dropped."""
+        if raw < self.last_raw:  # counter reset (process restart): keep counting upwards
+            self.offset += self.last_raw
+        self.last_raw = raw
+        self.changes.append((now, raw + self.offset))
+        dropped = 0
+        ch = self.changes
+        while len(ch) >= 2 and ch[1][0] <= now - horizon:
+            ch.popleft()
+        while len(ch) > MAX_CHANGES_PER_SERIES:
+            ch.popleft()
+            dropped += 1
+        return dropped
+
+    def increase(self, now: float, window: float) -> float:
+        ch = self.changes
+        last = ch[-1][1]
+        start = now - window
+        if ch[-1][0] <= start:
+            return 0.0
+        if ch[0][0] > start:
+            # Seen for less than the window: count what we saw (conservative, never guessed).
+            return last - ch[0][1]
+        i = bisect_right(ch, start, key=lambda c: c[0]) - 1
+        return last - ch[i][1]
+
+
+# ----------------------------------------------------------------------------- state
+
+
+@dataclass(slots=True)
+class _Instance:
+    target: Target
+    state: str  # pending | firing | resolving
+    pending_since: float
+    firing_since: float | None = None
+    resolved_since: float | None = None
+    step: int = 0
+    step_since: float | None = None
+    observed: dict[str, float] = field(default_factory=dict)
+    fields: dict[str, object] = field(default_factory=dict)
+
+    def shift(self, gap: float) -> None:
+        """Move timers forward by a no-data gap: unobserved time counts for nothing."""
+        self.pending_since += gap
+        if self.step_since is not None:
+            self.step_since += gap
+        if self.resolved_since is not None:
+            self.resolved_since += gap
+
+    def to_json(self) -> dict[str, Any]:
+        t = self.target
+        return {
+            "target": {"kind": t.kind, "node": t.node, "namespace": t.namespace, "name": t.name},
+            "state": self.state, "pending_since": self.pending_since,
+            "firing_since": self.firing_since, "resolved_since": self.resolved_since,
+            "step": self.step, "step_since": self.step_since,
+            "observed": dict(self.observed),
+        }
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any], max_step: int) -> _Instance:
+        t = d["target"]
+        kind = t["kind"]
+        if kind not in ("node", "pod"):
+            raise ValueError("bad target kind")
+        target = Target(kind=kind, node=str(t["node"]), namespace=str(t.get("namespace", "")),
+                        name=str(t.get("name", "")))
+        state = d["state"]
+        if state not in ("pending", "firing", "resolving"):
+            raise ValueError("bad state")
+
+        def num(key: str, optional: bool = True) -> float | None:
+            v = d.get(key)
+            if v is None and optional:
+                return None
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise ValueError(f"bad {key}")
+            return float(v)
+
+        step = d.get("step", 0)
+        if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+            raise ValueError("bad step")
+        pending = num("pending_since", optional=False)
+        assert pending is not None
+        inst = cls(target, state, pending, num("firing_since"), num("resolved_since"),
+                   min(step, max_step), num("step_since"))
+        if state != "pending" and (inst.firing_since is None or inst.step_since is None):
+            raise ValueError("firing state without firing_since/step_since")
+        if state == "resolving" and inst.resolved_since is None:
+            raise ValueError("resolving state without resolved_since")
+        obs = d.get("observed") or {}
+        if isinstance(obs, dict):
+            inst.observed = {str(k): float(v) for k, v in obs.items()
+                             if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        return inst
+
+
+@dataclass(slots=True)
+class _RuleState:
+    compiled: _Compiled
+    instances: dict[str, _Instance] = field(default_factory=dict)
+    evaluations: int = 0
+    no_data_since: float | None = None
+    no_data_ticks: int = 0
+    requests: int = 0
+    undo_requests: int = 0
+    dropped: int = 0
+    missing: tuple[str, ...] = ()
+
+
+# ----------------------------------------------------------------------------- per-tick view
+
+
+class _Tick:
+    """Selections and leaf results for one evaluation, shared by all rules (memoised)."""
+
+    def __init__(self, engine: RuleEngine, snapshot: Snapshot, now: float) -> None:
+        self.engine = engine
+        self.snapshot = snapshot
+        self.now = now
+        self.node_key = f"node/{engine.node_name}"
+        self._series: dict[tuple[Any, ...], list[tuple[tuple[str, ...], float]]] = {}
+        self._groups: dict[tuple[Any, ...], dict[str, list[tuple[float, tuple[str, ...]]]]] = {}
+        self._truth: dict[tuple[Any, ...], dict[str, tuple[float, tuple[str, ...]]]] = {}
+
+    def labelnames(self, metric: str) -> tuple[str, ...]:
+        fam = self.snapshot.family(metric)
+        return fam.spec.labelnames if fam is not None else ()
+
+    def _raw(self, metric: str, function: str, window: float) -> list[tuple[tuple[str, ...],
+                                                                             float]]:
+        key = (metric, function, window)
+        got = self._series.get(key)
+        if got is not None:
+            return got
+        fam = self.snapshot.family(metric)
+        if fam is None:
+            out: list[tuple[tuple[str, ...], float]] = []
+        elif function == "value":
+            out = fam.samples
+        else:
+            hist = self.engine._history.get(metric, {})
+            now = self.now
+            out = []
+            for lv, c in hist.items():
+                inc = c.increase(now, window)
+                if function == "rate":
+                    span = min(window, now - c.first_seen)
+                    if span <= 0:
+                        continue
+                    inc /= span
+                out.append((lv, inc))
+        self._series[key] = out
+        return out
+
+    def select(self, leaf: _Leaf) -> list[tuple[tuple[str, ...], float]]:
+        """Matching series of a leaf (after function and division), as (labelvalues, value)."""
+        key = ("sel", *leaf.select_key)
+        got = self._series.get(key)
+        if got is not None:
+            return got
+        samples = self._raw(leaf.metric, leaf.function, leaf.window)
+        names = self.labelnames(leaf.metric)
+        if leaf.matchers:
+            checks = []
+            for label, op, val in leaf.matchers:
+                idx = names.index(label) if label in names else -1
+                checks.append((idx, op, val))
+            samples = [s for s in samples if _matches(s[0], checks)]
+        if leaf.divide_by:
+            den_names = self.labelnames(leaf.divide_by)
+            den_samples = self._raw(leaf.divide_by, leaf.function, leaf.window)
+            if den_names == names:
+                den = dict(den_samples)
+            else:  # same label set, different order
+                order = [den_names.index(n) for n in names] if set(den_names) == set(names) \
+                    else None
+                den = {} if order is None else {tuple(lv[i] for i in order): v
+                                                for lv, v in den_samples}
+            divided = []
+            for lv, v in samples:
+                d = den.get(lv)
+                if d:  # absent (e.g. unlimited) or zero: no ratio for this series
+                    divided.append((lv, v / d))
+            samples = divided
+        self._series[key] = samples
+        return samples
+
+    def groups(self, leaf: _Leaf, target: str) -> dict[str, list[tuple[float, tuple[str, ...]]]]:
+        """Per target instance: the (value, labelvalues) of the leaf's series."""
+        key = (target, *leaf.select_key)
+        got = self._groups.get(key)
+        if got is not None:
+            return got
+        samples = self.select(leaf)
+        out: dict[str, list[tuple[float, tuple[str, ...]]]] = {}
+        if target == "node":
+            if samples:
+                out[self.node_key] = [(v, lv) for lv, v in samples]
+        else:
+            names = self.labelnames(leaf.metric)
+            if "namespace" in names and "pod" in names:
+                ni, pi = names.index("namespace"), names.index("pod")
+                for lv, v in samples:
+                    if lv[pi]:
+                        out.setdefault(f"pod/{lv[ni]}/{lv[pi]}", []).append((v, lv))
+        if leaf.aggregate != "none":
+            out = {k: [(_aggregate(leaf.aggregate, [v for v, _ in vals]), vals[0][1])]
+                   for k, vals in out.items()}
+        self._groups[key] = out
+        return out
+
+    def truth(self, leaf: _Leaf, target: str, threshold: float) -> dict[str, tuple[float,
+                                                                                    tuple[str,
+                                                                                          ...]]]:
+        """Instances where the leaf holds, with the deciding value and its series' labels."""
+        key = (target, leaf.op, threshold, *leaf.select_key)
+        got = self._truth.get(key)
+        if got is not None:
+            return got
+        cmp = _OPS[leaf.op]
+        out: dict[str, tuple[float, tuple[str, ...]]] = {}
+        pick_max = leaf.op in (">", ">=")
+        for inst, vals in self.groups(leaf, target).items():
+            if leaf.op in ("==", "!="):
+                for v, lv in vals:
+                    if cmp(v, threshold):
+                        out[inst] = (v, lv)
+                        break
+                continue
+            best = max(vals, key=_first) if pick_max else min(vals, key=_first)
+            if cmp(best[0], threshold):
+                out[inst] = best
+        self._truth[key] = out
+        return out
+
+
+def _first(x: tuple[float, tuple[str, ...]]) -> float:
+    return x[0]
+
+
+def _matches(lv: tuple[str, ...], checks: Sequence[tuple[int, str, Any]]) -> bool:
+    for idx, op, val in checks:
+        have = lv[idx] if idx >= 0 else ""
+        if op == "=":
+            if have != val:
+                return False
+        elif op == "!=":
+            if have == val:
+                return False
+        elif op == "=~":
+            if val.match(have) is None:
+                return False
+        elif val.match(have) is not None:
+            return False
+    return True
+
+
+def _aggregate(how: str, values: list[float]) -> float:
+    if how == "sum":
+        return math.fsum(values)
+    if how == "max":
+        return max(values)
+    if how == "min":
+        return min(values)
+    if how == "avg":
+        return math.fsum(values) / len(values)
+    return float(len(values))  # count
+
+
+def _eval(tree: Tree, tick: _Tick, target: str, universe: set[str], hold: bool) -> set[str]:
+    """Instances for which the condition holds. ``hold`` uses hysteresis (``clear``) thresholds,
+    used to decide whether an already firing instance is still unhealthy."""
+    kind, arg = tree
+    if kind == "leaf":
+        leaf: _Leaf = arg
+        thr = leaf.clear if hold and leaf.clear is not None else leaf.value
+        return set(tick.truth(leaf, target, thr))
+    if kind == "not":
+        return universe - _eval(arg, tick, target, universe, hold)
+    parts = [_eval(sub, tick, target, universe, hold) for sub in arg]
+    if kind == "all":
+        return set.intersection(*parts)
+    return set.union(*parts)
+
+
+# ----------------------------------------------------------------------------- engine
+
+
+class RuleEngine:
+    """Evaluates rules tick by tick and keeps their state (see module docstring)."""
+
+    def __init__(self, ruleset: RuleSet | Sequence[LoadedRule], node_name: str,
+                 *, max_instances_per_rule: int = MAX_INSTANCES_PER_RULE,
+                 max_history_series: int = MAX_HISTORY_SERIES) -> None:
+        self.node_name = node_name
+        self.max_instances = max_instances_per_rule
+        self.max_history_series = max_history_series
+        self._rules: dict[str, _RuleState] = {}
+        self._history: dict[str, dict[tuple[str, ...], _Counter]] = {}
+        self._horizons: dict[str, float] = {}
+        self._tick_no = 0
+        self.history_evictions = 0
+        self.restore_skipped = 0
+        self.last_eval_seconds = 0.0
+        self.set_rules(ruleset)
+
+    # -- rule set ---------------------------------------------------------------------------
+
+    def set_rules(self, ruleset: RuleSet | Sequence[LoadedRule]) -> None:
+        """Install a (re)loaded rule set; rules that keep their name keep their state."""
+        loaded = ruleset.rules if isinstance(ruleset, RuleSet) else tuple(ruleset)
+        new: dict[str, _RuleState] = {}
+        for lr in loaded:
+            if not lr.rule.enabled:
+                continue
+            compiled = _compile_rule(lr)
+            old = self._rules.get(lr.rule.name)
+            if old is not None and old.compiled.rule.target == lr.rule.target:
+                old.compiled = compiled
+                for inst in old.instances.values():
+                    inst.step = min(inst.step, len(compiled.steps) - 1)
+                new[lr.rule.name] = old
+            else:
+                new[lr.rule.name] = _RuleState(compiled)
+        self._rules = new
+        horizons: dict[str, float] = {}
+        for rs in new.values():
+            for leaf in rs.compiled.leaves:
+                if leaf.function != "value":
+                    for m in (leaf.metric, leaf.divide_by):
+                        if m:
+                            horizons[m] = max(horizons.get(m, 0.0), leaf.window)
+        self._horizons = horizons
+        self._history = {m: h for m, h in self._history.items() if m in horizons}
+
+    @property
+    def rule_names(self) -> list[str]:
+        return list(self._rules)
+
+    # -- evaluation -------------------------------------------------------------------------
+
+    def _update_history(self, snapshot: Snapshot, now: float) -> None:
+        tick = self._tick_no
+        total = sum(len(h) for h in self._history.values())
+        for metric, horizon in self._horizons.items():
+            if not snapshot.has_data_for(metric):
+                continue  # frozen: keep the history as it was
+            fam = snapshot.family(metric)
+            hist = self._history.setdefault(metric, {})
+            samples = fam.samples if fam is not None else []
+            seen = 0
+            for lv, raw in samples:
+                c = hist.get(lv)
+                if c is None:
+                    if total >= self.max_history_series:
+                        self.history_evictions += 1
+                        continue
+                    hist[lv] = _Counter(now, raw, tick)
+                    total += 1
+                    seen += 1
+                    continue
+                if c.seen != tick:
+                    seen += 1
+                c.seen = tick
+                if raw != c.last_raw:
+                    self.history_evictions += c.update(now, raw, horizon)
+            if seen < len(hist):  # vanished series (pod gone): forget them
+                kept = {lv: c for lv, c in hist.items() if c.seen == tick}
+                total -= len(hist) - len(kept)
+                self._history[metric] = kept
+
+    def evaluate(self, snapshot: Snapshot, now: float) -> list[ActionRequest]:
+        """Advance every rule by one tick; return the actions to hand to the safety gate."""
+        started = time.process_time()
+        self._tick_no += 1
+        self._update_history(snapshot, now)
+        tick = _Tick(self, snapshot, now)
+        out: list[ActionRequest] = []
+        for rs in self._rules.values():
+            missing = tuple(m for m in rs.compiled.metrics if not snapshot.has_data_for(m))
+            rs.missing = missing
+            if missing:
+                if rs.no_data_since is None:
+                    rs.no_data_since = now
+                rs.no_data_ticks += 1
+                continue
+            if rs.no_data_since is not None:
+                gap = max(0.0, now - rs.no_data_since)
+                for inst in rs.instances.values():
+                    inst.shift(gap)
+                rs.no_data_since = None
+            rs.evaluations += 1
+            out.extend(self._step_rule(rs, tick, now))
+        self.last_eval_seconds = time.process_time() - started
+        return out
+
+    def _step_rule(self, rs: _RuleState, tick: _Tick, now: float) -> list[ActionRequest]:
+        c = rs.compiled
+        rule = c.rule
+        target = rule.target
+        universe: set[str] = set(rs.instances)
+        if target == "node":
+            universe.add(tick.node_key)
+        else:
+            for leaf in c.leaves:
+                universe.update(tick.groups(leaf, target))
+        fire = _eval(c.when, tick, target, universe, hold=False)
+        active = [k for k, i in rs.instances.items() if i.state != "pending"]
+        if not active:
+            healthy: set[str] = set()
+        elif c.resolve is not None:
+            healthy = _eval(c.resolve, tick, target, universe, hold=False)
+        else:
+            healthy = universe - _eval(c.when, tick, target, universe, hold=True)
+        out: list[ActionRequest] = []
+        for key in fire:
+            if key not in rs.instances:
+                if len(rs.instances) >= self.max_instances:
+                    rs.dropped += 1
+                    continue
+                rs.instances[key] = _Instance(self._target(key, target), "pending", now)
+        for key in list(rs.instances):
+            inst = rs.instances[key]
+            if key in fire or inst.state != "pending":
+                self._observe(inst, c, tick, key)
+            if inst.state == "pending":
+                if key not in fire:
+                    del rs.instances[key]
+                elif now - inst.pending_since >= rule.for_:
+                    inst.state, inst.firing_since, inst.step, inst.step_since = (
+                        "firing", now, 0, now)
+                    out.extend(self._requests(rs, inst, 0, now, undo=False))
+            elif inst.state == "firing":
+                if key in healthy:
+                    inst.state, inst.resolved_since = "resolving", now
+                    out.extend(self._maybe_done(rs, key, inst, now))
+                else:
+                    nxt = inst.step + 1
+                    if (nxt < len(c.steps) and inst.step_since is not None
+                            and now - inst.step_since >= c.steps[nxt].after):
+                        inst.step, inst.step_since = nxt, now
+                        out.extend(self._requests(rs, inst, nxt, now, undo=False))
+            elif inst.state == "resolving":
+                if key not in healthy:
+                    inst.state, inst.resolved_since = "firing", None
+                else:
+                    out.extend(self._maybe_done(rs, key, inst, now))
+        return out
+
+    def _maybe_done(self, rs: _RuleState, key: str, inst: _Instance,
+                    now: float) -> list[ActionRequest]:
+        if inst.resolved_since is None or now - inst.resolved_since < rs.compiled.rule.healthy_for:
+            return []
+        del rs.instances[key]
+        out: list[ActionRequest] = []
+        for step in range(inst.step, -1, -1):  # undo in reverse ladder order
+            out.extend(self._requests(rs, inst, step, now, undo=True))
+        return out
+
+    def _target(self, key: str, kind: str) -> Target:
+        if kind == "node":
+            return Target(kind="node", node=self.node_name)
+        _, namespace, name = key.split("/", 2)
+        return Target(kind="pod", node=self.node_name, namespace=namespace, name=name,
+                      labels={"namespace": namespace, "pod": name})
+
+    def _observe(self, inst: _Instance, c: _Compiled, tick: _Tick, key: str) -> None:
+        """Record the values behind the decision (for Events, logs and /status)."""
+        observed: dict[str, float] = {}
+        primary: tuple[_Leaf, float, tuple[str, ...]] | None = None
+        fallback: tuple[_Leaf, float, tuple[str, ...]] | None = None
+        for leaf in c.leaves:
+            vals = tick.groups(leaf, c.rule.target).get(key)
+            if not vals:
+                continue
+            hit = tick.truth(leaf, c.rule.target, leaf.value).get(key)
+            value, lv = hit if hit is not None else vals[0]
+            observed[leaf.display.rsplit(" ", 2)[0]] = value
+            if hit is not None and primary is None:
+                primary = (leaf, value, lv)
+            if fallback is None:
+                fallback = (leaf, value, lv)
+        primary = primary or fallback
+        inst.observed = observed
+        fields: dict[str, object] = {
+            "rule": c.rule.name, "severity": c.rule.severity, "node": self.node_name,
+            "target": inst.target.key, "namespace": inst.target.namespace,
+            "pod": inst.target.name, "container": "", "metric": "", "value": math.nan,
+            "runbook": c.runbook, "description": c.rule.description,
+        }
+        if primary is not None:
+            leaf, value, lv = primary
+            names = tick.labelnames(leaf.metric)
+            fields["metric"], fields["value"] = leaf.metric, value
+            if "container" in names and leaf.aggregate == "none":
+                fields["container"] = lv[names.index("container")]
+        inst.fields = fields
+
+    def _requests(self, rs: _RuleState, inst: _Instance, step: int, now: float,
+                  *, undo: bool) -> list[ActionRequest]:
+        c = rs.compiled
+        rule = c.rule
+        specs = c.steps[step].undo if undo else c.steps[step].actions
+        if not specs:
+            return []
+        fields = dict(inst.fields, step=step)
+        if undo:
+            reason = (f"{rule.name}: healthy for {format_duration(rule.healthy_for)}, undoing "
+                      f"step {step}")
+        elif step == 0:
+            reason = f"{rule.name}: {c.expr} for {format_duration(now - inst.pending_since)}"
+        else:
+            reason = (f"{rule.name}: still firing {format_duration(c.steps[step].after)} after "
+                      f"step {step - 1}, escalating to step {step}")
+        out = []
+        for spec in specs:
+            out.append(ActionRequest(
+                rule=rule.name, action=_render(spec, fields), target=inst.target, step=step,
+                severity=rule.severity, dry_run=rule.dry_run, undo=undo,
+                observed=dict(inst.observed), reason=reason, runbook=c.runbook,
+                cooldown_seconds=rule.cooldown, max_per_hour=rule.max_per_hour,
+            ))
+        if undo:
+            rs.undo_requests += len(out)
+        else:
+            rs.requests += len(out)
+        return out
+
+    # -- state persistence -------------------------------------------------------------------
+
+    def export_state(self) -> dict[str, Any]:
+        """JSON-able state of every rule with a pending/firing/resolving target."""
+        rules: dict[str, Any] = {}
+        for name, rs in self._rules.items():
+            if not rs.instances and rs.no_data_since is None:
+                continue
+            rules[name] = {
+                "no_data_since": rs.no_data_since,
+                "instances": {k: i.to_json() for k, i in rs.instances.items()},
+            }
+        return {"version": STATE_VERSION, "node": self.node_name, "rules": rules}
+
+    def restore_state(self, data: Any) -> int:
+        """Restore what :meth:`export_state` produced (e.g. after a restart); invalid entries
+        and rules no longer loaded are skipped and counted. Returns targets restored."""
+        if not isinstance(data, dict) or data.get("version") != STATE_VERSION:
+            self.restore_skipped += 1
+            return 0
+        rules = data.get("rules")
+        if not isinstance(rules, dict):
+            self.restore_skipped += 1
+            return 0
+        restored = 0
+        for name, entry in rules.items():
+            rs = self._rules.get(name)
+            if rs is None or not isinstance(entry, dict):
+                self.restore_skipped += 1
+                continue
+            instances = entry.get("instances")
+            if not isinstance(instances, dict):
+                self.restore_skipped += 1
+                continue
+            for key, raw in instances.items():
+                try:
+                    inst = _Instance.from_json(raw, len(rs.compiled.steps) - 1)
+                except (KeyError, TypeError, ValueError, AttributeError):
+                    self.restore_skipped += 1
+                    continue
+                if (inst.target.kind != rs.compiled.rule.target or inst.target.key != key
+                        or inst.target.node != self.node_name):
+                    self.restore_skipped += 1
+                    continue
+                if len(rs.instances) >= self.max_instances and key not in rs.instances:
+                    rs.dropped += 1
+                    continue
+                rs.instances[key] = inst
+                restored += 1
+            nds = entry.get("no_data_since")
+            if isinstance(nds, (int, float)) and not isinstance(nds, bool) and math.isfinite(nds):
+                rs.no_data_since = float(nds)
+        return restored
+
+    # -- observability -----------------------------------------------------------------------
+
+    def status(self) -> list[dict[str, Any]]:
+        """Rules that are pending, firing, resolving or without data, for /status."""
+        out: list[dict[str, Any]] = []
+        for name, rs in self._rules.items():
+            rule = rs.compiled.rule
+            if rs.missing:
+                out.append({"rule": name, "state": "no data", "severity": rule.severity,
+                            "missing_metrics": list(rs.missing),
+                            "since": rs.no_data_since,
+                            "frozen_targets": sorted(rs.instances)})
+            for key, inst in sorted(rs.instances.items()):
+                out.append({
+                    "rule": name, "state": inst.state, "severity": rule.severity,
+                    "target": key, "pending_since": inst.pending_since,
+                    "firing_since": inst.firing_since, "resolved_since": inst.resolved_since,
+                    "step": inst.step, "steps": len(rs.compiled.steps),
+                    "observed": dict(inst.observed), "runbook": rs.compiled.runbook,
+                    "dry_run": rule.dry_run, "no_data": bool(rs.missing),
+                })
+        return out
+
+    def families(self) -> list[Family]:
+        state, evals, nodata, nodata_t = (_STATE.family(), _EVALS.family(), _NO_DATA.family(),
+                                          _NO_DATA_TOTAL.family())
+        inst_f, req, dropped = _INSTANCES.family(), _REQUESTS.family(), _DROPPED.family()
+        for name, rs in self._rules.items():
+            counts = {"pending": 0, "firing": 0, "resolving": 0}
+            for inst in rs.instances.values():
+                counts[inst.state] += 1
+            state.add((name,), max((STATE_CODE[s] for s, n in counts.items() if n), default=0))
+            evals.add((name,), rs.evaluations)
+            nodata.add((name,), 1.0 if rs.missing else 0.0)
+            nodata_t.add((name,), rs.no_data_ticks)
+            for s, n in counts.items():
+                inst_f.add((name, s), n)
+            req.add((name, "false"), rs.requests)
+            req.add((name, "true"), rs.undo_requests)
+            dropped.add((name,), rs.dropped)
+        hs, he, es, rsk = (_HIST_SERIES.family(), _HIST_EVICT.family(), _EVAL_SECONDS.family(),
+                           _RESTORE_SKIPPED.family())
+        hs.add((), sum(len(h) for h in self._history.values()))
+        he.add((), self.history_evictions)
+        es.add((), self.last_eval_seconds)
+        rsk.add((), self.restore_skipped)
+        return [state, evals, nodata, nodata_t, inst_f, req, dropped, hs, he, es, rsk]
+
+
+def _render(spec: ActionSpec, fields: Mapping[str, object]) -> ActionSpec:
+    """Fill event messages / annotation values from the observed fields (no code runs)."""
+    key = {"event": "message", "annotate": "value"}.get(spec.type)
+    if key is None or key not in spec.params:
+        return spec
+    params = dict(spec.params)
+    params[key] = render_template(str(params[key]), dict(fields))
+    return ActionSpec(type=spec.type, params=params)
