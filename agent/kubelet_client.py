@@ -58,7 +58,7 @@ _ENDPOINTS: Final = {
 CLIENT_REQUESTS = MetricSpec(
     "nodemedic_kubelet_client_requests_total",
     "Requests this agent made to the kubelet, by endpoint and outcome (ok, http_error, "
-    "unauthorized, timeout, connection_error, too_large, bad_body, token_error).",
+    "unauthorized, timeout, connection_error, too_large, bad_body, token_error, config_error).",
     "counter",
     ("endpoint", "outcome"),
 )
@@ -108,6 +108,12 @@ class KubeletBadBody(KubeletError):
 
 class KubeletTokenError(KubeletError):
     outcome = "token_error"
+
+
+class KubeletConfigError(KubeletError):
+    """The client's own TLS configuration (CA file) cannot be loaded."""
+
+    outcome = "config_error"
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,7 +230,10 @@ class KubeletClient:
     def _ssl(self) -> ssl.SSLContext | bool:
         if not self.base_url.startswith("https://"):
             return True  # aiohttp's default; unused for http://
-        ctx = ssl.create_default_context(cafile=str(self.ca_file) if self.ca_file else None)
+        try:
+            ctx = ssl.create_default_context(cafile=str(self.ca_file) if self.ca_file else None)
+        except (OSError, ssl.SSLError) as exc:
+            raise KubeletConfigError(f"cannot load kubelet CA file {self.ca_file}: {exc}") from exc
         if self.insecure_skip_verify:
             ctx.check_hostname = False
             ctx.verify_mode = ssl.CERT_NONE

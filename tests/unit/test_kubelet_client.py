@@ -261,3 +261,15 @@ async def test_get_or_create_shares_one_client() -> None:
     assert a.timeout == pytest.approx(4.0)
     assert a.pods_max_age == pytest.approx(5.0)
     await a.close()
+
+
+async def test_missing_ca_file_is_reported(tmp_path: Path) -> None:
+    """A --kubelet.ca-file that does not exist is a clear, counted error, not a crash."""
+    c = KubeletClient("https://127.0.0.1:1", ca_file=tmp_path / "missing-ca.pem")
+    try:
+        ok, _, detail = await c.healthz()
+    finally:
+        await c.close()
+    assert ok is False
+    assert "cannot load kubelet CA file" in detail and "missing-ca.pem" in detail
+    assert c.requests[("healthz", "config_error")] == 1
