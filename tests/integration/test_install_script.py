@@ -1,0 +1,125 @@
+"""Runs scripts/install.sh and scripts/uninstall.sh into a temporary root and checks the result.
+
+The install is real (a new venv and `pip install` of a copy of this checkout) except that the
+test passes NODEMEDIC_PIP_ARGS=--no-deps: the runtime dependencies would come from the network,
+and what is under test is the layout, not pip's resolver. Building still needs setuptools from
+the configured package index.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+INSTALL = REPO / "scripts" / "install.sh"
+UNINSTALL = REPO / "scripts" / "uninstall.sh"
+
+pytestmark = pytest.mark.slow
+
+
+def _run(script: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, NODEMEDIC_PIP_ARGS="--no-deps")
+    env.pop("DESTDIR", None)
+    return subprocess.run(
+        ["bash", str(script), *args], env=env, check=False, capture_output=True, text=True,
+        timeout=300,
+    )
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """One install into a fresh temporary root, shared by the read-only checks."""
+    root = tmp_path_factory.mktemp("root")
+    had_build = (REPO / "build").exists()
+    proc = _run(INSTALL, "--root", str(root))
+    try:
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert (REPO / "build").exists() == had_build, "install.sh wrote build/ into the checkout"
+        yield root
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_venv_has_the_nodemedic_command_and_package(installed: Path) -> None:
+    """/opt/nodemedic/venv holds the `nodemedic` script and imports this checkout's version.
+
+    cwd is the temporary root: with `python -c` the current directory comes first on sys.path.
+    """
+    venv = installed / "opt/nodemedic/venv"
+    assert os.access(venv / "bin/nodemedic", os.X_OK)
+    proc = subprocess.run(
+        [str(venv / "bin/python"), "-c", "import agent; print(agent.__version__, agent.__file__)"],
+        check=True, capture_output=True, text=True, timeout=60, cwd=installed,
+    )
+    version, location = proc.stdout.split()
+    assert version == __import__("agent").__version__
+    assert location.startswith(str(venv)), "imported from the checkout, not the venv"
+
+
+def test_unit_and_defaults_are_installed_verbatim(installed: Path) -> None:
+    """The unit, env file, config and every default rule are copies of the checkout's files."""
+    pairs = {
+        "etc/systemd/system/nodemedic.service": "systemd/nodemedic.service",
+        "etc/nodemedic/nodemedic.env": "systemd/nodemedic.env",
+        "etc/nodemedic/config.yaml": "systemd/config.yaml",
+    }
+    pairs.update({f"etc/nodemedic/rules/{p.name}": f"rules/{p.name}"
+                  for p in (REPO / "rules").glob("*.yaml")})
+    for dst, src in pairs.items():
+        assert (installed / dst).read_bytes() == (REPO / src).read_bytes(), dst
+    installed_rules = {p.name for p in (installed / "etc/nodemedic/rules").iterdir()}
+    assert installed_rules == {p.name for p in (REPO / "rules").glob("*.yaml")}
+
+
+def test_config_directory_is_private(installed: Path) -> None:
+    """/etc/nodemedic (where the kubeconfig goes) is 0750 and its files are not world-readable."""
+    etc = installed / "etc/nodemedic"
+    assert _mode(etc) == 0o750
+    assert _mode(etc / "nodemedic.env") == 0o640
+    assert _mode(installed / "etc/systemd/system/nodemedic.service") == 0o644
+
+
+def test_reinstall_keeps_edits_and_uninstall_keeps_config_until_purge(
+    installed: Path, tmp_path: Path
+) -> None:
+    """Re-installing keeps an edited env file (new default as .dist); --purge removes /etc."""
+    root = tmp_path / "root"
+    shutil.copytree(installed, root, symlinks=True)
+    env_file = root / "etc/nodemedic/nodemedic.env"
+    env_file.write_text("NODEMEDIC_ARGS=--config /etc/nodemedic/config.yaml\n")
+    proc = _run(INSTALL, f"--root={root}")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert env_file.read_text() == "NODEMEDIC_ARGS=--config /etc/nodemedic/config.yaml\n"
+    assert (root / "etc/nodemedic/nodemedic.env.dist").read_bytes() == (
+        REPO / "systemd/nodemedic.env"
+    ).read_bytes()
+    assert "kept your" in proc.stdout
+
+    proc = _run(UNINSTALL, "--root", str(root))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert not (root / "opt/nodemedic").exists()
+    assert not (root / "etc/systemd/system/nodemedic.service").exists()
+    assert (root / "etc/nodemedic/config.yaml").exists(), "config must survive a plain uninstall"
+
+    proc = _run(UNINSTALL, "--root", str(root), "--purge")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert not (root / "etc/nodemedic").exists()
+
+
+def test_unknown_argument_is_refused(tmp_path: Path) -> None:
+    """A mistyped option stops the script with exit code 2 before touching anything."""
+    proc = _run(INSTALL, "--rot", str(tmp_path))
+    assert proc.returncode == 2
+    assert "unknown argument: --rot" in proc.stderr
+    assert list(tmp_path.iterdir()) == []
