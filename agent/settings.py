@@ -61,6 +61,10 @@ class Settings(BaseModel):
     host_disk_paths: tuple[str, ...] = ("/", "/var/lib/kubelet", "/var/lib/containerd")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["auto", "json", "console"] = "auto"
+    lbskew_iptables_save_command: str = Field(default="iptables-save", min_length=1)
+    lbskew_iptables_save_file: Path | None = None
+    lbskew_conntrack_command: str = Field(default="conntrack", min_length=1)
+    lbskew_min_samples: int = Field(default=30, ge=1, le=1_000_000)
     collectors: Mapping[str, bool] = Field(default_factory=dict)
 
     @field_validator("web_listen_address")
@@ -128,6 +132,10 @@ FLAGS: tuple[Flag, ...] = (
     Flag("host.disk-paths", "list", "comma-separated paths whose filesystems are watched"),
     Flag("log.level", "str", "debug, info, warning or error"),
     Flag("log.format", "str", "auto (console on a TTY, else JSON), json or console"),
+    Flag("lbskew.iptables-save-command", "str", "iptables-save binary the lbskew collector runs"),
+    Flag("lbskew.iptables-save-file", "optpath", "read nat rules from this file instead"),
+    Flag("lbskew.conntrack-command", "str", "conntrack binary, if no /proc/net/nf_conntrack"),
+    Flag("lbskew.min-samples", "int", "connections a Service needs before its skew is tested"),
 )
 
 _FLAG_BY_FIELD = {f.field: f for f in FLAGS}
