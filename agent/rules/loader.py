@@ -12,6 +12,7 @@ alias bombs are cut off by a node budget.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -112,10 +113,10 @@ def default_catalogue() -> dict[str, MetricInfo]:
     from agent.collectors import registry  # deferred: collectors import heavier modules
 
     out = dict(AGREED_METRICS)
-    try:
+    # A collector module broken mid-development must not break check-rules: the agreed names
+    # still apply, and the daemon reports the broken collector itself.
+    with contextlib.suppress(Exception):
         registry.load_builtin()
-    except Exception:  # noqa: BLE001 - a broken collector module must not break check-rules
-        pass
     for name, (_collector, spec) in registry.metric_catalogue().items():
         out[name] = MetricInfo(spec.type, tuple(spec.labelnames))
     return out
@@ -156,6 +157,8 @@ class LoadedRule:
     file: str
     line: int
     runbook_url: str
+    index: int = 0  # position in the file's ``rules:`` list
+    name_column: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,6 +224,10 @@ class _Converter:
         if id(node) in active:
             raise _YamlProblem(node.start_mark, path, "recursive alias")
         self.doc.value_marks.setdefault(path, self._pos(node))
+        expected = ("tag:yaml.org,2002:map" if isinstance(node, yaml.MappingNode)
+                    else "tag:yaml.org,2002:seq" if isinstance(node, yaml.SequenceNode) else None)
+        if expected is not None and node.tag != expected:
+            raise _YamlProblem(node.start_mark, path, f"unsupported tag {node.tag!r}")
         if isinstance(node, yaml.MappingNode):
             inner = active | {id(node)}
             out: dict[Any, Any] = {}
@@ -291,10 +298,9 @@ def _locate(doc: _Doc, loc: Sequence[str | int], use_key: bool) -> tuple[Path_, 
     path: Path_ = ()
     node = doc.data
     for comp in loc:
-        if isinstance(node, dict) and isinstance(comp, str) and comp in node:
-            path = (*path, comp)
-            node = node[comp]
-        elif isinstance(node, list) and isinstance(comp, int) and 0 <= comp < len(node):
+        in_map = isinstance(node, dict) and isinstance(comp, str) and comp in node
+        in_list = isinstance(node, list) and isinstance(comp, int) and 0 <= comp < len(node)
+        if in_map or in_list:
             path = (*path, comp)
             node = node[comp]
     if use_key and path in doc.key_marks:
@@ -464,20 +470,23 @@ def parse_rules_text(
         except ValidationError as exc:
             problems.extend(_validation_problems(file, doc, exc))
             # Still check the rules that validated on their own, so one run shows everything.
-            bad = {e["loc"][1] for e in exc.errors() if len(e["loc"]) > 1 and e["loc"][0] == "rules"}
+            bad = {e["loc"][1] for e in exc.errors()
+                   if len(e["loc"]) > 1 and e["loc"][0] == "rules"}
             raw = doc.data.get("rules")
             for i, item in enumerate(raw if isinstance(raw, list) else []):
                 if i not in bad:
-                    valid.append((i, Rule.model_validate(item)))
+                    with contextlib.suppress(ValidationError):
+                        valid.append((i, Rule.model_validate(item)))
         for i, rule in valid:
             base: Path_ = ("rules", i)
             found = _semantic(rule, base, catalogue)
             problems.extend(Problem(file, *_mark_for(doc, p), format_path(p), m)
                             for p, m in found)
             if not found:
-                line = doc.value_marks.get(base, (1, 1))[0]
-                rules.append(LoadedRule(rule, file, line, _resolve_runbook(rule, base_url)))
-    return rules, problems
+                line, col = doc.value_marks.get((*base, "name"), (1, 1))
+                rules.append(LoadedRule(rule, file, line, _resolve_runbook(rule, base_url), i,
+                                        col))
+    return rules, sorted(problems)
 
 
 def _read(path: Path) -> tuple[str | None, list[Problem]]:
@@ -527,7 +536,8 @@ def check_files(
         for lr in rules:
             first = seen.get(lr.rule.name)
             if first is not None:
-                problems.append(Problem(lr.file, lr.line, 1, "name",
+                problems.append(Problem(lr.file, lr.line, lr.name_column,
+                                        f"rules[{lr.index}].name",
                                         f"duplicate rule name {lr.rule.name!r} "
                                         f"(first defined at {first.file}:{first.line})"))
                 continue

@@ -192,12 +192,23 @@ class Matcher(_Model):
         raise AssertionError("validated matcher has no operator")
 
 
+LabelMatch = Annotated[
+    Annotated[str, Tag("equals")] | Annotated[Matcher, Tag("matcher")],
+    Discriminator(
+        lambda v: "equals" if isinstance(v, str) else "matcher" if isinstance(v, (dict, Matcher))
+        else None,
+        custom_error_type="label_matcher",
+        custom_error_message='expected a string (equality) or {"=", "!=", "=~", "!~": string}',
+    ),
+]
+
+
 class MetricCondition(_Model):
     """A comparison over the series of one metric (optionally ``rate``/``increase`` over a window,
     optionally divided by another metric with the same labels)."""
 
     metric: str = Field(pattern=_METRIC_NAME, description="a nodemedic_ metric name")
-    labels: dict[str, str | Matcher] = Field(
+    labels: dict[str, LabelMatch] = Field(
         default_factory=dict,
         description='label -> value (equality) or {"=", "!=", "=~", "!~": value}',
     )
@@ -220,7 +231,7 @@ class MetricCondition(_Model):
 
     @field_validator("labels")
     @classmethod
-    def _label_names(cls, v: dict[str, str | Matcher]) -> dict[str, str | Matcher]:
+    def _label_names(cls, v: dict[str, LabelMatch]) -> dict[str, LabelMatch]:
         for name in v:
             if not _LABEL_NAME.match(name):
                 raise ValueError(f"bad label name {name!r}")
