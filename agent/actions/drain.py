@@ -47,9 +47,16 @@ PodClass = Literal["evict", "terminating", "daemonset", "mirror", "finished", "u
 def classify(pod: dict[str, Any], evict_unmanaged: bool) -> PodClass:
     """What a drain does with one pod (pure; unit-tested on real pod JSON)."""
     meta = pod.get("metadata") or {}
-    if "kubernetes.io/config.mirror" in (meta.get("annotations") or {}):
-        return "mirror"
+    ann = meta.get("annotations") or {}
     owners = meta.get("ownerReferences") or []
+    # Static pods: the API's mirror copy carries config.mirror (and a Node owner); the kubelet's
+    # own view says config.source file/http. Evicting them does nothing but confuse.
+    if (
+        "kubernetes.io/config.mirror" in ann
+        or ann.get("kubernetes.io/config.source") in ("file", "http")
+        or any(o.get("kind") == "Node" for o in owners if isinstance(o, dict))
+    ):
+        return "mirror"
     if any(o.get("kind") == "DaemonSet" for o in owners if isinstance(o, dict)):
         return "daemonset"
     if (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed"):

@@ -46,14 +46,14 @@ def action(name: str) -> Callable[[type[Action]], type[Action]]:
 
 
 def load_builtin() -> None:
+    """Import every built-in action module (each registers itself on import; cached by Python)."""
     for mod in _BUILTIN_MODULES:
         importlib.import_module(mod)
 
 
 def get(name: str) -> Action | None:
     """The registered action, or None for an unknown name."""
-    if not _REGISTRY:
-        load_builtin()
+    load_builtin()
     return _REGISTRY.get(name)
 
 

@@ -159,25 +159,33 @@ class Ledger:
             return ledger, None, [f"state annotation is not JSON: {exc}"]
         if not isinstance(doc, dict) or doc.get("v") != STATE_VERSION:
             return ledger, None, ["state annotation has an unknown format; starting fresh"]
-        for item in doc.get("h") or []:
+        hist, last, pend = doc.get("h"), doc.get("l"), doc.get("p")
+        if not isinstance(hist, list) or not isinstance(last, dict) or not isinstance(pend, list):
+            problems.append("state annotation sections have the wrong types; ignoring them")
+            hist, last, pend = (
+                (hist if isinstance(hist, list) else []),
+                (last if isinstance(last, dict) else {}),
+                (pend if isinstance(pend, list) else []),
+            )
+        for item in hist:
             try:
                 t, r, a, d = item
                 ledger.history.append((float(t), str(r), str(a), bool(d)))
             except (TypeError, ValueError):
                 problems.append(f"skipped history entry {item!r}")
-        for key, item in (doc.get("l") or {}).items():
+        for key, item in last.items():
             try:
                 t, n = item
                 ledger.last[str(key)] = (float(t), int(n))
             except (TypeError, ValueError):
                 problems.append(f"skipped cooldown entry {key!r}")
-        for item in doc.get("p") or []:
+        for item in pend:
             try:
                 req = request_from_json(item["req"])
                 ledger.pending[ledger_key(req)] = Pending(
                     req, float(item["started"]), int(item.get("n", 1))
                 )
-            except (KeyError, TypeError, ValueError) as exc:
+            except (KeyError, TypeError, ValueError, AttributeError) as exc:
                 problems.append(f"skipped in-progress action: {exc!r}")
         ledger.dropped = len(problems)
         return ledger, doc.get("e"), problems

@@ -1,0 +1,95 @@
+"""Cordon budget arithmetic and the action ledger (cooldowns, hourly caps, bounded state)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from helpers_safety import request
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from agent.safety.budget import cordon_allowed, cordon_limit
+from agent.safety.ledger import MAX_STATE_BYTES, Ledger, Pending, ledger_key
+
+
+@pytest.mark.parametrize(
+    ("spec", "nodes", "limit"),
+    [("3", 100, 3), ("10%", 100, 10), ("10%", 15, 1), ("10%", 3, 1), ("0", 10, 0), ("0%", 10, 0),
+     ("50%", 7, 3)],
+)
+def test_cordon_limit(spec: str, nodes: int, limit: int) -> None:
+    """N is absolute; N% rounds down but allows at least one node; 0 forbids cordons."""
+    assert cordon_limit(spec, nodes) == limit
+
+
+def test_cordon_allowed_counts_the_node_about_to_be_cordoned() -> None:
+    """With a cap of 3 and 3 nodes already cordoned, a fourth cordon is refused."""
+    assert cordon_allowed("3", 10, 2) == (True, 3)
+    assert cordon_allowed("3", 10, 3) == (False, 3)
+
+
+def test_ledger_counts_the_last_hour_only() -> None:
+    """Hourly caps see executions of the last 3600 s, per rule and disruptive overall."""
+    led = Ledger()
+    led.record(request("cordon"), 1000.0, disruptive=True)
+    led.record(request("event", rule="oom"), 1500.0, disruptive=False)
+    led.record(request("restart-service", {"unit": "kubelet.service"}), 2000.0, disruptive=True)
+    assert led.count_rule("kubelet-down", 2100.0) == 2
+    assert led.count_disruptive(2100.0) == 2
+    assert led.count_disruptive(4700.0) == 1
+    assert led.count_rule("oom", 5200.0) == 0
+    assert led.last_run(request("cordon")) == (1000.0, 1)
+
+
+def test_state_round_trips_through_json() -> None:
+    """History, cooldowns, in-progress actions and the engine's state survive a restart."""
+    led = Ledger()
+    cordon = request("cordon", observed={"nodemedic_kubelet_up": 0.0}, step=1)
+    led.record(cordon, 1000.0, disruptive=True)
+    drain = request("drain", {"timeout": 900.0}, step=2)
+    led.pending[ledger_key(drain)] = Pending(drain, 1010.0, 3)
+    text = led.to_json(1020.0, engine_state={"kubelet-down": {"step": 2}})
+    back, engine, problems = Ledger.from_json(text)
+    assert problems == []
+    assert engine == {"kubelet-down": {"step": 2}}
+    assert back.last_run(cordon) == (1000.0, 1)
+    assert back.count_disruptive(1020.0) == 1
+    restored = back.pending[ledger_key(drain)]
+    assert restored.request == drain
+    assert (restored.started, restored.attempts) == (1010.0, 3)
+
+
+def test_state_is_bounded() -> None:
+    """However much happened, the annotation stays under MAX_STATE_BYTES."""
+    led = Ledger()
+    for i in range(3000):
+        led.record(request("event", rule=f"rule-{i % 400}", name=f"p{i}"), 1000.0 + i, False)
+    text = led.to_json(4000.0, engine_state={"blob": "x" * 20000})
+    assert len(text.encode()) <= MAX_STATE_BYTES
+    assert json.loads(text)["v"] == 1
+
+
+_ANY = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=10),
+    lambda c: st.lists(c, max_size=4)
+    | st.dictionaries(
+        st.sampled_from(["kind", "node", "req", "started", "target", "rule", "type", "n"]),
+        c,
+        max_size=5,
+    ),
+    max_leaves=20,
+)
+_STATE = st.fixed_dictionaries(
+    {"v": st.just(1)},
+    optional={"h": _ANY, "l": _ANY, "p": _ANY, "e": _ANY},
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(st.text(max_size=200), _ANY.map(json.dumps), _STATE.map(json.dumps)))
+def test_garbage_state_never_crashes(text: str) -> None:
+    """A hand-edited or corrupted state annotation is skipped with problems, never raised."""
+    ledger, _, problems = Ledger.from_json(text)
+    assert isinstance(problems, list)
+    ledger.to_json(0.0)

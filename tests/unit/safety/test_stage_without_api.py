@@ -1,0 +1,131 @@
+"""The remediation stage in standalone mode (no API): stale data, dry-run, execution, status."""
+
+from __future__ import annotations
+
+import json
+import stat
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from helpers_safety import request, settings
+
+from agent.runtime.remediation import RemediationStage
+from agent.structs.metrics import Family, MetricSpec
+from agent.structs.remediation import ActionRequest
+from agent.structs.snapshot import CollectorStatus, Snapshot
+
+KUBELET_UP = MetricSpec("nodemedic_kubelet_up", "kubelet health", "gauge")
+
+
+class ScriptedEngine:
+    """Returns the requests queued for the next evaluate() call."""
+
+    def __init__(self) -> None:
+        self.queue: list[ActionRequest] = []
+
+    def evaluate(self, snapshot: Snapshot, now: float) -> list[ActionRequest]:
+        out, self.queue = self.queue, []
+        return out
+
+    def export_state(self) -> Any:
+        return {}
+
+    def restore_state(self, state: Any) -> None:
+        pass
+
+    def families(self) -> list[Family]:
+        return []
+
+    def status(self) -> dict[str, Any]:
+        return {"firing": []}
+
+
+def snapshot(kubelet_ok: bool) -> Snapshot:
+    fams = {}
+    if kubelet_ok:
+        fam = KUBELET_UP.family()
+        fam.add((), 0)
+        fams[fam.name] = fam
+    return Snapshot(
+        taken_at=1000.0,
+        monotonic=1.0,
+        families=MappingProxyType(fams),
+        collectors=MappingProxyType(
+            {"kubelet": CollectorStatus("kubelet", kubelet_ok, 0.1, None if kubelet_ok else "x")}
+        ),
+        owners=MappingProxyType({"nodemedic_kubelet_up": "kubelet"}),
+    )
+
+
+def recorder(tmp_path: Path) -> tuple[str, Path]:
+    log = tmp_path / "argv.log"
+    script = tmp_path / "systemctl"
+    script.write_text(
+        "#!/usr/bin/env python3\nimport json, sys\n"
+        f"open({str(log)!r}, 'a').write(json.dumps(sys.argv[1:]) + '\\n')\n"
+    )
+    script.chmod(script.stat().st_mode | stat.S_IEXEC)
+    return str(script), log
+
+
+RESTART = request(
+    "restart-service", {"unit": "kubelet.service"}, observed={"nodemedic_kubelet_up": 0.0}
+)
+
+
+def actions_total(stage: RemediationStage) -> Family:
+    return {f.name: f for f in stage.families()}["nodemedic_actions_total"]
+
+
+async def test_restart_runs_once_on_fresh_data(tmp_path: Path) -> None:
+    """A restart request on a fresh snapshot runs systemctl and is counted as success."""
+    script, log = recorder(tmp_path)
+    engine = ScriptedEngine()
+    stage = RemediationStage(settings(), None, engine, systemctl=script)
+    await stage.start()
+    engine.queue = [RESTART]
+    await stage.on_snapshot(snapshot(kubelet_ok=True))
+    assert json.loads(log.read_text()) == ["restart", "kubelet.service"]
+    assert actions_total(stage).get(decision="allowed", outcome="success") == 1
+    recent = stage.status()["remediation"]["recent_decisions"]
+    assert recent[-1]["observed"] == {"nodemedic_kubelet_up": 0.0}
+    await stage.close()
+
+
+async def test_no_action_when_the_rules_collector_failed(tmp_path: Path) -> None:
+    """If the kubelet collector failed this tick, a kubelet rule's restart is missing_data."""
+    script, log = recorder(tmp_path)
+    engine = ScriptedEngine()
+    stage = RemediationStage(settings(), None, engine, systemctl=script)
+    engine.queue = [RESTART]
+    await stage.on_snapshot(snapshot(kubelet_ok=False))
+    assert not log.exists()
+    fam = {f.name: f for f in stage.families()}["nodemedic_actions_denied_total"]
+    assert fam.get(reason="missing_data") == 1
+
+
+async def test_dry_run_records_but_executes_nothing(tmp_path: Path) -> None:
+    """--dry-run logs and counts the decision, and systemctl is never run."""
+    script, log = recorder(tmp_path)
+    engine = ScriptedEngine()
+    stage = RemediationStage(settings(dry_run=True), None, engine, systemctl=script)
+    engine.queue = [RESTART]
+    await stage.on_snapshot(snapshot(kubelet_ok=True))
+    assert not log.exists()
+    assert actions_total(stage).get(decision="dry_run", outcome="none") == 1
+    last = stage.status()["remediation"]["recent_decisions"][-1]
+    assert last["dry_run"] is True
+    assert "would systemctl restart kubelet.service" in last["detail"]
+
+
+async def test_a_crashing_engine_does_not_break_the_tick() -> None:
+    """An exception in rule evaluation is logged; the stage keeps serving status."""
+
+    class Broken(ScriptedEngine):
+        def evaluate(self, snapshot: Snapshot, now: float) -> list[ActionRequest]:
+            raise RuntimeError("bug")
+
+    stage = RemediationStage(settings(), None, Broken())
+    await stage.on_snapshot(snapshot(kubelet_ok=True))
+    assert stage.status()["rules"] == {"firing": []}
