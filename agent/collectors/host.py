@@ -17,7 +17,7 @@ import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 import psutil
 import structlog
@@ -338,6 +338,7 @@ class HostCollector(Collector):
         self.last_errors: list[tuple[str, str]] = []
         self._prev_cpu: dict[str, float] | None = None
         self._missing_logged: set[str] = set()
+        self.missing_paths: list[str] = []  # watched paths absent at the last tick
 
     async def collect(self) -> list[Family]:
         if not self.procfs.is_dir():
@@ -348,6 +349,13 @@ class HostCollector(Collector):
             log.warning("host_read_failed", source=source, error=msg)
         self.last_errors = r.errors
         return self._families(r)
+
+    def status(self) -> dict[str, Any]:
+        """For /status: sources skipped this tick and watched paths that do not exist."""
+        return {
+            "read_errors": [f"{src}: {msg}" for src, msg in self.last_errors],
+            "missing_disk_paths": self.missing_paths,
+        }
 
     def _families(self, r: HostReading) -> list[Family]:
         fams: list[Family] = []
@@ -379,6 +387,7 @@ class HostCollector(Collector):
             one(SWAP_USED, r.swap[1])
         fs_specs = (FS_PRESENT, FS_AVAIL, FS_SIZE, FS_FILES, FS_FILES_FREE, FS_READONLY)
         present, avail, size, files, ffree, ro = (s.family() for s in fs_specs)
+        self.missing_paths = [p for p, st in r.fs.items() if st is None]
         for path, st in r.fs.items():
             present.add((path,), 0 if st is None else 1)
             if st is None:

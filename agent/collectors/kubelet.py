@@ -351,6 +351,10 @@ class KubeletCollector(Collector):
         fams += [success, skipped, *self.client.families()]
         return fams
 
+    def status(self) -> dict[str, Any]:
+        """For /status: why each kubelet endpoint failed this tick (None when it was read)."""
+        return {"kubelet_url": self.client.base_url, "endpoint_errors": dict(self.last_errors)}
+
     @staticmethod
     def _error(result: object) -> str:
         """Message of an expected failure; unexpected exceptions (bugs) propagate."""

@@ -79,7 +79,8 @@ async def test_pressure_from_node_exporter_capture() -> None:
 async def test_missing_disk_paths_are_reported_not_failed(tmp_path: Path) -> None:
     """A watched path that does not exist shows present 0 and no filesystem numbers."""
     missing = str(tmp_path / "no-such-dir")
-    _, f = await _collect(PROC, (str(tmp_path), missing))
+    c, f = await _collect(PROC, (str(tmp_path), missing))
+    assert c.status()["missing_disk_paths"] == [missing]
     present = f["nodemedic_host_filesystem_present"]
     assert present.get(path=str(tmp_path)) == 1
     assert present.get(path=missing) == 0

@@ -208,6 +208,7 @@ async def test_unreachable_kubelet_collector_succeeds_with_up_zero() -> None:
     assert "nodemedic_kubelet_pods" not in fams
     assert "nodemedic_kubelet_node_memory_working_set_bytes" not in fams
     assert "cannot reach" in (c.last_errors["stats_summary"] or "")
+    assert "cannot reach" in c.status()["endpoint_errors"]["healthz"]
     reqs = fams["nodemedic_kubelet_client_requests_total"]
     assert reqs.get(endpoint="healthz", outcome="connection_error") == 1
 
