@@ -329,9 +329,10 @@ class HostCollector(Collector):
     def __init__(self, ctx: CollectorContext) -> None:
         super().__init__(ctx)
         self.procfs = Path(ctx.settings.path_procfs)
-        # psutil reads procfs through a module-wide path; only touch it when asked to, so
-        # several agents in one process (the demo) with the default keep psutil untouched.
-        if str(self.procfs) != "/proc":
+        # psutil reads procfs through a module-wide path: set it only when it differs (a
+        # non-default --path.procfs, or a reload back to /proc after one), so agents sharing a
+        # process with the default never touch it.
+        if str(self.procfs) != psutil.PROCFS_PATH:
             psutil.PROCFS_PATH = str(self.procfs)
         self.disk_paths = tuple(ctx.settings.host_disk_paths)
         self.read_errors: Counter[str] = Counter()

@@ -174,3 +174,13 @@ def test_parse_pressure_rejects_garbage() -> None:
     assert parse_pressure("some avg10=12.50 avg60=0 avg300=0 total=2000000\n") == {
         "some": (0.125, 2.0)
     }
+
+
+async def test_reload_back_to_default_procfs_repoints_psutil() -> None:
+    """After a fixture --path.procfs, a collector built for /proc reads the real /proc again."""
+    await _collect(PROC)
+    assert str(PROC) == psutil.PROCFS_PATH
+    _, f = await _collect(Path("/proc"))
+    assert psutil.PROCFS_PATH == "/proc"
+    real_total = int(Path("/proc/meminfo").read_text().split()[1]) * 1024
+    assert f["nodemedic_host_memory_total_bytes"].get() == real_total
