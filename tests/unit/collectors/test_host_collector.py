@@ -135,7 +135,12 @@ async def test_cpu_usage_ratio_on_second_tick() -> None:
     c = HostCollector(CollectorContext(settings_for_tests(host_disk_paths=())))
     first = {f.name for f in await c.collect()}
     assert "nodemedic_host_cpu_usage_ratio" not in first
-    sum(i * i for i in range(200_000))  # some CPU work between the two readings
+    # Burn CPU until /proc/stat has advanced (10 ms ticks), so the two readings differ.
+    start = sum(psutil.cpu_times())
+    for _ in range(200):
+        sum(i * i for i in range(50_000))
+        if sum(psutil.cpu_times()) - start >= 0.05:
+            break
     second = {f.name: f for f in await c.collect()}
     ratio = second["nodemedic_host_cpu_usage_ratio"].get()
     assert ratio is not None and 0.0 <= ratio <= 1.0
