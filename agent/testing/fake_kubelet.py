@@ -5,11 +5,13 @@ fixture directory (the files under tests/fixtures/kubelet/ by default names), ov
 optionally requiring a bearer token like the kubelet's authenticated port. Switches make /healthz
 fail, hang or answer garbage, and any path can be overridden, slowed down or made to stream a huge
 body, so the ``kubelet`` collector and ``KubeletClient`` can be tested against every failure a
-real kubelet shows. Request counts per path are kept in ``hits``.
+real kubelet shows. Request counts per path are kept in ``hits``. ``python -m
+agent.testing.fake_kubelet`` serves the fixtures from the command line (demo).
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import datetime as dt
@@ -30,7 +32,8 @@ DEFAULT_FILES: dict[str, tuple[str, str]] = {
     "/stats/summary": ("stats_summary_minikube_v1.35.json", "application/json"),
     "/metrics": ("metrics_kubelet_eks_v1.21_subset.txt", "text/plain; version=0.0.4"),
     "/metrics/cadvisor": (
-        "metrics_cadvisor_minikube_v1.35_trimmed.txt", "text/plain; version=0.0.4"
+        "metrics_cadvisor_minikube_v1.35_trimmed.txt",
+        "text/plain; version=0.0.4",
     ),
     "/metrics/resource": ("metrics_resource_kind_v1.21.txt", "text/plain; version=0.0.4"),
 }
@@ -95,8 +98,9 @@ class FakeKubelet:
     async def _healthz(self) -> web.Response:
         if self.healthz_mode == "fail":
             # The kubelet's failure format (healthz.go): failed checks listed, reason withheld.
-            return web.Response(status=500, text="[-]syncloop failed: reason withheld\n"
-                                "healthz check failed")
+            return web.Response(
+                status=500, text="[-]syncloop failed: reason withheld\nhealthz check failed"
+            )
         if self.healthz_mode == "hang":
             await self._wait(3600)
         if self.healthz_mode == "garbage":
@@ -194,3 +198,35 @@ def server_ssl_context(cert: Path, key: Path) -> ssl.SSLContext:
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ctx.load_cert_chain(cert, key)
     return ctx
+
+
+async def _serve(args: argparse.Namespace) -> None:
+    ctx = None
+    if args.tls_dir is not None:
+        cert, key = make_self_signed_cert(args.tls_dir, args.host)
+        ctx = server_ssl_context(cert, key)
+    fk = FakeKubelet(args.fixtures, token=args.token, ssl_context=ctx)
+    fk.healthz_mode = args.healthz
+    print(await fk.start(args.host, args.port), flush=True)
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await fk.stop()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m agent.testing.fake_kubelet``: serve fixtures until interrupted (demo use)."""
+    parser = argparse.ArgumentParser(description="Serve captured kubelet fixtures on loopback.")
+    parser.add_argument("--fixtures", type=Path, default=Path("tests/fixtures/kubelet"))
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--token", default=None, help="require this bearer token")
+    parser.add_argument("--tls-dir", type=Path, default=None,
+                        help="serve HTTPS with a self-signed cert written here (kubelet.crt)")
+    parser.add_argument("--healthz", choices=["ok", "fail", "hang", "garbage"], default="ok")
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(_serve(parser.parse_args(argv)))
+
+
+if __name__ == "__main__":
+    main()
