@@ -203,6 +203,7 @@ def server_ssl_context(cert: Path, key: Path) -> ssl.SSLContext:
 async def _serve(args: argparse.Namespace) -> None:
     ctx = None
     if args.tls_dir is not None:
+        args.tls_dir.mkdir(parents=True, exist_ok=True)
         cert, key = make_self_signed_cert(args.tls_dir, args.host)
         ctx = server_ssl_context(cert, key)
     fk = FakeKubelet(args.fixtures, token=args.token, ssl_context=ctx)
