@@ -308,7 +308,7 @@ class RemediationStage:
             obj = InvolvedObject("Pod", req.target.name, req.target.namespace)
         else:
             obj = InvolvedObject("Node", req.target.node)
-        type_ = "Warning" if result.kind in ("failure", "retry") else "Normal"
+        type_ = "Warning" if result.kind == "failure" else "Normal"
         message = f"{req.action.type} {result.kind}: {result.message}. {describe(req)}"
         try:
             await record_event(

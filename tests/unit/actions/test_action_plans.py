@@ -55,7 +55,7 @@ def test_taint_refuses_unsafe_params(params: dict, message: str) -> None:
 
 def test_untaint_only_touches_nodemedic_keys() -> None:
     """untaint of an admin's taint key is refused before any API call."""
-    with pytest.raises(InvalidParams, match="nodemedic.io/"):
+    with pytest.raises(InvalidParams, match=r"nodemedic\.io/"):
         plan("untaint", {"key": "dedicated"})
     assert plan("untaint", {"key": "nodemedic.io/disk"}).changes == (
         "spec.taints -= nodemedic.io/disk",
