@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from kubernetes_asyncio import client, config
 
 REPO = Path(__file__).resolve().parents[2]
 INSTALL = REPO / "scripts" / "install.sh"
@@ -123,3 +124,31 @@ def test_unknown_argument_is_refused(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert "unknown argument: --rot" in proc.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def _doc_recipe() -> str:
+    """The shell block that follows the kubeconfig-recipe marker in docs/install.md."""
+    text = (REPO / "docs" / "install.md").read_text()
+    after = text.split("<!-- kubeconfig-recipe", 1)[1]
+    return after.split("```sh\n", 1)[1].split("```", 1)[0]
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not installed")
+async def test_documented_kubeconfig_recipe_yields_a_loadable_kubeconfig(tmp_path: Path) -> None:
+    """docs/install.md's kubectl config commands give a kubeconfig the agent's client loads."""
+    # kubectl embeds the CA file's bytes without parsing them; nothing connects here.
+    (tmp_path / "ca.crt").write_text(
+        "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
+    )
+    env = dict(os.environ, SERVER="https://10.0.0.1:6443", TOKEN="abc.def.ghi")
+    env.pop("KUBECONFIG", None)
+    proc = subprocess.run(["bash", "-euc", _doc_recipe()], cwd=tmp_path, env=env,
+                          check=False, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    kubeconfig = tmp_path / "nodemedic.kubeconfig"
+    assert _mode(kubeconfig) == 0o600
+    assert (tmp_path / "kubelet-token").read_text() == "abc.def.ghi"
+    cfg = client.Configuration()
+    await config.load_kube_config(config_file=str(kubeconfig), client_configuration=cfg)
+    assert cfg.host == "https://10.0.0.1:6443"
+    assert cfg.api_key["BearerToken"] == "Bearer abc.def.ghi"

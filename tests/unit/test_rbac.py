@@ -1,0 +1,75 @@
+"""Structural checks of deploy/rbac.yaml: the roles nodemedic's ServiceAccount is bound to.
+
+No API server can run here (DESIGN.md §6), so the manifest is checked for what RBAC would reject
+silently or what would widen the grant: unknown verbs, bindings to missing roles or subjects,
+and the documented least-privilege choices (no delete, no secrets, pause ConfigMap by name).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+DOCS = list(yaml.safe_load_all((REPO / "deploy" / "rbac.yaml").read_text()))
+VALID_VERBS = {"get", "list", "watch", "create", "update", "patch", "delete", "deletecollection"}
+
+
+def _by_kind(kind: str) -> list[dict[str, Any]]:
+    return [d for d in DOCS if d["kind"] == kind]
+
+
+def _rules() -> list[dict[str, Any]]:
+    return [r for d in _by_kind("ClusterRole") + _by_kind("Role") for r in d["rules"]]
+
+
+def _verbs(resource: str) -> set[str]:
+    return {v for r in _rules() if resource in r["resources"] for v in r["verbs"]}
+
+
+def test_every_binding_points_at_a_defined_role_and_the_service_account() -> None:
+    """Each (Cluster)RoleBinding references a role in the file and the nodemedic ServiceAccount."""
+    roles = {(d["kind"], d["metadata"]["name"], d["metadata"].get("namespace")) for d in DOCS
+             if d["kind"] in ("Role", "ClusterRole")}
+    sa = _by_kind("ServiceAccount")[0]["metadata"]
+    bindings = _by_kind("RoleBinding") + _by_kind("ClusterRoleBinding")
+    assert len(bindings) == len(roles)
+    for b in bindings:
+        ns = b["metadata"].get("namespace") if b["roleRef"]["kind"] == "Role" else None
+        assert (b["roleRef"]["kind"], b["roleRef"]["name"], ns) in roles, b["metadata"]["name"]
+        assert b["subjects"] == [
+            {"kind": "ServiceAccount", "name": sa["name"], "namespace": sa["namespace"]}
+        ]
+
+
+def test_rules_use_only_valid_verbs_and_never_delete() -> None:
+    """Every verb is a real RBAC verb, and nothing grants delete or wildcards."""
+    for rule in _rules():
+        assert set(rule["verbs"]) <= VALID_VERBS - {"delete", "deletecollection"}, rule
+        assert "*" not in rule["resources"] and "*" not in rule["apiGroups"], rule
+
+
+def test_pods_are_removed_only_through_the_eviction_api() -> None:
+    """Pods can be evicted (PDBs honoured) but not deleted, and no secrets are readable."""
+    assert _verbs("pods/eviction") == {"create"}
+    assert "delete" not in _verbs("pods")
+    assert not _verbs("secrets")
+
+
+def test_pause_configmap_is_readable_by_name_only() -> None:
+    """The agent may read the ConfigMap kube-system/nodemedic and no other ConfigMap."""
+    rules = [r for r in _rules() if "configmaps" in r["resources"]]
+    assert rules and all(r.get("resourceNames") == ["nodemedic"] for r in rules)
+
+
+def test_leader_only_permissions_live_in_leader_roles() -> None:
+    """Leader election and PDB reads are granted only by the nodemedic-leader* roles."""
+    for d in _by_kind("ClusterRole") + _by_kind("Role"):
+        name = d["metadata"]["name"]
+        resources = {res for r in d["rules"] for res in r["resources"]}
+        writes_leases = any("leases" in r["resources"] and {"create", "update"} & set(r["verbs"])
+                            for r in d["rules"])
+        if "poddisruptionbudgets" in resources or writes_leases:
+            assert name.startswith("nodemedic-leader"), name
