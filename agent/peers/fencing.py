@@ -1,0 +1,83 @@
+"""When is a failed node fenced (safe to force-delete its pods), and the taints that follow.
+
+Called by agent.peers.stage. A node counts as fenced only when it is judged ``failed`` and either
+- no peer and no heartbeat showed it alive for ``fencing_time`` (its agent is watchdog-restarted
+  by systemd, so a node whose agent stays silent that long is powered off or fully isolated), or
+- an operator hook confirms it: the node annotation ``nodemedic.io/fenced=true`` (set by a human
+  or an IPMI/cloud controller), or the configured command (argv + node name) exiting 0.
+Only then does the leader add ``node.kubernetes.io/out-of-service=nodeshutdown:NoExecute``, which
+makes Kubernetes force-delete the node's pods and detach their volumes. ``fencing_state`` is pure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Sequence
+from typing import Any
+
+from agent.kube.nodes import update_node
+from agent.peers.detector import Verdict
+
+FENCED_ANNOTATION = "nodemedic.io/fenced"
+OUT_OF_SERVICE = {"key": "node.kubernetes.io/out-of-service", "value": "nodeshutdown",
+                  "effect": "NoExecute"}
+FAILED_TAINT = {"key": "nodemedic.io/node-failed", "value": "", "effect": "NoSchedule"}
+HOOK_TIMEOUT = 30.0
+
+
+def fencing_state(
+    verdict: Verdict, failed_since: float, now: float, fencing_time: float, operator: bool,
+) -> tuple[bool, str]:
+    """(fenced, why). ``failed_since`` is when the leader first judged the node failed."""
+    if verdict.state != "failed":
+        return False, f"node is {verdict.state}, not failed"
+    if operator:
+        return True, "an operator hook confirmed the node is fenced"
+    quiet_since = max(failed_since, verdict.last_seen) if verdict.last_seen else failed_since
+    quiet = now - quiet_since
+    if quiet >= fencing_time:
+        return True, f"no peer reached it for {quiet:.0f}s (fencing time {fencing_time:g}s)"
+    return False, f"silent for {quiet:.0f}s of the {fencing_time:g}s fencing time"
+
+
+async def run_hook(argv: Sequence[str], node: str) -> bool:
+    """Run the operator's fencing command with the node name appended; True on exit status 0."""
+    if not argv:
+        return False
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *argv, node, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL
+        )
+    except OSError:
+        return False
+    try:
+        async with asyncio.timeout(HOOK_TIMEOUT):
+            return await proc.wait() == 0
+    except TimeoutError:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        await proc.wait()
+        return False
+
+
+def _same(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    return a.get("key") == b["key"] and a.get("effect") == b["effect"]
+
+
+async def set_taint(api: Any, node: str, taint: dict[str, str], present: bool) -> bool:
+    """Add or remove exactly ``taint`` (key+effect); returns whether the node changed."""
+
+    def mutate(obj: dict[str, Any]) -> bool:
+        spec = obj.setdefault("spec", {})
+        current = [t for t in (spec.get("taints") or []) if isinstance(t, dict)]
+        has = any(_same(t, taint) for t in current)
+        if has == present:
+            return False
+        spec["taints"] = (
+            [*current, dict(taint)] if present else [t for t in current if not _same(t, taint)]
+        )
+        return True
+
+    _, changed = await update_node(api, node, mutate)
+    return bool(changed)

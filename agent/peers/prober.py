@@ -1,0 +1,124 @@
+"""Probe peer agents: GET <agent-url>/healthz with a short timeout, from this node's point of view.
+
+Called by agent.peers.stage (the leader probes every suspect node; followers probe the targets the
+leader assigned them) which publishes the results through agent.peers.heartbeat. The transport is
+pluggable so the demo and the scenario tests can simulate partitions between particular nodes
+(``set_transport(node, transport)``) without touching the kernel's network.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Protocol
+
+import aiohttp
+
+
+class Transport(Protocol):
+    """How one node reaches another's agent; returns True when /healthz answered 200."""
+
+    async def healthz(self, url: str, time_limit: float) -> bool: ...
+
+    async def close(self) -> None: ...
+
+
+class HttpTransport:
+    """The real thing: one aiohttp session, no retries (a retry would hide a flaky peer)."""
+
+    def __init__(self) -> None:
+        self._session: aiohttp.ClientSession | None = None
+
+    async def healthz(self, url: str, time_limit: float) -> bool:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=64, force_close=True)
+            )
+        try:
+            async with self._session.get(
+                url.rstrip("/") + "/healthz", timeout=aiohttp.ClientTimeout(total=time_limit),
+                allow_redirects=False,
+            ) as resp:
+                return resp.status == 200
+        except (aiohttp.ClientError, OSError, TimeoutError):
+            return False
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+
+# Per-node transport overrides, set by the demo and tests before the agents start.
+_OVERRIDES: dict[str, Transport] = {}
+
+
+def set_transport(node: str, transport: Transport | None) -> None:
+    """Make the agent of ``node`` probe through ``transport`` (None restores HTTP)."""
+    if transport is None:
+        _OVERRIDES.pop(node, None)
+    else:
+        _OVERRIDES[node] = transport
+
+
+def transport_for(node: str) -> Transport:
+    return _OVERRIDES.get(node) or HttpTransport()
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeResult:
+    """One probe from this node: ``seq`` increases with every probe of the same target."""
+
+    ok: bool
+    at: float
+    seq: int
+    last_ok: float | None
+
+
+class Prober:
+    """Probes targets concurrently; remembers per target the last success and a sequence."""
+
+
+    def __init__(
+        self, node: str, transport: Transport, timeout: float = 1.0,
+        clock: Callable[[], float] = time.time, concurrency: int = 16,
+    ) -> None:
+        self.node = node
+        self.transport = transport
+        self.timeout = timeout
+        self.clock = clock
+        self.results: dict[str, ProbeResult] = {}
+        self.probes = 0
+        self.failures = 0
+        self._sem = asyncio.Semaphore(concurrency)
+
+    async def probe(self, target: str, url: str) -> ProbeResult:
+        async with self._sem:
+            try:
+                ok = await asyncio.wait_for(
+                    self.transport.healthz(url, self.timeout), self.timeout + 0.5
+                )
+            except TimeoutError:
+                ok = False
+        now = self.clock()
+        prev = self.results.get(target)
+        res = ProbeResult(
+            ok, now, (prev.seq + 1) if prev else 1, now if ok else (prev.last_ok if prev else None)
+        )
+        self.results[target] = res
+        self.probes += 1
+        self.failures += 0 if ok else 1
+        return res
+
+    async def probe_many(self, targets: Mapping[str, str]) -> dict[str, ProbeResult]:
+        """Probe every (target -> agent URL) at once; forget targets no longer asked for."""
+        names = list(targets)
+        results = await asyncio.gather(*(self.probe(t, targets[t]) for t in names))
+        for gone in [t for t in self.results if t not in targets]:
+            del self.results[gone]
+        return dict(zip(names, results, strict=True))
+
+    async def close(self) -> None:
+        await self.transport.close()
