@@ -53,7 +53,7 @@ async def run_hook(argv: Sequence[str], node: str) -> bool:
         return False
     try:
         async with asyncio.timeout(HOOK_TIMEOUT):
-            return await proc.wait() == 0
+            return bool(await proc.wait() == 0)
     except TimeoutError:
         with contextlib.suppress(ProcessLookupError):
             proc.kill()

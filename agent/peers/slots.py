@@ -12,8 +12,8 @@ leader cannot hold the cap forever. Every write carries the resourceVersion read
 from __future__ import annotations
 
 import time
-from datetime import datetime
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
 from agent.kube.errors import KubeConflict, KubeError, KubeNotFound
