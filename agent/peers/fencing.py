@@ -62,7 +62,7 @@ async def run_hook(argv: Sequence[str], node: str) -> bool:
 
 
 def _same(a: dict[str, Any], b: dict[str, Any]) -> bool:
-    return a.get("key") == b["key"] and a.get("effect") == b["effect"]
+    return bool(a.get("key") == b["key"] and a.get("effect") == b["effect"])
 
 
 async def set_taint(api: Any, node: str, taint: dict[str, str], present: bool) -> bool:
