@@ -1,0 +1,99 @@
+"""Fault injection and request accounting for the in-memory API server.
+
+Used by agent.testing.apiserver.server's middleware on every request. Tests arm faults through
+``ApiServer.faults`` (latency, the next N matching requests failing with a status code);
+benchmarks read ``ApiServer.requests`` to report API load by verb, resource and client.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+
+@dataclass
+class _Failure:
+    code: int
+    remaining: int
+    verb: str | None
+    resource: str | None
+
+    def matches(self, verb: str, resource: str) -> bool:
+        return (self.verb is None or self.verb == verb) and (
+            self.resource is None or self.resource == resource
+        )
+
+
+@dataclass
+class Faults:
+    """Armed faults. ``latency`` (seconds) delays every request before it is served."""
+
+    latency: float = 0.0
+    latency_by_verb: dict[str, float] = field(default_factory=dict)
+    _failures: list[_Failure] = field(default_factory=list)
+
+    def fail(
+        self, count: int, code: int = 500, *, verb: str | None = None, resource: str | None = None
+    ) -> None:
+        """Make the next ``count`` requests matching ``verb``/``resource`` fail with ``code``.
+
+        ``verb`` is a Kubernetes verb (get, list, watch, create, update, patch, delete) and
+        ``resource`` a plural with optional subresource ("pods", "pods/eviction", "nodes/status",
+        "leases").
+        """
+        self._failures.append(_Failure(code, count, verb, resource))
+
+    def take(self, verb: str, resource: str) -> int | None:
+        """Consume one armed failure matching this request; returns its code or None."""
+        for f in self._failures:
+            if f.remaining > 0 and f.matches(verb, resource):
+                f.remaining -= 1
+                if f.remaining == 0:
+                    self._failures.remove(f)
+                return f.code
+        return None
+
+    def delay_for(self, verb: str) -> float:
+        return self.latency_by_verb.get(verb, self.latency)
+
+    def clear(self) -> None:
+        """Disarm every fault."""
+        self.latency = 0.0
+        self.latency_by_verb.clear()
+        self._failures.clear()
+
+
+@dataclass
+class RequestLog:
+    """Counts of served requests by (verb, resource, client) and their summed service time."""
+
+    counts: Counter[tuple[str, str, str]] = field(default_factory=Counter)
+    seconds: dict[tuple[str, str, str], float] = field(default_factory=dict)
+
+    def record(self, verb: str, resource: str, client: str, elapsed: float) -> None:
+        key = (verb, resource, client)
+        self.counts[key] += 1
+        self.seconds[key] = self.seconds.get(key, 0.0) + elapsed
+
+    def count(
+        self, verb: str | None = None, resource: str | None = None, client: str | None = None
+    ) -> int:
+        """Number of requests matching every given filter (None = any)."""
+        return sum(
+            n
+            for (v, r, c), n in self.counts.items()
+            if (verb is None or v == verb)
+            and (resource is None or r == resource)
+            and (client is None or c == client)
+        )
+
+    def by_verb_resource(self) -> dict[str, int]:
+        """``"verb resource" -> count`` over all clients (bench reports)."""
+        out: Counter[str] = Counter()
+        for (v, r, _c), n in self.counts.items():
+            out[f"{v} {r}"] += n
+        return dict(sorted(out.items()))
+
+    def clear(self) -> None:
+        self.counts.clear()
+        self.seconds.clear()

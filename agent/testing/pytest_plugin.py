@@ -1,0 +1,42 @@
+"""pytest fixtures for the in-memory API server: ``apiserver`` and ``kube_api``.
+
+Loaded by tests/conftest.py (``pytest_plugins = ["agent.testing.pytest_plugin"]``); any project
+can load it the same way. ``apiserver`` is a started :class:`ApiServer` on a free loopback port;
+``kube_api`` is a kubernetes_asyncio ``ApiClient`` configured for it, closed after the test.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest_asyncio
+
+from agent.testing.apiserver import ApiServer
+
+
+@pytest_asyncio.fixture
+async def apiserver() -> AsyncIterator[ApiServer]:
+    """A running in-memory API server on 127.0.0.1 and a free port, stopped after the test."""
+    server = ApiServer()
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()
+
+
+@pytest_asyncio.fixture
+async def kube_api(apiserver: ApiServer) -> AsyncIterator[Any]:
+    """A kubernetes_asyncio ApiClient talking to ``apiserver`` over HTTP."""
+    from kubernetes_asyncio import client
+
+    cfg = client.Configuration(host=apiserver.url)
+    cfg.api_key = {"authorization": "nodemedic-test"}
+    cfg.api_key_prefix = {"authorization": "Bearer"}
+    api = client.ApiClient(cfg)
+    api.user_agent = "nodemedic-tests"
+    try:
+        yield api
+    finally:
+        await api.close()
