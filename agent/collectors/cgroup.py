@@ -12,6 +12,7 @@ actually placed the pod): ``guaranteed``, ``burstable`` or ``besteffort``.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Mapping, Sequence
 from typing import ClassVar, Protocol, runtime_checkable
 
@@ -215,6 +216,8 @@ class CgroupCollector(Collector):
         self._errors = dict.fromkeys(REASONS, 0)
         self._kubelet_ok: bool | None = None
         self._logged: set[str] = set()
+        self._last: list[Family] | None = None
+        self._last_at = 0.0
 
     async def _pods(self) -> dict[str, PodRef] | None:
         """UID -> PodRef from the shared kubelet client, or None when absent or failing."""
@@ -237,6 +240,18 @@ class CgroupCollector(Collector):
         return {r.uid.lower(): r for r in refs}
 
     async def collect(self) -> list[Family]:
+        # --cgroup.min-interval: on big nodes reading every cgroup file every tick costs more
+        # than the agent's CPU budget, so ticks closer than that to the last read re-serve it
+        # (counters are then up to that old; the second of slack absorbs tick jitter).
+        min_interval = self.ctx.settings.cgroup_min_interval
+        now = time.monotonic()
+        if self._last is not None and now - self._last_at < min_interval - 1.0:
+            return list(self._last)
+        families = await self._read()
+        self._last, self._last_at = families, now
+        return list(families)
+
+    async def _read(self) -> list[Family]:
         root = self.ctx.settings.path_cgroupfs
         pods, result = await asyncio.gather(self._pods(), asyncio.to_thread(scan, root))
         if result.layout.mode == "none":

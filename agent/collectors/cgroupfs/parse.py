@@ -9,6 +9,8 @@ become ``None`` so that no caller can mistake them for a real limit.
 
 from __future__ import annotations
 
+import re
+
 # v1 reports "no limit" as PAGE_COUNTER_MAX * PAGE_SIZE rounded to the page size, e.g.
 # 9223372036854771712 with 4 KiB pages and 9223372036854710272 with 64 KiB pages. No real
 # memory limit is anywhere near 2**62 bytes (4 EiB), so anything above that is "unlimited".
@@ -101,30 +103,27 @@ def parse_v2_cpu_max(data: bytes) -> float | None:
     return q / p
 
 
+_PSI_LINE = re.compile(
+    rb"(some|full) avg10=(\d{1,3}\.\d\d) avg60=\d{1,3}\.\d\d avg300=\d{1,3}\.\d\d total=(\d+)\n?"
+)
+
+
 def parse_psi(data: bytes) -> list[tuple[str, float, float]]:
     """A *.pressure file -> [(kind, avg10 as a 0..1 ratio, total seconds)] for ``some``/``full``.
 
     Format: ``some avg10=0.00 avg60=0.00 avg300=0.00 total=115056064`` (total in microseconds).
+    One regex pass; the lines must cover the whole file, so trailing garbage is an error too.
     """
     out: list[tuple[str, float, float]] = []
-    for line in data.splitlines():
-        if not line:
-            continue
-        fields = line.split()
-        if len(fields) != 5 or fields[0] not in (b"some", b"full"):
-            raise ParseError(f"pressure: unexpected line {line[:60]!r}")
-        avg10 = fields[1]
-        total = fields[4]
-        if not avg10.startswith(b"avg10=") or not total.startswith(b"total="):
-            raise ParseError(f"pressure: unexpected line {line[:60]!r}")
-        try:
-            ratio = float(avg10[6:]) / 100.0
-            seconds = int(total[6:]) / 1e6
-        except ValueError:
-            raise ParseError(f"pressure: unexpected line {line[:60]!r}") from None
-        if not 0.0 <= ratio <= 1.0 or seconds < 0:
-            raise ParseError(f"pressure: value out of range in {line[:60]!r}")
-        out.append((fields[0].decode(), ratio, seconds))
-    if not out:
-        raise ParseError("pressure: empty file")
+    pos = 0
+    for m in _PSI_LINE.finditer(data):
+        if m.start() != pos:
+            break
+        pos = m.end()
+        ratio = float(m.group(2)) / 100.0
+        if ratio > 1.0:
+            raise ParseError(f"pressure: avg10 above 100 in {m.group(0)[:60]!r}")
+        out.append(("some" if m.group(1) == b"some" else "full", ratio, int(m.group(3)) / 1e6))
+    if not out or pos != len(data):
+        raise ParseError(f"pressure: unexpected content {data[pos : pos + 60]!r}")
     return out

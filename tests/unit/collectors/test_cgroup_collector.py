@@ -331,3 +331,20 @@ async def test_declared_metrics_cover_every_family() -> None:
     fams = await collect(V2)
     assert set(fams) <= declared
     assert CgroupCollector.name == "cgroup"
+
+
+async def test_min_interval_reserves_the_last_read(v2_copy: Path) -> None:
+    """With --cgroup.min-interval, ticks inside the interval re-serve the last read; with the
+    default (0) every tick reads the tree again."""
+    d = v2_container(v2_copy, DAEMONSET, DS_CID)
+    ctx = CollectorContext(Settings(path_cgroupfs=v2_copy, cgroup_min_interval=600))
+    slow = CgroupCollector(ctx)
+    every = collector(v2_copy)
+    first = {f.name: f for f in await slow.collect()}
+    await every.collect()
+    (d / "memory.current").write_text("4096\n")
+    again = {f.name: f for f in await slow.collect()}
+    fresh = {f.name: f for f in await every.collect()}
+    name = "nodemedic_container_memory_usage_bytes"
+    assert again[name].get(container=DS_CID) == first[name].get(container=DS_CID) == 10498404352
+    assert fresh[name].get(container=DS_CID) == 4096
