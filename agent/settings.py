@@ -66,6 +66,19 @@ class Settings(BaseModel):
     lbskew_iptables_save_file: Path | None = None
     lbskew_conntrack_command: str = Field(default="conntrack", min_length=1)
     lbskew_min_samples: int = Field(default=30, ge=1, le=1_000_000)
+    failover_enabled: bool = False
+    failover_lease_namespace: str = Field(default="kube-system", pattern=r"^[a-z0-9][-a-z0-9]*$")
+    failover_node_grace: float = Field(default=40.0, ge=1.0, le=86400.0)
+    failover_probers: int = Field(default=2, ge=0, le=10)
+    failover_probe_timeout: float = Field(default=1.0, gt=0.0, le=60.0)
+    failover_max_unhealthy: str = Field(default="40%", pattern=r"^[0-9]{1,6}%?$")
+    failover_max_unhealthy_zone: str = Field(default="50%", pattern=r"^[0-9]{1,6}%?$")
+    failover_fencing_time: float = Field(default=180.0, ge=0.0, le=86400.0)
+    failover_fence_command: tuple[str, ...] = ()
+    failover_healthy_delay: float = Field(default=120.0, ge=0.0, le=86400.0)
+    failover_max_concurrent: int = Field(default=1, ge=0, le=1000)
+    failover_lease_duration: float = Field(default=15.0, ge=0.3, le=600.0)
+    failover_retry_period: float = Field(default=2.0, ge=0.05, le=60.0)
     collectors: Mapping[str, bool] = Field(default_factory=dict)
 
     @field_validator("web_listen_address")
@@ -140,6 +153,19 @@ FLAGS: tuple[Flag, ...] = (
     Flag("lbskew.iptables-save-file", "optpath", "read nat rules from this file instead"),
     Flag("lbskew.conntrack-command", "str", "conntrack binary, if no /proc/net/nf_conntrack"),
     Flag("lbskew.min-samples", "int", "connections a Service needs before its skew is tested"),
+    Flag("failover.enabled", "bool", "take part in failed-node detection and leader election"),
+    Flag("failover.lease-namespace", "str", "namespace of the leader, heartbeat and cap Leases"),
+    Flag("failover.node-grace", "duration", "node lease age before a node is suspect (k8s: 40-50s)"),
+    Flag("failover.probers", "int", "peers probing a suspect node besides the leader"),
+    Flag("failover.probe-timeout", "duration", "time limit of one /healthz probe of a peer"),
+    Flag("failover.max-unhealthy", "str", "unhealthy nodes (N or N%) above which nothing is done"),
+    Flag("failover.max-unhealthy-zone", "str", "the same per topology zone of 3 or more nodes"),
+    Flag("failover.fencing-time", "duration", "silence from all peers before out-of-service"),
+    Flag("failover.fence-command", "list", "argv run with the node name; exit 0 = fenced"),
+    Flag("failover.healthy-delay", "duration", "healthy time before nodemedic's taints are undone"),
+    Flag("failover.max-concurrent", "int", "failed nodes remediated at once, cluster-wide"),
+    Flag("failover.lease-duration", "duration", "leader Lease duration (renew deadline = 2/3)"),
+    Flag("failover.retry-period", "duration", "leader renew / follower poll and probe period"),
 )
 
 _FLAG_BY_FIELD = {f.field: f for f in FLAGS}
