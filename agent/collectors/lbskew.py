@@ -1,0 +1,585 @@
+"""The ``lbskew`` collector: how unevenly kube-proxy spreads each Service over its endpoints.
+
+Built by agent.runtime.pipeline like every collector. Each tick, in one worker thread (all of it is
+parsing of possibly large inputs), it reads from this node's kernel:
+- the nat rules: ``iptables-save -t nat`` (or the file ``--lbskew.iptables-save-file``) for
+  kube-proxy's KUBE-SERVICES / KUBE-SVC-* / KUBE-SEP-* chains (agent.netstate.iptables);
+- IPVS virtual services from <procfs>/net/ip_vs (agent.netstate.ipvs);
+- conntrack entries from <procfs>/net/nf_conntrack, else ``conntrack -L -o extended``, aggregated
+  per (VIP, endpoint) while streaming (agent.netstate.conntrack);
+and exports, per Service port, the connections and bytes per endpoint, each endpoint's share
+as the rules imply it, the chain's problems, and skew indices (agent.netstate.skew). Names come
+from the EndpointSlice watch (agent.kube.endpointslices) when the API is reachable, else from
+kube-proxy's rule comments. A node without kube-proxy (no KUBE-SERVICES chain, no IPVS
+services) yields no Service series and still succeeds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+from agent.collectors.base import Collector, CollectorContext
+from agent.collectors.registry import register
+from agent.netstate import conntrack, ipvs, skew
+from agent.netstate.iptables import NatRules, ServiceChain, parse_iptables_save
+from agent.structs.metrics import Family, MetricSpec
+
+if TYPE_CHECKING:
+    from agent.kube.endpointslices import EndpointName
+
+# iptables-save of a large cluster is tens of MB; refuse runaway output instead of holding it.
+MAX_RULES_BYTES = 256 << 20
+# Bound on the byte-counter state kept between ticks (one entry per Service endpoint).
+MAX_BYTE_SERIES = 65536
+
+SVC = ("namespace", "service", "port")
+EP = (*SVC, "endpoint", "pod")
+
+ENDPOINT_CONNECTIONS = MetricSpec(
+    "nodemedic_service_endpoint_connections",
+    "Active connections (ESTABLISHED/SYN or UDP) kube-proxy sent to this endpoint "
+    "(conntrack; IPVS ActiveConn)",
+    "gauge",
+    EP,
+)
+ENDPOINT_ENTRIES = MetricSpec(
+    "nodemedic_service_endpoint_conntrack_entries",
+    "All conntrack entries to this endpoint, including TIME_WAIT: recent endpoint choices",
+    "gauge",
+    EP,
+)
+ENDPOINT_BYTES = MetricSpec(
+    "nodemedic_service_endpoint_bytes_total",
+    "Bytes (both directions) through this endpoint, summed from growth of live conntrack "
+    "entries; needs nf_conntrack_acct=1",
+    "counter",
+    EP,
+)
+EXPECTED_SHARE = MetricSpec(
+    "nodemedic_service_endpoint_expected_share",
+    "Share of new connections the rules give this endpoint (chain probabilities, IPVS weights)",
+    "gauge",
+    (*SVC, "endpoint"),
+)
+SERVICE_CONNECTIONS = MetricSpec(
+    "nodemedic_service_connections",
+    "Active connections to this Service port over all its endpoints",
+    "gauge",
+    SVC,
+)
+MAX_MEAN = MetricSpec(
+    "nodemedic_service_skew_max_mean_ratio",
+    "Most loaded endpoint's connections over its fair share (1 = even)",
+    "gauge",
+    SVC,
+)
+CV = MetricSpec(
+    "nodemedic_service_skew_cv",
+    "Coefficient of variation of the endpoints' load relative to their fair share (0 = even)",
+    "gauge",
+    SVC,
+)
+CHI2_P = MetricSpec(
+    "nodemedic_service_skew_chi2_p_value",
+    "Chi-square p-value of the observed connections against the rules' expected shares "
+    "(small = traffic does not follow the rules; 1 when samples are too few)",
+    "gauge",
+    SVC,
+)
+FAIR_P = MetricSpec(
+    "nodemedic_service_skew_fair_chi2_p_value",
+    "Chi-square p-value of the observed connections against fair shares "
+    "(small = uneven, whatever the cause; 1 when samples are too few)",
+    "gauge",
+    SVC,
+)
+SUFFICIENT = MetricSpec(
+    "nodemedic_service_skew_samples_sufficient",
+    "1 when the Service has enough connections for the skew test (--lbskew.min-samples and "
+    ">= 5 expected per endpoint)",
+    "gauge",
+    SVC,
+)
+SKEWED = MetricSpec(
+    "nodemedic_service_skewed",
+    "1 when enough samples, max/mean ratio >= 1.5 and the fair-share test rejects at 0.001",
+    "gauge",
+    SVC,
+)
+CHAIN_PROBLEMS = MetricSpec(
+    "nodemedic_service_chain_problems",
+    "Endpoints affected by a problem of the kube-proxy chain (unequal_shares, "
+    "unreachable_endpoint, fallthrough, missing_dnat, no_endpoints, stale_endpoint); "
+    "absent when none",
+    "gauge",
+    (*SVC, "problem"),
+)
+SERVICE_INFO = MetricSpec(
+    "nodemedic_service_lb_info",
+    "Where a Service port's load balancing was read: VIP, protocol, mode (iptables/ipvs), "
+    "chain and where its name came from",
+    "info",
+    (*SVC, "vip", "protocol", "mode", "chain", "name_source"),
+)
+SOURCE_INFO = MetricSpec(
+    "nodemedic_lbskew_source_info",
+    "Which kernel sources the lbskew collector read this tick (none = unavailable)",
+    "info",
+    ("rules", "conntrack", "ipvs", "names"),
+)
+CONNTRACK_ENTRIES = MetricSpec(
+    "nodemedic_lbskew_conntrack_entries",
+    "conntrack entries parsed in the last tick",
+    "gauge",
+)
+SKIPPED_LINES = MetricSpec(
+    "nodemedic_lbskew_skipped_lines",
+    "Input lines skipped in the last tick, by source and reason",
+    "gauge",
+    ("source", "reason"),
+)
+DROPPED_ENTRIES = MetricSpec(
+    "nodemedic_lbskew_conntrack_dropped_entries",
+    "DNAT conntrack entries not aggregated in the last tick because the key bound was reached",
+    "gauge",
+)
+ACCOUNTING = MetricSpec(
+    "nodemedic_lbskew_conntrack_accounting",
+    "1 when conntrack entries carry byte counters (net.netfilter.nf_conntrack_acct=1)",
+    "gauge",
+)
+SLICES = MetricSpec(
+    "nodemedic_lbskew_endpointslices",
+    "EndpointSlices held in the lbskew name cache",
+    "gauge",
+)
+SLICES_DROPPED = MetricSpec(
+    "nodemedic_lbskew_endpointslices_dropped_total",
+    "EndpointSlices not cached because the cache was full",
+    "counter",
+)
+
+
+class NameView(Protocol):
+    """Immutable name lookups (agent.kube.endpointslices.NameView)."""
+
+    def endpoint(self, address: str) -> EndpointName | None: ...
+    def service_endpoints(self, namespace: str, service: str, port: str) -> set[str] | None: ...
+
+
+class NameSource(Protocol):
+    """Where names come from (agent.kube.endpointslices.EndpointSliceCache)."""
+
+    @property
+    def size(self) -> int: ...
+    @property
+    def dropped(self) -> int: ...
+    def view(self) -> NameView | None: ...
+    async def close(self) -> None: ...
+
+
+@dataclass
+class _Sources:
+    rules: str = "none"
+    conntrack: str = "none"
+    ipvs: str = "none"
+    names: str = "none"
+    skipped: dict[tuple[str, str], int] = field(default_factory=dict)
+
+
+@dataclass
+class _Endpoint:
+    address: str
+    expected: float
+    active: int = 0
+    entries: int = 0
+    bytes: int = 0
+    in_rules: bool = True
+
+
+@register("lbskew", default_enabled=True)
+class LbSkewCollector(Collector):
+    """Per-Service load-balance skew from conntrack, kube-proxy's nat chains and IPVS."""
+
+    help = "Service load-balance skew per endpoint (conntrack, iptables nat chains, IPVS)"
+    metrics = (
+        ENDPOINT_CONNECTIONS,
+        ENDPOINT_ENTRIES,
+        ENDPOINT_BYTES,
+        EXPECTED_SHARE,
+        SERVICE_CONNECTIONS,
+        MAX_MEAN,
+        CV,
+        CHI2_P,
+        FAIR_P,
+        SUFFICIENT,
+        SKEWED,
+        CHAIN_PROBLEMS,
+        SERVICE_INFO,
+        SOURCE_INFO,
+        CONNTRACK_ENTRIES,
+        SKIPPED_LINES,
+        DROPPED_ENTRIES,
+        ACCOUNTING,
+        SLICES,
+        SLICES_DROPPED,
+    )
+
+    def __init__(self, ctx: CollectorContext, names: NameSource | None = None) -> None:
+        super().__init__(ctx)
+        self._names = names
+        # label tuple -> (live bytes last tick, counter value): makes bytes_total monotonic.
+        self._bytes: dict[tuple[str, ...], tuple[int, int]] = {}
+        self._view: NameView | None = None  # this tick's names, set in the worker thread
+
+    async def start(self) -> None:
+        """Start the EndpointSlice watch when an API client is shared (else: comments only)."""
+        api = self.ctx.shared.get("api")
+        if self._names is None and api is not None:
+            from agent.kube.endpointslices import EndpointSliceCache
+
+            cache = EndpointSliceCache(api)
+            await cache.start()
+            self._names = cache
+
+    async def close(self) -> None:
+        if self._names is not None:
+            await self._names.close()
+
+    async def collect(self) -> list[Family]:
+        # The view is taken on the event loop (the watch mutates the cache there).
+        view = self._names.view() if self._names is not None else None
+        return await asyncio.to_thread(self._collect_sync, view)
+
+    # -- the worker thread -------------------------------------------------------------------
+
+    def _collect_sync(self, view: NameView | None) -> list[Family]:
+        self._view = view
+        deadline = time.monotonic() + self.timeout
+        src = _Sources()
+        rules = self._read_rules(src, deadline)
+        table = self._read_ipvs(src)
+        fams = {spec.name: spec.family() for spec in self.metrics}
+        summary: conntrack.ConntrackSummary | None = None
+        if rules is not None and rules.services:
+            summary = self._read_conntrack(src, deadline)
+        names = self._names
+        if view is not None:
+            src.names = "endpointslices"
+        elif rules is not None and rules.services:
+            src.names = "iptables-comments"
+        seen: set[tuple[str, ...]] = set()
+        if rules is not None:
+            flows = _flows_by_vip(summary) if summary is not None else None
+            for labels, chains in _group_chains(rules).items():
+                self._emit_chain(fams, labels, chains, flows, seen)
+        if table is not None:
+            for vs in table.services:
+                self._emit_ipvs(fams, vs, seen)
+        # Forget byte counters of endpoints that are gone (bounded state).
+        for key in [k for k in self._bytes if k not in seen]:
+            del self._bytes[key]
+
+        fams[SOURCE_INFO.name].add((src.rules, src.conntrack, src.ipvs, src.names), 1)
+        if summary is not None:
+            fams[CONNTRACK_ENTRIES.name].add((), summary.entries)
+            fams[DROPPED_ENTRIES.name].add((), summary.dropped_entries)
+            fams[ACCOUNTING.name].add((), 1 if summary.accounting else 0)
+            src.skipped[("conntrack", "malformed")] = summary.malformed_lines
+            src.skipped[("conntrack", "no_ports")] = summary.unsupported_lines
+        for (source, reason), n in sorted(src.skipped.items()):
+            fams[SKIPPED_LINES.name].add((source, reason), n)
+        if names is not None:
+            fams[SLICES.name].add((), names.size)
+            fams[SLICES_DROPPED.name].add((), names.dropped)
+        return [f for f in fams.values() if f.samples]
+
+    def _read_rules(self, src: _Sources, deadline: float) -> NatRules | None:
+        s = self.ctx.settings
+        if s.lbskew_iptables_save_file is not None:
+            try:
+                with open(s.lbskew_iptables_save_file, encoding="utf-8", errors="replace") as fh:
+                    rules = parse_iptables_save(fh)
+            except FileNotFoundError:
+                return None
+            src.rules = "file"
+        else:
+            text = _run_bounded(
+                [s.lbskew_iptables_save_command, "-t", "nat"], deadline, MAX_RULES_BYTES
+            )
+            if text is None:
+                return None
+            rules = parse_iptables_save(text.splitlines())
+            src.rules = "iptables-save"
+        src.skipped[("iptables", "malformed")] = rules.skipped_lines
+        return rules if rules.has_kube_services else None
+
+    def _read_ipvs(self, src: _Sources) -> ipvs.IpvsTable | None:
+        path = self.ctx.settings.path_procfs / "net" / "ip_vs"
+        try:
+            with open(path, encoding="ascii", errors="replace") as fh:
+                table = ipvs.parse_ip_vs(fh)
+        except (FileNotFoundError, PermissionError):
+            return None
+        src.ipvs = "proc"
+        src.skipped[("ipvs", "malformed")] = table.skipped_lines
+        return table if table.services else None
+
+    def _read_conntrack(
+        self, src: _Sources, deadline: float
+    ) -> conntrack.ConntrackSummary | None:
+        path = self.ctx.settings.path_procfs / "net" / "nf_conntrack"
+        if path.exists():
+            try:
+                summary = conntrack.aggregate_text(conntrack.read_chunks(str(path)))
+            except PermissionError:
+                return None
+            src.conntrack = "proc"
+            return summary
+        argv = [self.ctx.settings.lbskew_conntrack_command, "-L", "-o", "extended"]
+        streamed = _stream_command(argv, deadline)
+        if streamed is not None:
+            src.conntrack = "conntrack-cli"
+        return streamed
+
+    def _emit_chain(
+        self,
+        fams: dict[str, Family],
+        labels: tuple[str, str, str],
+        chains: list[ServiceChain],
+        flows: _FlowIndex | None,
+        seen: set[tuple[str, ...]],
+    ) -> None:
+        first = chains[0]
+        endpoints = [_Endpoint(e.address, e.share) for e in first.endpoints]
+        by_addr = {e.address: e for e in endpoints if e.address}
+        if flows is not None:
+            for ch in chains:
+                for addr, tally in flows.get((ch.protocol, ch.vip, ch.port), ()):
+                    ep = by_addr.get(addr)
+                    if ep is None:  # connections to an endpoint the rules no longer name
+                        ep = by_addr[addr] = _Endpoint(addr, 0.0, in_rules=False)
+                        endpoints.append(ep)
+                    ep.active += tally.active
+                    ep.entries += tally.entries
+                    ep.bytes += tally.bytes
+        names = self._view
+        svc = first.service
+        slice_eps = (
+            names.service_endpoints(svc.namespace, svc.name, svc.port)
+            if names is not None and svc is not None
+            else None
+        )
+        name_source = "iptables-comment" if svc is not None else "unknown"
+        if slice_eps is not None:
+            name_source = "endpointslice"
+        for ch in chains:
+            fams[SERVICE_INFO.name].add(
+                (*labels, ch.vip, ch.protocol, "iptables", ch.chain, name_source), 1
+            )
+        for problem, n in sorted(first.problems(slice_eps).items()):
+            fams[CHAIN_PROBLEMS.name].add((*labels, problem), n)
+        self._emit_endpoints(fams, labels, endpoints, observed=flows is not None, seen=seen)
+        in_rules = [e for e in endpoints if e.in_rules]
+        if flows is not None and in_rules:
+            fair = [1.0 / len(in_rules)] * len(in_rules)
+            self._emit_skew(
+                fams, labels, [e.active for e in in_rules], [e.expected for e in in_rules], fair
+            )
+
+    def _emit_ipvs(
+        self, fams: dict[str, Family], vs: ipvs.VirtualService, seen: set[tuple[str, ...]]
+    ) -> None:
+        names = self._view
+        owners = [names.endpoint(rs.address) for rs in vs.servers] if names else []
+        owner = next((o for o in owners if o is not None), None)
+        if owner is not None:
+            labels = (owner.namespace, owner.service, owner.port or str(vs.port))
+            name_source = "endpointslice"
+        else:  # IPVS keeps no Service names: identify the port by its VIP
+            labels = ("", f"{vs.vip}:{vs.port}" if vs.port else f"fwm:{vs.vip}", str(vs.port))
+            name_source = "unknown"
+        fams[SERVICE_INFO.name].add(
+            (*labels, vs.vip, vs.protocol, "ipvs", vs.scheduler, name_source), 1
+        )
+        shares = vs.expected_shares()
+        endpoints = [
+            _Endpoint(rs.address, share, active=rs.active_conns)
+            for rs, share in zip(vs.servers, shares, strict=True)
+        ]
+        if not endpoints:
+            fams[CHAIN_PROBLEMS.name].add((*labels, "no_endpoints"), 1)
+        self._emit_endpoints(fams, labels, endpoints, observed=True, seen=seen, entries=False)
+        if endpoints:
+            self._emit_skew(fams, labels, [e.active for e in endpoints], shares, shares)
+
+    def _emit_endpoints(
+        self,
+        fams: dict[str, Family],
+        labels: tuple[str, str, str],
+        endpoints: list[_Endpoint],
+        *,
+        observed: bool,
+        seen: set[tuple[str, ...]],
+        entries: bool = True,
+    ) -> None:
+        """Per-endpoint series; connection counts only when a connection source was read
+        (``observed``), so that "no conntrack" never looks like "no connections"."""
+        names = self._view
+        total = 0
+        for ep in endpoints:
+            if ep.in_rules:
+                fams[EXPECTED_SHARE.name].add((*labels, ep.address), ep.expected)
+            if not observed:
+                continue
+            owner = names.endpoint(ep.address) if names is not None and ep.address else None
+            pod = owner.pod if owner is not None else ""
+            ep_labels = (*labels, ep.address, pod)
+            total += ep.active
+            fams[ENDPOINT_CONNECTIONS.name].add(ep_labels, ep.active)
+            if entries:
+                fams[ENDPOINT_ENTRIES.name].add(ep_labels, ep.entries)
+                fams[ENDPOINT_BYTES.name].add(ep_labels, self._bytes_counter(ep_labels, ep.bytes))
+                seen.add(ep_labels)
+        if observed:
+            fams[SERVICE_CONNECTIONS.name].add(labels, total)
+
+    def _bytes_counter(self, key: tuple[str, ...], live: int) -> int:
+        """Counter value for ``key``: grows by the growth of the live byte sum, never shrinks
+        (bytes of connections that closed between ticks are missed: a lower bound)."""
+        last, total = self._bytes.get(key, (0, 0))
+        if key not in self._bytes and len(self._bytes) >= MAX_BYTE_SERIES:
+            return live
+        total += max(live - last, 0)
+        self._bytes[key] = (live, total)
+        return total
+
+    def _emit_skew(
+        self,
+        fams: dict[str, Family],
+        labels: tuple[str, str, str],
+        counts: list[int],
+        expected: list[float],
+        fair: list[float],
+    ) -> None:
+        r = skew.assess(
+            counts, expected, fair, min_samples=self.ctx.settings.lbskew_min_samples
+        )
+        fams[MAX_MEAN.name].add(labels, r.max_mean_ratio)
+        fams[CV.name].add(labels, r.cv)
+        fams[CHI2_P.name].add(labels, r.p_value)
+        fams[FAIR_P.name].add(labels, r.fair_p_value)
+        fams[SUFFICIENT.name].add(labels, 1 if r.sufficient else 0)
+        fams[SKEWED.name].add(labels, 1 if r.skewed else 0)
+
+
+_FlowIndex = dict[tuple[str, str, int], list[tuple[str, conntrack.EndpointTally]]]
+
+
+def _flows_by_vip(summary: conntrack.ConntrackSummary) -> _FlowIndex:
+    """(protocol, VIP, port) -> [(endpoint "ip:port", tally)], built once per tick."""
+    out: _FlowIndex = {}
+    for (proto, vip, vport, ep_ip, ep_port), tally in summary.flows.items():
+        addr = f"[{ep_ip}]:{ep_port}" if ":" in ep_ip else f"{ep_ip}:{ep_port}"
+        out.setdefault((proto, vip, vport), []).append((addr, tally))
+    return out
+
+
+def _group_chains(rules: NatRules) -> dict[tuple[str, str, str], list[ServiceChain]]:
+    """Service labels -> the chains reached for it (one per VIP; several VIPs can share one
+    KUBE-SVC chain, e.g. a ClusterIP plus externalIPs). Unnamed chains use the chain name."""
+    out: dict[tuple[str, str, str], list[ServiceChain]] = {}
+    by_chain: dict[str, tuple[str, str, str]] = {}
+    for ch in rules.services:
+        if ch.chain in by_chain:
+            out[by_chain[ch.chain]].append(ch)
+            continue
+        if ch.service is not None:
+            labels = (ch.service.namespace, ch.service.name, ch.service.port or str(ch.port))
+        else:
+            labels = ("", ch.chain, str(ch.port))
+        if labels in out:  # a second chain under the same name: keep the labels unique
+            labels = (labels[0], labels[1], f"{labels[2]}/{ch.protocol}")
+            if labels in out:
+                continue
+        by_chain[ch.chain] = labels
+        out[labels] = [ch]
+    return out
+
+
+def _run_bounded(argv: list[str], deadline: float, max_bytes: int) -> str | None:
+    """Run ``argv`` and return its stdout; None when the tool is missing or not permitted
+    (a machine without kube-proxy); raise on timeout, oversized output or another failure."""
+    timeout = max(deadline - time.monotonic(), 0.1)
+    try:
+        proc = subprocess.Popen(
+            argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL
+        )
+    except (FileNotFoundError, PermissionError):
+        return None
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        assert proc.stdout is not None
+        while block := proc.stdout.read(1 << 20):
+            size += len(block)
+            if size > max_bytes:
+                raise RuntimeError(f"{argv[0]}: output exceeds {max_bytes} bytes")
+            chunks.append(block)
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{argv[0]}: no result within {timeout:.1f}s")
+        _, err = proc.communicate(timeout=max(deadline - time.monotonic(), 0.1))
+    except subprocess.TimeoutExpired as exc:
+        raise TimeoutError(f"{argv[0]}: no result within {timeout:.1f}s") from exc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    if proc.returncode != 0:
+        msg = err.decode("utf-8", "replace").strip()
+        if _not_permitted(msg):
+            return None
+        raise RuntimeError(f"{argv[0]} exited {proc.returncode}: {msg[:200]}")
+    return b"".join(chunks).decode("utf-8", "replace")
+
+
+def _not_permitted(stderr: str) -> bool:
+    low = stderr.lower()
+    return "permission denied" in low or "must be root" in low or "not permitted" in low
+
+
+def _stream_command(argv: list[str], deadline: float) -> conntrack.ConntrackSummary | None:
+    """Stream ``conntrack -L`` stdout into the aggregator (memory bounded by the chunk size)."""
+    try:
+        proc = subprocess.Popen(
+            argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL
+        )
+    except (FileNotFoundError, PermissionError):
+        return None
+    agg = conntrack.ConntrackAggregator()
+    try:
+        assert proc.stdout is not None
+        for block in _read_blocks(proc.stdout):
+            agg.feed(block)
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{argv[0]}: no result in time")
+        rc = proc.wait(timeout=max(deadline - time.monotonic(), 0.1))
+    except subprocess.TimeoutExpired as exc:
+        raise TimeoutError(f"{argv[0]}: no result in time") from exc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    if rc != 0:
+        return None  # no permission or no conntrack support: report the source as none
+    return agg.finish()
+
+
+def _read_blocks(stream: Any) -> Iterator[str]:
+    while block := stream.read(conntrack.CHUNK_CHARS):
+        yield block.decode("ascii", "replace")
