@@ -105,7 +105,7 @@ class SafetyGate:
         self.clock = clock
         self.ledger = Ledger()
         self.pause = pause or (
-            PauseSwitch(api, settings.node_name, settings.safety_pause_configmap)
+            PauseSwitch(api, settings.node_name, settings.safety_pause_configmap, clock=clock)
             if api is not None
             else None
         )

@@ -55,10 +55,11 @@ class PauseSwitch:
         self.clock = clock
         self.ttl = ttl
         self._view: ClusterView | None = None
+        self._stale = False
 
     def invalidate(self) -> None:
-        """Forget the cached view (after we changed the node ourselves)."""
-        self._view = None
+        """Re-read on the next view() (after we changed the node ourselves); ``last`` stays."""
+        self._stale = True
 
     @property
     def last(self) -> ClusterView | None:
@@ -66,8 +67,9 @@ class PauseSwitch:
 
     async def view(self) -> ClusterView:
         now = self.clock()
-        if self._view is not None and now - self._view.read_at < self.ttl:
+        if self._view is not None and not self._stale and now - self._view.read_at < self.ttl:
             return self._view
+        self._stale = False
         try:
             node = await get_node(self.api, self.node_name)
             data = await get_configmap_data(self.api, self.namespace, self.name)

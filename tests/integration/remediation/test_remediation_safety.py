@@ -1,0 +1,277 @@
+"""Safety scenarios end to end: admin overrides, the cluster cap, restarts mid-ladder, the API
+going away mid-drain, dry-run and the pause switches."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from helpers_remediation import (
+    NODE,
+    Clock,
+    LadderEngine,
+    ScriptedEngine,
+    argv_log,
+    metric,
+    node,
+    pdb,
+    pod,
+    recording_systemctl,
+    request,
+    settings,
+    snapshot,
+)
+
+from agent.runtime.remediation import RemediationStage
+from agent.testing.apiserver import ApiServer
+
+
+def unschedulable(server: ApiServer, name: str = NODE) -> bool:
+    n = server.get("Node", "", name)
+    assert n is not None
+    return bool(n["spec"].get("unschedulable"))
+
+
+def last(stage: RemediationStage) -> dict[str, Any]:
+    return stage.status()["remediation"]["recent_decisions"][-1]  # type: ignore[no-any-return]
+
+
+async def test_admin_uncordon_is_respected_for_the_episode(
+    apiserver: ApiServer, kube_api: Any
+) -> None:
+    """After an admin uncordons, the same rule does not cordon again until it resolved."""
+    apiserver.create(node(NODE))
+    clock = Clock()
+    engine = ScriptedEngine()
+    stage = RemediationStage(settings(), kube_api, engine, clock=clock)
+    engine.queue = [request("cordon", rule="disk")]
+    await stage.on_snapshot(snapshot())
+    assert unschedulable(apiserver)
+
+    # The admin runs `kubectl uncordon` (a merge patch that leaves our annotation in place).
+    apiserver.patch("Node", "", NODE, {"spec": {"unschedulable": False}})
+    clock.t += 3600
+    engine.queue = [request("cordon", rule="disk")]
+    await stage.on_snapshot(snapshot())
+    assert not unschedulable(apiserver)
+    assert (last(stage)["decision"], last(stage)["reason"]) == ("denied", "admin_override")
+
+    # A drain for the same rule is refused too (it would cordon first).
+    clock.t += 3600
+    engine.queue = [request("drain", rule="disk")]
+    await stage.on_snapshot(snapshot())
+    assert not unschedulable(apiserver)
+    assert last(stage)["reason"] == "admin_override"
+
+    # The rule resolves (its undo), and a new episode may cordon again.
+    engine.queue = [request("uncordon", rule="disk", undo=True)]
+    await stage.on_snapshot(snapshot())
+    anns = apiserver.get("Node", "", NODE)["metadata"]["annotations"]  # type: ignore[index]
+    assert "nodemedic.io/uncordoned-by-admin" not in anns
+    clock.t += 3600
+    engine.queue = [request("cordon", rule="disk")]
+    await stage.on_snapshot(snapshot())
+    assert unschedulable(apiserver)
+
+
+async def test_cluster_cap_stops_the_fourth_cordon(apiserver: ApiServer, kube_api: Any) -> None:
+    """With --safety.max-cordoned=3, agents on four nodes cordon three and the fourth is denied,
+    counted against the API right before cordoning."""
+    for i in range(10):
+        apiserver.create(node(f"node-{i}"))
+    stages = []
+    for i in range(4):
+        engine = ScriptedEngine()
+        stage = RemediationStage(
+            settings(node_name=f"node-{i}", safety_max_cordoned="3"), kube_api, engine,
+            clock=Clock(),
+        )
+        engine.queue = [request("cordon", node_name=f"node-{i}")]
+        await stage.on_snapshot(snapshot())
+        stages.append(stage)
+    assert [unschedulable(apiserver, f"node-{i}") for i in range(4)] == [True, True, True, False]
+    fourth = last(stages[3])
+    assert (fourth["decision"], fourth["reason"]) == ("denied", "cluster_cap")
+    assert "3 of 10 nodes are already unschedulable" in fourth["detail"]
+    fams = stages[3].families()
+    assert metric(fams, "nodemedic_cordoned_nodes") == 3
+    assert metric(fams, "nodemedic_cordon_budget_limit") == 3
+    assert metric(fams, "nodemedic_actions_denied_total", reason="cluster_cap") == 1
+
+
+async def test_restart_mid_escalation_continues_the_ladder(
+    apiserver: ApiServer, kube_api: Any, tmp_path: Path
+) -> None:
+    """Killed after restart-service and cordon, a new agent on the same API state goes on to
+    drain, and never repeats an earlier step, even if its engine forgot where it was."""
+    apiserver.create(node(NODE))
+    apiserver.create(pod("web-a"))
+    systemctl, log = recording_systemctl(tmp_path)
+    ladder = [
+        request("restart-service", {"unit": "kubelet.service"}, step=0, cooldown_seconds=1800),
+        request("cordon", step=1, cooldown_seconds=1800),
+        request("drain", step=2, cooldown_seconds=1800),
+    ]
+    clock = Clock()
+    first = RemediationStage(settings(), kube_api, LadderEngine(ladder), clock=clock,
+                             systemctl=systemctl)
+    await first.start()
+    await first.on_snapshot(snapshot())
+    clock.t += 60
+    await first.on_snapshot(snapshot())
+    assert argv_log(log) == [["restart", "kubelet.service"]]
+    assert unschedulable(apiserver)
+    del first  # killed: no close(), whatever it had in memory is gone
+
+    clock.t += 60
+    second = RemediationStage(settings(), kube_api, LadderEngine(ladder), clock=clock,
+                              systemctl=systemctl)
+    await second.start()
+    await second.on_snapshot(snapshot())
+    assert argv_log(log) == [["restart", "kubelet.service"]]
+    assert [d["action"] for d in second.status()["remediation"]["recent_decisions"]] == ["drain"]
+    clock.t += 10
+    await second.on_snapshot(snapshot())
+    assert apiserver.get("Pod", "shop", "web-a") is None
+
+    # A third agent whose engine restarts the ladder from scratch: the ledger's cooldowns stop
+    # every repeat.
+    class Forgetful(LadderEngine):
+        def restore_state(self, state: Any) -> None:
+            pass
+
+    third = RemediationStage(settings(), kube_api, Forgetful(ladder, every=0), clock=clock,
+                             systemctl=systemctl)
+    await third.start()
+    await third.on_snapshot(snapshot())
+    assert argv_log(log) == [["restart", "kubelet.service"]]
+    reasons = {d["action"]: d["reason"] for d in third.status()["remediation"]["recent_decisions"]}
+    assert reasons == {"restart-service": "cooldown", "cordon": "cooldown", "drain": "cooldown"}
+    events = [e for e in apiserver.list("Event") if e["reason"] == "NodemedicCordon"]
+    assert [e["count"] for e in events] == [1]
+
+
+async def test_api_outage_mid_drain(apiserver: ApiServer, kube_api: Any) -> None:
+    """The API server goes away during a drain: no crash, nothing acted on, decisions say
+    missing_data; when it returns the drain resumes and finishes."""
+    apiserver.create(node(NODE))
+    apiserver.create(pod("web-a", labels={"app": "web"}))
+    apiserver.create(pod("web-b", on="node-b", labels={"app": "web"}, ready=False))
+    apiserver.create(pdb("web", "shop", 1, app="web"))
+    clock = Clock()
+    engine = ScriptedEngine()
+    stage = RemediationStage(settings(), kube_api, engine, clock=clock)
+    engine.queue = [request("drain", rule="node-broken")]
+    await stage.on_snapshot(snapshot())
+    assert len(stage.ledger.pending) == 1
+
+    await apiserver.stop()
+    clock.t += 60
+    engine.queue = [request("cordon", rule="other")]
+    await stage.on_snapshot(snapshot())
+    decisions = stage.status()["remediation"]["recent_decisions"][-2:]
+    assert {(d["action"], d["decision"], d["reason"]) for d in decisions} == {
+        ("drain", "denied", "missing_data"), ("cordon", "denied", "missing_data"),
+    }
+    assert len(stage.ledger.pending) == 1  # the drain waits, it is not forgotten
+    assert stage.status()["remediation"]["gate"]["api"] == "unreachable"
+
+    apiserver.patch(
+        "Pod", "shop", "web-b",
+        {"status": {"conditions": [{"type": "Ready", "status": "True"}]}}, subresource="status",
+    )
+    await apiserver.start()
+    clock.t += 60
+    await stage.on_snapshot(snapshot())
+    clock.t += 10
+    await stage.on_snapshot(snapshot())
+    assert apiserver.get("Pod", "shop", "web-a") is None
+    assert stage.ledger.pending == {}
+    assert last(stage)["outcome"] == "success"
+
+
+async def test_stale_snapshot_blocks_new_actions(apiserver: ApiServer, kube_api: Any) -> None:
+    """A cordon asked for while the kubelet collector failed this tick is not executed."""
+    apiserver.create(node(NODE))
+    engine = ScriptedEngine()
+    stage = RemediationStage(settings(), kube_api, engine, clock=Clock())
+    engine.queue = [request("cordon")]
+    await stage.on_snapshot(snapshot(kubelet_ok=False))
+    assert not unschedulable(apiserver)
+    assert last(stage)["reason"] == "missing_data"
+
+
+async def test_dry_run_executes_nothing_but_records(apiserver: ApiServer, kube_api: Any) -> None:
+    """--dry-run: node untouched, no Event, yet the decision is counted, logged and in /status."""
+    apiserver.create(node(NODE))
+    engine = ScriptedEngine()
+    stage = RemediationStage(settings(dry_run=True), kube_api, engine, clock=Clock())
+    engine.queue = [request("cordon"), request("drain", rule="other")]
+    await stage.on_snapshot(snapshot())
+    assert not unschedulable(apiserver)
+    assert apiserver.list("Event") == []
+    fams = stage.families()
+    assert metric(fams, "nodemedic_actions_total", action="cordon", decision="dry_run",
+                  outcome="none") == 1
+    assert last(stage)["detail"].startswith("--dry-run: would cordon and drain node node-a")
+
+
+async def test_pause_annotation_and_configmap(apiserver: ApiServer, kube_api: Any) -> None:
+    """nodemedic.io/paused on the node or paused: "true" in kube-system/nodemedic stops actions
+    within seconds, without a restart; clearing them lets actions through again."""
+    apiserver.create(node(NODE, **{"nodemedic.io/paused": "true"}))
+    clock = Clock()
+    engine = ScriptedEngine()
+    stage = RemediationStage(settings(), kube_api, engine, clock=clock)
+    engine.queue = [request("cordon")]
+    await stage.on_snapshot(snapshot())
+    assert not unschedulable(apiserver)
+    assert "node annotation" in last(stage)["detail"]
+    assert metric(stage.families(), "nodemedic_paused", scope="node") == 1
+
+    apiserver.patch("Node", "", NODE, {"metadata": {"annotations": {"nodemedic.io/paused": None}}})
+    apiserver.create({"apiVersion": "v1", "kind": "ConfigMap",
+                      "metadata": {"name": "nodemedic", "namespace": "kube-system"},
+                      "data": {"paused": "true"}})
+    clock.t += 3600
+    engine.queue = [request("cordon")]
+    await stage.on_snapshot(snapshot())
+    assert not unschedulable(apiserver)
+    assert "cluster-wide" in last(stage)["detail"]
+    fams = stage.families()
+    assert metric(fams, "nodemedic_paused", scope="cluster") == 1
+    assert metric(fams, "nodemedic_paused", scope="node") == 0
+
+    apiserver.patch("ConfigMap", "kube-system", "nodemedic", {"data": {"paused": "false"}})
+    clock.t += 3600
+    engine.queue = [request("cordon")]
+    await stage.on_snapshot(snapshot())
+    assert unschedulable(apiserver)
+
+
+async def test_restart_service_allow_list_with_api(
+    apiserver: ApiServer, kube_api: Any, tmp_path: Path
+) -> None:
+    """An allow-listed unit is restarted via systemctl argv and leaves an Event on the node;
+    a unit outside the allow-list is denied and systemctl never runs for it."""
+    apiserver.create(node(NODE))
+    systemctl, log = recording_systemctl(tmp_path)
+    engine = ScriptedEngine()
+    stage = RemediationStage(settings(), kube_api, engine, clock=Clock(), systemctl=systemctl)
+    engine.queue = [
+        request("restart-service", {"unit": "containerd.service"}, rule="runtime-down"),
+        request("restart-service", {"unit": "sshd.service"}, rule="evil"),
+    ]
+    await stage.on_snapshot(snapshot())
+    assert argv_log(log) == [["restart", "containerd.service"]]
+    by_rule = {d["rule"]: d for d in stage.status()["remediation"]["recent_decisions"]}
+    assert (by_rule["evil"]["decision"], by_rule["evil"]["reason"]) == ("denied",
+                                                                         "invalid_params")
+    (event,) = [e for e in apiserver.list("Event") if e["reason"] == "NodemedicRestartService"]
+    assert event["involvedObject"]["name"] == NODE
+    assert "rule runtime-down" in event["message"]
+    state = json.loads(
+        apiserver.get("Node", "", NODE)["metadata"]["annotations"]["nodemedic.io/state"]  # type: ignore[index]
+    )
+    assert state["h"][0][1:3] == ["runtime-down", "restart-service"]
