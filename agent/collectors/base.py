@@ -63,5 +63,9 @@ class Collector(ABC):
     async def collect(self) -> list[Family]:
         """Collect one tick's families. Raise to mark the collector failed for this tick."""
 
+    def status(self) -> dict[str, Any]:
+        """Extra detail for /status (e.g. which kubelet endpoint failed and why)."""
+        return {}
+
     async def close(self) -> None:  # noqa: B027 - optional hook, empty by default
         """Release clients and stop background work. Called once on shutdown."""

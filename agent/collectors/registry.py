@@ -25,7 +25,9 @@ _BUILTIN_MODULES = (
 )
 
 
-def register(name: str, *, default_enabled: bool = True) -> Callable[[type[Collector]], type[Collector]]:
+def register(
+    name: str, *, default_enabled: bool = True
+) -> Callable[[type[Collector]], type[Collector]]:
     """Class decorator that registers a collector under ``name``."""
 
     def deco(cls: type[Collector]) -> type[Collector]:

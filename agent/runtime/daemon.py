@@ -300,6 +300,12 @@ class Agent:
                 "age_seconds": round(time.monotonic() - snap.monotonic, 3),
                 "duration_seconds": round(self._last_tick_seconds, 4),
             }
+            details: dict[str, dict[str, Any]] = {}
+            for c in self._collection.collectors if self._collection else []:
+                try:
+                    details[c.name] = c.status()
+                except Exception as exc:
+                    details[c.name] = {"status_error": str(exc)}
             out["collectors"] = {
                 name: {
                     "ok": st.ok,
@@ -307,6 +313,7 @@ class Agent:
                     "duration_seconds": round(st.duration_seconds, 4),
                     "series": sum(len(snap.families[f].samples) for f in st.families
                                   if f in snap.families),
+                    **({"detail": details[name]} if details.get(name) else {}),
                 }
                 for name, st in snap.collectors.items()
             }
