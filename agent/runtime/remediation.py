@@ -29,6 +29,7 @@ import structlog
 
 from agent.actions import registry
 from agent.actions.base import ActionContext, describe
+from agent.collectors.base import CollectorContext
 from agent.kube.errors import KubeError, KubeUnavailable
 from agent.kube.events import InvolvedObject, record_event
 from agent.kube.nodes import ensure_annotations, get_node, read_annotations, update_node
@@ -71,9 +72,9 @@ class Engine(Protocol):
 
     def evaluate(self, snapshot: Snapshot, now: float) -> list[ActionRequest]: ...
     def export_state(self) -> Any: ...
-    def restore_state(self, state: Any) -> None: ...
+    def restore_state(self, state: Any) -> Any: ...
     def families(self) -> list[Family]: ...
-    def status(self) -> dict[str, Any]: ...
+    def status(self) -> Any: ...
 
 
 def _camel(action: str) -> str:
@@ -94,6 +95,7 @@ class RemediationStage:
         http: Any = None,
         concurrency: int = DEFAULT_CONCURRENCY,
         persist_interval: float = PERSIST_INTERVAL,
+        reloader: Any = None,
     ) -> None:
         self.settings = settings
         self.api = api
@@ -102,6 +104,7 @@ class RemediationStage:
         self.systemctl = systemctl
         self.http = http
         self.gate = SafetyGate(settings, api, clock=clock)
+        self.reloader = reloader  # agent.rules.loader.RulesReloader, when built by build_stage
         self._sem = asyncio.Semaphore(max(1, concurrency))
         self._extra: dict[str, dict[str, Any]] = {}
         self._recent: deque[dict[str, Any]] = deque(maxlen=RECENT_DECISIONS)
@@ -160,14 +163,20 @@ class RemediationStage:
             await self._persist(force=True)
 
     async def reload(self, settings: Settings) -> None:
-        """New settings take effect at the next decision; the ledger is kept."""
+        """SIGHUP: new settings and rules. Invalid rules raise (RulesError) and the last good set
+        stays active; the ledger and the engine's state of unchanged rules are kept."""
         self.settings = settings
         self.gate.settings = settings
-        reload = getattr(self.engine, "reload", None)
-        if callable(reload):
-            result = reload(settings)
-            if asyncio.iscoroutine(result):
-                await result
+        if self.reloader is None:
+            return
+        self.reloader.path = settings.rules_dir
+        if not settings.rules_dir.is_dir():
+            log.warning("rules_dir_missing", path=str(settings.rules_dir))
+            return
+        ruleset = await asyncio.to_thread(self.reloader.reload)
+        set_rules = getattr(self.engine, "set_rules", None)
+        if callable(set_rules):
+            set_rules(ruleset)
 
     # --- one tick ----------------------------------------------------------------------------
 
@@ -374,10 +383,13 @@ class RemediationStage:
         for action, n in sorted(counts.items()):
             pending.add((action,), n)
         out = [*self.gate.families(), writes, failures, pending]
-        try:
-            out.extend(self.engine.families())
-        except Exception:
-            log.exception("engine_families_failed")
+        for source in (self.engine, self.reloader):
+            if source is None:
+                continue
+            try:
+                out.extend(source.families())
+            except Exception:
+                log.exception("rules_families_failed")
         return out
 
     def status(self) -> dict[str, Any]:
@@ -405,6 +417,26 @@ class RemediationStage:
             },
             "rules": rules,
         }
+
+
+async def build_stage(settings: Settings, ctx: CollectorContext) -> RemediationStage:
+    """Called by agent.runtime.components at start: load ``--rules.dir`` (RulesError on an
+    invalid rule, so the daemon refuses to start), build the engine and the stage.
+
+    A missing rules directory is not an error (nothing to remediate, e.g. ``make run`` on a
+    laptop): it is logged and the stage runs with no rules.
+    """
+    from agent.rules.engine import RuleEngine  # deferred: heavy, and rules import collectors
+    from agent.rules.loader import RuleSet, RulesReloader
+
+    reloader = RulesReloader(settings.rules_dir)
+    ruleset = RuleSet()
+    if settings.rules_dir.is_dir():
+        ruleset = await asyncio.to_thread(reloader.reload)
+    else:
+        log.warning("rules_dir_missing", path=str(settings.rules_dir))
+    engine = RuleEngine(ruleset, settings.node_name)
+    return RemediationStage(settings, ctx.shared.get("api"), engine, reloader=reloader)
 
 
 def metric_specs() -> Iterable[MetricSpec]:

@@ -78,9 +78,11 @@ class Pending:
 
 @dataclass
 class Ledger:
-    """Executions as (time, rule, action, disruptive) for caps; last run per key for cooldowns."""
+    """Executions for the hourly caps, last run per request key for cooldowns, pending work."""
 
-    history: deque[tuple[float, str, str, bool]] = field(
+    # (time, rule, action, disruptive, firing); firing = "target|step|undo" groups the actions
+    # one ladder step ran together, so a step of [event, restart] counts once against the cap.
+    history: deque[tuple[float, str, str, bool, str]] = field(
         default_factory=lambda: deque(maxlen=MAX_HISTORY)
     )
     last: dict[str, tuple[float, int]] = field(default_factory=dict)
@@ -88,7 +90,8 @@ class Ledger:
     dropped: int = 0  # state entries dropped to stay within MAX_STATE_BYTES or unreadable
 
     def record(self, req: ActionRequest, now: float, disruptive: bool) -> None:
-        self.history.append((now, req.rule, req.action.type, disruptive))
+        firing = f"{req.target.key}|{req.step}|{int(req.undo)}"
+        self.history.append((now, req.rule, req.action.type, disruptive, firing))
         key = ledger_key(req)
         _, count = self.last.get(key, (0.0, 0))
         self.last[key] = (now, count + 1)
@@ -100,10 +103,17 @@ class Ledger:
         return self.last.get(ledger_key(req))
 
     def count_rule(self, rule: str, now: float) -> int:
-        return sum(1 for t, r, _, _ in self.history if r == rule and now - t < HOUR)
+        """Ladder steps (not single actions) the rule ran in the last hour; undos excluded."""
+        return len(
+            {
+                (t, f)
+                for t, r, _, _, f in self.history
+                if r == rule and now - t < HOUR and not f.endswith("|1")
+            }
+        )
 
     def count_disruptive(self, now: float) -> int:
-        return sum(1 for t, _, _, d in self.history if d and now - t < HOUR)
+        return sum(1 for t, _, _, d, _ in self.history if d and now - t < HOUR)
 
     def prune(self, now: float, keep_seconds: float = HOUR) -> None:
         while self.history and now - self.history[0][0] >= HOUR:
@@ -117,7 +127,7 @@ class Ledger:
     def to_json(self, now: float, engine_state: Any = None) -> str:
         """Compact JSON for the node annotation, trimmed to MAX_STATE_BYTES (oldest first)."""
         self.prune(now)
-        hist = [[round(t, 1), r, a, int(d)] for t, r, a, d in self.history]
+        hist = [[round(t, 1), r, a, int(d), f] for t, r, a, d, f in self.history]
         by_age = sorted(self.last.items(), key=lambda kv: kv[1][0])
         last = {k: [round(t, 1), n] for k, (t, n) in by_age}
         pending = [
@@ -169,8 +179,8 @@ class Ledger:
             )
         for item in hist:
             try:
-                t, r, a, d = item
-                ledger.history.append((float(t), str(r), str(a), bool(d)))
+                t, r, a, d, f = item
+                ledger.history.append((float(t), str(r), str(a), bool(d), str(f)))
             except (TypeError, ValueError):
                 problems.append(f"skipped history entry {item!r}")
         for key, item in last.items():

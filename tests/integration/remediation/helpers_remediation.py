@@ -94,11 +94,12 @@ def request(
     )
 
 
-def snapshot(kubelet_ok: bool = True) -> Snapshot:
+def snapshot(kubelet_ok: bool = True, kubelet_up: float = 0.0) -> Snapshot:
+    """One tick in which the kubelet collector succeeded (with ``kubelet_up``) or failed."""
     fams: dict[str, Family] = {}
     if kubelet_ok:
         fam = KUBELET_UP.family()
-        fam.add((), 0)
+        fam.add((), kubelet_up)
         fams[fam.name] = fam
     return Snapshot(
         taken_at=0.0, monotonic=0.0, families=MappingProxyType(fams),

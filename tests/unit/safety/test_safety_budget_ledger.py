@@ -93,3 +93,16 @@ def test_garbage_state_never_crashes(text: str) -> None:
     ledger, _, problems = Ledger.from_json(text)
     assert isinstance(problems, list)
     ledger.to_json(0.0)
+
+
+def test_rule_cap_counts_ladder_steps_not_single_actions() -> None:
+    """A step that sends an Event and restarts a unit uses one unit of the rule's hourly cap;
+    undo steps use none."""
+    led = Ledger()
+    led.record(request("event", step=0), 1000.0, disruptive=False)
+    led.record(request("restart-service", step=0), 1000.0, disruptive=True)
+    led.record(request("cordon", step=1), 1180.0, disruptive=True)
+    led.record(request("event", step=1), 1180.0, disruptive=False)
+    led.record(request("uncordon", step=1, undo=True), 1900.0, disruptive=False)
+    assert led.count_rule("kubelet-down", 2000.0) == 2
+    assert led.count_disruptive(2000.0) == 2
