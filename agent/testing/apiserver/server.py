@@ -131,7 +131,10 @@ def _dumps(obj: Any) -> str:
 
 
 def _json(obj: Any, status: int = 200) -> web.Response:
-    return web.Response(body=_dumps(obj).encode(), status=status, content_type="application/json")
+    # Go's json.Encoder, which kube-apiserver writes with, ends every body with a newline.
+    return web.Response(
+        body=_dumps(obj).encode() + b"\n", status=status, content_type="application/json"
+    )
 
 
 def _error(err: st.ApiError) -> web.Response:
@@ -560,7 +563,7 @@ class ApiServer:
             data = await asyncio.to_thread(_dumps, body)
         else:
             data = _dumps(body)
-        return web.Response(body=data.encode(), content_type="application/json")
+        return web.Response(body=data.encode() + b"\n", content_type="application/json")
 
     async def _get(self, request: web.Request, req: _Req) -> web.StreamResponse:
         obj = self.registry.get(req.rt, req.namespace, req.name)

@@ -1,0 +1,208 @@
+"""PATCH semantics: strategic merge keys, JSON merge patch, JSON patch, preconditions."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from kubernetes_asyncio import client
+
+from agent.testing.apiserver import ApiServer
+
+FIXTURE_NODE = "node_gke_v1.11_with_npd_and_networkunavailable.yaml"
+
+
+def _seed_gke_node(apiserver: ApiServer, fixtures: Any) -> dict[str, Any]:
+    import yaml
+
+    node = yaml.safe_load((fixtures / FIXTURE_NODE).read_text())
+    node["metadata"].pop("resourceVersion", None)
+    return apiserver.create(node)
+
+
+@pytest.fixture
+def fixtures() -> Any:
+    from pathlib import Path
+
+    return Path(__file__).resolve().parents[2] / "fixtures" / "k8s"
+
+
+async def test_strategic_merge_node_condition_by_type(
+    core: Any, apiserver: ApiServer, fixtures: Any
+) -> None:
+    """A status patch of one condition replaces that condition by type and keeps all others."""
+    node = _seed_gke_node(apiserver, fixtures)
+    name = node["metadata"]["name"]
+    before = {c["type"]: c for c in node["status"]["conditions"]}
+    await core.patch_node_status(
+        name,
+        {
+            "status": {
+                "conditions": [{"type": "KernelDeadlock", "status": "True", "reason": "DockerHung"}]
+            }
+        },
+    )
+    after = {c["type"]: c for c in apiserver.get("Node", "", name)["status"]["conditions"]}  # type: ignore[index]
+    assert set(after) == set(before)
+    assert after["KernelDeadlock"]["status"] == "True"
+    assert after["KernelDeadlock"]["reason"] == "DockerHung"
+    # fields not in the patch are kept (strategic merge merges the matched element)
+    assert (
+        after["KernelDeadlock"]["lastTransitionTime"]
+        == before["KernelDeadlock"]["lastTransitionTime"]
+    )
+    assert after["Ready"] == before["Ready"]
+
+
+async def test_strategic_merge_replaces_taints_list(core: Any, apiserver: ApiServer) -> None:
+    """spec.taints has no merge key: a patch replaces the whole list."""
+    apiserver.create(
+        {
+            "apiVersion": "v1",
+            "kind": "Node",
+            "metadata": {"name": "n1"},
+            "spec": {"taints": [{"key": "a", "effect": "NoSchedule"}]},
+        }
+    )
+    out = await core.patch_node(
+        "n1", {"spec": {"taints": [{"key": "nodemedic.io/unhealthy", "effect": "NoExecute"}]}}
+    )
+    assert [(t.key, t.effect) for t in out.spec.taints] == [("nodemedic.io/unhealthy", "NoExecute")]
+
+
+async def test_invalid_taint_effect_is_422(core: Any, apiserver: ApiServer) -> None:
+    """A taint with an unknown effect is rejected with 422 naming the field."""
+    apiserver.create({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "n1"}})
+    with pytest.raises(client.ApiException) as ei:
+        await core.patch_node("n1", {"spec": {"taints": [{"key": "a", "effect": "Bogus"}]}})
+    assert ei.value.status == 422
+    assert json.loads(ei.value.body)["details"]["causes"][0]["field"] == "spec.taints[0].effect"
+
+
+async def test_annotations_merge_and_null_deletes(core: Any, apiserver: ApiServer) -> None:
+    """Annotations merge key by key; null deletes a key (strategic and JSON merge alike)."""
+    apiserver.create(
+        {
+            "apiVersion": "v1",
+            "kind": "Node",
+            "metadata": {"name": "n1", "annotations": {"keep": "1", "drop": "2"}},
+        }
+    )
+    await core.patch_node(
+        "n1", {"metadata": {"annotations": {"nodemedic.io/state": "x", "drop": None}}}
+    )
+    assert apiserver.get("Node", "", "n1")["metadata"]["annotations"] == {  # type: ignore[index]
+        "keep": "1",
+        "nodemedic.io/state": "x",
+    }
+    await core.patch_node(
+        "n1", {"metadata": {"labels": {"l": "v"}}}, _content_type="application/merge-patch+json"
+    )
+    n = apiserver.get("Node", "", "n1")
+    assert n is not None and n["metadata"]["labels"] == {"l": "v"}
+    assert n["metadata"]["annotations"]["keep"] == "1"
+
+
+async def test_pod_condition_merge_and_container_merge(
+    core: Any, apiserver: ApiServer, make_pod: Any
+) -> None:
+    """Pod conditions merge by type; containers merge by name."""
+    apiserver.create(make_pod("p"))
+    await core.patch_namespaced_pod_status(
+        "p", "default", {"status": {"conditions": [{"type": "DisruptionTarget", "status": "True"}]}}
+    )
+    await core.patch_namespaced_pod(
+        "p", "default", {"spec": {"containers": [{"name": "c", "image": "nginx:2"}]}}
+    )
+    p = apiserver.get("Pod", "default", "p")
+    assert p is not None
+    assert {c["type"] for c in p["status"]["conditions"]} == {"Ready", "DisruptionTarget"}
+    assert p["spec"]["containers"] == [{"name": "c", "image": "nginx:2"}]
+
+
+async def test_strategic_delete_directive(core: Any, apiserver: ApiServer) -> None:
+    """$patch: delete removes one merge-keyed element."""
+    apiserver.create(
+        {
+            "apiVersion": "v1",
+            "kind": "Node",
+            "metadata": {"name": "n1"},
+            "status": {
+                "conditions": [{"type": "A", "status": "True"}, {"type": "B", "status": "True"}]
+            },
+        }
+    )
+    await core.patch_node_status(
+        "n1", {"status": {"conditions": [{"type": "A", "$patch": "delete"}]}}
+    )
+    n = apiserver.get("Node", "", "n1")
+    assert n is not None and [c["type"] for c in n["status"]["conditions"]] == ["B"]
+
+
+async def test_json_merge_patch_replaces_lists(core: Any, apiserver: ApiServer) -> None:
+    """JSON merge patch replaces lists wholesale (no merge keys)."""
+    apiserver.create(
+        {
+            "apiVersion": "v1",
+            "kind": "Node",
+            "metadata": {"name": "n1"},
+            "status": {
+                "conditions": [{"type": "A", "status": "True"}, {"type": "B", "status": "True"}]
+            },
+        }
+    )
+    await core.patch_node_status(
+        "n1",
+        {"status": {"conditions": [{"type": "C", "status": "False"}]}},
+        _content_type="application/merge-patch+json",
+    )
+    n = apiserver.get("Node", "", "n1")
+    assert n is not None and [c["type"] for c in n["status"]["conditions"]] == ["C"]
+
+
+async def test_json_patch_with_test_op(core: Any, apiserver: ApiServer) -> None:
+    """RFC 6902 patches apply; a failing test op is 422 and changes nothing."""
+    apiserver.create({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "n1"}})
+    await core.patch_node("n1", [{"op": "add", "path": "/spec", "value": {"unschedulable": True}}])
+    with pytest.raises(client.ApiException) as ei:
+        await core.patch_node(
+            "n1",
+            [
+                {"op": "test", "path": "/spec/unschedulable", "value": False},
+                {"op": "replace", "path": "/spec/unschedulable", "value": False},
+            ],
+        )
+    assert ei.value.status == 422
+    n = apiserver.get("Node", "", "n1")
+    assert n is not None and n["spec"]["unschedulable"] is True
+
+
+async def test_patch_with_stale_resource_version_is_409(core: Any, apiserver: ApiServer) -> None:
+    """A resourceVersion inside a patch is a precondition: stale means 409 Conflict."""
+    n = apiserver.create({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "n1"}})
+    old_rv = n["metadata"]["resourceVersion"]
+    await core.patch_node("n1", {"metadata": {"labels": {"a": "1"}}})
+    with pytest.raises(client.ApiException) as ei:
+        await core.patch_node(
+            "n1", {"metadata": {"resourceVersion": old_rv, "annotations": {"x": "y"}}}
+        )
+    assert ei.value.status == 409
+    assert json.loads(ei.value.body)["reason"] == "Conflict"
+
+
+async def test_server_side_apply_is_415(kube_api: Any, apiserver: ApiServer) -> None:
+    """Patch types the server does not implement are refused with 415, not silently misapplied."""
+    apiserver.create({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "n1"}})
+    with pytest.raises(client.ApiException) as ei:
+        await client.CoreV1Api(kube_api).patch_node(
+            "n1", {"spec": {}}, _content_type="application/apply-patch+yaml", field_manager="t"
+        )
+    assert ei.value.status == 415
+
+
+async def test_patch_missing_object_is_404(core: Any) -> None:
+    """Patching an object that does not exist is 404."""
+    with pytest.raises(client.ApiException) as ei:
+        await core.patch_node("ghost", {"spec": {"unschedulable": True}})
+    assert ei.value.status == 404
