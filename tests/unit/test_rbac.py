@@ -64,12 +64,11 @@ def test_pause_configmap_is_readable_by_name_only() -> None:
     assert rules and all(r.get("resourceNames") == ["nodemedic"] for r in rules)
 
 
-def test_leader_only_permissions_live_in_leader_roles() -> None:
-    """Leader election and PDB reads are granted only by the nodemedic-leader* roles."""
+def test_lease_writes_only_in_the_failover_role() -> None:
+    """Only nodemedic-failover may create or update Leases; no role reads PodDisruptionBudgets."""
     for d in _by_kind("ClusterRole") + _by_kind("Role"):
         name = d["metadata"]["name"]
-        resources = {res for r in d["rules"] for res in r["resources"]}
         writes_leases = any("leases" in r["resources"] and {"create", "update"} & set(r["verbs"])
                             for r in d["rules"])
-        if "poddisruptionbudgets" in resources or writes_leases:
-            assert name.startswith("nodemedic-leader"), name
+        assert writes_leases == (name == "nodemedic-failover"), name
+    assert not _verbs("poddisruptionbudgets"), "PDBs are enforced by the API server's 429"
