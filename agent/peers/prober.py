@@ -1,4 +1,4 @@
-"""Probe peer agents: GET <agent-url>/healthz with a short timeout, from this node's point of view.
+"""Probe peer agents: GET <agent-url>/healthz with a short timeout: is that node reachable?
 
 Called by agent.peers.stage (the leader probes every suspect node; followers probe the targets the
 leader assigned them) which publishes the results through agent.peers.heartbeat. The transport is
@@ -18,7 +18,11 @@ import aiohttp
 
 
 class Transport(Protocol):
-    """How one node reaches another's agent; returns True when /healthz answered 200."""
+    """How one node reaches another's agent; True when its /healthz answered at all.
+
+    Any HTTP answer (even 503 from an agent whose ticks stall) proves the node is running, which
+    is all the failure detector asks; whether the agent is *healthy* is that node's own business.
+    """
 
     async def healthz(self, url: str, time_limit: float) -> bool: ...
 
@@ -41,7 +45,7 @@ class HttpTransport:
                 url.rstrip("/") + "/healthz", timeout=aiohttp.ClientTimeout(total=time_limit),
                 allow_redirects=False,
             ) as resp:
-                return resp.status == 200
+                return resp.status > 0
         except (aiohttp.ClientError, OSError, TimeoutError):
             return False
 

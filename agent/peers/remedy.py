@@ -1,0 +1,238 @@
+"""The leader's actions on a failed peer node, each through the safety gate and the action modules.
+
+Called by agent.peers.stage. The actions in agent.actions act on "this node", so the leader gives
+each target node its own :class:`SafetyGate` built with the settings of that node
+(``node_name=<target>``) and a pause switch reading that node's annotation plus the cluster
+ConfigMap: pause, dry-run, the cluster cordon budget, hourly caps and admin overrides apply to the
+leader's actions exactly as to a node's own. Steps (all idempotent, resumable by a new leader):
+- ``cordon`` + ``taint nodemedic.io/node-failed:NoSchedule`` (rule ``failed-node``);
+- ``drain`` passes (Eviction API, PDB-aware) until no evictable pod is left un-evicted;
+- ``fence``: ``node.kubernetes.io/out-of-service=nodeshutdown:NoExecute``; the taint action
+  refuses NoExecute and foreign keys by design, so this one step is applied here, after the same
+  pause/dry-run checks, and only once agent.peers.fencing says the node is fenced;
+- ``recover``: untaint, remove out-of-service, uncordon (only nodemedic's own cordon).
+Progress lives in the node annotation ``nodemedic.io/failover`` (JSON) so a new leader resumes.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+
+from agent.actions import registry
+from agent.actions.base import ActionContext
+from agent.actions.drain import classify
+from agent.kube.errors import KubeError
+from agent.kube.events import InvolvedObject, record_event
+from agent.kube.nodes import ensure_annotations, update_node
+from agent.kube.pods import list_node_pods
+from agent.peers.fencing import FAILED_TAINT, OUT_OF_SERVICE, set_taint
+from agent.safety.gate import SafetyGate
+from agent.safety.pause import PauseSwitch
+from agent.settings import Settings
+from agent.structs.remediation import ActionRequest, ActionSpec, Decision, Outcome, Target
+
+log = structlog.get_logger("nodemedic.failover")
+
+RULE = "failed-node"
+STATE_ANNOTATION = "nodemedic.io/failover"
+RUNBOOK = "docs/runbooks/NodemedicNodeFailed.md"
+
+
+def read_state(raw: str | None) -> dict[str, Any]:
+    """The failover annotation; garbage reads as 'nothing done' (the steps are idempotent)."""
+    if not raw:
+        return {}
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+@dataclass
+class TargetState:
+    """Per-target gate and drain memory (lost with leadership: harmless, the API has the rest)."""
+
+    gate: SafetyGate
+    settings: Settings
+    extra: dict[str, Any] = field(default_factory=dict)
+    drain_started: float | None = None
+    drain_passes: int = 0
+
+
+class Remedy:
+    """Executes the failover steps for target nodes on behalf of the leader ``me``."""
+
+    def __init__(
+        self, settings: Settings, api: Any, me: str, *, wall: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self.api = api
+        self.me = me
+        self.wall = wall
+        self.targets: dict[str, TargetState] = {}
+        self.actions: Counter[tuple[str, str, str]] = Counter()  # (action, decision, outcome)
+        self.event_failures = 0
+
+    def target(self, node: str) -> TargetState:
+        ts = self.targets.get(node)
+        if ts is None:
+            s = self.settings.model_copy(update={"node_name": node})
+            pause = PauseSwitch(self.api, node, s.safety_pause_configmap, ttl=0.5)
+            ts = TargetState(SafetyGate(s, self.api, clock=self.wall, pause=pause), s)
+            self.targets[node] = ts
+        return ts
+
+    def forget(self, node: str) -> None:
+        self.targets.pop(node, None)
+
+    # ---- recording -----------------------------------------------------------------------
+    async def event(self, node: str, reason: str, message: str, type_: str = "Normal") -> None:
+        try:
+            await record_event(self.api, InvolvedObject("Node", node), reason, message,
+                               type_=type_, host=self.me, action=reason)
+        except KubeError as exc:
+            self.event_failures += 1
+            log.warning("failover_event_failed", node=node, reason=reason, error=str(exc))
+
+    async def set_state(self, node: str, **changes: Any) -> None:
+        """Merge ``changes`` into the failover annotation (None deletes the whole annotation)."""
+
+        def mutate(obj: dict[str, Any]) -> bool:
+            ann = ensure_annotations(obj)
+            if changes.get("clear"):
+                if STATE_ANNOTATION not in ann:
+                    return False
+                del ann[STATE_ANNOTATION]
+                return True
+            state = read_state(ann.get(STATE_ANNOTATION))
+            new = {**state, **changes, "leader": self.me}
+            if new == state:
+                return False
+            ann[STATE_ANNOTATION] = json.dumps(new, separators=(",", ":"), sort_keys=True)
+            return True
+
+        await update_node(self.api, node, mutate)
+
+    # ---- gated actions ---------------------------------------------------------------------
+    def _request(
+        self, node: str, spec: ActionSpec, reason: str, undo: bool = False
+    ) -> ActionRequest:
+        return ActionRequest(
+            rule=RULE, action=spec, target=Target("node", node), severity="critical",
+            undo=undo, reason=reason, runbook=RUNBOOK,
+        )
+
+    async def run(
+        self, node: str, spec: ActionSpec, reason: str, *, undo: bool = False,
+        continuing: bool = False,
+    ) -> tuple[Decision, Outcome | None]:
+        """Gate and (if allowed) execute one action on ``node``; never raises on API trouble."""
+        ts = self.target(node)
+        req = self._request(node, spec, reason, undo)
+        decision = await ts.gate.decide(req, continuing=continuing)
+        outcome: Outcome | None = None
+        if decision.kind == "allowed":
+            act = registry.get(spec.type)
+            assert act is not None
+            ctx = ActionContext(
+                api=self.api, node_name=node, settings=ts.settings, now=self.wall,
+                progress=ts.gate.drain_progress, started_at=ts.drain_started, extra=ts.extra,
+            )
+            try:
+                outcome = await act.execute(decision, ctx)
+            except KubeError as exc:
+                outcome = Outcome(decision, "failure", f"API error: {exc}")
+            if not continuing:
+                ts.gate.record_execution(decision, outcome)
+        ts.gate.count(decision, outcome)
+        self.actions[(spec.type, decision.kind, outcome.kind if outcome else "none")] += 1
+        log.info("failover_action", node=node, action=spec.type, decision=decision.kind,
+                 reason=decision.reason, detail=decision.detail,
+                 outcome=outcome.kind if outcome else None,
+                 message=outcome.message if outcome else None)
+        return decision, outcome
+
+    async def isolate(self, node: str, reason: str) -> bool:
+        """Cordon + NoSchedule taint. True when both are in place (or dry-run said they would)."""
+        d1, o1 = await self.run(node, ActionSpec("cordon"), reason)
+        d2, o2 = await self.run(node, ActionSpec("taint", {
+            "key": FAILED_TAINT["key"], "effect": FAILED_TAINT["effect"]}), reason)
+        ok = all(
+            d.kind == "dry_run" or (o is not None and o.kind in ("success", "noop"))
+            for d, o in ((d1, o1), (d2, o2))
+        )
+        if ok and d1.kind == "allowed":
+            await self.set_state(node, phase="cordoned", since=round(self.wall(), 3))
+        return ok
+
+    async def evict_pass(self, node: str, reason: str) -> tuple[bool, int]:
+        """One drain pass; (every evictable pod has been asked to leave, pods not yet asked)."""
+        ts = self.target(node)
+        if ts.drain_started is None:
+            ts.drain_started = self.wall()
+        decision, outcome = await self.run(
+            node, ActionSpec("drain", {"timeout": "1h"}), reason, continuing=ts.drain_passes > 0,
+        )
+        ts.drain_passes += 1
+        if decision.kind == "dry_run":
+            return True, 0
+        if decision.kind != "allowed" or outcome is None:
+            return False, -1
+        try:
+            pods = await list_node_pods(self.api, node)
+        except KubeError:
+            return False, -1
+        left = sum(1 for p in pods if classify(p, False) == "evict")
+        return left == 0, left
+
+    async def fence(self, node: str, why: str) -> bool:
+        """Apply out-of-service after the gate's pause and dry-run checks; True when applied."""
+        ts = self.target(node)
+        view = await ts.gate.pause.view() if ts.gate.pause is not None else None
+        if view is None or not view.ok or view.node_paused or view.cluster_paused:
+            self.actions[("out-of-service", "denied", "none")] += 1
+            return False
+        if self.settings.dry_run:
+            self.actions[("out-of-service", "dry_run", "none")] += 1
+            return False
+        try:
+            await set_taint(self.api, node, OUT_OF_SERVICE, True)
+            await self.set_state(node, phase="fenced", oos=True, fenced_at=round(self.wall(), 3))
+        except KubeError as exc:
+            self.actions[("out-of-service", "allowed", "failure")] += 1
+            log.warning("fence_failed", node=node, error=str(exc))
+            return False
+        self.actions[("out-of-service", "allowed", "success")] += 1
+        await self.event(node, "NodemedicNodeFenced",
+                         f"node {node} is fenced ({why}); added taint "
+                         "node.kubernetes.io/out-of-service=nodeshutdown:NoExecute so its "
+                         "stateful pods are force-deleted and their volumes detached", "Warning")
+        return True
+
+    async def recover(self, node: str, state: dict[str, Any], healthy_for: float) -> bool:
+        """Undo what nodemedic did; True when done (the annotation is then removed)."""
+        reason = f"node healthy for {healthy_for:.0f}s"
+        ok = True
+        if state.get("oos"):
+            try:
+                await set_taint(self.api, node, OUT_OF_SERVICE, False)
+            except KubeError:
+                ok = False
+        for spec in (ActionSpec("untaint", {"key": FAILED_TAINT["key"]}), ActionSpec("uncordon")):
+            d, o = await self.run(node, spec, reason, undo=True)
+            ok = ok and d.kind == "allowed" and o is not None and o.kind in ("success", "noop")
+        if ok:
+            await self.set_state(node, clear=True)
+            await self.event(node, "NodemedicNodeRecovered",
+                             f"node {node} recovered ({reason}); removed nodemedic's taints"
+                             " and its cordon")
+            self.forget(node)
+        return ok

@@ -1,0 +1,562 @@
+"""The failover component: leader election, peer probes, failed-node detection and remediation.
+
+Built by agent.runtime.components (``await build_failover_stage(settings, ctx)``) on every agent;
+the daemon calls ``start()``, ``on_snapshot()`` each tick (a no-op: nothing here runs on the tick),
+``families()``/``status()`` for /metrics and /status, ``reload()`` and ``close()``. All work runs
+in its own supervised tasks, so a slow API never stalls collection:
+- every agent: the election loop (agent.peers.leader) and the probe loop, which probes the targets
+  the leader assigned it and publishes the results in its heartbeat Lease (agent.peers.heartbeat);
+- the leader only: three watches (agent.peers.cluster), the evaluation loop (pure
+  agent.peers.detector on each change), the probe assignments it publishes on its Lease, and one
+  task per failed node walking the ladder of agent.peers.remedy under the Lease cap
+  (agent.peers.slots): cordon + taint -> evictions -> out-of-service once fenced -> (on recovery)
+  undo. Mass failure, partitions and unknown nodes get a metric and an Event, never an action.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import time
+from collections import deque
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import structlog
+
+from agent.kube.errors import KubeError
+from agent.kube.events import InvolvedObject, record_event
+from agent.kube.nodes import get_node
+from agent.peers.cluster import ClusterView
+from agent.peers.detector import STATES, Assessment, DetectorConfig, Verdict, assess, parse_limit
+from agent.peers.fencing import FENCED_ANNOTATION, fencing_state, run_hook
+from agent.peers.heartbeat import Heartbeat
+from agent.peers.leader import ElectionConfig, LeaderElector
+from agent.peers.prober import Prober, transport_for
+from agent.peers.remedy import STATE_ANNOTATION, Remedy, read_state
+from agent.peers.slots import Slots
+from agent.settings import Settings
+from agent.structs.metrics import Family, MetricSpec
+from agent.structs.snapshot import Snapshot
+
+log = structlog.get_logger("nodemedic.failover")
+
+ASSIGNMENTS_ANNOTATION = "nodemedic.io/probe-assignments"
+TIMELINE_SIZE = 200
+
+PEER_NODES = MetricSpec(
+    "nodemedic_peer_nodes", "Nodes by failover state, as the leader classifies them (leader only).",
+    "gauge", ("state",),
+)
+MASS_FAILURE = MetricSpec(
+    "nodemedic_mass_failure_protection_active",
+    "1 while too many nodes look unhealthy at once and the leader takes no node action.", "gauge",
+)
+FAILOVER_ACTIONS = MetricSpec(
+    "nodemedic_failover_actions_total",
+    "Leader actions on failed nodes by action, gate decision and outcome (none if not run).",
+    "counter", ("action", "decision", "outcome"),
+)
+REMEDIATIONS = MetricSpec(
+    "nodemedic_failover_remediations_in_progress",
+    "Failed nodes this leader is remediating now.", "gauge",
+)
+CAP_DENIED = MetricSpec(
+    "nodemedic_failover_cap_denied_total",
+    "Remediations postponed because --failover.max-concurrent slots were all taken.", "counter",
+)
+PROBES = MetricSpec(
+    "nodemedic_peer_probes_total", "Probes of peer agents' /healthz by this agent, by result.",
+    "counter", ("result",),
+)
+HEARTBEATS = MetricSpec(
+    "nodemedic_peer_heartbeat_writes_total", "Writes of this agent's heartbeat Lease, by result.",
+    "counter", ("result",),
+)
+METRICS = (PEER_NODES, MASS_FAILURE, FAILOVER_ACTIONS, REMEDIATIONS, CAP_DENIED, PROBES, HEARTBEATS)
+
+
+def choose_probers(
+    target: str, zone_of: dict[str, str], candidates: list[str], k: int
+) -> list[str]:
+    """``k`` probers for ``target``: deterministic, spread over as many zones as possible."""
+    ranked = sorted(candidates, key=lambda c: hashlib.sha256(f"{target}/{c}".encode()).digest())
+    chosen: list[str] = []
+    zones: set[str] = set()
+    for c in ranked:  # first one per zone, then fill up
+        if len(chosen) < k and zone_of.get(c, "") not in zones:
+            chosen.append(c)
+            zones.add(zone_of.get(c, ""))
+    for c in ranked:
+        if len(chosen) < k and c not in chosen:
+            chosen.append(c)
+    return chosen
+
+
+class FailoverStage:
+    """See the module docstring. Inert (only ``nodemedic_leader 0``) when disabled or no API."""
+
+    def __init__(
+        self, settings: Settings, api: Any, *, clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self.api = api
+        self.clock = clock
+        self.wall = wall
+        self.me = settings.node_name
+        self.enabled = settings.failover_enabled and api is not None
+        self.elector: LeaderElector | None = None
+        self.prober: Prober | None = None
+        self.heartbeat: Heartbeat | None = None
+        self.remedy = Remedy(settings, api, self.me, wall=wall)
+        self.slots = Slots(api, settings.failover_lease_namespace, settings.failover_max_concurrent,
+                           wall=wall)
+        self.view: ClusterView | None = None
+        self.assessment = Assessment()
+        self.timeline: deque[dict[str, Any]] = deque(maxlen=TIMELINE_SIZE)
+        self._stop = asyncio.Event()
+        self._changed = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._work: dict[str, asyncio.Task[None]] = {}
+        self._failed_since: dict[str, float] = {}
+        self._healthy_since: dict[str, float] = {}
+        self._announced: dict[str, str] = {}  # node -> state we last recorded an Event for
+        self._suspects: dict[str, str] = {}  # target -> agent URL the leader probes
+        self._mass_announced = False
+        self._probe_counts = {"reachable": 0, "unreachable": 0}
+
+    # ---- component protocol ------------------------------------------------------------------
+    async def start(self) -> None:
+        if not self.enabled:
+            return
+        s = self.settings
+        cfg = ElectionConfig(
+            namespace=s.failover_lease_namespace, identity=self.me,
+            lease_duration=s.failover_lease_duration,
+            renew_deadline=s.failover_lease_duration * 2 / 3,
+            retry_period=min(s.failover_retry_period, s.failover_lease_duration / 3),
+        )
+        self.elector = LeaderElector(self.api, cfg, clock=self.clock, wall=self.wall,
+                                     on_change=self._leadership_changed)
+        self.prober = Prober(self.me, transport_for(self.me), s.failover_probe_timeout,
+                             clock=self.wall)
+        url = await self._advertise_url()
+        self.heartbeat = Heartbeat(self.api, s.failover_lease_namespace, self.me, url,
+                                   interval=max(10.0, 5 * s.failover_retry_period),
+                                   wall=self.wall)
+        self._spawn("election", self.elector.run(self._stop))
+        self._spawn("probes", self._probe_loop())
+        self._spawn("leader", self._leader_loop())
+
+    async def on_snapshot(self, snapshot: Snapshot) -> None:
+        """Nothing to do per tick: detection runs on watch events in its own task."""
+
+    async def reload(self, settings: Settings) -> None:
+        for spec in (settings.failover_max_unhealthy, settings.failover_max_unhealthy_zone):
+            parse_limit(spec)  # raise on garbage: the daemon keeps the old settings
+        if settings.failover_enabled != self.settings.failover_enabled or (
+            settings.failover_lease_namespace != self.settings.failover_lease_namespace
+        ):
+            log.warning("failover_change_needs_restart")
+        self.settings = settings
+        self.remedy.settings = settings
+        self.remedy.targets.clear()
+
+    async def close(self) -> None:
+        self._stop.set()
+        for t in [*self._work.values(), *self._tasks]:
+            t.cancel()
+        for t in [*self._work.values(), *self._tasks]:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        if self.view is not None:
+            await self.view.stop()
+        if self.elector is not None:
+            await self.elector.release()
+        if self.prober is not None:
+            await self.prober.close()
+
+    # ---- plumbing ------------------------------------------------------------------------------
+    def _spawn(self, name: str, coro: Coroutine[Any, Any, None]) -> None:
+        self._tasks.append(asyncio.create_task(self._guard(name, coro), name=f"nodemedic:{name}"))
+
+    async def _guard(self, name: str, coro: Coroutine[Any, Any, None]) -> None:
+        try:
+            await coro
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # a bug here must not take the agent down; the loop is restarted
+            log.exception("failover_task_crashed", task=name)
+            if not self._stop.is_set():
+                await asyncio.sleep(1.0)
+                restart = {"probes": self._probe_loop, "leader": self._leader_loop}.get(name)
+                if restart is not None:
+                    self._spawn(name, restart())
+
+    async def _sleep(self, seconds: float, event: asyncio.Event | None = None) -> None:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await (event or self._stop).wait()
+
+    def _leadership_changed(self, leading: bool) -> None:
+        self._note("", "leader" if leading else "follower", f"{self.me} "
+                   + ("became the leader" if leading else "stopped leading"))
+        self._changed.set()
+
+    def _note(self, node: str, what: str, detail: str) -> None:
+        self.timeline.append({"at": round(self.wall(), 3), "node": node, "what": what,
+                              "detail": detail})
+
+    async def _advertise_url(self) -> str:
+        host, port = self.settings.listen_host_port()
+        if host in ("0.0.0.0", "::", ""):
+            try:
+                node = await get_node(self.api, self.me)
+            except KubeError:
+                node = {}
+            for addr in (node.get("status") or {}).get("addresses") or []:
+                if isinstance(addr, dict) and addr.get("type") == "InternalIP":
+                    host = str(addr.get("address"))
+        if port == 0 or host in ("0.0.0.0", "::", ""):
+            log.warning("failover_no_advertisable_url", listen=self.settings.web_listen_address)
+            return ""
+        return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+    # ---- probing (every agent) ---------------------------------------------------------------
+    def _assigned(self) -> dict[str, str]:
+        assert self.elector is not None
+        lease = self.elector.lease or {}
+        if self.elector.holder in ("", self.me):
+            return {}
+        raw = ((lease.get("metadata") or {}).get("annotations") or {}).get(ASSIGNMENTS_ANNOTATION)
+        try:
+            data = json.loads(raw) if raw else {}
+        except ValueError:
+            return {}
+        out: dict[str, str] = {}
+        if isinstance(data, dict):
+            for target, item in data.items():
+                if isinstance(item, dict) and self.me in (item.get("probers") or []):
+                    url = item.get("url")
+                    if isinstance(url, str) and url and target != self.me:
+                        out[str(target)] = url
+        return out
+
+    async def _probe_loop(self) -> None:
+        assert self.elector is not None and self.prober is not None
+        assert self.heartbeat is not None
+        while not self._stop.is_set():
+            leading = self.elector.is_leader
+            targets = dict(self._suspects) if leading else self._assigned()
+            if targets:
+                results = await self.prober.probe_many(targets)
+                for target, res in results.items():
+                    self._probe_counts["reachable" if res.ok else "unreachable"] += 1
+                    if leading and self.view is not None:
+                        self.view.record(self.me, target, res.ok)
+                if leading:
+                    self._changed.set()
+            elif self.prober.results:
+                await self.prober.probe_many({})  # forget old targets
+            await self.heartbeat.beat({} if leading else self.prober.results)
+            await self._sleep(self.settings.failover_retry_period)
+
+    # ---- the leader ----------------------------------------------------------------------------
+    async def _leader_loop(self) -> None:
+        assert self.elector is not None
+        while not self._stop.is_set():
+            if not self.elector.is_leader:
+                await self._step_down()
+                await self._sleep(self.settings.failover_retry_period, self._changed)
+                self._changed.clear()
+                continue
+            if self.view is None:
+                self.view = ClusterView(
+                    self.api, self.settings.failover_lease_namespace, clock=self.clock,
+                    wall=self.wall, on_change=self._changed.set,
+                )
+                self.view.start()
+            if self.view.synced:
+                await self._evaluate()
+            self._changed.clear()
+            await self._sleep(min(0.5, self.settings.failover_retry_period), self._changed)
+
+    async def _step_down(self) -> None:
+        for task in self._work.values():
+            task.cancel()
+        self._work.clear()
+        self._suspects.clear()
+        if self.view is not None:
+            view, self.view = self.view, None
+            await view.stop()
+            self.assessment = Assessment()
+
+    def _detector_config(self, probers: int) -> DetectorConfig:
+        s = self.settings
+        return DetectorConfig(
+            node_grace=s.failover_node_grace,
+            probe_max_age=max(3 * s.failover_retry_period + s.failover_probe_timeout, 2.0),
+            min_probers=1 + probers,
+            max_unhealthy=s.failover_max_unhealthy,
+            max_unhealthy_zone=s.failover_max_unhealthy_zone,
+        )
+
+    async def _evaluate(self) -> None:
+        assert self.view is not None and self.elector is not None
+        s = self.settings
+        now = self.clock()
+        infos = self.view.nodes.items
+        zone_of = {n: i.zone for n, i in infos.items()}
+        early = s.failover_node_grace / 2
+        healthy_agents = [
+            n for n, i in infos.items()
+            if n != self.me and n in self.view.urls and i.ready is not False
+            and now - self.view.renewed.get(n, now - 2 * s.failover_node_grace) <= early
+        ]
+        k = min(s.failover_probers, len(healthy_agents))
+        self.assessment = assess(self.view.views(), now, self._detector_config(k))
+        # Probe nodes as soon as their heartbeat is late (half the grace), so that fresh results
+        # are ready the moment the grace period ends: detection adds no probe round-trip.
+        suspects: dict[str, str] = {}
+        assignments: dict[str, dict[str, Any]] = {}
+        for name, info in infos.items():
+            renewed = self.view.renewed.get(name)
+            late = renewed is None or now - renewed > early or info.ready is not True
+            url = self.view.urls.get(name, "")
+            if not late or name == self.me or not url:
+                continue
+            suspects[name] = url
+            assignments[name] = {
+                "url": url, "probers": choose_probers(name, zone_of, healthy_agents, k),
+            }
+        self._suspects = suspects
+        self.elector.publish({ASSIGNMENTS_ANNOTATION: json.dumps(
+            assignments, separators=(",", ":"), sort_keys=True)})
+        for gone in [t for t in self.view.probes if t not in suspects]:
+            self.view.forget_probes(gone)  # old evidence must not decide a future episode
+        await self._mass_failure_event()
+        for name, verdict in self.assessment.verdicts.items():
+            await self._decide(name, verdict, now)
+
+    async def _mass_failure_event(self) -> None:
+        a = self.assessment
+        if a.mass_failure and not self._mass_announced:
+            self._mass_announced = True
+            self._note("", "mass_failure", a.mass_reason)
+            log.error("mass_failure_protection", reason=a.mass_reason)
+            await self._cluster_event(
+                "NodemedicMassFailureProtection",
+                f"{a.mass_reason}: assuming a network or control-plane problem, taking no "
+                "node-level action until fewer nodes look unhealthy", "Warning",
+            )
+        elif not a.mass_failure and self._mass_announced:
+            self._mass_announced = False
+            self._note("", "mass_failure_over", "unhealthy nodes back under the limits")
+            await self._cluster_event("NodemedicMassFailureOver",
+                                      "unhealthy nodes are back under the limits", "Normal")
+
+    async def _cluster_event(self, reason: str, message: str, type_: str) -> None:
+        obj = InvolvedObject("Lease", "nodemedic-leader", self.settings.failover_lease_namespace)
+        try:
+            await record_event(self.api, obj, reason, message, type_=type_, host=self.me)
+        except KubeError as exc:
+            self.remedy.event_failures += 1
+            log.warning("failover_event_failed", reason=reason, error=str(exc))
+
+    async def _decide(self, name: str, verdict: Verdict, now: float) -> None:
+        assert self.view is not None
+        info = self.view.nodes.items.get(name)
+        if info is None:
+            return
+        state = read_state(info.annotation(STATE_ANNOTATION))
+        if verdict.state == "healthy":
+            self._healthy_since.setdefault(name, now)
+        else:
+            self._healthy_since.pop(name, None)
+        if verdict.state == "failed":
+            if name not in self._failed_since:
+                since = state.get("since")
+                self._failed_since[name] = (
+                    min(now, self.view.mono_from_wall(float(since)))
+                    if isinstance(since, (int, float)) else now
+                )
+        else:
+            self._failed_since.pop(name, None)
+        if self._announced.get(name) != verdict.state:
+            await self._announce(name, verdict)
+        busy = name in self._work and not self._work[name].done()
+        if busy:
+            return
+        if self.assessment.actionable(name) and state.get("phase") != "fenced":
+            self._start_work(name, self._remediate(name))
+        elif state and verdict.state == "healthy" and not self.assessment.mass_failure:
+            healthy_for = now - self._healthy_since[name]
+            if healthy_for >= self.settings.failover_healthy_delay:
+                self._start_work(name, self._recover(name, state, healthy_for))
+
+    async def _announce(self, name: str, verdict: Verdict) -> None:
+        previous = self._announced.get(name)
+        self._announced[name] = verdict.state
+        if previous is None and verdict.state == "healthy":
+            return
+        self._note(name, verdict.state, verdict.reason)
+        log.info("peer_state", node=name, state=verdict.state, previous=previous,
+                 reason=verdict.reason)
+        if verdict.state == "partitioned":
+            await self.remedy.event(name, "NodemedicNodePartitioned",
+                                    f"{verdict.reason}: possible network partition; no action "
+                                    "taken (its pods may still be running)", "Warning")
+        elif verdict.state == "kubelet_down":
+            await self.remedy.event(name, "NodemedicKubeletDown",
+                                    f"{verdict.reason}; the node's own agent remediates", "Warning")
+        elif verdict.state == "failed" and self.assessment.mass_failure:
+            await self.remedy.event(name, "NodemedicNodeFailedNoAction",
+                                    f"{verdict.reason}; mass-failure protection holds all "
+                                    "action", "Warning")
+
+    def _start_work(self, name: str, coro: Coroutine[Any, Any, None]) -> None:
+        self._work[name] = asyncio.create_task(self._guard_work(name, coro),
+                                               name=f"nodemedic:failover:{name}")
+
+    async def _guard_work(self, name: str, coro: Coroutine[Any, Any, None]) -> None:
+        try:
+            await coro
+        except asyncio.CancelledError:
+            raise
+        except KubeError as exc:
+            log.warning("failover_step_failed", node=name, error=str(exc))
+        except Exception:
+            log.exception("failover_work_crashed", node=name)
+        finally:
+            self._changed.set()
+
+    def _actionable(self, name: str) -> bool:
+        assert self.elector is not None
+        return self.elector.is_leader and self.assessment.actionable(name)
+
+    async def _remediate(self, name: str) -> None:
+        if not await self.slots.acquire(name):
+            if self._announced.get(name) != "capped":
+                self._note(name, "capped", "max-concurrent remediations reached; waiting")
+            return
+        try:
+            await self._ladder(name)
+        finally:
+            if self._stop.is_set() or not (self.elector and self.elector.is_leader):
+                pass  # leadership moved: the slot stays with the node for the next leader
+            else:
+                await self.slots.release(name)
+
+    async def _ladder(self, name: str) -> None:
+        assert self.view is not None
+        verdict = self.assessment.verdicts[name]
+        s = self.settings
+        if not self._actionable(name):
+            return
+        if not await self.remedy.isolate(name, verdict.reason):
+            self._note(name, "isolate_blocked", "cordon/taint denied or failed; see the log")
+            return
+        if self._announced.get(name) != "cordoned":
+            self._announced[name] = "cordoned"
+            self._note(name, "cordoned", f"cordoned and tainted {name}: {verdict.reason}")
+            await self.remedy.event(name, "NodemedicNodeFailed",
+                                    f"{verdict.reason}; cordoned, tainted "
+                                    "nodemedic.io/node-failed:NoSchedule, evicting its pods",
+                                    "Warning")
+        while True:
+            if not self._actionable(name):
+                return
+            done, _left = await self.remedy.evict_pass(name, verdict.reason)
+            if done:
+                break
+            await self._sleep(s.failover_retry_period)
+        info = self.view.nodes.items.get(name) if self.view else None
+        state = read_state(info.annotation(STATE_ANNOTATION) if info else None)
+        if state.get("phase") not in ("evicted", "fenced"):
+            self._note(name, "evicted", f"every evictable pod of {name} was evicted")
+            await self.remedy.set_state(name, phase="evicted")
+            await self.remedy.event(name, "NodemedicPodsEvicted",
+                                    f"evicted every evictable pod of {name} through the "
+                                    "Eviction API; controllers recreate them elsewhere")
+        hook_checked = -1e9
+        while True:
+            if not self._actionable(name):
+                return
+            verdict = self.assessment.verdicts[name]
+            info = self.view.nodes.items.get(name) if self.view else None
+            operator = bool(info and (info.annotation(FENCED_ANNOTATION) or "").lower() == "true")
+            if not operator and s.failover_fence_command and (
+                self.clock() - hook_checked >= 10 * s.failover_retry_period
+            ):
+                hook_checked = self.clock()
+                operator = await run_hook(s.failover_fence_command, name)
+            fenced, why = fencing_state(verdict, self._failed_since.get(name, self.clock()),
+                                        self.clock(), s.failover_fencing_time, operator)
+            if fenced and await self.remedy.fence(name, why):
+                self._note(name, "fenced", why)
+                return
+            await self._sleep(s.failover_retry_period)
+
+    async def _recover(self, name: str, state: dict[str, Any], healthy_for: float) -> None:
+        if not (self.elector and self.elector.is_leader):
+            return
+        if await self.remedy.recover(name, state, healthy_for):
+            self._note(name, "recovered", f"healthy for {healthy_for:.0f}s; taints and cordon "
+                       "removed")
+            self._announced[name] = "healthy"
+
+    # ---- metrics and status ------------------------------------------------------------------
+    def families(self) -> list[Family]:
+        if self.elector is None:
+            leader = MetricSpec("nodemedic_leader", "1 while this agent is the failover leader.",
+                                "gauge").family()
+            leader.add((), 0.0)
+            return [leader]
+        out = self.elector.families()
+        leading = self.elector.is_leader and self.view is not None
+        if leading:
+            peers = PEER_NODES.family()
+            for st in STATES:
+                peers.add((st,), self.assessment.count(st))
+            out.append(peers)
+        mass = MASS_FAILURE.family()
+        mass.add((), 1.0 if leading and self.assessment.mass_failure else 0.0)
+        actions = FAILOVER_ACTIONS.family()
+        for labels, n in sorted(self.remedy.actions.items()):
+            actions.add(labels, n)
+        work = REMEDIATIONS.family()
+        work.add((), sum(1 for t in self._work.values() if not t.done()))
+        capped = CAP_DENIED.family()
+        capped.add((), self.slots.denied)
+        probes = PROBES.family()
+        for result, n in self._probe_counts.items():
+            probes.add((result,), n)
+        beats = HEARTBEATS.family()
+        if self.heartbeat is not None:
+            beats.add(("success",), self.heartbeat.writes)
+            beats.add(("error",), self.heartbeat.errors)
+        return [*out, mass, actions, work, capped, probes, beats]
+
+    def status(self) -> dict[str, Any]:
+        if self.elector is None:
+            return {"enabled": False}
+        a = self.assessment
+        return {
+            "enabled": True,
+            "leader": self.elector.is_leader,
+            "holder": self.elector.holder,
+            "mass_failure": a.mass_failure,
+            "mass_reason": a.mass_reason,
+            "nodes": {n: {"state": v.state, "reason": v.reason}
+                      for n, v in sorted(a.verdicts.items()) if v.state != "healthy"},
+            "remediating": sorted(n for n, t in self._work.items() if not t.done()),
+            "timeline": list(self.timeline)[-20:],
+        }
+
+
+async def build_failover_stage(settings: Settings, ctx: Any) -> FailoverStage:
+    """Component factory for agent.runtime.components: ``ctx.shared["api"]`` may be None."""
+    return FailoverStage(settings, ctx.shared.get("api"))
