@@ -287,7 +287,9 @@ def _read_v2(r: _Reader, h: Hierarchy, d: int, s: CgroupStats) -> None:
                 s.oom_kills = kv[b"oom_kill"]
             except ParseError as exc:
                 r.bad("memory.events", exc)
-    if s.cpu_usage_seconds is None or s.cfs_periods is None:
+    # cpu.max exists only where the v2 cpu controller is enabled; a controller lives in one
+    # hierarchy, so in hybrid mode (v1 cpu mounted) the unified cpu.stat adds nothing to v1's.
+    if s.cpu_usage_seconds is None or (s.cfs_periods is None and "cpu.max" in h.expected):
         data = r.read(h, d, "cpu.stat")
         if data is not None:
             try:
