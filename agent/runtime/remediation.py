@@ -46,6 +46,9 @@ STATE_ANNOTATION = "nodemedic.io/state"
 PERSIST_INTERVAL = 60.0  # engine-only state changes are written at most this often
 RECENT_DECISIONS = 50  # kept for /status
 DEFAULT_CONCURRENCY = 4
+# Denials that only pause an in-progress action (it resumes when they clear); any other denial
+# of a continuing action ends it.
+WAIT_REASONS = frozenset({"paused", "missing_data", "dry_run"})
 _METRIC_RE = re.compile(r"nodemedic_[A-Za-z0-9_]+")
 
 STATE_WRITES = MetricSpec(
@@ -191,9 +194,12 @@ class RemediationStage:
         work: list[tuple[ActionRequest, bool]] = [
             (p.request, True) for p in self.ledger.pending.values()
         ]
+        seen = set(self.ledger.pending)
         for req in requests:
-            if ledger_key(req) in self.ledger.pending:
-                continue  # already running; the pending pass continues it
+            key = ledger_key(req)
+            if key in seen:
+                continue  # already running (the pending pass continues it) or a duplicate
+            seen.add(key)
             work.append((req, False))
 
         decisions: list[tuple[Decision, bool]] = []
@@ -269,6 +275,12 @@ class RemediationStage:
         req = decision.request
         key = ledger_key(req)
         self.gate.count(decision, result)
+        if continuing and decision.kind == "denied" and decision.reason not in WAIT_REASONS:
+            # e.g. an admin uncordoned the node mid-drain: stop for good, do not retry forever.
+            self.ledger.pending.pop(key, None)
+            self._extra.pop(key, None)
+            self.gate.drain_progress(req.target.node, 0, 0.0)
+            self._dirty = True
         if result is not None:
             if not continuing:
                 self.gate.record_execution(decision, result)

@@ -275,3 +275,34 @@ async def test_restart_service_allow_list_with_api(
         apiserver.get("Node", "", NODE)["metadata"]["annotations"]["nodemedic.io/state"]  # type: ignore[index]
     )
     assert state["h"][0][1:3] == ["runtime-down", "restart-service"]
+
+
+async def test_admin_uncordon_mid_drain_stops_the_drain(
+    apiserver: ApiServer, kube_api: Any
+) -> None:
+    """An admin uncordoning a node while nodemedic drains it ends the drain: no more evictions."""
+    apiserver.create(node(NODE))
+    apiserver.create(pod("web-a", labels={"app": "web"}))
+    apiserver.create(pod("web-b", on="node-b", labels={"app": "web"}, ready=False))
+    apiserver.create(pdb("web", "shop", 1, app="web"))
+    clock = Clock()
+    engine = ScriptedEngine()
+    stage = RemediationStage(settings(), kube_api, engine, clock=clock)
+    engine.queue = [request("drain", rule="node-broken")]
+    await stage.on_snapshot(snapshot())
+    assert len(stage.ledger.pending) == 1
+
+    apiserver.patch("Node", "", NODE, {"spec": {"unschedulable": False}})
+    apiserver.patch(
+        "Pod", "shop", "web-b",
+        {"status": {"conditions": [{"type": "Ready", "status": "True"}]}}, subresource="status",
+    )
+    clock.t += 60
+    await stage.on_snapshot(snapshot())
+    assert stage.ledger.pending == {}
+    assert (last(stage)["decision"], last(stage)["reason"]) == ("denied", "admin_override")
+    clock.t += 60
+    await stage.on_snapshot(snapshot())
+    assert apiserver.get("Pod", "shop", "web-a") is not None
+    assert not unschedulable(apiserver)
+    assert metric(stage.families(), "nodemedic_drain_pods_remaining", node=NODE) is None
