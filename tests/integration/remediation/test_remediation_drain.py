@@ -178,3 +178,38 @@ async def test_taint_event_and_owner_annotation(apiserver: ApiServer, kube_api: 
     owner = apiserver.get("DaemonSet", "shop", "agent")
     assert owner is not None
     assert owner["metadata"]["annotations"]["nodemedic.io/oom-storm"] == "3 kills"
+
+
+async def test_a_restarted_agent_resumes_a_blocked_drain(
+    apiserver: ApiServer, kube_api: Any
+) -> None:
+    """A drain blocked by a PDB when the agent dies is picked up by the next agent from the node
+    annotation and finished, without the engine asking again."""
+    apiserver.create(node(NODE))
+    apiserver.create(pod("web-a", labels={"app": "web"}))
+    apiserver.create(pod("web-b", on="node-b", labels={"app": "web"}, ready=False))
+    apiserver.create(pdb("web", "shop", 1, app="web"))
+    clock = Clock()
+    engine = ScriptedEngine()
+    first = RemediationStage(settings(), kube_api, engine, clock=clock)
+    engine.queue = [request("drain", rule="node-broken")]
+    await first.on_snapshot(snapshot())
+    assert "web-a" in names(apiserver)
+    del first  # killed mid-drain
+
+    apiserver.patch(
+        "Pod", "shop", "web-b",
+        {"status": {"conditions": [{"type": "Ready", "status": "True"}]}}, subresource="status",
+    )
+    clock.t += 30
+    second = RemediationStage(settings(), kube_api, ScriptedEngine(), clock=clock)
+    await second.start()
+    assert [p.request.action.type for p in second.ledger.pending.values()] == ["drain"]
+    await second.on_snapshot(snapshot())
+    clock.t += 10
+    await second.on_snapshot(snapshot())
+    assert "web-a" not in names(apiserver)
+    assert second.ledger.pending == {}
+    stored = apiserver.get("Node", "", NODE)
+    assert stored is not None
+    assert json.loads(stored["metadata"]["annotations"][STATE_ANNOTATION])["p"] == []
