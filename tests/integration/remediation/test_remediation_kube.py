@@ -1,0 +1,78 @@
+"""The kube helpers under real API semantics: stale resourceVersion -> 409 -> re-read and
+re-apply (an admin's concurrent edit survives); evict-pod against a PodDisruptionBudget."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from helpers_remediation import NODE, Clock, ScriptedEngine, node, pdb, pod, settings, snapshot
+
+from agent.kube.nodes import ensure_annotations, update_node
+from agent.runtime.remediation import RemediationStage
+from agent.structs.remediation import ActionRequest, ActionSpec, Target
+from agent.testing.apiserver import ApiServer
+
+
+async def test_concurrent_edit_is_not_overwritten(apiserver: ApiServer, kube_api: Any) -> None:
+    """If the node changes between our read and our write, the write gets 409 and is redone on
+    the fresh object, so the other writer's change is kept."""
+    apiserver.create(node(NODE))
+    calls = 0
+
+    def mutate(obj: dict[str, Any]) -> bool:
+        nonlocal calls
+        calls += 1
+        if calls == 1:  # an admin edits the node after we read it
+            apiserver.patch("Node", "", NODE, {"metadata": {"labels": {"team": "infra"}}})
+        ensure_annotations(obj)["nodemedic.io/test"] = "yes"
+        return True
+
+    stored, changed = await update_node(kube_api, NODE, mutate)
+    assert changed and calls == 2
+    assert stored["metadata"]["labels"] == {"team": "infra"}
+    assert stored["metadata"]["annotations"]["nodemedic.io/test"] == "yes"
+
+
+async def test_transient_409s_are_retried(apiserver: ApiServer, kube_api: Any) -> None:
+    """Two injected 409s on node updates do not stop a cordon."""
+    apiserver.create(node(NODE))
+    apiserver.faults.fail(2, 409, verb="update", resource="nodes")
+    engine = ScriptedEngine()
+    stage = RemediationStage(settings(), kube_api, engine, clock=Clock())
+    engine.queue = [ActionRequest("r", ActionSpec("cordon"), Target("node", NODE))]
+    await stage.on_snapshot(snapshot())
+    assert apiserver.get("Node", "", NODE)["spec"]["unschedulable"] is True  # type: ignore[index]
+    assert apiserver.faults.take("update", "nodes") is None  # both 409s were really served
+
+
+async def test_evict_pod_waits_for_the_budget(apiserver: ApiServer, kube_api: Any) -> None:
+    """evict-pod on a PDB-protected pod retries on later ticks and evicts once allowed;
+    a DaemonSet pod is refused."""
+    apiserver.create(node(NODE))
+    apiserver.create(pod("web-a", labels={"app": "web"}))
+    apiserver.create(pod("web-b", on="node-b", labels={"app": "web"}, ready=False))
+    apiserver.create(pod("agent-x", owner="DaemonSet"))
+    apiserver.create(pdb("web", "shop", 1, app="web"))
+    clock = Clock()
+    engine = ScriptedEngine()
+    stage = RemediationStage(settings(), kube_api, engine, clock=clock)
+    engine.queue = [
+        ActionRequest("mem", ActionSpec("evict-pod", {"grace_period_cap": 0}),
+                      Target("pod", NODE, "shop", "web-a")),
+        ActionRequest("mem", ActionSpec("evict-pod", {"grace_period_cap": 0}),
+                      Target("pod", NODE, "shop", "agent-x")),
+    ]
+    await stage.on_snapshot(snapshot())
+    outcomes = {d["target"]: d["outcome"] for d in
+                stage.status()["remediation"]["recent_decisions"]}
+    assert outcomes == {"pod/shop/web-a": "retry", "pod/shop/agent-x": "skipped"}
+    assert apiserver.get("Pod", "shop", "agent-x") is not None
+
+    apiserver.patch(
+        "Pod", "shop", "web-b",
+        {"status": {"conditions": [{"type": "Ready", "status": "True"}]}}, subresource="status",
+    )
+    clock.t += 10
+    await stage.on_snapshot(snapshot())
+    assert apiserver.get("Pod", "shop", "web-a") is None
+    assert stage.ledger.pending == {}
