@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import ClassVar, Protocol, runtime_checkable
 
 import structlog
@@ -218,6 +219,9 @@ class CgroupCollector(Collector):
         self._logged: set[str] = set()
         self._last: list[Family] | None = None
         self._last_at = 0.0
+        # True while a worker thread reads the tree. A timed-out collect() cannot stop its
+        # thread, so a stuck cgroupfs must not get a new thread every tick.
+        self._reading = False
 
     async def _pods(self) -> dict[str, PodRef] | None:
         """UID -> PodRef from the shared kubelet client, or None when absent or failing."""
@@ -251,9 +255,23 @@ class CgroupCollector(Collector):
         self._last, self._last_at = families, now
         return list(families)
 
+    def _scan(self, root: Path) -> NodeScan:
+        """Worker-thread body; the flag is set here, so a thread that never started (collect()
+        cancelled first) cannot leave it set."""
+        self._reading = True
+        try:
+            return scan(root)
+        finally:
+            self._reading = False
+
     async def _read(self) -> list[Family]:
         root = self.ctx.settings.path_cgroupfs
-        pods, result = await asyncio.gather(self._pods(), asyncio.to_thread(scan, root))
+        if self._reading:
+            raise RuntimeError(
+                f"the previous read of {root} is still running (cgroupfs hanging?); not starting "
+                "another"
+            )
+        pods, result = await asyncio.gather(self._pods(), asyncio.to_thread(self._scan, root))
         if result.layout.mode == "none":
             raise RuntimeError(
                 f"no cgroup hierarchy under {root} (expected cgroup.controllers, memory/, "

@@ -348,3 +348,37 @@ async def test_min_interval_reserves_the_last_read(v2_copy: Path) -> None:
     name = "nodemedic_container_memory_usage_bytes"
     assert again[name].get(container=DS_CID) == first[name].get(container=DS_CID) == 10498404352
     assert fresh[name].get(container=DS_CID) == 4096
+
+
+async def test_hung_read_is_not_restarted_every_tick(
+    v2_copy: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When a read hangs past the collector timeout, the next tick fails fast with a clear
+    error instead of piling up another thread; once the read returns, collection resumes."""
+    import asyncio
+    import threading
+
+    import agent.collectors.cgroup as mod
+
+    release = threading.Event()
+
+    def hanging_scan(root: Path) -> object:
+        release.wait(10)
+        return scan(root)
+
+    monkeypatch.setattr(mod, "scan", hanging_scan)
+    c = collector(v2_copy)
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(c.collect(), timeout=0.2)
+    with pytest.raises(RuntimeError, match="still running"):
+        await c.collect()
+    release.set()
+    monkeypatch.setattr(mod, "scan", scan)
+    fams: dict[str, Family] = {}
+    for _ in range(200):  # the released thread finishes on its own, soon
+        try:
+            fams = {f.name: f for f in await c.collect()}
+            break
+        except RuntimeError:
+            await asyncio.sleep(0.01)
+    assert fams["nodemedic_cgroup_cgroups"].get(level="pod") == 5
