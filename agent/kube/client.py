@@ -1,0 +1,101 @@
+"""The agent's one place that builds a kubernetes_asyncio ApiClient.
+
+Called by agent.runtime.components.build_shared (``ctx.shared["api"]``) and by tests/benchmarks
+that point the agent at the in-memory API server. The client comes from ``--kubeconfig`` when it
+is set, else from the in-cluster service account, else there is none (``None``: a node without a
+cluster is a normal state for local runs). Every request gets a default time limit so a hung API
+server cannot stall a tick; watches get a read limit derived from their ``timeoutSeconds``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+from kubernetes_asyncio import client, config
+from kubernetes_asyncio.config.config_exception import ConfigException
+
+from agent import __version__
+
+if TYPE_CHECKING:
+    from agent.settings import Settings
+
+USER_AGENT = f"nodemedic/{__version__}"
+CONNECT_TIMEOUT_SECONDS = 5.0
+# Non-watch requests: the whole request. Long enough for a LIST of thousands of pods.
+REQUEST_TIMEOUT_SECONDS = 30.0
+# Watches: the server ends them after timeoutSeconds; allow this much more before giving up.
+WATCH_READ_SLACK_SECONDS = 15.0
+
+
+class KubeClientError(Exception):
+    """The kubeconfig or in-cluster configuration exists but cannot be used."""
+
+
+class ApiClient(client.ApiClient):
+    """kubernetes_asyncio's ApiClient with default timeouts and nodemedic's User-Agent."""
+
+    def __init__(self, configuration: Any) -> None:
+        super().__init__(configuration)
+        self.user_agent = USER_AGENT
+
+    def call_api(self, *args: Any, **kwargs: Any) -> Any:
+        if kwargs.get("_request_timeout") is None:
+            query = kwargs.get("query_params") or (args[3] if len(args) > 3 else None) or []
+            kwargs["_request_timeout"] = default_timeout(query)
+        return super().call_api(*args, **kwargs)
+
+
+def default_timeout(query_params: list[tuple[str, Any]]) -> aiohttp.ClientTimeout:
+    """The time limit for a request with these query parameters.
+
+    A watch may legitimately be silent until the server's ``timeoutSeconds`` (bookmarks aside),
+    so its read limit is that plus slack; a watch without ``timeoutSeconds`` only gets a connect
+    limit. Everything else is bounded as a whole.
+    """
+    params = dict(query_params)
+    if str(params.get("watch", "")).lower() in ("true", "1"):
+        server_timeout = params.get("timeoutSeconds")
+        sock_read = (
+            float(server_timeout) + WATCH_READ_SLACK_SECONDS if server_timeout is not None else None
+        )
+        return aiohttp.ClientTimeout(
+            total=None, sock_connect=CONNECT_TIMEOUT_SECONDS, sock_read=sock_read
+        )
+    return aiohttp.ClientTimeout(
+        total=REQUEST_TIMEOUT_SECONDS, sock_connect=CONNECT_TIMEOUT_SECONDS
+    )
+
+
+async def load_configuration(kubeconfig: Path | None) -> Any | None:
+    """A kubernetes_asyncio Configuration from the kubeconfig, in-cluster, or None."""
+    cfg = client.Configuration()
+    if kubeconfig is not None:
+        if not await asyncio.to_thread(kubeconfig.exists):
+            raise KubeClientError(f"--kubeconfig={kubeconfig}: file not found")
+        try:
+            await config.load_kube_config(
+                config_file=str(kubeconfig), client_configuration=cfg, persist_config=False
+            )
+        except (ConfigException, OSError, ValueError, TypeError) as exc:
+            raise KubeClientError(f"--kubeconfig={kubeconfig}: {exc}") from exc
+        return cfg
+    try:
+        config.load_incluster_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
+    except ConfigException:
+        return None  # not in a pod and no kubeconfig: run without the API
+    return cfg
+
+
+async def create_api_client(settings: Settings) -> ApiClient | None:
+    """The shared API client for ``settings`` (None when no cluster is configured).
+
+    Use as ``async with`` or call ``await api.close()``; raises :class:`KubeClientError` when a
+    configured kubeconfig cannot be used.
+    """
+    cfg = await load_configuration(settings.kubeconfig)
+    if cfg is None:
+        return None
+    return ApiClient(cfg)

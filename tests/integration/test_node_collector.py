@@ -1,0 +1,218 @@
+"""The ``node`` collector against the in-memory API server, through the agent's own kube client."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_asyncio
+import yaml
+
+from agent.collectors.base import CollectorContext
+from agent.collectors.node import NodeCollector
+from agent.kube.client import create_api_client
+from agent.settings import settings_for_tests
+from agent.structs.metrics import Family
+from agent.testing.apiserver import ApiServer
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "k8s"
+NODE = "datagen-1-35"  # the node in the real minikube capture
+
+
+def _seed(apiserver: ApiServer) -> None:
+    node = yaml.safe_load((FIXTURES / "node_list_minikube_v1.35.yaml").read_text())["items"][0]
+    node.update(apiVersion="v1", kind="Node")
+    apiserver.create(node)
+    lease = yaml.safe_load(
+        (FIXTURES / "lease_kube-system_apiserver_identity_k8s_docs.yaml").read_text()
+    )
+    # Shaped like a kubelet's node Lease (see SOURCES-k8s.md), renewed 12 s ago.
+    lease["metadata"] = {"name": NODE, "namespace": "kube-node-lease"}
+    renew = time.time() - 12
+    lease["spec"] = {
+        "holderIdentity": NODE,
+        "leaseDurationSeconds": 40,
+        "renewTime": time.strftime("%Y-%m-%dT%H:%M:%S.000000Z", time.gmtime(renew)),
+    }
+    apiserver.create(lease)
+
+
+async def _until(pred: Callable[[], Any], what: str) -> None:
+    """Wait for a watch to deliver (bounded so a broken watch fails instead of hanging)."""
+    for _ in range(500):
+        if pred():
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest_asyncio.fixture
+async def collector(apiserver: ApiServer, tmp_path: Path) -> AsyncIterator[NodeCollector]:
+    """A started node collector for NODE, using a kubeconfig written by the test server."""
+    kubeconfig = apiserver.write_kubeconfig(tmp_path / "kubeconfig")
+    settings = settings_for_tests(node_name=NODE, kubeconfig=kubeconfig)
+    api = await create_api_client(settings)
+    c = NodeCollector(CollectorContext(settings, shared={"api": api}))
+    c.backoff_initial, c.backoff_max = 0.05, 0.2
+    try:
+        yield c
+    finally:
+        await c.close()
+        if api is not None:
+            await api.close()
+
+
+def _by_name(fams: list[Family]) -> dict[str, Family]:
+    return {f.name: f for f in fams}
+
+
+async def _collect_ok(c: NodeCollector) -> dict[str, Family] | None:
+    try:
+        return _by_name(await c.collect())
+    except RuntimeError:
+        return None
+
+
+async def test_exports_conditions_taints_cordon_and_lease_age(
+    apiserver: ApiServer, collector: NodeCollector
+) -> None:
+    """Conditions from the real capture, cordon, taints and the Lease age are exported."""
+    _seed(apiserver)
+    await collector.start()
+    await _until(
+        lambda: (
+            collector.node
+            and collector.node.state.synced
+            and collector.lease
+            and collector.lease.state.synced
+        ),
+        "sync",
+    )
+    fams = _by_name(await collector.collect())
+    assert fams["nodemedic_api_up"].get() == 1
+    cond = fams["nodemedic_node_condition"]
+    assert cond.get(condition="Ready", status="true") == 1
+    assert cond.get(condition="Ready", status="false") == 0
+    assert cond.get(condition="MemoryPressure", status="false") == 1
+    assert fams["nodemedic_node_unschedulable"].get() == 0
+    assert fams["nodemedic_node_taint"].samples == []
+    age = fams["nodemedic_node_lease_age_seconds"].get()
+    assert age is not None and 11 <= age < 60
+
+
+async def test_follows_changes_through_the_watch(
+    apiserver: ApiServer, collector: NodeCollector
+) -> None:
+    """A cordon, a taint and a NotReady condition show up without any polling request."""
+    _seed(apiserver)
+    await collector.start()
+    await _until(lambda: collector.node and collector.node.state.synced, "sync")
+    gets_before = apiserver.requests.count(verb="list")
+    apiserver.patch(
+        "Node",
+        "",
+        NODE,
+        {
+            "spec": {
+                "unschedulable": True,
+                "taints": [{"key": "node.kubernetes.io/unschedulable", "effect": "NoSchedule"}],
+            }
+        },
+    )
+    apiserver.patch(
+        "Node",
+        "",
+        NODE,
+        {
+            "status": {
+                "conditions": [{"type": "Ready", "status": "False", "reason": "KubeletNotReady"}]
+            }
+        },
+        content_type="application/strategic-merge-patch+json",
+        subresource="status",
+    )
+
+    async def changed() -> bool:
+        fams = await _collect_ok(collector)
+        return (
+            bool(fams)
+            and fams["nodemedic_node_condition"].get(condition="Ready", status="false") == 1
+        )
+
+    for _ in range(500):
+        if await changed():
+            break
+        await asyncio.sleep(0.02)
+    fams = _by_name(await collector.collect())
+    assert fams["nodemedic_node_unschedulable"].get() == 1
+    assert (
+        fams["nodemedic_node_taint"].get(
+            key="node.kubernetes.io/unschedulable", effect="NoSchedule"
+        )
+        == 1
+    )
+    assert fams["nodemedic_node_condition"].get(condition="Ready", status="false") == 1
+    assert apiserver.requests.count(verb="list") == gets_before  # no re-list, no polling
+
+
+async def test_api_down_fails_then_recovers(apiserver: ApiServer, collector: NodeCollector) -> None:
+    """While the API server is down collect() raises; after it returns the watch resyncs."""
+    _seed(apiserver)
+    await collector.start()
+    await _until(lambda: collector.node and collector.node.state.synced, "sync")
+    await apiserver.stop()
+    await _until(lambda: collector.node and not collector.node.state.synced, "unsync")
+    with pytest.raises(RuntimeError, match="not synced"):
+        await collector.collect()
+    apiserver.patch("Node", "", NODE, {"spec": {"unschedulable": True}})  # changed while away
+    await apiserver.start()
+    await _until(lambda: collector.node and collector.node.state.synced, "resync")
+    fams = _by_name(await collector.collect())
+    assert fams["nodemedic_node_unschedulable"].get() == 1
+    assert fams["nodemedic_node_watch_errors_total"].get(object="node")
+
+
+async def test_relists_after_410_gone(apiserver: ApiServer, collector: NodeCollector) -> None:
+    """When its resourceVersion is compacted away, the collector re-lists instead of failing."""
+    _seed(apiserver)
+    await collector.start()
+    await _until(lambda: collector.node and collector.node.state.synced, "sync")
+    assert collector.node is not None
+    lists = collector.node.state.lists
+    apiserver.patch("Node", "", NODE, {"metadata": {"labels": {"x": "1"}}})
+    apiserver.compact()
+    apiserver.drop_watches()
+    await _until(
+        lambda: (
+            collector.node is not None
+            and collector.node.state.lists > lists
+            and collector.node.state.synced
+        ),
+        "relist after 410",
+    )
+    assert collector.node.state.gone >= 1
+    apiserver.patch("Node", "", NODE, {"spec": {"unschedulable": True}})
+    await _until(
+        lambda: (collector.node.state.obj or {}).get("spec", {}).get("unschedulable"),
+        "event after relist",
+    )
+
+
+async def test_missing_node_raises(apiserver: ApiServer, collector: NodeCollector) -> None:
+    """A --node-name the API does not know makes collect() fail with a clear message."""
+    await collector.start()
+    await _until(lambda: collector.node and collector.node.state.synced, "sync")
+    with pytest.raises(RuntimeError, match="not found in the API"):
+        await collector.collect()
+
+
+async def test_without_api_client_raises() -> None:
+    """Without a cluster configured, collect() fails and says how to configure one."""
+    c = NodeCollector(CollectorContext(settings_for_tests(node_name="x"), shared={"api": None}))
+    await c.start()
+    with pytest.raises(RuntimeError, match="--kubeconfig"):
+        await c.collect()
