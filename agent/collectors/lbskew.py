@@ -17,11 +17,14 @@ services) yields no Service series and still succeeds.
 from __future__ import annotations
 
 import asyncio
+import codecs
+import os
+import selectors
 import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from agent.collectors.base import Collector, CollectorContext
 from agent.collectors.registry import register
@@ -512,40 +515,79 @@ def _group_chains(rules: NatRules) -> dict[tuple[str, str, str], list[ServiceCha
     return out
 
 
-def _run_bounded(argv: list[str], deadline: float, max_bytes: int) -> str | None:
-    """Run ``argv`` and return its stdout; None when the tool is missing or not permitted
-    (a machine without kube-proxy); raise on timeout, oversized output or another failure."""
-    timeout = max(deadline - time.monotonic(), 0.1)
+def _spawn(argv: list[str]) -> subprocess.Popen[bytes] | None:
+    """Start ``argv`` (no shell); None when the tool is missing or not executable."""
     try:
-        proc = subprocess.Popen(
+        return subprocess.Popen(
             argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL
         )
     except (FileNotFoundError, PermissionError):
         return None
+
+
+def _blocks(proc: subprocess.Popen[bytes], argv0: str, deadline: float) -> Iterator[bytes]:
+    """Yield stdout as it arrives; raise TimeoutError at ``deadline`` (a plain read would block
+    for as long as a hung tool keeps its pipe open)."""
+    assert proc.stdout is not None
+    fd = proc.stdout.fileno()
+    with selectors.DefaultSelector() as sel:
+        sel.register(fd, selectors.EVENT_READ)
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or not sel.select(timeout=left):
+                raise TimeoutError(f"{argv0}: no result before the collector's deadline")
+            block = os.read(fd, 1 << 20)
+            if not block:
+                return
+            yield block
+
+
+def _finish(proc: subprocess.Popen[bytes], deadline: float) -> tuple[int, str]:
+    """Wait for exit (killing at the deadline) and return (exit code, stderr head)."""
+    try:
+        proc.wait(timeout=max(deadline - time.monotonic(), 0.1))
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        raise
+    assert proc.stderr is not None
+    err = proc.stderr.read(4096).decode("utf-8", "replace").strip()
+    return proc.returncode, err
+
+
+def _run_bounded(argv: list[str], deadline: float, max_bytes: int) -> str | None:
+    """Run ``argv`` and return its stdout; None when the tool is missing or not permitted
+    (a machine without kube-proxy); raise on timeout, oversized output or another failure."""
+    proc = _spawn(argv)
+    if proc is None:
+        return None
     chunks: list[bytes] = []
     size = 0
     try:
-        assert proc.stdout is not None
-        while block := proc.stdout.read(1 << 20):
+        for block in _blocks(proc, argv[0], deadline):
             size += len(block)
             if size > max_bytes:
                 raise RuntimeError(f"{argv[0]}: output exceeds {max_bytes} bytes")
             chunks.append(block)
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{argv[0]}: no result within {timeout:.1f}s")
-        _, err = proc.communicate(timeout=max(deadline - time.monotonic(), 0.1))
+        rc, err = _finish(proc, deadline)
     except subprocess.TimeoutExpired as exc:
-        raise TimeoutError(f"{argv[0]}: no result within {timeout:.1f}s") from exc
+        raise TimeoutError(f"{argv[0]}: did not exit before the collector's deadline") from exc
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    if proc.returncode != 0:
-        msg = err.decode("utf-8", "replace").strip()
-        if _not_permitted(msg):
+        _reap(proc)
+    if rc != 0:
+        if _not_permitted(err):
             return None
-        raise RuntimeError(f"{argv[0]} exited {proc.returncode}: {msg[:200]}")
+        raise RuntimeError(f"{argv[0]} exited {rc}: {err[:200]}")
     return b"".join(chunks).decode("utf-8", "replace")
+
+
+def _reap(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+    for stream in (proc.stdout, proc.stderr):
+        if stream is not None:
+            stream.close()
 
 
 def _not_permitted(stderr: str) -> bool:
@@ -554,32 +596,21 @@ def _not_permitted(stderr: str) -> bool:
 
 
 def _stream_command(argv: list[str], deadline: float) -> conntrack.ConntrackSummary | None:
-    """Stream ``conntrack -L`` stdout into the aggregator (memory bounded by the chunk size)."""
-    try:
-        proc = subprocess.Popen(
-            argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL
-        )
-    except (FileNotFoundError, PermissionError):
+    """Stream ``conntrack -L`` stdout into the aggregator (memory bounded by the block size).
+    None when the tool is missing or fails (no permission, no conntrack support)."""
+    proc = _spawn(argv)
+    if proc is None:
         return None
     agg = conntrack.ConntrackAggregator()
+    decoder = codecs.getincrementaldecoder("ascii")("replace")
     try:
-        assert proc.stdout is not None
-        for block in _read_blocks(proc.stdout):
-            agg.feed(block)
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{argv[0]}: no result in time")
-        rc = proc.wait(timeout=max(deadline - time.monotonic(), 0.1))
+        for block in _blocks(proc, argv[0], deadline):
+            agg.feed(decoder.decode(block))
+        rc, _ = _finish(proc, deadline)
     except subprocess.TimeoutExpired as exc:
-        raise TimeoutError(f"{argv[0]}: no result in time") from exc
+        raise TimeoutError(f"{argv[0]}: did not exit before the collector's deadline") from exc
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        _reap(proc)
     if rc != 0:
-        return None  # no permission or no conntrack support: report the source as none
+        return None
     return agg.finish()
-
-
-def _read_blocks(stream: Any) -> Iterator[str]:
-    while block := stream.read(conntrack.CHUNK_CHARS):
-        yield block.decode("ascii", "replace")

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+from helpers_lbskew import ct_line, fixture
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from agent.netstate.conntrack import ConntrackSummary, aggregate_text, read_chunks
-from helpers_lbskew import ct_line, fixture
 
 WEB = ("tcp", "10.96.45.10", 80)
 

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+from helpers_lbskew import fixture
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from agent.netstate.iptables import ServicePort, parse_iptables_save
-from helpers_lbskew import fixture
 
 
 def _chain(probs: list[str | None], dnat: bool = True) -> list[str]:

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+from helpers_lbskew import fixture
 from hypothesis import given
 from hypothesis import strategies as st
 
 from agent.netstate.ipvs import IpvsStats, parse_ip_vs, parse_ip_vs_stats
-from helpers_lbskew import fixture
 
 
 def test_proc_ip_vs_capture() -> None:
