@@ -3,6 +3,7 @@ going away mid-drain, dry-run and the pause switches."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 from typing import Any
@@ -306,3 +307,35 @@ async def test_admin_uncordon_mid_drain_stops_the_drain(
     assert apiserver.get("Pod", "shop", "web-a") is not None
     assert not unschedulable(apiserver)
     assert metric(stage.families(), "nodemedic_drain_pods_remaining", node=NODE) is None
+
+
+async def test_api_dies_during_a_drain_pass(apiserver: ApiServer, kube_api: Any) -> None:
+    """The API server stops while a drain pass is in flight: the pass ends as "retry" (no
+    crash, no force), and the drain completes after the server is back."""
+    apiserver.create(node(NODE))
+    for i in range(3):
+        apiserver.create(pod(f"web-{i}"))
+    clock = Clock()
+    engine = ScriptedEngine()
+    stage = RemediationStage(settings(), kube_api, engine, clock=clock)
+    await stage.start()
+    apiserver.faults.latency_by_verb["list"] = 0.3  # slow lists: the server stops mid-tick
+    engine.queue = [request("drain", rule="node-broken")]
+    tick = asyncio.create_task(stage.on_snapshot(snapshot()))
+    await asyncio.sleep(0.15)
+    await apiserver.stop()
+    await tick
+    decision = next(
+        d for d in stage.status()["remediation"]["recent_decisions"] if d["action"] == "drain"
+    )
+    assert (decision["decision"], decision["outcome"]) == ("allowed", "retry")
+    assert "API unreachable" in decision["message"]
+    assert len(stage.ledger.pending) == 1
+
+    apiserver.faults.clear()
+    await apiserver.start()
+    for _ in range(3):
+        clock.t += 10
+        await stage.on_snapshot(snapshot())
+    assert [p for p in apiserver.list("Pod") if p["spec"]["nodeName"] == NODE] == []
+    assert stage.ledger.pending == {}
