@@ -127,6 +127,9 @@ class FailoverStage:
         self._suspects: dict[str, str] = {}  # target -> agent URL the leader probes
         self._mass_announced = False
         self._probe_counts = {"reachable": 0, "unreachable": 0}
+        self._abandoned = False
+        self._cordon_noted: set[str] = set()
+        self._capped_noted: set[str] = set()
 
     # ---- component protocol ------------------------------------------------------------------
     async def start(self) -> None:
@@ -165,6 +168,11 @@ class FailoverStage:
         self.remedy.settings = settings
         self.remedy.targets.clear()
 
+    async def abandon(self) -> None:
+        """Stop at once and hand nothing over, as a power cut would (the demo's node kill)."""
+        self._abandoned = True
+        await self.close()
+
     async def close(self) -> None:
         self._stop.set()
         for t in [*self._work.values(), *self._tasks]:
@@ -174,7 +182,7 @@ class FailoverStage:
                 await t
         if self.view is not None:
             await self.view.stop()
-        if self.elector is not None:
+        if self.elector is not None and not self._abandoned:
             await self.elector.release()
         if self.prober is not None:
             await self.prober.close()
@@ -439,9 +447,11 @@ class FailoverStage:
 
     async def _remediate(self, name: str) -> None:
         if not await self.slots.acquire(name):
-            if self._announced.get(name) != "capped":
+            if name not in self._capped_noted:
+                self._capped_noted.add(name)
                 self._note(name, "capped", "max-concurrent remediations reached; waiting")
             return
+        self._capped_noted.discard(name)
         try:
             await self._ladder(name)
         finally:
@@ -459,8 +469,8 @@ class FailoverStage:
         if not await self.remedy.isolate(name, verdict.reason):
             self._note(name, "isolate_blocked", "cordon/taint denied or failed; see the log")
             return
-        if self._announced.get(name) != "cordoned":
-            self._announced[name] = "cordoned"
+        if name not in self._cordon_noted:
+            self._cordon_noted.add(name)
             self._note(name, "cordoned", f"cordoned and tainted {name}: {verdict.reason}")
             await self.remedy.event(name, "NodemedicNodeFailed",
                                     f"{verdict.reason}; cordoned, tainted "
@@ -506,6 +516,7 @@ class FailoverStage:
         if await self.remedy.recover(name, state, healthy_for):
             self._note(name, "recovered", f"healthy for {healthy_for:.0f}s; taints and cordon "
                        "removed")
+            self._cordon_noted.discard(name)
             self._announced[name] = "healthy"
 
     # ---- metrics and status ------------------------------------------------------------------
@@ -542,9 +553,9 @@ class FailoverStage:
 
     def status(self) -> dict[str, Any]:
         if self.elector is None:
-            return {"enabled": False}
+            return {"failover": {"enabled": False}}
         a = self.assessment
-        return {
+        return {"failover": {
             "enabled": True,
             "leader": self.elector.is_leader,
             "holder": self.elector.holder,
@@ -554,7 +565,7 @@ class FailoverStage:
                       for n, v in sorted(a.verdicts.items()) if v.state != "healthy"},
             "remediating": sorted(n for n, t in self._work.items() if not t.done()),
             "timeline": list(self.timeline)[-20:],
-        }
+        }}
 
 
 async def build_failover_stage(settings: Settings, ctx: Any) -> FailoverStage:
