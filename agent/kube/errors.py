@@ -17,6 +17,8 @@ import aiohttp
 
 # Per-request time limit: a hung API server must not stall a remediation tick.
 REQUEST_TIMEOUT_SECONDS = 5.0
+# Cluster-wide LISTs (nodes, for the cordon budget) may be large in big clusters.
+LIST_TIMEOUT_SECONDS = 30.0
 
 
 class KubeError(Exception):
@@ -66,14 +68,16 @@ def _message(body: Any, fallback: str) -> str:
     return fallback
 
 
-async def call_json(request: Awaitable[Any]) -> dict[str, Any]:
+async def call_json(
+    request: Awaitable[Any], limit_seconds: float = REQUEST_TIMEOUT_SECONDS
+) -> dict[str, Any]:
     """Await a kubernetes_asyncio call made with ``_preload_content=False`` and return its JSON.
 
     Raises :class:`KubeUnavailable` when no answer came and the matching :class:`KubeError`
     subclass for a non-2xx status, with the API's own ``message`` as the reason.
     """
     try:
-        async with asyncio.timeout(REQUEST_TIMEOUT_SECONDS):
+        async with asyncio.timeout(limit_seconds):
             resp = await request
             try:
                 raw = await resp.read()

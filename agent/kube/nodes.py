@@ -13,7 +13,13 @@ from typing import Any
 
 from kubernetes_asyncio import client
 
-from agent.kube.errors import REQUEST_TIMEOUT_SECONDS, KubeConflict, call_json, raw_body
+from agent.kube.errors import (
+    LIST_TIMEOUT_SECONDS,
+    REQUEST_TIMEOUT_SECONDS,
+    KubeConflict,
+    call_json,
+    raw_body,
+)
 
 # A mutation edits the node dict in place and returns False when nothing needed to change.
 NodeMutation = Callable[[dict[str, Any]], bool]
@@ -33,7 +39,8 @@ async def list_nodes(api: Any) -> list[dict[str, Any]]:
     """Return every Node as a JSON dict."""
     core = client.CoreV1Api(api)
     body = await call_json(
-        core.list_node(_preload_content=False, _request_timeout=REQUEST_TIMEOUT_SECONDS)
+        core.list_node(_preload_content=False, _request_timeout=LIST_TIMEOUT_SECONDS),
+        limit_seconds=LIST_TIMEOUT_SECONDS,
     )
     items = body.get("items") or []
     return [i for i in items if isinstance(i, dict)]
