@@ -7,6 +7,7 @@ explain) and agent.runtime.remediation (execute, after the gate allowed the requ
 
 from __future__ import annotations
 
+import math
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
@@ -107,9 +108,12 @@ def param_duration(params: Mapping[str, Any], key: str, default: float) -> float
     if key not in params:
         return default
     try:
-        return parse_duration(params[key])
-    except ValueError as exc:
+        seconds = parse_duration(params[key])
+    except (ValueError, TypeError) as exc:
         raise InvalidParams(f"parameter {key!r}: {exc}") from exc
+    if not math.isfinite(seconds):
+        raise InvalidParams(f"parameter {key!r} must be a finite duration")
+    return seconds
 
 
 def check_key(key: str) -> str:

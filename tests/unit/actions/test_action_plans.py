@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import pytest
 from helpers_actions import NODE, request, settings
+from hypothesis import given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 
 from agent.actions import registry
 from agent.actions.base import InvalidParams
@@ -132,3 +135,32 @@ def test_drain_grace_cap_never_exceeds_the_setting() -> None:
     """A rule may lower the drain grace cap but never raise it above --safety.drain-grace-cap."""
     assert "grace cap 120s" in plan("drain", {"grace_period_cap": 600}).summary
     assert "grace cap 10s" in plan("drain", {"grace_period_cap": "10s"}).summary
+
+
+_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+    lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=5), c, max_size=3),
+    max_leaves=8,
+)
+_KEYS = st.sampled_from(
+    ["key", "value", "effect", "unit", "url", "timeout", "grace_period_cap", "reason",
+     "message", "event_type", "target", "evict_unmanaged", "x"]
+)
+
+
+@hsettings(max_examples=300, deadline=None)
+@given(
+    st.sampled_from(ACTION_TYPES),
+    st.dictionaries(_KEYS, _VALUES, max_size=6),
+    st.sampled_from(["node", "pod", "service"]),
+)
+def test_plans_never_crash_on_garbage_params(action: str, params: dict, kind: str) -> None:
+    """Whatever a rule passes, plan() returns a Plan or raises InvalidParams, nothing else."""
+    act = registry.get(action)
+    assert act is not None
+    req = request(action, params, kind=kind, namespace="ns" if kind != "node" else "",
+                  name="p" if kind != "node" else "")
+    try:
+        act.plan(req, settings(actions_webhook_allowlist=("http://h/",)))
+    except InvalidParams:
+        pass
