@@ -18,7 +18,7 @@ import math
 import operator
 import re
 import time
-from bisect import bisect_right
+from bisect import bisect_left, bisect_right
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -44,6 +44,7 @@ STATE_VERSION = 1
 MAX_INSTANCES_PER_RULE = 1000
 MAX_HISTORY_SERIES = 100_000
 MAX_CHANGES_PER_SERIES = 1024
+MAX_MEMO_ENTRIES = 200_000
 
 _OPS: dict[str, Callable[[float, float], bool]] = {
     ">": operator.gt, ">=": operator.ge, "<": operator.lt, "<=": operator.le,
@@ -108,16 +109,9 @@ class _Leaf:
     value: float
     clear: float | None
     display: str
-
-    @property
-    def select_key(self) -> tuple[Any, ...]:
-        return (self.metric, self.matchers_key, self.function, self.window, self.divide_by,
-                self.aggregate)
-
-    @property
-    def matchers_key(self) -> tuple[tuple[str, str, str], ...]:
-        return tuple((lbl, op, v.pattern if isinstance(v, re.Pattern) else v)
-                     for lbl, op, v in self.matchers)
+    # Memo keys (regexes by pattern), precomputed: they are looked up thousands of times a tick.
+    matchers_key: tuple[tuple[str, str, str], ...] = ()
+    select_key: tuple[Any, ...] = ()
 
 
 # A compiled condition tree: ("leaf", _Leaf) | ("all"|"any", [trees]) | ("not", tree)
@@ -143,8 +137,12 @@ def _compile_leaf(c: MetricCondition) -> _Leaf:
     if c.aggregate != "none":
         sel = f"{c.aggregate}({sel})"
     display = f"{sel} {c.op} {c.value:g}"
-    return _Leaf(c.metric, tuple(matchers), c.function, float(c.window or 0.0), c.divide_by,
-                 c.aggregate, c.op, c.value, c.clear, display)
+    mkey = tuple((lbl, op, v.pattern if isinstance(v, re.Pattern) else v)
+                 for lbl, op, v in matchers)
+    window = float(c.window or 0.0)
+    return _Leaf(c.metric, tuple(matchers), c.function, window, c.divide_by, c.aggregate, c.op,
+                 c.value, c.clear, display, mkey,
+                 (c.metric, mkey, c.function, window, c.divide_by, c.aggregate))
 
 
 def _compile(cond: Any) -> Tree:
@@ -219,9 +217,11 @@ class _Counter:
     one comparison per tick.
     """
 
-    __slots__ = ("changes", "first_seen", "last_raw", "offset", "seen")
+    __slots__ = ("changes", "cursors", "first_seen", "last_raw", "offset", "popped", "seen")
 
     def __init__(self, now: float, raw: float, tick: int) -> None:
+        self.popped = 0  # change points dropped from the left so far (cursor base)
+        self.cursors: dict[float, int] = {}  # window -> absolute index of its base change
         self.first_seen = now
         self.last_raw = raw
         self.offset = 0.0
@@ -238,22 +238,12 @@ class _Counter:
         ch = self.changes
         while len(ch) >= 2 and ch[1][0] <= now - horizon:
             ch.popleft()
+            self.popped += 1
         while len(ch) > MAX_CHANGES_PER_SERIES:
             ch.popleft()
+            self.popped += 1
             dropped += 1
         return dropped
-
-    def increase(self, now: float, window: float) -> float:
-        ch = self.changes
-        last = ch[-1][1]
-        start = now - window
-        if ch[-1][0] <= start:
-            return 0.0
-        if ch[0][0] > start:
-            # Seen for less than the window: count what we saw (conservative, never guessed).
-            return last - ch[0][1]
-        i = bisect_right(ch, start, key=lambda c: c[0]) - 1
-        return last - ch[i][1]
 
 
 # ----------------------------------------------------------------------------- state
@@ -343,6 +333,53 @@ class _RuleState:
 # ----------------------------------------------------------------------------- per-tick view
 
 
+class _Extremes:
+    """One selection grouped per target instance, with instances sorted by their largest and
+    smallest value so a threshold test is a bisect instead of a scan (200 rules x 250 pods)."""
+
+    __slots__ = ("_max", "_min", "by_inst")
+
+    def __init__(self, by_inst: dict[str, list[tuple[float, tuple[str, ...]]]]) -> None:
+        self.by_inst = by_inst
+        self._max: tuple[list[float], list[str]] | None = None
+        self._min: tuple[list[float], list[str]] | None = None
+
+    def _sorted(self, pick: Callable[[Iterable[float]], float]) -> tuple[list[float], list[str]]:
+        pairs = []
+        isnan = math.isnan
+        for inst, vals in self.by_inst.items():
+            if len(vals) == 1:  # the common case: one series (or an aggregate) per target
+                v = vals[0][0]
+                if not isnan(v):  # NaN never compares true
+                    pairs.append((v, inst))
+                continue
+            finite = [v for v, _ in vals if not isnan(v)]
+            if finite:
+                pairs.append((pick(finite), inst))
+        pairs.sort()
+        return [v for v, _ in pairs], [i for _, i in pairs]
+
+    def holds(self, op: str, thr: float) -> frozenset[str]:
+        if op in (">", ">="):
+            if self._max is None:
+                self._max = self._sorted(max)
+            vals, insts = self._max
+            cut = bisect_right(vals, thr) if op == ">" else bisect_left(vals, thr)
+            return frozenset(insts[cut:])
+        if op in ("<", "<="):
+            if self._min is None:
+                self._min = self._sorted(min)
+            vals, insts = self._min
+            cut = bisect_left(vals, thr) if op == "<" else bisect_right(vals, thr)
+            return frozenset(insts[:cut])
+        cmp = _OPS[op]
+        return frozenset(inst for inst, vals in self.by_inst.items()
+                         if any(cmp(v, thr) for v, _ in vals))
+
+
+_EMPTY: frozenset[str] = frozenset()
+
+
 class _Tick:
     """Selections and leaf results for one evaluation, shared by all rules (memoised)."""
 
@@ -352,36 +389,53 @@ class _Tick:
         self.now = now
         self.node_key = f"node/{engine.node_name}"
         self._series: dict[tuple[Any, ...], list[tuple[tuple[str, ...], float]]] = {}
-        self._groups: dict[tuple[Any, ...], dict[str, list[tuple[float, tuple[str, ...]]]]] = {}
-        self._truth: dict[tuple[Any, ...], dict[str, tuple[float, tuple[str, ...]]]] = {}
+        self._groups: dict[tuple[Any, ...], _Extremes] = {}
+        self._truth: dict[tuple[Any, ...], frozenset[str]] = {}
+        self._universe: dict[tuple[str, ...], frozenset[str]] = {}
 
     def labelnames(self, metric: str) -> tuple[str, ...]:
         fam = self.snapshot.family(metric)
         return fam.spec.labelnames if fam is not None else ()
 
-    def _raw(self, metric: str, function: str, window: float) -> list[tuple[tuple[str, ...],
-                                                                             float]]:
+    def _function(self, metric: str, function: str,
+                  window: float) -> list[tuple[tuple[str, ...], float]]:
+        """All series of ``metric`` after ``function`` (value, rate or increase over window)."""
+        fam = self.snapshot.family(metric)
+        if function == "value":
+            return fam.samples if fam is not None else []
         key = (metric, function, window)
         got = self._series.get(key)
         if got is not None:
             return got
-        fam = self.snapshot.family(metric)
-        if fam is None:
-            out: list[tuple[tuple[str, ...], float]] = []
-        elif function == "value":
-            out = fam.samples
-        else:
-            hist = self.engine._history.get(metric, {})
-            now = self.now
-            out = []
-            for lv, c in hist.items():
-                inc = c.increase(now, window)
-                if function == "rate":
-                    span = min(window, now - c.first_seen)
-                    if span <= 0:
-                        continue
-                    inc /= span
-                out.append((lv, inc))
+        hist = self.engine._history.get(metric, {})
+        now = self.now
+        start = now - window
+        out: list[tuple[tuple[str, ...], float]] = []
+        append = out.append
+        for lv, c in hist.items():
+            ch = c.changes
+            last_t, last = ch[-1]
+            if last_t <= start:
+                inc = 0.0  # unchanged for the whole window (most counters, most ticks)
+            elif ch[0][0] > start:
+                # Seen for less than the window: count what we saw (never guessed).
+                inc = last - ch[0][1]
+            else:
+                # The change in effect at the window start: a per-window cursor that only moves
+                # forward (amortised O(1) per tick instead of a search).
+                popped = c.popped
+                i = max(c.cursors.get(window, popped), popped) - popped
+                end = len(ch) - 1
+                while i < end and ch[i + 1][0] <= start:
+                    i += 1
+                c.cursors[window] = i + popped
+                inc = last - ch[i][1]
+            if function == "rate":
+                span = min(window, now - c.first_seen)
+                if span <= 0:
+                    continue
+                inc /= span
+            append((lv, inc))
         self._series[key] = out
         return out
 
@@ -391,24 +445,31 @@ class _Tick:
         got = self._series.get(key)
         if got is not None:
             return got
-        samples = self._raw(leaf.metric, leaf.function, leaf.window)
+        samples = self._function(leaf.metric, leaf.function, leaf.window)
         names = self.labelnames(leaf.metric)
-        if leaf.matchers:
-            checks = []
-            for label, op, val in leaf.matchers:
-                idx = names.index(label) if label in names else -1
-                checks.append((idx, op, val))
-            samples = [s for s in samples if _matches(s[0], checks)]
+        if leaf.matchers and samples:
+            # Label sets are stable from tick to tick: remember each series' verdict.
+            memo = self.engine._memo(("match", leaf.metric, leaf.matchers_key))
+            checks = [(names.index(lbl) if lbl in names else -1, op, val)
+                      for lbl, op, val in leaf.matchers]
+            kept = []
+            for sample in samples:
+                ok = memo.get(sample[0])
+                if ok is None:
+                    ok = memo[sample[0]] = _matches(sample[0], checks)
+                if ok:
+                    kept.append(sample)
+            samples = kept
         if leaf.divide_by:
             den_names = self.labelnames(leaf.divide_by)
-            den_samples = self._raw(leaf.divide_by, leaf.function, leaf.window)
+            den_samples = self._function(leaf.divide_by, leaf.function, leaf.window)
             if den_names == names:
                 den = dict(den_samples)
-            else:  # same label set, different order
-                order = [den_names.index(n) for n in names] if set(den_names) == set(names) \
-                    else None
-                den = {} if order is None else {tuple(lv[i] for i in order): v
-                                                for lv, v in den_samples}
+            elif set(den_names) == set(names):  # same label set, different order
+                order = [den_names.index(n) for n in names]
+                den = {tuple(lv[i] for i in order): v for lv, v in den_samples}
+            else:
+                den = {}
             divided = []
             for lv, v in samples:
                 d = den.get(lv)
@@ -418,8 +479,8 @@ class _Tick:
         self._series[key] = samples
         return samples
 
-    def groups(self, leaf: _Leaf, target: str) -> dict[str, list[tuple[float, tuple[str, ...]]]]:
-        """Per target instance: the (value, labelvalues) of the leaf's series."""
+    def groups(self, leaf: _Leaf, target: str) -> _Extremes:
+        """The leaf's series per target instance."""
         key = (target, *leaf.select_key)
         got = self._groups.get(key)
         if got is not None:
@@ -433,38 +494,64 @@ class _Tick:
             names = self.labelnames(leaf.metric)
             if "namespace" in names and "pod" in names:
                 ni, pi = names.index("namespace"), names.index("pod")
+                memo = self.engine._memo(("pod", ni, pi))
                 for lv, v in samples:
-                    if lv[pi]:
-                        out.setdefault(f"pod/{lv[ni]}/{lv[pi]}", []).append((v, lv))
+                    inst = memo.get(lv)
+                    if inst is None:
+                        inst = memo[lv] = f"pod/{lv[ni]}/{lv[pi]}" if lv[pi] else ""
+                    if inst:
+                        if inst in out:
+                            out[inst].append((v, lv))
+                        else:
+                            out[inst] = [(v, lv)]
         if leaf.aggregate != "none":
-            out = {k: [(_aggregate(leaf.aggregate, [v for v, _ in vals]), vals[0][1])]
-                   for k, vals in out.items()}
-        self._groups[key] = out
-        return out
+            how = leaf.aggregate
+            for k, vals in out.items():
+                if len(vals) > 1 or how == "count":
+                    out[k] = [(_aggregate(how, [v for v, _ in vals]), vals[0][1])]
+        ext = _Extremes(out)
+        self._groups[key] = ext
+        return ext
 
-    def truth(self, leaf: _Leaf, target: str, threshold: float) -> dict[str, tuple[float,
-                                                                                    tuple[str,
-                                                                                          ...]]]:
-        """Instances where the leaf holds, with the deciding value and its series' labels."""
+    def truth(self, leaf: _Leaf, target: str, threshold: float) -> frozenset[str]:
+        """Instances where the leaf holds at ``threshold``."""
         key = (target, leaf.op, threshold, *leaf.select_key)
         got = self._truth.get(key)
+        if got is None:
+            got = self.groups(leaf, target).holds(leaf.op, threshold)
+            self._truth[key] = got
+        return got
+
+    def hit(self, leaf: _Leaf, target: str, inst: str) -> tuple[float, tuple[str, ...]] | None:
+        """The value (and its series) that decides the leaf for one instance."""
+        vals = self.groups(leaf, target).by_inst.get(inst)
+        if not vals:
+            return None
+        finite = [x for x in vals if not math.isnan(x[0])] or vals
+        if leaf.op in (">", ">="):
+            return max(finite, key=_first)
+        if leaf.op in ("<", "<="):
+            return min(finite, key=_first)
+        cmp = _OPS[leaf.op]
+        return next((x for x in vals if cmp(x[0], leaf.value)), vals[0])
+
+    def pod_universe(self, metrics: tuple[str, ...]) -> frozenset[str]:
+        """Every pod with at least one series in any of ``metrics`` (what ``not`` negates)."""
+        got = self._universe.get(metrics)
         if got is not None:
             return got
-        cmp = _OPS[leaf.op]
-        out: dict[str, tuple[float, tuple[str, ...]]] = {}
-        pick_max = leaf.op in (">", ">=")
-        for inst, vals in self.groups(leaf, target).items():
-            if leaf.op in ("==", "!="):
-                for v, lv in vals:
-                    if cmp(v, threshold):
-                        out[inst] = (v, lv)
-                        break
+        keys: set[str] = set()
+        for metric in metrics:
+            fam = self.snapshot.family(metric)
+            if fam is None:
                 continue
-            best = max(vals, key=_first) if pick_max else min(vals, key=_first)
-            if cmp(best[0], threshold):
-                out[inst] = best
-        self._truth[key] = out
-        return out
+            names = fam.spec.labelnames
+            if "namespace" in names and "pod" in names:
+                ni, pi = names.index("namespace"), names.index("pod")
+                keys.update(f"pod/{lv[ni]}/{lv[pi]}" for lv, _ in fam.samples if lv[pi])
+        got = frozenset(keys)
+        self._universe[metrics] = got
+        return got
 
 
 def _first(x: tuple[float, tuple[str, ...]]) -> float:
@@ -500,20 +587,22 @@ def _aggregate(how: str, values: list[float]) -> float:
     return float(len(values))  # count
 
 
-def _eval(tree: Tree, tick: _Tick, target: str, universe: set[str], hold: bool) -> set[str]:
+def _eval(tree: Tree, tick: _Tick, target: str, universe: Callable[[], frozenset[str]],
+          hold: bool) -> frozenset[str]:
     """Instances for which the condition holds. ``hold`` uses hysteresis (``clear``) thresholds,
-    used to decide whether an already firing instance is still unhealthy."""
+    used to decide whether an already firing instance is still unhealthy. ``universe`` (all
+    instances ``not`` can be true for) is only computed when a ``not`` needs it."""
     kind, arg = tree
     if kind == "leaf":
         leaf: _Leaf = arg
         thr = leaf.clear if hold and leaf.clear is not None else leaf.value
-        return set(tick.truth(leaf, target, thr))
+        return tick.truth(leaf, target, thr)
     if kind == "not":
-        return universe - _eval(arg, tick, target, universe, hold)
+        return universe() - _eval(arg, tick, target, universe, hold)
     parts = [_eval(sub, tick, target, universe, hold) for sub in arg]
     if kind == "all":
-        return set.intersection(*parts)
-    return set.union(*parts)
+        return frozenset.intersection(*parts)
+    return frozenset.union(*parts)
 
 
 # ----------------------------------------------------------------------------- engine
@@ -535,7 +624,15 @@ class RuleEngine:
         self.history_evictions = 0
         self.restore_skipped = 0
         self.last_eval_seconds = 0.0
+        # Per-series verdicts that do not change between ticks (matcher results, pod keys).
+        self._memos: dict[tuple[Any, ...], dict[tuple[str, ...], Any]] = {}
         self.set_rules(ruleset)
+
+    def _memo(self, key: tuple[Any, ...]) -> dict[tuple[str, ...], Any]:
+        memo = self._memos.get(key)
+        if memo is None or len(memo) > MAX_MEMO_ENTRIES:  # bounded: start afresh when full
+            memo = self._memos[key] = {}
+        return memo
 
     # -- rule set ---------------------------------------------------------------------------
 
@@ -631,20 +728,23 @@ class RuleEngine:
         c = rs.compiled
         rule = c.rule
         target = rule.target
-        universe: set[str] = set(rs.instances)
-        if target == "node":
-            universe.add(tick.node_key)
-        else:
-            for leaf in c.leaves:
-                universe.update(tick.groups(leaf, target))
+        memo: list[frozenset[str]] = []
+
+        def universe() -> frozenset[str]:
+            if not memo:
+                base = (frozenset({tick.node_key}) if target == "node"
+                        else tick.pod_universe(c.metrics))
+                memo.append(base | frozenset(rs.instances))
+            return memo[0]
+
         fire = _eval(c.when, tick, target, universe, hold=False)
-        active = [k for k, i in rs.instances.items() if i.state != "pending"]
+        active = frozenset(k for k, i in rs.instances.items() if i.state != "pending")
         if not active:
-            healthy: set[str] = set()
+            healthy: frozenset[str] = _EMPTY
         elif c.resolve is not None:
             healthy = _eval(c.resolve, tick, target, universe, hold=False)
         else:
-            healthy = universe - _eval(c.when, tick, target, universe, hold=True)
+            healthy = active - _eval(c.when, tick, target, universe, hold=True)
         out: list[ActionRequest] = []
         for key in fire:
             if key not in rs.instances:
@@ -654,40 +754,38 @@ class RuleEngine:
                 rs.instances[key] = _Instance(self._target(key, target), "pending", now)
         for key in list(rs.instances):
             inst = rs.instances[key]
-            if key in fire or inst.state != "pending":
-                self._observe(inst, c, tick, key)
             if inst.state == "pending":
                 if key not in fire:
                     del rs.instances[key]
                 elif now - inst.pending_since >= rule.for_:
                     inst.state, inst.firing_since, inst.step, inst.step_since = (
                         "firing", now, 0, now)
-                    out.extend(self._requests(rs, inst, 0, now, undo=False))
+                    out.extend(self._requests(rs, inst, tick, 0, now, undo=False))
             elif inst.state == "firing":
                 if key in healthy:
                     inst.state, inst.resolved_since = "resolving", now
-                    out.extend(self._maybe_done(rs, key, inst, now))
+                    out.extend(self._maybe_done(rs, key, inst, tick, now))
                 else:
                     nxt = inst.step + 1
                     if (nxt < len(c.steps) and inst.step_since is not None
                             and now - inst.step_since >= c.steps[nxt].after):
                         inst.step, inst.step_since = nxt, now
-                        out.extend(self._requests(rs, inst, nxt, now, undo=False))
+                        out.extend(self._requests(rs, inst, tick, nxt, now, undo=False))
             elif inst.state == "resolving":
                 if key not in healthy:
                     inst.state, inst.resolved_since = "firing", None
                 else:
-                    out.extend(self._maybe_done(rs, key, inst, now))
+                    out.extend(self._maybe_done(rs, key, inst, tick, now))
         return out
 
-    def _maybe_done(self, rs: _RuleState, key: str, inst: _Instance,
+    def _maybe_done(self, rs: _RuleState, key: str, inst: _Instance, tick: _Tick,
                     now: float) -> list[ActionRequest]:
         if inst.resolved_since is None or now - inst.resolved_since < rs.compiled.rule.healthy_for:
             return []
         del rs.instances[key]
         out: list[ActionRequest] = []
         for step in range(inst.step, -1, -1):  # undo in reverse ladder order
-            out.extend(self._requests(rs, inst, step, now, undo=True))
+            out.extend(self._requests(rs, inst, tick, step, now, undo=True))
         return out
 
     def _target(self, key: str, kind: str) -> Target:
@@ -698,18 +796,18 @@ class RuleEngine:
                       labels={"namespace": namespace, "pod": name})
 
     def _observe(self, inst: _Instance, c: _Compiled, tick: _Tick, key: str) -> None:
-        """Record the values behind the decision (for Events, logs and /status)."""
+        """Record the values behind a decision (for Events, logs and /status). Done only when
+        requests are made: a steady firing rule costs no per-tick bookkeeping."""
         observed: dict[str, float] = {}
         primary: tuple[_Leaf, float, tuple[str, ...]] | None = None
         fallback: tuple[_Leaf, float, tuple[str, ...]] | None = None
         for leaf in c.leaves:
-            vals = tick.groups(leaf, c.rule.target).get(key)
-            if not vals:
+            found = tick.hit(leaf, c.rule.target, key)
+            if found is None:
                 continue
-            hit = tick.truth(leaf, c.rule.target, leaf.value).get(key)
-            value, lv = hit if hit is not None else vals[0]
+            value, lv = found
             observed[leaf.display.rsplit(" ", 2)[0]] = value
-            if hit is not None and primary is None:
+            if primary is None and key in tick.truth(leaf, c.rule.target, leaf.value):
                 primary = (leaf, value, lv)
             if fallback is None:
                 fallback = (leaf, value, lv)
@@ -729,13 +827,14 @@ class RuleEngine:
                 fields["container"] = lv[names.index("container")]
         inst.fields = fields
 
-    def _requests(self, rs: _RuleState, inst: _Instance, step: int, now: float,
+    def _requests(self, rs: _RuleState, inst: _Instance, tick: _Tick, step: int, now: float,
                   *, undo: bool) -> list[ActionRequest]:
         c = rs.compiled
         rule = c.rule
         specs = c.steps[step].undo if undo else c.steps[step].actions
         if not specs:
             return []
+        self._observe(inst, c, tick, inst.target.key)
         fields = dict(inst.fields, step=step)
         if undo:
             reason = (f"{rule.name}: healthy for {format_duration(rule.healthy_for)}, undoing "
