@@ -90,8 +90,8 @@ def test_mutated_valid_rules_never_crash(mutations: list[tuple[tuple[Any, ...], 
                 parent[f"junk{len(parent)}"] = value
             else:
                 parent.append(value)
-        except (KeyError, IndexError, TypeError):
-            continue  # an earlier mutation removed this path
+        except (KeyError, IndexError, TypeError, AttributeError):
+            continue  # an earlier mutation removed or replaced this path
     check_outcome(yaml.safe_dump(data))
 
 
