@@ -1,0 +1,241 @@
+"""Failed-node scenarios on the simulated cluster, judged from its event log and the API objects."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import aiohttp
+import pytest
+import pytest_asyncio
+
+from agent.demo.cluster import SimCluster, SimConfig
+from agent.demo.fleet import Fleet, Timings
+
+pytestmark = pytest.mark.timeout(90)
+
+T = Timings(node_grace=1.5, fencing_time=2.0, healthy_delay=1.5, lease_duration=1.2,
+            retry_period=0.2, probe_timeout=0.4)
+RENEW = 0.3  # kubelet lease renewal period in the simulation
+OOS = "node.kubernetes.io/out-of-service:NoExecute"
+FAILED_TAINT = "nodemedic.io/node-failed:NoSchedule"
+
+
+async def wait_for(cond: Callable[[], Any], limit: float) -> Any:
+    loop = asyncio.get_running_loop()
+    end = loop.time() + limit
+    while loop.time() < end:
+        value = cond()
+        if value:
+            return value
+        await asyncio.sleep(0.05)
+    return cond()
+
+
+async def start(nodes: int = 6, timings: Timings = T) -> tuple[SimCluster, Fleet]:
+    cluster = SimCluster(SimConfig(nodes=nodes, lease_renew=RENEW, node_monitor_grace=2.0,
+                                   web_replicas=nodes, period=0.05))
+    await cluster.start()
+    fleet = Fleet(cluster, timings)
+    await fleet.start()
+    assert await wait_for(fleet.leader, 10), "no leader elected"
+    # Let every agent publish its heartbeat so the leader knows all probe URLs.
+    leader = fleet.stages[fleet.leader() or ""]
+    assert await wait_for(lambda: leader.view is not None
+                          and len(leader.view.urls) == nodes, 10)
+    return cluster, fleet
+
+
+@pytest_asyncio.fixture
+async def sim() -> AsyncIterator[tuple[SimCluster, Fleet]]:
+    cluster, fleet = await start()
+    try:
+        yield cluster, fleet
+    finally:
+        await fleet.stop()
+        await cluster.stop()
+
+
+def victim_with_pods(cluster: SimCluster, fleet: Fleet, avoid_zone_of: str = "") -> str:
+    leader = fleet.leader()
+    avoid = cluster.zone(cluster.names.index(avoid_zone_of)) if avoid_zone_of else None
+    for node, pods in cluster.pods_by_node().items():
+        if node != leader and pods and cluster.zone(cluster.names.index(node)) != avoid:
+            return node
+    raise AssertionError("no victim")
+
+
+def node_events(cluster: SimCluster, node: str) -> set[str]:
+    return {e["reason"] for e in cluster.server.list("events", "default")
+            if e["involvedObject"].get("name") == node}
+
+
+def taints(cluster: SimCluster, node: str) -> set[str]:
+    obj = cluster.server.get("nodes", "", node) or {}
+    return {f"{t['key']}:{t['effect']}" for t in obj.get("spec", {}).get("taints") or []}
+
+
+def moved(cluster: SimCluster, victim: str, before: list[str]) -> bool:
+    pods = cluster.pods_by_node()
+    elsewhere = {p for n, ps in pods.items() if n != victim for p in ps}
+    stateful = {p for p in before if p.startswith("db-")}
+    return not pods[victim] and stateful <= elsewhere
+
+
+async def test_single_node_failure_cordons_evicts_and_fences(sim: tuple[SimCluster, Fleet]) -> None:
+    """A dead node is cordoned after the grace, its pods move, and only then is it fenced."""
+    cluster, fleet = sim
+    victim = victim_with_pods(cluster, fleet)
+    before = cluster.pods_by_node()[victim]
+    await fleet.kill(victim)
+    killed = cluster.first("node_killed", victim)
+    assert killed is not None
+    assert await wait_for(lambda: moved(cluster, victim, before), 20), cluster.log[-10:]
+    cordon = cluster.first("cordoned", victim)
+    evicted = cluster.first("pod_terminating", victim)
+    fenced = cluster.first("taint_added", f"{victim} {OOS}")
+    assert cordon and evicted and fenced
+    assert FAILED_TAINT in taints(cluster, victim)
+    # Never before the configured windows (the last heartbeat may precede the kill by RENEW)...
+    assert cordon.at - killed.at >= T.node_grace - RENEW
+    assert fenced.at - killed.at >= T.fencing_time - RENEW
+    assert evicted.at >= cordon.at - 0.1 and fenced.at >= evicted.at
+    # ...and within them, with a generous margin for this shared 2-core machine.
+    assert cordon.at - killed.at <= T.node_grace + 3.0
+    assert node_events(cluster, victim) >= {
+        "NodemedicNodeFailed", "NodemedicPodsEvicted", "NodemedicNodeFenced"}
+    # Pods of the same workloads on other nodes were left alone (Kueue replaces one node only).
+    assert not [e for e in cluster.log if e.kind == "pod_terminating" and victim not in e.detail]
+
+
+async def test_leader_exports_its_view_on_metrics(sim: tuple[SimCluster, Fleet]) -> None:
+    """The leader's /metrics says it leads and counts a failed node; followers say 0."""
+    cluster, fleet = sim
+    victim = victim_with_pods(cluster, fleet)
+    await fleet.kill(victim)
+    assert await wait_for(lambda: cluster.first("cordoned", victim), 10)
+    leader = fleet.leader()
+    assert leader is not None
+    await asyncio.sleep(1.2)  # one collect interval: the exposition is rendered per tick
+    async with aiohttp.ClientSession() as http:
+        async with http.get(fleet.url(leader) + "/metrics") as resp:
+            text = await resp.text()
+        follower = next(n for n in fleet.agents if n != leader)
+        async with http.get(fleet.url(follower) + "/metrics") as resp:
+            follower_text = await resp.text()
+    assert "nodemedic_leader 1.0" in text
+    assert 'nodemedic_peer_nodes{state="failed"} 1.0' in text
+    assert "nodemedic_mass_failure_protection_active 0.0" in text
+    assert "nodemedic_leader 0.0" in follower_text
+
+
+async def test_kubelet_only_failure_is_left_to_the_node(sim: tuple[SimCluster, Fleet]) -> None:
+    """Kubelet dead but the node's agent answering: no cordon, no taint, no eviction."""
+    cluster, fleet = sim
+    victim = victim_with_pods(cluster, fleet)
+    cluster.stop_kubelet(victim)
+    leader = fleet.stages[fleet.leader() or ""]
+    assert await wait_for(
+        lambda: leader.assessment.verdicts.get(victim) is not None
+        and leader.assessment.verdicts[victim].state == "kubelet_down", 10)
+    await asyncio.sleep(T.fencing_time + 1.0)
+    assert cluster.first("cordoned", victim) is None
+    assert not taints(cluster, victim) & {FAILED_TAINT, OOS}
+    assert cluster.first("pod_terminating", victim) is None
+    assert "NodemedicKubeletDown" in node_events(cluster, victim)
+
+
+async def test_partition_alerts_but_never_force_deletes(sim: tuple[SimCluster, Fleet]) -> None:
+    """Reachable from some peers only: partitioned, an alert, no out-of-service, no deletion."""
+    cluster, fleet = sim
+    victim = victim_with_pods(cluster, fleet)
+    leader_name = fleet.leader() or ""
+    fleet.network.cut(leader_name, victim)
+    cluster.stop_kubelet(victim)
+    leader = fleet.stages[leader_name]
+    assert await wait_for(
+        lambda: leader.assessment.verdicts.get(victim) is not None
+        and leader.assessment.verdicts[victim].state == "partitioned", 10)
+    await asyncio.sleep(T.fencing_time + 1.0)
+    assert fleet.leader() == leader_name
+    assert OOS not in taints(cluster, victim)
+    assert cluster.first("cordoned", victim) is None
+    assert cluster.first("pod_deleted", victim) is None
+    assert cluster.first("pod_terminating", victim) is None
+    assert "NodemedicNodePartitioned" in node_events(cluster, victim)
+    assert leader.families()  # the state is exported
+    peers = {f.name: f for f in leader.families()}["nodemedic_peer_nodes"]
+    assert peers.get(state="partitioned") == 1
+
+
+async def test_sixty_percent_failing_triggers_mass_failure_protection() -> None:
+    """3 of 5 nodes dying at once: no node is touched, protection metric and Event raised."""
+    cluster, fleet = await start(nodes=5)
+    try:
+        leader_name = fleet.leader() or ""
+        victims = [n for n in cluster.names if n != leader_name][:3]
+        await asyncio.gather(*(fleet.kill(v) for v in victims))
+        leader = fleet.stages[leader_name]
+        assert await wait_for(lambda: leader.assessment.mass_failure, 10)
+        await asyncio.sleep(T.fencing_time + 1.0)
+        for v in victims:
+            assert cluster.first("cordoned", v) is None
+            assert cluster.first("pod_terminating", v) is None
+            assert not taints(cluster, v) & {FAILED_TAINT, OOS}
+        mass = {f.name: f for f in leader.families()}["nodemedic_mass_failure_protection_active"]
+        assert mass.get() == 1
+        reasons = {e["reason"] for e in cluster.server.list("events", "kube-system")}
+        assert "NodemedicMassFailureProtection" in reasons
+    finally:
+        await fleet.stop()
+        await cluster.stop()
+
+
+async def test_new_leader_finishes_the_work_when_the_leader_dies(
+    sim: tuple[SimCluster, Fleet],
+) -> None:
+    """The leader dies mid-remediation: another agent takes over and fences both nodes."""
+    cluster, fleet = sim
+    old_leader = fleet.leader() or ""
+    victim = victim_with_pods(cluster, fleet, avoid_zone_of=old_leader)
+    before = cluster.pods_by_node()[victim]
+    await fleet.kill(victim)
+    assert await wait_for(lambda: cluster.first("cordoned", victim), 10)
+    assert cluster.first("taint_added", f"{victim} {OOS}") is None, "fenced before the kill"
+    await fleet.kill(old_leader)
+    new_leader = await wait_for(lambda: fleet.leader(), 10)
+    assert new_leader and new_leader != old_leader
+    assert await wait_for(lambda: moved(cluster, victim, before), 20)
+    assert await wait_for(lambda: OOS in taints(cluster, old_leader), 20), cluster.log[-10:]
+    assert cluster.first("cordoned", old_leader) is not None
+
+
+async def test_recovered_node_is_untainted_and_uncordoned(sim: tuple[SimCluster, Fleet]) -> None:
+    """A fenced node that comes back gets nodemedic's taints and cordon removed after the delay."""
+    cluster, fleet = sim
+    victim = victim_with_pods(cluster, fleet)
+    await fleet.kill(victim)
+    assert await wait_for(lambda: OOS in taints(cluster, victim), 15)
+    await fleet.revive(victim)
+    assert await wait_for(lambda: cluster.first("uncordoned", victim), 15), cluster.log[-10:]
+    ready = cluster.first("node_ready", victim)
+    back = cluster.first("uncordoned", victim)
+    assert ready and back and back.at - ready.at >= T.healthy_delay - RENEW
+    assert not taints(cluster, victim) & {FAILED_TAINT, OOS}
+    node = cluster.server.get("nodes", "", victim) or {}
+    assert "nodemedic.io/failover" not in (node["metadata"].get("annotations") or {})
+    assert "NodemedicNodeRecovered" in node_events(cluster, victim)
+
+
+async def test_admin_cordon_survives_recovery(sim: tuple[SimCluster, Fleet]) -> None:
+    """A node an admin had cordoned stays cordoned after nodemedic's recovery."""
+    cluster, fleet = sim
+    victim = victim_with_pods(cluster, fleet)
+    cluster.server.patch("nodes", "", victim, {"spec": {"unschedulable": True}})
+    await fleet.kill(victim)
+    assert await wait_for(lambda: OOS in taints(cluster, victim), 15)
+    await fleet.revive(victim)
+    assert await wait_for(lambda: OOS not in taints(cluster, victim), 15)
+    node = cluster.server.get("nodes", "", victim) or {}
+    assert node["spec"].get("unschedulable") is True
