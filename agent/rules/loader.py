@@ -409,7 +409,6 @@ def _semantic(rule: Rule, base: Path_, catalogue: Catalogue) -> list[tuple[Path_
         ((*base,), list(rule.actions), list(rule.undo))]
     steps += [((*base, "escalate", i), list(s.actions), list(s.undo))
               for i, s in enumerate(rule.escalate)]
-    cordoned = False
     for step_path, actions, undo in steps:
         for i, act in enumerate(actions):
             ap = (*step_path, "actions", i, "type")
@@ -422,11 +421,6 @@ def _semantic(rule: Rule, base: Path_, catalogue: Catalogue) -> list[tuple[Path_
             if rule.target == "node" and act.type == "annotate" and act.target != "node":
                 out.append(((*step_path, "actions", i, "target"),
                             f"annotate target {act.target} needs a rule with target: pod"))
-            if act.type == "cordon":
-                cordoned = True
-            if act.type == "drain" and not cordoned:
-                out.append((ap, "drain needs a cordon in the same or an earlier step "
-                                "(otherwise evicted pods land on this node again)"))
         for i, act in enumerate(undo):
             if act.type not in UNDO_ACTIONS:
                 out.append(((*step_path, "undo", i, "type"),

@@ -337,6 +337,14 @@ class Taint(_Model):
     value: str = ""
     effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"]
 
+    @field_validator("effect")
+    @classmethod
+    def _effect(cls, v: str) -> str:
+        if v == "NoExecute":
+            raise ValueError("NoExecute evicts pods without consulting PodDisruptionBudgets; "
+                             "use NoSchedule with a drain")
+        return v
+
     @field_validator("value")
     @classmethod
     def _value(cls, v: str) -> str:
@@ -353,12 +361,15 @@ class Untaint(_Model):
 
 
 class Drain(_Model):
-    """Evict this node's pods through the Eviction API (PDBs respected, never a force delete)."""
+    """Cordon, then evict this node's pods through the Eviction API (PDBs respected, never a
+    force delete)."""
 
     type: Literal["drain"]
     grace_period_cap: Duration = Field(description="upper bound on each pod's grace period")
     timeout: Duration = Field(description="give up (and report) after this long")
     ignore_daemonsets: Literal[True] = True
+    evict_unmanaged: bool = Field(default=False,
+                                  description="also evict pods without a controller (lost!)")
 
     @model_validator(mode="after")
     def _bounds(self) -> Drain:
@@ -374,12 +385,20 @@ class EvictPod(_Model):
 
     type: Literal["evict-pod"]
     grace_period_cap: Duration
+    timeout: Duration = Field(default=600.0, description="give up retrying after this long")
 
     @field_validator("grace_period_cap")
     @classmethod
     def _cap(cls, v: float) -> float:
         if v > MAX_DRAIN_GRACE_SECONDS:
             raise ValueError("grace_period_cap must be at most 1h")
+        return v
+
+    @field_validator("timeout")
+    @classmethod
+    def _timeout(cls, v: float) -> float:
+        if not 10.0 <= v <= MAX_DRAIN_GRACE_SECONDS:
+            raise ValueError("timeout must be between 10s and 1h")
         return v
 
 
@@ -419,7 +438,8 @@ class Event(_Model):
     type: Literal["event"]
     reason: str = Field(description="CamelCase reason, e.g. OOMStorm")
     message: str = Field(description="template: {rule}, {value:.1f}, {pod}, ...")
-    event_type: Literal["Normal", "Warning"] = "Warning"
+    event_type: Literal["Normal", "Warning"] | None = Field(
+        default=None, description="default: Normal for severity info, else Warning")
 
     @field_validator("reason")
     @classmethod
@@ -477,7 +497,7 @@ POD_ONLY = frozenset({"evict-pod"})
 
 def action_params(action: BaseModel) -> dict[str, Any]:
     """The validated parameters of an action (durations in seconds), without ``type``."""
-    return action.model_dump(by_alias=True, exclude={"type"})
+    return action.model_dump(by_alias=True, exclude={"type"}, exclude_none=True)
 
 
 # --------------------------------------------------------------------------- rules

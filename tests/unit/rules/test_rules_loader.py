@@ -113,12 +113,16 @@ INVALID = [
      ["f.yaml:5:15: rules[0].cooldown: cooldown must be at least 1m (an action loop is worse "
       "than none)",
       "f.yaml:6:19: rules[0].max_per_hour: must be greater than or equal to 1"]),
-    # unsafe: drain without a grace cap, and without a cordon before it
+    # unsafe: drain without a grace cap, or with an unbounded one
     (OK_RULE.replace("{type: cordon}", "{type: drain, timeout: 10m}"),
      ["f.yaml:4:15: rules[0].actions[0].grace_period_cap: required"]),
-    (OK_RULE.replace("{type: cordon}", "{type: drain, timeout: 10m, grace_period_cap: 1m}"),
-     ["f.yaml:4:22: rules[0].actions[0].type: drain needs a cordon in the same or an earlier "
-      "step (otherwise evicted pods land on this node again)"]),
+    (OK_RULE.replace("{type: cordon}", "{type: drain, timeout: 10m, grace_period_cap: 2h}"),
+     ["f.yaml:4:15: rules[0].actions[0]: grace_period_cap must be at most 1h"]),
+    # NoExecute taints evict around PodDisruptionBudgets
+    (OK_RULE.replace("{type: cordon}",
+                     "{type: taint, key: nodemedic.io/x, effect: NoExecute}"),
+     ["f.yaml:4:58: rules[0].actions[0].effect: NoExecute evicts pods without consulting "
+      "PodDisruptionBudgets; use NoSchedule with a drain"]),
     # a shell string as unit
     (OK_RULE.replace("{type: cordon}", '{type: restart-service, unit: "kubelet; rm -rf /"}'),
      ["f.yaml:4:45: rules[0].actions[0].unit: must be a systemd .service unit name like "
