@@ -337,11 +337,13 @@ def read_cgroup(r: _Reader, ref: CgroupRef) -> CgroupStats | None:
     """Stats of one cgroup from all its hierarchies, or None when it vanished (counted)."""
     s = CgroupStats(ref.uid, ref.container_id, ref.qos)
     try:
-        for h, d in ref.dirs:
+        for h, d, probe in ref.dirs:
             r.directory = d
             try:
                 dfd = os.open(d, _O_DIR)
             except (FileNotFoundError, NotADirectoryError):
+                if probe:
+                    continue  # not in this hierarchy; only assumed to be
                 raise _Vanished(d) from None
             except OSError as exc:
                 r.error(PERMISSION if isinstance(exc, PermissionError) else IO, f"{d}: {exc}")

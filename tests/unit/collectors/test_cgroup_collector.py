@@ -249,13 +249,21 @@ def test_pod_vanishing_between_discovery_and_read(v2_copy: Path) -> None:
     assert {s.uid for s in result.stats} == {COREDNS, APISERVER, KUBE_PROXY, KINDNET}
 
 
-def test_container_vanishing_in_one_v1_hierarchy(v1_copy: Path) -> None:
-    """In v1 a container removed from one controller mid-teardown is dropped, not half-read."""
-    d = v1_copy / "cpu,cpuacct" / "kubepods" / "burstable" / f"pod{DAEMONSET}" / DS_CID
-
-    result = scan(v1_copy, after_discover=lambda refs: shutil.rmtree(d))
+def test_container_vanishing_in_v1_hierarchies(v1_copy: Path) -> None:
+    """In v1, a container gone from the hierarchy it was listed in (memory) is dropped whole
+    and counted; one gone only from another controller loses just that controller's values."""
+    pod = Path("kubepods") / "burstable" / f"pod{DAEMONSET}" / DS_CID
+    result = scan(v1_copy, after_discover=lambda refs: shutil.rmtree(v1_copy / "memory" / pod))
     assert [s for s in result.stats if s.container_id == DS_CID] == []
     assert result.errors == {"vanished": 1}
+
+    shutil.rmtree(v1_copy / "cpu,cpuacct" / pod)
+    (v1_copy / "memory" / pod).mkdir()
+    (v1_copy / "memory" / pod / "memory.usage_in_bytes").write_text("12345\n")
+    result = scan(v1_copy)
+    (ctr,) = [s for s in result.stats if s.container_id == DS_CID]
+    assert ctr.memory_usage == 12345
+    assert ctr.cpu_usage_seconds is None and ctr.cfs_throttled_periods is None
 
 
 def _scan_as_nobody(root: Path) -> dict[str, object]:
