@@ -81,12 +81,12 @@ class ConntrackSummary:
 
 @dataclass(frozen=True, slots=True)
 class _Layout:
-    """Token positions of one line layout (0-based, after whitespace split)."""
+    """Where the tokens sit in one line layout (0-based, after a whitespace split)."""
 
-    l3: bool
-    stateful: bool
-    acct: bool
-    unreplied: bool
+    l3: bool  # leading "ipv4 2" columns (proc file, conntrack -o extended)
+    stateful: bool  # a state column (TCP, SCTP, DCCP; not UDP)
+    acct: bool  # packets=/bytes= after each tuple
+    unreplied: bool  # "[UNREPLIED]" between the tuples
 
     def positions(self) -> tuple[int, int, int, int, int, int, int, int]:
         """(proto, state, orig dst, orig dport, reply src, reply sport, orig bytes, reply bytes);
@@ -99,52 +99,41 @@ class _Layout:
         rbytes = reply + 5 if self.acct else -1
         return base, state, orig + 1, orig + 3, reply, reply + 2, obytes, rbytes
 
+    def getter(self) -> Callable[[list[str]], _RawKey]:
+        """C-level extraction of the raw key (state "" is filled in at fold time)."""
+        proto, state, odst, odport, rsrc, rsport, _, _ = self.positions()
+        idx = (proto, state, odst, odport, rsrc, rsport) if state >= 0 else (
+            proto, odst, odport, rsrc, rsport
+        )
+        return itemgetter(*idx)
 
-# Raw key as counted: (proto, state or "", "dst=...", "dport=...", "src=...", "sport=...").
-_RawKey = tuple[str, str, str, str, str, str]
+    def splitter(self) -> Callable[[str], list[str]]:
+        """Split only as far as the last token needed (fewer string objects)."""
+        pos = self.positions()
+        return methodcaller("split", None, max(pos[5], pos[7]) + 1)
 
 
-def _partition(
-    pred: Callable[[str], bool], lines: list[str]
-) -> tuple[list[str], list[str]]:
-    return list(filter(pred, lines)), list(filterfalse(pred, lines))
-
-
-def _split_if(
-    pred: Callable[[str], bool], lines: list[str], some: bool, every: bool
-) -> Iterator[tuple[bool, list[str]]]:
-    """Yield (True, lines where pred holds) and (False, the others), skipping empty parts.
-
-    ``some``/``every`` come from one substring count over the whole block: when no line or
-    every line has the feature, the lines are not filtered one by one. A line put in the wrong
-    part anyway fails the token validation and is counted as malformed.
-    """
-    if not lines:
-        return
-    if not some:
-        yield False, lines
-        return
-    if every:
-        yield True, lines
-        return
-    yes, no = _partition(pred, lines)
-    if yes:
-        yield True, yes
-    if no:
-        yield False, no
+# Raw key as counted: (proto, state, "dst=...", "dport=...", "src=...", "sport=...") for
+# stateful layouts, the same without the state for stateless ones.
+_RawKey = tuple[str, ...]
 
 
 class ConntrackAggregator:
     """Feed text in any chunking with :meth:`feed`, then call :meth:`finish`.
 
-    Only the partial last line is kept between feeds plus one tally per key, so a table of
-    262,144 entries is processed in memory bounded by the chunk size and ``max_keys``.
+    Between feeds only the partial last line and one count per distinct raw key (per layout)
+    are kept, so a table of 262,144 entries is processed in memory bounded by the block size
+    and ``max_keys``. Raw keys are validated and folded into ``summary.flows`` at the end (or
+    early when there are too many of them).
     """
 
     def __init__(self, max_keys: int = DEFAULT_MAX_KEYS) -> None:
         self._max_keys = max_keys
         self._rest = ""
-        self._keys: dict[tuple[str, str, str, str, str, str], FlowKey | None] = {}
+        self._keys: dict[_RawKey, FlowKey | None] = {}
+        self._raw: dict[_Layout, Counter[_RawKey]] = {}
+        self._bytes: dict[_Layout, dict[_RawKey, int]] = {}
+        self._pending = 0
         self.summary = ConntrackSummary()
 
     def feed(self, text: str) -> None:
@@ -158,20 +147,20 @@ class ConntrackAggregator:
         self._scan(block)
 
     def finish(self) -> ConntrackSummary:
-        """Process a final unterminated line and return the summary."""
+        """Process a final unterminated line, fold the counts and return the summary."""
         if self._rest:
             self._scan(self._rest)
             self._rest = ""
+        self._fold()
         return self.summary
 
-    # -- internals -------------------------------------------------------------------------
+    # -- per block ---------------------------------------------------------------------------
 
     def _scan(self, block: str) -> None:
-        """Partition one block of whole lines by layout and count each part.
+        """Count one block of whole lines.
 
         Each layout feature is first looked for in the whole block with one C-level substring
-        search; lines are only filtered one by one when the block mixes layouts. Lines without
-        ports (ICMP, GRE) and truncated ones fall through to the token validation in _fold.
+        search, so lines are filtered one by one only for features the block has.
         """
         s = self.summary
         lines = block.split("\n")
@@ -183,115 +172,163 @@ class ConntrackAggregator:
             return
         # One table never mixes the proc format (leading "ipv4 2") with conntrack -L's.
         l3 = lines[0].startswith("ipv")
+        has_udp = "udp" in block
+        has_unrep = "[UNREPLIED]" in block
         acct_hits = block.count(" packets=")
-        unrep_hits = block.count("[UNREPLIED]")
-        for stateless, b in _split_if(_is_stateless, lines, "udp" in block, False):
-            for acct, c in _split_if(_has_acct, b, acct_hits > 0, acct_hits == 2 * n):
-                for unrep, d in _split_if(_is_unreplied, c, unrep_hits > 0, unrep_hits == n):
-                    self._count(_Layout(l3, not stateless, acct, unrep), d)
-
-    def _count(self, layout: _Layout, lines: list[str]) -> None:
-        proto, state, odst, odport, rsrc, rsport, obytes, rbytes = layout.positions()
-        idx = (proto, state, odst, odport, rsrc, rsport) if state >= 0 else (
-            proto, odst, odport, rsrc, rsport
-        )
-        get = itemgetter(*idx)
-        split = methodcaller("split", None, max(rsport, rbytes) + 1)
-        counts: Counter[_RawKey]
-        byte_sums: dict[_RawKey, int] = {}
-        stateless = state < 0
-        if layout.acct:
-            counts, byte_sums, bad = _count_with_bytes(lines, split, get, obytes, rbytes)
+        if acct_hits == 0:
+            parts = [(False, lines)]
+        elif acct_hits == 2 * n:
+            parts = [(True, lines)]
         else:
-            try:
-                counts = Counter(map(get, map(split, lines)))
-            except IndexError:  # a short line in this layout: redo line by line
-                counts, bad = _count_slow(lines, split, get)
+            parts = [(True, list(filter(_has_acct, lines))),
+                     (False, list(filterfalse(_has_acct, lines)))]
+        for acct, part in parts:
+            if not part:
+                continue
+            if acct:
+                self._count_lines(part, l3, acct=True)
             else:
-                bad = 0
-        self.summary.malformed_lines += bad
-        self._fold(counts, byte_sums, stateless)
+                try:
+                    self._count_fast(part, l3, has_udp, has_unrep)
+                except IndexError:  # a short (truncated) line: go line by line
+                    self._count_lines(part, l3, acct=False)
+        if self._pending > 4 * self._max_keys:
+            self._fold()
 
-    def _fold(
-        self,
-        counts: Counter[_RawKey],
-        byte_sums: dict[_RawKey, int],
-        stateless: bool,
+    def _count_fast(self, part: list[str], l3: bool, has_udp: bool, has_unrep: bool) -> None:
+        """Count lines without byte counters entirely in C.
+
+        Every line is counted with the dominant layout (stateful, replied); the minority lines
+        (UDP, [UNREPLIED]) are picked out with C-level predicates, subtracted from that count,
+        and counted again with their own layout. Token counts are checked before anything is
+        counted, so a short line (IndexError) leaves no partial result behind.
+        """
+        main = _Layout(l3, True, False, False)
+        groups: list[tuple[_Layout, list[str]]] = [(main, part)]
+        minority: list[str] = []
+        if has_udp:
+            udp = list(filter(_is_stateless, part))
+            if udp:
+                unrep = list(filter(_is_unreplied, udp)) if has_unrep else []
+                replied = list(filterfalse(_is_unreplied, udp)) if unrep else udp
+                groups += [(_Layout(l3, False, False, True), unrep),
+                           (_Layout(l3, False, False, False), replied)]
+                minority += udp
+        if has_unrep:
+            unrep = list(filter(_is_unreplied, part))
+            if has_udp:
+                unrep = list(filterfalse(_is_stateless, unrep))
+            groups.append((_Layout(l3, True, False, True), unrep))
+            minority += unrep
+        tokens: list[tuple[_Layout, list[list[str]]]] = []
+        for layout, lines in groups:
+            if lines:
+                toks = list(map(layout.splitter(), lines))
+                if min(map(len, toks)) <= layout.positions()[5]:
+                    raise IndexError("line too short for its layout")
+                tokens.append((layout, toks))
+        for layout, toks in tokens:
+            raw = self._raw.setdefault(layout, Counter())
+            before = len(raw)
+            raw.update(map(layout.getter(), toks))  # C-level counting into the running total
+            self._pending += len(raw) - before
+        if minority:
+            get, split = main.getter(), main.splitter()
+            self._raw[main].subtract(map(get, map(split, minority)))
+
+    def _count_lines(self, part: list[str], l3: bool, *, acct: bool) -> None:
+        """Count line by line in Python: lines with byte counters (a sum per key is needed),
+        and blocks holding a line too short for its layout."""
+        layouts: dict[tuple[bool, bool], tuple[_Layout, Callable[[list[str]], _RawKey],
+                                                Callable[[str], list[str]], int, int]] = {}
+        counts: dict[_Layout, dict[_RawKey, int]] = {}
+        sums: dict[_Layout, dict[_RawKey, int]] = {}
+        bad = 0
+        for line in part:
+            shape = (not _is_stateless(line), "[UNREPLIED]" in line)
+            entry = layouts.get(shape)
+            if entry is None:
+                layout = _Layout(l3, shape[0], acct, shape[1])
+                pos = layout.positions()
+                entry = layouts[shape] = (
+                    layout, layout.getter(), layout.splitter(), pos[6], pos[7]
+                )
+                counts[layout] = {}
+                sums[layout] = {}
+            layout, get, split, ob, rb = entry
+            t = split(line)
+            try:
+                key = get(t)
+                nbytes = int(t[ob][6:]) + int(t[rb][6:]) if acct else 0
+            except (IndexError, ValueError):
+                bad += 1
+                continue
+            c = counts[layout]
+            c[key] = c.get(key, 0) + 1
+            if acct:
+                sm = sums[layout]
+                sm[key] = sm.get(key, 0) + nbytes
+        self.summary.malformed_lines += bad
+        for layout, c in counts.items():
+            self._merge(layout, Counter(c), sums[layout] if acct else None)
+
+    def _merge(
+        self, layout: _Layout, counts: Counter[_RawKey], sums: dict[_RawKey, int] | None
     ) -> None:
+        raw = self._raw.setdefault(layout, Counter())
+        before = len(raw)
+        raw.update(counts)
+        self._pending += len(raw) - before
+        if sums:
+            acc = self._bytes.setdefault(layout, {})
+            for k, v in sums.items():
+                acc[k] = acc.get(k, 0) + v
+
+    # -- validation and folding ----------------------------------------------------------------
+
+    def _fold(self) -> None:
+        """Validate each distinct raw key once and add its counts to ``summary.flows``."""
         s = self.summary
         flows = s.flows
-        for raw, n in counts.items():
-            if stateless:
-                proto, odst, odport, rsrc, rsport = raw[:5]
-                state = ""
-            else:
-                proto, state, odst, odport, rsrc, rsport = raw
-            vkey = (proto, state, odst, odport, rsrc, rsport)
-            if vkey in self._keys:
-                key = self._keys[vkey]
-            else:
-                key = _validate(vkey)
-                if len(self._keys) < 2 * self._max_keys:  # bounded: garbage keys are unique
-                    self._keys[vkey] = key
-            if key is None:
-                if proto in NO_PORT_PROTOCOLS:
-                    s.unsupported_lines += n
+        for layout, raw in self._raw.items():
+            sums = self._bytes.get(layout, {})
+            for rkey, n in raw.items():
+                if n <= 0:
+                    continue  # minority lines subtracted from the dominant layout
+                vkey = rkey if layout.stateful else (rkey[0], "", *rkey[1:])
+                if vkey in self._keys:
+                    key = self._keys[vkey]
                 else:
-                    s.malformed_lines += n
-                continue
-            s.entries += n
-            if key[1] == key[3] and key[2] == key[4]:
-                continue  # not DNATed: not a Service connection
-            s.dnat_entries += n
-            tally = flows.get(key)
-            if tally is None:
-                if len(flows) >= self._max_keys:
-                    s.dropped_entries += n
+                    key = _validate(vkey)
+                    if len(self._keys) < 2 * self._max_keys:  # bounded: garbage keys are unique
+                        self._keys[vkey] = key
+                if key is None:
+                    if vkey[0] in NO_PORT_PROTOCOLS:
+                        s.unsupported_lines += n
+                    else:
+                        s.malformed_lines += n
                     continue
-                tally = flows[key] = EndpointTally()
-            tally.entries += n
-            if not state or state in ACTIVE_STATES:
-                tally.active += n
-            nbytes = byte_sums.get(raw)
-            if nbytes is not None:
-                s.accounting = True
-                tally.bytes += nbytes
-
-
-def _count_slow(
-    lines: list[str], split: Callable[[str], list[str]], get: Callable[[list[str]], _RawKey]
-) -> tuple[Counter[_RawKey], int]:
-    counts: Counter[_RawKey] = Counter()
-    bad = 0
-    for line in lines:
-        try:
-            counts[get(split(line))] += 1
-        except IndexError:
-            bad += 1
-    return counts, bad
-
-
-def _count_with_bytes(
-    lines: list[str],
-    split: Callable[[str], list[str]],
-    get: Callable[[list[str]], _RawKey],
-    obytes: int,
-    rbytes: int,
-) -> tuple[Counter[_RawKey], dict[_RawKey, int], int]:
-    """Count keys and sum both directions' bytes= per key (the one per-line Python loop)."""
-    counts: dict[_RawKey, int] = {}
-    sums: dict[_RawKey, int] = {}
-    bad = 0
-    for t in map(split, lines):
-        try:
-            key = get(t)
-            nbytes = int(t[obytes][6:]) + int(t[rbytes][6:])
-        except (IndexError, ValueError):
-            bad += 1
-            continue
-        counts[key] = counts.get(key, 0) + 1
-        sums[key] = sums.get(key, 0) + nbytes
-    return Counter(counts), sums, bad
+                s.entries += n
+                if key[1] == key[3] and key[2] == key[4]:
+                    continue  # not DNATed: not a Service connection
+                s.dnat_entries += n
+                tally = flows.get(key)
+                if tally is None:
+                    if len(flows) >= self._max_keys:
+                        s.dropped_entries += n
+                        continue
+                    tally = flows[key] = EndpointTally()
+                tally.entries += n
+                state = vkey[1]
+                if not state or state in ACTIVE_STATES:
+                    tally.active += n
+                nbytes = sums.get(rkey)
+                if nbytes is not None:
+                    s.accounting = True
+                    tally.bytes += nbytes
+        self._raw.clear()
+        self._bytes.clear()
+        self._pending = 0
 
 
 def _validate(raw: _RawKey) -> FlowKey | None:
