@@ -46,6 +46,37 @@ async def list_nodes(api: Any) -> list[dict[str, Any]]:
     return [i for i in items if isinstance(i, dict)]
 
 
+async def count_nodes(api: Any) -> tuple[int, list[str]]:
+    """(number of nodes, names of unschedulable nodes) without listing every Node object:
+    a field-selected LIST of cordoned nodes plus a ``limit=1`` LIST whose remainingItemCount
+    gives the total. Cheap enough for every agent to run before each cordon."""
+    core = client.CoreV1Api(api)
+    cordoned = await call_json(
+        core.list_node(
+            field_selector="spec.unschedulable=true",
+            _preload_content=False,
+            _request_timeout=LIST_TIMEOUT_SECONDS,
+        ),
+        limit_seconds=LIST_TIMEOUT_SECONDS,
+    )
+    names = [
+        str((i.get("metadata") or {}).get("name", ""))
+        for i in cordoned.get("items") or []
+        if isinstance(i, dict) and is_unschedulable(i)
+    ]
+    page = await call_json(
+        core.list_node(limit=1, _preload_content=False, _request_timeout=LIST_TIMEOUT_SECONDS),
+        limit_seconds=LIST_TIMEOUT_SECONDS,
+    )
+    meta = page.get("metadata") or {}
+    remaining = meta.get("remainingItemCount")
+    if isinstance(remaining, int) and not isinstance(remaining, bool):
+        return len(page.get("items") or []) + remaining, names
+    if not meta.get("continue"):
+        return len(page.get("items") or []), names
+    return len(await list_nodes(api)), names  # server did not count for us: list them all
+
+
 async def update_node(api: Any, name: str, mutate: NodeMutation) -> tuple[dict[str, Any], bool]:
     """Apply ``mutate`` to the current Node and replace it, retrying on 409.
 

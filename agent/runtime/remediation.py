@@ -44,6 +44,7 @@ log = structlog.get_logger("nodemedic.remediation")
 
 STATE_ANNOTATION = "nodemedic.io/state"
 PERSIST_INTERVAL = 60.0  # engine-only state changes are written at most this often
+REFRESH_INTERVAL = 60.0  # idle re-read of pause switches and cordon budget for the gauges
 RECENT_DECISIONS = 50  # kept for /status
 DEFAULT_CONCURRENCY = 4
 # Denials that only pause an in-progress action (it resumes when they clear); any other denial
@@ -115,6 +116,7 @@ class RemediationStage:
         self._restore_problems: list[str] = []
         self._persisted_engine: str | None = None
         self._last_persist = 0.0
+        self._last_refresh: float | None = None
         self._dirty = False
         self._writes = {"ok": 0, "error": 0}
         self._event_failures = 0
@@ -224,6 +226,9 @@ class RemediationStage:
             await asyncio.gather(*(self._event(d, o) for d, o in events))
         if self.api is not None and self._restored:
             await self._persist(force=self._dirty)
+            if self._last_refresh is None or now - self._last_refresh >= REFRESH_INTERVAL:
+                self._last_refresh = now
+                await self.gate.refresh()
 
     def _stale(self, req: ActionRequest, snapshot: Snapshot) -> Decision | None:
         """missing_data when a collector behind this request's series failed this tick."""

@@ -23,8 +23,8 @@ from agent.actions import registry
 from agent.actions.base import InvalidParams, Plan
 from agent.actions.cordon import admin_override_rules
 from agent.kube.errors import KubeError
-from agent.kube.nodes import is_unschedulable, list_nodes
-from agent.safety.budget import cordon_allowed
+from agent.kube.nodes import count_nodes, is_unschedulable
+from agent.safety.budget import cordon_allowed, cordon_limit
 from agent.safety.ledger import Ledger
 from agent.safety.pause import PauseSwitch
 from agent.settings import Settings
@@ -191,23 +191,35 @@ class SafetyGate:
     async def _cluster_cap(self, req: ActionRequest) -> Decision | None:
         """Count unschedulable nodes on the API now (never from a cache) before cordoning."""
         try:
-            nodes = await list_nodes(self.api)
+            total, cordoned = await count_nodes(self.api)
         except KubeError as exc:
             return self.deny(req, "missing_data", f"cannot count cordoned nodes: {exc}")
         me = self.settings.node_name
-        others = sum(
-            1 for n in nodes if is_unschedulable(n) and (n.get("metadata") or {}).get("name") != me
-        )
-        ok, limit = cordon_allowed(self.settings.safety_max_cordoned, len(nodes), others)
+        others = sum(1 for name in cordoned if name != me)
+        ok, limit = cordon_allowed(self.settings.safety_max_cordoned, total, others)
         self._cordoned, self._limit = others, limit
         if not ok:
             return self.deny(
                 req,
                 "cluster_cap",
-                f"{others} of {len(nodes)} nodes are already unschedulable; "
+                f"{others} of {total} nodes are already unschedulable; "
                 f"--safety.max-cordoned={self.settings.safety_max_cordoned} allows {limit}",
             )
         return None
+
+    async def refresh(self) -> None:
+        """Re-read the pause switches and the cordon budget for the gauges, so dashboards show
+        them even while nothing fires (the stage calls this about once a minute)."""
+        if self.pause is None:
+            return
+        self.pause.invalidate()
+        await self.pause.view()
+        try:
+            total, cordoned = await count_nodes(self.api)
+        except KubeError:
+            return  # the view records the outage; the gauges keep their last values
+        self._cordoned = len(cordoned)
+        self._limit = cordon_limit(self.settings.safety_max_cordoned, total)
 
     def deny(self, req: ActionRequest, reason: str, detail: str) -> Decision:
         """A denial, counted (also used by the stage for stale-snapshot refusals)."""

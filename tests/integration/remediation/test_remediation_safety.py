@@ -312,14 +312,16 @@ async def test_admin_uncordon_mid_drain_stops_the_drain(
 async def test_api_dies_during_a_drain_pass(apiserver: ApiServer, kube_api: Any) -> None:
     """The API server stops while a drain pass is in flight: the pass ends as "retry" (no
     crash, no force), and the drain completes after the server is back."""
-    apiserver.create(node(NODE))
+    # Already cordoned by this rule, so the only LIST in the tick is the drain's pod list.
+    cordoned_by = json.dumps({"rules": ["node-broken"], "at": "2026-01-01T00:00:00Z"})
+    apiserver.create(node(NODE, True, **{"nodemedic.io/cordoned-by": cordoned_by}))
     for i in range(3):
         apiserver.create(pod(f"web-{i}"))
     clock = Clock()
     engine = ScriptedEngine()
     stage = RemediationStage(settings(), kube_api, engine, clock=clock)
     await stage.start()
-    apiserver.faults.latency_by_verb["list"] = 0.3  # slow lists: the server stops mid-tick
+    apiserver.faults.latency_by_verb["list"] = 0.3  # the server stops while pods are listed
     engine.queue = [request("drain", rule="node-broken")]
     tick = asyncio.create_task(stage.on_snapshot(snapshot()))
     await asyncio.sleep(0.15)
@@ -339,3 +341,25 @@ async def test_api_dies_during_a_drain_pass(apiserver: ApiServer, kube_api: Any)
         await stage.on_snapshot(snapshot())
     assert [p for p in apiserver.list("Pod") if p["spec"]["nodeName"] == NODE] == []
     assert stage.ledger.pending == {}
+
+
+async def test_gauges_are_exported_while_idle(apiserver: ApiServer, kube_api: Any) -> None:
+    """With no rule firing, pause and cordon-budget gauges still reflect the cluster (so the
+    dashboards show them), re-read about once a minute."""
+    for i in range(20):
+        apiserver.create(node(f"node-{i}", unschedulable=i < 2))
+    apiserver.create(node(NODE))
+    clock = Clock()
+    stage = RemediationStage(settings(), kube_api, ScriptedEngine(), clock=clock)
+    await stage.on_snapshot(snapshot())
+    fams = stage.families()
+    assert metric(fams, "nodemedic_paused", scope="cluster") == 0
+    assert metric(fams, "nodemedic_cordoned_nodes") == 2
+    assert metric(fams, "nodemedic_cordon_budget_limit") == 2  # 10% of 21, rounded down
+
+    apiserver.create({"apiVersion": "v1", "kind": "ConfigMap",
+                      "metadata": {"name": "nodemedic", "namespace": "kube-system"},
+                      "data": {"paused": "true"}})
+    clock.t += 61
+    await stage.on_snapshot(snapshot())
+    assert metric(stage.families(), "nodemedic_paused", scope="cluster") == 1
