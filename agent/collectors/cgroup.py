@@ -126,7 +126,8 @@ ATTRIBUTION = MetricSpec(
     "gauge",
 )
 
-ALL_METRICS = (
+# Per-cgroup series, in the order build_families unpacks them.
+CGROUP_SERIES = (
     MEMORY_USAGE,
     MEMORY_WORKING_SET,
     MEMORY_LIMIT,
@@ -139,10 +140,8 @@ ALL_METRICS = (
     CPU_QUOTA,
     PRESSURE_AVG10,
     PRESSURE_SECONDS,
-    READ_ERRORS,
-    CGROUPS,
-    ATTRIBUTION,
 )
+ALL_METRICS = (*CGROUP_SERIES, READ_ERRORS, CGROUPS, ATTRIBUTION)
 
 
 @runtime_checkable
@@ -160,7 +159,7 @@ def build_families(
     Samples are appended straight to ``Family.samples`` with one shared label tuple per cgroup:
     at 250 pods x 2 containers this runs for ~10,000 samples every tick.
     """
-    fams = [spec.family() for spec in ALL_METRICS[:12]]
+    fams = [spec.family() for spec in CGROUP_SERIES]
     (usage, ws, limit, kills, events, cpu, periods, throttled, throttled_s, quota, p_avg, p_tot) = (
         f.samples for f in fams
     )
@@ -181,8 +180,9 @@ def build_families(
         )
         if s.memory_usage is not None:
             usage.append((lv, float(s.memory_usage)))
-            if s.memory_inactive_file is not None:
-                ws.append((lv, float(max(0, s.memory_usage - s.memory_inactive_file))))
+            working_set = s.working_set
+            if working_set is not None:
+                ws.append((lv, float(working_set)))
         if s.memory_limit is not None:
             limit.append((lv, float(s.memory_limit)))
         if s.oom_kills is not None:
