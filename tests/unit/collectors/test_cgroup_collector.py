@@ -390,3 +390,38 @@ async def test_hung_read_is_not_restarted_every_tick(
         except RuntimeError:
             await asyncio.sleep(0.01)
     assert fams["nodemedic_cgroup_cgroups"].get(level="pod") == 5
+
+
+def _place(src: Path, dst: Path) -> None:
+    dst.mkdir(parents=True, exist_ok=True)
+    for f in src.iterdir():
+        shutil.copyfile(f, dst / f.name)
+
+
+async def test_v2_cgroupfs_driver_and_v1_systemd_driver(tmp_path: Path) -> None:
+    """The other two driver x version combinations: v2 with the cgroupfs driver (minikube's
+    /kubepods/burstable/pod<uid>/<id>) and v1 with the systemd driver (the EKS capture's own
+    path kubepods.slice/.../cri-containerd-<id>.scope in memory/ and a joined cpu,cpuacct/)."""
+    cap = FIX / "captures"
+    v2 = tmp_path / "v2"
+    v2.mkdir()
+    (v2 / "cgroup.controllers").write_text("cpu memory io pids\n")
+    _place(cap / "v2_user_session_scope", v2 / "kubepods")
+    _place(cap / "v2_user_session_scope", v2 / "kubepods" / f"pod{KINDNET}" / "abc123")
+    fams = await collect(v2)
+    assert fams["nodemedic_container_memory_usage_bytes"].get(
+        uid=KINDNET, container="abc123", qos="guaranteed") == 10498404352
+
+    v1 = tmp_path / "v1"
+    uid = "7a96c459-d529-44ae-9f99-90d3798d6426"
+    cid = "1d3d308a7d48a27814a68bf33a44acf4441c9c02463ca0bc1cdfdc8c0b4a8496"
+    rel = Path("kubepods.slice") / "kubepods-burstable.slice" / (
+        f"kubepods-burstable-pod{uid.replace('-', '_')}.slice") / f"cri-containerd-{cid}.scope"
+    for hierarchy in ("memory", "cpu,cpuacct"):
+        _place(cap / "v1_eks_amzn2_kubepods_burstable_container", v1 / hierarchy / "kubepods.slice")
+        _place(cap / "v1_eks_amzn2_kubepods_burstable_container", v1 / hierarchy / rel)
+    fams = await collect(v1)
+    labels = {"uid": uid, "container": cid, "qos": "burstable"}
+    assert fams["nodemedic_container_memory_limit_bytes"].get(**labels) == 2147483648
+    assert fams["nodemedic_container_cpu_usage_seconds_total"].get(**labels) == pytest.approx(
+        124659.500367)
