@@ -213,3 +213,23 @@ async def test_a_restarted_agent_resumes_a_blocked_drain(
     stored = apiserver.get("Node", "", NODE)
     assert stored is not None
     assert json.loads(stored["metadata"]["annotations"][STATE_ANNOTATION])["p"] == []
+
+
+async def test_cordon_held_by_two_rules(apiserver: ApiServer, kube_api: Any) -> None:
+    """Two rules cordon the node; the first one resolving does not uncordon it, the last does."""
+    apiserver.create(node(NODE))
+    engine = ScriptedEngine()
+    stage = RemediationStage(settings(), kube_api, engine, clock=Clock())
+    engine.queue = [request("cordon", rule="disk"), request("cordon", rule="kubelet")]
+    await stage.on_snapshot(snapshot())
+    stored = apiserver.get("Node", "", NODE)
+    assert stored is not None
+    assert json.loads(stored["metadata"]["annotations"]["nodemedic.io/cordoned-by"])["rules"] == [
+        "disk", "kubelet"
+    ]
+    engine.queue = [request("uncordon", rule="disk", undo=True)]
+    await stage.on_snapshot(snapshot())
+    assert apiserver.get("Node", "", NODE)["spec"]["unschedulable"] is True  # type: ignore[index]
+    engine.queue = [request("uncordon", rule="kubelet", undo=True)]
+    await stage.on_snapshot(snapshot())
+    assert not apiserver.get("Node", "", NODE)["spec"].get("unschedulable")  # type: ignore[index]
