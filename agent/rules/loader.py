@@ -381,9 +381,7 @@ def _semantic(rule: Rule, base: Path_, catalogue: Catalogue) -> list[tuple[Path_
                     continue
                 info = catalogue.get(name)
                 if info is None:
-                    near = difflib.get_close_matches(name, list(catalogue), n=1)
-                    hint = f"; did you mean {near[0]}?" if near else ""
-                    out.append(((*p, fld), f"unknown metric {name!r}{hint}"))
+                    out.append(((*p, fld), _unknown_metric(name, catalogue)))
                     continue
                 infos.append(info)
                 if leaf.function != "value" and info.type not in (None, "counter"):
@@ -426,6 +424,33 @@ def _semantic(rule: Rule, base: Path_, catalogue: Catalogue) -> list[tuple[Path_
                 out.append(((*step_path, "undo", i, "type"),
                             f"undo may only use {', '.join(sorted(UNDO_ACTIONS))}"))
     return out
+
+
+def _unknown_metrics(raw: dict[str, Any], base: Path_,
+                     catalogue: Catalogue) -> list[tuple[Path_, str]]:
+    """Unknown metric names in a rule that failed validation, so one run reports them too."""
+    out: list[tuple[Path_, str]] = []
+
+    def walk(node: Any, path: Path_) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key in ("metric", "divide_by") and isinstance(value, str):
+                    if value not in catalogue:
+                        out.append(((*path, key), _unknown_metric(value, catalogue)))
+                else:
+                    walk(value, (*path, key))
+        elif isinstance(node, list):
+            for i, value in enumerate(node):
+                walk(value, (*path, i))
+
+    for root in ("when", "resolve"):
+        walk(raw.get(root), (*base, root))
+    return out
+
+
+def _unknown_metric(name: str, catalogue: Catalogue) -> str:
+    near = difflib.get_close_matches(name, list(catalogue), n=1)
+    return f"unknown metric {name!r}" + (f"; did you mean {near[0]}?" if near else "")
 
 
 def _mark_for(doc: _Doc, path: Path_) -> tuple[int, int]:
@@ -471,6 +496,10 @@ def parse_rules_text(
                 if i not in bad:
                     with contextlib.suppress(ValidationError):
                         valid.append((i, Rule.model_validate(item)))
+                elif isinstance(item, dict):
+                    found = _unknown_metrics(item, ("rules", i), catalogue)
+                    problems.extend(Problem(file, *_mark_for(doc, p), format_path(p), m)
+                                    for p, m in found)
         for i, rule in valid:
             base: Path_ = ("rules", i)
             found = _semantic(rule, base, catalogue)

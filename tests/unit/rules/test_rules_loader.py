@@ -102,6 +102,11 @@ INVALID = [
     (OK_RULE.replace("nodemedic_kubelet_up", "nodemedic_kubelet_upp"),
      ["f.yaml:3:20: rules[0].when.metric: unknown metric 'nodemedic_kubelet_upp'; did you mean "
       "nodemedic_kubelet_up?"]),
+    # an unknown metric is reported even when the rule has other errors
+    (OK_RULE.replace("nodemedic_kubelet_up", "nodemedic_kubelet_upp") + "    for: soon\n",
+     ["f.yaml:3:20: rules[0].when.metric: unknown metric 'nodemedic_kubelet_upp'; did you mean "
+      "nodemedic_kubelet_up?",
+      "f.yaml:5:10: rules[0].for: expected a duration like 10s, 2m or 1h30m, got 'soon'"]),
     # unknown action type
     (OK_RULE.replace("{type: cordon}", "{type: reboot}"),
      ["f.yaml:4:15: rules[0].actions[0]: unknown action type 'reboot'; known: "
