@@ -239,3 +239,38 @@ async def test_admin_cordon_survives_recovery(sim: tuple[SimCluster, Fleet]) -> 
     assert await wait_for(lambda: OOS not in taints(cluster, victim), 15)
     node = cluster.server.get("nodes", "", victim) or {}
     assert node["spec"].get("unschedulable") is True
+
+
+async def test_kueue_tas_workload_gets_one_node_replaced(sim: tuple[SimCluster, Fleet]) -> None:
+    """A TAS job's pods on the dead node all turn terminating (Kueue's replacement trigger) while
+    its pods on other nodes keep running: no whole-workload eviction."""
+    from agent.peers.kueue import replacement_ready
+
+    cluster, fleet = sim
+    victim = victim_with_pods(cluster, fleet)
+    other = next(n for n in cluster.names if n not in (victim, fleet.leader()))
+    for i, node in enumerate([victim, victim, other]):
+        cluster.server.create({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": f"tas-job-{i}", "namespace": "ml",
+                         "labels": {"kueue.x-k8s.io/podset": "workers"},
+                         "annotations": {"kueue.x-k8s.io/workload": "job-tas"},
+                         "ownerReferences": [{"apiVersion": "batch/v1", "kind": "Job",
+                                              "name": "tas", "uid": "uid-tas",
+                                              "controller": True}]},
+            "spec": {"nodeName": node, "containers": [{"name": "w", "image": "x"}]},
+            "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]},
+        })
+
+    def on(node: str) -> list[dict[str, Any]]:
+        return [p for p in cluster.server.list("pods", "ml") if p["spec"]["nodeName"] == node]
+
+    await fleet.kill(victim)
+    killed = cluster.first("node_killed", victim)
+    assert killed is not None
+    assert await wait_for(lambda: replacement_ready(on(victim)), 10)
+    ready_at = cluster.elapsed()
+    # Kueue's default alone would wait for NotReady (40-50 s in a real cluster) + 30 s.
+    assert ready_at - killed.at <= T.node_grace + 3.0
+    assert "nodemedic.io/node-failed:NoSchedule" in taints(cluster, victim)
+    assert not any(p["metadata"].get("deletionTimestamp") for p in on(other))
