@@ -7,6 +7,8 @@ remaining tests keep the alert file, its unit tests and docs/runbooks/ in step.
 
 from __future__ import annotations
 
+import json
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -100,3 +102,21 @@ def test_every_alert_is_tested_firing_and_silent(alert: str) -> None:
     ]
     assert any(case.get("exp_alerts") for case in cases), f"{alert} never fires in a test"
     assert any(not case.get("exp_alerts") for case in cases), f"{alert} never tested silent"
+
+
+def test_runbooks_name_existing_dashboards_and_panels() -> None:
+    """Every "**nodemedic / Board** → *Panel*" a runbook cites exists in dashboards/*.json."""
+    boards = [json.loads(p.read_text()) for p in (REPO / "dashboards").glob("*.json")]
+    board_titles = {b["title"] for b in boards}
+    panel_titles = {p["title"] for b in boards for p in b["panels"]}
+    cited = 0
+    for page in RUNBOOKS.glob("*.md"):
+        text = page.read_text()
+        for board in re.findall(r"\*\*(nodemedic / [^*]+)\*\*", text):
+            assert board in board_titles, f"{page.name}: no dashboard {board!r}"
+        for para in re.split(r"\n\s*\n|\n\d\. ", text):
+            if "→" in para:
+                for title in re.findall(r"(?<!\*)\*([^*\n]+)\*(?!\*)", para.split("→", 1)[1]):
+                    assert title in panel_titles, f"{page.name}: no panel {title!r}"
+                    cited += 1
+    assert cited >= 10, "runbooks should point on-call at dashboard panels"
