@@ -46,6 +46,8 @@ NO_PORT_PROTOCOLS = frozenset({"icmp", "icmpv6", "gre", "unknown"})
 _is_stateless = methodcaller("startswith", _STATELESS_PREFIXES)
 _has_acct = methodcaller("__contains__", " packets=")
 _is_unreplied = methodcaller("__contains__", "[UNREPLIED]")
+# Appended to every line so that token lookups by position cannot run past a short line.
+_PAD = " ~" * 24
 
 
 @dataclass(slots=True)
@@ -160,49 +162,45 @@ class ConntrackAggregator:
         """Count one block of whole lines.
 
         Each layout feature is first looked for in the whole block with one C-level substring
-        search, so lines are filtered one by one only for features the block has.
+        search, so lines are filtered one by one only for features the block has. Every line
+        gets ``_PAD`` appended (one str.replace over the block) so that fixed-position token
+        lookups never raise on a short line: a truncated line yields a key of padding, which
+        the validation in _fold counts as malformed.
         """
         s = self.summary
-        lines = block.split("\n")
-        if "" in lines or "\n \n" in block or block.isspace():
-            lines = [ln for ln in lines if ln and not ln.isspace()]
-        n = len(lines)
-        s.lines += n
-        if not n:
+        if not block or block.isspace():
             return
+        if "\n\n" in block or block.startswith("\n") or block.endswith("\n"):
+            block = "\n".join(ln for ln in block.split("\n") if ln.strip())  # rare: blank lines
+            if not block:
+                return
+        n = block.count("\n") + 1
+        s.lines += n
         # One table never mixes the proc format (leading "ipv4 2") with conntrack -L's.
-        l3 = lines[0].startswith("ipv")
+        l3 = block.startswith("ipv")
         has_udp = "udp" in block
         has_unrep = "[UNREPLIED]" in block
         acct_hits = block.count(" packets=")
+        lines = (block.replace("\n", _PAD + "\n") + _PAD).split("\n")
         if acct_hits == 0:
-            parts = [(False, lines)]
+            self._count_fast(lines, l3, has_udp, has_unrep)
         elif acct_hits == 2 * n:
-            parts = [(True, lines)]
+            self._count_lines(lines, l3, has_udp, has_unrep)
         else:
-            parts = [(True, list(filter(_has_acct, lines))),
-                     (False, list(filterfalse(_has_acct, lines)))]
-        for acct, part in parts:
-            if not part:
-                continue
-            if acct:
-                self._count_lines(part, l3, acct=True)
-            else:
-                try:
-                    self._count_fast(part, l3, has_udp, has_unrep)
-                except IndexError:  # a short (truncated) line: go line by line
-                    self._count_lines(part, l3, acct=False)
+            self._count_lines(list(filter(_has_acct, lines)), l3, has_udp, has_unrep)
+            self._count_fast(list(filterfalse(_has_acct, lines)), l3, has_udp, has_unrep)
         if self._pending > 4 * self._max_keys:
             self._fold()
 
     def _count_fast(self, part: list[str], l3: bool, has_udp: bool, has_unrep: bool) -> None:
-        """Count lines without byte counters entirely in C.
+        """Count lines without byte counters entirely in C, into the running counters.
 
         Every line is counted with the dominant layout (stateful, replied); the minority lines
         (UDP, [UNREPLIED]) are picked out with C-level predicates, subtracted from that count,
-        and counted again with their own layout. Token counts are checked before anything is
-        counted, so a short line (IndexError) leaves no partial result behind.
+        and counted again with their own layout.
         """
+        if not part:
+            return
         main = _Layout(l3, True, False, False)
         groups: list[tuple[_Layout, list[str]]] = [(main, part)]
         minority: list[str] = []
@@ -220,57 +218,50 @@ class ConntrackAggregator:
                 unrep = list(filterfalse(_is_stateless, unrep))
             groups.append((_Layout(l3, True, False, True), unrep))
             minority += unrep
-        tokens: list[tuple[_Layout, list[list[str]]]] = []
         for layout, lines in groups:
             if lines:
-                toks = list(map(layout.splitter(), lines))
-                if min(map(len, toks)) <= layout.positions()[5]:
-                    raise IndexError("line too short for its layout")
-                tokens.append((layout, toks))
-        for layout, toks in tokens:
-            raw = self._raw.setdefault(layout, Counter())
-            before = len(raw)
-            raw.update(map(layout.getter(), toks))  # C-level counting into the running total
-            self._pending += len(raw) - before
+                raw = self._raw.setdefault(layout, Counter())
+                before = len(raw)
+                raw.update(map(layout.getter(), map(layout.splitter(), lines)))  # C-level
+                self._pending += len(raw) - before
         if minority:
-            get, split = main.getter(), main.splitter()
-            self._raw[main].subtract(map(get, map(split, minority)))
+            self._raw[main].subtract(map(main.getter(), map(main.splitter(), minority)))
 
-    def _count_lines(self, part: list[str], l3: bool, *, acct: bool) -> None:
-        """Count line by line in Python: lines with byte counters (a sum per key is needed),
-        and blocks holding a line too short for its layout."""
-        layouts: dict[tuple[bool, bool], tuple[_Layout, Callable[[list[str]], _RawKey],
-                                                Callable[[str], list[str]], int, int]] = {}
-        counts: dict[_Layout, dict[_RawKey, int]] = {}
-        sums: dict[_Layout, dict[_RawKey, int]] = {}
+    def _count_lines(self, part: list[str], l3: bool, has_udp: bool, has_unrep: bool) -> None:
+        """Count lines with byte counters: a sum per key needs a Python loop over the lines.
+
+        The lines are first split into disjoint layouts with C-level predicates, so the loop
+        itself only splits, looks up fixed positions and adds.
+        """
+        groups: list[tuple[bool, list[str]]] = [(True, part)]
+        if has_udp:
+            groups = [(False, list(filter(_is_stateless, part))),
+                      (True, list(filterfalse(_is_stateless, part)))]
         bad = 0
-        for line in part:
-            shape = (not _is_stateless(line), "[UNREPLIED]" in line)
-            entry = layouts.get(shape)
-            if entry is None:
-                layout = _Layout(l3, shape[0], acct, shape[1])
+        for stateful, lines in groups:
+            split_unrep = [(True, list(filter(_is_unreplied, lines))),
+                           (False, list(filterfalse(_is_unreplied, lines)))] if has_unrep else [
+                (False, lines)]
+            for unreplied, chunk in split_unrep:
+                if not chunk:
+                    continue
+                layout = _Layout(l3, stateful, True, unreplied)
                 pos = layout.positions()
-                entry = layouts[shape] = (
-                    layout, layout.getter(), layout.splitter(), pos[6], pos[7]
-                )
-                counts[layout] = {}
-                sums[layout] = {}
-            layout, get, split, ob, rb = entry
-            t = split(line)
-            try:
-                key = get(t)
-                nbytes = int(t[ob][6:]) + int(t[rb][6:]) if acct else 0
-            except (IndexError, ValueError):
-                bad += 1
-                continue
-            c = counts[layout]
-            c[key] = c.get(key, 0) + 1
-            if acct:
-                sm = sums[layout]
-                sm[key] = sm.get(key, 0) + nbytes
+                ob, rb = pos[6], pos[7]
+                get, split = layout.getter(), layout.splitter()
+                counts: dict[_RawKey, int] = {}
+                sums: dict[_RawKey, int] = {}
+                for t in map(split, chunk):
+                    key = get(t)
+                    try:
+                        nbytes = int(t[ob][6:]) + int(t[rb][6:])
+                    except ValueError:
+                        bad += 1
+                        continue
+                    counts[key] = counts.get(key, 0) + 1
+                    sums[key] = sums.get(key, 0) + nbytes
+                self._merge(layout, Counter(counts), sums)
         self.summary.malformed_lines += bad
-        for layout, c in counts.items():
-            self._merge(layout, Counter(c), sums[layout] if acct else None)
 
     def _merge(
         self, layout: _Layout, counts: Counter[_RawKey], sums: dict[_RawKey, int] | None
