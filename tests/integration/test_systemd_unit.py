@@ -10,9 +10,16 @@ temporary copy whose ExecStart points at a real executable and leaves every othe
 from __future__ import annotations
 
 import argparse
+import contextlib
+import importlib.util
+import os
 import re
 import shutil
+import signal
+import socket
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -136,3 +143,52 @@ def test_example_config_loads_with_the_documented_paths() -> None:
     assert settings.kubeconfig == Path("/etc/nodemedic/kubeconfig")
     assert settings.rules_dir == Path("/etc/nodemedic/rules")
     assert settings.web_listen_address == ":9678"
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("agent.runtime.daemon") is None, reason="agent runtime not available"
+)
+def test_agent_speaks_the_notify_protocol_the_unit_expects(tmp_path: Path) -> None:
+    """Under Type=notify/WatchdogSec the agent sends READY=1, WATCHDOG=1 each tick, STOPPING=1.
+
+    systemd is not PID 1 here, so the test plays systemd: it owns $NOTIFY_SOCKET and sets
+    WATCHDOG_USEC as systemd does for WatchdogSec. The kubelet URL points at a closed port: a
+    failing collector must not stop the watchdog, or systemd would restart the agent exactly
+    when the kubelet is the broken thing.
+    """
+    sock_path = tmp_path / "notify.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(str(sock_path))
+        sock.settimeout(1.0)
+        with socket.socket() as closed:
+            closed.bind(("127.0.0.1", 0))
+            dead_port = closed.getsockname()[1]
+        env = dict(os.environ, NOTIFY_SOCKET=str(sock_path), WATCHDOG_USEC="3000000")
+        argv = [sys.executable, "-m", "agent", "run", "--web.listen-address", "127.0.0.1:0",
+                "--path.cgroupfs", str(REPO / "tests/fixtures/cgroup/v2-systemd"),
+                "--kubelet.url", f"http://127.0.0.1:{dead_port}", "--collect.interval", "1s",
+                "--rules.dir", str(REPO / "rules"), "--node-name", "minikube"]
+        proc = subprocess.Popen(argv, env=env, cwd=tmp_path, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        messages: list[str] = []
+        try:
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and messages.count("WATCHDOG=1") < 3:
+                try:
+                    messages += sock.recv(4096).decode().splitlines()
+                except TimeoutError:
+                    assert proc.poll() is None, "the agent exited"
+            proc.send_signal(signal.SIGTERM)
+            deadline = time.monotonic() + 15
+            while time.monotonic() < deadline and "STOPPING=1" not in messages:
+                with contextlib.suppress(TimeoutError):
+                    messages += sock.recv(4096).decode().splitlines()
+            assert proc.wait(timeout=15) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert "READY=1" in messages
+    assert messages.index("READY=1") < messages.index("WATCHDOG=1")
+    assert messages.count("WATCHDOG=1") >= 3
+    assert "STOPPING=1" in messages
