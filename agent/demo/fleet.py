@@ -130,6 +130,9 @@ class Fleet:
         set_transport(node, NetTransport(node, self.network, addresses))
         agent = Agent(self.settings(node))
         await agent.start()
+        api = _shared_api(agent)["api"]
+        if api is not None:  # per-agent request accounting on the API server
+            api.user_agent = f"nodemedic-{node}"
         stage = self._failover_of(agent)
         if stage is None:
             # Not (yet) wired by agent.runtime.components: attach it the same way it would be.

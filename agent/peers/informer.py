@@ -30,7 +30,7 @@ class Informer(Generic[T]):
         self, api: Any, path: str, reduce: Callable[[dict[str, Any]], T], *,
         query: Mapping[str, str] | None = None,
         on_change: Callable[[str, T | None, T | None], None] | None = None,
-        watch_timeout: int = 300, backoff_max: float = 10.0,
+        watch_timeout: int = 300, backoff_max: float = 10.0, page_size: int = 500,
     ) -> None:
         self.api = api
         self.path = path
@@ -39,6 +39,7 @@ class Informer(Generic[T]):
         self.on_change = on_change
         self.watch_timeout = watch_timeout
         self.backoff_max = backoff_max
+        self.page_size = page_size
         self.items: dict[str, T] = {}
         self.synced = asyncio.Event()
         self.relists = 0
@@ -67,20 +68,33 @@ class Informer(Generic[T]):
             return None
 
     async def _relist(self) -> str:
-        body = await rest.list_objects(self.api, self.path, self.query)
-        self.relists += 1
+        # Paged, so that 5,000 full Node objects are never held as parsed JSON at once.
         seen: set[str] = set()
-        for obj in body.get("items") or []:
-            if not isinstance(obj, dict):
-                continue
-            got = self._reduce(obj)
-            if got is not None:
-                seen.add(got[0])
-                self._set(*got)
+        cont = ""
+        rv = ""
+        while True:
+            query = {**self.query, "limit": str(self.page_size)}
+            if cont:
+                query["continue"] = cont
+            body = await rest.list_objects(self.api, self.path, query)
+            for obj in body.get("items") or []:
+                if not isinstance(obj, dict):
+                    continue
+                got = self._reduce(obj)
+                if got is not None:
+                    seen.add(got[0])
+                    self._set(*got)
+            meta = body.get("metadata") or {}
+            rv = str(meta.get("resourceVersion") or rv)
+            cont = str(meta.get("continue") or "")
+            del body
+            if not cont:
+                break
+        self.relists += 1
         for gone in [n for n in self.items if n not in seen]:
             self._set(gone, None)
         self.synced.set()
-        return str((body.get("metadata") or {}).get("resourceVersion") or "")
+        return rv
 
     async def run(self) -> None:
         """Run until cancelled; never raises on API trouble."""

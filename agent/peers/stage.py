@@ -45,6 +45,8 @@ log = structlog.get_logger("nodemedic.failover")
 
 ASSIGNMENTS_ANNOTATION = "nodemedic.io/probe-assignments"
 TIMELINE_SIZE = 200
+EVAL_MIN_GAP = 0.2  # seconds between two evaluations of the whole cluster
+HEARTBEAT_REFRESH = 300.0  # heartbeat Lease rewritten at least this often (else only on change)
 
 PEER_NODES = MetricSpec(
     "nodemedic_peer_nodes", "Nodes by failover state, as the leader classifies them (leader only).",
@@ -148,7 +150,7 @@ class FailoverStage:
                              clock=self.wall)
         url = await self._advertise_url()
         self.heartbeat = Heartbeat(self.api, s.failover_lease_namespace, self.me, url,
-                                   interval=max(10.0, 5 * s.failover_retry_period),
+                                   interval=HEARTBEAT_REFRESH,
                                    wall=self.wall)
         self._spawn("election", self.elector.run(self._stop))
         self._spawn("probes", self._probe_loop())
@@ -289,8 +291,11 @@ class FailoverStage:
                 self.view.start()
             if self.view.synced:
                 await self._evaluate()
+            # At most a few evaluations a second however busy the watches are (5,000 kubelets
+            # renewing every 10 s is 500 changes/s); still well inside the 2 s overhead target.
+            await self._sleep(EVAL_MIN_GAP)
             self._changed.clear()
-            await self._sleep(min(0.5, self.settings.failover_retry_period), self._changed)
+            await self._sleep(self.settings.failover_retry_period, self._changed)
 
     async def _step_down(self) -> None:
         for task in self._work.values():
@@ -379,7 +384,15 @@ class FailoverStage:
         info = self.view.nodes.items.get(name)
         if info is None:
             return
-        state = read_state(info.annotation(STATE_ANNOTATION))
+        raw_state = info.annotation(STATE_ANNOTATION)
+        if verdict.state == "healthy" and raw_state is None and (
+            self._announced.get(name, "healthy") == "healthy"
+        ):
+            # The common case, kept cheap: nothing was done to this node, nothing to do.
+            self._failed_since.pop(name, None)
+            self._announced.setdefault(name, "healthy")
+            return
+        state = read_state(raw_state)
         if verdict.state == "healthy":
             self._healthy_since.setdefault(name, now)
         else:
