@@ -4,13 +4,22 @@ Started by agent.runtime.daemon. Everything is read-only (GET/HEAD; other method
 nothing writable is exposed. /metrics serves the bytes rendered once per tick (gzip when the client
 accepts it). Requests beyond ``max_in_flight`` get 503 at once instead of queueing, and request
 bodies and header sizes are capped, so a hostile or buggy client cannot exhaust the agent.
+Open connections are capped too (``max_connections``): aiohttp never times out a connection that
+has not finished sending its headers, so idle or slowloris connections would otherwise pile up
+until the process runs out of file descriptors (and then cannot read cgroups or reach the API).
+At the cap the oldest connection is closed gracefully to make room (a probe still gets in); at
+twice the cap new connections get 503 and are closed. Tracebacks aiohttp logs for malformed
+requests are rate-limited to one a minute so a client cannot flood the journal.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
+import time
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from aiohttp import web
 
@@ -19,6 +28,8 @@ from agent.exporter.render import CONTENT_TYPE, Exposition
 from agent.exporter.self_metrics import SelfMetrics
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+# (max open connections, called per refused connection), read by start_server.
+_CONNECTION_CAP = web.AppKey("connection_cap", tuple[int, Callable[[], None]])
 
 
 class AgentView(Protocol):
@@ -90,6 +101,7 @@ def build_app(agent: AgentView, metrics: SelfMetrics, max_in_flight: int = 64) -
 
     # No request body is ever needed: 1 KiB is plenty and refuses floods early.
     app = web.Application(middlewares=[guard], client_max_size=1024)
+    app[_CONNECTION_CAP] = (max_in_flight, metrics.http_rejected.inc)
     app.router.add_get("/metrics", handle_metrics)
     app.router.add_get("/healthz", handle_healthz)
     app.router.add_get("/readyz", handle_readyz)
@@ -107,13 +119,92 @@ def _handler_name(request: web.Request) -> str:
     return path if path in ("/metrics", "/healthz", "/readyz", "/status", "/") else "other"
 
 
+class _RateLimit(logging.Filter):
+    """Let one record through per ``every`` seconds; say how many were dropped meanwhile."""
+
+    def __init__(self, every: float = 60.0) -> None:
+        super().__init__()
+        self.every = every
+        self.dropped = 0
+        self._last = -every
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        now = time.monotonic()
+        if now - self._last < self.every:
+            self.dropped += 1
+            return False
+        self._last = now
+        if self.dropped:
+            record.msg = f"{record.msg} ({self.dropped} similar records dropped)"
+            self.dropped = 0
+        return True
+
+
+_PROTOCOL_LOG = logging.getLogger("nodemedic.http.protocol")
+_PROTOCOL_LOG.addFilter(_RateLimit())
+
+
+class _Refuse(asyncio.Protocol):
+    """Answers 503 and closes: for connections beyond twice the cap."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        t = cast(asyncio.Transport, transport)
+        t.write(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n"
+                b"Connection: close\r\n\r\n")
+        t.close()
+
+
+class _ConnectionCap:
+    """Protocol factory in front of aiohttp's web.Server that bounds open connections.
+
+    web.Server.connections lists live connections oldest first. To make room the oldest is
+    first asked to close after its current request (RequestHandler.close()); one still open
+    when room is needed again is closed at once (force_close(): a connection that never sent a
+    full request ignores close())."""
+
+    def __init__(self, server: web.Server, limit: int, on_refuse: Callable[[], None]) -> None:
+        self.server = server
+        self.limit = max(1, limit)
+        self.on_refuse = on_refuse
+        self._asked: set[Any] = set()
+
+    def __call__(self) -> asyncio.BaseProtocol:
+        conns = self.server.connections
+        if len(conns) >= 2 * self.limit:
+            self.on_refuse()
+            return _Refuse()
+        excess = len(conns) - self.limit + 1
+        if excess > 0:
+            live = set(conns)
+            self._asked &= live
+            for handler in conns[:excess]:
+                if handler in self._asked:
+                    handler.force_close()
+                    self._asked.discard(handler)
+                else:
+                    handler.close()
+                    self._asked.add(handler)
+        elif self._asked:
+            self._asked.clear()
+        return self.server()
+
+    def __getattr__(self, name: str) -> Any:  # the runner's shutdown calls reach the server
+        return getattr(self.server, name)
+
+
 async def start_server(
     app: web.Application, host: str, port: int
 ) -> tuple[web.AppRunner, int]:
-    """Start serving; return the runner (for cleanup) and the bound port (useful with port 0)."""
+    """Start serving; return the runner (for cleanup) and the bound port (useful with port 0).
+
+    An app from build_app also gets its connection cap (the same --web.max-connections)."""
     runner = web.AppRunner(app, access_log=None, handle_signals=False,
-                           shutdown_timeout=2.0, keepalive_timeout=30.0)
+                           shutdown_timeout=2.0, keepalive_timeout=30.0, logger=_PROTOCOL_LOG)
     await runner.setup()
+    cap = app.get(_CONNECTION_CAP)
+    if cap is not None and runner.server is not None:
+        # TCPSite uses runner.server as its protocol factory; aiohttp has no public hook here.
+        runner._server = cast(web.Server, _ConnectionCap(runner.server, *cap))
     site = web.TCPSite(runner, host, port, reuse_address=True)
     await site.start()
     bound = port
