@@ -5,6 +5,7 @@ and file descriptors bounded, and /healthz keeps answering."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from pathlib import Path
 
 import psutil
@@ -19,10 +20,8 @@ async def exchange(port: int, data: bytes, timeout: float = 5.0) -> bytes:
     r, w = await asyncio.open_connection("127.0.0.1", port)
     try:
         w.write(data)
-        try:
+        with contextlib.suppress(ConnectionError):  # refused mid-upload: answer still readable
             await w.drain()
-        except ConnectionError:
-            pass  # refused mid-upload: the answer (if any) is still readable
         try:
             return await asyncio.wait_for(r.read(4096), timeout)
         except (ConnectionError, TimeoutError):
@@ -112,7 +111,7 @@ async def test_slowloris_and_idle_connections_beyond_the_cap(tmp_path: Path) -> 
         fds_before = me.num_fds()
         stop = asyncio.Event()
         attack = asyncio.create_task(_slowloris(agent.port, attackers, stop))
-        probes = []
+        probes: list[int] = []
         while not attack.done() and len(probes) < 40:
             probes.append(await healthz(agent.port))
             await asyncio.sleep(0.1)
