@@ -44,7 +44,7 @@ STATE_VERSION = 1
 MAX_INSTANCES_PER_RULE = 1000
 MAX_HISTORY_SERIES = 100_000
 MAX_CHANGES_PER_SERIES = 1024
-MAX_MEMO_ENTRIES = 200_000
+MAX_MEMO_ENTRIES = 4096  # distinct (selection, source) pairs
 
 _OPS: dict[str, Callable[[float, float], bool]] = {
     ">": operator.gt, ">=": operator.ge, "<": operator.lt, "<=": operator.le,
@@ -392,6 +392,9 @@ class _Tick:
         self._groups: dict[tuple[Any, ...], _Extremes] = {}
         self._truth: dict[tuple[Any, ...], frozenset[str]] = {}
         self._universe: dict[tuple[str, ...], frozenset[str]] = {}
+        self._lvs: dict[tuple[Any, ...], list[tuple[str, ...]]] = {}
+        self._selected: dict[tuple[Any, ...], tuple[list[tuple[tuple[str, ...], float]],
+                                                    list[str]]] = {}
 
     def labelnames(self, metric: str) -> tuple[str, ...]:
         fam = self.snapshot.family(metric)
@@ -439,45 +442,84 @@ class _Tick:
         self._series[key] = out
         return out
 
-    def select(self, leaf: _Leaf) -> list[tuple[tuple[str, ...], float]]:
-        """Matching series of a leaf (after function and division), as (labelvalues, value)."""
+    def _labels(self, src: tuple[Any, ...],
+                samples: list[tuple[tuple[str, ...], float]]) -> list[tuple[str, ...]]:
+        got = self._lvs.get(src)
+        if got is None:
+            got = self._lvs[src] = [sm[0] for sm in samples]
+        return got
+
+    def _index(self, leaf: _Leaf, src: tuple[Any, ...],
+               lvs: list[tuple[str, ...]]) -> tuple[list[int], list[str]]:
+        """Positions of the series passing the leaf's matchers, and their pod keys. Label sets
+        rarely change between ticks, so this is remembered and reused while the list of label
+        values is equal to last tick's (one C-level list comparison)."""
+        ikey = (src, leaf.matchers_key)
+        memo = self.engine._indexes.get(ikey)
+        if memo is not None and memo[0] == lvs:
+            return memo[1], memo[2]
+        names = self.labelnames(leaf.metric)
+        checks = [(names.index(lbl) if lbl in names else -1, op, val)
+                  for lbl, op, val in leaf.matchers]
+        idx = [i for i, lv in enumerate(lvs) if not checks or _matches(lv, checks)]
+        if "namespace" in names and "pod" in names:
+            ni, pi = names.index("namespace"), names.index("pod")
+            insts = [f"pod/{lvs[i][ni]}/{lvs[i][pi]}" if lvs[i][pi] else "" for i in idx]
+        else:
+            insts = [""] * len(idx)
+        self.engine._remember(self.engine._indexes, ikey, (lvs, idx, insts))
+        return idx, insts
+
+    def _align(self, num: tuple[Any, ...], num_lvs: list[tuple[str, ...]],
+               den: tuple[Any, ...], den_lvs: list[tuple[str, ...]]) -> list[int]:
+        """For each numerator series, the position of the denominator with equal labels (-1)."""
+        akey = (num, den)
+        memo = self.engine._alignments.get(akey)
+        if memo is not None and memo[0] == num_lvs and memo[1] == den_lvs:
+            cached: list[int] = memo[2]
+            return cached
+        names, den_names = self.labelnames(num[0]), self.labelnames(den[0])
+        if den_names == names:
+            pos = {lv: i for i, lv in enumerate(den_lvs)}
+        elif set(den_names) == set(names):  # same label set, different order
+            order = [den_names.index(n) for n in names]
+            pos = {tuple(lv[i] for i in order): j for j, lv in enumerate(den_lvs)}
+        else:
+            pos = {}
+        aligned = [pos.get(lv, -1) for lv in num_lvs]
+        self.engine._remember(self.engine._alignments, akey, (num_lvs, den_lvs, aligned))
+        return aligned
+
+    def select(self, leaf: _Leaf) -> tuple[list[tuple[tuple[str, ...], float]], list[str]]:
+        """Matching series of a leaf (after function and division) as (labelvalues, value), and
+        the pod key of each (empty when the metric has no pod labels)."""
         key = ("sel", *leaf.select_key)
-        got = self._series.get(key)
+        got = self._selected.get(key)
         if got is not None:
             return got
-        samples = self._function(leaf.metric, leaf.function, leaf.window)
-        names = self.labelnames(leaf.metric)
-        if leaf.matchers and samples:
-            # Label sets are stable from tick to tick: remember each series' verdict.
-            memo = self.engine._memo(("match", leaf.metric, leaf.matchers_key))
-            checks = [(names.index(lbl) if lbl in names else -1, op, val)
-                      for lbl, op, val in leaf.matchers]
-            kept = []
-            for sample in samples:
-                ok = memo.get(sample[0])
-                if ok is None:
-                    ok = memo[sample[0]] = _matches(sample[0], checks)
-                if ok:
-                    kept.append(sample)
-            samples = kept
+        src = (leaf.metric, leaf.function, leaf.window)
+        samples = self._function(*src)
+        lvs = self._labels(src, samples)
+        idx, insts = self._index(leaf, src, lvs)
+        if len(idx) != len(samples):
+            samples = [samples[i] for i in idx]
         if leaf.divide_by:
-            den_names = self.labelnames(leaf.divide_by)
-            den_samples = self._function(leaf.divide_by, leaf.function, leaf.window)
-            if den_names == names:
-                den = dict(den_samples)
-            elif set(den_names) == set(names):  # same label set, different order
-                order = [den_names.index(n) for n in names]
-                den = {tuple(lv[i] for i in order): v for lv, v in den_samples}
-            else:
-                den = {}
-            divided = []
-            for lv, v in samples:
-                d = den.get(lv)
-                if d:  # absent (e.g. unlimited) or zero: no ratio for this series
-                    divided.append((lv, v / d))
-            samples = divided
-        self._series[key] = samples
-        return samples
+            dsrc = (leaf.divide_by, leaf.function, leaf.window)
+            den_samples = self._function(*dsrc)
+            aligned = self._align(src, lvs, dsrc, self._labels(dsrc, den_samples))
+            divided: list[tuple[tuple[str, ...], float]] = []
+            kept: list[str] = []
+            for (lv, v), i, inst in zip(samples, idx, insts, strict=True):
+                j = aligned[i]
+                if j >= 0:
+                    d = den_samples[j][1]
+                    if d:  # absent (e.g. unlimited) or zero: no ratio for this series
+                        divided.append((lv, v / d))
+                        kept.append(inst)
+            samples, insts = divided, kept
+        got = (samples, insts)
+        self._selected[key] = got
+        return got
 
     def groups(self, leaf: _Leaf, target: str) -> _Extremes:
         """The leaf's series per target instance."""
@@ -485,25 +527,18 @@ class _Tick:
         got = self._groups.get(key)
         if got is not None:
             return got
-        samples = self.select(leaf)
+        samples, insts = self.select(leaf)
         out: dict[str, list[tuple[float, tuple[str, ...]]]] = {}
         if target == "node":
             if samples:
                 out[self.node_key] = [(v, lv) for lv, v in samples]
         else:
-            names = self.labelnames(leaf.metric)
-            if "namespace" in names and "pod" in names:
-                ni, pi = names.index("namespace"), names.index("pod")
-                memo = self.engine._memo(("pod", ni, pi))
-                for lv, v in samples:
-                    inst = memo.get(lv)
-                    if inst is None:
-                        inst = memo[lv] = f"pod/{lv[ni]}/{lv[pi]}" if lv[pi] else ""
-                    if inst:
-                        if inst in out:
-                            out[inst].append((v, lv))
-                        else:
-                            out[inst] = [(v, lv)]
+            for (lv, v), inst in zip(samples, insts, strict=True):
+                if inst:
+                    if inst in out:
+                        out[inst].append((v, lv))
+                    else:
+                        out[inst] = [(v, lv)]
         if leaf.aggregate != "none":
             how = leaf.aggregate
             for k, vals in out.items():
@@ -624,15 +659,18 @@ class RuleEngine:
         self.history_evictions = 0
         self.restore_skipped = 0
         self.last_eval_seconds = 0.0
-        # Per-series verdicts that do not change between ticks (matcher results, pod keys).
-        self._memos: dict[tuple[Any, ...], dict[tuple[str, ...], Any]] = {}
+        # Selections by label that do not change between ticks (positions, pod keys, ratio
+        # alignments), reused while the label values are the same as last tick.
+        self._indexes: dict[tuple[Any, ...], tuple[Any, ...]] = {}
+        self._alignments: dict[tuple[Any, ...], tuple[Any, ...]] = {}
         self.set_rules(ruleset)
 
-    def _memo(self, key: tuple[Any, ...]) -> dict[tuple[str, ...], Any]:
-        memo = self._memos.get(key)
-        if memo is None or len(memo) > MAX_MEMO_ENTRIES:  # bounded: start afresh when full
-            memo = self._memos[key] = {}
-        return memo
+    @staticmethod
+    def _remember(memo: dict[tuple[Any, ...], tuple[Any, ...]], key: tuple[Any, ...],
+                  value: tuple[Any, ...]) -> None:
+        if len(memo) >= MAX_MEMO_ENTRIES and key not in memo:  # bounded: start afresh
+            memo.clear()
+        memo[key] = value
 
     # -- rule set ---------------------------------------------------------------------------
 

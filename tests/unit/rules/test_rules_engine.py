@@ -335,3 +335,37 @@ def test_set_rules_keeps_state_of_rules_that_stay() -> None:
     eng.set_rules(load(KUBELET.replace("after: 3m", "after: 4m")))
     assert run(eng, 300, 0) == []
     assert run(eng, 360, 0) == [("cordon", 1, False)]
+
+
+MEMORY = """
+rules:
+  - name: memory-near-limit
+    target: pod
+    when:
+      metric: nodemedic_container_memory_working_set_bytes
+      divide_by: nodemedic_container_memory_limit_bytes
+      labels: {container: {"!=": ""}}
+      op: ">"
+      value: 0.9
+    actions:
+      - {type: event, reason: MemoryNearLimit, message: "{pod}/{container} {value:.0%}"}
+"""
+
+
+def test_ratios_follow_changing_pods_and_skip_unlimited_containers() -> None:
+    """Pods coming and going (new label sets, new order) and containers without a limit are
+    handled: only pods over 90% of a limit fire, each once."""
+    eng = engine(MEMORY)
+
+    def tick(t: float, pods: dict[str, tuple[float, float | None]]) -> list[str]:
+        ws = [(pod("shop", name), w) for name, (w, _) in pods.items()]
+        limits = [(pod("shop", name), lim) for name, (_, lim) in reversed(pods.items())
+                  if lim is not None]
+        snap = snapshot(t, {"nodemedic_container_memory_working_set_bytes": ws,
+                            "nodemedic_container_memory_limit_bytes": limits})
+        return sorted(r.action.params["message"] for r in eng.evaluate(snap, t))
+
+    assert tick(0, {"a": (95, 100), "b": (50, 100), "u": (10**12, None)}) == ["a/app 95%"]
+    assert tick(10, {"c": (99, 100), "b": (50, 100), "a": (95, 100)}) == ["c/app 99%"]
+    assert tick(20, {"b": (91, 100), "c": (99, 100)}) == ["b/app 91%"]
+    assert {s["target"] for s in eng.status()} == {"pod/shop/b", "pod/shop/c", "pod/shop/a"}
