@@ -221,11 +221,17 @@ class ConntrackAggregator:
         for layout, lines in groups:
             if lines:
                 raw = self._raw.setdefault(layout, Counter())
-                before = len(raw)
                 raw.update(map(layout.getter(), map(layout.splitter(), lines)))  # C-level
-                self._pending += len(raw) - before
         if minority:
-            self._raw[main].subtract(map(main.getter(), map(main.splitter(), minority)))
+            # Read with the wrong layout, minority lines made keys out of client addresses and
+            # ports: take them out again, or memory would grow with the number of entries.
+            raw = self._raw[main]
+            wrong = list(map(main.getter(), map(main.splitter(), minority)))
+            raw.subtract(wrong)
+            for key in set(wrong):
+                if raw[key] <= 0:
+                    del raw[key]
+        self._pending = sum(map(len, self._raw.values()))
 
     def _count_lines(self, part: list[str], l3: bool, has_udp: bool, has_unrep: bool) -> None:
         """Count lines with byte counters: a sum per key needs a Python loop over the lines.
@@ -267,9 +273,8 @@ class ConntrackAggregator:
         self, layout: _Layout, counts: Counter[_RawKey], sums: dict[_RawKey, int] | None
     ) -> None:
         raw = self._raw.setdefault(layout, Counter())
-        before = len(raw)
         raw.update(counts)
-        self._pending += len(raw) - before
+        self._pending = sum(map(len, self._raw.values()))
         if sums:
             acc = self._bytes.setdefault(layout, {})
             for k, v in sums.items():
