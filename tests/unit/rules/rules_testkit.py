@@ -6,7 +6,7 @@ from collections.abc import Iterable, Mapping
 from types import MappingProxyType
 
 from agent.rules.engine import RuleEngine
-from agent.rules.loader import Catalogue, catalogue_from_specs, parse_rules_text
+from agent.rules.loader import Catalogue, LoadedRule, catalogue_from_specs, parse_rules_text
 from agent.structs.metrics import Family, MetricSpec
 from agent.structs.snapshot import CollectorStatus, Snapshot
 
@@ -58,7 +58,7 @@ def snapshot(t: float, data: Mapping[str, Series | float], failed: Iterable[str]
                     collectors=MappingProxyType(collectors), owners=MappingProxyType(OWNER))
 
 
-def load(text: str, catalogue: Catalogue = CATALOGUE):  # type: ignore[no-untyped-def]
+def load(text: str, catalogue: Catalogue = CATALOGUE) -> list[LoadedRule]:
     """Parse rule YAML, failing the test on any problem."""
     rules, problems = parse_rules_text(text, "test.yaml", catalogue)
     assert not problems, [str(p) for p in problems]

@@ -7,6 +7,7 @@ import json
 from rules_testkit import NODE, engine, load, pod, snapshot
 
 from agent.rules.engine import RuleEngine
+from agent.structs.snapshot import Snapshot
 
 KUBELET = """
 rules:
@@ -27,13 +28,13 @@ rules:
 """
 
 
-def kubelet(t: float, up: float) -> object:
+def kubelet(t: float, up: float) -> Snapshot:
     return snapshot(t, {"nodemedic_kubelet_up": up})
 
 
 def run(eng: RuleEngine, t: float, up: float) -> list[tuple[str, int, bool]]:
     """Evaluate one tick and return (action type, step, undo) of the requests."""
-    return [(r.action.type, r.step, r.undo) for r in eng.evaluate(kubelet(t, up), t)]  # type: ignore[arg-type]
+    return [(r.action.type, r.step, r.undo) for r in eng.evaluate(kubelet(t, up), t)]
 
 
 def test_for_delays_firing_until_condition_held_long_enough() -> None:
@@ -95,8 +96,8 @@ def test_undo_only_reverses_steps_that_were_reached() -> None:
 def test_request_carries_rule_settings_for_the_gate() -> None:
     """Cooldown, hourly cap, severity, runbook URL, target and observed values are passed on."""
     eng = engine(KUBELET.replace("max_per_hour: 3", "max_per_hour: 3\n    dry_run: true"))
-    eng.evaluate(kubelet(0, 0), 0)  # type: ignore[arg-type]
-    (req,) = eng.evaluate(kubelet(120, 0), 120)  # type: ignore[arg-type]
+    eng.evaluate(kubelet(0, 0), 0)
+    (req,) = eng.evaluate(kubelet(120, 0), 120)
     assert req.rule == "kubelet-unhealthy"
     assert req.cooldown_seconds == 600 and req.max_per_hour == 3 and req.dry_run
     assert req.severity == "critical"
@@ -144,7 +145,7 @@ def test_restore_state_continues_the_ladder_after_restart() -> None:
 def test_restore_state_skips_garbage_without_crashing() -> None:
     """Corrupt or foreign state is skipped and counted, never raised."""
     eng = engine(KUBELET)
-    bad = [None, [], {"version": 99}, {"version": 1, "rules": []},
+    bad: list[object] = [None, [], {"version": 99}, {"version": 1, "rules": []},
            {"version": 1, "rules": {"kubelet-unhealthy": {"instances": {"node/node-a": {
                "target": {"kind": "node", "node": "node-a"}, "state": "firing",
                "pending_since": "yesterday"}}}}},
@@ -253,7 +254,7 @@ rules:
 """
 
 
-def oom(t: float, counts: dict[tuple[str, str, str], float]) -> object:
+def oom(t: float, counts: dict[tuple[str, str, str], float]) -> Snapshot:
     return snapshot(t, {"nodemedic_container_oom_kills_total": [
         (pod(ns, name, c), v) for (ns, name, c), v in counts.items()]})
 
@@ -263,10 +264,10 @@ def test_per_pod_instances_from_series_labels() -> None:
     eng = engine(OOM)
     counts = {("shop", "a", "app"): 0.0, ("shop", "a", "side"): 0.0, ("shop", "b", "app"): 0.0,
               ("kube-system", "c", "app"): 0.0, ("shop", "a", ""): 0.0}
-    assert eng.evaluate(oom(0, counts), 0) == []  # type: ignore[arg-type]
+    assert eng.evaluate(oom(0, counts), 0) == []
     counts.update({("shop", "a", "app"): 3, ("shop", "a", "side"): 1, ("shop", "b", "app"): 3,
                    ("kube-system", "c", "app"): 9, ("shop", "a", ""): 4})
-    reqs = eng.evaluate(oom(60, counts), 60)  # type: ignore[arg-type]
+    reqs = eng.evaluate(oom(60, counts), 60)
     assert {r.target.key for r in reqs} == {"pod/shop/a"}
     event = next(r for r in reqs if r.action.type == "event")
     assert event.action.params["message"] == "shop/a: 4 OOM kills"
@@ -278,12 +279,12 @@ def test_increase_window_forgets_old_kills_and_survives_counter_reset() -> None:
     """Kills older than the window do not count; a counter reset is not a negative increase."""
     eng = engine(OOM)
     key = ("shop", "a", "app")
-    eng.evaluate(oom(0, {key: 0}), 0)  # type: ignore[arg-type]
-    eng.evaluate(oom(60, {key: 3}), 60)  # type: ignore[arg-type]
-    assert eng.evaluate(oom(700, {key: 3}), 700) == []  # type: ignore[arg-type]
+    eng.evaluate(oom(0, {key: 0}), 0)
+    eng.evaluate(oom(60, {key: 3}), 60)
+    assert eng.evaluate(oom(700, {key: 3}), 700) == []
     # Counter reset to 2 (2 new kills, not -1), then 2 more: 4 kills within the window.
-    assert eng.evaluate(oom(710, {key: 2}), 710) == []  # type: ignore[arg-type]
-    reqs = eng.evaluate(oom(720, {key: 4}), 720)  # type: ignore[arg-type]
+    assert eng.evaluate(oom(710, {key: 2}), 710) == []
+    reqs = eng.evaluate(oom(720, {key: 4}), 720)
     assert reqs[0].action.params["message"] == "shop/a: 4 OOM kills"
 
 
@@ -291,7 +292,7 @@ def test_history_is_bounded_and_evictions_counted() -> None:
     """More counter series than the bound: extra series are not tracked and are counted."""
     eng = RuleEngine(load(OOM), NODE, max_history_series=5)
     counts = {("shop", f"p{i}", "app"): 0.0 for i in range(8)}
-    eng.evaluate(oom(0, counts), 0)  # type: ignore[arg-type]
+    eng.evaluate(oom(0, counts), 0)
     fam = {f.name: f for f in eng.families()}
     assert fam["nodemedic_rule_history_series"].get() == 5
     assert fam["nodemedic_rule_history_evictions_total"].get() == 3

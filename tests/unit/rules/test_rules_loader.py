@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import jsonschema
+import jsonschema  # type: ignore[import-untyped]
 import pytest
 import yaml
 from rules_testkit import CATALOGUE
@@ -63,11 +63,11 @@ def test_default_rules_restart_kubelet_then_cordon_and_never_drain() -> None:
     ruleset = load_rules_dir(ROOT / "rules")
     kubelet = next(r.rule for r in ruleset.rules if r.rule.name == "kubelet-unhealthy")
     assert [a.type for a in kubelet.actions] == ["event", "restart-service"]
-    assert kubelet.actions[1].unit == "kubelet.service"  # type: ignore[union-attr]
+    assert kubelet.actions[1].model_dump()["unit"] == "kubelet.service"
     assert kubelet.for_ == 120 and kubelet.escalate[0].after == 180
     assert "cordon" in [a.type for a in kubelet.escalate[0].actions]
-    every = [a.type for lr in ruleset.rules for step in [lr.rule, *lr.rule.escalate]
-             for a in step.actions]
+    every = [a.type for lr in ruleset.rules for a in lr.rule.actions]
+    every += [a.type for lr in ruleset.rules for step in lr.rule.escalate for a in step.actions]
     assert "drain" not in every and "evict-pod" not in every
     assert all(lr.runbook_url.startswith("https://") for lr in ruleset.rules)
 
