@@ -239,6 +239,7 @@ class LbSkewCollector(Collector):
         # label tuple -> (live bytes last tick, counter value): makes bytes_total monotonic.
         self._bytes: dict[tuple[str, ...], tuple[int, int]] = {}
         self._view: NameView | None = None  # this tick's names, set in the worker thread
+        self._used: set[tuple[str, str, str]] = set()  # Service labels emitted this tick
 
     async def start(self) -> None:
         """Start the EndpointSlice watch when an API client is shared (else: comments only)."""
@@ -263,6 +264,7 @@ class LbSkewCollector(Collector):
 
     def _collect_sync(self, view: NameView | None) -> list[Family]:
         self._view = view
+        self._used = set()
         deadline = time.monotonic() + self.timeout
         src = _Sources()
         rules = self._read_rules(src, deadline)
@@ -280,6 +282,7 @@ class LbSkewCollector(Collector):
         if rules is not None:
             flows = _flows_by_vip(summary) if summary is not None else None
             for labels, chains in _group_chains(rules).items():
+                self._used.add(labels)
                 self._emit_chain(fams, labels, chains, flows, seen)
         if table is not None:
             for vs in table.services:
@@ -407,6 +410,13 @@ class LbSkewCollector(Collector):
         else:  # IPVS keeps no Service names: identify the port by its VIP
             labels = ("", f"{vs.vip}:{vs.port}" if vs.port else f"fwm:{vs.vip}", str(vs.port))
             name_source = "unknown"
+        if labels in self._used:
+            # The ClusterIP, NodePort and external-IP virtual services of one Service share
+            # real servers, hence names: keep their series apart by VIP.
+            labels = (labels[0], labels[1], f"{labels[2]}@{vs.vip}:{vs.port}")
+            if labels in self._used:
+                return
+        self._used.add(labels)
         fams[SERVICE_INFO.name].add(
             (*labels, vs.vip, vs.protocol, "ipvs", vs.scheduler, name_source), 1
         )

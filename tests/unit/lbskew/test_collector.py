@@ -288,3 +288,37 @@ def test_every_emitted_metric_is_declared_and_named_by_convention() -> None:
         "nodemedic_service_connections", "nodemedic_service_chain_problems",
     }
     assert agreed <= names
+
+
+async def test_ipvs_services_named_by_slices_stay_distinct(
+    tmp_path: Path, apiserver: ApiServer, kube_api: Any
+) -> None:
+    """A ClusterIP and a NodePort virtual service with the same real servers both get the
+    Service's name from the slices, and distinct port labels (no duplicate series)."""
+    dns = _slice("dns", ["10.2.0.2"], service="kube-dns")
+    dns["metadata"]["namespace"] = "kube-system"
+    dns["ports"] = [{"name": "dns-tcp", "port": 53, "protocol": "TCP"}]
+    apiserver.create(dns)
+    procfs = _procfs(tmp_path, conntrack=None)
+    (procfs / "net" / "ip_vs").write_text(
+        "IP Virtual Server version 1.2.1 (size=4096)\n"
+        "Prot LocalAddress:Port Scheduler Flags\n"
+        "  -> RemoteAddress:Port Forward Weight ActiveConn InActConn\n"
+        "TCP  0A03000A:0035 rr\n"
+        "  -> 0A020002:0035      Masq    1      7          0\n"
+        "TCP  0A000004:7585 rr\n"
+        "  -> 0A020002:0035      Masq    1      2          0\n"
+    )
+    save = _script(tmp_path, "iptables-save", 'printf "*nat\\nCOMMIT\\n"')
+    c = _collector(path_procfs=procfs, lbskew_iptables_save_command=save)
+    c.ctx.shared["api"] = kube_api
+    await c.start()
+    try:
+        await _until(lambda: c._names is not None and c._names.size == 1, "first LIST")
+        fams = await c.collect()
+        got = {(lb["namespace"], lb["service"], lb["port"]): v for f in fams
+               if f.name == "nodemedic_service_connections" for lb, v in f.series()}
+        assert got == {("kube-system", "kube-dns", "dns-tcp"): 7,
+                       ("kube-system", "kube-dns", "dns-tcp@10.0.0.4:30085"): 2}
+    finally:
+        await c.close()
