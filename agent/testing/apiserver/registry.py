@@ -194,7 +194,7 @@ class Registry:
                 new["status"] = old["status"]
             else:
                 new.pop("status", None)
-        meta = new.setdefault("metadata", {})
+        meta = new["metadata"] = dict(new.get("metadata") or {})  # never alias the stored dict
         for k in (
             "uid",
             "creationTimestamp",

@@ -184,6 +184,16 @@ def parse_field_selector(text: str | None, rt: ResourceType) -> Matcher | None:
     return matches
 
 
+def equality_terms(text: str | None) -> dict[str, str]:
+    """``field=value`` terms of a field selector (used to pick an index; no validation)."""
+    out: dict[str, str] = {}
+    for raw in (text or "").split(","):
+        m = re.match(r"^\s*([^=!]+?)\s*(==|=)\s*(.*?)\s*$", raw)
+        if m and "!" not in m.group(1):
+            out[m.group(1)] = m.group(3)
+    return out
+
+
 def object_matcher(label: Matcher | None, fields: Matcher | None) -> Matcher | None:
     """Combine a label matcher and a field matcher into one matcher over whole objects."""
     if label is None and fields is None:

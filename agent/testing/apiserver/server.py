@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import builtins
 import contextlib
+import copy
 import json
 import time
 from collections.abc import Awaitable, Callable
@@ -37,6 +39,7 @@ from agent.testing.apiserver.registry import Registry
 from agent.testing.apiserver.resources import BY_KIND, RESOURCES, ResourceType, lookup
 from agent.testing.apiserver.selectors import (
     Matcher,
+    equality_terms,
     object_matcher,
     parse_field_selector,
     parse_label_selector,
@@ -170,6 +173,16 @@ def _int_param(q: Any, name: str) -> int | None:
         raise st.bad_request(f"invalid {name} {raw!r}: must be an integer") from exc
 
 
+def _watch_index(rt: ResourceType, field_selector: str | None) -> tuple[str, str] | None:
+    """The store index a watch can be filed under (its events then skip other watchers)."""
+    terms = equality_terms(field_selector)
+    if "metadata.name" in terms:
+        return ("metadata.name", terms["metadata.name"])
+    if rt.plural == "pods" and "spec.nodeName" in terms:
+        return ("spec.nodeName", terms["spec.nodeName"])
+    return None
+
+
 class ApiServer:
     """The in-memory API server. ``await start()`` / ``await stop()`` or ``async with``.
 
@@ -278,18 +291,18 @@ class ApiServer:
         if rt.namespaced and self.store.get("namespaces", "", ns) is None:
             self.registry.create(self.resource("Namespace"), "", {"metadata": {"name": ns}})
         stored = self.registry.create(rt, ns, convert.to_storage(rt, obj), raw=True)
-        return _view(rt, stored)
+        return copy.deepcopy(_view(rt, stored))
 
     def get(self, kind: str, namespace: str, name: str) -> Obj | None:
-        """The object (a shallow copy with kind/apiVersion), or None."""
+        """A deep copy of the object with kind/apiVersion (safe to modify), or None."""
         rt = self.resource(kind)
         obj = self.store.get(rt.key, namespace if rt.namespaced else "", name)
-        return None if obj is None else _view(rt, obj)
+        return None if obj is None else copy.deepcopy(_view(rt, obj))
 
     def list(self, kind: str, namespace: str | None = None) -> list[Obj]:
-        """All objects of ``kind`` (optionally in one namespace)."""
+        """Deep copies of all objects of ``kind`` (optionally in one namespace)."""
         rt = self.resource(kind)
-        return [_view(rt, o) for o in self.store.items(rt.key, namespace)]
+        return [copy.deepcopy(_view(rt, o)) for o in self.store.items(rt.key, namespace)]
 
     def patch(  # noqa: PLR0917 - mirrors the REST call's parts
         self,
@@ -302,7 +315,8 @@ class ApiServer:
     ) -> Obj:
         """Patch an object as a client would (status too, with ``subresource="status"``)."""
         rt = self.resource(kind)
-        return _view(rt, self.registry.patch(rt, namespace, name, content_type, patch, subresource))
+        obj = self.registry.patch(rt, namespace, name, content_type, patch, subresource)
+        return copy.deepcopy(_view(rt, obj))
 
     def delete(self, kind: str, namespace: str, name: str, grace_period: int | None = None) -> None:
         """Delete as a client would (pods: graceful unless ``grace_period=0``)."""
@@ -505,6 +519,17 @@ class ApiServer:
         fields = parse_field_selector(request.query.get("fieldSelector"), rt)
         return object_matcher(label, fields)
 
+    def _candidates(self, request: web.Request, req: _Req) -> builtins.list[Obj]:
+        """Objects a list or watch must consider, narrowed by an index when the selector allows."""
+        terms = equality_terms(request.query.get("fieldSelector"))
+        ns = req.namespace or None
+        name = terms.get("metadata.name")
+        if name is not None and (ns is not None or not req.rt.namespaced):
+            obj = self.store.get(req.rt.key, ns or "", name)
+            return [] if obj is None else [obj]
+        node = terms.get("spec.nodeName") if req.rt.plural == "pods" else None
+        return self.store.items(req.rt.key, ns, node=node)
+
     async def _list(self, request: web.Request, req: _Req) -> web.StreamResponse:
         rt, q = req.rt, request.query
         matcher = self._matcher(request, rt)
@@ -514,7 +539,7 @@ class ApiServer:
             str(rv_now),
         ):
             raise st.gone(f"too old resource version: {q.get('resourceVersion')} ({rv_now})")
-        items = self.store.items(rt.key, req.namespace or None)
+        items = self._candidates(request, req)
         token = q.get("continue")
         if token:
             token_rv, after = _decode_continue(token)
@@ -631,13 +656,19 @@ class ApiServer:
         send_initial = _flag(q.get("sendInitialEvents"))
         as_table = table.wants_table(request.headers.get("Accept", ""))
         rv_param = q.get("resourceVersion") or ""
-        w = Watcher(rt.key, req.namespace or None, matcher, self.store.watch_buffer)
+        w = Watcher(
+            rt.key,
+            req.namespace or None,
+            matcher,
+            self.store.watch_buffer,
+            index=_watch_index(rt, request.query.get("fieldSelector")),
+        )
         initial: list[tuple[str, Obj, int]] = []
         error: st.ApiError | None = None
         if rv_param in ("", "0") or send_initial:
             initial = [
                 ("ADDED", o, 0)
-                for o in self.store.items(rt.key, req.namespace or None)
+                for o in self._candidates(request, req)
                 if matcher is None or matcher(o)
             ]
         else:

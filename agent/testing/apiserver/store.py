@@ -10,6 +10,7 @@ window; asking for a resourceVersion older than the window raises 410 Expired.
 from __future__ import annotations
 
 import asyncio
+import bisect
 from collections import defaultdict, deque
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -41,8 +42,10 @@ class Watcher:
         namespace: str | None,
         matcher: Callable[[Mapping[str, Any]], bool] | None,
         max_buffer: int,
+        index: tuple[str, str] | None = None,
     ) -> None:
         self.key = key
+        self.index = index  # (field, value) this watcher is filed under, if any
         self.namespace = namespace
         self.matcher = matcher
         self.max_buffer = max_buffer
@@ -96,15 +99,42 @@ class Watcher:
         self.wakeup.set()
 
 
+# Fields indexed for lists and watches, as kube-apiserver's watch cache indexes them: pods by
+# spec.nodeName (the kubelet, kubectl drain) and every resource by metadata.name (single-object
+# watches such as a node agent's watch on its own Node and Lease).
+NODE_FIELD = "spec.nodeName"
+NAME_FIELD = "metadata.name"
+_NODE_INDEXED = frozenset({"pods"})
+
+
+def _ident(obj: Obj) -> tuple[str, str]:
+    meta = obj["metadata"]
+    return meta.get("namespace", ""), meta["name"]
+
+
+def _node_of(obj: Obj | None) -> str | None:
+    if obj is None:
+        return None
+    node = (obj.get("spec") or {}).get("nodeName")
+    return node if isinstance(node, str) else None
+
+
 class Store:
     """All objects by storage key and (namespace, name), plus history and watchers."""
 
     def __init__(self, history_size: int = 50_000, watch_buffer: int = 100_000) -> None:
         self._objects: dict[str, dict[tuple[str, str], Obj]] = defaultdict(dict)
+        self._sorted: dict[str, list[tuple[str, str]]] = {}  # cache, dropped on create/delete
+        self._by_node: dict[str, dict[str, set[tuple[str, str]]]] = defaultdict(
+            lambda: defaultdict(set)
+        )
         self._rv = 0
         self._history: deque[WatchEvent] = deque(maxlen=max(1, history_size))
         self._floor = 0  # events with rv <= floor are no longer in history
-        self._watchers: dict[str, set[Watcher]] = defaultdict(set)
+        self._watchers: dict[str, set[Watcher]] = defaultdict(set)  # not indexed
+        self._indexed: dict[str, dict[tuple[str, str], set[Watcher]]] = defaultdict(
+            lambda: defaultdict(set)
+        )
         self.watch_buffer = watch_buffer
         self.dropped_watchers = 0
 
@@ -125,10 +155,28 @@ class Store:
     def get(self, key: str, namespace: str, name: str) -> Obj | None:
         return self._objects[key].get((namespace, name))
 
-    def items(self, key: str, namespace: str | None = None) -> list[Obj]:
-        """Objects of ``key`` (optionally in one namespace) sorted as etcd keys sort."""
+    def _sorted_keys(self, key: str) -> list[tuple[str, str]]:
+        keys = self._sorted.get(key)
+        if keys is None:
+            keys = self._sorted[key] = sorted(self._objects[key])
+        return keys
+
+    def items(self, key: str, namespace: str | None = None, node: str | None = None) -> list[Obj]:
+        """Objects of ``key`` sorted as etcd keys sort, optionally of one namespace.
+
+        ``node`` (pods only) narrows to pods bound to that node through the spec.nodeName index.
+        """
         objs = self._objects[key]
-        keys = sorted(k for k in objs if namespace is None or k[0] == namespace)
+        if node is not None and key in _NODE_INDEXED:
+            idents = sorted(
+                i for i in self._by_node[key].get(node, ()) if namespace in (None, i[0])
+            )
+            return [objs[i] for i in idents]
+        keys = self._sorted_keys(key)
+        if namespace is not None:
+            lo = bisect.bisect_left(keys, (namespace, ""))
+            hi = bisect.bisect_left(keys, (namespace + "\x00", ""))
+            keys = keys[lo:hi]
         return [objs[k] for k in keys]
 
     def count(self, key: str) -> int:
@@ -136,20 +184,40 @@ class Store:
 
     def write(self, key: str, type_: str, obj: Obj, prev: Obj | None, rv: int) -> None:
         """Store (or for DELETED remove) ``obj`` at ``rv``, record it, and notify watchers."""
-        meta = obj["metadata"]
-        ident = (meta.get("namespace", ""), meta["name"])
+        ident = _ident(obj)
+        table = self._objects[key]
         if type_ == "DELETED":
-            self._objects[key].pop(ident, None)
+            if table.pop(ident, None) is not None:
+                self._sorted.pop(key, None)
         else:
-            self._objects[key][ident] = obj
+            if ident not in table:
+                self._sorted.pop(key, None)
+            table[ident] = obj
+        if key in _NODE_INDEXED:
+            old_node = _node_of(prev)
+            new_node = None if type_ == "DELETED" else _node_of(obj)
+            if old_node is not None and old_node != new_node:
+                self._by_node[key][old_node].discard(ident)
+            if new_node is not None:
+                self._by_node[key][new_node].add(ident)
         ev = WatchEvent(rv, type_, key, obj, prev)
         if len(self._history) == self._history.maxlen:
             self._floor = self._history[0].rv
         self._history.append(ev)
-        overflowed = [w for w in self._watchers[key] if not w.offer(ev)]
-        for w in overflowed:
-            self._watchers[key].discard(w)
-            self.dropped_watchers += 1
+        self._fan_out(key, ev)
+
+    def _fan_out(self, key: str, ev: WatchEvent) -> None:
+        targets = set(self._watchers[key])
+        indexed = self._indexed.get(key)
+        if indexed:
+            targets |= indexed.get((NAME_FIELD, ev.obj["metadata"]["name"]), set())
+            for node in {_node_of(ev.obj), _node_of(ev.prev)}:
+                if node is not None:
+                    targets |= indexed.get((NODE_FIELD, node), set())
+        for w in targets:
+            if not w.offer(ev):
+                self.remove_watcher(w)
+                self.dropped_watchers += 1
 
     def events_after(self, key: str, rv: int) -> list[WatchEvent]:
         """History events of ``key`` newer than ``rv``; 410 Expired when ``rv`` was compacted."""
@@ -163,19 +231,32 @@ class Store:
         self._floor = self._rv
 
     def add_watcher(self, w: Watcher) -> None:
-        self._watchers[w.key].add(w)
+        """Register ``w``; watchers with an indexable selector only see their objects' events."""
+        if w.index is not None:
+            self._indexed[w.key][w.index].add(w)
+        else:
+            self._watchers[w.key].add(w)
 
     def remove_watcher(self, w: Watcher) -> None:
-        self._watchers[w.key].discard(w)
+        if w.index is not None:
+            group = self._indexed[w.key].get(w.index)
+            if group is not None:
+                group.discard(w)
+                if not group:
+                    del self._indexed[w.key][w.index]
+        else:
+            self._watchers[w.key].discard(w)
 
     def watchers(self) -> list[Watcher]:
-        return [w for ws in self._watchers.values() for w in ws]
+        out = [w for ws in self._watchers.values() for w in ws]
+        out += [w for idx in self._indexed.values() for ws in idx.values() for w in ws]
+        return out
 
     def close_watchers(self, reason: str) -> int:
         """End every open watch (fault injection, shutdown); returns how many were closed."""
         ws = self.watchers()
         for w in ws:
             w.close(reason)
-        for s in self._watchers.values():
-            s.clear()
+        self._watchers.clear()
+        self._indexed.clear()
         return len(ws)

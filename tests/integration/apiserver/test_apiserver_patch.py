@@ -206,3 +206,16 @@ async def test_patch_missing_object_is_404(core: Any) -> None:
     with pytest.raises(client.ApiException) as ei:
         await core.patch_node("ghost", {"spec": {"unschedulable": True}})
     assert ei.value.status == 404
+
+
+async def test_merge_patch_does_not_alter_history(core: Any, apiserver: ApiServer) -> None:
+    """Objects already handed out (watch history) keep their resourceVersion after a patch."""
+    apiserver.create({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "n1"}})
+    before = apiserver.store.get("nodes", "", "n1")
+    assert before is not None
+    rv = before["metadata"]["resourceVersion"]
+    await core.patch_node(
+        "n1", {"spec": {"unschedulable": True}}, _content_type="application/merge-patch+json"
+    )
+    assert before["metadata"]["resourceVersion"] == rv
+    assert "unschedulable" not in before.get("spec", {})

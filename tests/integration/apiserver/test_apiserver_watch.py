@@ -172,3 +172,46 @@ async def test_drop_watches_cuts_connections(core: Any, apiserver: ApiServer) ->
         with pytest.raises((aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError)):
             while await resp.content.readline():
                 pass
+
+
+async def test_node_indexed_pod_watch_sees_binding_and_deletion(
+    core: Any, apiserver: ApiServer, make_pod: Any
+) -> None:
+    """A spec.nodeName watch (served by the node index) sees binds and deletes on its node only."""
+    w = watch.Watch()
+    stream = w.stream(
+        core.list_pod_for_all_namespaces, field_selector="spec.nodeName=n1", timeout_seconds=5
+    )
+    collecting = asyncio.create_task(_collect(stream, 2))
+    while not apiserver.store.watchers():  # the client connects lazily, on first iteration
+        await asyncio.sleep(0.01)
+    apiserver.create(make_pod("elsewhere", node="n2"))
+    unbound = make_pod("later")
+    del unbound["spec"]["nodeName"]
+    apiserver.create(unbound)
+    pod = apiserver.get("Pod", "default", "later")
+    assert pod is not None
+    pod["spec"]["nodeName"] = "n1"  # what the scheduler's binding does
+    await core.replace_namespaced_pod("later", "default", pod)
+    await core.delete_namespaced_pod("later", "default", grace_period_seconds=0)
+    got = await collecting
+    await w.close()
+    assert got == [("ADDED", "later"), ("DELETED", "later")]
+    listed = await core.list_pod_for_all_namespaces(field_selector="spec.nodeName=n1")
+    assert listed.items == []
+
+
+async def test_name_indexed_watch_sees_only_its_object(core: Any, apiserver: ApiServer) -> None:
+    """A metadata.name watch gets events for that object and no other."""
+    for n in ("n1", "n2"):
+        apiserver.create({"apiVersion": "v1", "kind": "Node", "metadata": {"name": n}})
+    rv = str(apiserver.store.resource_version)
+    w = watch.Watch()
+    stream = w.stream(
+        core.list_node, field_selector="metadata.name=n2", resource_version=rv, timeout_seconds=5
+    )
+    await core.patch_node("n1", {"metadata": {"labels": {"a": "1"}}})
+    await core.patch_node("n2", {"metadata": {"labels": {"a": "2"}}})
+    got = await _collect(stream, 1)
+    await w.close()
+    assert got == [("MODIFIED", "n2")]
