@@ -328,6 +328,26 @@ class _RuleState:
     undo_requests: int = 0
     dropped: int = 0
     missing: tuple[str, ...] = ()
+    # Keys by state, kept in step with ``instances`` so a tick only visits targets whose state
+    # can change (set operations instead of a walk over hundreds of firing pods).
+    by_state: dict[str, set[str]] = field(
+        default_factory=lambda: {"pending": set(), "firing": set(), "resolving": set()})
+
+    def put(self, key: str, inst: _Instance) -> None:
+        if key in self.instances:
+            self.drop(key)
+        self.instances[key] = inst
+        self.by_state[inst.state].add(key)
+
+    def move(self, key: str, inst: _Instance, state: str) -> None:
+        self.by_state[inst.state].discard(key)
+        inst.state = state
+        self.by_state[state].add(key)
+
+    def drop(self, key: str) -> _Instance:
+        inst = self.instances.pop(key)
+        self.by_state[inst.state].discard(key)
+        return inst
 
 
 # ----------------------------------------------------------------------------- per-tick view
@@ -772,55 +792,61 @@ class RuleEngine:
             if not memo:
                 base = (frozenset({tick.node_key}) if target == "node"
                         else tick.pod_universe(c.metrics))
-                memo.append(base | frozenset(rs.instances))
+                memo.append(base.union(rs.instances))
             return memo[0]
 
         fire = _eval(c.when, tick, target, universe, hold=False)
-        active = frozenset(k for k, i in rs.instances.items() if i.state != "pending")
-        if not active:
+        firing, resolving = rs.by_state["firing"], rs.by_state["resolving"]
+        if not firing and not resolving:
             healthy: frozenset[str] = _EMPTY
         elif c.resolve is not None:
             healthy = _eval(c.resolve, tick, target, universe, hold=False)
         else:
-            healthy = active - _eval(c.when, tick, target, universe, hold=True)
+            hold = _eval(c.when, tick, target, universe, hold=True)
+            healthy = frozenset((firing | resolving) - hold)
         out: list[ActionRequest] = []
-        for key in fire:
-            if key not in rs.instances:
-                if len(rs.instances) >= self.max_instances:
-                    rs.dropped += 1
-                    continue
-                rs.instances[key] = _Instance(self._target(key, target), "pending", now)
-        for key in list(rs.instances):
+        # Firing: healthy -> resolving; otherwise maybe the next ladder step.
+        for key in list(firing & healthy):
             inst = rs.instances[key]
-            if inst.state == "pending":
-                if key not in fire:
-                    del rs.instances[key]
-                elif now - inst.pending_since >= rule.for_:
-                    inst.state, inst.firing_since, inst.step, inst.step_since = (
-                        "firing", now, 0, now)
-                    out.extend(self._requests(rs, inst, tick, 0, now, undo=False))
-            elif inst.state == "firing":
-                if key in healthy:
-                    inst.state, inst.resolved_since = "resolving", now
-                    out.extend(self._maybe_done(rs, key, inst, tick, now))
-                else:
-                    nxt = inst.step + 1
-                    if (nxt < len(c.steps) and inst.step_since is not None
-                            and now - inst.step_since >= c.steps[nxt].after):
-                        inst.step, inst.step_since = nxt, now
-                        out.extend(self._requests(rs, inst, tick, nxt, now, undo=False))
-            elif inst.state == "resolving":
-                if key not in healthy:
-                    inst.state, inst.resolved_since = "firing", None
-                else:
-                    out.extend(self._maybe_done(rs, key, inst, tick, now))
+            rs.move(key, inst, "resolving")
+            inst.resolved_since = now
+        if len(c.steps) > 1:
+            for key in list(firing):
+                inst = rs.instances[key]
+                nxt = inst.step + 1
+                if (nxt < len(c.steps) and inst.step_since is not None
+                        and now - inst.step_since >= c.steps[nxt].after):
+                    inst.step, inst.step_since = nxt, now
+                    out.extend(self._requests(rs, inst, tick, nxt, now, undo=False))
+        # Resolving: unhealthy again -> firing (nothing re-run); healthy long enough -> undo.
+        for key in list(resolving - healthy):
+            inst = rs.instances[key]
+            rs.move(key, inst, "firing")
+            inst.resolved_since = None
+        for key in list(resolving):
+            out.extend(self._maybe_done(rs, key, rs.instances[key], tick, now))
+        # Pending: condition gone -> forget; held for `for:` -> fire step 0.
+        pending = rs.by_state["pending"]
+        for key in list(pending - fire):
+            rs.drop(key)
+        for key in fire.difference(rs.instances):
+            if len(rs.instances) >= self.max_instances:
+                rs.dropped += 1
+                continue
+            rs.put(key, _Instance(self._target(key, target), "pending", now))
+        for key in list(pending):
+            inst = rs.instances[key]
+            if now - inst.pending_since >= rule.for_:
+                rs.move(key, inst, "firing")
+                inst.firing_since, inst.step, inst.step_since = now, 0, now
+                out.extend(self._requests(rs, inst, tick, 0, now, undo=False))
         return out
 
     def _maybe_done(self, rs: _RuleState, key: str, inst: _Instance, tick: _Tick,
                     now: float) -> list[ActionRequest]:
         if inst.resolved_since is None or now - inst.resolved_since < rs.compiled.rule.healthy_for:
             return []
-        del rs.instances[key]
+        rs.drop(key)
         out: list[ActionRequest] = []
         for step in range(inst.step, -1, -1):  # undo in reverse ladder order
             out.extend(self._requests(rs, inst, tick, step, now, undo=True))
@@ -943,7 +969,7 @@ class RuleEngine:
                 if len(rs.instances) >= self.max_instances and key not in rs.instances:
                     rs.dropped += 1
                     continue
-                rs.instances[key] = inst
+                rs.put(key, inst)
                 restored += 1
             nds = entry.get("no_data_since")
             if isinstance(nds, (int, float)) and not isinstance(nds, bool) and math.isfinite(nds):
