@@ -40,6 +40,7 @@ IO = "io"  # any other OSError
 REASONS = (MISSING, PERMISSION, PARSE, VANISHED, IO)
 
 _READ_SIZE = 65536
+_MAX_FILE = 1 << 20
 _O_RDONLY = os.O_RDONLY | os.O_CLOEXEC
 _O_DIR = os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
 _MAX_MESSAGES = 20
@@ -155,10 +156,11 @@ class _Reader:
             try:
                 data = os.read(fd, _READ_SIZE)
                 if len(data) == _READ_SIZE:
-                    chunks = [data]
-                    while chunk := os.read(fd, _READ_SIZE):
-                        chunks.append(chunk)
-                    data = b"".join(chunks)
+                    whole = self._read_rest(fd, data)
+                    if whole is None:
+                        self.error(PARSE, f"{self.directory}/{name}: larger than {_MAX_FILE} bytes")
+                        return None
+                    data = whole
             finally:
                 os.close(fd)
         except (FileNotFoundError, NotADirectoryError):
@@ -176,6 +178,18 @@ class _Reader:
             self.error(IO, f"{self.directory}/{name}: {exc.strerror}")
             return None
         return data
+
+    @staticmethod
+    def _read_rest(fd: int, first: bytes) -> bytes | None:
+        """Rest of a file bigger than one read; None past _MAX_FILE (no control file is near
+        that, but a fixture tree could hold a link to /dev/zero)."""
+        chunks, total = [first], len(first)
+        while chunk := os.read(fd, _READ_SIZE):
+            chunks.append(chunk)
+            total += len(chunk)
+            if total > _MAX_FILE:
+                return None
+        return b"".join(chunks)
 
     def bad(self, name: str, exc: ParseError) -> None:
         self.error(PARSE, f"{self.directory}/{name}: {exc}")
