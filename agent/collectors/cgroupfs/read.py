@@ -41,7 +41,8 @@ REASONS = (MISSING, PERMISSION, PARSE, VANISHED, IO)
 
 _READ_SIZE = 65536
 _MAX_FILE = 1 << 20
-_O_RDONLY = os.O_RDONLY | os.O_CLOEXEC
+# O_NONBLOCK: no effect on kernfs or regular files, but a FIFO in a bad tree cannot hang us.
+_O_RDONLY = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK
 _O_DIR = os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
 _MAX_MESSAGES = 20
 

@@ -427,14 +427,18 @@ async def test_v2_cgroupfs_driver_and_v1_systemd_driver(tmp_path: Path) -> None:
         124659.500367)
 
 
-def test_endless_file_is_bounded_and_counted(v2_copy: Path) -> None:
-    """A control file that never ends (a link to /dev/zero in a bad tree) is cut off at 1 MiB
-    and counted as a parse error instead of eating memory."""
+def test_endless_and_blocking_files_are_bounded_and_counted(v2_copy: Path) -> None:
+    """A control file that never ends (a link to /dev/zero) or never answers (a FIFO) in a bad
+    tree is cut off at 1 MiB or read as empty, and counted, instead of eating memory or
+    hanging the read."""
     d = v2_container(v2_copy, DAEMONSET, DS_CID)
     (d / "memory.stat").unlink()
     (d / "memory.stat").symlink_to("/dev/zero")
+    (d / "cpu.stat").unlink()
+    os.mkfifo(d / "cpu.stat")
     result = scan(v2_copy)
     (ctr,) = [s for s in result.stats if s.container_id == DS_CID]
     assert ctr.memory_usage == 10498404352
     assert ctr.working_set is None
-    assert result.errors == {"parse": 1}
+    assert ctr.cpu_usage_seconds is None
+    assert result.errors == {"parse": 2}
