@@ -46,8 +46,6 @@ NO_PORT_PROTOCOLS = frozenset({"icmp", "icmpv6", "gre", "unknown"})
 _is_stateless = methodcaller("startswith", _STATELESS_PREFIXES)
 _has_acct = methodcaller("__contains__", " packets=")
 _is_unreplied = methodcaller("__contains__", "[UNREPLIED]")
-# Appended to every line so that token lookups by position cannot run past a short line.
-_PAD = " ~" * 24
 
 
 @dataclass(slots=True)
@@ -162,10 +160,7 @@ class ConntrackAggregator:
         """Count one block of whole lines.
 
         Each layout feature is first looked for in the whole block with one C-level substring
-        search, so lines are filtered one by one only for features the block has. Every line
-        gets ``_PAD`` appended (one str.replace over the block) so that fixed-position token
-        lookups never raise on a short line: a truncated line yields a key of padding, which
-        the validation in _fold counts as malformed.
+        search, so lines are filtered one by one only for features the block has.
         """
         s = self.summary
         if not block or block.isspace():
@@ -181,7 +176,7 @@ class ConntrackAggregator:
         has_udp = "udp" in block
         has_unrep = "[UNREPLIED]" in block
         acct_hits = block.count(" packets=")
-        lines = (block.replace("\n", _PAD + "\n") + _PAD).split("\n")
+        lines = block.split("\n")
         if acct_hits == 0:
             self._count_fast(lines, l3, has_udp, has_unrep)
         elif acct_hits == 2 * n:
@@ -193,17 +188,18 @@ class ConntrackAggregator:
             self._fold()
 
     def _count_fast(self, part: list[str], l3: bool, has_udp: bool, has_unrep: bool) -> None:
-        """Count lines without byte counters entirely in C, into the running counters.
+        """Count lines without byte counters entirely in C.
 
-        Every line is counted with the dominant layout (stateful, replied); the minority lines
-        (UDP, [UNREPLIED]) are picked out with C-level predicates, subtracted from that count,
-        and counted again with their own layout.
+        The minority layouts (UDP without a state column, [UNREPLIED]) are picked out with
+        C-level predicates; the dominant layout (stateful, replied) is counted through lazily
+        chained ``filterfalse`` so no intermediate list is built. Each layout is counted into a
+        per-block Counter first: a line too short for its layout (IndexError) then costs a
+        line-by-line recount of that block only, never a double count.
         """
         if not part:
             return
-        main = _Layout(l3, True, False, False)
-        groups: list[tuple[_Layout, list[str]]] = [(main, part)]
-        minority: list[str] = []
+        groups: list[tuple[_Layout, Iterable[str]]] = []
+        main: Iterable[str] = part
         if has_udp:
             udp = list(filter(_is_stateless, part))
             if udp:
@@ -211,30 +207,32 @@ class ConntrackAggregator:
                 replied = list(filterfalse(_is_unreplied, udp)) if unrep else udp
                 groups += [(_Layout(l3, False, False, True), unrep),
                            (_Layout(l3, False, False, False), replied)]
-                minority += udp
+                main = filterfalse(_is_stateless, main)
         if has_unrep:
             unrep = list(filter(_is_unreplied, part))
             if has_udp:
                 unrep = list(filterfalse(_is_stateless, unrep))
             groups.append((_Layout(l3, True, False, True), unrep))
-            minority += unrep
-        for layout, lines in groups:
-            if lines:
-                raw = self._raw.setdefault(layout, Counter())
-                raw.update(map(layout.getter(), map(layout.splitter(), lines)))  # C-level
-        if minority:
-            # Read with the wrong layout, minority lines made keys out of client addresses and
-            # ports: take them out again, or memory would grow with the number of entries.
-            raw = self._raw[main]
-            wrong = list(map(main.getter(), map(main.splitter(), minority)))
-            raw.subtract(wrong)
-            for key in set(wrong):
-                if raw[key] <= 0:
-                    del raw[key]
-        self._pending = sum(map(len, self._raw.values()))
+            main = filterfalse(_is_unreplied, main)
+        groups.append((_Layout(l3, True, False, False), main))
+        counted: list[tuple[_Layout, Counter[_RawKey]]] = []
+        try:
+            for layout, lines in groups:
+                counted.append(
+                    (layout, Counter(map(layout.getter(), map(layout.splitter(), lines))))
+                )
+        except IndexError:
+            self._count_lines(part, l3, has_udp, has_unrep, acct=False)
+            return
+        for layout, counts in counted:
+            if counts:
+                self._merge(layout, counts, None)
 
-    def _count_lines(self, part: list[str], l3: bool, has_udp: bool, has_unrep: bool) -> None:
-        """Count lines with byte counters: a sum per key needs a Python loop over the lines.
+    def _count_lines(
+        self, part: list[str], l3: bool, has_udp: bool, has_unrep: bool, *, acct: bool = True
+    ) -> None:
+        """Count line by line: lines with byte counters (a sum per key needs a Python loop),
+        and blocks holding a line too short for its layout (counted malformed here).
 
         The lines are first split into disjoint layouts with C-level predicates, so the loop
         itself only splits, looks up fixed positions and adds.
@@ -251,22 +249,22 @@ class ConntrackAggregator:
             for unreplied, chunk in split_unrep:
                 if not chunk:
                     continue
-                layout = _Layout(l3, stateful, True, unreplied)
+                layout = _Layout(l3, stateful, acct, unreplied)
                 pos = layout.positions()
                 ob, rb = pos[6], pos[7]
                 get, split = layout.getter(), layout.splitter()
                 counts: dict[_RawKey, int] = {}
                 sums: dict[_RawKey, int] = {}
                 for t in map(split, chunk):
-                    key = get(t)
                     try:
-                        nbytes = int(t[ob][6:]) + int(t[rb][6:])
-                    except ValueError:
+                        key = get(t)
+                        nbytes = int(t[ob][6:]) + int(t[rb][6:]) if acct else 0
+                    except (IndexError, ValueError):
                         bad += 1
                         continue
                     counts[key] = counts.get(key, 0) + 1
                     sums[key] = sums.get(key, 0) + nbytes
-                self._merge(layout, Counter(counts), sums)
+                self._merge(layout, Counter(counts), sums if acct else None)
         self.summary.malformed_lines += bad
 
     def _merge(
