@@ -201,10 +201,20 @@ def _compile_rule(lr: LoadedRule) -> _Compiled:
     steps = [_Step(0.0, tuple(map(_spec, rule.actions)), tuple(map(_spec, rule.undo)))]
     steps += [_Step(s.after, tuple(map(_spec, s.actions)), tuple(map(_spec, s.undo)))
               for s in rule.escalate]
-    expr = " and ".join(lf.display for lf in _leaves(when)) if when[0] != "any" else " or ".join(
-        lf.display for lf in _leaves(when))
     return _Compiled(rule, lr.runbook_url, when, resolve, tuple(leaves), tuple(metrics),
-                     tuple(steps), expr)
+                     tuple(steps), _describe(when, top=True))
+
+
+def _describe(tree: Tree, top: bool = False) -> str:
+    """The condition as one readable line for reasons and logs (PromQL-like)."""
+    kind, arg = tree
+    if kind == "leaf":
+        text: str = arg.display
+        return text
+    if kind == "not":
+        return f"not ({_describe(arg, top=True)})"
+    joined = f" {'and' if kind == 'all' else 'or'} ".join(_describe(sub) for sub in arg)
+    return joined if top or len(arg) == 1 else f"({joined})"
 
 
 # ----------------------------------------------------------------------------- history
@@ -276,7 +286,8 @@ class _Instance:
             "state": self.state, "pending_since": self.pending_since,
             "firing_since": self.firing_since, "resolved_since": self.resolved_since,
             "step": self.step, "step_since": self.step_since,
-            "observed": dict(self.observed),
+            # Strict JSON (annotations): NaN/inf observed values are left out.
+            "observed": {k: v for k, v in self.observed.items() if math.isfinite(v)},
         }
 
     @classmethod
@@ -313,7 +324,8 @@ class _Instance:
         obs = d.get("observed") or {}
         if isinstance(obs, dict):
             inst.observed = {str(k): float(v) for k, v in obs.items()
-                             if isinstance(v, (int, float)) and not isinstance(v, bool)}
+                             if isinstance(v, (int, float)) and not isinstance(v, bool)
+                             and math.isfinite(v)}
         return inst
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 from typing import Any
 
@@ -109,6 +110,7 @@ def test_engine_never_fires_on_missing_data(ticks: list[tuple[float, bool, float
         reqs = eng.evaluate(snap, t)
         if failed:
             assert [r for r in reqs if r.rule == "kubelet-unhealthy"] == []
+    state = eng.export_state()
     again = RuleEngine(load(VALID), NODE)
-    assert again.restore_state(eng.export_state()) == len(eng.status()) - sum(
-        1 for s in eng.status() if s["state"] == "no data")
+    assert again.restore_state(json.loads(json.dumps(state, allow_nan=False))) == len(
+        eng.status()) - sum(1 for s in eng.status() if s["state"] == "no data")
