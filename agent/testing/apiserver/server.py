@@ -58,7 +58,7 @@ KUBE_VERSION = {
     "platform": "linux/amd64",
 }
 _VERBS = ["create", "delete", "get", "list", "patch", "update", "watch"]
-_BIG_LIST = 2000  # serialise lists longer than this off the event loop
+_BIG_LIST = 2000  # lists longer than this are streamed in chunks of this size
 
 
 class _Req:
@@ -584,11 +584,29 @@ class ApiServer:
             "metadata": meta,
             "items": items,
         }
-        if len(items) > _BIG_LIST:
-            data = await asyncio.to_thread(_dumps, body)
-        else:
-            data = _dumps(body)
-        return web.Response(body=data.encode() + b"\n", content_type="application/json")
+        if len(items) <= _BIG_LIST:
+            return _json(body)
+        return await self._stream_list(request, body)
+
+    async def _stream_list(self, request: web.Request, body: Obj) -> web.StreamResponse:
+        """Send a big list in chunks serialised off the event loop, so neither the loop nor
+        memory holds the whole body (a 50,000-pod list is ~70 MB of JSON)."""
+        items = body["items"]
+        head = _dumps({**body, "items": []})[:-2]  # ...,"items":[
+        resp = web.StreamResponse(headers={"Content-Type": "application/json"})
+        resp.enable_chunked_encoding()
+        await resp.prepare(request)
+        await resp.write(head.encode())
+
+        def encode(chunk: builtins.list[Obj], first: bool) -> bytes:
+            text = ",".join(_dumps(o) for o in chunk)
+            return (text if first else "," + text).encode()
+
+        for i in range(0, len(items), _BIG_LIST):
+            await resp.write(await asyncio.to_thread(encode, items[i : i + _BIG_LIST], i == 0))
+        await resp.write(b"]}\n")
+        await resp.write_eof()
+        return resp
 
     async def _get(self, request: web.Request, req: _Req) -> web.StreamResponse:
         obj = self.registry.get(req.rt, req.namespace, req.name)

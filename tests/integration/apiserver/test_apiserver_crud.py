@@ -340,3 +340,14 @@ async def test_discovery_and_version(kube_api: Any) -> None:
     assert (ev.group, ev.version, ev.kind) == ("policy", "v1", "Eviction")
     groups = await client.ApisApi(kube_api).get_api_versions()
     assert "coordination.k8s.io" in {g.name for g in groups.groups}
+
+
+async def test_big_list_is_complete_and_paged_correctly(core: Any, apiserver: ApiServer) -> None:
+    """Lists larger than one streamed chunk decode whole, in order, with and without limit."""
+    for i in range(4500):
+        apiserver.create({"apiVersion": "v1", "kind": "ConfigMap",
+                          "metadata": {"name": f"c{i:05d}", "namespace": "default"}})
+    full = await core.list_namespaced_config_map("default")
+    assert [c.metadata.name for c in full.items] == [f"c{i:05d}" for i in range(4500)]
+    page = await core.list_namespaced_config_map("default", limit=4000)
+    assert len(page.items) == 4000 and page.metadata.remaining_item_count == 500
