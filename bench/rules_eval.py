@@ -15,6 +15,7 @@ instances go pending -> firing and requests are built).
 from __future__ import annotations
 
 import json
+import os
 import platform
 import random
 import statistics
@@ -194,7 +195,8 @@ class Node:
 
 def _stats(xs: list[float]) -> dict[str, float]:
     s = sorted(xs)
-    return {"median_ms": round(statistics.median(s) * 1e3, 3),
+    return {"min_ms": round(s[0] * 1e3, 3),
+            "median_ms": round(statistics.median(s) * 1e3, 3),
             "p90_ms": round(s[int(len(s) * 0.9)] * 1e3, 3),
             "max_ms": round(s[-1] * 1e3, 3)}
 
@@ -229,6 +231,7 @@ def measure() -> dict[str, Any]:
         "history_series": fams["nodemedic_rule_history_series"].get(),
         "history_evictions": fams["nodemedic_rule_history_evictions_total"].get(),
         "python": platform.python_version(), "machine": platform.machine(),
+        "loadavg": " ".join(f"{x:.2f}" for x in os.getloadavg()),
     }
 
 
@@ -243,15 +246,17 @@ def write(result: dict[str, Any]) -> None:
         f"ticks at a {result['interval_seconds']:g}s interval (rate/increase windows full). "
         f"Target: <= {result['target_ms']:g} ms per evaluation.",
         "",
-        "| phase | wall ms (median / p90 / max) | CPU ms (median / p90 / max) | requests | "
-        "active targets |",
+        "| phase | wall ms (min / median / p90 / max) | CPU ms (min / median / p90 / max) | "
+        "requests | active targets |",
         "|---|---|---|---|---|",
     ]
     for phase, p in result["phases"].items():
         w, c = p["wall"], p["cpu"]
-        lines.append(f"| {phase} | {w['median_ms']} / {w['p90_ms']} / {w['max_ms']} | "
-                     f"{c['median_ms']} / {c['p90_ms']} / {c['max_ms']} | {p['requests']} | "
-                     f"{p['active_instances']} |")
+        lines.append(f"| {phase} | {w['min_ms']} / {w['median_ms']} / {w['p90_ms']} / "
+                     f"{w['max_ms']} | {c['min_ms']} / {c['median_ms']} / {c['p90_ms']} / "
+                     f"{c['max_ms']} | {p['requests']} | {p['active_instances']} |")
+    lines += ["", f"Load average while measuring: {result['loadavg']} (2 vCPUs shared with "
+              "other work: the minimum is the least disturbed figure)."]
     lines += ["", f"Counter history kept for rate/increase: {result['history_series']:.0f} series, "
               f"{result['history_evictions']:.0f} evictions. `quiet`: nothing fires; `storm`: "
               "40 pods OOM-loop and are throttled, so per-pod rules go pending/firing and build "

@@ -666,10 +666,15 @@ def _eval(tree: Tree, tick: _Tick, target: str, universe: Callable[[], frozenset
         return tick.truth(leaf, target, thr)
     if kind == "not":
         return universe() - _eval(arg, tick, target, universe, hold)
-    parts = [_eval(sub, tick, target, universe, hold) for sub in arg]
     if kind == "all":
-        return frozenset.intersection(*parts)
-    return frozenset.union(*parts)
+        acc: frozenset[str] | None = None
+        for sub in arg:
+            part = _eval(sub, tick, target, universe, hold)
+            acc = part if acc is None else acc & part
+            if not acc:
+                return _EMPTY  # nothing left to intersect: skip the remaining conditions
+        return acc if acc is not None else _EMPTY
+    return frozenset.union(*[_eval(sub, tick, target, universe, hold) for sub in arg])
 
 
 # ----------------------------------------------------------------------------- engine
@@ -804,7 +809,7 @@ class RuleEngine:
             if not memo:
                 base = (frozenset({tick.node_key}) if target == "node"
                         else tick.pod_universe(c.metrics))
-                memo.append(base.union(rs.instances))
+                memo.append(base.union(rs.instances) if rs.instances else base)
             return memo[0]
 
         fire = _eval(c.when, tick, target, universe, hold=False)
