@@ -21,6 +21,7 @@ import codecs
 import os
 import selectors
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -240,6 +241,7 @@ class LbSkewCollector(Collector):
         self._bytes: dict[tuple[str, ...], tuple[int, int]] = {}
         self._view: NameView | None = None  # this tick's names, set in the worker thread
         self._used: set[tuple[str, str, str]] = set()  # Service labels emitted this tick
+        self._busy = threading.Lock()  # held by the worker thread for a whole scan
 
     async def start(self) -> None:
         """Start the EndpointSlice watch when an API client is shared (else: comments only)."""
@@ -258,7 +260,18 @@ class LbSkewCollector(Collector):
     async def collect(self) -> list[Family]:
         # The view is taken on the event loop (the watch mutates the cache there).
         view = self._names.view() if self._names is not None else None
-        return await asyncio.to_thread(self._collect_sync, view)
+        return await asyncio.to_thread(self._collect_locked, view)
+
+    def _collect_locked(self, view: NameView | None) -> list[Family]:
+        # A tick that timed out leaves its worker thread running (threads cannot be cancelled);
+        # the next tick must not run beside it on the same state. The lock is taken in the
+        # thread, so a tick cancelled before its thread started holds nothing.
+        if not self._busy.acquire(blocking=False):
+            raise RuntimeError("the previous lbskew scan is still running")
+        try:
+            return self._collect_sync(view)
+        finally:
+            self._busy.release()
 
     # -- the worker thread -------------------------------------------------------------------
 

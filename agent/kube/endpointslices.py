@@ -13,8 +13,9 @@ comment (``ns/svc:port cluster IP``) and to its endpoints by the slices with tha
 label and port name; IPVS virtual services (which carry no names) are tied to a Service through
 their real servers' addresses.
 
-The collector reads :meth:`EndpointSliceCache.view`, an immutable index built on the event loop
-when something changed, so its worker thread never iterates a dict the watch is mutating.
+The collector reads :meth:`EndpointSliceCache.view`: a snapshot copied on the event loop after
+a change and indexed lazily in the collector's worker thread, which therefore never iterates a
+dict the watch is mutating.
 """
 
 from __future__ import annotations
@@ -59,29 +60,40 @@ class _Slice:
 
 
 class NameView:
-    """Immutable lookups built from the cache: endpoint address -> name, Service port ->
-    endpoint addresses."""
+    """Immutable lookups over a snapshot of the cache: endpoint address -> name, Service port
+    -> endpoint addresses.
+
+    Built on the event loop as a shallow copy of the slice dict (cheap, C-level); the indexes
+    are computed on first use, i.e. in the collector's worker thread, so a cluster with tens of
+    thousands of endpoints never stalls the loop.
+    """
 
     def __init__(self, slices: Mapping[tuple[str, str], _Slice]) -> None:
-        self._by_addr: dict[str, EndpointName] = {}
+        self._slices = dict(slices)
+        self._by_addr: dict[str, EndpointName] | None = None
         self._by_port: dict[tuple[str, str, str], set[str]] = {}
-        for sl in slices.values():
-            for pname, port in sl.ports:
-                addrs = self._by_port.setdefault((sl.namespace, sl.service, pname), set())
-                for ip, _ready, pod in sl.endpoints:
-                    addr = f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
-                    addrs.add(addr)
-                    self._by_addr.setdefault(
-                        addr, EndpointName(sl.namespace, sl.service, pname, pod)
-                    )
+
+    def _index(self) -> dict[str, EndpointName]:
+        if self._by_addr is None:
+            by_addr: dict[str, EndpointName] = {}
+            for sl in self._slices.values():
+                for pname, port in sl.ports:
+                    addrs = self._by_port.setdefault((sl.namespace, sl.service, pname), set())
+                    for ip, _ready, pod in sl.endpoints:
+                        addr = f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+                        addrs.add(addr)
+                        by_addr.setdefault(addr, EndpointName(sl.namespace, sl.service, pname, pod))
+            self._by_addr = by_addr
+        return self._by_addr
 
     def endpoint(self, address: str) -> EndpointName | None:
         """Who serves ``ip:port``, if a slice lists it."""
-        return self._by_addr.get(address)
+        return self._index().get(address)
 
     def service_endpoints(self, namespace: str, service: str, port: str) -> set[str] | None:
         """All addresses the slices list for a Service port (any readiness); None if no slice
         names that Service port."""
+        self._index()
         return self._by_port.get((namespace, service, port))
 
 

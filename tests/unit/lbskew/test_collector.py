@@ -322,3 +322,16 @@ async def test_ipvs_services_named_by_slices_stay_distinct(
                        ("kube-system", "kube-dns", "dns-tcp@10.0.0.4:30085"): 2}
     finally:
         await c.close()
+
+
+async def test_overlapping_scan_is_refused_while_the_previous_runs(tmp_path: Path) -> None:
+    """A tick that timed out keeps its thread; the next tick fails fast instead of racing it."""
+    save = _script(tmp_path, "iptables-save", f"sleep 1; cat {LAB_RULES}")
+    c = _collector(path_procfs=_procfs(tmp_path), lbskew_iptables_save_command=save,
+                   collector_timeout=10.0)
+    first = asyncio.create_task(c.collect())
+    await _until(c._busy.locked, "first scan started")
+    with pytest.raises(RuntimeError, match="still running"):
+        await c.collect()
+    fams = await first
+    assert _values(fams, "nodemedic_service_connections", **WEB) == {"": 40}
