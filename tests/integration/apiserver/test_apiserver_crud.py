@@ -345,8 +345,13 @@ async def test_discovery_and_version(kube_api: Any) -> None:
 async def test_big_list_is_complete_and_paged_correctly(core: Any, apiserver: ApiServer) -> None:
     """Lists larger than one streamed chunk decode whole, in order, with and without limit."""
     for i in range(4500):
-        apiserver.create({"apiVersion": "v1", "kind": "ConfigMap",
-                          "metadata": {"name": f"c{i:05d}", "namespace": "default"}})
+        apiserver.create(
+            {
+                "apiVersion": "v1",
+                "kind": "ConfigMap",
+                "metadata": {"name": f"c{i:05d}", "namespace": "default"},
+            }
+        )
     full = await core.list_namespaced_config_map("default")
     assert [c.metadata.name for c in full.items] == [f"c{i:05d}" for i in range(4500)]
     page = await core.list_namespaced_config_map("default", limit=4000)
