@@ -114,16 +114,18 @@ async def collect() -> dict[str, Family]:
     return {f.name: f for f in await CgroupCollector(ctx).collect()}
 
 
-async def poll(
-    metric: str, deadline_s: float, **labels: str
-) -> tuple[float | None, dict[str, Family]]:
-    """Collect until ``metric{labels}`` is positive or the deadline passes; return the value."""
+async def poll(deadline_s: float, *wanted: tuple[str, dict[str, str]]) -> dict[str, Family]:
+    """Collect until every (metric, labels) in ``wanted`` is positive in one collection, or the
+    deadline passes; return the last collection. Kernel counters move asynchronously (CFS
+    throttled time is added at unthrottle, PSI totals per cgroup are aggregated on read), so
+    a single read right after starting the load may see some of them still at 0."""
     end = time.monotonic() + deadline_s
     while True:
         fams = await collect()
-        value = fams[metric].get(**labels)
-        if (value is not None and value > 0) or time.monotonic() > end:
-            return value, fams
+        if all((fams[m].get(**labels) or 0) > 0 for m, labels in wanted):
+            return fams
+        if time.monotonic() > end:
+            return fams
         await asyncio.sleep(0.1)
 
 
@@ -157,12 +159,15 @@ async def test_v1_cpu_quota_busy_loop_reports_throttling() -> None:
         (pod.container(cpu) / "cpu.cfs_quota_us").write_text("10000")
         pod.start(BUSY)
         labels = {"uid": pod.uid, "container": pod.cid}
-        throttled, fams = await poll(
-            "nodemedic_container_cpu_cfs_throttled_periods_total", 10.0, **labels
+        fams = await poll(
+            10.0,
+            ("nodemedic_container_cpu_cfs_throttled_periods_total", labels),
+            ("nodemedic_container_cpu_cfs_throttled_seconds_total", labels),
         )
+        throttled = fams["nodemedic_container_cpu_cfs_throttled_periods_total"].get(**labels)
         assert throttled is not None and throttled > 0
-        assert fams["nodemedic_container_cpu_quota_cores"].get(**labels) == pytest.approx(0.1)
         assert (fams["nodemedic_container_cpu_cfs_throttled_seconds_total"].get(**labels) or 0) > 0
+        assert fams["nodemedic_container_cpu_quota_cores"].get(**labels) == pytest.approx(0.1)
         periods = fams["nodemedic_container_cpu_cfs_periods_total"].get(**labels)
         assert periods is not None and periods >= throttled
         assert (fams["nodemedic_container_cpu_usage_seconds_total"].get(**labels) or 0) > 0
@@ -179,10 +184,11 @@ async def test_v2_cpu_contention_reports_pressure() -> None:
         for _ in range((os.cpu_count() or 1) + 2):
             pod.start(BUSY)
         labels = {"uid": pod.uid, "container": pod.cid, "resource": "cpu", "kind": "some"}
-        stalled, fams = await poll("nodemedic_container_pressure_seconds_total", 10.0, **labels)
+        pod_labels = {**labels, "container": ""}  # PSI is hierarchical: the pod stalls too
+        fams = await poll(10.0, ("nodemedic_container_pressure_seconds_total", labels),
+                          ("nodemedic_container_pressure_seconds_total", pod_labels))
+        stalled = fams["nodemedic_container_pressure_seconds_total"].get(**labels)
         assert stalled is not None and stalled > 0
-        assert fams["nodemedic_container_pressure_avg10_ratio"].get(**labels) is not None
-        # Pod-level cgroup too: PSI is hierarchical.
-        pod_level = fams["nodemedic_container_pressure_seconds_total"].get(
-            uid=pod.uid, container="", resource="cpu", kind="some")
+        pod_level = fams["nodemedic_container_pressure_seconds_total"].get(**pod_labels)
         assert pod_level is not None and pod_level > 0
+        assert fams["nodemedic_container_pressure_avg10_ratio"].get(**labels) is not None
