@@ -223,6 +223,36 @@ def _wait(what: str, check: Any, stack: Stack, timeout: float = 60.0) -> None:
     pytest.fail(f"timed out waiting for {what}\n{stack.tails()}")
 
 
+def _prometheus_ready(stack: Stack, proc: subprocess.Popen[bytes]) -> bool:
+    """Wait for /-/ready; False if Prometheus exited (e.g. its port was taken)."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            return False
+        try:
+            with urllib.request.urlopen(stack.prom_url + "/-/ready", timeout=2) as resp:
+                if resp.status == 200:
+                    return True
+        except OSError:
+            pass
+        time.sleep(0.2)
+    pytest.fail(f"Prometheus did not become ready\n{stack.tails()}")
+
+
+def _wait_for_log(stack: Stack, name: str, pattern: str, timeout: float = 30.0) -> str:
+    """First group of ``pattern`` in process ``name``'s output, once it appears."""
+    found: list[str] = []
+
+    def check() -> bool:
+        match = re.search(pattern, stack.logs[name].read_text(errors="replace"))
+        if match:
+            found.append(match.group(1))
+        return match is not None
+
+    _wait(f"{name} to log {pattern}", check, stack, timeout)
+    return found[0]
+
+
 def _stop(proc: subprocess.Popen[bytes]) -> None:
     if proc.poll() is None:
         proc.terminate()
@@ -255,16 +285,17 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
                 procs.append(subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT,
                                               cwd=REPO, stdin=subprocess.DEVNULL))
 
-        kubelet_port = _free_port()
+        # Port 0 everywhere a process reports its address, so no other test can take the port
+        # between choosing and binding it.
         spawn("fake-kubelet", [sys.executable, "-m", "agent.testing.fake_kubelet",
-                               "--fixtures", str(FIXTURES / "kubelet"),
-                               "--port", str(kubelet_port)])
+                               "--fixtures", str(FIXTURES / "kubelet"), "--port", "0"])
+        kubelet_url = _wait_for_log(stack, "fake-kubelet", r"(http://127\.0\.0\.1:\d+)")
         rules = tmp / "rules"
         rules.mkdir()
         for rule_file in (REPO / "rules").glob("*.yaml"):
             shutil.copy(rule_file, rules)
         (rules / "zz-test-always-cordon.yaml").write_text(TEST_RULE)
-        common = ["--kubelet.url", f"http://127.0.0.1:{kubelet_port}", "--collect.interval", "1s",
+        common = ["--kubelet.url", kubelet_url, "--collect.interval", "1s",
                   "--rules.dir", str(rules), "--kubeconfig", str(kubeconfig),
                   "--dry-run", "--log.format", "json"]
         agents = {
@@ -278,13 +309,13 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         }
         targets = []
         for instance, extra in agents.items():
-            port = _free_port()
             spawn(instance, [sys.executable, "-m", "agent", "run",
-                             "--web.listen-address", f"127.0.0.1:{port}", *common, *extra])
-            targets.append({"targets": [f"127.0.0.1:{port}"],
+                             "--web.listen-address", "127.0.0.1:0", *common, *extra])
+        for instance in agents:
+            listen = _wait_for_log(stack, instance, r'"listen": "(127\.0\.0\.1:\d+)"')
+            targets.append({"targets": [listen],
                             "labels": {"instance": instance, "cluster": "test"}})
 
-        prom_port = _free_port()
         config = {
             "global": {"scrape_interval": "1s", "scrape_timeout": "1s",
                        "evaluation_interval": "1s"},
@@ -292,10 +323,17 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             "scrape_configs": [{"job_name": SCRAPE_JOB, "static_configs": targets}],
         }
         (tmp / "prometheus.yml").write_text(yaml.safe_dump(config))
-        spawn("prometheus", [str(PROMETHEUS), f"--config.file={tmp / 'prometheus.yml'}",
-                             f"--storage.tsdb.path={tmp / 'tsdb'}",
-                             f"--web.listen-address=127.0.0.1:{prom_port}", "--log.level=warn"])
-        stack.prom_url = f"http://127.0.0.1:{prom_port}"
+        # Prometheus cannot listen on port 0 and report it: pick a free port, and pick again if
+        # something else took it before Prometheus bound it (it then exits at once).
+        for attempt in range(3):
+            prom_port = _free_port()
+            spawn("prometheus", [str(PROMETHEUS), f"--config.file={tmp / 'prometheus.yml'}",
+                                 f"--storage.tsdb.path={tmp / f'tsdb{attempt}'}",
+                                 f"--web.listen-address=127.0.0.1:{prom_port}",
+                                 "--log.level=warn"])
+            stack.prom_url = f"http://127.0.0.1:{prom_port}"
+            if _prometheus_ready(stack, procs[-1]):
+                break
 
         def ready() -> bool:
             up = stack.query(f'count(up{{job="{SCRAPE_JOB}"}} == 1)')["data"]["result"]
