@@ -46,7 +46,9 @@ UNIT_DIR="$ROOT/etc/systemd/system"
 log() { echo "install.sh: $*"; }
 die() { echo "install.sh: error: $*" >&2; exit 1; }
 
-[ -f "$SOURCE/pyproject.toml" ] && [ -d "$SOURCE/agent" ] || die "$SOURCE is not a nodemedic checkout"
+if [ ! -f "$SOURCE/pyproject.toml" ] || [ ! -d "$SOURCE/agent" ]; then
+  die "$SOURCE is not a nodemedic checkout"
+fi
 "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null \
   || die "$PYTHON is missing or older than Python 3.11"
 

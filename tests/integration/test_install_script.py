@@ -152,3 +152,11 @@ async def test_documented_kubeconfig_recipe_yields_a_loadable_kubeconfig(tmp_pat
     await config.load_kube_config(config_file=str(kubeconfig), client_configuration=cfg)
     assert cfg.host == "https://10.0.0.1:6443"
     assert cfg.api_key["BearerToken"] == "Bearer abc.def.ghi"
+
+
+@pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck is not installed")
+def test_scripts_pass_shellcheck() -> None:
+    """install.sh and uninstall.sh have no shellcheck findings (quoting, word splitting)."""
+    proc = subprocess.run(["shellcheck", str(INSTALL), str(UNINSTALL)],
+                          check=False, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
