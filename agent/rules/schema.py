@@ -162,6 +162,8 @@ CompareOp = Literal[">", ">=", "<", "<=", "==", "!="]
 class Matcher(_Model):
     """One label matcher with an explicit operator: ``{"!~": "kube-.*"}`` (exactly one key)."""
 
+    model_config = ConfigDict(json_schema_extra={"minProperties": 1, "maxProperties": 1})
+
     eq: str | None = Field(default=None, alias="=")
     ne: str | None = Field(default=None, alias="!=")
     regex: str | None = Field(default=None, alias="=~")
@@ -335,7 +337,9 @@ class Taint(_Model):
     type: Literal["taint"]
     key: NodemedicKey
     value: str = ""
-    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"]
+    # NoExecute parses (so the error can say why) but the schema does not offer it.
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] = Field(
+        json_schema_extra={"enum": ["NoSchedule", "PreferNoSchedule"]})
 
     @field_validator("effect")
     @classmethod
