@@ -119,3 +119,12 @@ def test_fuzzed_input_never_crashes_and_every_line_is_accounted_for(lines: list[
     s = aggregate_text(lines)
     assert s.entries + s.skipped_lines == s.lines
     assert all(t.active <= t.entries for t in s.flows.values())
+
+
+def test_short_line_inside_a_block_does_not_lose_its_neighbours() -> None:
+    """A truncated line among good ones (one block): the good ones still count, once."""
+    block = ct_line(sport=1) + "ipv4     2 tcp      6 117 ESTABLISHED src=10.1.0.9\n" + ct_line(
+        sport=2, proto="udp", state=None) + ct_line(sport=3, unreplied=True)
+    s = aggregate_text([block])
+    assert (s.lines, s.entries, s.malformed_lines) == (4, 3, 1)
+    assert sum(t.entries for t in s.flows.values()) == 3
