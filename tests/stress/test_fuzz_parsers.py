@@ -46,10 +46,10 @@ def test_parser_survives_hostile_input(target: Target) -> None:
 
 
 @pytest.mark.xfail(strict=True, reason=(
-    "agent/kubelet_client.py:167 int(restartCount) raises OverflowError for 1e999 (JSON allows "
+    "agent/kubelet_client.py:166 int(restartCount) raises OverflowError for 1e999 (JSON allows "
     "it); parse_pod_list only skips KeyError/TypeError/ValueError/AttributeError, so the whole "
     "kubelet collector fails and kubelet_up goes missing. Fix: add OverflowError to the except "
-    "at line 177."))
+    "at line 176."))
 def test_pod_list_with_an_infinite_restart_count_skips_the_pod() -> None:
     """A /pods item with restartCount 1e999 is skipped and counted, not fatal."""
     body = {"items": [{"metadata": {"uid": "u", "namespace": "n", "name": "p"},
@@ -89,7 +89,7 @@ def test_config_file_that_is_not_utf8_is_a_settings_error(tmp_path: Path) -> Non
 
 @pytest.mark.xfail(strict=True, reason=(
     "agent/settings.py:211 int(None) raises TypeError for `safety.max-actions-per-hour: null` "
-    "(and float()/int() of a list or map likewise); load_settings (line ~326) only turns "
+    "(and float()/int() of a list or map likewise); load_settings (line 329) only turns "
     "ValueError into SettingsError, so the daemon dies with a traceback. Fix: catch "
     "(TypeError, ValueError, OverflowError) there."))
 def test_config_value_of_the_wrong_yaml_type_is_a_settings_error(tmp_path: Path) -> None:
