@@ -367,28 +367,43 @@ class _RuleState:
 
 class _Extremes:
     """One selection grouped per target instance, with instances sorted by their largest and
-    smallest value so a threshold test is a bisect instead of a scan (200 rules x 250 pods)."""
+    smallest value so a threshold test is a bisect instead of a scan (200 rules x 250 pods).
 
-    __slots__ = ("_max", "_min", "by_inst")
+    Built either from a dict of instance -> series, or (the common case of one series per
+    target) from parallel lists, in which case the dict is only built if someone asks for it.
+    """
 
-    def __init__(self, by_inst: dict[str, list[tuple[float, tuple[str, ...]]]]) -> None:
-        self.by_inst = by_inst
+    __slots__ = ("_by_inst", "_max", "_min", "_unique")
+
+    def __init__(self, by_inst: dict[str, list[tuple[float, tuple[str, ...]]]] | None = None,
+                 unique: tuple[list[str], list[tuple[tuple[str, ...], float]]] | None = None
+                 ) -> None:
+        self._by_inst = by_inst
+        self._unique = unique
         self._max: tuple[list[float], list[str]] | None = None
         self._min: tuple[list[float], list[str]] | None = None
 
+    @property
+    def by_inst(self) -> dict[str, list[tuple[float, tuple[str, ...]]]]:
+        if self._by_inst is None:
+            insts, samples = self._unique or ([], [])
+            self._by_inst = {i: [(v, lv)] for i, (lv, v) in zip(insts, samples, strict=True)}
+        return self._by_inst
+
     def _sorted(self, pick: Callable[[Iterable[float]], float]) -> tuple[list[float], list[str]]:
-        pairs = []
         isnan = math.isnan
-        for inst, vals in self.by_inst.items():
-            if len(vals) == 1:  # the common case: one series (or an aggregate) per target
-                v = vals[0][0]
-                if not isnan(v):  # NaN never compares true
-                    pairs.append((v, inst))
-                continue
-            finite = [v for v, _ in vals if not isnan(v)]
-            if finite:
-                pairs.append((pick(finite), inst))
-        pairs.sort()
+        if self._unique is not None:
+            insts, samples = self._unique
+            # NaN never compares true, and would break the sort order.
+            pairs = sorted((sm[1], i) for i, sm in zip(insts, samples, strict=True)
+                           if not isnan(sm[1]))
+        else:
+            pairs = []
+            for inst, vals in self.by_inst.items():
+                finite = [v for v, _ in vals if not isnan(v)]
+                if finite:
+                    pairs.append((pick(finite), inst))
+            pairs.sort()
         return [v for v, _ in pairs], [i for _, i in pairs]
 
     def holds(self, op: str, thr: float) -> frozenset[str]:
@@ -561,6 +576,13 @@ class _Tick:
             return got
         samples, insts = self.select(leaf)
         out: dict[str, list[tuple[float, tuple[str, ...]]]] = {}
+        if (target == "pod" and leaf.aggregate != "count" and all(insts)
+                and len(set(insts)) == len(insts)):
+            # One series per pod (the usual shape after a container!="" matcher or with an
+            # aggregate): no grouping needed, and any aggregate of one value is that value.
+            ext = _Extremes(unique=(insts, samples))
+            self._groups[key] = ext
+            return ext
         if target == "node":
             if samples:
                 out[self.node_key] = [(v, lv) for lv, v in samples]
