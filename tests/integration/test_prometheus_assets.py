@@ -64,9 +64,11 @@ rules:
 LEGITIMATELY_EMPTY_METRICS: dict[str, str] = {
     "nodemedic_drain_pods_remaining": "exists only while a drain runs; nothing is drained here",
     "nodemedic_drain_started_timestamp_seconds": "exists only while a drain runs",
-    "nodemedic_leader": "failover (--failover.enabled) is off, so there is no leader election",
-    "nodemedic_peer_nodes": "peer states come from failover, which is off here",
-    "nodemedic_mass_failure_protection_active": "reported by failover, which is off here",
+    # The agents run with --failover.enabled, but agent.runtime.components does not build the
+    # failover stage (agent.peers.stage.build_failover_stage) yet; delete these three then.
+    "nodemedic_leader": "failover stage not wired into the runtime yet",
+    "nodemedic_peer_nodes": "failover stage not wired into the runtime yet",
+    "nodemedic_mass_failure_protection_active": "failover stage not wired into the runtime yet",
 }
 
 # Panels whose filter removes every series while nothing is wrong, and why.
@@ -297,7 +299,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         (rules / "zz-test-always-cordon.yaml").write_text(TEST_RULE)
         common = ["--kubelet.url", kubelet_url, "--collect.interval", "1s",
                   "--rules.dir", str(rules), "--kubeconfig", str(kubeconfig),
-                  "--dry-run", "--log.format", "json"]
+                  "--dry-run", "--log.format", "json", "--failover.enabled"]
         agents = {
             "node-a": ["--node-name", "minikube", "--safety.max-cordoned", "0",
                        "--path.cgroupfs", str(FIXTURES / "cgroup" / "v2-systemd")],
