@@ -52,7 +52,8 @@ def make_parser() -> argparse.ArgumentParser:
             if exc.name != mod_name:
                 raise
             continue
-        mod.add_parser(sub)
+        if hasattr(mod, "add_parser"):  # a package still without its subcommand is skipped
+            mod.add_parser(sub)
     return parser
 
 

@@ -30,6 +30,7 @@ class Collection:
     def __init__(self, collectors: Sequence[Collector]) -> None:
         self.collectors = list(collectors)
         self._inflight: dict[str, asyncio.Task[list[Family]]] = {}
+        self._last_error: dict[str, str | None] = {}
         self.owners = MappingProxyType(
             {spec.name: c.name for c in self.collectors for spec in c.metrics}
         )
@@ -51,7 +52,6 @@ class Collection:
         exc = task.exception()
         if exc is not None:
             msg = f"{type(exc).__name__}: {exc}"[:500]
-            log.warning("collector_failed", collector=c.name, error=msg)
             return CollectorStatus(c.name, False, elapsed, msg), []
         families = task.result()
         status = CollectorStatus(c.name, True, elapsed, None, tuple(f.name for f in families))
@@ -65,6 +65,7 @@ class Collection:
         statuses: dict[str, CollectorStatus] = {}
         for status, fams in results:
             statuses[status.name] = status
+            self._log_transition(status)
             for fam in fams:
                 if fam.name in families:  # two collectors must not claim one name; keep first
                     log.error("duplicate_family", family=fam.name, collector=status.name)
@@ -77,6 +78,18 @@ class Collection:
             collectors=MappingProxyType(statuses),
             owners=self.owners,
         )
+
+    def _log_transition(self, status: CollectorStatus) -> None:
+        """Log when a collector starts failing, changes error, or recovers — not every tick."""
+        prev = self._last_error.get(status.name)
+        if status.ok:
+            if prev is not None:
+                log.info("collector_recovered", collector=status.name, previous_error=prev)
+            self._last_error[status.name] = None
+            return
+        if status.error != prev:
+            log.warning("collector_failed", collector=status.name, error=status.error)
+        self._last_error[status.name] = status.error
 
     async def close(self) -> None:
         for task in self._inflight.values():

@@ -102,3 +102,20 @@ async def test_hung_thread_is_not_started_twice() -> None:
     third = await coll.collect()
     assert third.collectors["hung"].ok
     assert HungThread.calls == 2
+
+
+async def test_failure_logged_once_then_recovery_logged() -> None:
+    """A collector failing every tick is logged once; its recovery is logged once."""
+    import structlog
+
+    c = ctx()
+    broken = Broken(c)
+    coll = Collection([broken])
+    with structlog.testing.capture_logs() as logs:
+        for _ in range(3):
+            await coll.collect()
+        broken.collect = Good(c).collect  # type: ignore[method-assign]
+        await coll.collect()
+        await coll.collect()
+    events = [e["event"] for e in logs]
+    assert events == ["collector_failed", "collector_recovered"]
