@@ -32,7 +32,7 @@ ENV_FILE = REPO / "systemd" / "nodemedic.env"
 CONFIG = REPO / "systemd" / "config.yaml"
 INSTALLED_BIN = "/opt/nodemedic/venv/bin/nodemedic"
 
-# systemd rates 0-10 (10 = unsandboxed root). The unit scores 2.4 ("OK"); most of what is
+# systemd rates 0-10 (10 = unsandboxed root). The unit scores 2.6 ("OK"); most of what is
 # left is inherent to the job (uid 0 for D-Bus unit restarts, host network for conntrack and
 # iptables, CAP_NET_ADMIN). 3.0 catches a regression such as a lost ProtectSystem or a widened
 # capability set while leaving room for one justified relaxation.
@@ -121,6 +121,17 @@ def test_unit_keeps_only_the_documented_capabilities() -> None:
     assert d["ProtectSystem"] == ["strict"]
     families = set(d["RestrictAddressFamilies"][0].split())
     assert families == {"AF_UNIX", "AF_INET", "AF_INET6", "AF_NETLINK"}
+
+
+def test_unit_lets_the_host_collector_read_the_ntp_state() -> None:
+    """adjtimex/clock_adjtime stay allowed (query mode) and no ProtectClock= blocks them."""
+    d = _unit_directives(UNIT.read_text())
+    assert "ProtectClock" not in d
+    filters = d["SystemCallFilter"]
+    last_deny = max(i for i, f in enumerate(filters) if f.startswith("~"))
+    added = {c for f in filters[last_deny + 1:] for c in f.split()}
+    assert {"adjtimex", "clock_adjtime"} <= added
+    assert "CAP_SYS_TIME" not in " ".join(d["CapabilityBoundingSet"])
 
 
 def test_env_file_args_parse_and_start_in_dry_run() -> None:
