@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from rules_testkit import NODE, engine, load, pod, snapshot
 
@@ -370,3 +371,32 @@ def test_ratios_follow_changing_pods_and_skip_unlimited_containers() -> None:
     assert tick(10, {"c": (99, 100), "b": (50, 100), "a": (95, 100)}) == ["c/app 99%"]
     assert tick(20, {"b": (91, 100), "c": (99, 100)}) == ["b/app 91%"]
     assert {s["target"] for s in eng.status()} == {"pod/shop/b", "pod/shop/c", "pod/shop/a"}
+
+
+def test_full_ladder_then_undo_in_reverse_order() -> None:
+    """Restart+webhook, then cordon+taint after 3m, drain 10m later; on recovery only the
+    reached steps' undo lists run, newest step first."""
+    text = (Path(__file__).resolve().parents[2] / "fixtures" / "rules" / "valid"
+            / "everything.yaml").read_text()
+    eng = RuleEngine([lr for lr in load(text) if lr.rule.name == "kubelet-unhealthy"], NODE)
+
+    def tick(t: float, up: float) -> list[tuple[str, int, bool]]:
+        return [(r.action.type, r.step, r.undo) for r in eng.evaluate(kubelet(t, up), t)]
+
+    assert tick(0, 0) == []
+    assert tick(120, 0) == [("restart-service", 0, False), ("webhook", 0, False)]
+    assert tick(300, 0) == [("cordon", 1, False), ("taint", 1, False)]
+    assert tick(899, 0) == []
+    assert tick(900, 0) == [("drain", 2, False)]
+    assert tick(1000, 1) == []
+    assert tick(1599, 1) == []
+    assert tick(1600, 1) == [("untaint", 1, True), ("uncordon", 1, True)]
+
+
+def test_reload_that_changes_a_rules_target_starts_it_afresh() -> None:
+    """A rule whose target kind changes on reload does not inherit node-level state."""
+    eng = engine(KUBELET)
+    run(eng, 0, 0)
+    assert eng.status()[0]["state"] == "pending"
+    eng.set_rules(load(OOM.replace("oom-storm", "kubelet-unhealthy")))
+    assert eng.status() == []
