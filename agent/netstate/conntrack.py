@@ -20,6 +20,7 @@ line whose tokens are not where its layout says is caught and counted as malform
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
@@ -134,52 +135,61 @@ class ConntrackAggregator:
         self._raw: dict[_Layout, Counter[_RawKey]] = {}
         self._bytes: dict[_Layout, dict[_RawKey, int]] = {}
         self._pending = 0
+        self._l3: bool | None = None  # format of this stream, from its first lines
         self.summary = ConntrackSummary()
 
     def feed(self, text: str) -> None:
-        """Consume ``text``; a trailing partial line is kept for the next call."""
-        cut = text.rfind("\n")
-        if cut < 0:
+        """Consume ``text``; a trailing partial line is kept for the next call.
+
+        The chunk is split once; it is not copied into a block of whole lines. The line that
+        straddles the previous chunk's end is joined from the kept remainder.
+        """
+        lines = text.split("\n")
+        if len(lines) == 1:
             self._rest += text
             return
-        block = self._rest + text[:cut]
-        self._rest = text[cut + 1 :]
-        self._scan(block)
+        head = self._rest + lines[0]
+        lines[0] = head
+        self._rest = lines.pop()
+        self._scan(lines, text, head, self._rest)
 
     def finish(self) -> ConntrackSummary:
         """Process a final unterminated line, fold the counts and return the summary."""
         if self._rest:
-            self._scan(self._rest)
+            self._scan([self._rest], self._rest, self._rest, "")
             self._rest = ""
         self._fold()
         return self.summary
 
     # -- per block ---------------------------------------------------------------------------
 
-    def _scan(self, block: str) -> None:
-        """Count one block of whole lines.
+    def _scan(self, lines: list[str], text: str, head: str, tail: str) -> None:
+        """Count one block of whole lines (``text`` is the chunk they came from, ``head`` the
+        first line, ``tail`` the chunk's unfinished last line, not in ``lines``).
 
-        Each layout feature is first looked for in the whole block with one C-level substring
-        search, so lines are filtered one by one only for features the block has.
+        Each layout feature is first looked for in the whole chunk with one C-level substring
+        search (plus the first line, which may straddle two chunks), so lines are filtered one
+        by one only for features the block has. A count that comes out wrong at a chunk
+        boundary only sends the block down the slower, exact path.
         """
         s = self.summary
-        if not block or block.isspace():
+        if "" in lines or any(map(str.isspace, lines)):
+            lines = [ln for ln in lines if ln and not ln.isspace()]  # rare: blank lines
+        n = len(lines)
+        if not n:
             return
-        if "\n\n" in block or block.startswith("\n") or block.endswith("\n"):
-            block = "\n".join(ln for ln in block.split("\n") if ln.strip())  # rare: blank lines
-            if not block:
-                return
-        n = block.count("\n") + 1
         s.lines += n
-        # One table never mixes the proc format (leading "ipv4 2") with conntrack -L's.
-        l3 = block.startswith("ipv")
-        has_udp = "udp" in block
-        has_unrep = "[UNREPLIED]" in block
-        acct_hits = block.count(" packets=")
-        lines = block.split("\n")
-        if acct_hits == 0:
+        # One table never mixes the proc format (leading "ipv4 2") with conntrack -L's; look at
+        # a few lines so that one garbage line cannot decide the format of a whole block.
+        if self._l3 is None:
+            self._l3 = any(ln.startswith("ipv") for ln in lines[:16])
+        l3 = self._l3
+        has_udp = "udp" in text or "udp" in head
+        has_unrep = "[UNREPLIED]" in text or "[UNREPLIED]" in head
+        acct_hits = text.count(" packets=") - tail.count(" packets=")
+        if acct_hits == 0 and " packets=" not in head:
             self._count_fast(lines, l3, has_udp, has_unrep)
-        elif acct_hits == 2 * n:
+        elif acct_hits == 2 * n and head.count(" packets=") == 2:
             self._count_lines(lines, l3, has_udp, has_unrep)
         else:
             self._count_lines(list(filter(_has_acct, lines)), l3, has_udp, has_unrep)
@@ -340,12 +350,20 @@ def _validate(raw: _RawKey) -> FlowKey | None:
     dport, sport = odport[6:], rsport[6:]
     if not (dport.isdigit() and sport.isdigit()):
         return None
-    try:
-        vip = str(ipaddress.ip_address(odst[4:]))
-        ep = str(ipaddress.ip_address(rsrc[4:]))
-    except ValueError:
+    vip, ep = _norm_ip(odst[4:]), _norm_ip(rsrc[4:])
+    if vip is None or ep is None:
         return None
     return proto, vip, int(dport), ep, int(sport)
+
+
+@functools.lru_cache(maxsize=16384)
+def _norm_ip(text: str) -> str | None:
+    """Canonical spelling of an address (the proc file writes IPv6 in full); None if invalid.
+    Cached: the same VIPs and endpoints come back in every state and every tick."""
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        return None
 
 
 def aggregate_text(chunks: Iterable[str], max_keys: int = DEFAULT_MAX_KEYS) -> ConntrackSummary:
