@@ -128,3 +128,9 @@ def test_short_line_inside_a_block_does_not_lose_its_neighbours() -> None:
     s = aggregate_text([block])
     assert (s.lines, s.entries, s.malformed_lines) == (4, 3, 1)
     assert sum(t.entries for t in s.flows.values()) == 3
+
+
+def test_garbage_first_line_does_not_decide_the_format() -> None:
+    """A table starting with a garbage line still reads its proc-format entries."""
+    s = aggregate_text(["garbage\n" + "".join(ct_line(sport=i) for i in range(3))])
+    assert (s.entries, s.malformed_lines) == (3, 1)
