@@ -155,7 +155,7 @@ FLAGS: tuple[Flag, ...] = (
     Flag("lbskew.min-samples", "int", "connections a Service needs before its skew is tested"),
     Flag("failover.enabled", "bool", "take part in failed-node detection and leader election"),
     Flag("failover.lease-namespace", "str", "namespace of the leader, heartbeat and cap Leases"),
-    Flag("failover.node-grace", "duration", "node lease age before a node is suspect (k8s: 40-50s)"),
+    Flag("failover.node-grace", "duration", "node lease age before a node is suspect (k8s 40-50s)"),
     Flag("failover.probers", "int", "peers probing a suspect node besides the leader"),
     Flag("failover.probe-timeout", "duration", "time limit of one /healthz probe of a peer"),
     Flag("failover.max-unhealthy", "str", "unhealthy nodes (N or N%) above which nothing is done"),
