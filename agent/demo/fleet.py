@@ -77,6 +77,7 @@ class Timings:
     max_unhealthy_zone: str = "50%"
     max_concurrent: int = 1
     max_cordoned: str = "2"
+    dry_run: bool = False
 
 
 class Fleet:
@@ -108,6 +109,7 @@ class Fleet:
             log_level="warning",
             collectors=dict.fromkeys(collector_registry.collectors(), False),
             safety_max_cordoned=t.max_cordoned,
+            dry_run=t.dry_run,
             failover_enabled=True,
             failover_node_grace=t.node_grace,
             failover_fencing_time=t.fencing_time,

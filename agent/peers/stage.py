@@ -46,6 +46,7 @@ log = structlog.get_logger("nodemedic.failover")
 ASSIGNMENTS_ANNOTATION = "nodemedic.io/probe-assignments"
 TIMELINE_SIZE = 200
 EVAL_MIN_GAP = 0.2  # seconds between two evaluations of the whole cluster
+BACKOFF_PERIODS = 10  # retry periods before work that stopped short is tried again
 HEARTBEAT_REFRESH = 300.0  # heartbeat Lease rewritten at least this often (else only on change)
 
 PEER_NODES = MetricSpec(
@@ -132,6 +133,7 @@ class FailoverStage:
         self._abandoned = False
         self._cordon_noted: set[str] = set()
         self._capped_noted: set[str] = set()
+        self._not_before: dict[str, float] = {}
 
     # ---- component protocol ------------------------------------------------------------------
     async def start(self) -> None:
@@ -395,6 +397,8 @@ class FailoverStage:
         state = read_state(raw_state)
         if verdict.state == "healthy":
             self._healthy_since.setdefault(name, now)
+            if not state:
+                self._not_before.pop(name, None)
         else:
             self._healthy_since.pop(name, None)
         if verdict.state == "failed":
@@ -409,7 +413,7 @@ class FailoverStage:
         if self._announced.get(name) != verdict.state:
             await self._announce(name, verdict)
         busy = name in self._work and not self._work[name].done()
-        if busy:
+        if busy or now < self._not_before.get(name, 0.0):
             return
         if self.assessment.actionable(name) and state.get("phase") != "fenced":
             self._start_work(name, self._remediate(name))
@@ -458,30 +462,40 @@ class FailoverStage:
         assert self.elector is not None
         return self.elector.is_leader and self.assessment.actionable(name)
 
+    def _back_off(self, name: str) -> None:
+        """Do not start work on ``name`` again for a while (denied, capped, dry-run, failed)."""
+        wait = BACKOFF_PERIODS * self.settings.failover_retry_period
+        self._not_before[name] = self.clock() + wait
+
     async def _remediate(self, name: str) -> None:
         if not await self.slots.acquire(name):
             if name not in self._capped_noted:
                 self._capped_noted.add(name)
                 self._note(name, "capped", "max-concurrent remediations reached; waiting")
+            self._back_off(name)
             return
         self._capped_noted.discard(name)
+        done = False
         try:
-            await self._ladder(name)
+            done = await self._ladder(name)
         finally:
+            if not done:
+                self._back_off(name)
             if self._stop.is_set() or not (self.elector and self.elector.is_leader):
                 pass  # leadership moved: the slot stays with the node for the next leader
             else:
                 await self.slots.release(name)
 
-    async def _ladder(self, name: str) -> None:
+    async def _ladder(self, name: str) -> bool:
+        """Walk the ladder; True once the node is fenced (nothing left to do until recovery)."""
         assert self.view is not None
         verdict = self.assessment.verdicts[name]
         s = self.settings
         if not self._actionable(name):
-            return
+            return False
         if not await self.remedy.isolate(name, verdict.reason):
             self._note(name, "isolate_blocked", "cordon/taint denied or failed; see the log")
-            return
+            return False
         if name not in self._cordon_noted:
             self._cordon_noted.add(name)
             self._note(name, "cordoned", f"cordoned and tainted {name}: {verdict.reason}")
@@ -491,7 +505,7 @@ class FailoverStage:
                                     "Warning")
         while True:
             if not self._actionable(name):
-                return
+                return False
             done, _left = await self.remedy.evict_pass(name, verdict.reason)
             if done:
                 break
@@ -507,7 +521,7 @@ class FailoverStage:
         hook_checked = -1e9
         while True:
             if not self._actionable(name):
-                return
+                return False
             verdict = self.assessment.verdicts[name]
             info = self.view.nodes.items.get(name) if self.view else None
             operator = bool(info and (info.annotation(FENCED_ANNOTATION) or "").lower() == "true")
@@ -518,15 +532,21 @@ class FailoverStage:
                 operator = await run_hook(s.failover_fence_command, name)
             fenced, why = fencing_state(verdict, self._failed_since.get(name, self.clock()),
                                         self.clock(), s.failover_fencing_time, operator)
+            if fenced and s.dry_run:
+                self._note(name, "would_fence", f"--dry-run: would add out-of-service ({why})")
+                await self.remedy.fence(name, why)  # counted as a dry_run decision
+                return False
             if fenced and await self.remedy.fence(name, why):
                 self._note(name, "fenced", why)
-                return
+                return True
             await self._sleep(s.failover_retry_period)
 
     async def _recover(self, name: str, state: dict[str, Any], healthy_for: float) -> None:
         if not (self.elector and self.elector.is_leader):
             return
-        if await self.remedy.recover(name, state, healthy_for):
+        if not await self.remedy.recover(name, state, healthy_for):
+            self._back_off(name)
+        else:
             self._note(name, "recovered", f"healthy for {healthy_for:.0f}s; taints and cordon "
                        "removed")
             self._cordon_noted.discard(name)

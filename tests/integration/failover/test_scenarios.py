@@ -274,3 +274,25 @@ async def test_kueue_tas_workload_gets_one_node_replaced(sim: tuple[SimCluster, 
     assert ready_at - killed.at <= T.node_grace + 3.0
     assert "nodemedic.io/node-failed:NoSchedule" in taints(cluster, victim)
     assert not any(p["metadata"].get("deletionTimestamp") for p in on(other))
+
+
+async def test_dry_run_decides_but_changes_nothing() -> None:
+    """With --dry-run the leader records what it would do and leaves the node untouched."""
+    from dataclasses import replace
+
+    cluster, fleet = await start(timings=replace(T, dry_run=True))
+    try:
+        victim = victim_with_pods(cluster, fleet)
+        leader = fleet.stages[fleet.leader() or ""]
+        await fleet.kill(victim)
+        assert await wait_for(
+            lambda: any(k[1] == "dry_run" for k in leader.remedy.actions), 10)
+        await asyncio.sleep(T.fencing_time + 1.0)
+        assert cluster.first("cordoned", victim) is None
+        assert cluster.first("pod_terminating", victim) is None
+        assert not taints(cluster, victim) & {FAILED_TAINT, OOS}
+        kinds = {k[0] for k in leader.remedy.actions if k[1] == "dry_run"}
+        assert {"cordon", "taint", "drain", "out-of-service"} <= kinds
+    finally:
+        await fleet.stop()
+        await cluster.stop()
