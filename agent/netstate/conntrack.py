@@ -44,6 +44,10 @@ _STATELESS_PREFIXES = _STATELESS + tuple(a + b for a in _L3 for b in _STATELESS)
 # Entries of these protocols have no ports (type/code/id or GRE keys): not Service traffic.
 NO_PORT_PROTOCOLS = frozenset({"icmp", "icmpv6", "gre", "unknown"})
 
+# How conntrack -L (no address-family columns) starts a line.
+_PLAIN_PREFIXES = ("tcp ", "udp ", "udplite ", "sctp ", "dccp ", "icmp ", "icmpv6 ", "gre ",
+                   "unknown ")
+
 _is_stateless = methodcaller("startswith", _STATELESS_PREFIXES)
 _has_acct = methodcaller("__contains__", " packets=")
 _is_unreplied = methodcaller("__contains__", "[UNREPLIED]")
@@ -182,8 +186,14 @@ class ConntrackAggregator:
         # One table never mixes the proc format (leading "ipv4 2") with conntrack -L's; look at
         # a few lines so that one garbage line cannot decide the format of a whole block.
         if self._l3 is None:
-            self._l3 = any(ln.startswith("ipv") for ln in lines[:16])
-        l3 = self._l3
+            for ln in lines[:16]:
+                if ln.startswith(("ipv4 ", "ipv6 ")):
+                    self._l3 = True
+                    break
+                if ln.startswith(_PLAIN_PREFIXES):
+                    self._l3 = False
+                    break
+        l3 = bool(self._l3)
         has_udp = "udp" in text or "udp" in head
         has_unrep = "[UNREPLIED]" in text or "[UNREPLIED]" in head
         acct_hits = text.count(" packets=") - tail.count(" packets=")

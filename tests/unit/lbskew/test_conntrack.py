@@ -94,8 +94,14 @@ def test_key_bound_counts_dropped_entries() -> None:
 @settings(max_examples=50, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(st.integers(min_value=1, max_value=400), min_size=1, max_size=30))
 def test_chunking_does_not_change_the_result(cuts: list[int]) -> None:
-    """However the text is split into chunks, the aggregate is the same."""
-    text = (fixture("lab_kubeproxy_like_proc_net_nf_conntrack.txt")).read_text()
+    """However the text is split into chunks, the aggregate and every count are the same."""
+    text = (
+        "garbage line\n"
+        + fixture("lab_kubeproxy_like_proc_net_nf_conntrack.txt").read_text()
+        + ct_line(sport=1, proto="udp", state=None)
+        + ct_line(sport=2, unreplied=True, state="SYN_SENT")
+        + ct_line(sport=3, acct=True, unreplied=True)
+    )
     chunks, pos = [], 0
     for c in cuts:
         chunks.append(text[pos : pos + c])
@@ -104,7 +110,8 @@ def test_chunking_does_not_change_the_result(cuts: list[int]) -> None:
     whole = aggregate_text([text])
     parts = aggregate_text(chunks)
     assert parts.flows == whole.flows
-    assert parts.lines == whole.lines == 60
+    assert (parts.lines, parts.entries, parts.malformed_lines) == (whole.lines, 63, 1) == (
+        64, whole.entries, whole.malformed_lines)
 
 
 @settings(max_examples=200, suppress_health_check=[HealthCheck.too_slow])
