@@ -213,6 +213,8 @@ async def lead(url: str, steady: float) -> None:
         agent = Agent(settings)
         await agent.start()
         api = agent._ctx.shared.get("api") if agent._ctx else None
+        if api is None:
+            raise RuntimeError("the agent built no API client from the kubeconfig")
         api.user_agent = "nodemedic-leader"
         stage = next((c for c in agent._components if isinstance(c, FailoverStage)), None)
         if stage is None:  # until agent.runtime.components wires it

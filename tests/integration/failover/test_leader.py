@@ -8,11 +8,14 @@ from typing import Any
 from agent.peers.leader import ElectionConfig, LeaderElector
 from agent.testing.apiserver import ApiServer
 
-FAST = {"lease_duration": 1.5, "renew_deadline": 1.0, "retry_period": 0.2}
+LEASE_DURATION = 1.5
 
 
 def elector(api: Any, ident: str) -> LeaderElector:
-    return LeaderElector(api, ElectionConfig(namespace="kube-system", identity=ident, **FAST))
+    return LeaderElector(api, ElectionConfig(
+        namespace="kube-system", identity=ident, lease_duration=LEASE_DURATION,
+        renew_deadline=1.0, retry_period=0.2,
+    ))
 
 
 async def test_first_contender_leads_and_second_follows(kube_api: Any) -> None:
@@ -40,7 +43,7 @@ async def test_follower_takes_over_after_leader_stops_renewing(kube_api: Any) ->
     assert not await b.try_once()
     await asyncio.sleep(0.5)
     assert not await b.try_once(), "took over while the lease was still valid"
-    await asyncio.sleep(FAST["lease_duration"])
+    await asyncio.sleep(LEASE_DURATION)
     assert not a.is_leader, "a silent leader must step down after renew_deadline"
     assert await b.try_once()
 
