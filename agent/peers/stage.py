@@ -33,7 +33,7 @@ from agent.peers.cluster import ClusterView
 from agent.peers.detector import STATES, Assessment, DetectorConfig, Verdict, assess, parse_limit
 from agent.peers.fencing import FENCED_ANNOTATION, fencing_state, run_hook
 from agent.peers.heartbeat import Heartbeat
-from agent.peers.leader import ElectionConfig, LeaderElector
+from agent.peers.leader import LEADER, ElectionConfig, LeaderElector
 from agent.peers.prober import Prober, transport_for
 from agent.peers.remedy import STATE_ANNOTATION, Remedy, read_state
 from agent.peers.slots import Slots
@@ -555,8 +555,7 @@ class FailoverStage:
     # ---- metrics and status ------------------------------------------------------------------
     def families(self) -> list[Family]:
         if self.elector is None:
-            leader = MetricSpec("nodemedic_leader", "1 while this agent is the failover leader.",
-                                "gauge").family()
+            leader = LEADER.family()
             leader.add((), 0.0)
             return [leader]
         out = self.elector.families()
