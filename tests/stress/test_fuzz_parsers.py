@@ -98,3 +98,15 @@ def test_config_value_of_the_wrong_yaml_type_is_a_settings_error(tmp_path: Path)
     cfg.write_text("safety.max-actions-per-hour: null\n")
     with pytest.raises(SettingsError, match="max-actions-per-hour"):
         load_settings(None, environ={"NODEMEDIC_CONFIG": str(cfg)})
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "agent/settings.py:295 key.startswith() on a config key YAML parsed as a number (`1: x`) "
+    "raises AttributeError instead of SettingsError. Fix: `key = str(key)` at the top of the "
+    "loop, or refuse non-string keys with a SettingsError."))
+def test_config_key_that_is_not_a_string_is_a_settings_error(tmp_path: Path) -> None:
+    """A config file with a numeric key is refused with a SettingsError naming the file."""
+    cfg = tmp_path / "nodemedic.yaml"
+    cfg.write_text("9678: true\n")
+    with pytest.raises(SettingsError, match=r"nodemedic\.yaml"):
+        load_settings(None, environ={"NODEMEDIC_CONFIG": str(cfg)})
