@@ -133,7 +133,7 @@ def evict(reg: Registry, namespace: str, name: str, body: Obj, dry_run: bool = F
     if phase in ("Succeeded", "Failed", "Pending") or pod["metadata"].get("deletionTimestamp"):
         # canIgnorePDB: evicting these causes no new disruption.
         if not dry_run:
-            reg.delete(POD, namespace, name, options)
+            _delete(reg, pod, options)
         return success
     labels = pod["metadata"].get("labels") or {}
     pdbs = [
@@ -156,7 +156,7 @@ def evict(reg: Registry, namespace: str, name: str, body: Obj, dry_run: bool = F
             policy == "AlwaysAllow" or status["currentHealthy"] >= status["desiredHealthy"]
         ):
             if not dry_run:
-                reg.delete(POD, namespace, name, options)
+                _delete(reg, pod, options)
             return success
         if status["disruptionsAllowed"] <= 0:
             raise st.ApiError(
@@ -182,5 +182,26 @@ def evict(reg: Registry, namespace: str, name: str, body: Obj, dry_run: bool = F
         status["disruptedPods"] = {**status.get("disruptedPods", {}), name: rfc3339(reg.clock())}
         reg.replace(PDB, namespace, pdb["metadata"]["name"], {**pdb, "status": status}, "status")
     if not dry_run:
-        reg.delete(POD, namespace, name, options)
+        _delete(reg, pod, options)
     return success
+
+
+def _delete(reg: Registry, pod: Obj, options: Obj) -> None:
+    """Mark the pod with the DisruptionTarget condition Kubernetes (1.31+) sets, then delete it."""
+    cond = {
+        "type": "DisruptionTarget",
+        "status": "True",
+        "reason": "EvictionByEvictionAPI",
+        "message": "Eviction API: evicting",
+        "lastTransitionTime": rfc3339(reg.clock()),
+    }
+    meta = pod["metadata"]
+    reg.patch(
+        POD,
+        meta["namespace"],
+        meta["name"],
+        "application/strategic-merge-patch+json",
+        {"status": {"conditions": [cond]}},
+        "status",
+    )
+    reg.delete(POD, meta["namespace"], meta["name"], options)

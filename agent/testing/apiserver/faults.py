@@ -70,9 +70,14 @@ class RequestLog:
     counts: Counter[tuple[str, str, str]] = field(default_factory=Counter)
     seconds: dict[tuple[str, str, str], float] = field(default_factory=dict)
 
-    def record(self, verb: str, resource: str, client: str, elapsed: float) -> None:
+    def started(self, verb: str, resource: str, client: str) -> tuple[str, str, str]:
+        """Count a request as soon as it arrives (a watch counts while it is still open)."""
         key = (verb, resource, client)
         self.counts[key] += 1
+        return key
+
+    def finished(self, key: tuple[str, str, str], elapsed: float) -> None:
+        """Add the time the request took (for a watch: how long it stayed open)."""
         self.seconds[key] = self.seconds.get(key, 0.0) + elapsed
 
     def count(

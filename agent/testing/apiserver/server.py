@@ -377,6 +377,7 @@ class ApiServer:
         verb, resource = (req.verb, req.resource) if req else (request.method.lower(), request.path)
         client = (request.headers.get("User-Agent") or "unknown").split(" ")[0]
         request[_REQ_KEY] = req
+        key = self.requests.started(verb, resource, client)
         try:
             delay = self.faults.delay_for(verb)
             if delay > 0:
@@ -388,7 +389,7 @@ class ApiServer:
         except st.ApiError as err:
             return _error(err)
         finally:
-            self.requests.record(verb, resource, client, time.perf_counter() - start)
+            self.requests.finished(key, time.perf_counter() - start)
 
     async def _dispatch(self, request: web.Request) -> web.StreamResponse:
         path = request.path.rstrip("/")

@@ -59,7 +59,10 @@ async def test_eviction_allowed_then_budget_exhausted(
         apiserver.create(make_pod(n))
     apiserver.create(_pdb("web", maxUnavailable=1))
     await _evict(core, "a")
-    assert apiserver.get("Pod", "default", "a")["metadata"]["deletionTimestamp"]  # type: ignore[index]
+    evicted = apiserver.get("Pod", "default", "a")
+    assert evicted is not None and evicted["metadata"]["deletionTimestamp"]
+    target = [c for c in evicted["status"]["conditions"] if c["type"] == "DisruptionTarget"]
+    assert target and target[0]["reason"] == "EvictionByEvictionAPI"
     pdb = await policy.read_namespaced_pod_disruption_budget("web", "default")
     assert pdb.status.disruptions_allowed == 0
     with pytest.raises(client.ApiException) as ei:
