@@ -223,7 +223,7 @@ def build_parser(parser: argparse.ArgumentParser, collector_names: Sequence[str]
         if flag.kind == "bool":
             parser.add_argument(
                 f"--{flag.name}", dest=dest, action="store_const", const="true", default=None,
-                help=f"{flag.help} (env {flag.env})",
+                help=f"{flag.help} (env {flag.env})".replace("%", "%%"),
             )
             parser.add_argument(
                 f"--no-{flag.name}", dest=dest, action="store_const", const="false",
@@ -232,7 +232,8 @@ def build_parser(parser: argparse.ArgumentParser, collector_names: Sequence[str]
         else:
             parser.add_argument(
                 f"--{flag.name}", dest=dest, default=None, metavar=flag.kind.upper(),
-                help=f"{flag.help} (default {flag_default(flag) or 'unset'}; env {flag.env})",
+                help=f"{flag.help} (default {flag_default(flag) or 'unset'}; env {flag.env})"
+                .replace("%", "%%"),
             )
     for name in collector_names:
         parser.add_argument(
@@ -292,7 +293,8 @@ def load_settings(
             cfg_path = base_dir / cfg_path
         cfg = _read_config(cfg_path)
         for key, value in cfg.items():
-            if key.startswith("collector.") and key.count(".") == 1:
+            known_flag = str(key).replace(".", "_").replace("-", "_") in _FLAG_BY_FIELD
+            if key.startswith("collector.") and key.count(".") == 1 and not known_flag:
                 name = key.split(".", 1)[1]
                 if collector_names and name not in collector_names:
                     raise SettingsError(

@@ -90,3 +90,24 @@ def test_every_flag_has_env_and_help() -> None:
     for flag in FLAGS:
         assert flag.env.startswith("NODEMEDIC_")
         assert flag.help
+
+
+def test_config_key_collector_timeout_is_a_setting(tmp_path: Path) -> None:
+    """`collector.timeout` in a config file is the timeout setting, not a collector name."""
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("collector.timeout: 3s\ncollector.host: false\n")
+    s = load_settings(parse(["--config", str(cfg)]), environ={},
+                      collector_names=("cgroup", "host"))
+    assert s.collector_timeout == 3.0
+    assert s.collector_enabled("host", True) is False
+
+
+def test_run_help_renders() -> None:
+    """`nodemedic run --help` prints every flag (help texts may contain %)."""
+    from agent.cli import make_parser
+
+    p = make_parser()
+    sub = next(a for a in p._actions if a.dest == "command")
+    text = sub.choices["run"].format_help()  # type: ignore[attr-defined]
+    for flag in FLAGS:
+        assert f"--{flag.name}" in text
