@@ -289,6 +289,21 @@ class SimCluster:
 
     # ---- observing --------------------------------------------------------------------------
     def _snapshot_state(self, quiet: bool = False) -> None:
+        # Node changes first: within one sample a cordon precedes the evictions it causes.
+        for n in self.server.list("nodes"):
+            name = n["metadata"]["name"]
+            taints = n["spec"].get("taints") or []
+            state = (bool(n["spec"].get("unschedulable")),
+                     tuple(sorted(f"{t['key']}:{t['effect']}" for t in taints)))
+            old_state = self._seen_nodes.get(name)
+            if old_state is not None and not quiet:
+                if state[0] != old_state[0]:
+                    self.record("cordoned" if state[0] else "uncordoned", name)
+                for t in sorted(set(state[1]) - set(old_state[1])):
+                    self.record("taint_added", f"{name} {t}")
+                for t in sorted(set(old_state[1]) - set(state[1])):
+                    self.record("taint_removed", f"{name} {t}")
+            self._seen_nodes[name] = state
         # Keyed by uid: a StatefulSet pod re-created under the same name is a new pod.
         pods = {p["metadata"]["uid"]: (p["metadata"]["name"], p["spec"].get("nodeName", ""),
                                        bool(p["metadata"].get("deletionTimestamp")))
@@ -304,20 +319,6 @@ class SimCluster:
                 elif term and not old[2]:
                     self.record("pod_terminating", f"{name} on {node}")
         self._seen_pods = pods
-        for n in self.server.list("nodes"):
-            name = n["metadata"]["name"]
-            taints = n["spec"].get("taints") or []
-            state = (bool(n["spec"].get("unschedulable")),
-                     tuple(sorted(f"{t['key']}:{t['effect']}" for t in taints)))
-            old_state = self._seen_nodes.get(name)
-            if old_state is not None and not quiet:
-                if state[0] != old_state[0]:
-                    self.record("cordoned" if state[0] else "uncordoned", name)
-                for t in sorted(set(state[1]) - set(old_state[1])):
-                    self.record("taint_added", f"{name} {t}")
-                for t in sorted(set(old_state[1]) - set(state[1])):
-                    self.record("taint_removed", f"{name} {t}")
-            self._seen_nodes[name] = state
 
     def pods_by_node(self) -> dict[str, list[str]]:
         out: dict[str, list[str]] = {n: [] for n in self.names}
