@@ -145,3 +145,8 @@ def recording_systemctl(tmp_path: Path) -> tuple[str, Path]:
     )
     script.chmod(script.stat().st_mode | stat.S_IEXEC)
     return str(script), log
+def metric(families: list[Family], name: str, **labels: str) -> float | None:
+    for fam in families:
+        if fam.name == name:
+            return fam.get(**labels)
+    return None
