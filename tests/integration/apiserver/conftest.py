@@ -1,15 +1,12 @@
-"""Helpers shared by the API server's own tests: typed API objects for the kube_api client."""
+"""Fixtures shared by the API server's own tests: API groups on kube_api and a pod factory."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
 from kubernetes_asyncio import client
-
-FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "k8s"
 
 
 @pytest.fixture

@@ -3,36 +3,33 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from kubernetes_asyncio import client
 
 from agent.testing.apiserver import ApiServer
 
-FIXTURE_NODE = "node_gke_v1.11_with_npd_and_networkunavailable.yaml"
+FIXTURE_NODE = (
+    Path(__file__).resolve().parents[2]
+    / "fixtures"
+    / "k8s"
+    / "node_gke_v1.11_with_npd_and_networkunavailable.yaml"
+)
 
 
-def _seed_gke_node(apiserver: ApiServer, fixtures: Any) -> dict[str, Any]:
-    import yaml
-
-    node = yaml.safe_load((fixtures / FIXTURE_NODE).read_text())
+def _seed_gke_node(apiserver: ApiServer) -> dict[str, Any]:
+    """The real GKE node capture (13 conditions, including node-problem-detector ones)."""
+    node = yaml.safe_load(FIXTURE_NODE.read_text())
     node["metadata"].pop("resourceVersion", None)
     return apiserver.create(node)
 
 
-@pytest.fixture
-def fixtures() -> Any:
-    from pathlib import Path
-
-    return Path(__file__).resolve().parents[2] / "fixtures" / "k8s"
-
-
-async def test_strategic_merge_node_condition_by_type(
-    core: Any, apiserver: ApiServer, fixtures: Any
-) -> None:
+async def test_strategic_merge_node_condition_by_type(core: Any, apiserver: ApiServer) -> None:
     """A status patch of one condition replaces that condition by type and keeps all others."""
-    node = _seed_gke_node(apiserver, fixtures)
+    node = _seed_gke_node(apiserver)
     name = node["metadata"]["name"]
     before = {c["type"]: c for c in node["status"]["conditions"]}
     await core.patch_node_status(
