@@ -105,12 +105,6 @@ async def test_thousands_of_nodes_flapping_and_replaced(
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason=(
-    "agent/peers/cluster.py:114-115 ClusterView._seqs[(prober, target)] and urls[prober] are "
-    "filled by _heartbeat_changed (line ~170) and never pruned: a deleted heartbeat returns "
-    "early, a deleted Node only clears renewed/probes. With node churn (autoscaling) they grow "
-    "for the leader's lifetime. Fix: on a heartbeat deletion pop urls[prober] and every _seqs "
-    "key of that prober; on a Node deletion pop _seqs keys whose target is that node."))
 async def test_node_churn_leaves_no_per_node_state_behind(
     tmp_path: Path, apiserver: ApiServer, kube_api: Any
 ) -> None:
