@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 from agent.peers import rest
 from agent.peers.detector import NodeView, Probe
@@ -37,7 +38,7 @@ class NodeInfo:
     unschedulable: bool
     taints: tuple[tuple[str, str], ...]
     annotations: tuple[tuple[str, str], ...]
-    address: str
+    addresses: tuple[str, ...]
 
     def annotation(self, key: str) -> str | None:
         for k, v in self.annotations:
@@ -56,10 +57,10 @@ def reduce_node(obj: dict[str, Any]) -> NodeInfo:
         if isinstance(cond, dict) and cond.get("type") == "Ready":
             ready = {"True": True, "False": False}.get(str(cond.get("status")))
             since = str(cond.get("lastTransitionTime") or "")
-    address = ""
-    for addr in status.get("addresses") or []:
-        if isinstance(addr, dict) and addr.get("type") == "InternalIP":
-            address = str(addr.get("address") or "")
+    addresses = tuple(
+        str(a.get("address")) for a in status.get("addresses") or []
+        if isinstance(a, dict) and a.get("address")
+    )
     ann = meta.get("annotations") or {}
     return NodeInfo(
         zone=str((meta.get("labels") or {}).get(ZONE_LABEL, "")),
@@ -74,7 +75,7 @@ def reduce_node(obj: dict[str, Any]) -> NodeInfo:
         annotations=tuple(sorted(
             (str(k), str(v)) for k, v in ann.items() if str(k).startswith("nodemedic.io/")
         )),
-        address=address,
+        addresses=addresses,
     )
 
 
@@ -168,6 +169,10 @@ class ClusterView:
         new: tuple[str, str, dict[str, tuple[bool, int]]] | None,
     ) -> None:
         if new is None:
+            if old is not None:  # the agent's heartbeat is gone: forget what it told us
+                self.urls.pop(old[0], None)
+                for key in [k for k in self._seqs if k[0] == old[0]]:
+                    del self._seqs[key]
             return
         prober, url, results = new
         if url:
@@ -188,6 +193,18 @@ class ClusterView:
 
     def forget_probes(self, target: str) -> None:
         self.probes.pop(target, None)
+
+    def agent_url(self, node: str) -> str:
+        """The node's agent URL, only if it points at one of the Node's own addresses: a
+        heartbeat Lease cannot make the leader probe (and judge by) some other machine."""
+        url = self.urls.get(node, "")
+        info = self.nodes.items.get(node)
+        if not url or info is None:
+            return ""
+        parsed = urlsplit(url)
+        if parsed.scheme not in ("http", "https") or parsed.hostname not in info.addresses:
+            return ""
+        return f"{parsed.scheme}://{parsed.netloc}"
 
     # ---- the detector's input ------------------------------------------------------------
     def views(self) -> list[NodeView]:

@@ -326,9 +326,10 @@ class FailoverStage:
         infos = self.view.nodes.items
         zone_of = {n: i.zone for n, i in infos.items()}
         early = s.failover_node_grace / 2
+        urls = {n: self.view.agent_url(n) for n in infos}
         healthy_agents = [
             n for n, i in infos.items()
-            if n != self.me and n in self.view.urls and i.ready is not False
+            if n != self.me and urls[n] and i.ready is not False
             and now - self.view.renewed.get(n, now - 2 * s.failover_node_grace) <= early
         ]
         k = min(s.failover_probers, len(healthy_agents))
@@ -340,7 +341,7 @@ class FailoverStage:
         for name, info in infos.items():
             renewed = self.view.renewed.get(name)
             late = renewed is None or now - renewed > early or info.ready is not True
-            url = self.view.urls.get(name, "")
+            url = urls[name]
             if not late or name == self.me or not url:
                 continue
             suspects[name] = url
@@ -355,6 +356,18 @@ class FailoverStage:
         await self._mass_failure_event()
         for name, verdict in self.assessment.verdicts.items():
             await self._decide(name, verdict, now)
+        self._prune(set(infos))
+
+    def _prune(self, nodes: set[str]) -> None:
+        """Forget per-node memory of deleted nodes (autoscaled clusters churn through names)."""
+        if len(self._announced) <= len(nodes) + 16:
+            return
+        for memory in (self._announced, self._healthy_since, self._failed_since,
+                       self._not_before):
+            for gone in [n for n in memory if n not in nodes]:
+                del memory[gone]
+        for gone in [n for n in self.remedy.targets if n not in nodes]:
+            self.remedy.forget(gone)
 
     async def _mass_failure_event(self) -> None:
         a = self.assessment
@@ -489,10 +502,10 @@ class FailoverStage:
     async def _ladder(self, name: str) -> bool:
         """Walk the ladder; True once the node is fenced (nothing left to do until recovery)."""
         assert self.view is not None
-        verdict = self.assessment.verdicts[name]
         s = self.settings
         if not self._actionable(name):
             return False
+        verdict = self.assessment.verdicts[name]
         if not await self.remedy.isolate(name, verdict.reason):
             self._note(name, "isolate_blocked", "cordon/taint denied or failed; see the log")
             return False

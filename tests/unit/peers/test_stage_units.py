@@ -1,0 +1,47 @@
+"""Failover stage pieces without a cluster: inert when disabled, agent URLs tied to the node."""
+
+from __future__ import annotations
+
+from agent.peers.cluster import ClusterView, reduce_node
+from agent.peers.stage import FailoverStage
+from agent.settings import settings_for_tests
+
+
+async def test_without_api_the_stage_is_inert_but_says_it_does_not_lead() -> None:
+    """Enabled without a cluster: nothing starts, nodemedic_leader is exported as 0."""
+    stage = FailoverStage(settings_for_tests(failover_enabled=True), None)
+    await stage.start()
+    fams = {f.name: f for f in stage.families()}
+    assert fams["nodemedic_leader"].get() == 0
+    assert stage.status() == {"failover": {"enabled": False}}
+    await stage.close()
+
+
+def node(name: str, *addresses: str) -> dict[str, object]:
+    return {"metadata": {"name": name, "labels": {"topology.kubernetes.io/zone": "z1"}},
+            "status": {"addresses": [{"type": "InternalIP", "address": a} for a in addresses],
+                       "conditions": [{"type": "Ready", "status": "True"}]}}
+
+
+def test_agent_url_must_point_at_the_node_itself() -> None:
+    """A heartbeat URL naming another machine is ignored (never probed, never trusted)."""
+    view = ClusterView(None, "kube-system")
+    view.nodes.items["n1"] = reduce_node(node("n1", "10.0.0.1"))
+    view.urls["n1"] = "http://10.0.0.1:9678/ignored/path"
+    assert view.agent_url("n1") == "http://10.0.0.1:9678"
+    view.urls["n1"] = "http://169.254.169.254:80"
+    assert view.agent_url("n1") == ""
+    view.urls["n1"] = "file:///etc/passwd"
+    assert view.agent_url("n1") == ""
+    assert view.agent_url("unknown-node") == ""
+
+
+def test_reduce_node_keeps_only_what_the_leader_reads() -> None:
+    """Zone, Ready, taints, nodemedic annotations and addresses survive; the rest is dropped."""
+    obj = node("n1", "10.0.0.1")
+    obj["metadata"] = {**obj["metadata"], "annotations": {  # type: ignore[dict-item]
+        "nodemedic.io/failover": "{}", "other.io/x": "y"}}
+    info = reduce_node(obj)
+    assert info.zone == "z1" and info.ready is True
+    assert info.annotations == (("nodemedic.io/failover", "{}"),)
+    assert info.addresses == ("10.0.0.1",)
