@@ -42,7 +42,7 @@ log = structlog.get_logger("nodemedic.failover")
 
 RULE = "failed-node"
 STATE_ANNOTATION = "nodemedic.io/failover"
-RUNBOOK = "docs/runbooks/NodemedicNodeFailed.md"
+RUNBOOK = ""  # no runbook for failed-node actions yet (see the failover README section)
 
 
 def read_state(raw: str | None) -> dict[str, Any]:
