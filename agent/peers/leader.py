@@ -150,8 +150,10 @@ class LeaderElector:
             self._observe(current)
             spec = current.get("spec") or {}
             holder = str(spec.get("holderIdentity") or "")
+            # Honour the longer of our duration and the holder's: agents may differ in config.
+            duration = max(cfg.lease_duration, float(spec.get("leaseDurationSeconds") or 0))
             if holder and holder != cfg.identity and self.clock() < (
-                self._observed_at + cfg.lease_duration
+                self._observed_at + duration
             ):
                 if self._leading:
                     self._set_leading(False, "lost")

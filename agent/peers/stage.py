@@ -153,6 +153,7 @@ class FailoverStage:
         url = await self._advertise_url()
         self.heartbeat = Heartbeat(self.api, s.failover_lease_namespace, self.me, url,
                                    interval=HEARTBEAT_REFRESH,
+                                   lease_seconds=int(2 * HEARTBEAT_REFRESH),
                                    wall=self.wall)
         self._spawn("election", self.elector.run(self._stop))
         self._spawn("probes", self._probe_loop())
