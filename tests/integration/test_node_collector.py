@@ -110,7 +110,16 @@ async def test_follows_changes_through_the_watch(
     """A cordon, a taint and a NotReady condition show up without any polling request."""
     _seed(apiserver)
     await collector.start()
-    await _until(lambda: collector.node and collector.node.state.synced, "sync")
+    # both watches listed (the Lease one too), so any later LIST would be polling
+    await _until(
+        lambda: (
+            collector.node
+            and collector.node.state.synced
+            and collector.lease
+            and collector.lease.state.synced
+        ),
+        "sync",
+    )
     gets_before = apiserver.requests.count(verb="list")
     apiserver.patch(
         "Node",
@@ -138,10 +147,9 @@ async def test_follows_changes_through_the_watch(
 
     async def changed() -> bool:
         fams = await _collect_ok(collector)
-        return (
-            bool(fams)
-            and fams["nodemedic_node_condition"].get(condition="Ready", status="false") == 1
-        )
+        if fams is None:
+            return False
+        return fams["nodemedic_node_condition"].get(condition="Ready", status="false") == 1
 
     for _ in range(500):
         if await changed():
@@ -194,10 +202,11 @@ async def test_relists_after_410_gone(apiserver: ApiServer, collector: NodeColle
         ),
         "relist after 410",
     )
-    assert collector.node.state.gone >= 1
+    node = collector.node
+    assert node.state.gone >= 1
     apiserver.patch("Node", "", NODE, {"spec": {"unschedulable": True}})
     await _until(
-        lambda: (collector.node.state.obj or {}).get("spec", {}).get("unschedulable"),
+        lambda: (node.state.obj or {}).get("spec", {}).get("unschedulable"),
         "event after relist",
     )
 

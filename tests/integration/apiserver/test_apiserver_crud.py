@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -12,7 +13,7 @@ from agent.testing.apiserver import ApiServer
 
 
 def body(exc: client.ApiException) -> dict[str, Any]:
-    out: dict[str, Any] = json.loads(exc.body)
+    out: dict[str, Any] = json.loads(exc.body or b"")
     return out
 
 
@@ -79,12 +80,13 @@ async def test_generate_name(core: Any) -> None:
 
 async def test_invalid_objects_are_422(core: Any) -> None:
     """Missing name, bad names, bad labels and podless containers are 422 Invalid."""
-    for make in (
+    makers: list[Callable[[], Awaitable[Any]]] = [
         lambda: core.create_node({"metadata": {}}),
         lambda: core.create_node({"metadata": {"name": "Bad_Name"}}),
         lambda: core.create_node({"metadata": {"name": "n", "labels": {"a": "b c"}}}),
         lambda: core.create_namespaced_pod("default", {"metadata": {"name": "p"}, "spec": {}}),
-    ):
+    ]
+    for make in makers:
         with pytest.raises(client.ApiException) as ei:
             await make()
         assert ei.value.status == 422
@@ -281,7 +283,7 @@ async def test_list_items_have_no_kind(kube_api: Any, apiserver: ApiServer) -> N
     """List items omit kind/apiVersion and the list carries the current resourceVersion."""
     apiserver.create({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "n1"}})
     core = client.CoreV1Api(kube_api)
-    resp = await core.list_node(_preload_content=False)
+    resp: Any = await core.list_node(_preload_content=False)
     data = json.loads(await resp.read())
     assert data["kind"] == "NodeList" and "kind" not in data["items"][0]
     assert data["metadata"]["resourceVersion"] == str(apiserver.store.resource_version)
@@ -311,7 +313,8 @@ async def test_events_in_both_api_groups(core: Any, kube_api: Any) -> None:
     ev = await client.EventsV1Api(kube_api).read_namespaced_event("e1", "default")
     assert ev.note == "cordoned" and ev.regarding.name == "n1"
     assert ev.deprecated_source.component == "nodemedic"
-    await client.EventsV1Api(kube_api).create_namespaced_event(
+    events_api: Any = client.EventsV1Api(kube_api)  # Any: the stubs want a model, dicts work
+    await events_api.create_namespaced_event(
         "default",
         {
             "metadata": {"name": "e2"},

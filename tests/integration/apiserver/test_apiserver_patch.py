@@ -74,7 +74,9 @@ async def test_invalid_taint_effect_is_422(core: Any, apiserver: ApiServer) -> N
     with pytest.raises(client.ApiException) as ei:
         await core.patch_node("n1", {"spec": {"taints": [{"key": "a", "effect": "Bogus"}]}})
     assert ei.value.status == 422
-    assert json.loads(ei.value.body)["details"]["causes"][0]["field"] == "spec.taints[0].effect"
+    assert (
+        json.loads(ei.value.body or b"")["details"]["causes"][0]["field"] == "spec.taints[0].effect"
+    )
 
 
 async def test_annotations_merge_and_null_deletes(core: Any, apiserver: ApiServer) -> None:
@@ -185,14 +187,15 @@ async def test_patch_with_stale_resource_version_is_409(core: Any, apiserver: Ap
             "n1", {"metadata": {"resourceVersion": old_rv, "annotations": {"x": "y"}}}
         )
     assert ei.value.status == 409
-    assert json.loads(ei.value.body)["reason"] == "Conflict"
+    assert json.loads(ei.value.body or b"")["reason"] == "Conflict"
 
 
 async def test_server_side_apply_is_415(kube_api: Any, apiserver: ApiServer) -> None:
     """Patch types the server does not implement are refused with 415, not silently misapplied."""
     apiserver.create({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "n1"}})
+    core: Any = client.CoreV1Api(kube_api)  # Any: the stubs omit _content_type
     with pytest.raises(client.ApiException) as ei:
-        await client.CoreV1Api(kube_api).patch_node(
+        await core.patch_node(
             "n1", {"spec": {}}, _content_type="application/apply-patch+yaml", field_manager="t"
         )
     assert ei.value.status == 415

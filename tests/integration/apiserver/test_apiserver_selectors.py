@@ -85,7 +85,7 @@ async def test_unsupported_field_selector_is_400(core: Any) -> None:
     with pytest.raises(client.ApiException) as ei:
         await core.list_node(field_selector="spec.podCIDR=10.0.0.0/24")
     assert ei.value.status == 400
-    assert json.loads(ei.value.body)["message"] == "field label not supported: spec.podCIDR"
+    assert json.loads(ei.value.body or b"")["message"] == "field label not supported: spec.podCIDR"
 
 
 async def test_bad_label_selector_is_400(core: Any) -> None:
