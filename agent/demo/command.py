@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import heapq
+import itertools
 import sys
 from typing import Any, TextIO
 
@@ -71,6 +73,14 @@ async def demo(args: argparse.Namespace, out: TextIO) -> int:
     from agent.runtime.logging import configure_logging
 
     configure_logging("error", "console")
+    if args.nodes < 3 or args.nodes > 50 or args.zones < 1:
+        print("nodemedic demo: --nodes must be 3 to 50 (one failure must stay under the "
+              "40% mass-failure limit) and --zones at least 1", file=sys.stderr)
+        return 2
+    if args.kill and args.kill not in [f"node-{i + 1}" for i in range(args.nodes)]:
+        print(f"nodemedic demo: --kill {args.kill}: no such node (node-1 .. node-{args.nodes})",
+              file=sys.stderr)
+        return 2
     grace = float(args.node_grace)
     cluster = SimCluster(SimConfig(nodes=args.nodes, zones=args.zones,
                                    node_monitor_grace=grace * 1.25))
@@ -80,9 +90,23 @@ async def demo(args: argparse.Namespace, out: TextIO) -> int:
     fleet = Fleet(cluster, timings)
     t_kill = 0.0
 
+    # Lines come from two sources (the cluster's log, the agents' timelines) a little apart:
+    # hold each for a moment and print in time order.
+    pending: list[tuple[float, int, str, str]] = []
+    order = itertools.count()
+
     def show(at: float, label: str, detail: str) -> None:
-        rel = f"t+{at - t_kill:6.2f}s" if t_kill else f"{at:8.2f}s"
-        print(f"  {rel}  {label:<13} {detail}", file=out, flush=True)
+        heapq.heappush(pending, (at, next(order), label, detail))
+
+    def flush(upto: float = float("inf")) -> None:
+        while pending and pending[0][0] <= upto:
+            at, _, label, detail = heapq.heappop(pending)
+            print(f"  t+{max(at - t_kill, 0.0):6.2f}s  {label:<13} {detail}", file=out, flush=True)
+
+    async def printer() -> None:
+        while True:
+            flush(cluster.elapsed() - 0.3)
+            await asyncio.sleep(0.05)
 
     def on_log(e: LogEntry) -> None:
         if t_kill and e.kind in _PHASES:
@@ -114,16 +138,22 @@ async def demo(args: argparse.Namespace, out: TextIO) -> int:
         await fleet.kill(victim)
         seen: set[tuple[float, str, str]] = set()
         poller = asyncio.create_task(_follow_stages(fleet, cluster, seen, show))
+        printing = asyncio.create_task(printer())
         ok = await _wait(lambda: _fenced_and_moved(cluster, victim), grace + 40)
         await asyncio.sleep(1.0)
         t_done = cluster.elapsed()
         if not args.no_recover:
+            await asyncio.sleep(0.3)
+            flush()
             print(f"\nBringing {victim} back:", file=out)
             await fleet.revive(victim)
             ok = bool(await _wait(lambda: _recovered(cluster, victim),
                                   timings.healthy_delay + 20)) and bool(ok)
             await asyncio.sleep(0.5)
         poller.cancel()
+        printing.cancel()
+        await asyncio.sleep(0.3)
+        flush()
         _summary(out, cluster, victim, t_kill=t_kill, grace=grace, t_done=t_done)
         if args.hold > 0:
             print(f"\nHolding for {args.hold:g}s; metrics stay at the URLs above.", file=out)
