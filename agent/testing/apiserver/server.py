@@ -213,7 +213,7 @@ class ApiServer:
         self.sweep_interval = sweep_interval
         self._runner: web.AppRunner | None = None
         self._sweeper: asyncio.Task[None] | None = None
-        self._streams: set[web.StreamResponse] = set()
+        self._watch_tasks: set[asyncio.Task[Any]] = set()
 
     # ---- lifecycle -----------------------------------------------------------------------
     @property
@@ -338,10 +338,8 @@ class ApiServer:
     def drop_watches(self) -> int:
         """Cut every open watch connection abruptly; returns how many were cut."""
         n = self.store.close_watchers("drop")
-        for resp in list(self._streams):
-            task = getattr(resp, "_nm_task", None)
-            if task is not None:
-                task.cancel()
+        for task in list(self._watch_tasks):
+            task.cancel()
         return n
 
     def kubeconfig(self) -> dict[str, Any]:
@@ -707,8 +705,8 @@ class ApiServer:
         )
         resp.enable_chunked_encoding()
         task = asyncio.current_task()
-        resp._nm_task = task  # type: ignore[attr-defined]  # lets drop_watches() cut this stream
-        self._streams.add(resp)
+        if task is not None:
+            self._watch_tasks.add(task)  # lets drop_watches() cut this stream
         first = [True]
 
         def line(etype: str, obj: Obj) -> bytes:
@@ -735,11 +733,20 @@ class ApiServer:
                 await resp.write(line("ERROR", error.body()))
                 await resp.write_eof()
                 return resp
-            chunk = [line(t, o) for t, o, _ in initial]
+
+            def encode_events(events: builtins.list[tuple[str, Obj, int]]) -> bytes:
+                return b"".join(line(t, o) for t, o, _ in events)
+
+            # The initial state can be the whole collection: encode it in chunks off the loop.
+            for i in range(0, len(initial), _BIG_LIST):
+                part = initial[i : i + _BIG_LIST]
+                if len(initial) > _BIG_LIST:
+                    data = await asyncio.to_thread(encode_events, part)
+                else:
+                    data = encode_events(part)
+                await resp.write(data)
             if send_initial and bookmarks:
-                chunk.append(bookmark({"k8s.io/initial-events-end": "true"}))
-            if chunk:
-                await resp.write(b"".join(chunk))
+                await resp.write(bookmark({"k8s.io/initial-events-end": "true"}))
             next_bookmark = time.monotonic() + self.bookmark_interval
             while True:
                 now = time.monotonic()
@@ -772,5 +779,6 @@ class ApiServer:
                 request.transport.close()
         finally:
             self.store.remove_watcher(w)
-            self._streams.discard(resp)
+            if task is not None:
+                self._watch_tasks.discard(task)
         return resp

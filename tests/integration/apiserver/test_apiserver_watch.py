@@ -215,3 +215,21 @@ async def test_name_indexed_watch_sees_only_its_object(core: Any, apiserver: Api
     got = await _collect(stream, 1)
     await w.close()
     assert got == [("MODIFIED", "n2")]
+
+
+async def test_watch_initial_state_of_a_big_collection(core: Any, apiserver: ApiServer) -> None:
+    """A watch without resourceVersion streams every existing object (several chunks) once."""
+    for i in range(4100):
+        apiserver.create(
+            {
+                "apiVersion": "v1",
+                "kind": "ConfigMap",
+                "metadata": {"name": f"c{i:05d}", "namespace": "default"},
+            }
+        )
+    w = watch.Watch()
+    stream = w.stream(core.list_namespaced_config_map, "default", timeout_seconds=5)
+    got = await _collect(stream, 4100)
+    await w.close()
+    assert [n for _, n in got] == [f"c{i:05d}" for i in range(4100)]
+    assert {t for t, _ in got} == {"ADDED"}
