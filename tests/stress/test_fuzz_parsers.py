@@ -46,10 +46,10 @@ def test_parser_survives_hostile_input(target: Target) -> None:
 
 
 @pytest.mark.xfail(strict=True, reason=(
-    "agent/kubelet_client.py:166 int(restartCount) raises OverflowError for 1e999 (JSON allows "
-    "it); parse_pod_list only skips KeyError/TypeError/ValueError/AttributeError, so the whole "
-    "kubelet collector fails and kubelet_up goes missing. Fix: add OverflowError to the except "
-    "at line 176."))
+    "agent/kubelet_client.py:166 int(restartCount) raises OverflowError for 1e999 (JSON "
+    "allows it); parse_pod_list only skips KeyError/TypeError/ValueError/AttributeError, so "
+    "the whole kubelet collector fails and kubelet_up goes missing. Fix: add OverflowError to"
+    " the except at line 176."))
 def test_pod_list_with_an_infinite_restart_count_skips_the_pod() -> None:
     """A /pods item with restartCount 1e999 is skipped and counted, not fatal."""
     body = {"items": [{"metadata": {"uid": "u", "namespace": "n", "name": "p"},
@@ -75,10 +75,10 @@ def test_stats_summary_with_a_huge_integer_drops_only_that_value() -> None:
 
 
 @pytest.mark.xfail(strict=True, reason=(
-    "agent/settings.py:250 path.read_text() raises UnicodeDecodeError for a config file that "
-    "is not UTF-8; _read_config only turns OSError into SettingsError, so `nodemedic run "
-    "--config` dies with a traceback instead of a one-line message. Fix: also catch "
-    "UnicodeDecodeError there (or read bytes and let yaml report the position)."))
+    "agent/settings.py:251 (_read_config) path.read_text() raises UnicodeDecodeError for a "
+    "config file that is not UTF-8; _read_config only turns OSError into SettingsError, so "
+    "`nodemedic run --config` dies with a traceback instead of a one-line message. Fix: also "
+    "catch UnicodeDecodeError there (or read bytes and let yaml report the position)."))
 def test_config_file_that_is_not_utf8_is_a_settings_error(tmp_path: Path) -> None:
     """A Latin-1 config file is refused with a SettingsError naming the file."""
     cfg = tmp_path / "nodemedic.yaml"
@@ -88,9 +88,9 @@ def test_config_file_that_is_not_utf8_is_a_settings_error(tmp_path: Path) -> Non
 
 
 @pytest.mark.xfail(strict=True, reason=(
-    "agent/settings.py:211 int(None) raises TypeError for `safety.max-actions-per-hour: null` "
-    "(and float()/int() of a list or map likewise); load_settings (line 329) only turns "
-    "ValueError into SettingsError, so the daemon dies with a traceback. Fix: catch "
+    "agent/settings.py:211 (_convert) int(None) raises TypeError for `safety.max-actions-per-"
+    "hour: null` (and float()/int() of a list or map likewise); load_settings (line 331) only"
+    " turns ValueError into SettingsError, so the daemon dies with a traceback. Fix: catch "
     "(TypeError, ValueError, OverflowError) there."))
 def test_config_value_of_the_wrong_yaml_type_is_a_settings_error(tmp_path: Path) -> None:
     """A null or list where a number belongs is refused with a SettingsError naming the key."""
@@ -101,9 +101,9 @@ def test_config_value_of_the_wrong_yaml_type_is_a_settings_error(tmp_path: Path)
 
 
 @pytest.mark.xfail(strict=True, reason=(
-    "agent/settings.py:295 key.startswith() on a config key YAML parsed as a number (`1: x`) "
-    "raises AttributeError instead of SettingsError. Fix: `key = str(key)` at the top of the "
-    "loop, or refuse non-string keys with a SettingsError."))
+    "agent/settings.py:297 (load_settings) key.startswith() on a config key YAML parsed as a "
+    "number (`1: x`) raises AttributeError instead of SettingsError. Fix: `key = str(key)` at"
+    " the top of the loop, or refuse non-string keys with a SettingsError."))
 def test_config_key_that_is_not_a_string_is_a_settings_error(tmp_path: Path) -> None:
     """A config file with a numeric key is refused with a SettingsError naming the file."""
     cfg = tmp_path / "nodemedic.yaml"
