@@ -8,16 +8,20 @@ can load it the same way. ``apiserver`` is a started :class:`ApiServer` on a fre
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest_asyncio
 
-from agent.testing.apiserver import ApiServer
+if TYPE_CHECKING:
+    from agent.testing.apiserver import ApiServer
 
 
 @pytest_asyncio.fixture
 async def apiserver() -> AsyncIterator[ApiServer]:
     """A running in-memory API server on 127.0.0.1 and a free port, stopped after the test."""
+    # Imported here so that loading the plugin never breaks a test session that does not use it.
+    from agent.testing.apiserver import ApiServer
+
     server = ApiServer()
     await server.start()
     try:
