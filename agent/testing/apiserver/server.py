@@ -391,6 +391,8 @@ class ApiServer:
 
     async def _dispatch(self, request: web.Request) -> web.StreamResponse:
         path = request.path.rstrip("/")
+        if request.method == "GET" and path in ("/healthz", "/livez", "/readyz"):
+            return web.Response(text="ok", content_type="text/plain")
         if request.method == "GET":
             doc = self._discovery(path)
             if doc is not None:

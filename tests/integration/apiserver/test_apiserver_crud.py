@@ -6,6 +6,7 @@ import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import aiohttp
 import pytest
 from kubernetes_asyncio import client
 
@@ -359,3 +360,11 @@ async def test_big_list_is_complete_and_paged_correctly(core: Any, apiserver: Ap
     assert [c.metadata.name for c in full.items] == [f"c{i:05d}" for i in range(4500)]
     page = await core.list_namespaced_config_map("default", limit=4000)
     assert len(page.items) == 4000 and page.metadata.remaining_item_count == 500
+
+
+async def test_health_endpoints(apiserver: ApiServer) -> None:
+    """/healthz, /livez and /readyz answer ok, as probes of a real API server expect."""
+    async with aiohttp.ClientSession() as http:
+        for path in ("/healthz", "/livez", "/readyz"):
+            async with http.get(apiserver.url + path) as resp:
+                assert (resp.status, await resp.text()) == (200, "ok")
