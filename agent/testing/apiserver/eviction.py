@@ -187,7 +187,11 @@ def evict(reg: Registry, namespace: str, name: str, body: Obj, dry_run: bool = F
 
 
 def _delete(reg: Registry, pod: Obj, options: Obj) -> None:
-    """Mark the pod with the DisruptionTarget condition Kubernetes (1.31+) sets, then delete it."""
+    """Mark the pod with the DisruptionTarget condition Kubernetes (1.31+) sets, then delete it.
+
+    Preconditions are checked first, so a refused eviction leaves the pod untouched.
+    """
+    reg.check_preconditions(POD, pod, options)
     cond = {
         "type": "DisruptionTarget",
         "status": "True",
@@ -196,7 +200,7 @@ def _delete(reg: Registry, pod: Obj, options: Obj) -> None:
         "lastTransitionTime": rfc3339(reg.clock()),
     }
     meta = pod["metadata"]
-    reg.patch(
+    marked = reg.patch(
         POD,
         meta["namespace"],
         meta["name"],
@@ -204,4 +208,8 @@ def _delete(reg: Registry, pod: Obj, options: Obj) -> None:
         {"status": {"conditions": [cond]}},
         "status",
     )
+    pre = options.get("preconditions") or {}
+    if pre.get("resourceVersion"):  # our own status write moved it on, as kube-apiserver allows
+        pre = {**pre, "resourceVersion": marked["metadata"]["resourceVersion"]}
+        options = {**options, "preconditions": pre}
     reg.delete(POD, meta["namespace"], meta["name"], options)

@@ -254,7 +254,24 @@ class Registry:
         """DELETE with DeleteOptions (gracePeriodSeconds, preconditions); returns the object."""
         options = options or {}
         obj = self.get(rt, namespace, name)
+        self.check_preconditions(rt, obj, options)
+        if rt.plural == "namespaces":
+            return self._delete_namespace(obj)
+        grace = 0
+        if rt.plural == "pods":
+            grace = self._pod_grace(obj, options.get("gracePeriodSeconds"))
+        if grace > 0:
+            return self._graceful_delete(rt, obj, grace)
+        if obj["metadata"].get("finalizers"):
+            if obj["metadata"].get("deletionTimestamp"):
+                return obj
+            return self._mark_deleting(rt, obj, 0)
+        return self._remove(rt, obj)
+
+    def check_preconditions(self, rt: ResourceType, obj: Obj, options: Obj) -> None:
+        """409 when DeleteOptions.preconditions (uid, resourceVersion) do not match ``obj``."""
         meta = obj["metadata"]
+        name = meta["name"]
         pre = options.get("preconditions") or {}
         if pre.get("uid") and pre["uid"] != meta["uid"]:
             raise st.conflict(
@@ -277,18 +294,6 @@ class Registry:
                     f"ResourceVersion in object meta: {meta['resourceVersion']}"
                 ),
             )
-        if rt.plural == "namespaces":
-            return self._delete_namespace(obj)
-        grace = 0
-        if rt.plural == "pods":
-            grace = self._pod_grace(obj, options.get("gracePeriodSeconds"))
-        if grace > 0:
-            return self._graceful_delete(rt, obj, grace)
-        if meta.get("finalizers"):
-            if meta.get("deletionTimestamp"):
-                return obj
-            return self._mark_deleting(rt, obj, 0)
-        return self._remove(rt, obj)
 
     def _pod_grace(self, pod: Obj, requested: Any) -> int:
         """podStrategy.CheckGracefulDelete: unscheduled or finished pods go at once."""

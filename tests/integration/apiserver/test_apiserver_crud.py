@@ -368,3 +368,51 @@ async def test_health_endpoints(apiserver: ApiServer) -> None:
         for path in ("/healthz", "/livez", "/readyz"):
             async with http.get(apiserver.url + path) as resp:
                 assert (resp.status, await resp.text()) == (200, "ok")
+
+
+async def test_endpointslices_by_service_label(kube_api: Any) -> None:
+    """EndpointSlices are served under discovery.k8s.io/v1 and selectable by service name."""
+    disc: Any = client.DiscoveryV1Api(kube_api)  # Any: the stubs want models, dicts work
+    for svc, ip in (("web", "10.0.0.1"), ("db", "10.0.0.2")):
+        await disc.create_namespaced_endpoint_slice(
+            "default",
+            {
+                "metadata": {"name": f"{svc}-abc", "labels": {"kubernetes.io/service-name": svc}},
+                "addressType": "IPv4",
+                "endpoints": [{"addresses": [ip]}],
+                "ports": [{"port": 80, "protocol": "TCP"}],
+            },
+        )
+    out = await disc.list_namespaced_endpoint_slice(
+        "default", label_selector="kubernetes.io/service-name=web"
+    )
+    assert [(s.metadata.name, s.endpoints[0].addresses) for s in out.items] == [
+        ("web-abc", ["10.0.0.1"])
+    ]
+
+
+async def test_exact_list_of_an_old_version_is_410(apiserver: ApiServer) -> None:
+    """resourceVersionMatch=Exact for a version that is not current is 410 Expired."""
+    apiserver.create({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "n1"}})
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(
+            apiserver.url + "/api/v1/nodes",
+            params={"resourceVersion": "1", "resourceVersionMatch": "Exact"},
+        ) as resp,
+    ):
+        assert resp.status == 410
+        assert (await resp.json())["reason"] == "Expired"
+
+
+async def test_continue_after_compaction_is_410(core: Any, apiserver: ApiServer) -> None:
+    """A continue token from before a compaction is 410 Expired, as etcd compaction makes it."""
+    for i in range(3):
+        await core.create_namespaced_config_map("default", {"metadata": {"name": f"c{i}"}})
+    page = await core.list_namespaced_config_map("default", limit=1)
+    await core.create_namespaced_config_map("default", {"metadata": {"name": "later"}})
+    apiserver.compact()
+    with pytest.raises(client.ApiException) as ei:
+        await core.list_namespaced_config_map("default", limit=1, _continue=page.metadata._continue)
+    assert ei.value.status == 410
+    assert "continue parameter is too old" in body(ei.value)["message"]

@@ -23,6 +23,12 @@ def _pdb(name: str, **spec: Any) -> dict[str, Any]:
     }
 
 
+async def _evict_with(core: Any, name: str, delete_options: dict[str, Any]) -> Any:
+    return await core.create_namespaced_pod_eviction(
+        name, "default", {"metadata": {"name": name}, "deleteOptions": delete_options}
+    )
+
+
 async def _evict(core: Any, name: str) -> Any:
     return await core.create_namespaced_pod_eviction(
         name,
@@ -156,3 +162,81 @@ async def test_pdb_status_follows_pods(policy: Any, apiserver: ApiServer, make_p
     pdb = await policy.read_namespaced_pod_disruption_budget("web", "default")
     assert (pdb.status.current_healthy, pdb.status.disruptions_allowed) == (2, 1)
     assert pdb.status.expected_pods == 2
+
+
+async def test_max_unavailable_percentage(core: Any, apiserver: ApiServer, make_pod: Any) -> None:
+    """maxUnavailable=34% of 3 pods rounds up to 2 disruptions allowed (1 needed healthy)."""
+    for n in ("a", "b", "c"):
+        apiserver.create(make_pod(n))
+    apiserver.create(_pdb("web", maxUnavailable="34%"))
+    await _evict(core, "a")
+    await _evict(core, "b")
+    with pytest.raises(client.ApiException) as ei:
+        await _evict(core, "c")
+    assert ei.value.status == 429
+
+
+async def test_unready_pod_eviction_policies(
+    core: Any, apiserver: ApiServer, make_pod: Any
+) -> None:
+    """An unready pod under a short budget: 429 by default, evicted with AlwaysAllow."""
+    apiserver.create(make_pod("a", ready=False))
+    apiserver.create(make_pod("b", ready=False, labels={"app": "db"}))
+    apiserver.create(_pdb("web", minAvailable=1, unhealthyPodEvictionPolicy="AlwaysAllow"))
+    db = _pdb("db", minAvailable=1)
+    db["spec"]["selector"] = {"matchLabels": {"app": "db"}}
+    apiserver.create(db)
+    await _evict(core, "a")
+    with pytest.raises(client.ApiException) as ei:
+        await _evict(core, "b")
+    assert ei.value.status == 429
+    pod = apiserver.get("Pod", "default", "a")
+    assert pod is not None and pod["metadata"].get("deletionTimestamp")
+
+
+async def test_eviction_uid_precondition_is_409(
+    core: Any, apiserver: ApiServer, make_pod: Any
+) -> None:
+    """An eviction whose deleteOptions uid precondition does not match is 409 and keeps the pod."""
+    apiserver.create(make_pod("a"))
+    with pytest.raises(client.ApiException) as ei:
+        await core.create_namespaced_pod_eviction(
+            "a",
+            "default",
+            {"metadata": {"name": "a"}, "deleteOptions": {"preconditions": {"uid": "not-the-uid"}}},
+        )
+    assert ei.value.status == 409
+    pod = apiserver.get("Pod", "default", "a")
+    assert pod is not None and not pod["metadata"].get("deletionTimestamp")
+    assert "DisruptionTarget" not in {c["type"] for c in pod["status"]["conditions"]}
+
+
+async def test_dry_run_eviction_changes_nothing(
+    core: Any, apiserver: ApiServer, make_pod: Any
+) -> None:
+    """dryRun=All answers as a real eviction would but deletes nothing."""
+    apiserver.create(make_pod("a"))
+    await core.create_namespaced_pod_eviction(
+        "a", "default", {"metadata": {"name": "a"}}, dry_run="All"
+    )
+    pod = apiserver.get("Pod", "default", "a")
+    assert pod is not None and not pod["metadata"].get("deletionTimestamp")
+
+
+async def test_eviction_with_current_resource_version_precondition(
+    core: Any, apiserver: ApiServer, make_pod: Any
+) -> None:
+    """A resourceVersion precondition that matches the pod lets the eviction through."""
+    pod = apiserver.create(make_pod("a"))
+    await _evict_with(
+        core,
+        "a",
+        {
+            "preconditions": {
+                "uid": pod["metadata"]["uid"],
+                "resourceVersion": pod["metadata"]["resourceVersion"],
+            }
+        },
+    )
+    after = apiserver.get("Pod", "default", "a")
+    assert after is not None and after["metadata"].get("deletionTimestamp")
