@@ -47,6 +47,7 @@ ASSIGNMENTS_ANNOTATION = "nodemedic.io/probe-assignments"
 TIMELINE_SIZE = 200
 EVAL_MIN_GAP = 0.2  # seconds between two evaluations of the whole cluster
 BACKOFF_PERIODS = 10  # retry periods before work that stopped short is tried again
+MAX_EVENTS_IN_FLIGHT = 8
 HEARTBEAT_REFRESH = 300.0  # heartbeat Lease rewritten at least this often (else only on change)
 
 PEER_NODES = MetricSpec(
@@ -78,7 +79,13 @@ HEARTBEATS = MetricSpec(
     "nodemedic_peer_heartbeat_writes_total", "Writes of this agent's heartbeat Lease, by result.",
     "counter", ("result",),
 )
-METRICS = (PEER_NODES, MASS_FAILURE, FAILOVER_ACTIONS, REMEDIATIONS, CAP_DENIED, PROBES, HEARTBEATS)
+EVENTS_FAILED = MetricSpec(
+    "nodemedic_failover_events_failed_total",
+    "Failover Events that could not be written, or were dropped while the API was slow.",
+    "counter",
+)
+METRICS = (PEER_NODES, MASS_FAILURE, FAILOVER_ACTIONS, REMEDIATIONS, CAP_DENIED, PROBES,
+           HEARTBEATS, EVENTS_FAILED)
 
 
 def choose_probers(
@@ -134,6 +141,7 @@ class FailoverStage:
         self._cordon_noted: set[str] = set()
         self._capped_noted: set[str] = set()
         self._not_before: dict[str, float] = {}
+        self._event_tasks: set[asyncio.Task[None]] = set()
 
     # ---- component protocol ------------------------------------------------------------------
     async def start(self) -> None:
@@ -180,9 +188,9 @@ class FailoverStage:
 
     async def close(self) -> None:
         self._stop.set()
-        for t in [*self._work.values(), *self._tasks]:
+        for t in [*self._work.values(), *self._tasks, *self._event_tasks]:
             t.cancel()
-        for t in [*self._work.values(), *self._tasks]:
+        for t in [*self._work.values(), *self._tasks, *self._event_tasks]:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
         if self.view is not None:
@@ -444,17 +452,25 @@ class FailoverStage:
         self._note(name, verdict.state, verdict.reason)
         log.info("peer_state", node=name, state=verdict.state, previous=previous,
                  reason=verdict.reason)
+        if self.assessment.mass_failure:
+            return  # one cluster Event says it all; thousands of node Events would flood etcd
         if verdict.state == "partitioned":
-            await self.remedy.event(name, "NodemedicNodePartitioned",
-                                    f"{verdict.reason}: possible network partition; no action "
-                                    "taken (its pods may still be running)", "Warning")
+            self._event_soon(name, "NodemedicNodePartitioned",
+                             f"{verdict.reason}: possible network partition; no action taken "
+                             "(its pods may still be running)")
         elif verdict.state == "kubelet_down":
-            await self.remedy.event(name, "NodemedicKubeletDown",
-                                    f"{verdict.reason}; the node's own agent remediates", "Warning")
-        elif verdict.state == "failed" and self.assessment.mass_failure:
-            await self.remedy.event(name, "NodemedicNodeFailedNoAction",
-                                    f"{verdict.reason}; mass-failure protection holds all "
-                                    "action", "Warning")
+            self._event_soon(name, "NodemedicKubeletDown",
+                             f"{verdict.reason}; the node's own agent remediates")
+
+    def _event_soon(self, node: str, reason: str, message: str) -> None:
+        """A Warning Event written in the background, so a slow API never stalls evaluation;
+        beyond MAX_EVENTS_IN_FLIGHT they are dropped and counted."""
+        self._event_tasks = {t for t in self._event_tasks if not t.done()}
+        if len(self._event_tasks) >= MAX_EVENTS_IN_FLIGHT:
+            self.remedy.event_failures += 1
+            return
+        self._event_tasks.add(asyncio.create_task(
+            self.remedy.event(node, reason, message, "Warning"), name="nodemedic:event"))
 
     def _start_work(self, name: str, coro: Coroutine[Any, Any, None]) -> None:
         self._work[name] = asyncio.create_task(self._guard_work(name, coro),
@@ -595,7 +611,9 @@ class FailoverStage:
         if self.heartbeat is not None:
             beats.add(("success",), self.heartbeat.writes)
             beats.add(("error",), self.heartbeat.errors)
-        return [*out, mass, actions, work, capped, probes, beats]
+        events = EVENTS_FAILED.family()
+        events.add((), self.remedy.event_failures)
+        return [*out, mass, actions, work, capped, probes, beats, events]
 
     def status(self) -> dict[str, Any]:
         if self.elector is None:
