@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
+import subprocess
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -128,6 +130,11 @@ async def test_leader_exports_its_view_on_metrics(sim: tuple[SimCluster, Fleet])
     assert 'nodemedic_peer_nodes{state="failed"} 1.0' in text
     assert "nodemedic_mass_failure_protection_active 0.0" in text
     assert "nodemedic_leader 0.0" in follower_text
+    promtool = shutil.which("promtool")
+    if promtool is not None:  # lint the exposition the way Prometheus' own tool does
+        lint = subprocess.run([promtool, "check", "metrics"], input=text.encode(),
+                              capture_output=True, check=False)
+        assert lint.returncode == 0, lint.stdout.decode() + lint.stderr.decode()
 
 
 async def test_kubelet_only_failure_is_left_to_the_node(sim: tuple[SimCluster, Fleet]) -> None:
