@@ -13,6 +13,7 @@ Writes are PUTs with the resourceVersion read (409 -> re-read, retry once next b
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections.abc import Callable, Mapping
@@ -34,7 +35,12 @@ LEASE_PREFIX = "nodemedic-"
 
 
 def lease_name(node: str) -> str:
-    return LEASE_PREFIX + node
+    """``nodemedic-<node>``; names too long for an object name are shortened with a hash (the
+    leader reads the node from ``holderIdentity``, never from the name)."""
+    name = LEASE_PREFIX + node
+    if len(name) <= 253:
+        return name
+    return f"{name[:230]}-{hashlib.sha256(node.encode()).hexdigest()[:16]}"
 
 
 def encode_probes(results: Mapping[str, ProbeResult]) -> str:

@@ -65,3 +65,13 @@ def test_probe_annotation_round_trip_and_garbage() -> None:
     assert decode_probes(text) == {"n2": (False, 7), "n3": (True, 2)}
     assert decode_probes("{not json") == {}
     assert decode_probes('{"n2": "down", "n3": [1, 2, 3]}') == {}
+
+
+def test_heartbeat_lease_names_stay_valid_for_long_node_names() -> None:
+    """A 253-character node name still yields a valid, distinct Lease name."""
+    from agent.peers.heartbeat import lease_name
+
+    long_a, long_b = "a" * 253, "a" * 252 + "b"
+    assert lease_name("node-1") == "nodemedic-node-1"
+    assert len(lease_name(long_a)) <= 253
+    assert lease_name(long_a) != lease_name(long_b)
