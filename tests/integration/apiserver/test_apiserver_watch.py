@@ -233,3 +233,20 @@ async def test_watch_initial_state_of_a_big_collection(core: Any, apiserver: Api
     await w.close()
     assert [n for _, n in got] == [f"c{i:05d}" for i in range(4100)]
     assert {t for t, _ in got} == {"ADDED"}
+
+
+async def test_slow_watcher_is_closed_and_counted() -> None:
+    """A watcher whose bounded buffer overflows is closed (the client re-lists) and counted."""
+    async with (
+        ApiServer(watch_buffer=2) as small,
+        aiohttp.ClientSession() as http,
+        http.get(
+            f"{small.url}/api/v1/nodes",
+            params={"watch": "true", "resourceVersion": str(small.store.resource_version)},
+        ) as resp,
+    ):
+        for i in range(5):  # one loop iteration: the handler cannot drain in between
+            small.create({"apiVersion": "v1", "kind": "Node", "metadata": {"name": f"n{i}"}})
+        lines = [line async for line in resp.content]
+        assert small.store.dropped_watchers == 1
+    assert [json.loads(x)["object"]["metadata"]["name"] for x in lines] == ["n0", "n1"]
