@@ -71,7 +71,7 @@ async def one_failure(run: int) -> dict[str, Any]:
         t_req = time.monotonic()
         victim = next(n for n, ps in cluster.pods_by_node().items() if ps and n != leader)
         pods = set(cluster.pods_by_node()[victim])
-        last_renew = cluster._renewed[victim]
+        last_renew = cluster.last_heartbeat(victim)
         kill_wall, kill_at = time.time(), cluster.elapsed()
         await fleet.kill(victim)
 

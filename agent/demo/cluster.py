@@ -127,6 +127,10 @@ class SimCluster:
         for fn in self.listeners:
             fn(entry)
 
+    def last_heartbeat(self, name: str) -> float:
+        """Wall-clock time of the node's last kube-node-lease renewal."""
+        return self._renewed[name]
+
     def first(self, kind: str, contains: str = "") -> LogEntry | None:
         for e in self.log:
             if e.kind == kind and contains in e.detail:

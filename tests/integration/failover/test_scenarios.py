@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 import subprocess
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -17,8 +18,9 @@ from agent.demo.fleet import Fleet, Timings
 
 pytestmark = pytest.mark.timeout(90)
 
-T = Timings(node_grace=1.5, fencing_time=2.0, healthy_delay=1.5, lease_duration=1.2,
+T = Timings(node_grace=1.5, fencing_time=2.0, healthy_delay=1.5, lease_duration=2.0,
             retry_period=0.2, probe_timeout=0.4)
+SLACK = 4.0  # upper-bound margin: this 2-core machine is shared with other test suites
 RENEW = 0.3  # kubelet lease renewal period in the simulation
 OOS = "node.kubernetes.io/out-of-service:NoExecute"
 FAILED_TAINT = "nodemedic.io/node-failed:NoSchedule"
@@ -90,6 +92,7 @@ async def test_single_node_failure_cordons_evicts_and_fences(sim: tuple[SimClust
     cluster, fleet = sim
     victim = victim_with_pods(cluster, fleet)
     before = cluster.pods_by_node()[victim]
+    quiet = time.time() - cluster.last_heartbeat(victim)  # the heartbeat age at the kill
     await fleet.kill(victim)
     killed = cluster.first("node_killed", victim)
     assert killed is not None
@@ -99,12 +102,12 @@ async def test_single_node_failure_cordons_evicts_and_fences(sim: tuple[SimClust
     fenced = cluster.first("taint_added", f"{victim} {OOS}")
     assert cordon and evicted and fenced
     assert FAILED_TAINT in taints(cluster, victim)
-    # Never before the configured windows (the last heartbeat may precede the kill by RENEW)...
-    assert cordon.at - killed.at >= T.node_grace - RENEW
-    assert fenced.at - killed.at >= T.fencing_time - RENEW
-    assert evicted.at >= cordon.at - 0.1 and fenced.at >= evicted.at
-    # ...and within them, with a generous margin for this shared 2-core machine.
-    assert cordon.at - killed.at <= T.node_grace + 3.0
+    # Never before the configured windows, counted from the last heartbeat...
+    assert cordon.at - killed.at >= T.node_grace - quiet - 0.05
+    assert fenced.at - killed.at >= T.fencing_time - quiet - 0.05
+    assert evicted.at >= cordon.at and fenced.at >= evicted.at
+    # ...and within them, with a generous margin.
+    assert cordon.at - killed.at <= T.node_grace + SLACK
     assert node_events(cluster, victim) >= {
         "NodemedicNodeFailed", "NodemedicPodsEvicted", "NodemedicNodeFenced"}
     # Pods of the same workloads on other nodes were left alone (Kueue replaces one node only).
@@ -164,16 +167,14 @@ async def test_partition_alerts_but_never_force_deletes(sim: tuple[SimCluster, F
     assert await wait_for(
         lambda: leader.assessment.verdicts.get(victim) is not None
         and leader.assessment.verdicts[victim].state == "partitioned", 10)
+    peers = {f.name: f for f in leader.families()}["nodemedic_peer_nodes"]
+    assert peers.get(state="partitioned") == 1
     await asyncio.sleep(T.fencing_time + 1.0)
-    assert fleet.leader() == leader_name
     assert OOS not in taints(cluster, victim)
     assert cluster.first("cordoned", victim) is None
     assert cluster.first("pod_deleted", victim) is None
     assert cluster.first("pod_terminating", victim) is None
     assert "NodemedicNodePartitioned" in node_events(cluster, victim)
-    assert leader.families()  # the state is exported
-    peers = {f.name: f for f in leader.families()}["nodemedic_peer_nodes"]
-    assert peers.get(state="partitioned") == 1
 
 
 async def test_sixty_percent_failing_triggers_mass_failure_protection() -> None:
@@ -278,7 +279,7 @@ async def test_kueue_tas_workload_gets_one_node_replaced(sim: tuple[SimCluster, 
     assert await wait_for(lambda: replacement_ready(on(victim)), 10)
     ready_at = cluster.elapsed()
     # Kueue's default alone would wait for NotReady (40-50 s in a real cluster) + 30 s.
-    assert ready_at - killed.at <= T.node_grace + 3.0
+    assert ready_at - killed.at <= T.node_grace + SLACK
     assert "nodemedic.io/node-failed:NoSchedule" in taints(cluster, victim)
     assert not any(p["metadata"].get("deletionTimestamp") for p in on(other))
 
