@@ -45,7 +45,7 @@ SAMPLE_EVERY = 30.0
 CHURN_EVERY = 60.0
 CHURN_PODS = 10
 # "Flat" means: after warm-up, growth extrapolated to a day stays under these.
-FLAT_RSS_MIB_PER_HOUR = 1.0
+FLAT_RSS_MIB = 2.0  # median of the last third vs the first third after warm-up
 FLAT_FDS = 3
 FLAT_TASKS = 3
 
@@ -99,6 +99,13 @@ def churn(cgroot: Path, rng: random.Random) -> int:
         except OSError:
             continue
     return renamed
+
+
+def _thirds_growth(values: list[float]) -> float:
+    if len(values) < 3:
+        return values[-1] - values[0] if values else 0.0
+    k = len(values) // 3
+    return statistics.median(values[-k:]) - statistics.median(values[:k])
 
 
 def slope_per_hour(ts: list[float], ys: list[float]) -> float:
@@ -194,15 +201,23 @@ def run(minutes: float, interval: str) -> dict[str, Any]:
                 except subprocess.TimeoutExpired:
                     proc.kill()
                     proc.wait(5)
+    return summarise(samples, warmup, {"minutes": minutes, "interval": interval, **counts})
+
+
+def summarise(
+    samples: list[dict[str, Any]], warmup: float, meta: dict[str, Any]
+) -> dict[str, Any]:
+    """Figures and verdicts from the samples (also used by --render on a saved soak.json)."""
     steady = [s for s in samples if s["t"] >= warmup] or samples
     first, last = steady[0], samples[-1]
     ts = [s["t"] for s in steady]
     out: dict[str, Any] = {
-        "minutes": minutes, "interval": interval, "pods": 250, "containers": 2,
-        "warmup_seconds": warmup, "samples": samples, **counts,
+        "pods": 250, "containers": 2, "warmup_seconds": warmup, "samples": samples, **meta,
         "rss_mib": {"start": samples[0]["rss_mib"], "after_warmup": first["rss_mib"],
                     "end": last["rss_mib"], "max": max(s["rss_mib"] for s in samples),
                     "growth_after_warmup": round(last["rss_mib"] - first["rss_mib"], 2),
+                    # Robust to GC sawtooth: median of the last third minus the first third.
+                    "median_growth": round(_thirds_growth([s["rss_mib"] for s in steady]), 2),
                     "slope_per_hour": round(slope_per_hour(ts, [s["rss_mib"] for s in steady]),
                                             2)},
     }
@@ -211,8 +226,7 @@ def run(minutes: float, interval: str) -> dict[str, Any]:
         out[key] = {"after_warmup": first[key], "end": last[key], "min": min(vals),
                     "max": max(vals)}
     out["flat"] = {
-        "rss": abs(out["rss_mib"]["slope_per_hour"]) < FLAT_RSS_MIB_PER_HOUR
-        or out["rss_mib"]["growth_after_warmup"] < 1.0,
+        "rss": out["rss_mib"]["median_growth"] < FLAT_RSS_MIB,
         "fds": out["fds"]["max"] - out["fds"]["min"] <= FLAT_FDS,
         "asyncio_tasks": out["asyncio_tasks"]["max"] - out["asyncio_tasks"]["min"] <= FLAT_TASKS,
     }
@@ -238,8 +252,8 @@ def markdown(r: dict[str, Any]) -> str:
         "| figure | after warm-up | end | range | flat when | verdict |",
         "|---|---|---|---|---|---|",
         f"| RSS (MiB) | {rss['after_warmup']} | {rss['end']} | max {rss['max']} | "
-        f"slope < {FLAT_RSS_MIB_PER_HOUR:g} MiB/h or growth < 1 MiB "
-        f"(slope {rss['slope_per_hour']:+.2f} MiB/h, growth {rss['growth_after_warmup']:+.2f}) "
+        f"median of last third − first third < {FLAT_RSS_MIB:g} MiB "
+        f"({rss['median_growth']:+.2f}; least-squares slope {rss['slope_per_hour']:+.2f} MiB/h) "
         f"| {'flat' if r['flat']['rss'] else '**GROWING**'} |",
         row("open fds", "fds", f"range ≤ {FLAT_FDS}"),
         row("asyncio tasks (floor of each 5 s)", "asyncio_tasks", f"range ≤ {FLAT_TASKS}"),
@@ -258,8 +272,16 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--minutes", type=float, default=30.0)
     ap.add_argument("--interval", default="2s", help="agent --collect.interval")
+    ap.add_argument("--render", action="store_true",
+                    help="recompute figures and soak.md from the saved soak.json, no run")
     args = ap.parse_args()
-    res = run(args.minutes, args.interval)
+    if args.render:
+        old = json.loads((RESULTS / "soak.json").read_text())
+        meta = {k: old[k] for k in ("minutes", "interval", "scrapes", "scrape_errors",
+                                    "healthz_not_ok", "churned_pods")}
+        res = summarise(old["samples"], old["warmup_seconds"], meta)
+    else:
+        res = run(args.minutes, args.interval)
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "soak.json").write_text(json.dumps(res, indent=2) + "\n")
     (RESULTS / "soak.md").write_text(markdown(res) + "\n")
