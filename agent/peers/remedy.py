@@ -80,6 +80,7 @@ class Remedy:
         self.targets: dict[str, TargetState] = {}
         self.actions: Counter[tuple[str, str, str]] = Counter()  # (action, decision, outcome)
         self.event_failures = 0
+        self._last_said: dict[tuple[str, str], str] = {}
 
     def target(self, node: str) -> TargetState:
         ts = self.targets.get(node)
@@ -92,6 +93,8 @@ class Remedy:
 
     def forget(self, node: str) -> None:
         self.targets.pop(node, None)
+        for key in [k for k in self._last_said if k[0] == node]:
+            del self._last_said[key]
 
     # ---- recording -----------------------------------------------------------------------
     async def event(self, node: str, reason: str, message: str, type_: str = "Normal") -> None:
@@ -154,10 +157,14 @@ class Remedy:
                 ts.gate.record_execution(decision, outcome)
         ts.gate.count(decision, outcome)
         self.actions[(spec.type, decision.kind, outcome.kind if outcome else "none")] += 1
-        log.info("failover_action", node=node, action=spec.type, decision=decision.kind,
-                 reason=decision.reason, detail=decision.detail,
-                 outcome=outcome.kind if outcome else None,
-                 message=outcome.message if outcome else None)
+        # Repeated identical passes (a drain waiting on a PDB) log at debug, changes at info.
+        said = f"{decision.kind}/{decision.reason}/{outcome.message if outcome else ''}"
+        emit = log.info if self._last_said.get((node, spec.type)) != said else log.debug
+        self._last_said[(node, spec.type)] = said
+        emit("failover_action", node=node, action=spec.type, decision=decision.kind,
+             reason=decision.reason, detail=decision.detail,
+             outcome=outcome.kind if outcome else None,
+             message=outcome.message if outcome else None)
         return decision, outcome
 
     async def isolate(self, node: str, reason: str) -> bool:

@@ -533,26 +533,24 @@ class FailoverStage:
                                     f"{verdict.reason}; cordoned, tainted "
                                     "nodemedic.io/node-failed:NoSchedule, evicting its pods",
                                     "Warning")
-        while True:
-            if not self._actionable(name):
-                return False
-            done, _left = await self.remedy.evict_pass(name, verdict.reason)
-            if done:
-                break
-            await self._sleep(s.failover_retry_period)
+        # Evictions and the fencing check run side by side: on a dead node a PodDisruptionBudget
+        # can block the eviction of pods that only out-of-service will ever free.
         info = self.view.nodes.items.get(name) if self.view else None
-        state = read_state(info.annotation(STATE_ANNOTATION) if info else None)
-        if state.get("phase") not in ("evicted", "fenced"):
-            self._note(name, "evicted", f"every evictable pod of {name} was evicted")
-            await self.remedy.set_state(name, phase="evicted")
-            await self.remedy.event(name, "NodemedicPodsEvicted",
-                                    f"evicted every evictable pod of {name} through the "
-                                    "Eviction API; controllers recreate them elsewhere")
+        evicted = read_state(info.annotation(STATE_ANNOTATION) if info else None).get(
+            "phase") in ("evicted", "fenced")
         hook_checked = -1e9
         while True:
             if not self._actionable(name):
                 return False
             verdict = self.assessment.verdicts[name]
+            if not evicted:
+                evicted, _left = await self.remedy.evict_pass(name, verdict.reason)
+                if evicted and not s.dry_run:
+                    self._note(name, "evicted", f"every evictable pod of {name} was evicted")
+                    await self.remedy.set_state(name, phase="evicted")
+                    await self.remedy.event(name, "NodemedicPodsEvicted",
+                                            f"evicted every evictable pod of {name} through the "
+                                            "Eviction API; controllers recreate them elsewhere")
             info = self.view.nodes.items.get(name) if self.view else None
             operator = bool(info and (info.annotation(FENCED_ANNOTATION) or "").lower() == "true")
             if not operator and s.failover_fence_command and (

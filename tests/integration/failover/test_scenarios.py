@@ -18,8 +18,8 @@ from agent.demo.fleet import Fleet, Timings
 
 pytestmark = pytest.mark.timeout(90)
 
-T = Timings(node_grace=1.5, fencing_time=2.0, healthy_delay=1.5, lease_duration=2.0,
-            retry_period=0.2, probe_timeout=0.4)
+T = Timings(node_grace=2.0, fencing_time=2.0, healthy_delay=1.5, lease_duration=2.0,
+            retry_period=0.2, probe_timeout=1.0)
 SLACK = 4.0  # upper-bound margin: this 2-core machine is shared with other test suites
 RENEW = 0.3  # kubelet lease renewal period in the simulation
 OOS = "node.kubernetes.io/out-of-service:NoExecute"
@@ -214,7 +214,8 @@ async def test_new_leader_finishes_the_work_when_the_leader_dies(
     await fleet.kill(old_leader)
     new_leader = await wait_for(lambda: fleet.leader(), 10)
     assert new_leader and new_leader != old_leader
-    assert await wait_for(lambda: moved(cluster, victim, before), 20)
+    assert await wait_for(lambda: moved(cluster, victim, before), 20), (
+        cluster.log[-12:], fleet.stages[fleet.leader() or new_leader].status())
     assert await wait_for(lambda: OOS in taints(cluster, old_leader), 20), cluster.log[-10:]
     assert cluster.first("cordoned", old_leader) is not None
 
