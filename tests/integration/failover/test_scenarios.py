@@ -305,3 +305,20 @@ async def test_dry_run_decides_but_changes_nothing() -> None:
     finally:
         await fleet.stop()
         await cluster.stop()
+
+
+async def test_pdb_blocked_pods_are_freed_by_fencing(sim: tuple[SimCluster, Fleet]) -> None:
+    """A PDB that allows no disruption blocks the evictions; fencing still frees the pods."""
+    cluster, fleet = sim
+    cluster.server.patch("poddisruptionbudgets", "demo", "web", {"spec": {"maxUnavailable": 0}})
+    victim = victim_with_pods(cluster, fleet)
+    web = [p for p in cluster.pods_by_node()[victim] if p.startswith("web-")]
+    assert web
+    await fleet.kill(victim)
+    assert await wait_for(lambda: OOS in taints(cluster, victim), 15), cluster.log[-10:]
+    fenced = cluster.first("taint_added", f"{victim} {OOS}")
+    assert fenced is not None
+    assert all(cluster.first("pod_terminating", f"{p} on") is None for p in web)
+    assert await wait_for(lambda: not cluster.pods_by_node()[victim], 10)
+    gone = [cluster.first("pod_deleted", f"{p} on {victim}") for p in web]
+    assert all(g is not None and g.at >= fenced.at for g in gone)
