@@ -4,7 +4,8 @@ Called by agent.runtime.daemon at start and on reload. ``build_shared`` puts the
 collectors share into ``ctx.shared``:
 - ``"kubelet"``: agent.kubelet_client.KubeletClient (one /pods fetch per tick for all collectors);
 - ``"api"``: a kubernetes_asyncio ApiClient from agent.kube.client, or None without a cluster.
-``build_components`` returns the objects that see each snapshot (rules + remediation).
+``build_components`` returns the objects that see each snapshot (rules + remediation, and
+failover when enabled).
 """
 
 from __future__ import annotations
@@ -68,9 +69,14 @@ async def close_shared(ctx: CollectorContext) -> None:
 
 
 async def build_components(settings: Settings, ctx: CollectorContext) -> list[Component]:
-    """The remediation stage (rules engine + safety gate + actions), when available."""
-    mod = _optional("agent.runtime.remediation")
-    if mod is None or not hasattr(mod, "build_stage"):
-        return []
-    stage: Component = await mod.build_stage(settings, ctx)
-    return [stage]
+    """The remediation stage (rules engine + safety gate + actions) on every agent, and the
+    failover stage (leader election, peer detection, failed-node remediation) when
+    ``--failover.enabled``."""
+    from agent.runtime.remediation import build_stage
+
+    components: list[Component] = [await build_stage(settings, ctx)]
+    if settings.failover_enabled:
+        from agent.peers.stage import build_failover_stage
+
+        components.append(await build_failover_stage(settings, ctx))
+    return components

@@ -64,11 +64,6 @@ rules:
 LEGITIMATELY_EMPTY_METRICS: dict[str, str] = {
     "nodemedic_drain_pods_remaining": "exists only while a drain runs; nothing is drained here",
     "nodemedic_drain_started_timestamp_seconds": "exists only while a drain runs",
-    # The agents run with --failover.enabled, but agent.runtime.components does not build the
-    # failover stage (agent.peers.stage.build_failover_stage) yet; delete these three then.
-    "nodemedic_leader": "failover stage not wired into the runtime yet",
-    "nodemedic_peer_nodes": "failover stage not wired into the runtime yet",
-    "nodemedic_mass_failure_protection_active": "failover stage not wired into the runtime yet",
 }
 
 # Panels whose filter removes every series while nothing is wrong, and why.
@@ -213,7 +208,8 @@ def _seed_apiserver(server: Any) -> None:
                    "data": {"paused": "false"}})
 
 
-def _wait(what: str, check: Any, stack: Stack, timeout: float = 60.0) -> None:
+def _wait(what: str, check: Any, stack: Stack, timeout: float = 60.0,
+          detail: Any = None) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
@@ -222,7 +218,8 @@ def _wait(what: str, check: Any, stack: Stack, timeout: float = 60.0) -> None:
         except (OSError, ValueError, KeyError):
             pass
         time.sleep(0.5)
-    pytest.fail(f"timed out waiting for {what}\n{stack.tails()}")
+    extra = f"\nlast state: {detail()}" if detail is not None else ""
+    pytest.fail(f"timed out waiting for {what}{extra}\n{stack.tails()}")
 
 
 def _prometheus_ready(stack: Stack, proc: subprocess.Popen[bytes]) -> bool:
@@ -314,7 +311,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             spawn(instance, [sys.executable, "-m", "agent", "run",
                              "--web.listen-address", "127.0.0.1:0", *common, *extra])
         for instance in agents:
-            listen = _wait_for_log(stack, instance, r'"listen": "(127\.0\.0\.1:\d+)"')
+            # The bound port from the "started" line, not a ":0" echoed by an earlier warning.
+            listen = _wait_for_log(stack, instance, r'"listen": "(127\.0\.0\.1:[1-9]\d*)"')
             targets.append({"targets": [listen],
                             "labels": {"instance": instance, "cluster": "test"}})
 
@@ -337,16 +335,23 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             if _prometheus_ready(stack, procs[-1]):
                 break
 
+        last_seen: dict[str, str] = {}
+
         def ready() -> bool:
             up = stack.query(f'count(up{{job="{SCRAPE_JOB}"}} == 1)')["data"]["result"]
             ticks = stack.query(
                 f'min(count_over_time(nodemedic_last_tick_timestamp_seconds{{job="{SCRAPE_JOB}"}}[1m]))'
             )["data"]["result"]
             denied = stack.query("count(nodemedic_actions_denied_total)")["data"]["result"]
+            with urllib.request.urlopen(f"{stack.prom_url}/api/v1/targets", timeout=5) as r:
+                active = json.load(r)["data"]["activeTargets"]
+            errors = {t["labels"].get("instance"): t.get("lastError") for t in active}
+            last_seen["state"] = f"scrape errors={errors} ticks={ticks} denied={denied}"
             return (bool(up) and up[0]["value"][1] == "2" and bool(ticks)
                     and float(ticks[0]["value"][1]) >= 5 and bool(denied))
 
-        _wait("both agents scraped 5 times and a denied action", ready, stack)
+        _wait("both agents scraped 5 times and a denied action", ready, stack,
+              detail=lambda: last_seen.get("state", ""))
         yield stack
     finally:
         for proc in reversed(procs):
