@@ -211,8 +211,10 @@ class Remedy:
             self.actions[("out-of-service", "dry_run", "none")] += 1
             return False
         try:
-            await set_taint(self.api, node, OUT_OF_SERVICE, True)
-            await self.set_state(node, phase="fenced", oos=True, fenced_at=round(self.wall(), 3))
+            added = await set_taint(self.api, node, OUT_OF_SERVICE, True)
+            # Record the taint as ours only if we added it: an admin's stays on at recovery.
+            await self.set_state(node, phase="fenced", fenced_at=round(self.wall(), 3),
+                                 **({"oos": True} if added else {}))
         except KubeError as exc:
             self.actions[("out-of-service", "allowed", "failure")] += 1
             log.warning("fence_failed", node=node, error=str(exc))

@@ -322,3 +322,21 @@ async def test_pdb_blocked_pods_are_freed_by_fencing(sim: tuple[SimCluster, Flee
     assert await wait_for(lambda: not cluster.pods_by_node()[victim], 10)
     gone = [cluster.first("pod_deleted", f"{p} on {victim}") for p in web]
     assert all(g is not None and g.at >= fenced.at for g in gone)
+
+
+async def test_admin_out_of_service_taint_survives_recovery(sim: tuple[SimCluster, Fleet]) -> None:
+    """An out-of-service taint an admin set before nodemedic acted is left in place."""
+    cluster, fleet = sim
+    victim = victim_with_pods(cluster, fleet)
+    await fleet.kill(victim)
+    cluster.server.patch("nodes", "", victim, {"spec": {"taints": [
+        {"key": "node.kubernetes.io/out-of-service", "value": "nodeshutdown",
+         "effect": "NoExecute"}]}})
+    node = cluster.server.get("nodes", "", victim) or {}
+    assert await wait_for(lambda: '"phase":"fenced"' in (
+        (cluster.server.get("nodes", "", victim) or node)["metadata"].get("annotations") or {}
+    ).get("nodemedic.io/failover", ""), 15)
+    await fleet.revive(victim)
+    assert await wait_for(lambda: cluster.first("uncordoned", victim), 15)
+    await asyncio.sleep(0.5)
+    assert OOS in taints(cluster, victim)
