@@ -90,6 +90,7 @@ class Agent:
         self._reload_lock = asyncio.Lock()
         self._last_reload_error: str | None = None
         self._executor: ThreadPoolExecutor | None = None
+        self._configured_listen = settings.web_listen_address
 
     # ---- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
@@ -102,6 +103,13 @@ class Agent:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self.request_stop)
             loop.add_signal_handler(signal.SIGHUP, self.request_reload)
+        # Serve first (/healthz answers, /readyz says not ready yet) so that components see the
+        # bound port: with --web.listen-address :0 peers must be told the real one.
+        self._configured_listen = self.settings.web_listen_address
+        host, port = self.settings.listen_host_port()
+        app = build_app(self, self.metrics, self.settings.web_max_connections)
+        self._runner, self.port = await start_server(app, host, port)
+        self.settings = self._with_bound_port(self.settings)
         self._ctx = CollectorContext(self.settings)
         await build_shared(self._ctx)
         self._components = await build_components(self.settings, self._ctx)
@@ -110,9 +118,6 @@ class Agent:
             await c.start()
         for comp in self._components:
             await comp.start()
-        host, port = self.settings.listen_host_port()
-        app = build_app(self, self.metrics, self.settings.web_max_connections)
-        self._runner, self.port = await start_server(app, host, port)
         log.info(
             "started", version=__version__, node=self.settings.node_name,
             listen=f"{host}:{self.port}", dry_run=self.settings.dry_run,
@@ -128,6 +133,15 @@ class Agent:
         if wd is not None and wd < 2 * self.settings.collect_interval:
             log.warning("watchdog_shorter_than_interval", watchdog_seconds=wd,
                         interval=self.settings.collect_interval)
+
+    def _with_bound_port(self, settings: Settings) -> Settings:
+        """``settings`` with the port actually bound when the configured one was 0."""
+        if self.port is None or settings.web_listen_address != self._configured_listen:
+            return settings
+        head, _, port = settings.web_listen_address.rpartition(":")
+        if port != "0":
+            return settings
+        return settings.model_copy(update={"web_listen_address": f"{head}:{self.port}"})
 
     async def stop(self) -> None:
         """Stop ticking, close collectors, components and the server (bounded in time)."""
@@ -217,6 +231,7 @@ class Agent:
         async with self._reload_lock:
             try:
                 new = self._reload_settings() if self._reload_settings else self.settings
+                new = self._with_bound_port(new)
                 for comp in self._components:
                     await comp.reload(new)
             except (SettingsError, Exception) as exc:
