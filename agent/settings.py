@@ -216,6 +216,16 @@ def _convert(flag: Flag, raw: Any) -> Any:
     return str(raw)
 
 
+def _kind_help(flag: Flag, exc: Exception) -> str:
+    """Message for a value of the wrong type (ValueErrors already carry a good one)."""
+    if isinstance(exc, ValueError) and str(exc):
+        return str(exc)
+    expected = {"int": "an integer", "duration": "a duration like 10s", "bool": "true or false",
+                "list": "a list", "path": "a path", "optpath": "a path",
+                "str": "a single value"}[flag.kind]
+    return f"must be {expected}"
+
+
 def build_parser(parser: argparse.ArgumentParser, collector_names: Sequence[str]) -> None:
     """Add every setting flag (and --collector.NAME / --no-collector.NAME) to ``parser``."""
     for flag in FLAGS:
@@ -248,9 +258,11 @@ def build_parser(parser: argparse.ArgumentParser, collector_names: Sequence[str]
 
 def _read_config(path: Path) -> dict[str, Any]:
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise SettingsError(f"--config={path}: cannot read: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise SettingsError(f"{path}: not UTF-8 text (byte {exc.start})") from exc
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -293,6 +305,8 @@ def load_settings(
             cfg_path = base_dir / cfg_path
         cfg = _read_config(cfg_path)
         for key, value in cfg.items():
+            if not isinstance(key, str):
+                raise SettingsError(f"{cfg_path}: {key!r}: keys must be setting names (strings)")
             known_flag = str(key).replace(".", "_").replace("-", "_") in _FLAG_BY_FIELD
             if key.startswith("collector.") and key.count(".") == 1 and not known_flag:
                 name = key.split(".", 1)[1]
@@ -326,10 +340,11 @@ def load_settings(
 
     values: dict[str, Any] = {}
     for fld, (source, raw) in merged.items():
+        flag = _FLAG_BY_FIELD[fld]
         try:
-            values[fld] = _convert(_FLAG_BY_FIELD[fld], raw)
-        except ValueError as exc:
-            raise SettingsError(f"{source}={raw!r}: {exc}") from exc
+            values[fld] = _convert(flag, raw)
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise SettingsError(f"{source}={raw!r}: {_kind_help(flag, exc)}") from exc
     values["collectors"] = collectors
     try:
         return Settings(**values)

@@ -74,11 +74,6 @@ def test_stats_summary_with_a_huge_integer_drops_only_that_value() -> None:
     assert any(f.name.endswith("memory_working_set_bytes") for f in fams)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "agent/settings.py:251 (_read_config) path.read_text() raises UnicodeDecodeError for a "
-    "config file that is not UTF-8; _read_config only turns OSError into SettingsError, so "
-    "`nodemedic run --config` dies with a traceback instead of a one-line message. Fix: also "
-    "catch UnicodeDecodeError there (or read bytes and let yaml report the position)."))
 def test_config_file_that_is_not_utf8_is_a_settings_error(tmp_path: Path) -> None:
     """A Latin-1 config file is refused with a SettingsError naming the file."""
     cfg = tmp_path / "nodemedic.yaml"
@@ -87,11 +82,6 @@ def test_config_file_that_is_not_utf8_is_a_settings_error(tmp_path: Path) -> Non
         load_settings(None, environ={"NODEMEDIC_CONFIG": str(cfg)})
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "agent/settings.py:211 (_convert) int(None) raises TypeError for `safety.max-actions-per-"
-    "hour: null` (and float()/int() of a list or map likewise); load_settings (line 331) only"
-    " turns ValueError into SettingsError, so the daemon dies with a traceback. Fix: catch "
-    "(TypeError, ValueError, OverflowError) there."))
 def test_config_value_of_the_wrong_yaml_type_is_a_settings_error(tmp_path: Path) -> None:
     """A null or list where a number belongs is refused with a SettingsError naming the key."""
     cfg = tmp_path / "nodemedic.yaml"
@@ -100,10 +90,6 @@ def test_config_value_of_the_wrong_yaml_type_is_a_settings_error(tmp_path: Path)
         load_settings(None, environ={"NODEMEDIC_CONFIG": str(cfg)})
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "agent/settings.py:297 (load_settings) key.startswith() on a config key YAML parsed as a "
-    "number (`1: x`) raises AttributeError instead of SettingsError. Fix: `key = str(key)` at"
-    " the top of the loop, or refuse non-string keys with a SettingsError."))
 def test_config_key_that_is_not_a_string_is_a_settings_error(tmp_path: Path) -> None:
     """A config file with a numeric key is refused with a SettingsError naming the file."""
     cfg = tmp_path / "nodemedic.yaml"
