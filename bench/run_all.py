@@ -28,6 +28,8 @@ BENCHMARKS = (
     "conntrack_parse",
     "apiserver_scale",
     "failover",
+    "fuzz",  # ~12 min: atheris/hypothesis targets plus the stress suite at its long budget
+    "soak",  # 30 min by default; `python bench/soak.py --minutes 10` for a shorter one
 )
 
 

@@ -4,6 +4,7 @@ Started by agent.runtime.daemon. Everything is read-only (GET/HEAD; other method
 nothing writable is exposed. /metrics serves the bytes rendered once per tick (gzip when the client
 accepts it). Requests beyond ``max_in_flight`` get 503 at once instead of queueing, and request
 bodies and header sizes are capped, so a hostile or buggy client cannot exhaust the agent.
+/healthz and /readyz are exempt from the in-flight limit (they cost nothing and must not lie).
 Open connections are capped too (``max_connections``): aiohttp never times out a connection that
 has not finished sending its headers, so idle or slowloris connections would otherwise pile up
 until the process runs out of file descriptors (and then cannot read cgroups or reach the API).
@@ -56,6 +57,10 @@ def build_app(agent: AgentView, metrics: SelfMetrics, max_in_flight: int = 64) -
     @web.middleware
     async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
         nonlocal in_flight
+        # Health probes cost nothing and must stay truthful under load: a probe refused with
+        # 503 would make systemd or a prober declare a busy but healthy agent dead.
+        if request.path in ("/healthz", "/readyz"):
+            return await handler(request)
         if in_flight >= max_in_flight:
             metrics.http_rejected.inc()
             return web.Response(status=503, text="too many requests in flight\n")

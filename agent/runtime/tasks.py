@@ -26,6 +26,9 @@ class Supervisor:
         self._on_restart = on_restart
 
     def spawn(self, name: str, factory: Factory, *, restart: bool = True) -> asyncio.Task[None]:
+        # Forget finished tasks (one per SIGHUP reload) so the map stays bounded.
+        for done in [n for n, t in self._tasks.items() if t.done()]:
+            del self._tasks[done]
         if name in self._tasks and not self._tasks[name].done():
             raise ValueError(f"task {name!r} already running")
         task = asyncio.create_task(self._run(name, factory, restart), name=f"nodemedic:{name}")

@@ -119,3 +119,19 @@ async def test_failure_logged_once_then_recovery_logged() -> None:
         await coll.collect()
     events = [e["event"] for e in logs]
     assert events == ["collector_failed", "collector_recovered"]
+
+
+async def test_supervisor_forgets_finished_tasks() -> None:
+    """One short task per SIGHUP must not grow the supervisor's task map forever."""
+    from agent.runtime.tasks import Supervisor
+
+    sup = Supervisor()
+
+    async def quick() -> None:
+        return None
+
+    for i in range(50):
+        await sup.spawn(f"reload-{i}", quick, restart=False)
+    sup.spawn("last", quick, restart=False)
+    assert len(sup._tasks) == 1
+    await sup.stop()
