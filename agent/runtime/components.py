@@ -44,22 +44,25 @@ def _optional(module: str) -> Any | None:
         return None
 
 
-async def build_shared(ctx: CollectorContext) -> None:
-    """Create the shared kubelet and API clients (the API client is None without a cluster)."""
+async def build_shared(ctx: CollectorContext, api: Any | None = None) -> None:
+    """Create the shared kubelet and API clients (the API client is None without a cluster).
+
+    ``api``: an existing API client to keep (a reload rebuilding collectors must not close the
+    client the remediation and failover stages hold)."""
     kc = _optional("agent.kubelet_client")
     if kc is not None:
         ctx.shared["kubelet"] = kc.KubeletClient.from_settings(ctx.settings)
     kube = _optional("agent.kube.client")
-    ctx.shared["api"] = None
-    if kube is not None:
+    ctx.shared["api"] = api
+    if kube is not None and api is None:
         try:
             ctx.shared["api"] = await kube.create_api_client(ctx.settings)
         except Exception as exc:  # no cluster is a normal state for `make run`
             log.warning("api_client_unavailable", error=str(exc))
 
 
-async def close_shared(ctx: CollectorContext) -> None:
-    for key in ("kubelet", "api"):
+async def close_shared(ctx: CollectorContext, keep_api: bool = False) -> None:
+    for key in ("kubelet",) if keep_api else ("kubelet", "api"):
         client = ctx.shared.pop(key, None)
         if client is not None:
             try:

@@ -241,6 +241,9 @@ class Agent:
                 log.error("reload_failed_keeping_last_good_config", error=str(exc))
                 return
             old = self.settings
+            if new.kubeconfig != old.kubeconfig:
+                log.warning("kubeconfig_change_needs_restart", old=str(old.kubeconfig),
+                            new=str(new.kubeconfig))
             if new.web_listen_address != old.web_listen_address:
                 log.warning("listen_address_change_needs_restart",
                             old=old.web_listen_address, new=new.web_listen_address)
@@ -258,10 +261,11 @@ class Agent:
 
     async def _rebuild_collectors(self) -> None:
         old = self._collection
+        api = self._ctx.shared.get("api") if self._ctx is not None else None
         if self._ctx is not None:
-            await close_shared(self._ctx)
+            await close_shared(self._ctx, keep_api=True)
         self._ctx = CollectorContext(self.settings)
-        await build_shared(self._ctx)
+        await build_shared(self._ctx, api=api)
         coll = Collection(enabled_collectors(self.settings, self._ctx))
         for c in coll.collectors:
             await c.start()
