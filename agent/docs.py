@@ -1,4 +1,5 @@
-"""Generate the README's reference tables (flags, collectors, metrics) from the code itself.
+"""Generate the README's reference tables (flags, collectors, metrics) from the code itself,
+and refresh the README sections included from docs/readme/*.md.
 
 Called by ``python -m agent.docs`` (rewrites the marked blocks in README.md) and by
 tests/unit/test_readme.py (fails when README.md and the code disagree), so the tables cannot
@@ -116,7 +117,18 @@ def _block_re(name: str) -> re.Pattern[str]:
     )
 
 
+_INCLUDE = re.compile(r"(<!-- BEGIN INCLUDE ([\w./-]+) -->\n)(.*?)(<!-- END INCLUDE \2 -->)", re.S)
+
+
+def _include(m: re.Match[str]) -> str:
+    path = README.parent / m.group(2)
+    body = path.read_text().strip("\n")
+    return m.group(1) + body + "\n" + m.group(4)
+
+
 def render(text: str, names: Iterable[str] = BLOCKS) -> str:
+    """Refresh generated tables and included sections (docs/readme/*.md) of the README."""
+    text = _INCLUDE.sub(_include, text)
     for name in names:
         table = BLOCKS[name]()
 
