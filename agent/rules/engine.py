@@ -5,6 +5,11 @@ Called once per tick by agent.runtime (``evaluate(snapshot, now)``), which hands
 the clock value passed in and the state kept here; ``export_state()``/``restore_state()`` let the
 actions side persist the state in node annotations so a restarted agent continues a ladder.
 
+Every duration (``for:``, ladder ``after``, ``healthy_for``, rate windows) is measured with
+``Snapshot.monotonic``, so a wall-clock step (NTP) neither fires nor delays anything. The wall
+time ``now`` only maps those timestamps to wall time for the persisted state and /status
+(wall = mono + (now - snapshot.monotonic)); restored wall times are mapped back on the next tick.
+
 Per rule and target instance (the node, or one namespace/pod for ``target: pod``) the state is
 inactive -> pending (``for:`` running) -> firing (ladder steps run, one per ``after``) ->
 resolving (``healthy_for`` running) -> inactive (undo actions emitted). When any metric a rule
@@ -271,6 +276,12 @@ class _Instance:
     observed: dict[str, float] = field(default_factory=dict)
     fields: dict[str, object] = field(default_factory=dict)
 
+    def rebase(self, delta: float) -> None:
+        """Move every timestamp by ``delta`` (between the monotonic and wall time bases)."""
+        self.shift(delta)
+        if self.firing_since is not None:
+            self.firing_since += delta
+
     def shift(self, gap: float) -> None:
         """Move timers forward by a no-data gap: unobserved time counts for nothing."""
         self.pending_since += gap
@@ -279,13 +290,18 @@ class _Instance:
         if self.resolved_since is not None:
             self.resolved_since += gap
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self, offset: float = 0.0) -> dict[str, Any]:
+        """JSON with wall times: ``offset`` is wall minus monotonic time."""
         t = self.target
+
+        def wall(v: float | None) -> float | None:
+            return None if v is None else v + offset
+
         return {
             "target": {"kind": t.kind, "node": t.node, "namespace": t.namespace, "name": t.name},
-            "state": self.state, "pending_since": self.pending_since,
-            "firing_since": self.firing_since, "resolved_since": self.resolved_since,
-            "step": self.step, "step_since": self.step_since,
+            "state": self.state, "pending_since": wall(self.pending_since),
+            "firing_since": wall(self.firing_since), "resolved_since": wall(self.resolved_since),
+            "step": self.step, "step_since": wall(self.step_since),
             # Strict JSON (annotations): NaN/inf observed values are left out.
             "observed": {k: v for k, v in self.observed.items() if math.isfinite(v)},
         }
@@ -718,6 +734,11 @@ class RuleEngine:
         self.history_evictions = 0
         self.restore_skipped = 0
         self.last_eval_seconds = 0.0
+        # Wall minus monotonic time at the last tick (None before the first); restored state
+        # holds wall times until a tick tells us this offset.
+        self._offset: float | None = None
+        self._unconverted: list[_Instance] = []
+        self._unconverted_rules: list[_RuleState] = []
         # Selections by label that do not change between ticks (positions, pod keys, ratio
         # alignments), reused while the label values are the same as last tick.
         self._indexes: dict[tuple[Any, ...], tuple[Any, ...]] = {}
@@ -797,9 +818,12 @@ class RuleEngine:
                 self._history[metric] = kept
 
     def evaluate(self, snapshot: Snapshot, now: float) -> list[ActionRequest]:
-        """Advance every rule by one tick; return the actions to hand to the safety gate."""
+        """Advance every rule by one tick; return the actions to hand to the safety gate.
+        ``now`` is the wall time; durations use ``snapshot.monotonic`` (module docstring)."""
         started = time.process_time()
         self._tick_no += 1
+        self._set_offset(now - snapshot.monotonic)
+        now = snapshot.monotonic
         self._update_history(snapshot, now)
         tick = _Tick(self, snapshot, now)
         out: list[ActionRequest] = []
@@ -963,15 +987,30 @@ class RuleEngine:
 
     # -- state persistence -------------------------------------------------------------------
 
+    def _set_offset(self, offset: float) -> None:
+        """Remember wall minus monotonic time; map restored wall times to monotonic ones."""
+        self._offset = offset
+        for inst in self._unconverted:
+            inst.rebase(-offset)
+        for rs in self._unconverted_rules:
+            if rs.no_data_since is not None:
+                rs.no_data_since -= offset
+        self._unconverted.clear()
+        self._unconverted_rules.clear()
+
+    def _wall(self, t: float | None) -> float | None:
+        return None if t is None else t + (self._offset or 0.0)
+
     def export_state(self) -> dict[str, Any]:
         """JSON-able state of every rule with a pending/firing/resolving target."""
         rules: dict[str, Any] = {}
         for name, rs in self._rules.items():
             if not rs.instances and rs.no_data_since is None:
                 continue
+            offset = self._offset or 0.0  # before the first tick everything is wall time
             rules[name] = {
-                "no_data_since": rs.no_data_since,
-                "instances": {k: i.to_json() for k, i in rs.instances.items()},
+                "no_data_since": self._wall(rs.no_data_since),
+                "instances": {k: i.to_json(offset) for k, i in rs.instances.items()},
             }
         return {"version": STATE_VERSION, "node": self.node_name, "rules": rules}
 
@@ -1008,11 +1047,19 @@ class RuleEngine:
                 if len(rs.instances) >= self.max_instances and key not in rs.instances:
                     rs.dropped += 1
                     continue
+                if self._offset is None:
+                    self._unconverted.append(inst)
+                else:
+                    inst.rebase(-self._offset)
                 rs.put(key, inst)
                 restored += 1
             nds = entry.get("no_data_since")
             if isinstance(nds, (int, float)) and not isinstance(nds, bool) and math.isfinite(nds):
                 rs.no_data_since = float(nds)
+                if self._offset is None:
+                    self._unconverted_rules.append(rs)
+                else:
+                    rs.no_data_since -= self._offset
         return restored
 
     # -- observability -----------------------------------------------------------------------
@@ -1025,13 +1072,14 @@ class RuleEngine:
             if rs.missing:
                 out.append({"rule": name, "state": "no data", "severity": rule.severity,
                             "missing_metrics": list(rs.missing),
-                            "since": rs.no_data_since,
+                            "since": self._wall(rs.no_data_since),
                             "frozen_targets": sorted(rs.instances)})
             for key, inst in sorted(rs.instances.items()):
                 out.append({
                     "rule": name, "state": inst.state, "severity": rule.severity,
-                    "target": key, "pending_since": inst.pending_since,
-                    "firing_since": inst.firing_since, "resolved_since": inst.resolved_since,
+                    "target": key, "pending_since": self._wall(inst.pending_since),
+                    "firing_since": self._wall(inst.firing_since),
+                    "resolved_since": self._wall(inst.resolved_since),
                     "step": inst.step, "steps": len(rs.compiled.steps),
                     "observed": dict(inst.observed), "runbook": rs.compiled.runbook,
                     "dry_run": rule.dry_run, "no_data": bool(rs.missing),

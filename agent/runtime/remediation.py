@@ -13,6 +13,9 @@ once, ``on_snapshot()`` after every collection, ``families()`` / ``status()`` fo
    escalation ladder, a drain in progress).
 Actions that need more passes (outcome ``retry``: drain, a PDB-blocked eviction) stay pending and
 are re-gated and re-run on later ticks until they finish, fail or time out.
+
+Durations (cooldowns, caps, in-progress timeouts, persist/refresh intervals) use ``monotonic``;
+``clock`` (wall time) is only for what leaves the process: the annotation, Events, /status.
 """
 
 from __future__ import annotations
@@ -95,6 +98,7 @@ class RemediationStage:
         engine: Engine,
         *,
         clock: Any = time.time,
+        monotonic: Any = time.monotonic,
         systemctl: str = "/bin/systemctl",
         http: Any = None,
         concurrency: int = DEFAULT_CONCURRENCY,
@@ -105,9 +109,10 @@ class RemediationStage:
         self.api = api
         self.engine = engine
         self.clock = clock
+        self.monotonic = monotonic
         self.systemctl = systemctl
         self.http = http
-        self.gate = SafetyGate(settings, api, clock=clock)
+        self.gate = SafetyGate(settings, api, clock=clock, monotonic=monotonic)
         self.reloader = reloader  # agent.rules.loader.RulesReloader, when built by build_stage
         self._sem = asyncio.Semaphore(max(1, concurrency))
         self._extra: dict[str, dict[str, Any]] = {}
@@ -115,7 +120,7 @@ class RemediationStage:
         self._restored = api is None
         self._restore_problems: list[str] = []
         self._persisted_engine: str | None = None
-        self._last_persist = 0.0
+        self._last_persist = float("-inf")  # the first engine-only change is written at once
         self._last_refresh: float | None = None
         self._dirty = False
         self._writes = {"ok": 0, "error": 0}
@@ -144,7 +149,7 @@ class RemediationStage:
         raw = read_annotations(node).get(STATE_ANNOTATION)
         if not raw:
             return
-        ledger, engine_state, problems = Ledger.from_json(raw)
+        ledger, engine_state, problems = Ledger.from_json(raw, self._offset())
         self.gate.ledger = ledger
         self._restore_problems = problems
         for problem in problems:
@@ -161,6 +166,10 @@ class RemediationStage:
             history=len(ledger.history),
             in_progress=[ledger_key(p.request) for p in ledger.pending.values()],
         )
+
+    def _offset(self) -> float:
+        """Wall minus monotonic time now (maps the ledger's times to and from the annotation)."""
+        return float(self.clock()) - float(self.monotonic())
 
     async def close(self) -> None:
         """Write the final state (best effort); the API client belongs to the caller."""
@@ -187,9 +196,9 @@ class RemediationStage:
 
     async def on_snapshot(self, snapshot: Snapshot) -> None:
         await self._restore()
-        now = self.clock()
+        now = self.monotonic()
         try:
-            requests = list(self.engine.evaluate(snapshot, now))
+            requests = list(self.engine.evaluate(snapshot, self.clock()))
         except Exception:
             log.exception("rules_evaluation_failed")
             requests = []
@@ -259,7 +268,9 @@ class RemediationStage:
             http=self.http,
             progress=self.gate.drain_progress,
             now=self.clock,
-            started_at=pending.started if pending is not None else None,
+            # The action compares this with ctx.now() (wall): hand it the monotonic start
+            # expressed in today's wall time, so a clock step does not end its timeout.
+            started_at=pending.started + self._offset() if pending is not None else None,
             extra=self._extra.setdefault(key, {}),
         )
         try:
@@ -292,7 +303,7 @@ class RemediationStage:
                 self._dirty = True
             if result.kind == "retry":
                 if key not in self.ledger.pending:
-                    self.ledger.pending[key] = Pending(req, self.clock())
+                    self.ledger.pending[key] = Pending(req, self.monotonic())
                     self._dirty = True
                 else:
                     self.ledger.pending[key].attempts += 1
@@ -359,11 +370,11 @@ class RemediationStage:
             log.warning("engine_state_export_failed", error=str(exc))
             engine_state = None
         engine_json = json.dumps(engine_state, sort_keys=True, default=str)
-        now = self.clock()
+        now = self.monotonic()
         changed = engine_json != self._persisted_engine
         if not force and not (changed and now - self._last_persist >= PERSIST_INTERVAL):
             return
-        text = self.ledger.to_json(now, engine_state)
+        text = self.ledger.to_json(now, engine_state, self._offset())
 
         def mutate(node: dict[str, Any]) -> bool:
             ann = ensure_annotations(node)
@@ -425,7 +436,7 @@ class RemediationStage:
                         "rule": p.request.rule,
                         "action": p.request.action.type,
                         "target": p.request.target.key,
-                        "started": p.started,
+                        "started": p.started + self._offset(),
                         "attempts": p.attempts,
                     }
                     for p in self.ledger.pending.values()

@@ -10,6 +10,10 @@ cluster_cap (unschedulable nodes counted on the API right before a cordon or dra
 or per-rule dry-run gives ``dry_run`` and anything left is ``allowed``. Undo requests and further
 passes of an action already running skip the cooldown and caps (finishing or reversing is safe)
 but never the pause or missing-data checks. Exposes its counters via ``families()``.
+
+Cooldowns and hourly caps are measured with ``monotonic`` (time.monotonic), so a wall-clock step
+(NTP) neither ends nor stretches them; the ledger holds monotonic times and the stage converts
+them to wall time only for the persisted node annotation.
 """
 
 from __future__ import annotations
@@ -98,11 +102,13 @@ class SafetyGate:
         api: Any,
         *,
         clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
         pause: PauseSwitch | None = None,
     ) -> None:
         self.settings = settings
         self.api = api
         self.clock = clock
+        self.monotonic = monotonic
         self.ledger = Ledger()
         self.pause = pause or (
             PauseSwitch(api, settings.node_name, settings.safety_pause_configmap, clock=clock)
@@ -134,7 +140,7 @@ class SafetyGate:
             return planned
         act = registry.get(req.action.type)
         assert act is not None
-        now = self.clock()
+        now = self.monotonic()
         node: dict[str, Any] = {}
         if self.api is None:
             if act.needs_api:
@@ -242,7 +248,7 @@ class SafetyGate:
     def record_execution(self, decision: Decision, outcome: Outcome) -> None:
         """Remember an executed request for cooldowns and caps (first pass only)."""
         act = registry.get(decision.request.action.type)
-        self.ledger.record(decision.request, self.clock(), bool(act and act.disruptive))
+        self.ledger.record(decision.request, self.monotonic(), bool(act and act.disruptive))
         cordoned_now = outcome.kind in ("success", "retry") and outcome.details.get("cordon") in (
             None,
             "cordoned",
@@ -280,7 +286,7 @@ class SafetyGate:
             limit.add((), self._limit)
             out += [cordoned, limit]
         used = HOURLY_USED.family()
-        used.add((), self.ledger.count_disruptive(self.clock()))
+        used.add((), self.ledger.count_disruptive(self.monotonic()))
         remaining, started = DRAIN_REMAINING.family(), DRAIN_STARTED.family()
         for node, (left, since) in sorted(self._drain.items()):
             remaining.add((node,), left)
@@ -289,7 +295,7 @@ class SafetyGate:
 
     def status(self) -> dict[str, Any]:
         view = self.pause.last if self.pause is not None else None
-        now = self.clock()
+        now = self.monotonic()
         return {
             "api": "none" if self.pause is None else ("ok" if view and view.ok else "unreachable"),
             "paused": {

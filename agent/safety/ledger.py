@@ -4,6 +4,9 @@ Owned by agent.safety.gate (reads it to decide, records executions) and persiste
 agent.runtime.remediation into the node annotation ``nodemedic.io/state`` (compact JSON, bounded
 to ``MAX_STATE_BYTES``) so that a restarted agent keeps its cooldowns, budgets and in-progress
 actions (a drain half done) instead of starting over. Pure: no I/O, time is passed in.
+
+In memory every time is monotonic (durations survive wall-clock steps); the JSON holds wall time
+so another process can resume: ``to_json``/``from_json`` take ``offset`` = wall - monotonic.
 """
 
 from __future__ import annotations
@@ -124,19 +127,24 @@ class Ledger:
 
     # --- persistence -------------------------------------------------------------------------
 
-    def to_json(self, now: float, engine_state: Any = None) -> str:
-        """Compact JSON for the node annotation, trimmed to MAX_STATE_BYTES (oldest first)."""
+    def to_json(self, now: float, engine_state: Any = None, offset: float = 0.0) -> str:
+        """Compact JSON for the node annotation, trimmed to MAX_STATE_BYTES (oldest first).
+        ``now`` is monotonic; times are written as wall time (+ ``offset``)."""
         self.prune(now)
-        hist = [[round(t, 1), r, a, int(d), f] for t, r, a, d, f in self.history]
+        hist = [[round(t + offset, 1), r, a, int(d), f] for t, r, a, d, f in self.history]
         by_age = sorted(self.last.items(), key=lambda kv: kv[1][0])
-        last = {k: [round(t, 1), n] for k, (t, n) in by_age}
+        last = {k: [round(t + offset, 1), n] for k, (t, n) in by_age}
         pending = [
-            {"req": request_to_json(p.request), "started": round(p.started, 1), "n": p.attempts}
+            {
+                "req": request_to_json(p.request),
+                "started": round(p.started + offset, 1),
+                "n": p.attempts,
+            }
             for p in self.pending.values()
         ]
         doc: dict[str, Any] = {
             "v": STATE_VERSION,
-            "at": round(now, 1),
+            "at": round(now + offset, 1),
             "h": hist,
             "l": last,
             "p": pending,
@@ -159,8 +167,9 @@ class Ledger:
         return text
 
     @classmethod
-    def from_json(cls, text: str) -> tuple[Ledger, Any, list[str]]:
-        """(ledger, engine state or None, problems). Garbage never raises: it is skipped."""
+    def from_json(cls, text: str, offset: float = 0.0) -> tuple[Ledger, Any, list[str]]:
+        """(ledger, engine state or None, problems). Garbage never raises: it is skipped.
+        Wall times are mapped to this process's monotonic time (- ``offset``)."""
         problems: list[str] = []
         ledger = cls()
         try:
@@ -180,20 +189,20 @@ class Ledger:
         for item in hist:
             try:
                 t, r, a, d, f = item
-                ledger.history.append((float(t), str(r), str(a), bool(d), str(f)))
+                ledger.history.append((float(t) - offset, str(r), str(a), bool(d), str(f)))
             except (TypeError, ValueError):
                 problems.append(f"skipped history entry {item!r}")
         for key, item in last.items():
             try:
                 t, n = item
-                ledger.last[str(key)] = (float(t), int(n))
+                ledger.last[str(key)] = (float(t) - offset, int(n))
             except (TypeError, ValueError):
                 problems.append(f"skipped cooldown entry {key!r}")
         for item in pend:
             try:
                 req = request_from_json(item["req"])
                 ledger.pending[ledger_key(req)] = Pending(
-                    req, float(item["started"]), int(item.get("n", 1))
+                    req, float(item["started"]) - offset, int(item.get("n", 1))
                 )
             except (KeyError, TypeError, ValueError, AttributeError) as exc:
                 problems.append(f"skipped in-progress action: {exc!r}")

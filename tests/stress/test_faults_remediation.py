@@ -227,7 +227,6 @@ JUMP_REASON = (
     "Snapshot.monotonic (keep wall time only for the persisted state).")
 
 
-@pytest.mark.xfail(strict=True, reason=JUMP_REASON)
 def test_wall_clock_jumping_forward_does_not_fire_for_windows_early() -> None:
     """The wall clock steps forward an hour 10 s into a 5-minute `for:`: nothing fires."""
     e = engine()
@@ -237,7 +236,6 @@ def test_wall_clock_jumping_forward_does_not_fire_for_windows_early() -> None:
     assert e.evaluate(snap(wall, mono), wall) == []
 
 
-@pytest.mark.xfail(strict=True, reason=JUMP_REASON)
 def test_wall_clock_jumping_back_does_not_delay_for_windows() -> None:
     """The wall clock steps back an hour during a 5-minute `for:`: it still fires after 5
     minutes of real time, not an hour later."""
@@ -252,11 +250,6 @@ def test_wall_clock_jumping_back_does_not_delay_for_windows() -> None:
     assert [r.rule for r in fired] == ["kubelet-down"]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "agent/safety/gate.py and agent/safety/ledger.py compare cooldowns against the wall clock "
-    "only, so a forward NTP step ends every cooldown at once. Fix: while the process lives, "
-    "also record time.monotonic() with each execution and require both clocks to agree that "
-    "the cooldown passed (wall time alone only after a restart)."))
 async def test_wall_clock_jumping_forward_does_not_end_a_cooldown(
     apiserver: ApiServer, kube_api: Any, tmp_path: Path
 ) -> None:

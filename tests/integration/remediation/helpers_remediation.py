@@ -94,15 +94,16 @@ def request(
     )
 
 
-def snapshot(kubelet_ok: bool = True, kubelet_up: float = 0.0) -> Snapshot:
-    """One tick in which the kubelet collector succeeded (with ``kubelet_up``) or failed."""
+def snapshot(kubelet_ok: bool = True, kubelet_up: float = 0.0, mono: float = 0.0) -> Snapshot:
+    """One tick in which the kubelet collector succeeded (with ``kubelet_up``) or failed;
+    ``mono`` is the snapshot's monotonic time (what the rules engine measures durations with)."""
     fams: dict[str, Family] = {}
     if kubelet_ok:
         fam = KUBELET_UP.family()
         fam.add((), kubelet_up)
         fams[fam.name] = fam
     return Snapshot(
-        taken_at=0.0, monotonic=0.0, families=MappingProxyType(fams),
+        taken_at=0.0, monotonic=mono, families=MappingProxyType(fams),
         collectors=MappingProxyType(
             {"kubelet": CollectorStatus("kubelet", kubelet_ok, 0.1, None if kubelet_ok else "down")}
         ),

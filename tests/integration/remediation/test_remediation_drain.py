@@ -44,7 +44,7 @@ async def test_drain_waits_for_the_pdb_then_finishes(apiserver: ApiServer, kube_
 
     clock = Clock()
     engine = ScriptedEngine()
-    stage = RemediationStage(settings(), kube_api, engine, clock=clock)
+    stage = RemediationStage(settings(), kube_api, engine, clock=clock, monotonic=clock)
     await stage.start()
     engine.queue = [request("drain", {"timeout": 900.0}, rule="node-broken")]
     await stage.on_snapshot(snapshot())
@@ -143,7 +143,7 @@ async def test_taint_event_and_owner_annotation(apiserver: ApiServer, kube_api: 
 
     clock = Clock()
     engine = ScriptedEngine()
-    stage = RemediationStage(settings(), kube_api, engine, clock=clock)
+    stage = RemediationStage(settings(), kube_api, engine, clock=clock, monotonic=clock)
     taint = {"key": "nodemedic.io/disk-pressure", "effect": "NoSchedule"}
     engine.queue = [request("taint", taint, rule="disk")]
     await stage.on_snapshot(snapshot())
@@ -191,7 +191,7 @@ async def test_a_restarted_agent_resumes_a_blocked_drain(
     apiserver.create(pdb("web", "shop", 1, app="web"))
     clock = Clock()
     engine = ScriptedEngine()
-    first = RemediationStage(settings(), kube_api, engine, clock=clock)
+    first = RemediationStage(settings(), kube_api, engine, clock=clock, monotonic=clock)
     engine.queue = [request("drain", rule="node-broken")]
     await first.on_snapshot(snapshot())
     assert "web-a" in names(apiserver)
@@ -202,7 +202,7 @@ async def test_a_restarted_agent_resumes_a_blocked_drain(
         {"status": {"conditions": [{"type": "Ready", "status": "True"}]}}, subresource="status",
     )
     clock.t += 30
-    second = RemediationStage(settings(), kube_api, ScriptedEngine(), clock=clock)
+    second = RemediationStage(settings(), kube_api, ScriptedEngine(), clock=clock, monotonic=clock)
     await second.start()
     assert [p.request.action.type for p in second.ledger.pending.values()] == ["drain"]
     await second.on_snapshot(snapshot())

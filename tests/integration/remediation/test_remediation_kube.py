@@ -55,7 +55,7 @@ async def test_evict_pod_waits_for_the_budget(apiserver: ApiServer, kube_api: An
     apiserver.create(pdb("web", "shop", 1, app="web"))
     clock = Clock()
     engine = ScriptedEngine()
-    stage = RemediationStage(settings(), kube_api, engine, clock=clock)
+    stage = RemediationStage(settings(), kube_api, engine, clock=clock, monotonic=clock)
     engine.queue = [
         ActionRequest("mem", ActionSpec("evict-pod", {"grace_period_cap": 0}),
                       Target("pod", NODE, "shop", "web-a")),

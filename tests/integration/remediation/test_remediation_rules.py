@@ -4,6 +4,7 @@ gate and the real client: restart, then cordon, across an agent restart; then un
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -49,23 +50,29 @@ async def test_kubelet_ladder_survives_an_agent_restart(
     clock = Clock()
     s = settings(rules_dir=kubelet_rules)
 
-    def stage() -> RemediationStage:
-        engine = RuleEngine(load_rules_dir(kubelet_rules), NODE)
-        return RemediationStage(s, kube_api, engine, clock=clock, systemctl=systemctl)
+    # Each process has its own monotonic clock (a different boot-relative base): the restarted
+    # agent must map the persisted wall times onto its own.
+    def stage(base: float) -> tuple[RemediationStage, Callable[[], float]]:
+        def mono() -> float:
+            return clock.t - base
 
-    first = stage()
+        engine = RuleEngine(load_rules_dir(kubelet_rules), NODE)
+        return RemediationStage(s, kube_api, engine, clock=clock, monotonic=mono,
+                                systemctl=systemctl), mono
+
+    first, mono = stage(1_799_000_000.0)
     await first.start()
     for _ in range(14):  # 0 .. 130 s of kubelet_up == 0
-        await first.on_snapshot(snapshot(kubelet_up=0))
+        await first.on_snapshot(snapshot(kubelet_up=0, mono=mono()))
         clock.t += 10
     assert argv_log(log) == [["restart", "kubelet.service"]]
     assert count(apiserver, "KubeletUnhealthy") == 1
     del first  # killed
 
-    second = stage()
+    second, mono = stage(1_799_999_000.0)
     await second.start()
     for _ in range(20):  # 140 .. 330 s
-        await second.on_snapshot(snapshot(kubelet_up=0))
+        await second.on_snapshot(snapshot(kubelet_up=0, mono=mono()))
         clock.t += 10
     assert argv_log(log) == [["restart", "kubelet.service"]]
     assert apiserver.get("Node", "", NODE)["spec"]["unschedulable"] is True  # type: ignore[index]
@@ -73,7 +80,7 @@ async def test_kubelet_ladder_survives_an_agent_restart(
     assert count(apiserver, "NodemedicCordon") == 1
 
     for _ in range(62):  # healthy for 10m+
-        await second.on_snapshot(snapshot(kubelet_up=1))
+        await second.on_snapshot(snapshot(kubelet_up=1, mono=mono()))
         clock.t += 10
     assert not apiserver.get("Node", "", NODE)["spec"].get("unschedulable")  # type: ignore[index]
     assert count(apiserver, "KubeletRecovered") == 1

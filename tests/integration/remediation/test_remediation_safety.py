@@ -45,7 +45,7 @@ async def test_admin_uncordon_is_respected_for_the_episode(
     apiserver.create(node(NODE))
     clock = Clock()
     engine = ScriptedEngine()
-    stage = RemediationStage(settings(), kube_api, engine, clock=clock)
+    stage = RemediationStage(settings(), kube_api, engine, clock=clock, monotonic=clock)
     engine.queue = [request("cordon", rule="disk")]
     await stage.on_snapshot(snapshot())
     assert unschedulable(apiserver)
@@ -116,7 +116,7 @@ async def test_restart_mid_escalation_continues_the_ladder(
     ]
     clock = Clock()
     first = RemediationStage(settings(), kube_api, LadderEngine(ladder), clock=clock,
-                             systemctl=systemctl)
+                             monotonic=clock, systemctl=systemctl)
     await first.start()
     await first.on_snapshot(snapshot())
     clock.t += 60
@@ -127,7 +127,7 @@ async def test_restart_mid_escalation_continues_the_ladder(
 
     clock.t += 60
     second = RemediationStage(settings(), kube_api, LadderEngine(ladder), clock=clock,
-                              systemctl=systemctl)
+                              monotonic=clock, systemctl=systemctl)
     await second.start()
     await second.on_snapshot(snapshot())
     assert argv_log(log) == [["restart", "kubelet.service"]]
@@ -143,7 +143,7 @@ async def test_restart_mid_escalation_continues_the_ladder(
             pass
 
     third = RemediationStage(settings(), kube_api, Forgetful(ladder, every=0), clock=clock,
-                             systemctl=systemctl)
+                             monotonic=clock, systemctl=systemctl)
     await third.start()
     await third.on_snapshot(snapshot())
     assert argv_log(log) == [["restart", "kubelet.service"]]
@@ -162,7 +162,7 @@ async def test_api_outage_mid_drain(apiserver: ApiServer, kube_api: Any) -> None
     apiserver.create(pdb("web", "shop", 1, app="web"))
     clock = Clock()
     engine = ScriptedEngine()
-    stage = RemediationStage(settings(), kube_api, engine, clock=clock)
+    stage = RemediationStage(settings(), kube_api, engine, clock=clock, monotonic=clock)
     engine.queue = [request("drain", rule="node-broken")]
     await stage.on_snapshot(snapshot())
     assert len(stage.ledger.pending) == 1
@@ -224,7 +224,7 @@ async def test_pause_annotation_and_configmap(apiserver: ApiServer, kube_api: An
     apiserver.create(node(NODE, **{"nodemedic.io/paused": "true"}))
     clock = Clock()
     engine = ScriptedEngine()
-    stage = RemediationStage(settings(), kube_api, engine, clock=clock)
+    stage = RemediationStage(settings(), kube_api, engine, clock=clock, monotonic=clock)
     engine.queue = [request("cordon")]
     await stage.on_snapshot(snapshot())
     assert not unschedulable(apiserver)
@@ -288,7 +288,7 @@ async def test_admin_uncordon_mid_drain_stops_the_drain(
     apiserver.create(pdb("web", "shop", 1, app="web"))
     clock = Clock()
     engine = ScriptedEngine()
-    stage = RemediationStage(settings(), kube_api, engine, clock=clock)
+    stage = RemediationStage(settings(), kube_api, engine, clock=clock, monotonic=clock)
     engine.queue = [request("drain", rule="node-broken")]
     await stage.on_snapshot(snapshot())
     assert len(stage.ledger.pending) == 1
@@ -319,7 +319,7 @@ async def test_api_dies_during_a_drain_pass(apiserver: ApiServer, kube_api: Any)
         apiserver.create(pod(f"web-{i}"))
     clock = Clock()
     engine = ScriptedEngine()
-    stage = RemediationStage(settings(), kube_api, engine, clock=clock)
+    stage = RemediationStage(settings(), kube_api, engine, clock=clock, monotonic=clock)
     await stage.start()
     apiserver.faults.latency_by_verb["list"] = 0.3  # the server stops while pods are listed
     engine.queue = [request("drain", rule="node-broken")]
@@ -350,7 +350,7 @@ async def test_gauges_are_exported_while_idle(apiserver: ApiServer, kube_api: An
         apiserver.create(node(f"node-{i}", unschedulable=i < 2))
     apiserver.create(node(NODE))
     clock = Clock()
-    stage = RemediationStage(settings(), kube_api, ScriptedEngine(), clock=clock)
+    stage = RemediationStage(settings(), kube_api, ScriptedEngine(), clock=clock, monotonic=clock)
     await stage.on_snapshot(snapshot())
     fams = stage.families()
     assert metric(fams, "nodemedic_paused", scope="cluster") == 0

@@ -106,3 +106,20 @@ def test_rule_cap_counts_ladder_steps_not_single_actions() -> None:
     led.record(request("uncordon", step=1, undo=True), 1900.0, disruptive=False)
     assert led.count_rule("kubelet-down", 2000.0) == 2
     assert led.count_disruptive(2000.0) == 2
+
+
+def test_state_moves_between_monotonic_clocks_as_wall_time() -> None:
+    """A cooldown recorded at monotonic 100 (wall 1e9+100) is written as wall time and, read by a
+    process whose monotonic clock is 5,000 behind wall-minus-1e9, lands at the same wall instant."""
+    led = Ledger()
+    req = request("restart-service", {"unit": "kubelet.service"})
+    led.record(req, 100.0, disruptive=True)
+    led.pending[ledger_key(req)] = Pending(req, 100.0)
+    text = led.to_json(160.0, offset=1e9)
+    doc = json.loads(text)
+    assert doc["at"] == 1e9 + 160 and doc["l"][ledger_key(req)][0] == 1e9 + 100
+    back, _, problems = Ledger.from_json(text, offset=1e9 - 5000)
+    assert problems == []
+    assert back.last_run(req) == (5100.0, 1)
+    assert back.pending[ledger_key(req)].started == 5100.0
+    assert back.count_disruptive(5160.0) == 1

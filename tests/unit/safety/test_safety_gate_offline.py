@@ -17,7 +17,8 @@ class Clock:
 
 
 def gate(clock: Clock | None = None, **overrides: object) -> SafetyGate:
-    return SafetyGate(settings(**overrides), None, clock=clock or Clock())
+    c = clock or Clock()
+    return SafetyGate(settings(**overrides), None, clock=c, monotonic=c)
 
 
 def executed(g: SafetyGate, decision) -> None:  # type: ignore[no-untyped-def]
