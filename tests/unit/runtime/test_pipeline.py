@@ -106,17 +106,24 @@ async def test_hung_thread_is_not_started_twice() -> None:
 
 async def test_failure_logged_once_then_recovery_logged() -> None:
     """A collector failing every tick is logged once; its recovery is logged once."""
+    import logging
+
     import structlog
 
     c = ctx()
     broken = Broken(c)
     coll = Collection([broken])
-    with structlog.testing.capture_logs() as logs:
-        for _ in range(3):
+    saved = structlog.get_config()  # other tests (the demo) may have set level "error"
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG))
+    try:
+        with structlog.testing.capture_logs() as logs:
+            for _ in range(3):
+                await coll.collect()
+            broken.collect = Good(c).collect  # type: ignore[method-assign]
             await coll.collect()
-        broken.collect = Good(c).collect  # type: ignore[method-assign]
-        await coll.collect()
-        await coll.collect()
+            await coll.collect()
+    finally:
+        structlog.configure(**saved)
     events = [e["event"] for e in logs]
     assert events == ["collector_failed", "collector_recovered"]
 
