@@ -5,11 +5,13 @@ unfinished drain). Checks, in order, each denial carrying a stable reason word:
 unknown_action, invalid_params (the action's pure plan() refused it), missing_data (no API
 configured for an API action, or the API unreachable: we cannot know whether we are paused),
 paused (node annotation or cluster ConfigMap), admin_override (an admin uncordoned what this
-rule cordoned), cooldown, rule_hourly_cap, global_hourly_cap (disruptive actions only),
-cluster_cap (unschedulable nodes counted on the API right before a cordon or drain); then global
-or per-rule dry-run gives ``dry_run`` and anything left is ``allowed``. Undo requests and further
-passes of an action already running skip the cooldown and caps (finishing or reversing is safe)
-but never the pause or missing-data checks. Exposes its counters via ``families()``.
+rule cordoned), cooldown, ledger_full (executions of the last hour were dropped, so the hourly
+caps of a capped or disruptive request cannot be checked: fail safe), rule_hourly_cap,
+global_hourly_cap (disruptive actions only), cluster_cap (unschedulable nodes counted on the API
+right before a cordon or drain); then global or per-rule dry-run gives ``dry_run`` and anything
+left is ``allowed``. Undo requests and further passes of an action already running skip the
+cooldown and caps (finishing or reversing is safe) but never the pause or missing-data checks.
+Exposes its counters via ``families()``.
 
 Cooldowns and hourly caps are measured with ``monotonic`` (time.monotonic), so a wall-clock step
 (NTP) neither ends nor stretches them; the ledger holds monotonic times and the stage converts
@@ -81,6 +83,14 @@ DRAIN_STARTED = MetricSpec(
     "gauge",
     ("node",),
 )
+LEDGER_DROPPED = MetricSpec(
+    "nodemedic_safety_ledger_dropped_total",
+    "Safety ledger entries dropped: kind=cooldown (a cooldown forgotten past the key bound), "
+    "history (an execution of the last hour dropped past the bound; hourly caps then deny), "
+    "state (cut from the state annotation to fit its size, or unreadable at restore).",
+    "counter",
+    ("kind",),
+)
 METRICS = (
     ACTIONS_TOTAL,
     ACTIONS_DENIED,
@@ -90,6 +100,7 @@ METRICS = (
     HOURLY_USED,
     DRAIN_REMAINING,
     DRAIN_STARTED,
+    LEDGER_DROPPED,
 )
 
 
@@ -182,6 +193,14 @@ class SafetyGate:
             left = req.cooldown_seconds - (now - last[0])
             return self.deny(
                 req, "cooldown", f"ran {last[1]}x; cooldown {format_duration(left)} left"
+            )
+        capped = req.max_per_hour > 0 or disruptive
+        if capped and self.ledger.history_incomplete(now):
+            return self.deny(
+                req,
+                "ledger_full",
+                "executions of the last hour were dropped from the ledger; hourly caps "
+                "cannot be checked",
             )
         if req.max_per_hour > 0 and self.ledger.count_rule(req.rule, now) >= req.max_per_hour:
             return self.deny(
@@ -291,7 +310,10 @@ class SafetyGate:
         for node, (left, since) in sorted(self._drain.items()):
             remaining.add((node,), left)
             started.add((node,), since)
-        return [*out, used, remaining, started]
+        dropped = LEDGER_DROPPED.family()
+        for kind, n in sorted(self.ledger.dropped_by_kind().items()):
+            dropped.add((kind,), n)
+        return [*out, used, remaining, started, dropped]
 
     def status(self) -> dict[str, Any]:
         view = self.pause.last if self.pause is not None else None

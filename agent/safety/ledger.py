@@ -19,8 +19,10 @@ from typing import Any
 from agent.structs.remediation import ActionRequest, ActionSpec, Target
 
 HOUR = 3600.0
-MAX_HISTORY = 500  # executions kept for the hourly caps (older than an hour are dropped anyway)
-MAX_LAST = 200  # distinct (rule, action, target, step) keys remembered for cooldowns
+# Far above any realistic node (250 pods x a few per-pod rules): past these bounds entries still
+# inside their window are dropped and counted (``dropped_by_kind``), and the hourly caps fail safe.
+MAX_HISTORY = 10_000  # executions kept for the hourly caps (older than an hour are dropped anyway)
+MAX_LAST = 10_000  # distinct (rule, action, target, step) keys remembered for cooldowns
 MAX_STATE_BYTES = 32 * 1024  # well below the 256 KiB the API allows for all annotations
 STATE_VERSION = 1
 
@@ -85,22 +87,60 @@ class Ledger:
 
     # (time, rule, action, disruptive, firing); firing = "target|step|undo" groups the actions
     # one ladder step ran together, so a step of [event, restart] counts once against the cap.
-    history: deque[tuple[float, str, str, bool, str]] = field(
-        default_factory=lambda: deque(maxlen=MAX_HISTORY)
-    )
+    history: deque[tuple[float, str, str, bool, str]] = field(default_factory=deque)
     last: dict[str, tuple[float, int]] = field(default_factory=dict)
     pending: dict[str, Pending] = field(default_factory=dict)
     dropped: int = 0  # state entries dropped to stay within MAX_STATE_BYTES or unreadable
+    cooldowns_evicted: int = 0  # cooldown keys evicted past MAX_LAST while maybe still live
+    history_dropped: int = 0  # executions dropped past MAX_HISTORY while inside the hour
+    # Newest execution time dropped from the history (here or from the persisted state): until
+    # an hour after it the hourly counts may be low, so the gate denies capped requests.
+    history_cut_at: float | None = None
+    longest_cooldown: float = 0.0  # seen in this process; keys older than this are expired
 
     def record(self, req: ActionRequest, now: float, disruptive: bool) -> None:
         firing = f"{req.target.key}|{req.step}|{int(req.undo)}"
         self.history.append((now, req.rule, req.action.type, disruptive, firing))
+        if len(self.history) > MAX_HISTORY:
+            self._trim_history(now)
+        self.longest_cooldown = max(self.longest_cooldown, req.cooldown_seconds)
         key = ledger_key(req)
         _, count = self.last.get(key, (0.0, 0))
         self.last[key] = (now, count + 1)
         if len(self.last) > MAX_LAST:
+            self._trim_last(now)
+
+    def _trim_history(self, now: float) -> None:
+        """Drop expired executions first; past the bound drop the oldest, counted, and remember
+        when so the hourly caps fail safe instead of undercounting."""
+        while self.history and now - self.history[0][0] >= HOUR:
+            self.history.popleft()
+        while len(self.history) > MAX_HISTORY:
+            t = self.history.popleft()[0]
+            self.history_dropped += 1
+            self.history_cut_at = max(t, self.history_cut_at or t)
+
+    def _trim_last(self, now: float) -> None:
+        """Drop expired cooldown keys first; past the bound evict the oldest, counted."""
+        keep = max(HOUR, self.longest_cooldown)
+        for key in [k for k, (t, _) in self.last.items() if now - t >= keep]:
+            del self.last[key]
+        while len(self.last) > MAX_LAST:
             oldest = min(self.last, key=lambda k: self.last[k][0])
             del self.last[oldest]
+            self.cooldowns_evicted += 1
+
+    def history_incomplete(self, now: float) -> bool:
+        """True while executions of the last hour were dropped: hourly counts may be low."""
+        return self.history_cut_at is not None and now - self.history_cut_at < HOUR
+
+    def dropped_by_kind(self) -> dict[str, int]:
+        """For nodemedic_safety_ledger_dropped_total{kind}."""
+        return {
+            "state": self.dropped,
+            "cooldown": self.cooldowns_evicted,
+            "history": self.history_dropped,
+        }
 
     def last_run(self, req: ActionRequest) -> tuple[float, int] | None:
         return self.last.get(ledger_key(req))
@@ -149,12 +189,17 @@ class Ledger:
             "l": last,
             "p": pending,
         }
+        if self.history_cut_at is not None:
+            doc["hx"] = round(self.history_cut_at + offset, 1)
         if engine_state is not None:
             doc["e"] = engine_state
         text = json.dumps(doc, separators=(",", ":"), sort_keys=False, default=str)
         while len(text.encode()) > MAX_STATE_BYTES:
             if doc["h"]:
-                doc["h"] = doc["h"][len(doc["h"]) // 2 + 1 :]
+                cut = len(doc["h"]) // 2 + 1
+                # A restarted agent must know its hourly counts are short (fail safe).
+                doc["hx"] = max(doc["h"][cut - 1][0], doc.get("hx", doc["h"][cut - 1][0]))
+                doc["h"] = doc["h"][cut:]
             elif doc["l"]:
                 keys = list(doc["l"])
                 doc["l"] = {k: doc["l"][k] for k in keys[len(keys) // 2 + 1 :]}
@@ -206,5 +251,8 @@ class Ledger:
                 )
             except (KeyError, TypeError, ValueError, AttributeError) as exc:
                 problems.append(f"skipped in-progress action: {exc!r}")
+        cut = doc.get("hx")
+        if isinstance(cut, (int, float)) and not isinstance(cut, bool):
+            ledger.history_cut_at = float(cut) - offset
         ledger.dropped = len(problems)
         return ledger, doc.get("e"), problems

@@ -59,13 +59,6 @@ async def test_storm_on_every_pod_keeps_the_ledger_bounded(
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason=(
-    "agent/safety/ledger.py:98-100 keeps at most MAX_LAST=200 cooldown keys and silently "
-    "evicts the oldest, so with a per-pod rule firing on more than 200 pods the evicted pods' "
-    "cooldowns are forgotten and they get the action again 60 s later (and nothing counts it: "
-    "Ledger.dropped is not exported). Fix: evict only keys whose cooldown has expired (record "
-    "the cooldown with the key), deny new keys past the bound as `ledger_full`, and export a "
-    "dropped/denied counter."))
 async def test_storm_on_every_pod_does_not_forget_cooldowns(
     apiserver: ApiServer, kube_api: Any
 ) -> None:

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agent.safety.budget import cordon_allowed, cordon_limit
-from agent.safety.ledger import MAX_STATE_BYTES, Ledger, Pending, ledger_key
+from agent.safety.ledger import HOUR, MAX_STATE_BYTES, Ledger, Pending, ledger_key
 
 
 @pytest.mark.parametrize(
@@ -123,3 +123,51 @@ def test_state_moves_between_monotonic_clocks_as_wall_time() -> None:
     assert back.last_run(req) == (5100.0, 1)
     assert back.pending[ledger_key(req)].started == 5100.0
     assert back.count_disruptive(5160.0) == 1
+
+
+def test_cooldown_bound_evicts_expired_keys_first_and_counts_live_ones(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Past the key bound, keys whose cooldown is over go first; evicting a key still in its
+    cooldown is counted under kind=cooldown."""
+    monkeypatch.setattr("agent.safety.ledger.MAX_LAST", 3)
+    led = Ledger()
+    old = request("event", name="old", kind="pod", cooldown_seconds=600)
+    led.record(old, 0.0, False)
+    for i in range(3):  # 2 h later: old's cooldown is long over
+        led.record(request("event", name=f"p{i}", kind="pod", cooldown_seconds=600), 7200.0, False)
+    assert led.last_run(old) is None
+    assert led.dropped_by_kind()["cooldown"] == 0
+    led.record(request("event", name="p3", kind="pod", cooldown_seconds=600), 7201.0, False)
+    assert len(led.last) == 3
+    assert led.dropped_by_kind()["cooldown"] == 1
+
+
+def test_history_past_its_bound_is_counted_and_marks_the_hour_incomplete(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Dropping an execution of the last hour is counted and flags the hourly counts as short
+    until that execution is an hour old; expired executions are dropped silently."""
+    monkeypatch.setattr("agent.safety.ledger.MAX_HISTORY", 2)
+    led = Ledger()
+    led.record(request("event", rule="a"), 0.0, False)
+    led.record(request("event", rule="b"), 4000.0, False)
+    led.record(request("event", rule="c"), 4001.0, False)  # drops a: expired, not counted
+    assert (led.history_dropped, led.history_incomplete(4001.0)) == (0, False)
+    led.record(request("event", rule="d"), 4002.0, False)  # drops b: still inside the hour
+    assert led.history_dropped == 1
+    assert led.history_incomplete(4002.0) and not led.history_incomplete(4000.0 + HOUR)
+
+
+def test_history_cut_from_the_annotation_is_known_after_a_restart() -> None:
+    """When the state annotation had to drop executions of the last hour to fit, the restored
+    ledger knows its hourly counts are short."""
+    led = Ledger()
+    for i in range(2000):
+        led.record(request("event", rule=f"rule-{i}"), 1000.0 + i, False)
+    text = led.to_json(3000.0)
+    assert len(text.encode()) <= MAX_STATE_BYTES
+    back, _, _ = Ledger.from_json(text)
+    assert len(back.history) < 2000
+    assert back.history_incomplete(3000.0)
+    assert not Ledger.from_json(Ledger().to_json(3000.0))[0].history_incomplete(3000.0)

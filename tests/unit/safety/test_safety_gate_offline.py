@@ -123,3 +123,23 @@ async def test_actions_total_counts_decisions_and_outcomes() -> None:
     fam = {f.name: f for f in g.families()}["nodemedic_actions_total"]
     assert fam.get(action="restart-service", rule="kubelet-down", decision="dry_run",
                    outcome="none") == 1
+
+
+async def test_capped_requests_are_denied_while_the_hour_is_incomplete() -> None:
+    """After executions of the last hour were dropped from the ledger, a request with an hourly
+    cap (or a disruptive one) is denied as ledger_full and counted in the dropped metric; an
+    uncapped webhook still goes out."""
+    clock = Clock()
+    g = gate(clock, actions_webhook_allowlist=("http://h/",))
+    g.ledger.history_cut_at = clock.t - 60
+    g.ledger.history_dropped = 1
+    hook = {"url": "http://h/x"}
+    capped = await g.decide(request("webhook", hook, max_per_hour=5))
+    assert (capped.kind, capped.reason) == ("denied", "ledger_full")
+    restart = request("restart-service", RESTART)
+    assert (await g.decide(restart)).reason == "ledger_full"
+    assert (await g.decide(request("webhook", hook))).kind == "allowed"
+    dropped = next(f for f in g.families() if f.name == "nodemedic_safety_ledger_dropped_total")
+    assert dict(dropped.samples)[("history",)] == 1
+    clock.t += 3600
+    assert (await g.decide(restart)).kind == "allowed"
