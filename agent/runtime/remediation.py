@@ -12,7 +12,9 @@ once, ``on_snapshot()`` after every collection, ``families()`` / ``status()`` fo
    the node annotation ``nodemedic.io/state`` so a restarted agent resumes (cooldowns, caps, the
    escalation ladder, a drain in progress).
 Actions that need more passes (outcome ``retry``: drain, a PDB-blocked eviction) stay pending and
-are re-gated and re-run on later ticks until they finish, fail or time out.
+are re-gated and re-run on later ticks until they finish, fail or time out. An Event the API
+refused is queued (bounded) and retried on later ticks with backoff, so one 500 at the wrong moment
+does not hide a drain from ``kubectl describe node``.
 
 Durations (cooldowns, caps, in-progress timeouts, persist/refresh intervals) use ``monotonic``;
 ``clock`` (wall time) is only for what leaves the process: the annotation, Events, /status.
@@ -26,6 +28,7 @@ import re
 import time
 from collections import deque
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import structlog
@@ -54,6 +57,10 @@ DEFAULT_CONCURRENCY = 4
 # of a continuing action ends it.
 WAIT_REASONS = frozenset({"paused", "missing_data", "dry_run"})
 _METRIC_RE = re.compile(r"nodemedic_[A-Za-z0-9_]+")
+EVENT_RETRY_QUEUE = 256  # failed Events kept for retry; the oldest is dropped (counted) past it
+EVENT_RETRY_ATTEMPTS = 8  # then the Event is given up (counted)
+EVENT_RETRY_MAX_TICKS = 32  # backoff between attempts: 1, 2, 4 ... ticks, at most this
+EVENT_RETRIES_PER_TICK = 32  # bounds the API calls one tick spends on old Events
 
 STATE_WRITES = MetricSpec(
     "nodemedic_state_writes_total",
@@ -63,8 +70,20 @@ STATE_WRITES = MetricSpec(
 )
 EVENT_FAILURES = MetricSpec(
     "nodemedic_remediation_events_failed_total",
-    "Kubernetes Events about actions that could not be written.",
+    "Failed writes of Kubernetes Events about actions (each attempt; failed Events are retried).",
     "counter",
+)
+EVENTS_DROPPED = MetricSpec(
+    "nodemedic_remediation_events_dropped_total",
+    "Failed Events about actions given up: reason=queue_full (the retry queue was full and this "
+    "was its oldest) or attempts (still failing after every retry).",
+    "counter",
+    ("reason",),
+)
+EVENTS_QUEUED = MetricSpec(
+    "nodemedic_remediation_events_queued",
+    "Failed Events about actions waiting to be retried.",
+    "gauge",
 )
 PENDING = MetricSpec(
     "nodemedic_actions_in_progress",
@@ -86,6 +105,19 @@ class Engine(Protocol):
 
 def _camel(action: str) -> str:
     return "".join(part.capitalize() for part in action.split("-"))
+
+
+@dataclass
+class _QueuedEvent:
+    """An Event the API refused, retried from tick ``due`` on."""
+
+    obj: InvolvedObject
+    reason: str
+    message: str
+    type_: str
+    action: str
+    attempts: int
+    due: int
 
 
 class RemediationStage:
@@ -125,6 +157,9 @@ class RemediationStage:
         self._dirty = False
         self._writes = {"ok": 0, "error": 0}
         self._event_failures = 0
+        self._event_queue: deque[_QueuedEvent] = deque()
+        self._events_dropped = {"queue_full": 0, "attempts": 0}
+        self._tick = 0
 
     @property
     def ledger(self) -> Ledger:
@@ -196,6 +231,7 @@ class RemediationStage:
 
     async def on_snapshot(self, snapshot: Snapshot) -> None:
         await self._restore()
+        self._tick += 1
         now = self.monotonic()
         try:
             requests = list(self.engine.evaluate(snapshot, self.clock()))
@@ -231,6 +267,8 @@ class RemediationStage:
             self._record(decision, result, continuing)
             if result is not None and (not continuing or result.kind != "retry"):
                 events.append((decision, result))
+        if self.api is not None:
+            await self._retry_events()
         if events and self.api is not None:
             await asyncio.gather(*(self._event(d, o) for d, o in events))
         if self.api is not None and self._restored:
@@ -347,19 +385,53 @@ class RemediationStage:
             obj = InvolvedObject("Node", req.target.node)
         type_ = "Warning" if result.kind == "failure" else "Normal"
         message = f"{req.action.type} {result.kind}: {result.message}. {describe(req)}"
+        queued = _QueuedEvent(
+            obj, f"Nodemedic{_camel(req.action.type)}", message, type_, req.action.type, 0, 0
+        )
+        await self._send_event(queued)
+
+    async def _send_event(self, ev: _QueuedEvent) -> None:
+        """Write one Event; on failure queue it for a later tick (backoff) or give it up."""
         try:
             await record_event(
                 self.api,
-                obj,
-                f"Nodemedic{_camel(req.action.type)}",
-                message,
-                type_=type_,
+                ev.obj,
+                ev.reason,
+                ev.message,
+                type_=ev.type_,
                 host=self.settings.node_name,
-                action=req.action.type,
+                action=ev.action,
             )
         except KubeError as exc:
             self._event_failures += 1
-            log.warning("action_event_failed", rule=req.rule, error=str(exc))
+            ev.attempts += 1
+            if ev.attempts >= EVENT_RETRY_ATTEMPTS:
+                self._events_dropped["attempts"] += 1
+                log.warning("action_event_given_up", reason=ev.reason, error=str(exc))
+                return
+            ev.due = self._tick + min(2 ** (ev.attempts - 1), EVENT_RETRY_MAX_TICKS)
+            if len(self._event_queue) >= EVENT_RETRY_QUEUE:
+                dropped = self._event_queue.popleft()
+                self._events_dropped["queue_full"] += 1
+                log.warning("action_event_dropped", reason=dropped.reason, queue="full")
+            self._event_queue.append(ev)
+            log.warning("action_event_failed", reason=ev.reason, retry_tick=ev.due,
+                        error=str(exc))
+
+    async def _retry_events(self) -> None:
+        """Retry queued Events that are due (at most EVENT_RETRIES_PER_TICK, oldest first)."""
+        due: list[_QueuedEvent] = []
+        keep: deque[_QueuedEvent] = deque()
+        for ev in self._event_queue:
+            if ev.due <= self._tick and len(due) < EVENT_RETRIES_PER_TICK:
+                due.append(ev)
+            else:
+                keep.append(ev)
+        if not due:
+            return
+        self._event_queue = keep
+        for ev in due:  # in order: an Event's count/lastTimestamp follow the order of retries
+            await self._send_event(ev)
 
     async def _persist(self, *, force: bool) -> None:
         """Write ledger + engine state when something we did changed, or the engine's state
@@ -404,13 +476,18 @@ class RemediationStage:
             writes.add((result,), n)
         failures = EVENT_FAILURES.family()
         failures.add((), self._event_failures)
+        dropped = EVENTS_DROPPED.family()
+        for reason, n in sorted(self._events_dropped.items()):
+            dropped.add((reason,), n)
+        queued = EVENTS_QUEUED.family()
+        queued.add((), len(self._event_queue))
         pending = PENDING.family()
         counts: dict[str, int] = {}
         for p in self.ledger.pending.values():
             counts[p.request.action.type] = counts.get(p.request.action.type, 0) + 1
         for action, n in sorted(counts.items()):
             pending.add((action,), n)
-        out = [*self.gate.families(), writes, failures, pending]
+        out = [*self.gate.families(), writes, failures, dropped, queued, pending]
         for source in (self.engine, self.reloader):
             if source is None:
                 continue
@@ -471,4 +548,4 @@ def metric_specs() -> Iterable[MetricSpec]:
     """Every metric the stage and gate can export (README table, promtool tests)."""
     from agent.safety.gate import METRICS
 
-    return (*METRICS, STATE_WRITES, EVENT_FAILURES, PENDING)
+    return (*METRICS, STATE_WRITES, EVENT_FAILURES, EVENTS_DROPPED, EVENTS_QUEUED, PENDING)

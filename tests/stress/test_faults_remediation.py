@@ -94,12 +94,6 @@ async def test_drain_through_500s_and_409s(apiserver: ApiServer, kube_api: Any) 
     await stage.close()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "agent/runtime/remediation.py:329-351 (_event) counts a failed Event write "
-    "(nodemedic_remediation_events_failed_total) and drops it: one API 500 at the wrong moment "
-    "and `kubectl describe node` never shows the drain; the state annotation only records that "
-    "it started. Fix: keep failed Events in a bounded deque (e.g. 100, counting drops) and "
-    "retry them on the next ticks."))
 async def test_a_failed_event_write_is_retried(apiserver: ApiServer, kube_api: Any) -> None:
     """The Event API fails twice (the drain's start and finish Events): the drain's outcome
     still reaches the node's Events on a later tick."""

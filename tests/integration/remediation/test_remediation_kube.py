@@ -5,7 +5,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from helpers_remediation import NODE, Clock, ScriptedEngine, node, pdb, pod, settings, snapshot
+import pytest
+from helpers_remediation import (
+    NODE,
+    Clock,
+    ScriptedEngine,
+    metric,
+    node,
+    pdb,
+    pod,
+    settings,
+    snapshot,
+)
 
 from agent.kube.nodes import ensure_annotations, update_node
 from agent.runtime.remediation import RemediationStage
@@ -76,3 +87,54 @@ async def test_evict_pod_waits_for_the_budget(apiserver: ApiServer, kube_api: An
     await stage.on_snapshot(snapshot())
     assert apiserver.get("Pod", "shop", "web-a") is None
     assert stage.ledger.pending == {}
+
+
+def _cordons(*rules: str) -> list[ActionRequest]:
+    return [ActionRequest(r, ActionSpec("cordon"), Target("node", NODE)) for r in rules]
+
+
+def _cordon_event_count(apiserver: ApiServer) -> int:
+    return sum(int(e.get("count", 1)) for e in apiserver.list("Event")
+               if e.get("reason") == "NodemedicCordon")
+
+
+async def test_failed_events_are_retried_and_the_queue_is_bounded(
+    apiserver: ApiServer, kube_api: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Event writes failing with 500 are queued and written on later ticks once the API
+    answers; past the queue bound the oldest is dropped and counted."""
+    monkeypatch.setattr("agent.runtime.remediation.EVENT_RETRY_QUEUE", 2)
+    apiserver.create(node(NODE))
+    apiserver.faults.fail(100, 500, verb="create", resource="events")
+    engine = ScriptedEngine()
+    stage = RemediationStage(settings(), kube_api, engine, clock=Clock())
+    engine.queue = _cordons("r1", "r2", "r3")
+    await stage.on_snapshot(snapshot())
+    fams = stage.families()
+    assert metric(fams, "nodemedic_remediation_events_queued") == 2
+    assert metric(fams, "nodemedic_remediation_events_dropped_total", reason="queue_full") == 1
+    assert _cordon_event_count(apiserver) == 0
+    apiserver.faults.clear()
+    for _ in range(2):
+        await stage.on_snapshot(snapshot())
+    assert _cordon_event_count(apiserver) == 2
+    assert metric(stage.families(), "nodemedic_remediation_events_queued") == 0
+
+
+async def test_an_event_failing_on_every_retry_is_given_up(
+    apiserver: ApiServer, kube_api: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An Event the API keeps refusing is retried a bounded number of times, then dropped and
+    counted as reason=attempts."""
+    monkeypatch.setattr("agent.runtime.remediation.EVENT_RETRY_ATTEMPTS", 3)
+    apiserver.create(node(NODE))
+    apiserver.faults.fail(1000, 500, verb="create", resource="events")
+    engine = ScriptedEngine()
+    stage = RemediationStage(settings(), kube_api, engine, clock=Clock())
+    engine.queue = _cordons("r1")
+    for _ in range(8):  # attempts at ticks 1, 2 and 4
+        await stage.on_snapshot(snapshot())
+    fams = stage.families()
+    assert metric(fams, "nodemedic_remediation_events_dropped_total", reason="attempts") == 1
+    assert metric(fams, "nodemedic_remediation_events_queued") == 0
+    assert metric(fams, "nodemedic_remediation_events_failed_total") == 3
