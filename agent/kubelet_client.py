@@ -173,7 +173,8 @@ def parse_pod_list(doc: Any) -> PodList:
                 phase=str(status.get("phase") or ""),
                 containers=containers,
             )
-        except (KeyError, TypeError, ValueError, AttributeError):
+        except (KeyError, TypeError, ValueError, AttributeError, OverflowError):
+            # OverflowError: int() of an infinite restartCount (JSON 1e999 decodes to inf).
             skipped += 1
             continue
         out.append(PodDetail(ref, restarts, waiting))

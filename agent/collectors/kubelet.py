@@ -194,7 +194,10 @@ def _num(obj: Any, *keys: str) -> float | None:
         obj = obj[k]
     if isinstance(obj, bool) or not isinstance(obj, (int, float)):
         return None
-    return float(obj)
+    try:
+        return float(obj)
+    except OverflowError:  # an integer beyond float range (valid JSON): drop just this value
+        return None
 
 
 def _add(fam: Family, labels: tuple[str, ...], value: float | None) -> None:

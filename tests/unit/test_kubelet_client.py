@@ -187,7 +187,8 @@ def test_pod_refs_from_capture() -> None:
 
 
 def test_malformed_pod_items_are_skipped_and_counted() -> None:
-    """Pods without metadata or with odd types are skipped; the good ones still come through."""
+    """Pods without metadata, with odd types or an infinite restart count are skipped; the good
+    ones still come through."""
     doc = {
         "items": [
             {"metadata": {"uid": "u1", "namespace": "ns", "name": "ok"}, "status": {}},
@@ -195,11 +196,13 @@ def test_malformed_pod_items_are_skipped_and_counted() -> None:
             "not-an-object",
             {"metadata": {"uid": "u3", "namespace": "ns", "name": "bad"},
              "status": {"containerStatuses": [{"name": "c", "restartCount": "many"}]}},
+            {"metadata": {"uid": "u4", "namespace": "ns", "name": "inf"},
+             "status": {"containerStatuses": [{"name": "c", "restartCount": float("inf")}]}},
         ]
     }
     pods = parse_pod_list(doc)
     assert [p.ref.name for p in pods.pods] == ["ok"]
-    assert pods.skipped == 3
+    assert pods.skipped == 4
 
 
 def test_pod_list_that_is_not_a_list_is_bad_body() -> None:

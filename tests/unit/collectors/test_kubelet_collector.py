@@ -263,3 +263,19 @@ async def test_pods_shared_with_another_collector_in_one_tick(fake: FakeKubelet)
     assert fake.hits["/pods"] == 1
     assert len(refs) == 24
     assert {f.name: f for f in fams}["nodemedic_kubelet_pods"].get(phase="Running") == 18
+
+
+def test_summary_value_beyond_float_range_drops_only_that_value() -> None:
+    """A pod's 400-digit workingSetBytes is dropped; its neighbours' values are still exported."""
+    doc = {
+        "node": {"memory": {"workingSetBytes": 1024}},
+        "pods": [
+            {"podRef": {"namespace": "a", "name": "p", "uid": "u"},
+             "memory": {"workingSetBytes": 7}},
+            {"podRef": {"namespace": "a", "name": "q", "uid": "v"},
+             "memory": {"workingSetBytes": 10**400}},
+        ],
+    }
+    fams, _ = summary_families(doc)
+    ws = {f.name: f for f in fams}["nodemedic_kubelet_pod_memory_working_set_bytes"]
+    assert list(ws.series()) == [({"namespace": "a", "pod": "p", "uid": "u"}, 7.0)]
