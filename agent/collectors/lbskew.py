@@ -157,6 +157,12 @@ ACCOUNTING = MetricSpec(
     "1 when conntrack entries carry byte counters (net.netfilter.nf_conntrack_acct=1)",
     "gauge",
 )
+BYTE_SERIES_DROPPED = MetricSpec(
+    "nodemedic_lbskew_byte_series_dropped",
+    "Endpoint byte counters not exported in the last tick because MAX_BYTE_SERIES (65,536) "
+    "endpoints already had one",
+    "gauge",
+)
 SLICES = MetricSpec(
     "nodemedic_lbskew_endpointslices",
     "EndpointSlices held in the lbskew name cache",
@@ -229,6 +235,7 @@ class LbSkewCollector(Collector):
         CONNTRACK_ENTRIES,
         SKIPPED_LINES,
         DROPPED_ENTRIES,
+        BYTE_SERIES_DROPPED,
         ACCOUNTING,
         SLICES,
         SLICES_DROPPED,
@@ -239,6 +246,7 @@ class LbSkewCollector(Collector):
         self._names = names
         # label tuple -> (live bytes last tick, counter value): makes bytes_total monotonic.
         self._bytes: dict[tuple[str, ...], tuple[int, int]] = {}
+        self._bytes_dropped = 0  # byte series not exported this tick (table full)
         self._view: NameView | None = None  # this tick's names, set in the worker thread
         self._used: set[tuple[str, str, str]] = set()  # Service labels emitted this tick
         self._busy = threading.Lock()  # held by the worker thread for a whole scan
@@ -278,6 +286,7 @@ class LbSkewCollector(Collector):
     def _collect_sync(self, view: NameView | None) -> list[Family]:
         self._view = view
         self._used = set()
+        self._bytes_dropped = 0
         deadline = time.monotonic() + self.timeout
         src = _Sources()
         rules = self._read_rules(src, deadline)
@@ -308,6 +317,7 @@ class LbSkewCollector(Collector):
         if summary is not None:
             fams[CONNTRACK_ENTRIES.name].add((), summary.entries)
             fams[DROPPED_ENTRIES.name].add((), summary.dropped_entries)
+            fams[BYTE_SERIES_DROPPED.name].add((), self._bytes_dropped)
             fams[ACCOUNTING.name].add((), 1 if summary.accounting else 0)
             src.skipped[("conntrack", "malformed")] = summary.malformed_lines
             src.skipped[("conntrack", "no_ports")] = summary.unsupported_lines
@@ -470,17 +480,22 @@ class LbSkewCollector(Collector):
             fams[ENDPOINT_CONNECTIONS.name].add(ep_labels, ep.active)
             if entries:
                 fams[ENDPOINT_ENTRIES.name].add(ep_labels, ep.entries)
-                fams[ENDPOINT_BYTES.name].add(ep_labels, self._bytes_counter(ep_labels, ep.bytes))
+                counter = self._bytes_counter(ep_labels, ep.bytes)
+                if counter is not None:
+                    fams[ENDPOINT_BYTES.name].add(ep_labels, counter)
                 seen.add(ep_labels)
         if observed:
             fams[SERVICE_CONNECTIONS.name].add(labels, total)
 
-    def _bytes_counter(self, key: tuple[str, ...], live: int) -> int:
+    def _bytes_counter(self, key: tuple[str, ...], live: int) -> int | None:
         """Counter value for ``key``: grows by the growth of the live byte sum, never shrinks
-        (bytes of connections that closed between ticks are missed: a lower bound)."""
+        (bytes of connections that closed between ticks are missed: a lower bound). None when
+        the table is full: the series is left out (counted) rather than exported as a counter
+        that could go down."""
         last, total = self._bytes.get(key, (0, 0))
         if key not in self._bytes and len(self._bytes) >= MAX_BYTE_SERIES:
-            return live
+            self._bytes_dropped += 1
+            return None
         total += max(live - last, 0)
         self._bytes[key] = (live, total)
         return total

@@ -335,3 +335,18 @@ async def test_overlapping_scan_is_refused_while_the_previous_runs(tmp_path: Pat
         await c.collect()
     fams = await first
     assert _values(fams, "nodemedic_service_connections", **WEB) == {"": 40}
+
+
+async def test_byte_series_past_the_bound_are_left_out_and_counted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With room for one byte counter, the other endpoints get none (never a raw value that
+    could go down) and the dropped gauge says how many."""
+    monkeypatch.setattr("agent.collectors.lbskew.MAX_BYTE_SERIES", 1)
+    c = _collector(path_procfs=_procfs(tmp_path), lbskew_iptables_save_file=LAB_RULES)
+    fams = await c.collect()
+    exported = next(f for f in fams if f.name == "nodemedic_service_endpoint_bytes_total")
+    entries = next(f for f in fams if f.name == "nodemedic_service_endpoint_conntrack_entries")
+    assert len(exported.samples) == 1 < len(entries.samples)
+    dropped = next(f for f in fams if f.name == "nodemedic_lbskew_byte_series_dropped")
+    assert dropped.samples == [((), len(entries.samples) - 1)]
