@@ -38,8 +38,10 @@ class Faults:
         """Make the next ``count`` requests matching ``verb``/``resource`` fail with ``code``.
 
         ``verb`` is a Kubernetes verb (get, list, watch, create, update, patch, delete) and
-        ``resource`` a plural with optional subresource ("pods", "pods/eviction", "nodes/status",
-        "leases").
+        ``resource`` the server's exact name for it: the plural, followed by its API group unless
+        it is a core resource, and an optional subresource ("pods", "pods/eviction",
+        "nodes/status", "events" (core/v1 only), "leases.coordination.k8s.io"). A bare "leases"
+        matches nothing.
         """
         self._failures.append(_Failure(code, count, verb, resource))
 

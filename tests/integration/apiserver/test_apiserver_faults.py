@@ -85,3 +85,19 @@ async def test_helpers_seed_and_read(apiserver: ApiServer) -> None:
     assert [p["metadata"]["labels"] for p in apiserver.list("pods", "team")] == [{"a": "b"}]
     apiserver.delete("Pod", "team", "p")
     assert apiserver.get("Pod", "team", "p") is None  # unscheduled: deleted at once
+
+
+
+async def test_a_lease_fault_is_armed_with_the_grouped_resource_name(
+    coordination: Any, apiserver: ApiServer
+) -> None:
+    """fail(resource="leases.coordination.k8s.io"), the spelling the docstring gives, makes the
+    next Lease create fail; the one after goes through."""
+    apiserver.faults.fail(1, 500, verb="create", resource="leases.coordination.k8s.io")
+    body = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+            "metadata": {"name": "l1"}, "spec": {"holderIdentity": "a"}}
+    with pytest.raises(client.ApiException) as ei:
+        await coordination.create_namespaced_lease("default", body)
+    assert ei.value.status == 500
+    created = await coordination.create_namespaced_lease("default", body)
+    assert created.metadata.name == "l1"
