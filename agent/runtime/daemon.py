@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import gc
 import signal
+import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -316,6 +317,8 @@ class Agent:
             "interval_seconds": self.settings.collect_interval,
             "last_reload_error": self._last_reload_error,
             "tasks": self._supervisor.names(),
+            # Footprint context for operators and bench/footprint.py (the client is ~38 MiB).
+            "kubernetes_client_loaded": "kubernetes_asyncio" in sys.modules,
         }
         if snap is not None:
             out["last_tick"] = {
