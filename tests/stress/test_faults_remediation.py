@@ -214,11 +214,6 @@ def snap(wall: float, mono: float) -> Snapshot:
     )
 
 
-JUMP_REASON = (
-    "agent/rules/engine.py:856 (_step_rule) measures `for:` as now - pending_since with the "
-    "wall clock the stage passes (agent/runtime/remediation.py:190 self.clock() = "
-    "time.time), so an NTP step moves windows. Fix: measure in-process durations with "
-    "Snapshot.monotonic (keep wall time only for the persisted state).")
 
 
 def test_wall_clock_jumping_forward_does_not_fire_for_windows_early() -> None:
