@@ -222,8 +222,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--token", default=None, help="require this bearer token")
-    parser.add_argument("--tls-dir", type=Path, default=None,
-                        help="serve HTTPS with a self-signed cert written here (kubelet.crt)")
+    parser.add_argument(
+        "--tls-dir",
+        type=Path,
+        default=None,
+        help="serve HTTPS with a self-signed cert written here (kubelet.crt)",
+    )
     parser.add_argument("--healthz", choices=["ok", "fail", "hang", "garbage"], default="ok")
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(_serve(parser.parse_args(argv)))
