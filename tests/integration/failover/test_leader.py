@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
+from functools import partial
 from typing import Any
 
-from agent.peers.leader import ElectionConfig, LeaderElector
+from agent.peers.leader import ELECTION_ERRORS, ElectionConfig, LeaderElector
 from agent.testing.apiserver import ApiServer
 
 LEASE_DURATION = 1.5
@@ -48,47 +50,96 @@ async def test_follower_takes_over_after_leader_stops_renewing(kube_api: Any) ->
     assert await b.try_once()
 
 
+LEASES = "leases.coordination.k8s.io"  # the server's resource name; a bare "leases" never matches
+# A takeover waits for the Lease record to stay unchanged for its leaseDurationSeconds (1.5 s is
+# written as 2), then for the PUTs to get through the injected 409s (each costs the follower one
+# retry period plus two slowed requests). This bounds liveness only, generously, on a busy box.
+TAKEOVER_BOUND = 8.0
+# Why the storms are phased and not armed on a timer: fail(n) arms the *next* n matching PUTs,
+# and while the followers legitimately wait out a dead leader's lease nobody PUTs at all, so 409s
+# armed every 0.6 s piled up (13 still pending after 3.6 s). No takeover could succeed until the
+# storm was cleared, and the earlier version of this test stopped right then: it failed on "never
+# exercised a takeover" while no two agents ever led at once. A takeover is only ever delayed by
+# 409s (one retry per 409), never made unsafe, so each phase waits for it instead.
+
+
 async def test_never_two_leaders_under_conflicts_and_latency(apiserver: ApiServer) -> None:
     """Three contenders with injected 409s and latency never lead at the same moment."""
     from kubernetes_asyncio import client
 
-    apis = []
-    for _ in range(3):
-        cfg = client.Configuration(host=apiserver.url)
-        apis.append(client.ApiClient(cfg))
+    apis = [client.ApiClient(client.Configuration(host=apiserver.url)) for _ in range(3)]
     electors = [elector(api, f"agent-{i}") for i, api in enumerate(apis)]
     stop = asyncio.Event()
     overlaps: list[list[str]] = []
-    leaders_seen: set[str] = set()
+    leaders_seen: list[str] = []
+    by_id = {e.cfg.identity: e for e in electors}
+
+    def leading() -> list[str]:
+        return [e.cfg.identity for e in electors if e.is_leader]
 
     async def watchdog() -> None:
         while not stop.is_set():
-            leading = [e.cfg.identity for e in electors if e.is_leader]
-            leaders_seen.update(leading)
-            if len(leading) > 1:
-                overlaps.append(leading)
+            now = leading()
+            if len(now) > 1:
+                overlaps.append(now)
             await asyncio.sleep(0.01)
 
-    async def chaos() -> None:
-        # Rounds of conflicts, slow requests, and the current leader vanishing.
-        for i in range(6):
-            apiserver.faults.fail(3, 409, verb="update", resource="leases")
-            apiserver.faults.latency = 0.3 if i % 2 else 0.05
-            await asyncio.sleep(0.6)
-            for e in electors:
-                if e.is_leader and i % 2 == 0:
-                    tasks[e.cfg.identity].cancel()  # dies without releasing
-                    break
-        apiserver.faults.clear()
-        stop.set()
+    async def until(cond: Callable[[], bool], what: str) -> None:
+        # Polled, not timed: a takeover legitimately waits out the lease and the 409 storm.
+        end = asyncio.get_running_loop().time() + TAKEOVER_BOUND
+        while not cond():
+            if asyncio.get_running_loop().time() > end:
+                raise AssertionError(f"{what} within {TAKEOVER_BOUND}s")
+            await asyncio.sleep(0.02)
+
+    async def new_leader(dead: set[str]) -> str:
+        await until(lambda: any(i not in dead for i in leading()), "no new leader")
+        return next(i for i in leading() if i not in dead)
+
+    def storm(count: int, latency: float) -> None:
+        apiserver.faults.fail(count, 409, verb="update", resource=LEASES)
+        apiserver.faults.latency = latency
+
+    def conflicts(ident: str) -> float:
+        # nodemedic_leader_election_errors_total{kind="conflict"} as the agent exports it.
+        fam = next(f for f in by_id[ident].families() if f.spec is ELECTION_ERRORS)
+        return fam.get(kind="conflict") or 0.0
+
+    def got_conflicts(ident: str, n: float) -> bool:
+        return conflicts(ident) >= n
+
+    def none_armed() -> bool:
+        # take() returns None without side effect when nothing is armed: every 409 was served.
+        return apiserver.faults.take("update", LEASES) is None
 
     tasks = {e.cfg.identity: asyncio.create_task(e.run(stop)) for e in electors}
+    guard = asyncio.create_task(watchdog())
+    dead: set[str] = set()
     try:
-        await asyncio.gather(watchdog(), chaos())
+        leaders_seen.append(await new_leader(dead))
+        for latency in (0.05, 0.3):
+            leader = leaders_seen[-1]
+            # 409s on the leader's renewals: no follower may take over meanwhile, since nobody
+            # has seen the record unchanged for a lease duration. Only the leader writes now, so
+            # its conflict count shows the 409s reached it.
+            before = conflicts(leader)
+            storm(2, latency)
+            await until(partial(got_conflicts, leader, before + 2),
+                        "the leader never got the armed 409s")
+            # The leader dies without releasing; the followers' takeover PUTs meet 409s too.
+            tasks[leader].cancel()
+            dead.add(leader)
+            storm(3, latency)
+            # A new leader's PUT got past take(), so the 409s armed before it were all served.
+            leaders_seen.append(await new_leader(dead))
+            assert none_armed(), "the 409s armed for the takeover never fired"
     finally:
-        for t in tasks.values():
+        stop.set()
+        apiserver.faults.clear()
+        for t in (*tasks.values(), guard):
             t.cancel()
+        await asyncio.gather(*tasks.values(), guard, return_exceptions=True)
         for api in apis:
             await api.close()
-    assert overlaps == []
-    assert len(leaders_seen) >= 2, "the test never exercised a takeover"
+    assert overlaps == [], "two agents led at the same moment"
+    assert len(set(leaders_seen)) == 3, leaders_seen
