@@ -46,14 +46,7 @@ def make_parser() -> argparse.ArgumentParser:
     ver = sub.add_parser("version", help="print version information")
     ver.set_defaults(func=_cmd_version)
     for mod_name in _SUBCOMMAND_MODULES:
-        try:
-            mod = importlib.import_module(mod_name)
-        except ModuleNotFoundError as exc:
-            if exc.name != mod_name:
-                raise
-            continue
-        if hasattr(mod, "add_parser"):  # a package still without its subcommand is skipped
-            mod.add_parser(sub)
+        importlib.import_module(mod_name).add_parser(sub)
     return parser
 
 

@@ -187,7 +187,7 @@ async def lead(url: str, steady: float) -> None:
     import psutil
 
     from agent.collectors import registry as collector_registry
-    from agent.peers.stage import FailoverStage, build_failover_stage
+    from agent.peers.stage import FailoverStage
     from agent.runtime.daemon import Agent
     from agent.runtime.logging import configure_logging
     from agent.settings import Settings
@@ -217,10 +217,8 @@ async def lead(url: str, steady: float) -> None:
             raise RuntimeError("the agent built no API client from the kubeconfig")
         api.user_agent = "nodemedic-leader"
         stage = next((c for c in agent._components if isinstance(c, FailoverStage)), None)
-        if stage is None:  # until agent.runtime.components wires it
-            stage = await build_failover_stage(settings, agent._ctx)
-            await stage.start()
-            agent._components.append(stage)
+        if stage is None:  # agent.runtime.components builds it when failover_enabled is set
+            raise RuntimeError("the agent built no failover stage")
         while not (stage.view is not None and stage.view.synced and stage.assessment.total):
             await asyncio.sleep(0.05)
         synced = time.monotonic() - t0

@@ -42,13 +42,9 @@ def register(
 
 
 def load_builtin() -> None:
-    """Import every built-in collector module (missing ones are skipped while in development)."""
+    """Import every built-in collector module (each registers itself)."""
     for mod in _BUILTIN_MODULES:
-        try:
-            importlib.import_module(mod)
-        except ModuleNotFoundError as exc:
-            if exc.name != mod:
-                raise
+        importlib.import_module(mod)
 
 
 def collectors() -> dict[str, type[Collector]]:

@@ -13,12 +13,11 @@ import socket
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from agent.collectors import registry as collector_registry
 from agent.demo.cluster import SimCluster
 from agent.peers.prober import HttpTransport, set_transport
-from agent.peers.stage import FailoverStage, build_failover_stage
+from agent.peers.stage import FailoverStage
 from agent.runtime.daemon import Agent
 from agent.settings import Settings
 
@@ -132,15 +131,12 @@ class Fleet:
         set_transport(node, NetTransport(node, self.network, addresses))
         agent = Agent(self.settings(node))
         await agent.start()
-        api = _shared_api(agent)["api"]
+        api = agent._ctx.shared.get("api") if agent._ctx is not None else None
         if api is not None:  # per-agent request accounting on the API server
             api.user_agent = f"nodemedic-{node}"
         stage = self._failover_of(agent)
-        if stage is None:
-            # Not (yet) wired by agent.runtime.components: attach it the same way it would be.
-            stage = await build_failover_stage(agent.settings, _Ctx(_shared_api(agent)))
-            await stage.start()
-            agent._components.append(stage)
+        if stage is None:  # agent.runtime.components builds it when failover_enabled is set
+            raise RuntimeError(f"agent for {node} has no failover stage")
         self.agents[node] = agent
         self.stages[node] = stage
         return agent
@@ -187,12 +183,3 @@ class Fleet:
         if self._tmp is not None:
             self._tmp.cleanup()
 
-
-@dataclass
-class _Ctx:
-    shared: dict[str, Any]
-
-
-def _shared_api(agent: Agent) -> dict[str, Any]:
-    ctx = agent._ctx
-    return {"api": ctx.shared.get("api") if ctx is not None else None}

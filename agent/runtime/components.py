@@ -10,12 +10,13 @@ failover when enabled).
 
 from __future__ import annotations
 
-import importlib
 from typing import Any, Protocol
 
 import structlog
 
 from agent.collectors.base import CollectorContext
+from agent.kube.client import create_api_client
+from agent.kubelet_client import KubeletClient
 from agent.settings import Settings
 from agent.structs.metrics import Family
 from agent.structs.snapshot import Snapshot
@@ -35,28 +36,16 @@ class Component(Protocol):
     async def close(self) -> None: ...
 
 
-def _optional(module: str) -> Any | None:
-    try:
-        return importlib.import_module(module)
-    except ModuleNotFoundError as exc:
-        if exc.name != module:
-            raise
-        return None
-
-
 async def build_shared(ctx: CollectorContext, api: Any | None = None) -> None:
     """Create the shared kubelet and API clients (the API client is None without a cluster).
 
     ``api``: an existing API client to keep (a reload rebuilding collectors must not close the
     client the remediation and failover stages hold)."""
-    kc = _optional("agent.kubelet_client")
-    if kc is not None:
-        ctx.shared["kubelet"] = kc.KubeletClient.from_settings(ctx.settings)
-    kube = _optional("agent.kube.client")
+    ctx.shared["kubelet"] = KubeletClient.from_settings(ctx.settings)
     ctx.shared["api"] = api
-    if kube is not None and api is None:
+    if api is None:
         try:
-            ctx.shared["api"] = await kube.create_api_client(ctx.settings)
+            ctx.shared["api"] = await create_api_client(ctx.settings)
         except Exception as exc:  # no cluster is a normal state for `make run`
             log.warning("api_client_unavailable", error=str(exc))
 

@@ -141,7 +141,13 @@ def test_no_cluster_reports_gaps_and_keeps_serving(agent: Running) -> None:
     status = json.loads(agent.get("/status")[1])
     assert status["node"] == "test-node"
     assert status["ready"] is True
-    assert "collectors" in status
+    colls = status["collectors"]
+    # The kubelet is observed down (collector ok, each endpoint's error named) ...
+    assert colls["kubelet"]["ok"] is True
+    assert "cannot reach" in colls["kubelet"]["detail"]["endpoint_errors"]["healthz"]
+    # ... and the node collector fails, saying why, rather than exporting nothing as "fine".
+    assert colls["node"]["ok"] is False
+    assert "kubeconfig" in colls["node"]["error"]
 
 
 def test_sigterm_stops_cleanly_within_5s(agent: Running) -> None:
