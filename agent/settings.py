@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import os
 import socket
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -361,5 +361,3 @@ def settings_for_tests(**overrides: Any) -> Settings:
     """Defaults with field overrides, for unit tests and benchmarks."""
     return Settings(**overrides)
 
-
-Converter = Callable[[Any], Any]

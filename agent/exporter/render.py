@@ -5,8 +5,8 @@ is CPU work that must not stall the event loop). The HTTP server (agent.exporter
 cached bytes, so scrape cost does not grow with the number of scrapers or with the series count.
 The agent's own metrics are prometheus_client objects rendered by ``generate_latest``; the
 collected families (tens of thousands of series on a busy node) go through FamilyRenderer, which
-writes the same text format with cached label strings. ``FamilySource`` bridges families into a
-prometheus_client registry where that is more convenient (tests, tools).
+writes the same text format with cached label strings (tests/unit/exporter/test_render.py proves
+it equal to what prometheus_client renders for the same families).
 """
 
 from __future__ import annotations
@@ -15,47 +15,14 @@ import gzip
 import math
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import Metric
-from prometheus_client.registry import Collector as PromCollector
-from prometheus_client.samples import Sample
 
 from agent.structs.metrics import Family
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-
-
-def to_prometheus(families: Iterable[Family]) -> Iterator[Metric]:
-    """Convert our families to prometheus_client metrics (empty families are still declared)."""
-    for fam in families:
-        spec = fam.spec
-        typ = "gauge" if spec.type == "info" else spec.type
-        # prometheus_client appends _total to counter names in HELP/TYPE; samples keep full names.
-        base = spec.name[: -len("_total")] if typ == "counter" else spec.name
-        metric = Metric(base, spec.help, typ)
-        names = spec.labelnames
-        name = spec.name
-        metric.samples = [
-            Sample(name, dict(zip(names, values, strict=True)), value, None, None, None)
-            for values, value in fam.samples
-        ]
-        yield metric
-
-
-class FamilySource(PromCollector):
-    """prometheus_client collector that yields whatever ``provider`` returns at render time."""
-
-    def __init__(self, provider: Callable[[], Iterable[Family]]) -> None:
-        self._provider = provider
-
-    def collect(self) -> Iterable[Metric]:
-        return to_prometheus(self._provider())
-
-    def describe(self) -> Iterable[Metric]:
-        return ()  # unchecked collector: names come and go with the snapshot
 
 
 @dataclass(frozen=True, slots=True)

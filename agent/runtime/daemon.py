@@ -34,7 +34,7 @@ from agent.runtime.logging import configure_logging
 from agent.runtime.pipeline import Collection
 from agent.runtime.sdnotify import Notifier
 from agent.runtime.tasks import Supervisor
-from agent.settings import Settings, SettingsError
+from agent.settings import Settings
 from agent.structs.metrics import Family
 from agent.structs.snapshot import Snapshot
 
@@ -106,7 +106,6 @@ class Agent:
             loop.add_signal_handler(signal.SIGHUP, self.request_reload)
         # Serve first (/healthz answers, /readyz says not ready yet) so that components see the
         # bound port: with --web.listen-address :0 peers must be told the real one.
-        self._configured_listen = self.settings.web_listen_address
         host, port = self.settings.listen_host_port()
         app = build_app(self, self.metrics, self.settings.web_max_connections)
         self._runner, self.port = await start_server(app, host, port)
@@ -235,7 +234,7 @@ class Agent:
                 new = self._with_bound_port(new)
                 for comp in self._components:
                     await comp.reload(new)
-            except (SettingsError, Exception) as exc:
+            except Exception as exc:  # SettingsError, RulesError, anything: keep the last good
                 self._last_reload_error = str(exc)
                 self.metrics.config_reloads.labels("failure").inc()
                 self.metrics.config_last_reload_success.set(0)

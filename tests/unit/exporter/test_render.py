@@ -3,14 +3,51 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterable, Iterator
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import Metric
 from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.registry import Collector as PromCollector
+from prometheus_client.samples import Sample
 
-from agent.exporter.render import FamilyRenderer, FamilySource
+from agent.exporter.render import FamilyRenderer
 from agent.structs.metrics import Family, MetricSpec
+
+
+# The reference: the same families through prometheus_client's own generate_latest.
+def to_prometheus(families: Iterable[Family]) -> Iterator[Metric]:
+    """Convert our families to prometheus_client metrics (empty families are still declared)."""
+    for fam in families:
+        spec = fam.spec
+        typ = "gauge" if spec.type == "info" else spec.type
+        # prometheus_client appends _total to counter names in HELP/TYPE; samples keep full names.
+        base = spec.name[: -len("_total")] if typ == "counter" else spec.name
+        metric = Metric(base, spec.help, typ)
+        names = spec.labelnames
+        name = spec.name
+        metric.samples = [
+            Sample(name, dict(zip(names, values, strict=True)), value, None, None, None)
+            for values, value in fam.samples
+        ]
+        yield metric
+
+
+class FamilySource(PromCollector):
+    """prometheus_client collector that yields whatever ``provider`` returns at render time."""
+
+    def __init__(self, provider: Callable[[], Iterable[Family]]) -> None:
+        self._provider = provider
+
+    def collect(self) -> Iterable[Metric]:
+        return to_prometheus(self._provider())
+
+    def describe(self) -> Iterable[Metric]:
+        return ()  # unchecked collector: names come and go with the snapshot
+
+
 
 SPEC = MetricSpec("nodemedic_test_value_bytes", "A test.\nSecond line \\ here.", "gauge",
                   ("namespace", "pod"))
