@@ -8,23 +8,14 @@ admin or another controller yields 409 and we re-read and re-apply instead of ov
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 from kubernetes_asyncio import client
 
-from agent.kube.errors import (
-    LIST_TIMEOUT_SECONDS,
-    REQUEST_TIMEOUT_SECONDS,
-    KubeConflict,
-    call_json,
-    raw_body,
-)
+from agent.kube.errors import LIST_TIMEOUT_SECONDS, REQUEST_TIMEOUT_SECONDS, call_json, raw_body
+from agent.kube.update import Mutation, read_modify_replace
 
-# A mutation edits the node dict in place and returns False when nothing needed to change.
-NodeMutation = Callable[[dict[str, Any]], bool]
-
-CONFLICT_RETRIES = 5
+NodeMutation = Mutation
 
 
 async def get_node(api: Any, name: str) -> dict[str, Any]:
@@ -35,13 +26,18 @@ async def get_node(api: Any, name: str) -> dict[str, Any]:
     )
 
 
-async def list_nodes(api: Any) -> list[dict[str, Any]]:
-    """Return every Node as a JSON dict."""
+async def _list_node_body(api: Any, **params: Any) -> dict[str, Any]:
+    """One raw Node LIST response (``params`` are list_node's selectors / paging)."""
     core = client.CoreV1Api(api)
-    body = await call_json(
-        core.list_node(_preload_content=False, _request_timeout=LIST_TIMEOUT_SECONDS),
+    return await call_json(
+        core.list_node(**params, _preload_content=False, _request_timeout=LIST_TIMEOUT_SECONDS),
         limit_seconds=LIST_TIMEOUT_SECONDS,
     )
+
+
+async def list_nodes(api: Any) -> list[dict[str, Any]]:
+    """Return every Node as a JSON dict."""
+    body = await _list_node_body(api)
     items = body.get("items") or []
     return [i for i in items if isinstance(i, dict)]
 
@@ -50,24 +46,13 @@ async def count_nodes(api: Any) -> tuple[int, list[str]]:
     """(number of nodes, names of unschedulable nodes) without listing every Node object:
     a field-selected LIST of cordoned nodes plus a ``limit=1`` LIST whose remainingItemCount
     gives the total. Cheap enough for every agent to run before each cordon."""
-    core = client.CoreV1Api(api)
-    cordoned = await call_json(
-        core.list_node(
-            field_selector="spec.unschedulable=true",
-            _preload_content=False,
-            _request_timeout=LIST_TIMEOUT_SECONDS,
-        ),
-        limit_seconds=LIST_TIMEOUT_SECONDS,
-    )
+    cordoned = await _list_node_body(api, field_selector="spec.unschedulable=true")
     names = [
         str((i.get("metadata") or {}).get("name", ""))
         for i in cordoned.get("items") or []
         if isinstance(i, dict) and is_unschedulable(i)
     ]
-    page = await call_json(
-        core.list_node(limit=1, _preload_content=False, _request_timeout=LIST_TIMEOUT_SECONDS),
-        limit_seconds=LIST_TIMEOUT_SECONDS,
-    )
+    page = await _list_node_body(api, limit=1)
     meta = page.get("metadata") or {}
     remaining = meta.get("remainingItemCount")
     if isinstance(remaining, int) and not isinstance(remaining, bool):
@@ -84,26 +69,13 @@ async def update_node(api: Any, name: str, mutate: NodeMutation) -> tuple[dict[s
     so it must decide from the node it is given, never from earlier state.
     """
     core = client.CoreV1Api(api)
-    last: KubeConflict | None = None
-    for _ in range(CONFLICT_RETRIES):
-        node = await get_node(api, name)
-        if not mutate(node):
-            return node, False
-        try:
-            stored = await call_json(
-                core.replace_node(
-                    name,
-                    raw_body(node),
-                    _preload_content=False,
-                    _request_timeout=REQUEST_TIMEOUT_SECONDS,
-                )
-            )
-        except KubeConflict as exc:
-            last = exc
-            continue
-        return stored, True
-    assert last is not None
-    raise last
+    return await read_modify_replace(
+        lambda: get_node(api, name),
+        lambda node: core.replace_node(
+            name, raw_body(node), _preload_content=False, _request_timeout=REQUEST_TIMEOUT_SECONDS
+        ),
+        mutate,
+    )
 
 
 def ensure_annotations(obj: dict[str, Any]) -> dict[str, str]:

@@ -3,7 +3,7 @@
 Called by agent.actions.annotate for ``target: owner`` (e.g. "annotate the owner of a pod that
 keeps getting OOM-killed", so the team that owns the workload sees it). Follows controller
 ownerReferences pod -> ReplicaSet -> Deployment (and Job -> CronJob); stops at kinds it does not
-know. Writes are resourceVersion-guarded replaces with 409 retries like agent.kube.nodes.
+know. Writes are resourceVersion-guarded replaces with 409 retries (agent.kube.update).
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from typing import Any
 
 from kubernetes_asyncio import client
 
-from agent.kube.errors import REQUEST_TIMEOUT_SECONDS, KubeConflict, call_json
-from agent.kube.nodes import CONFLICT_RETRIES, NodeMutation
+from agent.kube.errors import REQUEST_TIMEOUT_SECONDS, call_json
+from agent.kube.update import Mutation, read_modify_replace
 
 Reader = Callable[[Any, str, str], Awaitable[dict[str, Any]]]
 Replacer = Callable[[Any, str, str, dict[str, Any]], Awaitable[dict[str, Any]]]
@@ -64,29 +64,15 @@ async def top_owner(api: Any, pod: dict[str, Any]) -> tuple[str, str] | None:
 
 
 async def update_owner(
-    api: Any, kind: str, namespace: str, name: str, mutate: NodeMutation
+    api: Any, kind: str, namespace: str, name: str, mutate: Mutation
 ) -> tuple[dict[str, Any], bool]:
     """Read-modify-replace of a controller object with 409 retries."""
     cls, _, replace = _METHODS[kind]
     method = getattr(getattr(client, cls)(api), replace)
-    last: KubeConflict | None = None
-    for _ in range(CONFLICT_RETRIES):
-        obj = await _read(api, kind, namespace, name)
-        if not mutate(obj):
-            return obj, False
-        try:
-            stored = await call_json(
-                method(
-                    name,
-                    namespace,
-                    obj,
-                    _preload_content=False,
-                    _request_timeout=REQUEST_TIMEOUT_SECONDS,
-                )
-            )
-        except KubeConflict as exc:
-            last = exc
-            continue
-        return stored, True
-    assert last is not None
-    raise last
+    return await read_modify_replace(
+        lambda: _read(api, kind, namespace, name),
+        lambda obj: method(
+            name, namespace, obj, _preload_content=False, _request_timeout=REQUEST_TIMEOUT_SECONDS
+        ),
+        mutate,
+    )

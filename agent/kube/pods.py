@@ -11,8 +11,8 @@ from typing import Any
 
 from kubernetes_asyncio import client
 
-from agent.kube.errors import REQUEST_TIMEOUT_SECONDS, KubeConflict, call_json, raw_body
-from agent.kube.nodes import CONFLICT_RETRIES, NodeMutation
+from agent.kube.errors import REQUEST_TIMEOUT_SECONDS, call_json, raw_body
+from agent.kube.update import Mutation, read_modify_replace
 
 
 async def list_node_pods(api: Any, node: str) -> list[dict[str, Any]]:
@@ -69,28 +69,18 @@ async def evict_pod(api: Any, namespace: str, name: str, grace_seconds: int, uid
 
 
 async def update_pod(
-    api: Any, namespace: str, name: str, mutate: NodeMutation
+    api: Any, namespace: str, name: str, mutate: Mutation
 ) -> tuple[dict[str, Any], bool]:
     """Read-modify-replace of a pod with 409 retries (same contract as nodes.update_node)."""
     core = client.CoreV1Api(api)
-    last: KubeConflict | None = None
-    for _ in range(CONFLICT_RETRIES):
-        pod = await get_pod(api, namespace, name)
-        if not mutate(pod):
-            return pod, False
-        try:
-            stored = await call_json(
-                core.replace_namespaced_pod(
-                    name,
-                    namespace,
-                    raw_body(pod),
-                    _preload_content=False,
-                    _request_timeout=REQUEST_TIMEOUT_SECONDS,
-                )
-            )
-        except KubeConflict as exc:
-            last = exc
-            continue
-        return stored, True
-    assert last is not None
-    raise last
+    return await read_modify_replace(
+        lambda: get_pod(api, namespace, name),
+        lambda pod: core.replace_namespaced_pod(
+            name,
+            namespace,
+            raw_body(pod),
+            _preload_content=False,
+            _request_timeout=REQUEST_TIMEOUT_SECONDS,
+        ),
+        mutate,
+    )
