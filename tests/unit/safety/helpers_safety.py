@@ -1,35 +1,7 @@
-"""Builders for the safety unit tests (same as tests/unit/actions/helpers_actions.py)."""
+"""Builders for the safety unit tests: the ones in tests/unit/actions/helpers_actions.py."""
 
 from __future__ import annotations
 
-from typing import Any
+from tests.unit.actions.helpers_actions import NODE, request, settings
 
-from agent.settings import Settings, settings_for_tests
-from agent.structs.remediation import ActionRequest, ActionSpec, Target
-
-NODE = "node-a"
-
-
-def settings(**overrides: Any) -> Settings:
-    base: dict[str, Any] = {"node_name": NODE}
-    base.update(overrides)
-    return settings_for_tests(**base)
-
-
-def request(
-    action: str,
-    params: dict[str, Any] | None = None,
-    *,
-    rule: str = "kubelet-down",
-    kind: str = "node",
-    node: str = NODE,
-    namespace: str = "",
-    name: str = "",
-    **kw: Any,
-) -> ActionRequest:
-    return ActionRequest(
-        rule=rule,
-        action=ActionSpec(action, params or {}),
-        target=Target(kind, node, namespace, name),  # type: ignore[arg-type]
-        **kw,
-    )
+__all__ = ["NODE", "request", "settings"]

@@ -6,7 +6,6 @@ import json
 import stat
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
 
 from helpers_safety import request, settings
 
@@ -14,31 +13,17 @@ from agent.runtime.remediation import RemediationStage
 from agent.structs.metrics import Family, MetricSpec
 from agent.structs.remediation import ActionRequest
 from agent.structs.snapshot import CollectorStatus, Snapshot
+from tests.k8s_helpers import ScriptedEngine as SharedScriptedEngine
 
 KUBELET_UP = MetricSpec("nodemedic_kubelet_up", "kubelet health", "gauge")
 
 
-class ScriptedEngine:
-    """Returns the requests queued for the next evaluate() call."""
+class ScriptedEngine(SharedScriptedEngine):
+    """Returns the requests queued for the next evaluate() call; exports {} as its state and
+    reports nothing firing."""
 
     def __init__(self) -> None:
-        self.queue: list[ActionRequest] = []
-
-    def evaluate(self, snapshot: Snapshot, now: float) -> list[ActionRequest]:
-        out, self.queue = self.queue, []
-        return out
-
-    def export_state(self) -> Any:
-        return {}
-
-    def restore_state(self, state: Any) -> None:
-        pass
-
-    def families(self) -> list[Family]:
-        return []
-
-    def status(self) -> dict[str, Any]:
-        return {"firing": []}
+        super().__init__(state={}, status={"firing": []})
 
 
 def snapshot(kubelet_ok: bool) -> Snapshot:
