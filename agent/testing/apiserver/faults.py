@@ -17,10 +17,13 @@ class _Failure:
     remaining: int
     verb: str | None
     resource: str | None
+    client: str | None = None
 
-    def matches(self, verb: str, resource: str) -> bool:
-        return (self.verb is None or self.verb == verb) and (
-            self.resource is None or self.resource == resource
+    def matches(self, verb: str, resource: str, client: str | None) -> bool:
+        return (
+            (self.verb is None or self.verb == verb)
+            and (self.resource is None or self.resource == resource)
+            and (self.client is None or self.client == client)
         )
 
 
@@ -33,7 +36,13 @@ class Faults:
     _failures: list[_Failure] = field(default_factory=list)
 
     def fail(
-        self, count: int, code: int = 500, *, verb: str | None = None, resource: str | None = None
+        self,
+        count: int,
+        code: int = 500,
+        *,
+        verb: str | None = None,
+        resource: str | None = None,
+        client: str | None = None,
     ) -> None:
         """Make the next ``count`` requests matching ``verb``/``resource`` fail with ``code``.
 
@@ -41,14 +50,20 @@ class Faults:
         ``resource`` the server's exact name for it: the plural, followed by its API group unless
         it is a core resource, and an optional subresource ("pods", "pods/eviction",
         "nodes/status", "events" (core/v1 only), "leases.coordination.k8s.io"). A bare "leases"
-        matches nothing.
+        matches nothing. ``client`` is the first word of the request's User-Agent, so a test can
+        aim failures at one of several agents sharing the server (a straggling request from
+        another agent would otherwise consume them).
         """
-        self._failures.append(_Failure(code, count, verb, resource))
+        self._failures.append(_Failure(code, count, verb, resource, client))
 
-    def take(self, verb: str, resource: str) -> int | None:
+    def pending(self) -> int:
+        """How many armed failures have not been served yet (0 once every one fired)."""
+        return sum(f.remaining for f in self._failures)
+
+    def take(self, verb: str, resource: str, client: str | None = None) -> int | None:
         """Consume one armed failure matching this request; returns its code or None."""
         for f in self._failures:
-            if f.remaining > 0 and f.matches(verb, resource):
+            if f.remaining > 0 and f.matches(verb, resource, client):
                 f.remaining -= 1
                 if f.remaining == 0:
                     self._failures.remove(f)

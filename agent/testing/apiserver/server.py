@@ -380,7 +380,7 @@ class ApiServer:
             delay = self.faults.delay_for(verb)
             if delay > 0:
                 await asyncio.sleep(delay)
-            code = self.faults.take(verb, resource)
+            code = self.faults.take(verb, resource, client)
             if code is not None:
                 return _error(st.injected(code))
             return await handler(request)
