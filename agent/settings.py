@@ -64,6 +64,7 @@ class Settings(BaseModel):
     log_format: Literal["auto", "json", "console"] = "auto"
     lbskew_iptables_save_command: str = Field(default="iptables-save", min_length=1)
     lbskew_iptables_save_file: Path | None = None
+    lbskew_rules_min_interval: float = Field(default=30.0, ge=0.0, le=3600.0)
     lbskew_conntrack_command: str = Field(default="conntrack", min_length=1)
     lbskew_min_samples: int = Field(default=30, ge=1, le=1_000_000)
     failover_enabled: bool = False
@@ -151,6 +152,9 @@ FLAGS: tuple[Flag, ...] = (
     Flag("log.format", "str", "auto (console on a TTY, else JSON), json or console"),
     Flag("lbskew.iptables-save-command", "str", "iptables-save binary the lbskew collector runs"),
     Flag("lbskew.iptables-save-file", "optpath", "read nat rules from this file instead"),
+    Flag("lbskew.rules-min-interval", "duration",
+         "least time between two iptables-save runs; ticks in between reuse the parsed nat "
+         "rules (0 = every tick; conntrack is still read every tick)"),
     Flag("lbskew.conntrack-command", "str", "conntrack binary, if no /proc/net/nf_conntrack"),
     Flag("lbskew.min-samples", "int", "connections a Service needs before its skew is tested"),
     Flag("failover.enabled", "bool", "take part in failed-node detection and leader election"),

@@ -3,7 +3,9 @@
 Built by agent.runtime.pipeline like every collector. Each tick, in one worker thread (all of it is
 parsing of possibly large inputs), it reads from this node's kernel:
 - the nat rules: ``iptables-save -t nat`` (or the file ``--lbskew.iptables-save-file``) for
-  kube-proxy's KUBE-SERVICES / KUBE-SVC-* / KUBE-SEP-* chains (agent.netstate.iptables);
+  kube-proxy's KUBE-SERVICES / KUBE-SVC-* / KUBE-SEP-* chains (agent.netstate.iptables), kept
+  parsed between ticks: the command is run again only once they are
+  ``--lbskew.rules-min-interval`` old, the file only when its stat changes;
 - IPVS virtual services from <procfs>/net/ip_vs (agent.netstate.ipvs);
 - conntrack entries from <procfs>/net/nf_conntrack, else ``conntrack -L -o extended``, aggregated
   per (VIP, endpoint) while streaming (agent.netstate.conntrack);
@@ -23,9 +25,11 @@ import selectors
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+import structlog
 
 from agent.collectors.base import Collector, CollectorContext
 from agent.collectors.registry import register
@@ -40,6 +44,13 @@ if TYPE_CHECKING:
 MAX_RULES_BYTES = 256 << 20
 # Bound on the byte-counter state kept between ticks (one entry per Service endpoint).
 MAX_BYTE_SERIES = 65536
+# When refreshing the nat rules fails, the last good rules stay in use (marked stale) until they
+# are this much older than --lbskew.rules-min-interval; then the tick fails as it would without
+# them. Five minutes rides out a restarting or briefly locked iptables while staying well below
+# the 10-15 minute `for:` of the lbskew alert rules.
+RULES_STALE_GRACE = 300.0
+
+log = structlog.get_logger("nodemedic.collector.lbskew")
 
 SVC = ("namespace", "service", "port")
 EP = (*SVC, "endpoint", "pod")
@@ -163,6 +174,17 @@ BYTE_SERIES_DROPPED = MetricSpec(
     "endpoints already had one",
     "gauge",
 )
+RULES_AGE = MetricSpec(
+    "nodemedic_lbskew_rules_age_seconds",
+    "Seconds since the nat rules in use were read (iptables-save runs at most every "
+    "--lbskew.rules-min-interval; the file source is re-read when its stat changes)",
+    "gauge",
+)
+RULES_STALE = MetricSpec(
+    "nodemedic_lbskew_rules_stale",
+    "1 when refreshing the nat rules failed and older rules are in use",
+    "gauge",
+)
 SLICES = MetricSpec(
     "nodemedic_lbskew_endpointslices",
     "EndpointSlices held in the lbskew name cache",
@@ -202,6 +224,18 @@ class _Sources:
     skipped: dict[tuple[str, str], int] = field(default_factory=dict)
 
 
+@dataclass(slots=True)
+class _RulesRead:
+    """One successful read of the nat rules, kept for the following ticks."""
+
+    origin: str  # which source it came from: a cached read of another source is never served
+    rules: NatRules | None  # None: no kube-proxy rules (tool missing or not permitted, no chain)
+    source: str  # nodemedic_lbskew_source_info's rules label: iptables-save, file or none
+    skipped: int  # malformed lines of that parse
+    at: float  # clock() when read, or when the file's stat last showed it unchanged
+    file_key: tuple[int, int, int] | None = None  # (inode, mtime ns, size) of the file read
+
+
 @dataclass
 class _Endpoint:
     address: str
@@ -237,13 +271,24 @@ class LbSkewCollector(Collector):
         DROPPED_ENTRIES,
         BYTE_SERIES_DROPPED,
         ACCOUNTING,
+        RULES_AGE,
+        RULES_STALE,
         SLICES,
         SLICES_DROPPED,
     )
 
-    def __init__(self, ctx: CollectorContext, names: NameSource | None = None) -> None:
+    def __init__(
+        self,
+        ctx: CollectorContext,
+        names: NameSource | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         super().__init__(ctx)
         self._names = names
+        self._clock = clock  # ages the cached nat rules (tests inject a fake one)
+        self._rules: _RulesRead | None = None  # last good read; written by the worker thread
+        self._rules_age: float | None = None  # age of the rules in use in the last tick
+        self._rules_error: str | None = None  # why the last refresh failed, None when it worked
         # label tuple -> (live bytes last tick, counter value): makes bytes_total monotonic.
         self._bytes: dict[tuple[str, ...], tuple[int, int]] = {}
         self._bytes_dropped = 0  # byte series not exported this tick (table full)
@@ -264,6 +309,10 @@ class LbSkewCollector(Collector):
     async def close(self) -> None:
         if self._names is not None:
             await self._names.close()
+
+    def status(self) -> dict[str, Any]:
+        """For /status: how old the nat rules in use are and why the last refresh failed."""
+        return {"rules_age_seconds": self._rules_age, "rules_refresh_error": self._rules_error}
 
     async def collect(self) -> list[Family]:
         # The view is taken on the event loop (the watch mutates the cache there).
@@ -289,9 +338,9 @@ class LbSkewCollector(Collector):
         self._bytes_dropped = 0
         deadline = time.monotonic() + self.timeout
         src = _Sources()
-        rules = self._read_rules(src, deadline)
-        table = self._read_ipvs(src)
         fams = {spec.name: spec.family() for spec in self.metrics}
+        rules = self._read_rules(src, deadline, fams)
+        table = self._read_ipvs(src)
         summary: conntrack.ConntrackSummary | None = None
         if rules is not None and rules.services:
             summary = self._read_conntrack(src, deadline)
@@ -328,25 +377,80 @@ class LbSkewCollector(Collector):
             fams[SLICES_DROPPED.name].add((), names.dropped)
         return [f for f in fams.values() if f.samples]
 
-    def _read_rules(self, src: _Sources, deadline: float) -> NatRules | None:
+    def _read_rules(
+        self, src: _Sources, deadline: float, fams: dict[str, Family]
+    ) -> NatRules | None:
+        """The nat rules for this tick: the cached read while it is fresh enough, else a new
+        one; when a new one fails, the cached read (marked stale) while within the grace."""
         s = self.ctx.settings
-        if s.lbskew_iptables_save_file is not None:
-            try:
-                with open(s.lbskew_iptables_save_file, encoding="utf-8", errors="replace") as fh:
-                    rules = parse_iptables_save(fh)
-            except FileNotFoundError:
-                return None
-            src.rules = "file"
+        interval = s.lbskew_rules_min_interval
+        path = s.lbskew_iptables_save_file
+        origin = f"file:{path}" if path is not None else f"command:{s.lbskew_iptables_save_command}"
+        now = self._clock()
+        cached = self._rules if self._rules is not None and self._rules.origin == origin else None
+        stale = False
+        try:
+            if path is not None:
+                read = self._read_rules_file(path, origin, cached, now, every_tick=interval <= 0)
+            elif cached is not None and now - cached.at < interval - 1.0:
+                # Like --cgroup.min-interval: the second of slack absorbs tick jitter.
+                read = cached
+            else:
+                read = self._run_iptables_save(origin, now, deadline)
+        except (OSError, RuntimeError) as exc:
+            self._rules_error = str(exc)
+            if cached is None or now - cached.at > interval + RULES_STALE_GRACE:
+                self._rules, self._rules_age = None, None
+                raise
+            log.warning("nat rules not refreshed; serving the last good ones",
+                        error=str(exc), age_seconds=round(now - cached.at, 1))
+            read, stale = cached, True
         else:
-            text = _run_bounded(
-                [s.lbskew_iptables_save_command, "-t", "nat"], deadline, MAX_RULES_BYTES
-            )
-            if text is None:
-                return None
-            rules = parse_iptables_save(text.splitlines())
-            src.rules = "iptables-save"
-        src.skipped[("iptables", "malformed")] = rules.skipped_lines
-        return rules if rules.has_kube_services else None
+            self._rules, self._rules_error = read, None
+        self._rules_age = max(now - read.at, 0.0)
+        src.rules = read.source
+        if read.source != "none":
+            src.skipped[("iptables", "malformed")] = read.skipped
+            fams[RULES_AGE.name].add((), self._rules_age)
+            fams[RULES_STALE.name].add((), 1 if stale else 0)
+        return read.rules
+
+    def _read_rules_file(
+        self,
+        path: os.PathLike[str],
+        origin: str,
+        cached: _RulesRead | None,
+        now: float,
+        *,
+        every_tick: bool,
+    ) -> _RulesRead:
+        """Parse the rules file, or confirm the cached parse with a stat when it is unchanged."""
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            return _RulesRead(origin, None, "none", 0, now)
+        key = (st.st_ino, st.st_mtime_ns, st.st_size)
+        if cached is not None and cached.file_key == key and not every_tick:
+            cached.at = now
+            return cached
+        try:
+            with open(path, encoding="utf-8", errors="replace") as fh:
+                rules = parse_iptables_save(fh)
+        except FileNotFoundError:  # removed between the stat and the open
+            return _RulesRead(origin, None, "none", 0, now)
+        # The key is from before the read: a write during it changes the stat, so the next
+        # tick reads again rather than keeping a torn read forever.
+        kube = rules if rules.has_kube_services else None
+        return _RulesRead(origin, kube, "file", rules.skipped_lines, now, key)
+
+    def _run_iptables_save(self, origin: str, now: float, deadline: float) -> _RulesRead:
+        argv = [self.ctx.settings.lbskew_iptables_save_command, "-t", "nat"]
+        text = _run_bounded(argv, deadline, MAX_RULES_BYTES)
+        if text is None:  # missing or not permitted: no rules, as on a node without kube-proxy
+            return _RulesRead(origin, None, "none", 0, now)
+        rules = parse_iptables_save(text.splitlines())
+        kube = rules if rules.has_kube_services else None
+        return _RulesRead(origin, kube, "iptables-save", rules.skipped_lines, now)
 
     def _read_ipvs(self, src: _Sources) -> ipvs.IpvsTable | None:
         path = self.ctx.settings.path_procfs / "net" / "ip_vs"
