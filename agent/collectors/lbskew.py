@@ -388,6 +388,8 @@ class LbSkewCollector(Collector):
         origin = f"file:{path}" if path is not None else f"command:{s.lbskew_iptables_save_command}"
         now = self._clock()
         cached = self._rules if self._rules is not None and self._rules.origin == origin else None
+        if cached is not None and now - cached.at > interval + RULES_STALE_GRACE:
+            cached = None  # too old to stand in for a failed refresh
         stale = False
         try:
             if path is not None:
@@ -396,10 +398,15 @@ class LbSkewCollector(Collector):
                 # Like --cgroup.min-interval: the second of slack absorbs tick jitter.
                 read = cached
             else:
+                if cached is not None:
+                    # A hung iptables-save gets half the budget, so that the tick can still
+                    # finish with the cached rules and this tick's conntrack.
+                    left = deadline - time.monotonic()
+                    deadline -= left / 2
                 read = self._run_iptables_save(origin, now, deadline)
         except (OSError, RuntimeError) as exc:
             self._rules_error = str(exc)
-            if cached is None or now - cached.at > interval + RULES_STALE_GRACE:
+            if cached is None:
                 self._rules, self._rules_age = None, None
                 raise
             log.warning("nat rules not refreshed; serving the last good ones",

@@ -3,6 +3,7 @@ and a failing refresh serves the last good rules, marked stale, for a bounded ti
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import stat
@@ -33,15 +34,18 @@ class FakeClock:
 
 
 class RecordingSave:
-    """A fake iptables-save: counts its runs in a file, fails while ``fail`` is set."""
+    """A fake iptables-save: counts its runs in a file, fails while ``fail`` is set, hangs
+    while ``hang`` is."""
 
     def __init__(self, tmp_path: Path) -> None:
         self.counter = tmp_path / "runs"
         self.fail_flag = tmp_path / "fail"
+        self.hang_flag = tmp_path / "hang"
         self.path = tmp_path / "iptables-save"
         self.path.write_text(
             "#!/bin/sh\n"
             f"echo run >> {self.counter}\n"
+            f"if [ -e {self.hang_flag} ]; then exec sleep 30; fi\n"
             f'if [ -e {self.fail_flag} ]; then echo "nat table locked" >&2; exit 4; fi\n'
             f'[ "$1 $2" = "-t nat" ] && cat {LAB_RULES}\n'
         )
@@ -183,6 +187,21 @@ async def test_failing_refresh_serves_cached_rules_marked_stale_then_fails(
     fams = await c.collect()
     assert _gauge(fams, "nodemedic_lbskew_rules_stale") == 0
     assert c.status()["rules_refresh_error"] is None
+
+
+async def test_hung_refresh_still_finishes_the_tick_with_cached_rules(tmp_path: Path) -> None:
+    """A hung iptables-save gets half the collector's budget, so the tick (run under its
+    timeout as the pipeline does) still ends with the cached rules, stale, and conntrack."""
+    save, clock = RecordingSave(tmp_path), FakeClock()
+    c = _collector(tmp_path, clock, lbskew_iptables_save_command=str(save.path),
+                   lbskew_rules_min_interval=30.0, collector_timeout=2.0)
+    await c.collect()
+    save.hang_flag.touch()
+    clock.now += 31.0
+    fams = await asyncio.wait_for(c.collect(), timeout=c.timeout)
+    assert _connections(fams) == 40
+    assert _gauge(fams, "nodemedic_lbskew_rules_stale") == 1
+    assert "deadline" in (c.status()["rules_refresh_error"] or "")
 
 
 async def test_failure_without_earlier_rules_fails_the_tick(tmp_path: Path) -> None:
