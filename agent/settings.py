@@ -59,6 +59,10 @@ class Settings(BaseModel):
     safety_pause_configmap: str = Field(
         default="kube-system/nodemedic", pattern=r"^[a-z0-9][-a-z0-9.]*/[a-z0-9][-a-z0-9.]*$"
     )
+    safety_cordon_lock: str = Field(
+        default="kube-system/nodemedic-cordon",
+        pattern=r"^[a-z0-9][-a-z0-9.]*/[a-z0-9][-a-z0-9.]*$",
+    )
     host_disk_paths: tuple[str, ...] = ("/", "/var/lib/kubelet", "/var/lib/containerd")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["auto", "json", "console"] = "auto"
@@ -147,6 +151,8 @@ FLAGS: tuple[Flag, ...] = (
     Flag("safety.max-actions-per-hour", "int", "disruptive actions allowed per hour (0 = none)"),
     Flag("safety.drain-grace-cap", "duration", "cap on a pod's grace period during drain"),
     Flag("safety.pause-configmap", "str", "NAMESPACE/NAME of the cluster-wide pause ConfigMap"),
+    Flag("safety.cordon-lock", "str",
+         "NAMESPACE/NAME of the Lease serialising cluster-cap checks and cordons"),
     Flag("host.disk-paths", "list", "comma-separated paths whose filesystems are watched"),
     Flag("log.level", "str", "debug, info, warning or error"),
     Flag("log.format", "str", "auto (console on a TTY, else JSON), json or console"),

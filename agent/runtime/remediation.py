@@ -263,6 +263,8 @@ class RemediationStage:
 
         outcomes = await asyncio.gather(*(run(d, c) for d, c in decisions))
         events: list[tuple[Decision, Outcome]] = []
+        if self.api is not None:
+            await self.gate.settle()  # our cordon is on the API now: free the cordon lock
         for (decision, continuing), result in zip(decisions, outcomes, strict=True):
             self._record(decision, result, continuing)
             if result is not None and (not continuing or result.kind != "retry"):

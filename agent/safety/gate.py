@@ -7,10 +7,18 @@ configured for an API action, or the API unreachable: we cannot know whether we 
 paused (node annotation or cluster ConfigMap), admin_override (an admin uncordoned what this
 rule cordoned), cooldown, ledger_full (executions of the last hour were dropped, so the hourly
 caps of a capped or disruptive request cannot be checked: fail safe), rule_hourly_cap,
-global_hourly_cap (disruptive actions only), cluster_cap (unschedulable nodes counted on the API
-right before a cordon or drain); then global or per-rule dry-run gives ``dry_run`` and anything
-left is ``allowed``. Undo requests and further passes of an action already running skip the
-cooldown and caps (finishing or reversing is safe) but never the pause or missing-data checks.
+global_hourly_cap (disruptive actions only), cordon_lock (another node holds the cluster-wide
+cordon Lease: it is between its own count and its cordon; retried next tick), cluster_cap
+(unschedulable nodes counted on the API right before a cordon or drain); then global or per-rule
+dry-run gives ``dry_run`` and anything left is ``allowed``.
+
+The cordon Lease (``--safety.cordon-lock``) closes the race between agents: without it two nodes
+counting in the same second both saw room for one more and the cap was overshot. The gate takes
+it before counting and the stage calls :meth:`SafetyGate.settle` once the tick's actions ran,
+which frees it; an agent that dies in between holds it for CORDON_LOCK_SECONDS at most.
+
+Undo requests and further passes of an action already running skip the cooldown and caps
+(finishing or reversing is safe) but never the pause or missing-data checks.
 Exposes its counters via ``families()``.
 
 Cooldowns and hourly caps are measured with ``monotonic`` (time.monotonic), so a wall-clock step
@@ -25,9 +33,12 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
+import structlog
+
 from agent.actions import registry
 from agent.actions.base import InvalidParams, Plan
 from agent.actions.cordon import admin_override_rules
+from agent.kube import leases
 from agent.kube.errors import KubeError
 from agent.kube.nodes import count_nodes, is_unschedulable
 from agent.safety.budget import cordon_allowed, cordon_limit
@@ -37,6 +48,12 @@ from agent.settings import Settings
 from agent.structs.durations import format_duration
 from agent.structs.metrics import Family, MetricSpec
 from agent.structs.remediation import ActionRequest, Decision, DecisionKind, Outcome
+
+log = structlog.get_logger("nodemedic.safety")
+
+# Long enough for count -> decide -> cordon on a slow API (each request is capped at 5 s), short
+# enough that an agent dying in between stalls other nodes' cordons for seconds, not minutes.
+CORDON_LOCK_SECONDS = 15
 
 ACTIONS_TOTAL = MetricSpec(
     "nodemedic_actions_total",
@@ -131,6 +148,7 @@ class SafetyGate:
         self._cordoned: int | None = None
         self._limit: int | None = None
         self._drain: dict[str, tuple[int, float]] = {}
+        self._lock_held = False
 
     # --- deciding ----------------------------------------------------------------------------
 
@@ -214,13 +232,26 @@ class SafetyGate:
         return None
 
     async def _cluster_cap(self, req: ActionRequest) -> Decision | None:
-        """Count unschedulable nodes on the API now (never from a cache) before cordoning."""
+        """Under the cordon Lease, count unschedulable nodes on the API now (never from a cache)."""
+        ns, name = self.settings.safety_cordon_lock.split("/", 1)
+        me = self.settings.node_name
+        try:
+            lock = await leases.try_acquire(
+                self.api, ns, name, me, duration=CORDON_LOCK_SECONDS, now=self.clock()
+            )
+        except KubeError as exc:
+            return self.deny(req, "missing_data", f"cannot take the cordon lock {ns}/{name}: {exc}")
+        if not lock.held:
+            who = f"node {lock.holder}" if lock.holder else "another node"
+            return self.deny(
+                req, "cordon_lock", f"{who} holds {ns}/{name} while it cordons; retrying next tick"
+            )
+        self._lock_held = True
         try:
             total, cordoned = await count_nodes(self.api)
         except KubeError as exc:
             return self.deny(req, "missing_data", f"cannot count cordoned nodes: {exc}")
-        me = self.settings.node_name
-        others = sum(1 for name in cordoned if name != me)
+        others = sum(1 for node in cordoned if node != me)
         ok, limit = cordon_allowed(self.settings.safety_max_cordoned, total, others)
         self._cordoned, self._limit = others, limit
         if not ok:
@@ -231,6 +262,18 @@ class SafetyGate:
                 f"--safety.max-cordoned={self.settings.safety_max_cordoned} allows {limit}",
             )
         return None
+
+    async def settle(self) -> None:
+        """Free the cordon Lease once this tick's actions ran (our cordon, if any, is on the API
+        now, so the next agent's count includes it). A failed release just lets it expire."""
+        if not self._lock_held:
+            return
+        self._lock_held = False
+        ns, name = self.settings.safety_cordon_lock.split("/", 1)
+        try:
+            await leases.release(self.api, ns, name, self.settings.node_name)
+        except KubeError as exc:
+            log.warning("cordon_lock_release_failed", lock=f"{ns}/{name}", error=str(exc))
 
     async def refresh(self) -> None:
         """Re-read the pause switches and the cordon budget for the gauges, so dashboards show

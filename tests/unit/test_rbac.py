@@ -64,11 +64,17 @@ def test_pause_configmap_is_readable_by_name_only() -> None:
     assert rules and all(r.get("resourceNames") == ["nodemedic"] for r in rules)
 
 
-def test_lease_writes_only_in_the_failover_role() -> None:
-    """Only nodemedic-failover may create or update Leases; no role reads PodDisruptionBudgets."""
+def test_lease_writes_only_for_failover_and_the_cordon_lock() -> None:
+    """Only nodemedic-failover may write Leases freely; nodemedic-cordon-lock may update only the
+    cordon Lease by name; no role reads PodDisruptionBudgets."""
     for d in _by_kind("ClusterRole") + _by_kind("Role"):
         name = d["metadata"]["name"]
-        writes_leases = any("leases" in r["resources"] and {"create", "update"} & set(r["verbs"])
-                            for r in d["rules"])
-        assert writes_leases == (name == "nodemedic-failover"), name
+        updates = [r for r in d["rules"] if "leases" in r["resources"] and "update" in r["verbs"]]
+        if name == "nodemedic-cordon-lock":
+            assert updates and all(r.get("resourceNames") == ["nodemedic-cordon"]
+                                   for r in updates), name
+        else:
+            writes = any("leases" in r["resources"] and {"create", "update"} & set(r["verbs"])
+                         for r in d["rules"])
+            assert writes == (name == "nodemedic-failover"), name
     assert not _verbs("poddisruptionbudgets"), "PDBs are enforced by the API server's 429"

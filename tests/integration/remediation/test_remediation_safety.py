@@ -101,6 +101,73 @@ async def test_cluster_cap_stops_the_fourth_cordon(apiserver: ApiServer, kube_ap
     assert metric(fams, "nodemedic_actions_denied_total", reason="cluster_cap") == 1
 
 
+def cordon_lock(server: ApiServer) -> dict[str, Any]:
+    lease = server.get("Lease", "kube-system", "nodemedic-cordon")
+    assert lease is not None
+    return lease["spec"]  # type: ignore[no-any-return]
+
+
+async def test_two_agents_racing_for_the_last_slot_cordon_one_node(
+    apiserver: ApiServer, kube_api: Any
+) -> None:
+    """Two agents deciding in the same instant with one cordon left in the budget: exactly one
+    node is cordoned; the other waits on the cordon Lease, then is denied by the cap."""
+    for i in range(10):
+        apiserver.create(node(f"node-{i}"))
+    # Slow LISTs widen the count -> cordon window the way a busy API server does.
+    apiserver.faults.latency_by_verb["list"] = 0.1
+    clock = Clock()
+    stages, engines = [], []
+    for i in range(2):
+        engine = ScriptedEngine()
+        stages.append(RemediationStage(
+            settings(node_name=f"node-{i}", safety_max_cordoned="1"), kube_api, engine,
+            clock=clock,
+        ))
+        engines.append(engine)
+        engine.queue = [request("cordon", node_name=f"node-{i}")]
+    await asyncio.gather(*(st.on_snapshot(snapshot()) for st in stages))
+    cordoned = [unschedulable(apiserver, f"node-{i}") for i in range(2)]
+    assert cordoned.count(True) == 1, "the cap of 1 was overshot"
+    loser = cordoned.index(False)
+    assert (last(stages[loser])["decision"], last(stages[loser])["reason"]) == (
+        "denied", "cordon_lock")
+    assert cordon_lock(apiserver)["holderIdentity"] == "", "the winner must free the lock"
+    # Next tick the loser counts again, under the lock, and the cap stops it.
+    engines[loser].queue = [request("cordon", node_name=f"node-{loser}")]
+    await stages[loser].on_snapshot(snapshot())
+    assert (last(stages[loser])["decision"], last(stages[loser])["reason"]) == (
+        "denied", "cluster_cap")
+    assert not unschedulable(apiserver, f"node-{loser}")
+
+
+async def test_a_dead_holder_blocks_cordons_only_until_its_lock_expires(
+    apiserver: ApiServer, kube_api: Any
+) -> None:
+    """An agent that died holding the cordon Lease delays other cordons by its lease duration,
+    no longer, and the denial names it."""
+    apiserver.create(node(NODE))
+    clock = Clock()
+    apiserver.create({
+        "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+        "metadata": {"name": "nodemedic-cordon", "namespace": "kube-system"},
+        "spec": {"holderIdentity": "node-dead", "leaseDurationSeconds": 15,
+                 "renewTime": "2027-01-15T08:00:00.000000Z"},  # = Clock()'s start
+    })
+    engine = ScriptedEngine()
+    stage = RemediationStage(settings(), kube_api, engine, clock=clock, monotonic=clock)
+    engine.queue = [request("cordon")]
+    await stage.on_snapshot(snapshot())
+    assert not unschedulable(apiserver)
+    assert last(stage)["reason"] == "cordon_lock"
+    assert "node node-dead" in last(stage)["detail"]
+    clock.t += 16
+    engine.queue = [request("cordon")]
+    await stage.on_snapshot(snapshot())
+    assert unschedulable(apiserver)
+    assert cordon_lock(apiserver)["holderIdentity"] == ""
+
+
 async def test_restart_mid_escalation_continues_the_ladder(
     apiserver: ApiServer, kube_api: Any, tmp_path: Path
 ) -> None:
