@@ -27,6 +27,7 @@ BENCHMARKS = (
     "cgroup_collect",
     "rules_eval",
     "conntrack_parse",
+    "iptables_save_cost",
     "apiserver_scale",
     "failover",
     "fuzz",  # ~12 min: atheris/hypothesis targets plus the stress suite at its long budget
