@@ -127,7 +127,8 @@ POD_EPHEMERAL = MetricSpec(
 )
 POD_PSI_AVG10 = MetricSpec(
     "nodemedic_kubelet_pod_pressure_avg10_ratio",
-    "Pod PSI avg10 from /stats/summary (0-1), when the kubelet reports PSI.", "gauge",
+    "Pod PSI avg10 from /stats/summary (0-1), when the kubelet reports PSI; only with "
+    "--no-collector.cgroup (otherwise the cgroup collector is the per-pod PSI source).", "gauge",
     (*_POD, *_PSI),
 )
 PLEG_INTERVAL = MetricSpec(
@@ -224,8 +225,12 @@ def _scale(v: float | None, factor: float) -> float | None:
     return None if v is None else v * factor
 
 
-def summary_families(doc: Any) -> tuple[list[Family], int]:
-    """Families from a decoded /stats/summary and the number of pod entries skipped."""
+def summary_families(doc: Any, *, pod_psi: bool = True) -> tuple[list[Family], int]:
+    """Families from a decoded /stats/summary and the number of pod entries skipped.
+
+    ``pod_psi=False`` leaves out per-pod PSI: the collector passes it while the ``cgroup``
+    collector runs, which reads the same kernel files per pod and per container (on a 250-pod
+    node the kubelet's copy was 1,500 duplicate series)."""
     if not isinstance(doc, Mapping) or not isinstance(doc.get("node"), Mapping):
         raise KubeletBadSummary("/stats/summary: expected an object with a node section")
     node = doc["node"]
@@ -273,7 +278,8 @@ def summary_families(doc: Any) -> tuple[list[Family], int]:
         _add(fam(POD_CPU), labels, _scale(_num(pod, "cpu", "usageNanoCores"), 1e-9))
         _add(fam(POD_MEM_WS), labels, _num(pod, "memory", "workingSetBytes"))
         _add(fam(POD_EPHEMERAL), labels, _num(pod, "ephemeral-storage", "usedBytes"))
-        _psi(fam(POD_PSI_AVG10), None, labels, pod)
+        if pod_psi:
+            _psi(fam(POD_PSI_AVG10), None, labels, pod)
     # A kubelet without PSI support (cgroup v1, < 1.33) gives no PSI: leave those families out.
     return [f for f in fams.values() if f.samples], skipped
 
@@ -301,6 +307,8 @@ class KubeletCollector(Collector):
         # endpoint -> error message of this tick (None when fine); read by /status and tests.
         self.last_errors: dict[str, str | None] = dict.fromkeys(_ENDPOINTS)
         self._pleg_prev: dict[str, tuple[float, float]] = {}
+        # The cgroup collector is on by default; when it runs, its PSI is the per-pod source.
+        self._pod_psi = not ctx.settings.collector_enabled("cgroup", True)
 
     async def collect(self) -> list[Family]:
         health, pods, summary, pleg = await asyncio.gather(
@@ -369,7 +377,7 @@ class KubeletCollector(Collector):
 
     async def _summary(self) -> tuple[list[Family], int]:
         doc = await self.client.get_json("/stats/summary")
-        return summary_families(doc)
+        return summary_families(doc, pod_psi=self._pod_psi)
 
     async def _pleg(self) -> dict[str, tuple[float, float]]:
         text = await self.client.get_text("/metrics")

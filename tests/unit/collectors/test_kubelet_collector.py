@@ -126,6 +126,28 @@ def test_summary_psi_matches_cadvisor_seconds() -> None:
     )
 
 
+async def test_pod_psi_comes_from_the_kubelet_only_without_the_cgroup_collector(
+    fake: FakeKubelet,
+) -> None:
+    """Per-pod PSI is exported once: by the cgroup collector when it runs (the default), by the
+    kubelet collector when --no-collector.cgroup turns it off; node PSI comes from the kubelet."""
+    pod_psi, node_psi = (
+        "nodemedic_kubelet_pod_pressure_avg10_ratio", "nodemedic_kubelet_node_pressure_avg10_ratio"
+    )
+    _, default = await _collect(fake.url)
+    assert pod_psi not in default
+    assert node_psi in default
+    settings = settings_for_tests(kubelet_url=fake.url, collectors={"cgroup": False})
+    c = KubeletCollector(CollectorContext(settings))
+    try:
+        alone = {f.name: f for f in await c.collect()}
+    finally:
+        await c.close()
+    assert alone[pod_psi].get(pod="e2e-daemonset-kb65b", resource="cpu", kind="full") == (
+        pytest.approx(0.751)
+    )
+
+
 def test_summary_without_psi_leaves_psi_out() -> None:
     """A kubelet without PSI (cgroup v1 or older) yields no PSI families, not zeros."""
     doc = {"node": {"cpu": {"usageNanoCores": 5}}, "pods": []}
