@@ -11,25 +11,32 @@ leader's actions exactly as to a node's own. Steps (all idempotent, resumable by
   refuses NoExecute and foreign keys by design, so this one step is applied here, after the same
   pause/dry-run checks, and only once agent.peers.fencing says the node is fenced;
 - ``recover``: untaint, remove out-of-service, uncordon (only nodemedic's own cordon).
-Progress lives in the node annotation ``nodemedic.io/failover`` (JSON) so a new leader resumes.
+Progress lives in the node annotation ``nodemedic.io/failover`` (JSON) so a new leader resumes:
+its ``phase`` only moves forward (cordoned -> evicted -> fenced) and ``since`` (the episode's start)
+is written once. The out-of-service taint and ``phase: fenced`` are one write, so a leader killed
+in between cannot lose whether the taint is nodemedic's. Each Event is written once per episode: a
+resuming leader first looks for the Event of that reason stamped since the episode began.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import structlog
+from kubernetes_asyncio import client
 
 from agent.actions import registry
 from agent.actions.base import ActionContext
 from agent.actions.drain import classify
-from agent.kube.errors import KubeError
-from agent.kube.events import InvolvedObject, record_event
+from agent.kube.errors import REQUEST_TIMEOUT_SECONDS, KubeError, KubeNotFound, call_json
+from agent.kube.events import InvolvedObject, event_name, record_event
 from agent.kube.nodes import ensure_annotations, update_node
 from agent.kube.pods import list_node_pods
 from agent.peers.fencing import FAILED_TAINT, OUT_OF_SERVICE, set_taint
@@ -43,6 +50,17 @@ log = structlog.get_logger("nodemedic.failover")
 RULE = "failed-node"
 STATE_ANNOTATION = "nodemedic.io/failover"
 RUNBOOK = ""  # no runbook for failed-node actions yet (see the failover README section)
+
+
+def fenced_message(node: str, why: str) -> str:
+    return (f"node {node} is fenced ({why}); added taint "
+            "node.kubernetes.io/out-of-service=nodeshutdown:NoExecute so its "
+            "stateful pods are force-deleted and their volumes detached")
+
+
+def _is_oos(taint: Any) -> bool:
+    return isinstance(taint, dict) and taint.get("key") == OUT_OF_SERVICE["key"] and (
+        taint.get("effect") == OUT_OF_SERVICE["effect"])
 
 
 def read_state(raw: str | None) -> dict[str, Any]:
@@ -80,6 +98,7 @@ class Remedy:
         self.targets: dict[str, TargetState] = {}
         self.actions: Counter[tuple[str, str, str]] = Counter()  # (action, decision, outcome)
         self.event_failures = 0
+        self.states: dict[str, dict[str, Any]] = {}  # node -> its annotation as last read/written
         self._last_said: dict[tuple[str, str], str] = {}
 
     def target(self, node: str) -> TargetState:
@@ -93,6 +112,7 @@ class Remedy:
 
     def forget(self, node: str) -> None:
         self.targets.pop(node, None)
+        self.states.pop(node, None)
         for key in [k for k in self._last_said if k[0] == node]:
             del self._last_said[key]
 
@@ -105,20 +125,56 @@ class Remedy:
             self.event_failures += 1
             log.warning("failover_event_failed", node=node, reason=reason, error=str(exc))
 
-    async def set_state(self, node: str, **changes: Any) -> None:
-        """Merge ``changes`` into the failover annotation (None deletes the whole annotation)."""
+    async def event_once(
+        self, node: str, reason: str, message: str, type_: str = "Normal", since: Any = None,
+    ) -> None:
+        """Record the Event unless this episode (from ``since``, default: the annotation's) already
+        has it: a leader killed right after writing it must not make its successor repeat it."""
+        if since is None:
+            since = self.states.get(node, {}).get("since")
+        if isinstance(since, (int, float)) and await self._recorded_since(
+                node, reason, type_, float(since)):
+            return
+        await self.event(node, reason, message, type_)
+
+    async def _recorded_since(self, node: str, reason: str, type_: str, since: float) -> bool:
+        obj = InvolvedObject("Node", node)
+        try:
+            current = await call_json(client.CoreV1Api(self.api).read_namespaced_event(
+                event_name(obj, reason, type_), obj.event_namespace, _preload_content=False,
+                _request_timeout=REQUEST_TIMEOUT_SECONDS))
+        except KubeNotFound:
+            return False
+        except KubeError as exc:  # unknown: write it (a repeat beats a lost record)
+            log.warning("failover_event_read_failed", node=node, reason=reason, error=str(exc))
+            return False
+        try:
+            last = datetime.fromisoformat(str(current.get("lastTimestamp"))).timestamp()
+        except ValueError:
+            return False
+        return last >= math.floor(since)  # Event times have whole seconds
+
+    async def set_state(
+        self, node: str, *, defaults: Mapping[str, Any] | None = None, **changes: Any
+    ) -> None:
+        """Merge ``changes`` into the failover annotation, and ``defaults`` where a key is absent
+        (``clear=True`` deletes the whole annotation). Written only when something other than
+        the ``leader`` stamp changes; the result is kept in ``states``."""
 
         def mutate(obj: dict[str, Any]) -> bool:
             ann = ensure_annotations(obj)
             if changes.get("clear"):
+                self.states.pop(node, None)
                 if STATE_ANNOTATION not in ann:
                     return False
                 del ann[STATE_ANNOTATION]
                 return True
             state = read_state(ann.get(STATE_ANNOTATION))
-            new = {**state, **changes, "leader": self.me}
+            new = {**(defaults or {}), **state, **changes}
+            self.states[node] = new
             if new == state:
                 return False
+            new["leader"] = self.me
             ann[STATE_ANNOTATION] = json.dumps(new, separators=(",", ":"), sort_keys=True)
             return True
 
@@ -176,8 +232,9 @@ class Remedy:
             d.kind == "dry_run" or (o is not None and o.kind in ("success", "noop"))
             for d, o in ((d1, o1), (d2, o2))
         )
-        if ok and d1.kind == "allowed":
-            await self.set_state(node, phase="cordoned", since=round(self.wall(), 3))
+        if ok and d1.kind == "allowed":  # a resumed episode keeps its phase and start
+            await self.set_state(node, defaults={"phase": "cordoned",
+                                                 "since": round(self.wall(), 3)})
         return ok
 
     async def evict_pass(self, node: str, reason: str) -> tuple[bool, int]:
@@ -210,20 +267,39 @@ class Remedy:
         if self.settings.dry_run:
             self.actions[("out-of-service", "dry_run", "none")] += 1
             return False
+
+        def mutate(obj: dict[str, Any]) -> bool:
+            # Taint and state in one write: the taint is recorded as ours only if we added it
+            # (an admin's stays on at recovery), and no crash can separate the two.
+            spec = obj.setdefault("spec", {})
+            taints = [t for t in spec.get("taints") or [] if isinstance(t, dict)]
+            ann = ensure_annotations(obj)
+            state = read_state(ann.get(STATE_ANNOTATION))
+            self.states[node] = state
+            if state.get("phase") == "fenced":
+                return False
+            added = not any(_is_oos(t) for t in taints)
+            if added:
+                spec["taints"] = [*taints, dict(OUT_OF_SERVICE)]
+            new = {**state, "phase": "fenced", "fenced_at": round(self.wall(), 3),
+                   **({"oos": True} if added else {})}
+            self.states[node] = new
+            ann[STATE_ANNOTATION] = json.dumps({**new, "leader": self.me},
+                                               separators=(",", ":"), sort_keys=True)
+            return True
+
         try:
-            added = await set_taint(self.api, node, OUT_OF_SERVICE, True)
-            # Record the taint as ours only if we added it: an admin's stays on at recovery.
-            await self.set_state(node, phase="fenced", fenced_at=round(self.wall(), 3),
-                                 **({"oos": True} if added else {}))
+            _, changed = await update_node(self.api, node, mutate)
         except KubeError as exc:
             self.actions[("out-of-service", "allowed", "failure")] += 1
             log.warning("fence_failed", node=node, error=str(exc))
             return False
         self.actions[("out-of-service", "allowed", "success")] += 1
-        await self.event(node, "NodemedicNodeFenced",
-                         f"node {node} is fenced ({why}); added taint "
-                         "node.kubernetes.io/out-of-service=nodeshutdown:NoExecute so its "
-                         "stateful pods are force-deleted and their volumes detached", "Warning")
+        if changed:
+            await self.event(node, "NodemedicNodeFenced", fenced_message(node, why), "Warning")
+        else:  # an earlier leader fenced it and may have died before its Event
+            await self.event_once(node, "NodemedicNodeFenced", fenced_message(node, why),
+                                  "Warning")
         return True
 
     async def recover(self, node: str, state: dict[str, Any], healthy_for: float) -> bool:

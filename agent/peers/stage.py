@@ -11,6 +11,9 @@ in its own supervised tasks, so a slow API never stalls collection:
   task per failed node walking the ladder of agent.peers.remedy under the Lease cap
   (agent.peers.slots): cordon + taint -> evictions -> out-of-service once fenced -> (on recovery)
   undo. Mass failure, partitions and unknown nodes get a metric and an Event, never an action.
+A new leader resumes from the node's state annotation (agent.peers.remedy): an unfinished ladder
+is walked again (each step idempotent, each Event written once), and a node found fenced gets its
+Event and its slot release finished, in case the leader before died between them.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ from agent.peers.fencing import FENCED_ANNOTATION, fencing_state, run_hook
 from agent.peers.heartbeat import Heartbeat
 from agent.peers.leader import LEADER, ElectionConfig, LeaderElector
 from agent.peers.prober import Prober, transport_for
-from agent.peers.remedy import STATE_ANNOTATION, Remedy, read_state
+from agent.peers.remedy import STATE_ANNOTATION, Remedy, fenced_message, read_state
 from agent.peers.slots import Slots
 from agent.settings import Settings
 from agent.structs.metrics import Family, MetricSpec
@@ -86,6 +89,11 @@ EVENTS_FAILED = MetricSpec(
 )
 METRICS = (PEER_NODES, MASS_FAILURE, FAILOVER_ACTIONS, REMEDIATIONS, CAP_DENIED, PROBES,
            HEARTBEATS, EVENTS_FAILED)
+
+
+def evicted_message(node: str) -> str:
+    return (f"evicted every evictable pod of {node} through the Eviction API; controllers "
+            "recreate them elsewhere")
 
 
 def choose_probers(
@@ -140,6 +148,7 @@ class FailoverStage:
         self._abandoned = False
         self._cordon_noted: set[str] = set()
         self._capped_noted: set[str] = set()
+        self._settled: set[str] = set()  # fenced nodes whose Event and slot release we saw done
         self._not_before: dict[str, float] = {}
         self._event_tasks: set[asyncio.Task[None]] = set()
 
@@ -313,6 +322,7 @@ class FailoverStage:
             task.cancel()
         self._work.clear()
         self._suspects.clear()
+        self._settled.clear()
         if self.view is not None:
             view, self.view = self.view, None
             await view.stop()
@@ -377,6 +387,7 @@ class FailoverStage:
                 del memory[gone]
         for gone in [n for n in self.remedy.targets if n not in nodes]:
             self.remedy.forget(gone)
+        self._settled &= nodes
 
     async def _mass_failure_event(self) -> None:
         a = self.assessment
@@ -439,6 +450,8 @@ class FailoverStage:
             return
         if self.assessment.actionable(name) and state.get("phase") != "fenced":
             self._start_work(name, self._remediate(name))
+        elif state.get("phase") == "fenced" and name not in self._settled:
+            self._start_work(name, self._settle(name, state))
         elif state and verdict.state == "healthy" and not self.assessment.mass_failure:
             healthy_for = now - self._healthy_since[name]
             if healthy_for >= self.settings.failover_healthy_delay:
@@ -515,6 +528,19 @@ class FailoverStage:
                 pass  # leadership moved: the slot stays with the node for the next leader
             else:
                 await self.slots.release(name)
+                if done:
+                    self._settled.add(name)
+
+    async def _settle(self, name: str, state: dict[str, Any]) -> None:
+        """Finish a node an earlier leader fenced but may have died on before its Event or its
+        slot release (otherwise the slot stays taken until it expires, blocking other nodes)."""
+        if not (self.elector and self.elector.is_leader):
+            return
+        await self.remedy.event_once(
+            name, "NodemedicNodeFenced", fenced_message(name, "by an earlier leader"), "Warning",
+            since=state.get("since"))
+        await self.slots.release(name)
+        self._settled.add(name)
 
     async def _ladder(self, name: str) -> bool:
         """Walk the ladder; True once the node is fenced (nothing left to do until recovery)."""
@@ -526,18 +552,21 @@ class FailoverStage:
         if not await self.remedy.isolate(name, verdict.reason):
             self._note(name, "isolate_blocked", "cordon/taint denied or failed; see the log")
             return False
-        if name not in self._cordon_noted:
+        if name not in self._cordon_noted:  # once per episode, even across leaders
             self._cordon_noted.add(name)
             self._note(name, "cordoned", f"cordoned and tainted {name}: {verdict.reason}")
-            await self.remedy.event(name, "NodemedicNodeFailed",
-                                    f"{verdict.reason}; cordoned, tainted "
-                                    "nodemedic.io/node-failed:NoSchedule, evicting its pods",
-                                    "Warning")
+            await self.remedy.event_once(name, "NodemedicNodeFailed",
+                                         f"{verdict.reason}; cordoned, tainted "
+                                         "nodemedic.io/node-failed:NoSchedule, evicting its pods",
+                                         "Warning")
         # Evictions and the fencing check run side by side: on a dead node a PodDisruptionBudget
         # can block the eviction of pods that only out-of-service will ever free.
         info = self.view.nodes.items.get(name) if self.view else None
-        evicted = read_state(info.annotation(STATE_ANNOTATION) if info else None).get(
-            "phase") in ("evicted", "fenced")
+        state = self.remedy.states.get(name) or read_state(
+            info.annotation(STATE_ANNOTATION) if info else None)
+        evicted = state.get("phase") in ("evicted", "fenced")
+        if evicted:  # an earlier leader's: it may have died before its Event
+            await self.remedy.event_once(name, "NodemedicPodsEvicted", evicted_message(name))
         hook_checked = -1e9
         while True:
             if not self._actionable(name):
@@ -548,9 +577,7 @@ class FailoverStage:
                 if evicted and not s.dry_run:
                     self._note(name, "evicted", f"every evictable pod of {name} was evicted")
                     await self.remedy.set_state(name, phase="evicted")
-                    await self.remedy.event(name, "NodemedicPodsEvicted",
-                                            f"evicted every evictable pod of {name} through the "
-                                            "Eviction API; controllers recreate them elsewhere")
+                    await self.remedy.event(name, "NodemedicPodsEvicted", evicted_message(name))
             info = self.view.nodes.items.get(name) if self.view else None
             operator = bool(info and (info.annotation(FENCED_ANNOTATION) or "").lower() == "true")
             if not operator and s.failover_fence_command and (
@@ -578,6 +605,7 @@ class FailoverStage:
             self._note(name, "recovered", f"healthy for {healthy_for:.0f}s; taints and cordon "
                        "removed")
             self._cordon_noted.discard(name)
+            self._settled.discard(name)
             self._announced[name] = "healthy"
 
     # ---- metrics and status ------------------------------------------------------------------
