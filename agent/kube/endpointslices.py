@@ -1,8 +1,8 @@
 """A bounded list+watch cache of discovery.k8s.io/v1 EndpointSlices for the lbskew collector.
 
-Started by agent.collectors.lbskew when an API client is shared (``ctx.shared["api"]``). One LIST
-of all namespaces' EndpointSlices, then one WATCH from its resourceVersion; on 410 Gone (an ERROR
-event) or a broken stream it relists, with backoff on errors. Each slice is reduced to what
+Started by agent.collectors.lbskew when an API client is shared (``ctx.shared["api"]``). One
+agent.kube.informer watches all namespaces' EndpointSlices (LIST, then WATCH; relist on 410 Gone
+or a broken stream, with backoff on errors). Each slice is reduced to what
 lbskew needs: its Service (label ``kubernetes.io/service-name``), its ports, and per endpoint the
 address, readiness and pod (``targetRef``). At most ``max_slices`` slices are held; the rest are
 counted in ``dropped``.
@@ -20,24 +20,14 @@ dict the watch is mutating.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import json
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
-import structlog
-from kubernetes_asyncio import client
-
-from agent.kube.errors import KubeError, KubeUnavailable, call_json
-
-log = structlog.get_logger("nodemedic.endpointslices")
+from agent.kube.informer import Informer
 
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 DEFAULT_MAX_SLICES = 20_000
-MAX_WATCH_LINE = 4 * 1024 * 1024
 WATCH_TIMEOUT_SECONDS = 300
 
 
@@ -68,8 +58,8 @@ class NameView:
     thousands of endpoints never stalls the loop.
     """
 
-    def __init__(self, slices: Mapping[tuple[str, str], _Slice]) -> None:
-        self._slices = dict(slices)
+    def __init__(self, slices: Mapping[str, _Slice]) -> None:
+        self._slices = dict(slices)  # key: namespace/name
         self._by_addr: dict[str, EndpointName] | None = None
         self._by_port: dict[tuple[str, str, str], set[str]] = {}
 
@@ -124,137 +114,54 @@ def reduce_slice(obj: Mapping[str, Any]) -> _Slice | None:
 
 
 class EndpointSliceCache:
-    """Watched EndpointSlices of all namespaces; ``synced`` after the first successful LIST."""
+    """Watched EndpointSlices of all namespaces (agent.kube.informer, bounded to ``max_slices``);
+    ``synced`` from the first successful LIST on, so a broken watch keeps serving the last names
+    while it reconnects."""
 
     def __init__(self, api: Any, max_slices: int = DEFAULT_MAX_SLICES) -> None:
-        self._api = api
-        self._max = max_slices
-        self._slices: dict[tuple[str, str], _Slice] = {}
         self._view: NameView | None = None
-        self._task: asyncio.Task[None] | None = None
-        self.synced = False
-        self.dropped = 0  # slices not cached because the cache was full
-        self.relists = 0
-        self.errors = 0
+        self.informer: Informer[_Slice] = Informer(
+            api, "endpointslices", reduce_slice, on_change=self._changed, max_items=max_slices,
+            watch_timeout=WATCH_TIMEOUT_SECONDS,
+        )
+
+    @property
+    def synced(self) -> bool:
+        return self.informer.ever_synced
 
     @property
     def size(self) -> int:
-        return len(self._slices)
+        return len(self.informer.items)
+
+    @property
+    def dropped(self) -> int:
+        """Slices not cached because the cache was full."""
+        return self.informer.dropped
+
+    @property
+    def relists(self) -> int:
+        return self.informer.relists
+
+    @property
+    def errors(self) -> int:
+        return self.informer.errors
 
     async def start(self) -> None:
         """Start the list+watch loop in the background."""
-        if self._task is None:
-            self._task = asyncio.create_task(self.run(), name="endpointslice-watch")
+        self.informer.start()
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self.informer.close()
 
     def view(self) -> NameView | None:
         """The current index (rebuilt only after a change); None until the first LIST."""
         if not self.synced:
             return None
         if self._view is None:
-            self._view = NameView(self._slices)
+            self._view = NameView(self.informer.items)
         return self._view
 
-    def _put(self, key: tuple[str, str], obj: Mapping[str, Any] | None) -> None:
+    def _changed(self, key: str, old: _Slice | None, new: _Slice | None) -> None:
         self._view = None
-        reduced = reduce_slice(obj) if obj is not None else None
-        if reduced is None:
-            self._slices.pop(key, None)
-        elif key in self._slices or len(self._slices) < self._max:
-            self._slices[key] = reduced
-        else:
-            self.dropped += 1
-
-    async def _relist(self) -> str:
-        api = client.DiscoveryV1Api(self._api)
-        body = await call_json(
-            api.list_endpoint_slice_for_all_namespaces(
-                _preload_content=False, _request_timeout=30
-            )
-        )
-        self.relists += 1
-        self._slices.clear()
-        self._view = None
-        for obj in body.get("items") or []:
-            if isinstance(obj, dict):
-                self._put(_key(obj), obj)
-        self.synced = True
-        return str((body.get("metadata") or {}).get("resourceVersion") or "")
-
-    async def run(self) -> None:
-        """List, then watch; relist on 410 Gone or a broken stream. Never raises on API trouble
-        (names fall back to the rule comments while ``synced`` is False)."""
-        delay = 0.2
-        rv = ""
-        while True:
-            try:
-                if not rv:
-                    rv = await self._relist()
-                async for event in self._watch(rv):
-                    etype = event.get("type")
-                    obj = event.get("object") or {}
-                    if etype == "ERROR":
-                        rv = ""  # 410 Gone (history compacted): start over from a LIST
-                        break
-                    new_rv = (obj.get("metadata") or {}).get("resourceVersion")
-                    if new_rv:
-                        rv = str(new_rv)
-                    if etype == "BOOKMARK":
-                        continue
-                    self._put(_key(obj), None if etype == "DELETED" else obj)
-                delay = 0.2
-            except KubeError as exc:
-                self.errors += 1
-                rv = ""
-                log.warning("endpointslice_watch_failed", error=str(exc), retry_in=delay)
-                await asyncio.sleep(delay)
-                delay = min(10.0, delay * 2)
-
-    async def _watch(self, rv: str) -> AsyncIterator[dict[str, Any]]:
-        api = client.DiscoveryV1Api(self._api)
-        try:
-            # With _preload_content=False the call returns the raw aiohttp response.
-            resp: Any = await api.list_endpoint_slice_for_all_namespaces(
-                watch=True,
-                resource_version=rv,
-                allow_watch_bookmarks=True,
-                timeout_seconds=WATCH_TIMEOUT_SECONDS,
-                _preload_content=False,
-                _request_timeout=WATCH_TIMEOUT_SECONDS + 30,
-            )
-        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-            raise KubeUnavailable(f"watch endpointslices: {type(exc).__name__}: {exc}") from exc
-        try:
-            if resp.status != 200:
-                raw = await resp.read()
-                raise KubeError(int(resp.status), raw[:200].decode("utf-8", "replace"))
-            buf = b""
-            async for chunk in resp.content.iter_any():
-                buf += chunk
-                if len(buf) > MAX_WATCH_LINE and b"\n" not in buf:
-                    raise KubeUnavailable("watch endpointslices: event too large")
-                *lines, buf = buf.split(b"\n")
-                for line in lines:
-                    if not line.strip():
-                        continue
-                    try:
-                        event = json.loads(line)
-                    except ValueError as exc:
-                        raise KubeUnavailable(f"watch endpointslices: garbled: {exc}") from exc
-                    if isinstance(event, dict):
-                        yield event
-        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-            raise KubeUnavailable(f"watch endpointslices: {type(exc).__name__}: {exc}") from exc
-        finally:
-            resp.release()
 
 
-def _key(obj: Mapping[str, Any]) -> tuple[str, str]:
-    meta = obj.get("metadata") or {}
-    return str(meta.get("namespace") or ""), str(meta.get("name") or "")

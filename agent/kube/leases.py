@@ -1,11 +1,13 @@
 """coordination.k8s.io Leases as short-lived cluster-wide locks, written compare-and-swap.
 
-Called by agent.safety.gate, which holds the cordon lock (``--safety.cordon-lock``) from the
-moment it counts unschedulable nodes until its cordon has been written, so that two agents
-checking the cluster cap in the same second cannot both see room for one more node. A holder
-that dies mid-way stops renewing and the lock frees itself after its duration; every write
-carries the resourceVersion that was read, so of two contenders exactly one wins (409 for the
-other). Lease bodies are plain dicts (``_preload_content=False``), like the rest of agent.kube.
+Called by agent.safety.gate (``try_acquire``/``release``), which holds the cordon lock
+(``--safety.cordon-lock``) from the moment it counts unschedulable nodes until its cordon has been
+written, so that two agents checking the cluster cap in the same second cannot both see room for one
+more node. A holder that dies mid-way stops renewing and the lock frees itself after its duration;
+every write carries the resourceVersion that was read, so of two contenders exactly one wins (409
+for the other). The plain get/create/replace calls are also the failover Leases'
+(agent.peers.leader, .heartbeat, .slots). Lease bodies are plain dicts (``_preload_content=False``),
+like the rest of agent.kube.
 """
 
 from __future__ import annotations
@@ -54,6 +56,28 @@ async def get_lease(api: Any, namespace: str, name: str) -> dict[str, Any]:
     return await call_json(
         coord.read_namespaced_lease(
             name, namespace, _preload_content=False, _request_timeout=REQUEST_TIMEOUT_SECONDS
+        )
+    )
+
+
+async def create_lease(api: Any, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
+    """Create the Lease in ``body``; raises KubeConflict when it already exists."""
+    coord = client.CoordinationV1Api(api)
+    return await call_json(
+        coord.create_namespaced_lease(
+            namespace, raw_body(body), _preload_content=False,
+            _request_timeout=REQUEST_TIMEOUT_SECONDS,
+        )
+    )
+
+
+async def replace_lease(api: Any, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
+    """PUT carrying ``metadata.resourceVersion``: raises KubeConflict when it changed meanwhile."""
+    coord = client.CoordinationV1Api(api)
+    return await call_json(
+        coord.replace_namespaced_lease(
+            str(body["metadata"]["name"]), namespace, raw_body(body), _preload_content=False,
+            _request_timeout=REQUEST_TIMEOUT_SECONDS,
         )
     )
 

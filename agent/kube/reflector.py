@@ -1,22 +1,18 @@
-"""Keep one named Node or Lease current with LIST + WATCH (a one-object client-go reflector).
+"""Keep one named Node or Lease current: agent.kube.informer narrowed to ``metadata.name=X``.
 
-Used by agent.collectors.node (its own Node and its kube-node-lease Lease). ``run()`` lists the
-object, then watches from the list's resourceVersion with bookmarks; on 410 Gone it re-lists; on
-any connection failure it marks itself unsynced at once (so nobody reads stale data as fresh) and
-reconnects with capped exponential backoff and jitter. State is plain dicts for the caller.
+Used by agent.collectors.node (its own Node and its kube-node-lease Lease). The informer does the
+LIST+WATCH, the relist on 410 Gone, the unsynced-at-once on a broken connection and the capped,
+jittered backoff; this wrapper keeps the whole object and presents it as ``state``.
 """
 
 from __future__ import annotations
 
-import asyncio
-import json
-import random
 import time
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
-from kubernetes_asyncio import client, watch
+from agent.kube.informer import Informer
 
 Kind = Literal["node", "lease"]
 
@@ -36,8 +32,12 @@ class ReflectorState:
     gone: int = 0
 
 
+def _whole(obj: dict[str, Any]) -> dict[str, Any]:
+    return obj
+
+
 class ObjectReflector:
-    """LIST+WATCH one object by name; read ``state`` from the same event loop."""
+    """LIST+WATCH one object by name; run :meth:`run` and read ``state`` on the same loop."""
 
     def __init__(
         self,
@@ -53,92 +53,31 @@ class ObjectReflector:
         self.kind = kind
         self.name = name
         self.namespace = namespace
-        self.watch_timeout = watch_timeout
-        self.backoff_initial = backoff_initial
-        self.backoff_max = backoff_max
-        self.state = ReflectorState()
-        self._selector = f"metadata.name={name}"
-        # Typed as Any: with _preload_content=False these return the raw aiohttp response.
-        self._list: Any
-        if kind == "node":
-            self._list = client.CoreV1Api(api).list_node
-            self._args: tuple[str, ...] = ()
-        else:
-            self._list = client.CoordinationV1Api(api).list_namespaced_lease
-            self._args = (namespace,)
-        self.changed = asyncio.Event()
+        self.informer: Informer[dict[str, Any]] = Informer(
+            api, "nodes" if kind == "node" else "leases", _whole,
+            namespace=namespace, field_selector=f"metadata.name={name}",
+            watch_timeout=watch_timeout, backoff_initial=backoff_initial, backoff_max=backoff_max,
+        )
 
-    def _apply(self, obj: dict[str, Any] | None) -> None:
-        self.state.obj = obj
-        self.state.exists = obj is not None
-        self.changed.set()
-
-    async def _relist(self) -> None:
-        resp = await self._list(*self._args, field_selector=self._selector, _preload_content=False)
-        body = json.loads(await resp.read())
-        items = body.get("items") or []
-        self.state.lists += 1
-        self.state.resource_version = str(body.get("metadata", {}).get("resourceVersion", ""))
-        self.state.synced = True
-        self.state.last_error = ""
-        self._apply(items[0] if items else None)
-
-    async def _watch_once(self) -> None:
-        """Follow changes until the server ends the watch (timeout) or it fails."""
-        w = watch.Watch()
-        try:
-            async for ev in w.stream(
-                self._list,
-                *self._args,
-                field_selector=self._selector,
-                resource_version=self.state.resource_version,
-                timeout_seconds=self.watch_timeout,
-                allow_watch_bookmarks=True,
-            ):
-                raw = ev.get("raw_object") or {}
-                rv = (raw.get("metadata") or {}).get("resourceVersion")
-                if rv:
-                    self.state.resource_version = str(rv)
-                if ev["type"] in ("ADDED", "MODIFIED"):
-                    self._apply(raw)
-                elif ev["type"] == "DELETED":
-                    self._apply(None)
-        finally:
-            await w.close()
+    @property
+    def state(self) -> ReflectorState:
+        inf = self.informer
+        obj = inf.items.get(self.name)
+        return ReflectorState(
+            obj=obj,
+            synced=inf.synced.is_set(),
+            exists=obj is not None,
+            last_error=inf.last_error,
+            resource_version=inf.resource_version,
+            lists=inf.relists,
+            watch_restarts=inf.watch_restarts,
+            errors=inf.errors,
+            gone=inf.gone,
+        )
 
     async def run(self) -> None:
         """Run until cancelled; never raises (errors are recorded in ``state``)."""
-        delay = self.backoff_initial
-        need_list = True
-        while True:
-            try:
-                if need_list:
-                    await self._relist()
-                    need_list = False
-                await self._watch_once()
-                self.state.watch_restarts += 1
-                delay = self.backoff_initial
-            except asyncio.CancelledError:
-                raise
-            except client.ApiException as exc:
-                if exc.status == 410:
-                    self.state.gone += 1
-                    need_list = True  # our version was compacted: list again, then watch
-                    continue
-                self._fail(f"HTTP {exc.status}: {exc.reason}")
-            except Exception as exc:  # any transport error means "reconnect"
-                self._fail(f"{type(exc).__name__}: {exc}".rstrip(": "))
-            else:
-                continue
-            need_list = True
-            await asyncio.sleep(delay * (0.5 + random.random()))  # noqa: S311 - jitter only
-            delay = min(self.backoff_max, delay * 2)
-
-    def _fail(self, message: str) -> None:
-        self.state.synced = False
-        self.state.errors += 1
-        self.state.last_error = message
-        self.changed.set()
+        await self.informer.run()
 
 
 def renew_age_seconds(lease: dict[str, Any], now: float | None = None) -> float | None:

@@ -1,10 +1,10 @@
 """The leader's view of the cluster: watched Nodes, node Leases and agent heartbeats -> NodeViews.
 
-Called by agent.peers.stage while this agent leads: ``start()`` launches three informers (watches
-only, no per-node polling), ``views()`` turns their caches plus the probe table into the pure
-detector's input. All times handed to the detector are on the leader's monotonic clock, taken
-when a change *reached* the leader (a node's renewTime is converted once, on first sight only),
-so clock skew between nodes never makes a healthy node look stale.
+Called by agent.peers.stage while this agent leads: ``start()`` launches three informers
+(agent.kube.informer: watches only, no per-node polling), ``views()`` turns their caches plus the
+probe table into the pure detector's input. All times handed to the detector are on the leader's
+monotonic clock, taken when a change *reached* the leader (a node's renewTime is converted once, on
+first sight only), so clock skew between nodes never makes a healthy node look stale.
 """
 
 from __future__ import annotations
@@ -18,11 +18,10 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
 
-from agent.peers import rest
+from agent.kube.informer import Informer
 from agent.peers.detector import NodeView, Probe
 from agent.peers.heartbeat import HEARTBEAT_LABEL, LEASE_PREFIX, PROBES_ANNOTATION, URL_ANNOTATION
 from agent.peers.heartbeat import decode_probes as decode
-from agent.peers.informer import Informer
 
 ZONE_LABEL = "topology.kubernetes.io/zone"
 NODE_LEASE_NAMESPACE = "kube-node-lease"
@@ -115,16 +114,15 @@ class ClusterView:
         self._seqs: dict[tuple[str, str], int] = {}
         self.urls: dict[str, str] = {}  # node -> its agent URL
         self.nodes: Informer[NodeInfo] = Informer(
-            api, rest.NODES, reduce_node, on_change=self._node_changed
+            api, "nodes", reduce_node, on_change=self._node_changed
         )
         self.leases: Informer[str] = Informer(
-            api, f"/apis/coordination.k8s.io/v1/namespaces/{NODE_LEASE_NAMESPACE}/leases",
-            reduce_node_lease, on_change=self._lease_changed,
+            api, "leases", reduce_node_lease, namespace=NODE_LEASE_NAMESPACE,
+            on_change=self._lease_changed,
         )
         self.heartbeats: Informer[tuple[str, str, dict[str, tuple[bool, int]]]] = Informer(
-            api, rest.lease_path(lease_namespace), reduce_heartbeat,
-            query={"labelSelector": f"{HEARTBEAT_LABEL}=true"},
-            on_change=self._heartbeat_changed,
+            api, "leases", reduce_heartbeat, namespace=lease_namespace,
+            label_selector=f"{HEARTBEAT_LABEL}=true", on_change=self._heartbeat_changed,
         )
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -135,7 +133,9 @@ class ClusterView:
 
     @property
     def synced(self) -> bool:
-        return all(i.synced.is_set() for i in (self.nodes, self.leases, self.heartbeats))
+        """Every informer has listed once; the leader keeps judging from its caches while a
+        watch reconnects (their ``synced`` events drop at once, this does not)."""
+        return all(i.ever_synced for i in (self.nodes, self.leases, self.heartbeats))
 
     async def stop(self) -> None:
         for t in self._tasks:

@@ -21,8 +21,8 @@ from typing import Any
 
 import structlog
 
+from agent.kube import leases
 from agent.kube.errors import KubeConflict, KubeError, KubeNotFound
-from agent.peers import rest
 from agent.peers.leader import micro_time
 from agent.peers.prober import ProbeResult
 
@@ -95,16 +95,16 @@ class Heartbeat:
         try:
             if self._current is None:
                 try:
-                    self._current = await rest.get_lease(
+                    self._current = await leases.get_lease(
                         self.api, self.namespace, lease_name(self.node)
                     )
                 except KubeNotFound:
                     self._current = None
             body = self._body(encoded, now)
             if self._current is None:
-                stored = await rest.create_lease(self.api, self.namespace, body)
+                stored = await leases.create_lease(self.api, self.namespace, body)
             else:
-                stored = await rest.replace_lease(self.api, self.namespace, body)
+                stored = await leases.replace_lease(self.api, self.namespace, body)
         except KubeConflict:
             self._current = None  # re-read next time
             self.errors += 1

@@ -27,8 +27,8 @@ from typing import Any
 
 import structlog
 
+from agent.kube import leases
 from agent.kube.errors import KubeConflict, KubeError, KubeNotFound
-from agent.peers import rest
 from agent.structs.metrics import Family, MetricSpec
 
 log = structlog.get_logger("nodemedic.leader")
@@ -137,14 +137,14 @@ class LeaderElector:
         now = self.wall()
         try:
             try:
-                current: dict[str, Any] | None = await rest.get_lease(
+                current: dict[str, Any] | None = await leases.get_lease(
                     self.api, cfg.namespace, cfg.name
                 )
             except KubeNotFound:
                 current = None
             if current is None:
                 body = self._body(None, now)
-                stored = await rest.create_lease(self.api, cfg.namespace, body)
+                stored = await leases.create_lease(self.api, cfg.namespace, body)
                 self._won(stored, sent)
                 return True
             self._observe(current)
@@ -158,7 +158,7 @@ class LeaderElector:
                 if self._leading:
                     self._set_leading(False, "lost")
                 return False
-            stored = await rest.replace_lease(self.api, cfg.namespace, self._body(current, now))
+            stored = await leases.replace_lease(self.api, cfg.namespace, self._body(current, now))
             self._won(stored, sent)
             return True
         except KubeConflict:
@@ -232,14 +232,14 @@ class LeaderElector:
             return
         self._set_leading(False, "released")
         try:
-            current = await rest.get_lease(self.api, self.cfg.namespace, self.cfg.name)
+            current = await leases.get_lease(self.api, self.cfg.namespace, self.cfg.name)
             spec = dict(current.get("spec") or {})
             if spec.get("holderIdentity") != self.cfg.identity:
                 return
             spec["holderIdentity"] = ""
             spec["leaseDurationSeconds"] = 1
             spec["renewTime"] = micro_time(self.wall())
-            await rest.replace_lease(self.api, self.cfg.namespace, {**current, "spec": spec})
+            await leases.replace_lease(self.api, self.cfg.namespace, {**current, "spec": spec})
         except KubeError as exc:  # the Lease expires on its own; hand-over is just slower
             log.warning("leader_release_failed", error=str(exc))
 

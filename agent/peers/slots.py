@@ -16,8 +16,8 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
+from agent.kube import leases
 from agent.kube.errors import KubeConflict, KubeError, KubeNotFound
-from agent.peers import rest
 from agent.peers.leader import micro_time
 
 SLOT_PREFIX = "nodemedic-remediation-"
@@ -74,7 +74,7 @@ class Slots:
         out: dict[int, str] = {}
         for i in range(self.max_concurrent):
             try:
-                lease = await rest.get_lease(self.api, self.namespace, self._name(i))
+                lease = await leases.get_lease(self.api, self.namespace, self._name(i))
             except KubeNotFound:
                 continue
             if not self._free(lease, now):
@@ -90,23 +90,25 @@ class Slots:
         free: list[tuple[int, dict[str, Any] | None]] = []
         for i in range(self.max_concurrent):
             try:
-                lease: dict[str, Any] | None = await rest.get_lease(
+                lease: dict[str, Any] | None = await leases.get_lease(
                     self.api, self.namespace, self._name(i)
                 )
             except KubeNotFound:
                 lease = None
             if lease is not None and (lease.get("spec") or {}).get("holderIdentity") == node:
-                await rest.replace_lease(self.api, self.namespace, self._body(i, node, now, lease))
+                await leases.replace_lease(
+                    self.api, self.namespace, self._body(i, node, now, lease)
+                )
                 return True
             if lease is None or self._free(lease, now):
                 free.append((i, lease))
         for i, lease in free:
             try:
                 if lease is None:
-                    await rest.create_lease(self.api, self.namespace,
+                    await leases.create_lease(self.api, self.namespace,
                                             self._body(i, node, now, None))
                 else:
-                    await rest.replace_lease(self.api, self.namespace,
+                    await leases.replace_lease(self.api, self.namespace,
                                              self._body(i, node, now, lease))
                 return True
             except KubeConflict:
@@ -118,12 +120,12 @@ class Slots:
         """Free every slot ``node`` holds (best effort: an unreleased slot expires)."""
         for i in range(self.max_concurrent):
             try:
-                lease = await rest.get_lease(self.api, self.namespace, self._name(i))
+                lease = await leases.get_lease(self.api, self.namespace, self._name(i))
                 spec = dict(lease.get("spec") or {})
                 if spec.get("holderIdentity") != node:
                     continue
                 spec["holderIdentity"] = ""
                 spec["renewTime"] = micro_time(self.wall())
-                await rest.replace_lease(self.api, self.namespace, {**lease, "spec": spec})
+                await leases.replace_lease(self.api, self.namespace, {**lease, "spec": spec})
             except KubeError:
                 continue
