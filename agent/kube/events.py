@@ -54,6 +54,25 @@ def event_name(obj: InvolvedObject, reason: str, type_: str) -> str:
     return f"{obj.name[:200]}.nodemedic.{digest}"
 
 
+async def last_recorded(api: Any, obj: InvolvedObject, reason: str, type_: str) -> float | None:
+    """Unix time of the last repeat of our Event (object, reason, type); None when there is none
+    (or its timestamp is unreadable). Whole seconds: Event timestamps have no fraction. Called by
+    agent.peers.remedy so a resuming failover leader records each Event once per episode."""
+    try:
+        current = await call_json(
+            client.CoreV1Api(api).read_namespaced_event(
+                event_name(obj, reason, type_), obj.event_namespace,
+                _preload_content=False, _request_timeout=REQUEST_TIMEOUT_SECONDS,
+            )
+        )
+    except KubeNotFound:
+        return None
+    try:
+        return datetime.fromisoformat(str(current.get("lastTimestamp"))).timestamp()
+    except ValueError:
+        return None
+
+
 def _now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 

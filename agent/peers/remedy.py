@@ -26,17 +26,15 @@ import time
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 
 import structlog
-from kubernetes_asyncio import client
 
 from agent.actions import registry
 from agent.actions.base import ActionContext
 from agent.actions.drain import classify
-from agent.kube.errors import REQUEST_TIMEOUT_SECONDS, KubeError, KubeNotFound, call_json
-from agent.kube.events import InvolvedObject, event_name, record_event
+from agent.kube.errors import KubeError
+from agent.kube.events import InvolvedObject, last_recorded, record_event
 from agent.kube.nodes import ensure_annotations, update_node
 from agent.kube.pods import list_node_pods
 from agent.peers.fencing import FAILED_TAINT, OUT_OF_SERVICE, set_taint
@@ -138,21 +136,12 @@ class Remedy:
         await self.event(node, reason, message, type_)
 
     async def _recorded_since(self, node: str, reason: str, type_: str, since: float) -> bool:
-        obj = InvolvedObject("Node", node)
         try:
-            current = await call_json(client.CoreV1Api(self.api).read_namespaced_event(
-                event_name(obj, reason, type_), obj.event_namespace, _preload_content=False,
-                _request_timeout=REQUEST_TIMEOUT_SECONDS))
-        except KubeNotFound:
-            return False
+            last = await last_recorded(self.api, InvolvedObject("Node", node), reason, type_)
         except KubeError as exc:  # unknown: write it (a repeat beats a lost record)
             log.warning("failover_event_read_failed", node=node, reason=reason, error=str(exc))
             return False
-        try:
-            last = datetime.fromisoformat(str(current.get("lastTimestamp"))).timestamp()
-        except ValueError:
-            return False
-        return last >= math.floor(since)  # Event times have whole seconds
+        return last is not None and last >= math.floor(since)  # Event times have whole seconds
 
     async def set_state(
         self, node: str, *, defaults: Mapping[str, Any] | None = None, **changes: Any
