@@ -25,9 +25,11 @@ import random
 from collections.abc import Awaitable, Callable
 from typing import Any, Generic, Literal, TypeVar
 
+import aiohttp
 import structlog
 from kubernetes_asyncio import client, watch
 
+from agent.kube.client import CONNECT_TIMEOUT_SECONDS, WATCH_READ_SLACK_SECONDS
 from agent.kube.errors import LIST_TIMEOUT_SECONDS, KubeError, call_json
 
 log = structlog.get_logger("nodemedic.informer")
@@ -254,7 +256,11 @@ class Informer(Generic[T]):
                 resource_version=self.resource_version,
                 allow_watch_bookmarks=True,
                 timeout_seconds=self.watch_timeout,
-                _request_timeout=self.watch_timeout + 30,
+                # No total limit (it is a stream), but a silent server is a dead connection.
+                _request_timeout=aiohttp.ClientTimeout(
+                    total=None, sock_connect=CONNECT_TIMEOUT_SECONDS,
+                    sock_read=self.watch_timeout + WATCH_READ_SLACK_SECONDS,
+                ),
             ):
                 self._apply(ev)
         except client.ApiException as exc:
