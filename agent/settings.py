@@ -50,6 +50,7 @@ class Settings(BaseModel):
     collect_interval: float = Field(default=10.0, ge=1.0, le=3600.0)
     collector_timeout: float = Field(default=5.0, gt=0.0, le=600.0)
     cgroup_min_interval: float = Field(default=0.0, ge=0.0, le=3600.0)
+    cgroup_psi: Literal["container", "pod", "off"] = "container"
     dry_run: bool = False
     actions_restart_allowlist: tuple[str, ...] = ("kubelet.service", "containerd.service")
     actions_webhook_allowlist: tuple[str, ...] = ()
@@ -144,6 +145,9 @@ FLAGS: tuple[Flag, ...] = (
     Flag("cgroup.min-interval", "duration",
          "least time between two reads of the cgroup tree; ticks in between re-serve the last "
          "read (0 = every tick; 30s cuts the cgroup collector's CPU by 3x on big nodes)"),
+    Flag("cgroup.psi", "str",
+         "PSI read per container (default), per pod only (a third of the cgroup files and "
+         "over half the series on a 250-pod node), or off"),
     Flag("dry-run", "bool", "evaluate rules and gate actions, but execute none"),
     Flag("actions.restart-allowlist", "list", "systemd units restart-service may restart"),
     Flag("actions.webhook-allowlist", "list", "webhook URLs; an entry ending in / allows below it"),

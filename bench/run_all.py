@@ -24,6 +24,7 @@ RESULTS = BENCH / "results"
 BENCHMARKS = (
     "footprint",
     "footprint_cgroup_30s",  # same script with --cgroup.min-interval=30s (see VARIANTS)
+    "footprint_psi_pod",  # same script with --cgroup.psi=pod
     "cgroup_collect",
     "rules_eval",
     "conntrack_parse",
@@ -39,6 +40,8 @@ BENCHMARKS = (
 VARIANTS: dict[str, tuple[str, list[str]]] = {
     "footprint_cgroup_30s": ("footprint", ["--agent-arg=--cgroup.min-interval=30s",
                                            "--name", "footprint_cgroup_30s"]),
+    "footprint_psi_pod": ("footprint", ["--agent-arg=--cgroup.psi=pod",
+                                        "--name", "footprint_psi_pod"]),
 }
 
 

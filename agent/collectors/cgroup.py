@@ -260,7 +260,7 @@ class CgroupCollector(Collector):
         cancelled first) cannot leave it set."""
         self._reading = True
         try:
-            return scan(root)
+            return scan(root, psi=self.ctx.settings.cgroup_psi)
         finally:
             self._reading = False
 

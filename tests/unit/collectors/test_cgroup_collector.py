@@ -370,9 +370,9 @@ async def test_hung_read_is_not_restarted_every_tick(
 
     release = threading.Event()
 
-    def hanging_scan(root: Path) -> object:
+    def hanging_scan(root: Path, **kwargs: object) -> object:
         release.wait(10)
-        return scan(root)
+        return scan(root, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(mod, "scan", hanging_scan)
     c = collector(v2_copy)
@@ -442,3 +442,26 @@ def test_endless_and_blocking_files_are_bounded_and_counted(v2_copy: Path) -> No
     assert ctr.working_set is None
     assert ctr.cpu_usage_seconds is None
     assert result.errors == {"parse": 2}
+
+
+async def test_psi_scope_pod_reads_pod_cgroups_only_and_off_reads_none() -> None:
+    """--cgroup.psi=pod keeps every pod's PSI and drops the containers'; off drops all PSI and
+    nothing else; the default reads both."""
+    name = "nodemedic_container_pressure_seconds_total"
+    results = {}
+    for scope in ("container", "pod", "off"):
+        ctx = CollectorContext(Settings(path_cgroupfs=V2, cgroup_psi=scope))
+        ctx.shared["kubelet"] = FakeKubelet(real_pod_refs())
+        results[scope] = {f.name: f for f in await CgroupCollector(ctx).collect()}
+    levels = {
+        scope: {lbl["container"] == "" for lbl, _ in fams[name].series()} if name in fams else set()
+        for scope, fams in results.items()
+    }
+    assert levels == {"container": {True, False}, "pod": {True}, "off": set()}
+    pod = {"pod": "e2e-daemonset-kb65b", "container": "", "resource": "cpu", "kind": "some"}
+    assert results["pod"][name].get(**pod) == results["container"][name].get(**pod) is not None
+    usage = "nodemedic_container_memory_usage_bytes"
+    def rows(fams: dict[str, Family]) -> list[tuple[tuple[str, str], ...]]:
+        return sorted(tuple(sorted(lbl.items())) for lbl, _ in fams[usage].series())
+
+    assert rows(results["off"]) == rows(results["container"])
