@@ -19,6 +19,7 @@ from agent.actions.base import (
     ensure_annotations,
     outcome,
     param_str,
+    require_local,
 )
 from agent.actions.registry import action
 from agent.kube.errors import KubeNotFound
@@ -43,8 +44,7 @@ def wanted(req: ActionRequest, settings: Settings) -> tuple[str, str, str]:
         raise InvalidParams("parameter 'target' must be node, pod or owner")
     if where != "node" and req.target.kind != "pod":
         raise InvalidParams(f"target {where} needs a pod rule")
-    if req.target.node != settings.node_name:
-        raise InvalidParams(f"annotate only acts on this node and its pods ({settings.node_name})")
+    require_local(req, settings, "this node and its pods")
     return key, value, where
 
 

@@ -91,6 +91,14 @@ class Action(ABC):
         """Do it. Must converge when re-run after a crash (check state before changing it)."""
 
 
+def require_local(req: ActionRequest, settings: Settings, scope: str = "this node") -> None:
+    """Refuse a target on another node. RBAC cannot say "only your own node", so for node-local
+    actions this check is the boundary (the failover leader acts on other nodes through
+    agent.peers.remedy, not through these plans)."""
+    if req.target.node != settings.node_name:
+        raise InvalidParams(f"{req.action.type} only acts on {scope} ({settings.node_name})")
+
+
 def outcome(decision: Decision, kind: OutcomeKind, message: str, **details: Any) -> Outcome:
     return Outcome(decision=decision, kind=kind, message=message, details=details)
 

@@ -19,9 +19,9 @@ from agent.actions.base import (
     CORDONED_BY,
     Action,
     ActionContext,
-    InvalidParams,
     Plan,
     outcome,
+    require_local,
 )
 from agent.actions.registry import action
 from agent.kube.nodes import ensure_annotations, is_unschedulable, read_annotations, update_node
@@ -108,8 +108,7 @@ class Cordon(Action):
 
     def plan(self, req: ActionRequest, settings: Settings) -> Plan:
         self.check_target(req)
-        if req.target.node != settings.node_name:
-            raise InvalidParams(f"cordon only acts on this node ({settings.node_name})")
+        require_local(req, settings)
         return Plan(
             self.name,
             req.target.key,

@@ -27,6 +27,7 @@ from agent.actions.base import (
     Plan,
     outcome,
     param_duration,
+    require_local,
 )
 from agent.actions.cordon import ensure_cordoned
 from agent.actions.registry import action
@@ -113,8 +114,7 @@ class Drain(Action):
         unmanaged = params.get("evict_unmanaged", False)
         if not isinstance(unmanaged, bool):
             raise InvalidParams("parameter 'evict_unmanaged' must be true or false")
-        if req.target.node != settings.node_name:
-            raise InvalidParams(f"drain only acts on this node ({settings.node_name})")
+        require_local(req, settings)
         return timeout, cap, unmanaged
 
     def plan(self, req: ActionRequest, settings: Settings) -> Plan:

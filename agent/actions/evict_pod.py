@@ -8,7 +8,14 @@ refused, pods on other nodes are never touched, and the grace period is capped l
 
 from __future__ import annotations
 
-from agent.actions.base import Action, ActionContext, InvalidParams, Plan, outcome, param_duration
+from agent.actions.base import (
+    Action,
+    ActionContext,
+    Plan,
+    outcome,
+    param_duration,
+    require_local,
+)
 from agent.actions.drain import classify, grace_seconds
 from agent.actions.registry import action
 from agent.kube.errors import KubeNotFound, KubeTooManyRequests
@@ -26,8 +33,7 @@ class EvictPod(Action):
 
     def plan(self, req: ActionRequest, settings: Settings) -> Plan:
         self.check_target(req)
-        if req.target.node != settings.node_name:
-            raise InvalidParams(f"evict-pod only acts on pods of this node ({settings.node_name})")
+        require_local(req, settings, "pods of this node")
         param_duration(req.action.params, "timeout", DEFAULT_TIMEOUT)
         param_duration(req.action.params, "grace_period_cap", settings.safety_drain_grace_cap)
         return Plan(

@@ -11,7 +11,15 @@ from __future__ import annotations
 import asyncio
 import re
 
-from agent.actions.base import Action, ActionContext, InvalidParams, Plan, outcome, param_str
+from agent.actions.base import (
+    Action,
+    ActionContext,
+    InvalidParams,
+    Plan,
+    outcome,
+    param_str,
+    require_local,
+)
 from agent.actions.registry import action
 from agent.settings import Settings
 from agent.structs.remediation import ActionRequest, Decision, Outcome
@@ -29,8 +37,7 @@ def allowed_unit(req: ActionRequest, settings: Settings) -> str:
             f"unit {unit!r} is not in --actions.restart-allowlist "
             f"({', '.join(settings.actions_restart_allowlist) or 'empty'})"
         )
-    if req.target.node != settings.node_name:
-        raise InvalidParams(f"restart-service only acts on this node ({settings.node_name})")
+    require_local(req, settings)
     return unit
 
 

@@ -10,7 +10,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from agent.actions.base import Action, ActionContext, InvalidParams, Plan, check_key, outcome
+from agent.actions.base import (
+    Action,
+    ActionContext,
+    InvalidParams,
+    Plan,
+    check_key,
+    outcome,
+    require_local,
+)
 from agent.actions.registry import action
 from agent.kube.nodes import update_node
 from agent.settings import Settings
@@ -35,8 +43,7 @@ def taint_params(req: ActionRequest, settings: Settings, *, need_effect: bool) -
         )
     if not isinstance(effect, str) or (effect and effect not in EFFECTS):
         raise InvalidParams(f"parameter 'effect' must be one of {', '.join(EFFECTS)}")
-    if req.target.node != settings.node_name:
-        raise InvalidParams(f"{req.action.type} only acts on this node ({settings.node_name})")
+    require_local(req, settings)
     return {"key": key, "value": value, "effect": effect}
 
 

@@ -15,9 +15,9 @@ from agent.actions.base import (
     CORDONED_BY,
     Action,
     ActionContext,
-    InvalidParams,
     Plan,
     outcome,
+    require_local,
 )
 from agent.actions.cordon import marker, marker_rules
 from agent.actions.registry import action
@@ -30,8 +30,7 @@ from agent.structs.remediation import ActionRequest, Decision, Outcome
 class Uncordon(Action):
     def plan(self, req: ActionRequest, settings: Settings) -> Plan:
         self.check_target(req)
-        if req.target.node != settings.node_name:
-            raise InvalidParams(f"uncordon only acts on this node ({settings.node_name})")
+        require_local(req, settings)
         return Plan(
             self.name,
             req.target.key,

@@ -32,12 +32,17 @@ def test_cordon_plan_says_what_changes() -> None:
     assert any("nodemedic.io/cordoned-by" in c for c in p.changes)
 
 
-@pytest.mark.parametrize("action", ["cordon", "uncordon", "drain", "taint", "restart-service"])
+@pytest.mark.parametrize(
+    "action", ["cordon", "uncordon", "drain", "taint", "untaint", "restart-service", "annotate",
+               "evict-pod"],
+)
 def test_node_actions_refuse_other_nodes(action: str) -> None:
-    """An agent never cordons, drains, taints or restarts anything on another node."""
-    params = {"key": "nodemedic.io/x", "unit": "kubelet.service"}
-    with pytest.raises(InvalidParams, match="this node"):
-        plan(action, params, node="node-b")
+    """An agent never cordons, drains, taints, annotates, evicts or restarts anything on another
+    node, and says which node it is limited to."""
+    params = {"key": "nodemedic.io/x", "value": "v", "unit": "kubelet.service"}
+    kind = {"evict-pod": "pod"}.get(action, "node")
+    with pytest.raises(InvalidParams, match=f"{action} only acts on .*this node.* \\({NODE}\\)"):
+        plan(action, params, node="node-b", kind=kind, namespace="ns", name="p")
 
 
 @pytest.mark.parametrize(
