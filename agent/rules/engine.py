@@ -119,10 +119,6 @@ class _Leaf:
     select_key: tuple[Any, ...] = ()
 
 
-# A compiled condition tree: ("leaf", _Leaf) | ("all"|"any", [trees]) | ("not", tree)
-Tree = tuple[str, Any]
-
-
 def _compile_leaf(c: MetricCondition) -> _Leaf:
     matchers: list[Matcher] = []
     shown: list[str] = []
@@ -150,20 +146,41 @@ def _compile_leaf(c: MetricCondition) -> _Leaf:
                  (c.metric, mkey, c.function, window, c.divide_by, c.aggregate))
 
 
-def _compile(cond: Any) -> Tree:
+@dataclass(frozen=True, slots=True, eq=False)
+class Tree:
+    """A compiled condition: ``kind`` "leaf" (``arg`` a _Leaf), "all"/"any" (a tuple of trees)
+    or "not" (one tree). Equal conditions in different rules get the same ``nid`` (interned per
+    rule set) so a tick evaluates each distinct subtree once for all the rules sharing it."""
+
+    kind: str
+    arg: Any
+    nid: int
+    hyst: bool  # some leaf below has a ``clear`` threshold (hold differs from fire)
+    neg: bool  # some ``not`` below (the result depends on the rule's universe)
+
+
+def _compile(cond: Any, ids: dict[Any, int]) -> Tree:
+    """Compile a condition; ``ids`` interns structural keys to node ids (see Tree)."""
     if isinstance(cond, MetricCondition):
-        return ("leaf", _compile_leaf(cond))
-    if isinstance(cond, AllOf):
-        return ("all", [_compile(c) for c in cond.all])
-    if isinstance(cond, AnyOf):
-        return ("any", [_compile(c) for c in cond.any])
+        leaf = _compile_leaf(cond)
+        skey: Any = ("leaf", leaf.op, leaf.value, leaf.clear, leaf.select_key)
+        return Tree("leaf", leaf, ids.setdefault(skey, len(ids)), leaf.clear is not None,
+                    False)
+    if isinstance(cond, (AllOf, AnyOf)):
+        kind = "all" if isinstance(cond, AllOf) else "any"
+        subs = tuple(_compile(c, ids) for c in (cond.all if isinstance(cond, AllOf) else
+                                                cond.any))
+        skey = (kind, tuple(s.nid for s in subs))
+        return Tree(kind, subs, ids.setdefault(skey, len(ids)), any(s.hyst for s in subs),
+                    any(s.neg for s in subs))
     if isinstance(cond, NotOf):
-        return ("not", _compile(cond.not_))
+        sub = _compile(cond.not_, ids)
+        return Tree("not", sub, ids.setdefault(("not", sub.nid), len(ids)), sub.hyst, True)
     raise TypeError(f"not a condition: {cond!r}")
 
 
 def _leaves(tree: Tree) -> Iterable[_Leaf]:
-    kind, arg = tree
+    kind, arg = tree.kind, tree.arg
     if kind == "leaf":
         yield arg
     elif kind == "not":
@@ -196,10 +213,10 @@ def _spec(action: Any) -> ActionSpec:
     return ActionSpec(type=action.type, params=action_params(action))
 
 
-def _compile_rule(lr: LoadedRule) -> _Compiled:
+def _compile_rule(lr: LoadedRule, ids: dict[Any, int]) -> _Compiled:
     rule = lr.rule
-    when = _compile(rule.when)
-    resolve = _compile(rule.resolve) if rule.resolve is not None else None
+    when = _compile(rule.when, ids)
+    resolve = _compile(rule.resolve, ids) if rule.resolve is not None else None
     leaves = list(_leaves(when)) + (list(_leaves(resolve)) if resolve else [])
     metrics = sorted({lf.metric for lf in leaves} | {lf.divide_by for lf in leaves
                                                      if lf.divide_by})
@@ -212,7 +229,7 @@ def _compile_rule(lr: LoadedRule) -> _Compiled:
 
 def _describe(tree: Tree, top: bool = False) -> str:
     """The condition as one readable line for reasons and logs (PromQL-like)."""
-    kind, arg = tree
+    kind, arg = tree.kind, tree.arg
     if kind == "leaf":
         text: str = arg.display
         return text
@@ -451,6 +468,9 @@ class _Tick:
         self.snapshot = snapshot
         self.now = now
         self.node_key = f"node/{engine.node_name}"
+        self.node_set = frozenset({self.node_key})
+        # Condition subtree -> instances where it holds (see _eval).
+        self.trees: dict[tuple[Any, ...], frozenset[str]] = {}
         self._series: dict[tuple[Any, ...], list[tuple[tuple[str, ...], float]]] = {}
         self._groups: dict[tuple[Any, ...], _Extremes] = {}
         self._truth: dict[tuple[Any, ...], frozenset[str]] = {}
@@ -640,6 +660,10 @@ class _Tick:
         cmp = _OPS[leaf.op]
         return next((x for x in vals if cmp(x[0], leaf.value)), vals[0])
 
+    def universe(self, target: str, metrics: tuple[str, ...]) -> frozenset[str]:
+        """The instances a ``not`` over ``metrics`` can be true for (before the rule's own)."""
+        return self.node_set if target == "node" else self.pod_universe(metrics)
+
     def pod_universe(self, metrics: tuple[str, ...]) -> frozenset[str]:
         """Every pod with at least one series in any of ``metrics`` (what ``not`` negates)."""
         got = self._universe.get(metrics)
@@ -692,27 +716,53 @@ def _aggregate(how: str, values: list[float]) -> float:
     return float(len(values))  # count
 
 
-def _eval(tree: Tree, tick: _Tick, target: str, universe: Callable[[], frozenset[str]],
+def _eval(tree: Tree, tick: _Tick, target: str, metrics: tuple[str, ...],
           hold: bool) -> frozenset[str]:
     """Instances for which the condition holds. ``hold`` uses hysteresis (``clear``) thresholds,
-    used to decide whether an already firing instance is still unhealthy. ``universe`` (all
-    instances ``not`` can be true for) is only computed when a ``not`` needs it."""
-    kind, arg = tree
+    used to decide whether an already firing instance is still unhealthy. ``not`` negates
+    within the base universe of ``metrics`` (:meth:`_Tick.universe`); the caller adds the
+    rule's own extra instances (:func:`_holds_at`). Results are memoised per tick by subtree,
+    so rules sharing a condition (or its hold form, when nothing in it has ``clear``) share
+    the work."""
+    kind = tree.kind
     if kind == "leaf":
-        leaf: _Leaf = arg
+        leaf: _Leaf = tree.arg
         thr = leaf.clear if hold and leaf.clear is not None else leaf.value
         return tick.truth(leaf, target, thr)
+    hold = hold and tree.hyst
+    key = (tree.nid, target, hold, metrics if tree.neg else None)
+    got = tick.trees.get(key)
+    if got is not None:
+        return got
     if kind == "not":
-        return universe() - _eval(arg, tick, target, universe, hold)
-    if kind == "all":
+        got = tick.universe(target, metrics) - _eval(tree.arg, tick, target, metrics, hold)
+    elif kind == "all":
         acc: frozenset[str] | None = None
-        for sub in arg:
-            part = _eval(sub, tick, target, universe, hold)
+        for sub in tree.arg:
+            part = _eval(sub, tick, target, metrics, hold)
             acc = part if acc is None else acc & part
             if not acc:
-                return _EMPTY  # nothing left to intersect: skip the remaining conditions
-        return acc if acc is not None else _EMPTY
-    return frozenset.union(*[_eval(sub, tick, target, universe, hold) for sub in arg])
+                break  # nothing left to intersect: skip the remaining conditions
+        got = acc or _EMPTY
+    else:
+        got = frozenset.union(*[_eval(sub, tick, target, metrics, hold) for sub in tree.arg])
+    tick.trees[key] = got
+    return got
+
+
+def _holds_at(tree: Tree, tick: _Tick, target: str, inst: str, hold: bool) -> bool:
+    """Whether the condition holds for one instance that is in the rule's universe but not in
+    the base universe (a tracked target whose series are gone): ``not`` is true there unless
+    its operand holds."""
+    kind = tree.kind
+    if kind == "leaf":
+        leaf: _Leaf = tree.arg
+        thr = leaf.clear if hold and leaf.clear is not None else leaf.value
+        return inst in tick.truth(leaf, target, thr)
+    if kind == "not":
+        return not _holds_at(tree.arg, tick, target, inst, hold)
+    parts = (_holds_at(sub, tick, target, inst, hold) for sub in tree.arg)
+    return all(parts) if kind == "all" else any(parts)
 
 
 # ----------------------------------------------------------------------------- engine
@@ -758,10 +808,11 @@ class RuleEngine:
         """Install a (re)loaded rule set; rules that keep their name keep their state."""
         loaded = ruleset.rules if isinstance(ruleset, RuleSet) else tuple(ruleset)
         new: dict[str, _RuleState] = {}
+        ids: dict[Any, int] = {}  # fresh per rule set: ids only mean something within one
         for lr in loaded:
             if not lr.rule.enabled:
                 continue
-            compiled = _compile_rule(lr)
+            compiled = _compile_rule(lr, ids)
             old = self._rules.get(lr.rule.name)
             if old is not None and old.compiled.rule.target == lr.rule.target:
                 old.compiled = compiled
@@ -849,23 +900,28 @@ class RuleEngine:
         c = rs.compiled
         rule = c.rule
         target = rule.target
-        memo: list[frozenset[str]] = []
+        # ``not`` is true for every target the rule could name: those with a series of any of
+        # its metrics (the shared base universe) plus the targets it tracks. Tracked targets
+        # outside the base (their series are gone) are rare and decided one by one.
+        extras: set[str] | frozenset[str] = _EMPTY
+        if rs.instances and (c.when.neg or (c.resolve is not None and c.resolve.neg)):
+            extras = rs.instances.keys() - tick.universe(target, c.metrics)
 
-        def universe() -> frozenset[str]:
-            if not memo:
-                base = (frozenset({tick.node_key}) if target == "node"
-                        else tick.pod_universe(c.metrics))
-                memo.append(base.union(rs.instances) if rs.instances else base)
-            return memo[0]
+        def ev(tree: Tree, hold: bool) -> frozenset[str]:
+            got = _eval(tree, tick, target, c.metrics, hold)
+            if extras and tree.neg:
+                got = got.difference(extras).union(
+                    k for k in extras if _holds_at(tree, tick, target, k, hold))
+            return got
 
-        fire = _eval(c.when, tick, target, universe, hold=False)
+        fire = ev(c.when, hold=False)
         firing, resolving = rs.by_state["firing"], rs.by_state["resolving"]
         if not firing and not resolving:
             healthy: frozenset[str] = _EMPTY
         elif c.resolve is not None:
-            healthy = _eval(c.resolve, tick, target, universe, hold=False)
+            healthy = ev(c.resolve, hold=False)
         else:
-            hold = _eval(c.when, tick, target, universe, hold=True)
+            hold = ev(c.when, hold=True)
             healthy = frozenset((firing | resolving) - hold)
         out: list[ActionRequest] = []
         # Firing: healthy -> resolving; otherwise maybe the next ladder step.
