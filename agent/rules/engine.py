@@ -427,9 +427,12 @@ class _Extremes:
         isnan = math.isnan
         if self._unique is not None:
             insts, samples = self._unique
-            # NaN never compares true, and would break the sort order.
-            pairs = sorted((sm[1], i) for i, sm in zip(insts, samples, strict=True)
-                           if not isnan(sm[1]))
+            values = [sm[1] for sm in samples]
+            if any(map(isnan, values)):  # NaN never compares true, and would break the order
+                pairs = sorted((v, i) for v, i in zip(values, insts, strict=True)
+                               if not isnan(v))
+            else:
+                pairs = sorted(zip(values, insts, strict=True))
         else:
             pairs = []
             for inst, vals in self.by_inst.items():
@@ -498,6 +501,9 @@ class _Tick:
         start = now - window
         out: list[tuple[tuple[str, ...], float]] = []
         append = out.append
+        rate = function == "rate"
+        # Plain comparisons instead of min()/max() calls: this loop runs for every counter
+        # series, for every window, every tick.
         for lv, c in hist.items():
             ch = c.changes
             last_t, last = ch[-1]
@@ -510,14 +516,16 @@ class _Tick:
                 # The change in effect at the window start: a per-window cursor that only moves
                 # forward (amortised O(1) per tick instead of a search).
                 popped = c.popped
-                i = max(c.cursors.get(window, popped), popped) - popped
+                cur = c.cursors.get(window, popped)
+                i = (cur if cur > popped else popped) - popped
                 end = len(ch) - 1
                 while i < end and ch[i + 1][0] <= start:
                     i += 1
                 c.cursors[window] = i + popped
                 inc = last - ch[i][1]
-            if function == "rate":
-                span = min(window, now - c.first_seen)
+            if rate:
+                age = now - c.first_seen
+                span = window if window <= age else age
                 if span <= 0:
                     continue
                 inc /= span
@@ -669,17 +677,28 @@ class _Tick:
         got = self._universe.get(metrics)
         if got is not None:
             return got
-        keys: set[str] = set()
-        for metric in metrics:
-            fam = self.snapshot.family(metric)
-            if fam is None:
-                continue
-            names = fam.spec.labelnames
-            if "namespace" in names and "pod" in names:
-                ni, pi = names.index("namespace"), names.index("pod")
-                keys.update(f"pod/{lv[ni]}/{lv[pi]}" for lv, _ in fam.samples if lv[pi])
-        got = frozenset(keys)
+        got = frozenset().union(*[self._pods(m) for m in metrics])
         self._universe[metrics] = got
+        return got
+
+    def _pods(self, metric: str) -> frozenset[str]:
+        """Pod keys of one metric's series; reused from last tick while its label values are
+        unchanged (as in :meth:`_index`)."""
+        fam = self.snapshot.family(metric)
+        if fam is None:
+            return _EMPTY
+        names = fam.spec.labelnames
+        if "namespace" not in names or "pod" not in names:
+            return _EMPTY
+        lvs = self._labels((metric, "value", 0.0), fam.samples)
+        mkey = ("pods", metric)
+        memo = self.engine._indexes.get(mkey)
+        if memo is not None and memo[0] == lvs:
+            cached: frozenset[str] = memo[1]
+            return cached
+        ni, pi = names.index("namespace"), names.index("pod")
+        got = frozenset(f"pod/{lv[ni]}/{lv[pi]}" for lv in lvs if lv[pi])
+        self.engine._remember(self.engine._indexes, mkey, (lvs, got))
         return got
 
 
@@ -878,8 +897,14 @@ class RuleEngine:
         self._update_history(snapshot, now)
         tick = _Tick(self, snapshot, now)
         out: list[ActionRequest] = []
+        # Rules share metric sets: look each set up once per tick, not once per rule.
+        missing_of: dict[tuple[str, ...], tuple[str, ...]] = {}
         for rs in self._rules.values():
-            missing = tuple(m for m in rs.compiled.metrics if not snapshot.has_data_for(m))
+            metrics = rs.compiled.metrics
+            missing = missing_of.get(metrics)
+            if missing is None:
+                missing = missing_of[metrics] = tuple(
+                    m for m in metrics if not snapshot.has_data_for(m))
             rs.missing = missing
             if missing:
                 if rs.no_data_since is None:
