@@ -19,6 +19,7 @@ fires, resolves or escalates, and the time without data does not count towards a
 
 from __future__ import annotations
 
+import heapq
 import math
 import operator
 import re
@@ -277,6 +278,98 @@ class _Counter:
             dropped += 1
         return dropped
 
+    def since(self, start: float, window: float) -> tuple[float, float]:
+        """The increase from ``start`` to now, and the window start from which that value is
+        stale (a change point leaves the window; inf: only a new change point alters it)."""
+        ch = self.changes
+        last_t, last = ch[-1]
+        if last_t <= start:
+            return 0.0, math.inf  # unchanged for the whole window (most counters, most ticks)
+        first_t, first = ch[0]
+        if first_t > start:
+            # Seen for less than the window: count what we saw (never guessed).
+            return last - first, first_t
+        # The change in effect at the window start: a per-window cursor that only moves
+        # forward (amortised O(1) per tick instead of a search).
+        popped = self.popped
+        cur = self.cursors.get(window, popped)
+        i = (cur if cur > popped else popped) - popped
+        end = len(ch) - 1
+        while i < end and ch[i + 1][0] <= start:
+            i += 1
+        self.cursors[window] = i + popped
+        return last - ch[i][1], ch[i + 1][0]  # i < end: the last change is after start
+
+
+class _Windowed:
+    """rate() or increase() of every series of one counter over one window, kept from tick to
+    tick: only series that changed, or whose window start passed one of their change points
+    (``due``, a heap of (window start, position)), are recomputed. Rebuilt from scratch when
+    series come or go, after a tick it was not asked for, or when ``due`` grows past its bound.
+    """
+
+    __slots__ = ("counters", "due", "gen", "lvs", "out", "pos", "tick")
+
+    def __init__(self) -> None:
+        self.gen = -1
+        self.tick = -1
+        self.lvs: list[tuple[str, ...]] = []
+        self.counters: list[_Counter] = []
+        self.pos: dict[tuple[str, ...], int] = {}
+        self.out: list[tuple[tuple[str, ...], float]] = []
+        self.due: list[tuple[float, int]] = []
+
+    def value(self, i: int, start: float, window: float, now: float,
+              rate: bool) -> float | None:
+        """Recompute position ``i`` (None: no rate yet) and schedule when it goes stale."""
+        c = self.counters[i]
+        inc, stale = c.since(start, window)
+        if rate:
+            age = now - c.first_seen
+            span = window if window <= age else age
+            if span <= 0:
+                return None
+            inc /= span
+            if age < window:
+                stale = start  # the span still grows: recompute next tick
+        if stale != math.inf:
+            heapq.heappush(self.due, (stale, i))
+        return inc
+
+    def compute(self, hist: dict[tuple[str, ...], _Counter], changed: Sequence[tuple[str, ...]],
+                *, gen: int, tick: int, now: float, function: str,
+                window: float) -> list[tuple[tuple[str, ...], float]]:
+        start = now - window
+        rate = function == "rate"
+        if (self.gen == gen and self.tick == tick - 1
+                and len(self.due) <= 4 * len(self.out) + 64):
+            dirty = {self.pos[lv] for lv in changed}
+            due = self.due
+            while due and due[0][0] <= start:
+                dirty.add(heapq.heappop(due)[1])
+            out, lvs = self.out, self.lvs
+            for i in dirty:
+                v = self.value(i, start, window, now, rate)
+                if v is None:  # cannot happen while no series is new: start afresh
+                    break
+                out[i] = (lvs[i], v)
+            else:
+                self.tick = tick
+                return list(out)
+        self.lvs, self.counters = list(hist), list(hist.values())
+        self.due = []
+        out = []
+        complete = True
+        for i, lv in enumerate(self.lvs):
+            v = self.value(i, start, window, now, rate)
+            if v is None:
+                complete = False  # positions would shift once it has a rate: not reusable
+                continue
+            out.append((lv, v))
+        self.out, self.pos = out, {lv: i for i, lv in enumerate(self.lvs)}
+        self.gen, self.tick = (gen, tick) if complete else (-1, -1)
+        return list(out)
+
 
 # ----------------------------------------------------------------------------- state
 
@@ -496,40 +589,7 @@ class _Tick:
         got = self._series.get(key)
         if got is not None:
             return got
-        hist = self.engine._history.get(metric, {})
-        now = self.now
-        start = now - window
-        out: list[tuple[tuple[str, ...], float]] = []
-        append = out.append
-        rate = function == "rate"
-        # Plain comparisons instead of min()/max() calls: this loop runs for every counter
-        # series, for every window, every tick.
-        for lv, c in hist.items():
-            ch = c.changes
-            last_t, last = ch[-1]
-            if last_t <= start:
-                inc = 0.0  # unchanged for the whole window (most counters, most ticks)
-            elif ch[0][0] > start:
-                # Seen for less than the window: count what we saw (never guessed).
-                inc = last - ch[0][1]
-            else:
-                # The change in effect at the window start: a per-window cursor that only moves
-                # forward (amortised O(1) per tick instead of a search).
-                popped = c.popped
-                cur = c.cursors.get(window, popped)
-                i = (cur if cur > popped else popped) - popped
-                end = len(ch) - 1
-                while i < end and ch[i + 1][0] <= start:
-                    i += 1
-                c.cursors[window] = i + popped
-                inc = last - ch[i][1]
-            if rate:
-                age = now - c.first_seen
-                span = window if window <= age else age
-                if span <= 0:
-                    continue
-                inc /= span
-            append((lv, inc))
+        out = self.engine._windowed(metric, function, window, self.now)
         self._series[key] = out
         return out
 
@@ -798,6 +858,12 @@ class RuleEngine:
         self.max_history_series = max_history_series
         self._rules: dict[str, _RuleState] = {}
         self._history: dict[str, dict[tuple[str, ...], _Counter]] = {}
+        # Per counter: series updated this tick, and a generation bumped when series come or
+        # go (or the metric is frozen); with them, windowed results carry over between ticks.
+        # One _Windowed per (metric, function, window) some rule reads: bounded by the rules.
+        self._changed: dict[str, list[tuple[str, ...]]] = {}
+        self._hist_gen: dict[str, int] = {}
+        self._windows: dict[tuple[str, str, float], _Windowed] = {}
         self._horizons: dict[str, float] = {}
         self._tick_no = 0
         self.history_evictions = 0
@@ -850,6 +916,9 @@ class RuleEngine:
                             horizons[m] = max(horizons.get(m, 0.0), leaf.window)
         self._horizons = horizons
         self._history = {m: h for m, h in self._history.items() if m in horizons}
+        self._changed = {m: c for m, c in self._changed.items() if m in horizons}
+        self._hist_gen = {m: g for m, g in self._hist_gen.items() if m in horizons}
+        self._windows.clear()  # rebuilt on the next tick for the windows the new rules read
 
     @property
     def rule_names(self) -> list[str]:
@@ -862,11 +931,14 @@ class RuleEngine:
         total = sum(len(h) for h in self._history.values())
         for metric, horizon in self._horizons.items():
             if not snapshot.has_data_for(metric):
+                self._hist_gen[metric] = self._hist_gen.get(metric, 0) + 1
                 continue  # frozen: keep the history as it was
             fam = snapshot.family(metric)
             hist = self._history.setdefault(metric, {})
             samples = fam.samples if fam is not None else []
             seen = 0
+            added = False
+            changed: list[tuple[str, ...]] = []
             for lv, raw in samples:
                 c = hist.get(lv)
                 if c is None:
@@ -876,16 +948,33 @@ class RuleEngine:
                     hist[lv] = _Counter(now, raw, tick)
                     total += 1
                     seen += 1
+                    added = True
                     continue
                 if c.seen != tick:
                     seen += 1
                 c.seen = tick
                 if raw != c.last_raw:
                     self.history_evictions += c.update(now, raw, horizon)
+                    changed.append(lv)
+            self._changed[metric] = changed
             if seen < len(hist):  # vanished series (pod gone): forget them
                 kept = {lv: c for lv, c in hist.items() if c.seen == tick}
                 total -= len(hist) - len(kept)
                 self._history[metric] = kept
+                added = True
+            if added:  # positions moved: windowed results are rebuilt
+                self._hist_gen[metric] = self._hist_gen.get(metric, 0) + 1
+
+    def _windowed(self, metric: str, function: str, window: float,
+                  now: float) -> list[tuple[tuple[str, ...], float]]:
+        """rate()/increase() of every series of ``metric`` this tick (see _Windowed)."""
+        key = (metric, function, window)
+        w = self._windows.get(key)
+        if w is None:
+            w = self._windows[key] = _Windowed()
+        return w.compute(self._history.get(metric, {}), self._changed.get(metric, ()),
+                         gen=self._hist_gen.get(metric, 0), tick=self._tick_no, now=now,
+                         function=function, window=window)
 
     def evaluate(self, snapshot: Snapshot, now: float) -> list[ActionRequest]:
         """Advance every rule by one tick; return the actions to hand to the safety gate.
