@@ -1019,7 +1019,9 @@ class RuleEngine:
         # outside the base (their series are gone) are rare and decided one by one.
         extras: set[str] | frozenset[str] = _EMPTY
         if rs.instances and (c.when.neg or (c.resolve is not None and c.resolve.neg)):
-            extras = rs.instances.keys() - tick.universe(target, c.metrics)
+            base = tick.universe(target, c.metrics)
+            if not rs.instances.keys() <= base:  # a check allocates nothing; usually true
+                extras = rs.instances.keys() - base
 
         def ev(tree: Tree, hold: bool) -> frozenset[str]:
             got = _eval(tree, tick, target, c.metrics, hold)
@@ -1036,7 +1038,9 @@ class RuleEngine:
             healthy = ev(c.resolve, hold=False)
         else:
             hold = ev(c.when, hold=True)
-            healthy = frozenset((firing | resolving) - hold)
+            # A storm keeps its firing targets unhealthy: test that before building sets.
+            healthy = (_EMPTY if not resolving and firing <= hold
+                       else frozenset((firing | resolving) - hold))
         out: list[ActionRequest] = []
         # Firing: healthy -> resolving; otherwise maybe the next ladder step.
         for key in list(firing & healthy):
