@@ -25,6 +25,7 @@ BENCHMARKS = (
     "footprint",
     "footprint_cgroup_30s",  # same script with --cgroup.min-interval=30s (see VARIANTS)
     "footprint_psi_pod",  # same script with --cgroup.psi=pod
+    "footprint_lean",  # both: --cgroup.psi=pod --cgroup.min-interval=30s
     "cgroup_collect",
     "rules_eval",
     "conntrack_parse",
@@ -42,6 +43,9 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
                                            "--name", "footprint_cgroup_30s"]),
     "footprint_psi_pod": ("footprint", ["--agent-arg=--cgroup.psi=pod",
                                         "--name", "footprint_psi_pod"]),
+    "footprint_lean": ("footprint", ["--agent-arg=--cgroup.psi=pod",
+                                     "--agent-arg=--cgroup.min-interval=30s",
+                                     "--name", "footprint_lean"]),
 }
 
 
