@@ -12,6 +12,7 @@ like the rest of agent.kube.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -82,9 +83,10 @@ async def replace_lease(api: Any, namespace: str, body: dict[str, Any]) -> dict[
     )
 
 
-def _expired(spec: dict[str, Any], now: float) -> bool:
+def expired(spec: Mapping[str, Any], now: float, default_duration: float = 0.0) -> bool:
+    """Whether a Lease spec's holder stopped renewing more than its duration ago (or never did)."""
     renewed = parse_micro_time(spec.get("renewTime"))
-    duration = float(spec.get("leaseDurationSeconds") or 0)
+    duration = float(spec.get("leaseDurationSeconds") or default_duration)
     return renewed is None or now - renewed > duration
 
 
@@ -118,7 +120,7 @@ async def try_acquire(
         return LockState(True, holder)
     cur_spec = current.get("spec") or {}
     owner = str(cur_spec.get("holderIdentity") or "")
-    if owner and owner != holder and not _expired(cur_spec, now):
+    if owner and owner != holder and not expired(cur_spec, now):
         return LockState(False, owner)
     # Replace with the resourceVersion we read: if anyone wrote in between, we get 409 and lose.
     body = {"metadata": current.get("metadata") or {}, "spec": {**cur_spec, **spec}}

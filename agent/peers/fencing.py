@@ -61,7 +61,7 @@ async def run_hook(argv: Sequence[str], node: str) -> bool:
         return False
 
 
-def _same(a: dict[str, Any], b: dict[str, Any]) -> bool:
+def same_taint(a: dict[str, Any], b: dict[str, Any]) -> bool:
     return bool(a.get("key") == b["key"] and a.get("effect") == b["effect"])
 
 
@@ -71,11 +71,11 @@ async def set_taint(api: Any, node: str, taint: dict[str, str], present: bool) -
     def mutate(obj: dict[str, Any]) -> bool:
         spec = obj.setdefault("spec", {})
         current = [t for t in (spec.get("taints") or []) if isinstance(t, dict)]
-        has = any(_same(t, taint) for t in current)
+        has = any(same_taint(t, taint) for t in current)
         if has == present:
             return False
         spec["taints"] = (
-            [*current, dict(taint)] if present else [t for t in current if not _same(t, taint)]
+            [*current, dict(taint)] if present else [t for t in current if not same_taint(t, taint)]
         )
         return True
 

@@ -23,7 +23,6 @@ import structlog
 
 from agent.kube import leases
 from agent.kube.errors import KubeConflict, KubeError, KubeNotFound
-from agent.peers.leader import micro_time
 from agent.peers.prober import ProbeResult
 
 log = structlog.get_logger("nodemedic.heartbeat")
@@ -128,6 +127,6 @@ class Heartbeat:
         meta["annotations"] = {**(meta.get("annotations") or {}), URL_ANNOTATION: self.url,
                                PROBES_ANNOTATION: encoded}
         spec = {**(cur.get("spec") or {}), "holderIdentity": self.node,
-                "leaseDurationSeconds": self.lease_seconds, "renewTime": micro_time(now)}
+                "leaseDurationSeconds": self.lease_seconds, "renewTime": leases.micro_time(now)}
         return {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": meta,
                 "spec": spec}

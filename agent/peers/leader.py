@@ -22,7 +22,6 @@ import asyncio
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 import structlog
@@ -45,11 +44,6 @@ ELECTION_ERRORS = MetricSpec(
     "counter", ("kind",),
 )
 METRICS = (LEADER, TRANSITIONS, ELECTION_ERRORS)
-
-
-def micro_time(ts: float) -> str:
-    """metav1.MicroTime text."""
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 @dataclass(frozen=True)
@@ -185,12 +179,12 @@ class LeaderElector:
         cfg = self.cfg
         if current is None:
             meta: dict[str, Any] = {"name": cfg.name, "namespace": cfg.namespace}
-            spec: dict[str, Any] = {"leaseTransitions": 0, "acquireTime": micro_time(now)}
+            spec: dict[str, Any] = {"leaseTransitions": 0, "acquireTime": leases.micro_time(now)}
         else:
             meta = dict(current.get("metadata") or {})
             spec = dict(current.get("spec") or {})
             if spec.get("holderIdentity") != cfg.identity:
-                spec["acquireTime"] = micro_time(now)
+                spec["acquireTime"] = leases.micro_time(now)
                 spec["leaseTransitions"] = int(spec.get("leaseTransitions") or 0) + 1
         ann = {k: v for k, v in (meta.get("annotations") or {}).items()
                if not k.startswith("nodemedic.io/")}
@@ -198,7 +192,7 @@ class LeaderElector:
         meta["annotations"] = ann
         spec["holderIdentity"] = cfg.identity
         spec["leaseDurationSeconds"] = max(1, round(cfg.lease_duration))
-        spec["renewTime"] = micro_time(now)
+        spec["renewTime"] = leases.micro_time(now)
         return {
             "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
             "metadata": meta, "spec": spec,
@@ -238,7 +232,7 @@ class LeaderElector:
                 return
             spec["holderIdentity"] = ""
             spec["leaseDurationSeconds"] = 1
-            spec["renewTime"] = micro_time(self.wall())
+            spec["renewTime"] = leases.micro_time(self.wall())
             await leases.replace_lease(self.api, self.cfg.namespace, {**current, "spec": spec})
         except KubeError as exc:  # the Lease expires on its own; hand-over is just slower
             log.warning("leader_release_failed", error=str(exc))

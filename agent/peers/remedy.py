@@ -37,7 +37,7 @@ from agent.kube.errors import KubeError
 from agent.kube.events import InvolvedObject, last_recorded, record_event
 from agent.kube.nodes import ensure_annotations, update_node
 from agent.kube.pods import list_node_pods
-from agent.peers.fencing import FAILED_TAINT, OUT_OF_SERVICE, set_taint
+from agent.peers.fencing import FAILED_TAINT, OUT_OF_SERVICE, same_taint, set_taint
 from agent.safety.gate import SafetyGate
 from agent.safety.pause import PauseSwitch
 from agent.settings import Settings
@@ -54,11 +54,6 @@ def fenced_message(node: str, why: str) -> str:
     return (f"node {node} is fenced ({why}); added taint "
             "node.kubernetes.io/out-of-service=nodeshutdown:NoExecute so its "
             "stateful pods are force-deleted and their volumes detached")
-
-
-def _is_oos(taint: Any) -> bool:
-    return isinstance(taint, dict) and taint.get("key") == OUT_OF_SERVICE["key"] and (
-        taint.get("effect") == OUT_OF_SERVICE["effect"])
 
 
 def read_state(raw: str | None) -> dict[str, Any]:
@@ -267,7 +262,7 @@ class Remedy:
             self.states[node] = state
             if state.get("phase") == "fenced":
                 return False
-            added = not any(_is_oos(t) for t in taints)
+            added = not any(same_taint(t, OUT_OF_SERVICE) for t in taints)
             if added:
                 spec["taints"] = [*taints, dict(OUT_OF_SERVICE)]
             new = {**state, "phase": "fenced", "fenced_at": round(self.wall(), 3),

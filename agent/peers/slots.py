@@ -13,23 +13,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from datetime import datetime
 from typing import Any
 
 from agent.kube import leases
 from agent.kube.errors import KubeConflict, KubeError, KubeNotFound
-from agent.peers.leader import micro_time
 
 SLOT_PREFIX = "nodemedic-remediation-"
-
-
-def _parse_time(text: Any) -> float | None:
-    if not isinstance(text, str):
-        return None
-    try:
-        return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return None
 
 
 class Slots:
@@ -51,11 +40,7 @@ class Slots:
 
     def _free(self, lease: dict[str, Any], now: float) -> bool:
         spec = lease.get("spec") or {}
-        if not spec.get("holderIdentity"):
-            return True
-        renewed = _parse_time(spec.get("renewTime"))
-        duration = float(spec.get("leaseDurationSeconds") or self.slot_seconds)
-        return renewed is None or now - renewed > duration
+        return not spec.get("holderIdentity") or leases.expired(spec, now, self.slot_seconds)
 
     def _body(
         self, i: int, node: str, now: float, current: dict[str, Any] | None
@@ -65,7 +50,7 @@ class Slots:
         return {
             "apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": meta,
             "spec": {"holderIdentity": node, "leaseDurationSeconds": self.slot_seconds,
-                     "acquireTime": micro_time(now), "renewTime": micro_time(now)},
+                     "acquireTime": leases.micro_time(now), "renewTime": leases.micro_time(now)},
         }
 
     async def holders(self) -> dict[int, str]:
@@ -125,7 +110,7 @@ class Slots:
                 if spec.get("holderIdentity") != node:
                     continue
                 spec["holderIdentity"] = ""
-                spec["renewTime"] = micro_time(self.wall())
+                spec["renewTime"] = leases.micro_time(self.wall())
                 await leases.replace_lease(self.api, self.namespace, {**lease, "spec": spec})
             except KubeError:
                 continue

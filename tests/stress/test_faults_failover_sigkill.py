@@ -36,8 +36,8 @@ import pytest
 from stress_k8s import pdb, pod
 
 from agent.actions.base import CORDONED_BY
+from agent.kube.leases import micro_time
 from agent.peers.fencing import FAILED_TAINT, OUT_OF_SERVICE
-from agent.peers.leader import micro_time
 from agent.peers.remedy import STATE_ANNOTATION, read_state
 from agent.peers.slots import SLOT_PREFIX
 from agent.testing.apiserver import ApiServer
