@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import stat
 from pathlib import Path
 from types import MappingProxyType
 
@@ -14,6 +13,7 @@ from agent.structs.metrics import Family, MetricSpec
 from agent.structs.remediation import ActionRequest
 from agent.structs.snapshot import CollectorStatus, Snapshot
 from tests.k8s_helpers import ScriptedEngine as SharedScriptedEngine
+from tests.k8s_helpers import recording_systemctl
 
 KUBELET_UP = MetricSpec("nodemedic_kubelet_up", "kubelet health", "gauge")
 
@@ -43,17 +43,6 @@ def snapshot(kubelet_ok: bool) -> Snapshot:
     )
 
 
-def recorder(tmp_path: Path) -> tuple[str, Path]:
-    log = tmp_path / "argv.log"
-    script = tmp_path / "systemctl"
-    script.write_text(
-        "#!/usr/bin/env python3\nimport json, sys\n"
-        f"open({str(log)!r}, 'a').write(json.dumps(sys.argv[1:]) + '\\n')\n"
-    )
-    script.chmod(script.stat().st_mode | stat.S_IEXEC)
-    return str(script), log
-
-
 RESTART = request(
     "restart-service", {"unit": "kubelet.service"}, observed={"nodemedic_kubelet_up": 0.0}
 )
@@ -65,7 +54,7 @@ def actions_total(stage: RemediationStage) -> Family:
 
 async def test_restart_runs_once_on_fresh_data(tmp_path: Path) -> None:
     """A restart request on a fresh snapshot runs systemctl and is counted as success."""
-    script, log = recorder(tmp_path)
+    script, log = recording_systemctl(tmp_path)
     engine = ScriptedEngine()
     stage = RemediationStage(settings(), None, engine, systemctl=script)
     await stage.start()
@@ -80,7 +69,7 @@ async def test_restart_runs_once_on_fresh_data(tmp_path: Path) -> None:
 
 async def test_no_action_when_the_rules_collector_failed(tmp_path: Path) -> None:
     """If the kubelet collector failed this tick, a kubelet rule's restart is missing_data."""
-    script, log = recorder(tmp_path)
+    script, log = recording_systemctl(tmp_path)
     engine = ScriptedEngine()
     stage = RemediationStage(settings(), None, engine, systemctl=script)
     engine.queue = [RESTART]
@@ -92,7 +81,7 @@ async def test_no_action_when_the_rules_collector_failed(tmp_path: Path) -> None
 
 async def test_dry_run_records_but_executes_nothing(tmp_path: Path) -> None:
     """--dry-run logs and counts the decision, and systemctl is never run."""
-    script, log = recorder(tmp_path)
+    script, log = recording_systemctl(tmp_path)
     engine = ScriptedEngine()
     stage = RemediationStage(settings(dry_run=True), None, engine, systemctl=script)
     engine.queue = [RESTART]
