@@ -25,11 +25,10 @@ import random
 from collections.abc import Awaitable, Callable
 from typing import Any, Generic, Literal, TypeVar
 
-import aiohttp
 import structlog
 from kubernetes_asyncio import client, watch
 
-from agent.kube.client import CONNECT_TIMEOUT_SECONDS, WATCH_READ_SLACK_SECONDS
+from agent.kube.client import default_timeout
 from agent.kube.errors import LIST_TIMEOUT_SECONDS, KubeError, call_json
 
 log = structlog.get_logger("nodemedic.informer")
@@ -256,10 +255,9 @@ class Informer(Generic[T]):
                 resource_version=self.resource_version,
                 allow_watch_bookmarks=True,
                 timeout_seconds=self.watch_timeout,
-                # No total limit (it is a stream), but a silent server is a dead connection.
-                _request_timeout=aiohttp.ClientTimeout(
-                    total=None, sock_connect=CONNECT_TIMEOUT_SECONDS,
-                    sock_read=self.watch_timeout + WATCH_READ_SLACK_SECONDS,
+                # Explicit: the ApiClient may be a plain one without nodemedic's defaults.
+                _request_timeout=default_timeout(
+                    [("watch", "true"), ("timeoutSeconds", self.watch_timeout)]
                 ),
             ):
                 self._apply(ev)
