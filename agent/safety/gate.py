@@ -51,8 +51,9 @@ from agent.structs.remediation import ActionRequest, Decision, DecisionKind, Out
 
 log = structlog.get_logger("nodemedic.safety")
 
-# Long enough for count -> decide -> cordon on a slow API (each request is capped at 5 s), short
-# enough that an agent dying in between stalls other nodes' cordons for seconds, not minutes.
+# Long enough for count -> decide -> cordon on a slow API, short enough that an agent dying in
+# between stalls other nodes' cordons for seconds, not minutes. A count slower than half of it
+# (its LISTs may take up to 30 s each) leaves too little for the cordon, so it is not trusted.
 CORDON_LOCK_SECONDS = 15
 
 ACTIONS_TOTAL = MetricSpec(
@@ -235,6 +236,7 @@ class SafetyGate:
         """Under the cordon Lease, count unschedulable nodes on the API now (never from a cache)."""
         ns, name = self.settings.safety_cordon_lock.split("/", 1)
         me = self.settings.node_name
+        started = self.monotonic()
         try:
             lock = await leases.try_acquire(
                 self.api, ns, name, me, duration=CORDON_LOCK_SECONDS, now=self.clock()
@@ -251,6 +253,13 @@ class SafetyGate:
             total, cordoned = await count_nodes(self.api)
         except KubeError as exc:
             return self.deny(req, "missing_data", f"cannot count cordoned nodes: {exc}")
+        took = self.monotonic() - started
+        if took > CORDON_LOCK_SECONDS / 2:
+            return self.deny(
+                req, "cordon_lock",
+                f"counting nodes under {ns}/{name} took {took:.1f}s, too close to the lock's "
+                f"{CORDON_LOCK_SECONDS}s to cordon safely; retrying next tick",
+            )
         others = sum(1 for node in cordoned if node != me)
         ok, limit = cordon_allowed(self.settings.safety_max_cordoned, total, others)
         self._cordoned, self._limit = others, limit

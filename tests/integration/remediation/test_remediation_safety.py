@@ -141,6 +141,24 @@ async def test_two_agents_racing_for_the_last_slot_cordon_one_node(
     assert not unschedulable(apiserver, f"node-{loser}")
 
 
+async def test_a_count_too_slow_for_the_cordon_lock_does_not_cordon(
+    apiserver: ApiServer, kube_api: Any
+) -> None:
+    """When counting nodes took more than half the cordon Lease (a slow API), the lock may lapse
+    before the cordon lands, so the gate does not cordon and frees the Lease."""
+    apiserver.create(node(NODE))
+    ticks = iter(range(0, 10_000, 8))  # every monotonic reading is 8 s after the previous one
+    engine = ScriptedEngine()
+    stage = RemediationStage(settings(), kube_api, engine, clock=Clock(),
+                             monotonic=lambda: float(next(ticks)))
+    engine.queue = [request("cordon")]
+    await stage.on_snapshot(snapshot())
+    assert not unschedulable(apiserver)
+    assert (last(stage)["decision"], last(stage)["reason"]) == ("denied", "cordon_lock")
+    assert "too close to the lock" in last(stage)["detail"]
+    assert cordon_lock(apiserver)["holderIdentity"] == ""
+
+
 async def test_a_dead_holder_blocks_cordons_only_until_its_lock_expires(
     apiserver: ApiServer, kube_api: Any
 ) -> None:
