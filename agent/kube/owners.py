@@ -8,16 +8,12 @@ know. Writes are resourceVersion-guarded replaces with 409 retries (agent.kube.u
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 from kubernetes_asyncio import client
 
 from agent.kube.errors import REQUEST_TIMEOUT_SECONDS, call_json
 from agent.kube.update import Mutation, read_modify_replace
-
-Reader = Callable[[Any, str, str], Awaitable[dict[str, Any]]]
-Replacer = Callable[[Any, str, str, dict[str, Any]], Awaitable[dict[str, Any]]]
 
 _METHODS: dict[str, tuple[str, str, str]] = {
     # kind: (api class, read method, replace method)

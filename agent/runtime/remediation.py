@@ -134,7 +134,6 @@ class RemediationStage:
         systemctl: str = "/bin/systemctl",
         http: Any = None,
         concurrency: int = DEFAULT_CONCURRENCY,
-        persist_interval: float = PERSIST_INTERVAL,
         reloader: Any = None,
     ) -> None:
         self.settings = settings
