@@ -108,8 +108,10 @@ async def test_single_node_failure_cordons_evicts_and_fences(sim: tuple[SimClust
     assert evicted.at >= cordon.at and fenced.at >= evicted.at
     # ...and within them, with a generous margin.
     assert cordon.at - killed.at <= T.node_grace + SLACK
-    assert node_events(cluster, victim) >= {
-        "NodemedicNodeFailed", "NodemedicPodsEvicted", "NodemedicNodeFenced"}
+    # The Fenced Event follows the out-of-service taint write: wait for it rather than race it.
+    wanted = {"NodemedicNodeFailed", "NodemedicPodsEvicted", "NodemedicNodeFenced"}
+    assert await wait_for(lambda: node_events(cluster, victim) >= wanted, 10), (
+        node_events(cluster, victim))
     # Pods of the same workloads on other nodes were left alone (Kueue replaces one node only).
     assert not [e for e in cluster.log if e.kind == "pod_terminating" and victim not in e.detail]
 
@@ -234,7 +236,7 @@ async def test_recovered_node_is_untainted_and_uncordoned(sim: tuple[SimCluster,
     assert not taints(cluster, victim) & {FAILED_TAINT, OOS}
     node = cluster.server.get("nodes", "", victim) or {}
     assert "nodemedic.io/failover" not in (node["metadata"].get("annotations") or {})
-    assert "NodemedicNodeRecovered" in node_events(cluster, victim)
+    assert await wait_for(lambda: "NodemedicNodeRecovered" in node_events(cluster, victim), 10)
 
 
 async def test_admin_cordon_survives_recovery(sim: tuple[SimCluster, Fleet]) -> None:
