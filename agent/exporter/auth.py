@@ -22,6 +22,7 @@ keeping the password).
 from __future__ import annotations
 
 import asyncio
+import base64
 import binascii
 import hashlib
 import ipaddress
@@ -31,7 +32,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 import bcrypt
-from aiohttp import BasicAuth, web
+from aiohttp import web
 
 from agent.exporter.tlsctx import peer_sans
 from agent.exporter.webconfig import WebConfig
@@ -87,11 +88,16 @@ class BasicAuthChecker:
     async def check(self, users: dict[str, str], header: str | None) -> bool:
         if not header:
             return False
-        try:
-            creds = BasicAuth.decode(header, encoding="latin-1")
+        scheme, _, encoded = header.strip().partition(" ")
+        if scheme.lower() != "basic":
+            return False
+        try:  # as Go's Request.BasicAuth: standard base64, split at the first colon
+            decoded = base64.b64decode(encoded.strip(), validate=True).decode("latin-1")
         except (ValueError, binascii.Error):
             return False
-        user, password = creds.login, creds.password
+        user, sep, password = decoded.partition(":")
+        if not sep:
+            return False
         hashed = users.get(user)
         known = hashed is not None
         want = hashed.encode() if hashed is not None else _FAKE_HASH

@@ -25,10 +25,10 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from agent.structs.durations import parse_duration
 
@@ -75,6 +75,16 @@ SECURITY_HEADERS: dict[str, tuple[str, ...] | None] = {
 _BCRYPT = re.compile(r"^\$2[aby]\$(0[4-9]|[12][0-9]|3[01])\$[./A-Za-z0-9]{53}$")
 
 
+def _bcrypt_hash(value: str) -> str:
+    if not _BCRYPT.match(value):
+        raise ValueError("not a bcrypt hash ($2y$10$... as htpasswd -nBC 10 prints it); "
+                         "plain-text passwords are refused")
+    return value
+
+
+BcryptHash = Annotated[str, AfterValidator(_bcrypt_hash)]
+
+
 class WebConfigError(Exception):
     """The web config file is invalid; the message is one line naming file, line and field."""
 
@@ -93,12 +103,12 @@ class TLSServerConfig(_Strict):
     key_file: str = ""
     client_auth_type: str = ""
     client_ca_file: str = ""
-    cipher_suites: tuple[str, ...] = ()
-    curve_preferences: tuple[str, ...] = ()
+    cipher_suites: list[str] = Field(default_factory=list)
+    curve_preferences: list[str] = Field(default_factory=list)
     min_version: str = "TLS12"
     max_version: str = "TLS13"
     prefer_server_cipher_suites: bool = True
-    client_allowed_sans: tuple[str, ...] | None = None
+    client_allowed_sans: list[str] | None = None
 
     @field_validator("client_auth_type")
     @classmethod
@@ -117,7 +127,7 @@ class TLSServerConfig(_Strict):
 
     @field_validator("cipher_suites")
     @classmethod
-    def _ciphers(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+    def _ciphers(cls, v: list[str]) -> list[str]:
         for name in v:
             if name not in CIPHER_SUITES:
                 raise ValueError(f"unknown cipher {name!r} (Go's tls.CipherSuites() names)")
@@ -125,7 +135,7 @@ class TLSServerConfig(_Strict):
 
     @field_validator("curve_preferences")
     @classmethod
-    def _curves(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+    def _curves(cls, v: list[str]) -> list[str]:
         for name in v:
             if name not in CURVES:
                 raise ValueError(f"unknown curve {name!r}; one of {', '.join(CURVES)}")
@@ -180,16 +190,7 @@ class WebConfig(_Strict):
     tls_server_config: TLSServerConfig = Field(default_factory=TLSServerConfig)
     http_server_config: HTTPServerConfig = Field(default_factory=HTTPServerConfig)
     rate_limit: RateLimitConfig = Field(default_factory=RateLimitConfig)
-    basic_auth_users: dict[str, str] = Field(default_factory=dict, repr=False)
-
-    @field_validator("basic_auth_users")
-    @classmethod
-    def _users(cls, v: dict[str, str]) -> dict[str, str]:
-        for user, hashed in v.items():
-            if not _BCRYPT.match(hashed):
-                raise ValueError(f"user {user!r}: not a bcrypt hash ($2y$10$... as htpasswd -nBC "
-                                 "10 prints it); plain-text passwords are refused")
-        return v
+    basic_auth_users: dict[str, BcryptHash] = Field(default_factory=dict, repr=False)
 
 
 def _check_tls(tls: TLSServerConfig, base: Path) -> TLSServerConfig:
