@@ -1,15 +1,18 @@
-"""--web.config.file with real clients: Debian's Prometheus scrapes over TLS with a client
-certificate and with basic auth (up 1) and fails without them (up 0); curl with a wrong password
-gets 401 and with a foreign client certificate no handshake; Debian's node_exporter takes the
-very same web config files and is scraped with the same credentials; a bad file exits 2 at start
-and is refused on SIGHUP while the last good one keeps working.
+"""--web.config.file and --web.kubernetes-auth with real clients: Debian's Prometheus scrapes
+over TLS with a client certificate, with basic auth and with a ServiceAccount token (up 1) and
+fails without them (up 0); curl with a wrong password gets 401 and with a foreign client
+certificate no handshake; Debian's node_exporter takes the very same web config files and is
+scraped with the same credentials; a bad file exits 2 at start and is refused on SIGHUP while
+the last good one keeps working.
 
-Everything runs on loopback: two `nodemedic run` agents (no cluster, fixture cgroups),
+Everything runs on loopback: three `nodemedic run` agents (fixture cgroups; the token one
+against the in-memory API server, in a thread, serving TokenReview/SubjectAccessReview),
 prometheus-node-exporter and /usr/bin/prometheus, all stopped afterwards.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import re
@@ -17,10 +20,11 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,6 +40,7 @@ NODE_EXPORTER = Path("/usr/bin/prometheus-node-exporter")
 CURL = Path("/usr/bin/curl")
 CGROUPS = REPO / "tests" / "fixtures" / "cgroup" / "v2-systemd"
 USER, PASSWORD = "prometheus", "correct horse battery staple"
+PROM_SA = "system:serviceaccount:monitoring:prometheus-k8s"
 
 pytestmark = pytest.mark.slow
 
@@ -52,6 +57,23 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+class _LoopThread:
+    """An asyncio loop in a daemon thread, for the in-process API server."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+
+    def run(self, coro: Coroutine[Any, Any, Any]) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout=30)
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=10)
+        self.loop.close()
+
+
 @dataclass
 class Stack:
     tmp: Path
@@ -62,6 +84,7 @@ class Stack:
     logs: dict[str, Path] = field(default_factory=dict)
     ports: dict[str, int] = field(default_factory=dict)
     prom_url: str = ""
+    kube_reviews: Callable[[str], int] = lambda _: 0
 
     def spawn(self, name: str, argv: list[str]) -> None:
         log = self.tmp / f"{name}.log"
@@ -114,9 +137,9 @@ def curl(*args: str) -> tuple[int, str]:
     return res.returncode, res.stdout.strip()
 
 
-def _agent_argv(web_file: Path) -> list[str]:
+def _agent_argv(*web: str) -> list[str]:
     return [sys.executable, "-m", "agent", "run", "--web.listen-address", "127.0.0.1:0",
-            "--web.config.file", str(web_file), "--path.cgroupfs", str(CGROUPS),
+            *web, "--path.cgroupfs", str(CGROUPS),
             "--kubelet.url", f"http://127.0.0.1:{_free_port()}", "--rules.dir", str(REPO / "rules"),
             "--collect.interval", "1s", "--collector.timeout", "2s", "--log.format", "json",
             "--node-name", "test-node", "--dry-run"]
@@ -139,10 +162,26 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     basic_file = tmp / "web-basic.yml"
     basic_file.write_text(f"basic_auth_users:\n  {USER}: {bcrypt_hash(PASSWORD, 10)}\n")
     st = Stack(tmp, pki, tls_file, basic_file)
+    from agent.testing.apiserver import ApiServer
+
+    loop = _LoopThread()
+    server = ApiServer()
+    tokens = {"prometheus": "prometheus-sa-token", "grafana": "grafana-sa-token"}
+    for who, token in tokens.items():
+        (tmp / f"{who}.token").write_text(token + "\n")
+    server.reviews.add_token(tokens["prometheus"], PROM_SA)
+    server.reviews.add_token(tokens["grafana"], "system:serviceaccount:monitoring:grafana")
+    # What kube-prometheus' prometheus-k8s ClusterRole grants (plus deploy/rbac.yaml's sample).
+    server.reviews.allow(PROM_SA, "get", "nodes", subresource="metrics")
     try:
-        st.spawn("agent-tls", _agent_argv(tls_file))
-        st.spawn("agent-basic", _agent_argv(basic_file))
-        for name in ("agent-tls", "agent-basic"):
+        loop.run(server.start())
+        st.kube_reviews = lambda user: server.reviews.reviewed[user]
+        kubeconfig = server.write_kubeconfig(tmp / "kubeconfig")
+        st.spawn("agent-tls", _agent_argv("--web.config.file", str(tls_file)))
+        st.spawn("agent-basic", _agent_argv("--web.config.file", str(basic_file)))
+        st.spawn("agent-kube", _agent_argv("--web.kubernetes-auth",
+                                           "--kubeconfig", str(kubeconfig)))
+        for name in ("agent-tls", "agent-basic", "agent-kube"):
             st.ports[name] = st.port_from_log(name)
         for name, web in (("node-exporter-tls", tls_file), ("node-exporter-basic", basic_file)):
             st.ports[name] = _free_port()
@@ -162,7 +201,13 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         a_basic = f"127.0.0.1:{st.ports['agent-basic']}"
         ne_tls = f"127.0.0.1:{st.ports['node-exporter-tls']}"
         ne_basic = f"127.0.0.1:{st.ports['node-exporter-basic']}"
+        a_kube = f"127.0.0.1:{st.ports['agent-kube']}"
         good = {"username": USER, "password": PASSWORD}
+
+        def bearer(who: str) -> dict[str, Any]:
+            return {"authorization": {"type": "Bearer",
+                                      "credentials_file": str(tmp / f"{who}.token")}}
+
         config = {
             "global": {"scrape_interval": "1s", "scrape_timeout": "1s"},
             "scrape_configs": [
@@ -178,6 +223,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
                 job("basic-auth-none", a_basic),
                 job("node-exporter-tls", ne_tls, scheme="https", tls_config=tls_ok),
                 job("node-exporter-basic", ne_basic, basic_auth=good),
+                job("kube-token", a_kube, **bearer("prometheus")),
+                job("kube-token-not-allowed", a_kube, **bearer("grafana")),
+                job("kube-token-none", a_kube),
             ],
         }
         (tmp / "prometheus.yml").write_text(yaml.safe_dump(config))
@@ -202,6 +250,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
                 except subprocess.TimeoutExpired:
                     proc.kill()
                     proc.wait(10)
+        if server.running:
+            loop.run(server.stop())
+        loop.close()
 
 
 def test_prometheus_scrapes_only_with_the_right_credentials(stack: Stack) -> None:
@@ -211,7 +262,28 @@ def test_prometheus_scrapes_only_with_the_right_credentials(stack: Stack) -> Non
         "tls-client-cert": 1, "tls-no-client-cert": 0, "tls-foreign-client-cert": 0,
         "basic-auth": 1, "basic-auth-wrong": 0, "basic-auth-none": 0,
         "node-exporter-tls": 1, "node-exporter-basic": 1,
+        "kube-token": 1, "kube-token-not-allowed": 0, "kube-token-none": 0,
     }, stack.tails()
+
+
+def test_token_scrapes_are_served_from_the_cache(stack: Stack) -> None:
+    """15 scrapes (1 s apart) with the allowed token cost one TokenReview (one per cache TTL,
+    not one per scrape); curl sees 200 with it, 403 with another SA's, 401 with none."""
+    base = f"http://127.0.0.1:{stack.ports['agent-kube']}/metrics"
+    token = (stack.tmp / "prometheus.token").read_text().strip()
+    other = (stack.tmp / "grafana.token").read_text().strip()
+    assert curl("-H", f"Authorization: Bearer {token}", base) == (0, "200")
+    assert curl("-H", f"Authorization: Bearer {other}", base) == (0, "403")
+    assert curl(base) == (0, "401")
+    def scrapes() -> float:
+        q = urllib.parse.urlencode({"query": 'sum(count_over_time(up{job="kube-token"}[1m]))'})
+        with urllib.request.urlopen(f"{stack.prom_url}/api/v1/query?{q}", timeout=5) as r:
+            result = json.load(r)["data"]["result"]
+        return float(result[0]["value"][1]) if result else 0.0
+
+    stack.wait("15 token scrapes", lambda: scrapes() >= 15, 40)
+    # Less than the 60 s positive TTL since the first scrape: one review in all.
+    assert stack.kube_reviews(PROM_SA) == 1
 
 
 def test_node_exporter_and_nodemedic_answer_the_same_file_alike(stack: Stack) -> None:

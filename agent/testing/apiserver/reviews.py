@@ -16,6 +16,7 @@ Typical use::
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,6 +60,7 @@ class Reviews:
         self.rules: list[Rule] = []
         self.token_reviews = 0
         self.access_reviews = 0
+        self.reviewed: Counter[str] = Counter()  # TokenReviews by the username they resolved to
 
     def add_token(self, token: str, username: str, groups: tuple[str, ...] = (),
                   uid: str = "") -> None:
@@ -80,6 +82,7 @@ class Reviews:
         if path == AUTHN_REVIEWS:
             self.token_reviews += 1
             who = self.tokens.get(str(spec.get("token") or ""))
+            self.reviewed[who["username"] if who else ""] += 1
             out["status"] = ({"authenticated": True, "user": who} if who is not None
                              else {"user": {}, "error": "invalid bearer token"})
             return out
