@@ -135,16 +135,13 @@ class RotatingContext(ssl.SSLContext):
 
     def __init__(self, tls: TLSServerConfig) -> None:
         self.rotations = 0
-        self._install(tls, build_context(tls))
+        self.install(tls, build_context(tls))
 
-    def _install(self, tls: TLSServerConfig, inner: ssl.SSLContext) -> None:
+    def install(self, tls: TLSServerConfig, inner: ssl.SSLContext) -> None:
+        """Serve new connections with ``inner`` (built from ``tls`` by build_context)."""
         self._tls, self._inner = tls, inner
         self._seen = _fingerprint(tls)
         self._checked = time.monotonic()
-
-    def update(self, tls: TLSServerConfig) -> None:
-        """A reloaded web config: build its context now (raises WebConfigError, keeping the old)."""
-        self._install(tls, build_context(tls))
 
     def current(self) -> ssl.SSLContext:
         """The inner context, rebuilt first if a file changed since the last check."""

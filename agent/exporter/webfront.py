@@ -11,6 +11,7 @@ the probe listener, need a restart (a listener cannot change protocol under open
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -62,9 +63,10 @@ def check_settings(settings: Settings) -> str | None:
 
 @dataclass
 class Prepared:
-    """A validated web config waiting for the rest of a reload to succeed."""
+    """A validated web config (and its TLS context, built) waiting for the rest of a reload."""
 
     config: WebConfig
+    context: ssl.SSLContext | None
 
 
 class WebFront:
@@ -121,15 +123,17 @@ class WebFront:
     async def prepare(self, settings: Settings) -> Prepared:
         """Validate the reloaded settings' web config (raises; the running one is untouched)."""
         config = await asyncio.to_thread(read_config, settings)
-        return Prepared(config)
+        tls = config.tls_server_config
+        context = await asyncio.to_thread(build_context, tls) if tls.enabled else None
+        return Prepared(config, context)
 
     def commit(self, settings: Settings, prepared: Prepared) -> None:
-        """Swap in a prepared web config (the rest of the reload succeeded)."""
+        """Swap in a prepared web config (the rest of the reload succeeded); cannot fail."""
         tls = prepared.config.tls_server_config
         if tls.enabled != (self.ssl_context is not None):
             log.warning("tls_change_needs_restart", tls=tls.enabled)
-        elif self.ssl_context is not None:
-            self.ssl_context.update(tls)
+        elif self.ssl_context is not None and prepared.context is not None:
+            self.ssl_context.install(tls, prepared.context)
         for name in ("web_kubernetes_auth", "web_probe_address"):
             if getattr(settings, name) != getattr(self.settings, name):
                 log.warning("web_setting_change_needs_restart", setting=name)

@@ -229,3 +229,21 @@ def test_settings_that_cannot_work_are_refused(tmp_path: Path) -> None:
     missing = write(tmp_path, tls_config(pki).replace(str(pki.server.key), "/nonexistent.key"))
     with pytest.raises(WebConfigError, match="cannot load the certificate and key"):
         read_config(settings_for_tests(web_config_file=missing))
+
+
+async def test_reload_swaps_the_client_ca(tmp_path: Path, stack: list[Served]) -> None:
+    """SIGHUP with a new client_ca_file: the next connection is verified against the new CA."""
+    pki = Pki(tmp_path / "pki")
+    cfg = write(tmp_path, tls_config(pki))
+    settings = settings_for_tests(web_config_file=cfg)
+    srv = await serve(settings)
+    stack.append(srv)
+    mine = client_ctx(pki, pki.client.cert, pki.client.key)
+    theirs = client_ctx(pki, pki.stranger.cert, pki.stranger.key)
+    assert (await get(srv.url("/metrics"), mine))[0] == 200
+    cfg.write_text(tls_config(pki).replace(f"client_ca_file: {pki.ca}",
+                                           f"client_ca_file: {pki.other_ca}"))
+    srv.front.commit(settings, await srv.front.prepare(settings))
+    assert (await get(srv.url("/metrics"), theirs))[0] == 200
+    with pytest.raises(aiohttp.ClientError):
+        await get(srv.url("/metrics"), mine)
