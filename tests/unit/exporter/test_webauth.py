@@ -247,3 +247,22 @@ async def test_reload_swaps_the_client_ca(tmp_path: Path, stack: list[Served]) -
     assert (await get(srv.url("/metrics"), theirs))[0] == 200
     with pytest.raises(aiohttp.ClientError):
         await get(srv.url("/metrics"), mine)
+
+
+async def test_inline_certificate_key_and_client_ca(tmp_path: Path, stack: list[Served]) -> None:
+    """The toolkit's inline variants (cert, key, client_ca as PEM strings) serve like files."""
+
+    def block(p: Path) -> str:
+        return "|\n" + "".join(f"    {line}\n" for line in p.read_text().splitlines())
+
+    pki = Pki(tmp_path / "pki")
+    cfg = write(tmp_path, f"tls_server_config:\n  cert: {block(pki.server.cert)}"
+                f"  key: {block(pki.server.key)}"
+                f"  client_auth_type: RequireAndVerifyClientCert\n"
+                f"  client_ca: {block(pki.ca)}")
+    srv = await serve(settings_for_tests(web_config_file=cfg))
+    stack.append(srv)
+    assert (await get(srv.url("/metrics"), client_ctx(pki, pki.client.cert, pki.client.key)))[0] \
+        == 200
+    with pytest.raises(aiohttp.ClientError):
+        await get(srv.url("/metrics"), client_ctx(pki, pki.stranger.cert, pki.stranger.key))
