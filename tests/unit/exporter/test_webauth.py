@@ -266,3 +266,33 @@ async def test_inline_certificate_key_and_client_ca(tmp_path: Path, stack: list[
         == 200
     with pytest.raises(aiohttp.ClientError):
         await get(srv.url("/metrics"), client_ctx(pki, pki.stranger.cert, pki.stranger.key))
+
+
+async def test_min_version_and_cipher_suites_are_enforced(tmp_path: Path,
+                                                          stack: list[Served]) -> None:
+    """min_version TLS13 refuses a TLS 1.2 client; with max TLS12 and one cipher suite, a client
+    offering only another suite is refused and one offering it gets in."""
+    pki = Pki(tmp_path / "pki")
+    base = f"tls_server_config:\n  cert_file: {pki.server.cert}\n  key_file: {pki.server.key}\n"
+    srv = await serve(settings_for_tests(web_config_file=write(tmp_path, base
+                                                               + "  min_version: TLS13\n")))
+    stack.append(srv)
+    old = client_ctx(pki)
+    old.maximum_version = ssl.TLSVersion.TLSv1_2
+    with pytest.raises(aiohttp.ClientError):
+        await get(srv.url("/metrics"), old)
+    assert (await get(srv.url("/metrics"), client_ctx(pki)))[0] == 200
+    (tmp_path / "b").mkdir()
+    srv2 = await serve(settings_for_tests(web_config_file=write(
+        tmp_path / "b", base + "  max_version: TLS12\n"
+        "  cipher_suites: [TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384]\n")))
+    stack.append(srv2)
+    for suite, ok in (("ECDHE-ECDSA-AES128-GCM-SHA256", False),
+                      ("ECDHE-ECDSA-AES256-GCM-SHA384", True)):
+        ctx = client_ctx(pki)
+        ctx.set_ciphers(suite)
+        if ok:
+            assert (await get(srv2.url("/metrics"), ctx))[0] == 200
+        else:
+            with pytest.raises(aiohttp.ClientError):
+                await get(srv2.url("/metrics"), ctx)
