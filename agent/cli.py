@@ -66,6 +66,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
     except SettingsError as exc:
         print(f"nodemedic: invalid setting: {exc}", file=sys.stderr)
         return 2
+    from agent.exporter.webfront import check_settings
+
+    web_error = check_settings(settings)
+    if web_error is not None:
+        print(f"nodemedic: invalid web config: {web_error}", file=sys.stderr)
+        return 2
     from agent.runtime.daemon import Agent
     from agent.runtime.logging import configure_logging
 

@@ -38,6 +38,9 @@ class Settings(BaseModel):
     config: Path | None = None
     web_listen_address: str = ":9678"
     web_max_connections: int = Field(default=64, ge=1, le=10000)
+    web_config_file: Path | None = None
+    web_kubernetes_auth: bool = False
+    web_probe_address: str = Field(default="", pattern=r"^$|^.*:[0-9]{1,5}$")
     path_cgroupfs: Path = Path("/sys/fs/cgroup")
     path_procfs: Path = Path("/proc")
     kubelet_url: str = "https://127.0.0.1:10250"
@@ -131,6 +134,14 @@ FLAGS: tuple[Flag, ...] = (
     Flag("config", "optpath", "YAML config file; keys are flag names without dashes"),
     Flag("web.listen-address", "str", "address for /metrics, /healthz, /readyz, /status"),
     Flag("web.max-connections", "int", "concurrent HTTP connections served before refusing"),
+    Flag("web.config.file", "optpath",
+         "exporter-toolkit web config: TLS, client certificates, basic auth, headers "
+         "(docs/security.md)"),
+    Flag("web.kubernetes-auth", "bool",
+         "require a Kubernetes bearer token (TokenReview + SubjectAccessReview) for /metrics, "
+         "/status"),
+    Flag("web.probe-address", "str",
+         "HOST:PORT of a plain-HTTP listener serving only /healthz and /readyz, no auth"),
     Flag("path.cgroupfs", "path", "cgroup filesystem root (v1 controllers and/or v2)"),
     Flag("path.procfs", "path", "procfs root"),
     Flag("kubelet.url", "str", "kubelet base URL (https://...:10250 or http://...:10255)"),

@@ -28,6 +28,7 @@ BENCHMARKS = (
     "footprint_lean",  # both: --cgroup.psi=pod --cgroup.min-interval=30s
     "cgroup_collect",
     "rules_eval",
+    "web_auth",
     "conntrack_parse",
     "iptables_save_cost",
     "apiserver_scale",

@@ -242,6 +242,9 @@ class FailoverStage:
 
     async def _advertise_url(self) -> str:
         host, port = self.settings.listen_host_port()
+        if self.settings.web_probe_address:  # the main listener may be TLS or authenticated
+            phost, _, pport = self.settings.web_probe_address.rpartition(":")
+            host, port = phost.strip("[]") or "0.0.0.0", int(pport)
         if host in ("0.0.0.0", "::", ""):
             try:
                 node = await get_node(self.api, self.me)

@@ -28,7 +28,7 @@ from agent.collectors import registry as collector_registry
 from agent.collectors.base import Collector, CollectorContext
 from agent.exporter.render import Exposition, Renderer
 from agent.exporter.self_metrics import SelfMetrics
-from agent.exporter.server import build_app, start_server
+from agent.exporter.webfront import WebFront
 from agent.runtime.components import Component, build_components, build_shared, close_shared
 from agent.runtime.logging import configure_logging
 from agent.runtime.pipeline import Collection
@@ -92,6 +92,7 @@ class Agent:
         self._last_reload_error: str | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._configured_listen = settings.web_listen_address
+        self._web: WebFront | None = None
 
     # ---- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
@@ -107,11 +108,14 @@ class Agent:
         # Serve first (/healthz answers, /readyz says not ready yet) so that components see the
         # bound port: with --web.listen-address :0 peers must be told the real one.
         host, port = self.settings.listen_host_port()
-        app = build_app(self, self.metrics, self.settings.web_max_connections)
-        self._runner, self.port = await start_server(app, host, port)
+        self._web = await WebFront.create(
+            self.settings, lambda: self._ctx.shared.get("api") if self._ctx else None)
+        self._runner, self.port = await self._web.serve(
+            self, self.metrics, host, port, self.settings.web_max_connections)
         self.settings = self._with_bound_port(self.settings)
         self._ctx = CollectorContext(self.settings)
         await build_shared(self._ctx)
+        self._web.check_api(self._ctx.shared.get("api"))
         self._components = await build_components(self.settings, self._ctx)
         self._collection = Collection(enabled_collectors(self.settings, self._ctx))
         for c in self._collection.collectors:
@@ -156,6 +160,8 @@ class Agent:
             await close_shared(self._ctx)
         if self._runner is not None:
             await self._runner.cleanup()
+        if self._web is not None:
+            await self._web.stop()
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
         log.info("stopped")
@@ -232,6 +238,7 @@ class Agent:
             try:
                 new = self._reload_settings() if self._reload_settings else self.settings
                 new = self._with_bound_port(new)
+                web = await self._web.prepare(new) if self._web is not None else None
                 for comp in self._components:
                     await comp.reload(new)
             except Exception as exc:  # SettingsError, RulesError, anything: keep the last good
@@ -248,6 +255,8 @@ class Agent:
                 log.warning("listen_address_change_needs_restart",
                             old=old.web_listen_address, new=new.web_listen_address)
             self.settings = new
+            if self._web is not None and web is not None:
+                self._web.commit(new, web)
             if any(getattr(new, f) != getattr(old, f) for f in _COLLECTOR_FIELDS):
                 await self._rebuild_collectors()
             if (new.log_level, new.log_format) != (old.log_level, old.log_format):
