@@ -26,8 +26,8 @@ from typing import ClassVar, Protocol, runtime_checkable
 import structlog
 
 from agent.collectors.base import Collector, CollectorContext
-from agent.collectors.cgroupfs.read import PERMISSION
 from agent.collectors.cgroupfs import REASONS, NodeScan, scan
+from agent.collectors.cgroupfs.read import PERMISSION
 from agent.collectors.registry import register
 from agent.structs.metrics import Family, LabelValues, MetricSpec
 from agent.structs.pods import PodRef
