@@ -598,6 +598,15 @@ class RemediationStage:
             rules = self.engine.status()
         except Exception as exc:
             rules = {"error": str(exc)}
+        if isinstance(rules, list):  # say on the rule's own line that its step is held
+            held: dict[tuple[str, str], list[str]] = {}
+            for h in self.ledger.held.values():
+                held.setdefault((h.request.rule, h.request.target.key), []).append(
+                    f"{h.request.action.type} (step {h.request.step}"
+                    f"{', undo' if h.request.undo else ''}): {h.reason}")
+            for entry in rules:
+                if isinstance(entry, dict) and (entry.get("rule"), entry.get("target")) in held:
+                    entry["held"] = held[(entry["rule"], entry["target"])]
         return {
             "remediation": {
                 "dry_run": self.settings.dry_run,

@@ -112,6 +112,8 @@ async def test_cordon_denied_while_paused_is_retried_after_unpause(
     assert not cordoned(apiserver)
     assert held_reasons(agent) == [("cordon", "paused")]
     assert "node annotation" in agent.held()[0]["detail"]
+    (rule,) = agent.stage.status()["rules"]
+    assert (rule["state"], rule["held"]) == ("firing", ["cordon (step 0): paused"])
     set_paused(apiserver, agent, False)
     await agent.tick(n=HELD_RETRY_MAX_TICKS + 1)
     assert cordoned(apiserver)
