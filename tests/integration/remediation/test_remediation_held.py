@@ -225,3 +225,20 @@ async def test_an_undo_denied_while_paused_is_retried(
     await agent.tick(kubelet_up=1, n=HELD_RETRY_MAX_TICKS + 1)
     assert not cordoned(apiserver)
     assert agent.held() == []
+
+
+async def test_pause_switch_refused_by_rbac_is_missing_data_not_unpaused(
+    apiserver: ApiServer, kube_api: Any, rules: Path
+) -> None:
+    """The gate's own reads: RBAC refuses the pause ConfigMap (403). That is not "not paused":
+    the cordon is held as missing_data, naming the 403, and done once the read works again."""
+    apiserver.create(node(NODE))
+    apiserver.faults.fail(1000, 403, verb="get", resource="configmaps")
+    agent = Agent(kube_api, rules, Clock())
+    await agent.tick(n=6)
+    assert not cordoned(apiserver)
+    assert held_reasons(agent) == [("cordon", "missing_data")]
+    assert "HTTP 403" in agent.held()[0]["detail"]
+    apiserver.faults.clear()
+    await agent.tick(n=HELD_RETRY_MAX_TICKS + 1)
+    assert cordoned(apiserver)
