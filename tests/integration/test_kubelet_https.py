@@ -175,3 +175,23 @@ async def test_agent_exports_why_it_cannot_see_the_kubelet(tls: Tls, tmp_path: P
             in text)
     kubelet = status["collectors"]["kubelet"]
     assert kubelet["reason"] == "unauthorized" and "HTTP 401" in kubelet["error"]
+
+
+@pytest.mark.parametrize("broken", ["ca", "token"])
+async def test_unloadable_ca_or_token_file_is_missing_data(
+    tls: Tls, tmp_path: Path, broken: str
+) -> None:
+    """A --kubelet.ca-file that cannot be loaded, or a --kubelet.token-file that cannot be read,
+    is our configuration: CannotSee (tls / unauthorized) naming the file, never kubelet_up 0."""
+    ca = tmp_path / "no-such-ca.crt" if broken == "ca" else tls.ca
+    token = tmp_path / "no-such-token" if broken == "token" else tls.token_file
+    c = KubeletCollector(CollectorContext(settings_for_tests(
+        collector_timeout=3.0, kubelet_url=tls.fake.url, kubelet_ca_file=ca,
+        kubelet_token_file=token)))
+    try:
+        with pytest.raises(CannotSee) as exc:
+            await c.collect()
+    finally:
+        await c.close()
+    assert exc.value.reason == ("tls" if broken == "ca" else "unauthorized")
+    assert str(ca if broken == "ca" else token) in str(exc.value)
