@@ -25,7 +25,7 @@ from prometheus_client import CollectorRegistry
 
 from agent import __version__
 from agent.collectors import registry as collector_registry
-from agent.collectors.base import Collector, CollectorContext
+from agent.collectors.base import CANNOT_SEE_REASONS, Collector, CollectorContext
 from agent.exporter.render import Exposition, Renderer
 from agent.exporter.self_metrics import SelfMetrics
 from agent.exporter.webfront import WebFront
@@ -196,8 +196,10 @@ class Agent:
             self.metrics.collector_success.labels(name).set(1 if st.ok else 0)
             self.metrics.collector_duration.labels(name).set(st.duration_seconds)
             if not st.ok:
-                reason = "timeout" if st.error and "timed out" in st.error else "error"
-                self.metrics.collector_failures.labels(name, reason).inc()
+                self.metrics.collector_failures.labels(name, st.reason or "error").inc()
+            blind = st.cannot_see
+            for reason in CANNOT_SEE_REASONS:
+                self.metrics.collector_cannot_read.labels(name, reason).set(reason in blind)
         for comp in self._components:
             try:
                 await comp.on_snapshot(snapshot)
@@ -344,6 +346,8 @@ class Agent:
                 name: {
                     "ok": st.ok,
                     "error": st.error,
+                    "reason": st.reason or None,
+                    "cannot_read": dict(st.unreadable),
                     "duration_seconds": round(st.duration_seconds, 4),
                     "series": sum(len(snap.families[f].samples) for f in st.families
                                   if f in snap.families),

@@ -19,6 +19,11 @@ which frees it; an agent that dies in between holds it for CORDON_LOCK_SECONDS a
 
 Undo requests and further passes of an action already running skip the cooldown and caps
 (finishing or reversing is safe) but never the pause or missing-data checks.
+
+A denial for a reason in HOLD_REASONS clears by itself (the API comes back, an admin unpauses, a
+cooldown or an hour passes, a cordoned node is uncordoned, the lock is freed): the stage keeps
+such a step *held* and asks again on later ticks, with backoff, while its rule still asks for it.
+The others (unknown_action, invalid_params, admin_override) are final.
 Exposes its counters via ``families()``.
 
 Cooldowns and hourly caps are measured with ``monotonic`` (time.monotonic), so a wall-clock step
@@ -55,6 +60,11 @@ log = structlog.get_logger("nodemedic.safety")
 # between stalls other nodes' cordons for seconds, not minutes. A count slower than half of it
 # (its LISTs may take up to 30 s each) leaves too little for the cordon, so it is not trusted.
 CORDON_LOCK_SECONDS = 15
+# Denial reasons that clear by themselves: the step is held and re-gated later (see above).
+HOLD_REASONS = frozenset({
+    "missing_data", "paused", "cooldown", "ledger_full", "rule_hourly_cap", "global_hourly_cap",
+    "cluster_cap", "cordon_lock",
+})
 
 ACTIONS_TOTAL = MetricSpec(
     "nodemedic_actions_total",

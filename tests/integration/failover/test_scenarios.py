@@ -342,3 +342,25 @@ async def test_admin_out_of_service_taint_survives_recovery(sim: tuple[SimCluste
     assert await wait_for(lambda: cluster.first("uncordoned", victim), 15)
     await asyncio.sleep(0.5)
     assert OOS in taints(cluster, victim)
+
+
+async def test_failover_denied_while_paused_is_retried_after_unpause(
+    sim: tuple[SimCluster, Fleet],
+) -> None:
+    """Remediation paused cluster-wide when a node dies: the leader does not cordon it; once
+    unpaused it retries on its own (after its backoff) and cordons it — a transient denial is
+    never final (issue 12 item 7, failover path)."""
+    cluster, fleet = sim
+    cluster.server.create({"apiVersion": "v1", "kind": "ConfigMap",
+                           "metadata": {"name": "nodemedic", "namespace": "kube-system"},
+                           "data": {"paused": "true"}})
+    victim = victim_with_pods(cluster, fleet)
+    await fleet.kill(victim)
+    leader = fleet.stages[fleet.leader() or ""]
+    assert await wait_for(lambda: any(k[:2] == ("cordon", "denied")
+                                      for k in leader.remedy.actions), T.node_grace + SLACK)
+    assert cluster.first("cordoned", victim) is None
+    cluster.server.patch("ConfigMap", "kube-system", "nodemedic", {"data": {"paused": "false"}})
+    backoff = 10 * T.retry_period  # agent.peers.stage.BACKOFF_PERIODS retry periods
+    assert await wait_for(lambda: cluster.first("cordoned", victim), backoff + 2 * SLACK), (
+        cluster.log[-10:])
