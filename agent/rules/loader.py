@@ -574,17 +574,25 @@ def _read(path: Path) -> tuple[str | None, list[Problem]]:
     for a FIFO or /dev/zero after listing is still refused), at most MAX_FILE_BYTES, UTF-8."""
     link = " (through a symlink)" if path.is_symlink() else ""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+        mode = path.stat().st_mode  # before open(): opening a FIFO or a socket blocks or fails
     except FileNotFoundError:
         what = "broken symlink" if link else "file vanished before it could be read"
         return None, [_file_problem(path, what)]
     except OSError as exc:
         return None, [_file_problem(path, f"cannot read: {exc.strerror or exc}")]
+    if not stat.S_ISREG(mode):
+        return None, [_file_problem(path, f"is {_kind(mode)}{link}, not a regular file")]
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        return None, [_file_problem(path, "file vanished before it could be read")]
+    except OSError as exc:
+        return None, [_file_problem(path, f"cannot read: {exc.strerror or exc}")]
     try:
         st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
+        if not stat.S_ISREG(st.st_mode):  # swapped for something else since the stat()
             return None, [_file_problem(path, f"is {_kind(st.st_mode)}{link}, not a regular "
-                                        "file; rule files must be regular files")]
+                                        "file")]
         if st.st_size > MAX_FILE_BYTES:
             return None, [_file_problem(path, f"file is {st.st_size} bytes, larger than the "
                                         f"limit of {MAX_FILE_BYTES} bytes")]
