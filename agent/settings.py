@@ -478,9 +478,9 @@ def load_settings(
         raise SettingsError(f"{source}={raw!r}: {msg}") from exc
 
 
-def reload_mode(field: str) -> ReloadMode:
+def reload_mode(field: str, model: type[Settings] | None = None) -> ReloadMode:
     """How a change of Settings field ``field`` is applied on reload (``restart`` if undeclared)."""
-    for meta in Settings.model_fields[field].metadata:
+    for meta in (model or Settings).model_fields[field].metadata:
         if isinstance(meta, OnReload):
             return meta.mode
     return "restart"
@@ -511,15 +511,16 @@ class ReloadPlan:
 
 def plan_reload(running: Settings, configured: Settings) -> ReloadPlan:
     """Compare every field (so a field added later is covered without touching this)."""
-    changed = [f for f in Settings.model_fields if getattr(running, f) != getattr(configured, f)]
+    model = type(configured)
+    changed = [f for f in model.model_fields if getattr(running, f) != getattr(configured, f)]
     restart = {f: (getattr(running, f), getattr(configured, f))
-               for f in changed if reload_mode(f) == "restart"}
+               for f in changed if reload_mode(f, model) == "restart"}
     applied = tuple(f for f in changed if f not in restart)
     effective = configured
     if restart:
         keep = {f: old for f, (old, _new) in restart.items()}
         try:
-            effective = Settings.model_validate({**dict(configured), **keep})
+            effective = model.model_validate({**dict(configured), **keep})
         except ValidationError as exc:
             names = ", ".join(f"--{flag_name(f)}" for f in restart)
             msg = str(exc.errors()[0]["msg"]).removeprefix("Value error, ")
@@ -528,7 +529,7 @@ def plan_reload(running: Settings, configured: Settings) -> ReloadPlan:
                 f"restart: {msg}"
             ) from exc
     return ReloadPlan(effective, applied,
-                      any(reload_mode(f) == "collectors" for f in applied), restart)
+                      any(reload_mode(f, model) == "collectors" for f in applied), restart)
 
 
 def check_paths(settings: Settings) -> None:
