@@ -225,6 +225,12 @@ class RemediationStage:
         ruleset = None
         if self.reloader is not None:
             ruleset = await asyncio.to_thread(self.reloader.load, settings.rules_dir)
+            from agent.rules.engine import RuleEngine  # deferred as in build_stage
+
+            if isinstance(self.engine, RuleEngine):
+                # Compile every rule on a scratch engine: a rule that validates but does not
+                # compile fails the reload here instead of half-installing the set on commit.
+                RuleEngine(ruleset, settings.node_name)
         commit_gate = self.gate.prepare_reload(settings)
         set_rules = getattr(self.engine, "set_rules", None)
 

@@ -151,3 +151,27 @@ async def test_a_failing_component_applies_nothing_in_any_other(running: Any) ->
     assert (await status(agent))["last_reload_error"] == "refused by a later component"
     await agent.tick_once()
     assert not log.exists()
+
+
+async def test_a_rule_that_does_not_compile_fails_the_reload_before_commit(
+    running: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rules are compiled on a scratch engine while preparing: a compile failure is a failed
+    reload (the running engine keeps every rule, dry-run stays on), never a half-installed set."""
+    from agent.rules import engine as engine_mod
+
+    agent, stage, config, rules, _log = running
+    real = engine_mod._compile_rule
+
+    def compile_or_fail(lr: Any, ids: Any) -> Any:
+        if lr.rule.name == "new-rule":
+            raise RuntimeError("cannot compile new-rule")
+        return real(lr, ids)
+
+    monkeypatch.setattr(engine_mod, "_compile_rule", compile_or_fail)
+    write_config(config, rules, dry_run=False)
+    (rules / "new.yaml").write_text(RULE.replace("kubelet-down", "new-rule"))
+    await agent.reload()
+    assert (await status(agent))["last_reload_error"] == "cannot compile new-rule"
+    assert [r["rule"] for r in stage.engine.status()] == ["kubelet-down"]
+    assert stage.settings.dry_run is True and stage.gate.settings.dry_run is True
