@@ -252,13 +252,16 @@ class Agent:
                         commits.append(await prepare(plan.effective))
                     else:
                         legacy.append(comp)
-                # Components without the two-phase hook validate-and-apply in one call: last, so
-                # a failure in any two-phase component has not let them apply anything.
-                for comp in legacy:
-                    await comp.reload(plan.effective)
                 if plan.rebuild_collectors:
                     built = await self._build_collection(plan.effective)
+                # Components without the two-phase hook validate-and-apply in one call: last, so
+                # a failure anywhere else has not let them apply anything.
+                for comp in legacy:
+                    await comp.reload(plan.effective)
             except Exception as exc:  # SettingsError, RulesError, anything: keep the last good
+                if built is not None:
+                    await built[1].close()
+                    await close_shared(built[0], keep_api=True)
                 self._reload_failed(exc)
                 return
             async with self._tick_lock:

@@ -175,3 +175,27 @@ async def test_a_rule_that_does_not_compile_fails_the_reload_before_commit(
     assert (await status(agent))["last_reload_error"] == "cannot compile new-rule"
     assert [r["rule"] for r in stage.engine.status()] == ["kubelet-down"]
     assert stage.settings.dry_run is True and stage.gate.settings.dry_run is True
+
+
+async def test_a_one_phase_component_refusing_applies_nothing_elsewhere(running: Any) -> None:
+    """A component with only ``reload()`` (no prepare/commit) runs last: when it refuses, the
+    two-phase components and the collectors keep everything, and the new collectors are
+    discarded."""
+    agent, stage, config, rules, _log = running
+
+    class OnlyReload:
+        async def reload(self, settings: Settings) -> None:
+            raise ValueError("one-phase refusal")
+
+        async def close(self) -> None:
+            pass
+
+    agent._components.append(OnlyReload())  # type: ignore[arg-type]
+    collection = agent._collection
+    write_config(config, rules, dry_run=False)
+    config.write_text(config.read_text() + "cgroup.psi: \"off\"\n")
+    await agent.reload()
+    assert agent._collection is collection
+    assert agent.settings.cgroup_psi == "container"
+    assert stage.settings.dry_run is True and stage.gate.settings.dry_run is True
+    assert (await status(agent))["last_reload_error"] == "one-phase refusal"
