@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 from aiohttp import ClientSession
+from structlog.testing import capture_logs
 
 from agent.peers.stage import FailoverStage
 from agent.runtime.daemon import Agent
@@ -158,7 +159,9 @@ async def test_reload_applies_or_reports_every_option(
     old_collection = a._collection
     assert old_collection is not None
     set_next(Settings(**{**base(tmp_path), field: value}))
-    await a.reload()
+    with capture_logs() as logs:
+        await a.reload()
+    events = {e["event"]: e for e in logs}
     status = await get_status(a)
     assert status["last_reload_error"] is None
     pending = {r["setting"] for r in status["config"]["restart_required"]}
@@ -168,10 +171,15 @@ async def test_reload_applies_or_reports_every_option(
     if mode == "restart":
         assert pending == {flag_name(field)}
         assert sample == 1.0
+        assert "reloaded" not in events, "said 'reloaded' while running on the old value"
+        assert events["reloaded_restart_required"]["restart_required"] == [flag_name(field)]
+        assert events["setting_change_needs_restart"]["setting"] == flag_name(field)
         for name, h in holders(a).items():
             assert getattr(h.settings, field) == old_value, f"{name} took a restart-only change"
         return
     assert pending == set() and sample is None
+    if field not in ("log_level", "log_format"):  # those reconfigure logging, capture included
+        assert events["reloaded"]["applied"] == [flag_name(field)]
     for name, h in holders(a).items():
         assert getattr(h.settings, field) == value, f"{name} still has the old {field}"
     assert a._collection is not None
