@@ -5,7 +5,9 @@ setting is declared once in ``FLAGS``; argparse options, environment variables
 (``NODEMEDIC_`` + flag name upper-cased with ``.``/``-`` as ``_``), config-file keys (the flag
 name without dashes) and the README flag table are all derived from that list, so they cannot
 drift apart. ``load_settings`` raises :class:`SettingsError` with one line naming the setting and
-what is allowed.
+what is allowed, also for combinations that contradict each other. Next to each field,
+:class:`OnReload` says how a SIGHUP applies a change (live, by rebuilding the collectors, or only
+after a restart); :func:`plan_reload` derives what a reload does from it.
 """
 
 from __future__ import annotations
