@@ -7,7 +7,7 @@ name without dashes) and the README flag table are all derived from that list, s
 drift apart. ``load_settings`` raises :class:`SettingsError` with one line naming the setting and
 what is allowed, also for combinations that contradict each other. Next to each field,
 :class:`OnReload` says how a SIGHUP applies a change (live, by rebuilding the collectors, or only
-after a restart); :func:`plan_reload` derives what a reload does from it.
+after a restart); agent.runtime.reloadplan derives what a reload does from it.
 """
 
 from __future__ import annotations
@@ -492,46 +492,6 @@ def flag_name(field: str) -> str:
     """The user-facing name of a Settings field (its flag name, or the field for ``collectors``)."""
     flag = _FLAG_BY_FIELD.get(field)
     return flag.name if flag is not None else field
-
-
-@dataclass(frozen=True)
-class ReloadPlan:
-    """What a reload from ``running`` to newly read settings does, derived from the per-field
-    :class:`OnReload` declarations.
-
-    ``effective``: the settings the agent runs on afterwards (the new values, except that
-    restart-only settings keep their running value); ``applied``: the changed fields that take
-    effect now; ``rebuild_collectors``: whether one of them is read by collectors;
-    ``restart_required``: field -> (running value, configured value) of changed restart-only
-    settings."""
-
-    effective: Settings
-    applied: tuple[str, ...]
-    rebuild_collectors: bool
-    restart_required: Mapping[str, tuple[Any, Any]]
-
-
-def plan_reload(running: Settings, configured: Settings) -> ReloadPlan:
-    """Compare every field (so a field added later is covered without touching this)."""
-    model = type(configured)
-    changed = [f for f in model.model_fields if getattr(running, f) != getattr(configured, f)]
-    restart = {f: (getattr(running, f), getattr(configured, f))
-               for f in changed if reload_mode(f, model) == "restart"}
-    applied = tuple(f for f in changed if f not in restart)
-    effective = configured
-    if restart:
-        keep = {f: old for f, (old, _new) in restart.items()}
-        try:
-            effective = model.model_validate({**dict(configured), **keep})
-        except ValidationError as exc:
-            names = ", ".join(f"--{flag_name(f)}" for f in restart)
-            msg = str(exc.errors()[0]["msg"]).removeprefix("Value error, ")
-            raise SettingsError(
-                f"the new settings only work with the new value of {names}, which needs a "
-                f"restart: {msg}"
-            ) from exc
-    return ReloadPlan(effective, applied,
-                      any(reload_mode(f, model) == "collectors" for f in applied), restart)
 
 
 def check_paths(settings: Settings) -> None:

@@ -32,9 +32,10 @@ from agent.exporter.server import build_app, start_server
 from agent.runtime.components import Component, build_components, build_shared, close_shared
 from agent.runtime.logging import configure_logging
 from agent.runtime.pipeline import Collection
+from agent.runtime.reloadplan import ReloadPlan, plan_reload
 from agent.runtime.sdnotify import Notifier
 from agent.runtime.tasks import Supervisor
-from agent.settings import ReloadPlan, Settings, check_paths, flag_name, plan_reload
+from agent.settings import Settings, check_paths, flag_name
 from agent.structs.metrics import Family
 from agent.structs.snapshot import Snapshot
 

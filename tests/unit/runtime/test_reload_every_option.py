@@ -23,8 +23,9 @@ from structlog.testing import capture_logs
 from agent.peers.stage import FailoverStage
 from agent.runtime.daemon import Agent
 from agent.runtime.logging import configure_logging
+from agent.runtime.reloadplan import plan_reload
 from agent.runtime.remediation import RemediationStage
-from agent.settings import Settings, flag_name, plan_reload, reload_mode
+from agent.settings import Settings, flag_name, reload_mode
 
 REPO = Path(__file__).resolve().parents[3]
 CGROUP = REPO / "tests" / "fixtures" / "cgroup" / "v2-systemd"
