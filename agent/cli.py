@@ -19,7 +19,7 @@ from pathlib import Path
 
 from agent import __version__
 from agent.collectors import registry as collector_registry
-from agent.settings import Settings, SettingsError, build_parser, load_settings
+from agent.settings import Settings, SettingsError, build_parser, check_paths, load_settings
 
 # Modules that contribute subcommands; each exposes add_parser(subparsers).
 _SUBCOMMAND_MODULES = ("agent.rules.cli", "agent.testing.cli", "agent.demo")
@@ -59,7 +59,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     names = _collector_names()
 
     def reload_settings() -> Settings:
-        return load_settings(args, collector_names=names, base_dir=Path.cwd())
+        settings = load_settings(args, collector_names=names, base_dir=Path.cwd())
+        check_paths(settings)
+        return settings
 
     try:
         settings = reload_settings()

@@ -87,6 +87,12 @@ class SelfMetrics:
             registry=registry,
         )
         self.config_last_reload_success.set(1)
+        self.config_restart_required = Gauge(
+            "nodemedic_config_restart_required",
+            "1 per setting whose changed value was read by a reload but only applies after a "
+            "restart (the agent runs on the old value until then).",
+            ["setting"], registry=registry,
+        )
         self.task_restarts = Counter(
             "nodemedic_task_restarts_total",
             "Supervised background tasks restarted after crashing.",

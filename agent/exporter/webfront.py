@@ -124,19 +124,24 @@ class WebFront:
         """Validate the reloaded settings' web config (raises; the running one is untouched)."""
         config = await asyncio.to_thread(read_config, settings)
         tls = config.tls_server_config
+        running = self.ssl_context is not None
+        if tls.enabled != running:
+            # The listener's socket is TLS or not from its start: applying the rest of this file
+            # while the transport stays as it was would run on a configuration nobody wrote.
+            raise WebConfigError(
+                f"--web.config.file={settings.web_config_file}: turning TLS "
+                f"{'on' if tls.enabled else 'off'} needs a restart (the running listener is "
+                f"{'TLS' if running else 'plain HTTP'}); nothing of this reload was applied")
         context = await asyncio.to_thread(build_context, tls) if tls.enabled else None
         return Prepared(config, context)
 
     def commit(self, settings: Settings, prepared: Prepared) -> None:
         """Swap in a prepared web config (the rest of the reload succeeded); cannot fail."""
         tls = prepared.config.tls_server_config
-        if tls.enabled != (self.ssl_context is not None):
-            log.warning("tls_change_needs_restart", tls=tls.enabled)
-        elif self.ssl_context is not None and prepared.context is not None:
+        if self.ssl_context is not None and prepared.context is not None:
             self.ssl_context.install(tls, prepared.context)
-        for name in ("web_kubernetes_auth", "web_probe_address"):
-            if getattr(settings, name) != getattr(self.settings, name):
-                log.warning("web_setting_change_needs_restart", setting=name)
+        # web.kubernetes-auth and web.probe-address are restart-only settings: the reload plan
+        # keeps their running values and reports them (agent.settings.OnReload).
         self.protection.update(prepared.config)
 
     async def stop(self) -> None:

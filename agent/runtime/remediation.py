@@ -32,7 +32,7 @@ import json
 import re
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -46,7 +46,7 @@ from agent.kube.events import InvolvedObject, record_event
 from agent.kube.nodes import ensure_annotations, get_node, read_annotations, update_node
 from agent.safety.gate import HOLD_REASONS, SafetyGate
 from agent.safety.ledger import Held, Ledger, Pending, ledger_key
-from agent.settings import Settings
+from agent.settings import Settings, check_paths
 from agent.structs.metrics import Family, MetricSpec
 from agent.structs.remediation import ActionRequest, Decision, Outcome, OutcomeKind
 from agent.structs.snapshot import Snapshot
@@ -234,20 +234,38 @@ class RemediationStage:
             await self._persist(force=True)
 
     async def reload(self, settings: Settings) -> None:
-        """SIGHUP: new settings and rules. Invalid rules raise (RulesError) and the last good set
-        stays active; the ledger and the engine's state of unchanged rules are kept."""
-        self.settings = settings
-        self.gate.settings = settings
-        if self.reloader is None:
-            return
-        self.reloader.path = settings.rules_dir
-        if not settings.rules_dir.is_dir():
-            log.warning("rules_dir_missing", path=str(settings.rules_dir))
-            return
-        ruleset = await asyncio.to_thread(self.reloader.reload)
+        """Prepare and commit at once (tests, embedders); see :meth:`prepare_reload`."""
+        (await self.prepare_reload(settings))()
+
+    async def prepare_reload(self, settings: Settings) -> Callable[[], None]:
+        """SIGHUP, phase one: validate everything new (the rules directory and every rule in it,
+        the gate's new configuration) without changing anything that runs; raise (SettingsError,
+        RulesError) on any problem. The returned commit applies settings, gate and rules together
+        and cannot fail, so a failed reload leaves dry-run, budgets and rules exactly as they
+        were (issue 12: a broken rule file must not turn dry-run off). The ledger and the engine
+        state of rules that keep their name are kept."""
+        check_paths(settings)
+        ruleset = None
+        if self.reloader is not None:
+            ruleset = await asyncio.to_thread(self.reloader.load, settings.rules_dir)
+            from agent.rules.engine import RuleEngine  # deferred as in build_stage
+
+            if isinstance(self.engine, RuleEngine):
+                # Compile every rule on a scratch engine: a rule that validates but does not
+                # compile fails the reload here instead of half-installing the set on commit.
+                RuleEngine(ruleset, settings.node_name)
+        commit_gate = self.gate.prepare_reload(settings)
         set_rules = getattr(self.engine, "set_rules", None)
-        if callable(set_rules):
-            set_rules(ruleset)
+
+        def commit() -> None:
+            if ruleset is not None and self.reloader is not None:
+                if callable(set_rules):
+                    set_rules(ruleset)
+                self.reloader.commit(ruleset, settings.rules_dir)
+            commit_gate()
+            self.settings = settings
+
+        return commit
 
     # --- one tick ----------------------------------------------------------------------------
 
@@ -610,6 +628,11 @@ class RemediationStage:
         return {
             "remediation": {
                 "dry_run": self.settings.dry_run,
+                "rules_dir": str(self.settings.rules_dir),
+                "rules_loaded": (
+                    sum(1 for r in self.reloader.current.rules if r.rule.enabled)
+                    if self.reloader is not None else None
+                ),
                 "gate": self.gate.status(),
                 "state_restored": self._restored,
                 "state_problems": self._restore_problems,
@@ -648,18 +671,16 @@ async def build_stage(settings: Settings, ctx: CollectorContext) -> RemediationS
     """Called by agent.runtime.components at start: load ``--rules.dir`` (RulesError on an
     invalid rule, so the daemon refuses to start), build the engine and the stage.
 
-    A missing rules directory is not an error (nothing to remediate, e.g. ``make run`` on a
-    laptop): it is logged and the stage runs with no rules.
+    A missing rules directory is an error too (SettingsError): an agent that runs "healthy" with
+    no rules protects nothing. An empty directory is allowed and shows as
+    ``nodemedic_rules_loaded 0`` (alerted on by NodemedicNoRulesLoaded).
     """
     from agent.rules.engine import RuleEngine  # deferred: heavy, and rules import collectors
-    from agent.rules.loader import RuleSet, RulesReloader
+    from agent.rules.loader import RulesReloader
 
+    check_paths(settings)
     reloader = RulesReloader(settings.rules_dir)
-    ruleset = RuleSet()
-    if settings.rules_dir.is_dir():
-        ruleset = await asyncio.to_thread(reloader.reload)
-    else:
-        log.warning("rules_dir_missing", path=str(settings.rules_dir))
+    ruleset = await asyncio.to_thread(reloader.reload)
     engine = RuleEngine(ruleset, settings.node_name)
     return RemediationStage(settings, ctx.shared.get("api"), engine, reloader=reloader)
 

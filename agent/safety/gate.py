@@ -161,6 +161,21 @@ class SafetyGate:
         self._drain: dict[str, tuple[int, float]] = {}
         self._lock_held = False
 
+    def prepare_reload(self, settings: Settings) -> Callable[[], None]:
+        """Build what new ``settings`` need (a pause switch for a new ConfigMap) without
+        touching the running gate; the returned commit applies them and cannot fail."""
+        pause = self.pause
+        if (self.api is not None and pause is not None
+                and settings.safety_pause_configmap != self.settings.safety_pause_configmap):
+            pause = PauseSwitch(self.api, settings.node_name, settings.safety_pause_configmap,
+                                clock=self.clock)
+
+        def commit() -> None:
+            self.settings = settings
+            self.pause = pause
+
+        return commit
+
     # --- deciding ----------------------------------------------------------------------------
 
     def plan(self, req: ActionRequest) -> Plan | Decision:

@@ -196,6 +196,21 @@ async def test_reload_is_all_or_nothing(tmp_path: Path, stack: list[Served]) -> 
     assert (await get(srv.url("/metrics"), auth=basic("a", "two")))[0] == 200
 
 
+async def test_reload_refuses_to_turn_tls_on_or_off(tmp_path: Path, stack: list[Served]) -> None:
+    """A reload cannot change the listener's transport: adding TLS to a plain listener is refused
+    (the whole reload fails, the running users stay) instead of applying the rest of the file
+    while the socket stays plain HTTP."""
+    pki = Pki(tmp_path / "pki")
+    cfg = write(tmp_path, f"basic_auth_users:\n  a: {bcrypt_hash('one')}\n")
+    settings = settings_for_tests(web_config_file=cfg)
+    srv = await serve(settings)
+    stack.append(srv)
+    cfg.write_text(tls_config(pki) + f"basic_auth_users:\n  a: {bcrypt_hash('two')}\n")
+    with pytest.raises(WebConfigError, match="turning TLS on needs a restart"):
+        await srv.front.prepare(settings)
+    assert (await get(srv.url("/metrics"), auth=basic("a", "one")))[0] == 200
+
+
 async def test_probe_address_serves_only_probes(tmp_path: Path, stack: list[Served]) -> None:
     """--web.probe-address: plain HTTP, /healthz and /readyz without auth, nothing else."""
     pki = Pki(tmp_path / "pki")
