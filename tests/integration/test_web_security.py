@@ -141,7 +141,7 @@ def _agent_argv(*web: str) -> list[str]:
     return [sys.executable, "-m", "agent", "run", "--web.listen-address", "127.0.0.1:0",
             *web, "--path.cgroupfs", str(CGROUPS),
             "--kubelet.url", f"http://127.0.0.1:{_free_port()}", "--rules.dir", str(REPO / "rules"),
-            "--collect.interval", "1s", "--collector.timeout", "2s", "--log.format", "json",
+            "--collect.interval", "1s", "--collector.timeout", "0.5s", "--log.format", "json",
             "--node-name", "test-node", "--dry-run"]
 
 
@@ -361,7 +361,8 @@ def test_invalid_file_at_start_exits_2_with_one_line(tmp_path: Path) -> None:
     bad = tmp_path / "web.yml"
     bad.write_text("tls_server_config:\n  cert_file: a.crt\n  key_file: a.key\n"
                    "  client_auth: RequireAndVerifyClientCert\n")
-    res = subprocess.run([sys.executable, "-m", "agent", "run", "--web.config.file", str(bad)],
+    res = subprocess.run([sys.executable, "-m", "agent", "run", "--web.config.file", str(bad),
+                          "--rules.dir", str(tmp_path)],
                          capture_output=True, text=True, timeout=60, cwd=REPO)
     assert res.returncode == 2
     lines = res.stderr.strip().splitlines()
