@@ -6,11 +6,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from pathlib import Path
 
+import aiohttp
 import psutil
 import pytest
-from stress_agent import get, healthz, running_agent, short_budget
+from stress_agent import PROBE_TIMEOUT, get, healthz, running_agent, short_budget
+
+from agent.exporter.server import HEADER_TIMEOUT
 
 CRLF = b"\r\n"
 
@@ -123,4 +127,87 @@ async def test_slowloris_and_idle_connections_beyond_the_cap(tmp_path: Path) -> 
         assert closed_by_agent >= attackers - 2 * cap
         await asyncio.sleep(0.5)
         assert me.num_fds() <= fds_before + 5  # both ends of every connection are gone
+        assert await healthz(agent.port) == 200
+
+
+async def _probe(port: int, path: str) -> tuple[int, float]:
+    """(status, seconds) of one GET on a fresh connection, as a prober or Prometheus does it;
+    status 0 when nothing came back within PROBE_TIMEOUT."""
+    start = time.monotonic()
+    try:
+        status, _ = await get(port, path, timeout=PROBE_TIMEOUT)
+    except (TimeoutError, aiohttp.ClientError):
+        status = 0
+    return status, time.monotonic() - start
+
+
+async def _sustained_slowloris(port: int, n: int, stop: asyncio.Event,
+                               answers: list[bytes]) -> int:
+    """Keep ``n`` connections that never finish their headers open from loopback, reopening
+    each one the agent closes a second later (as slowloris tools do), until ``stop``; return
+    how many times the agent closed one. Whatever the agent answered goes to ``answers``."""
+    closed = 0
+
+    async def one() -> None:
+        nonlocal closed
+        again = False
+        while not stop.is_set():
+            if again:
+                await asyncio.sleep(1.0)
+            again = True
+            try:
+                r, w = await asyncio.open_connection("127.0.0.1", port)
+            except OSError:
+                await asyncio.sleep(0.05)
+                continue
+            try:
+                w.write(b"GET /metrics HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+                while not stop.is_set() and not r.at_eof():
+                    w.write(b"a")
+                    with contextlib.suppress(TimeoutError):
+                        if data := await asyncio.wait_for(r.read(4096), 0.5):
+                            answers.append(data)
+                if not stop.is_set():
+                    closed += 1
+            except ConnectionError:
+                closed += 1
+            finally:
+                w.close()
+
+    await asyncio.gather(*(one() for _ in range(n)))
+    return closed
+
+
+@pytest.mark.slow
+async def test_probes_and_scrapes_are_served_during_a_slowloris_attack(tmp_path: Path) -> None:
+    """250 loopback connections that never finish their headers, reopened a second after the
+    agent closes them, for longer than the header timeout: /healthz, /readyz and /metrics each keep
+    answering 200 within the probe timeout, and the attackers are cut off by the header
+    timeout and the connection limits rather than holding their sockets."""
+    attackers = 250
+    async with running_agent(tmp_path) as agent:
+        assert agent.port is not None
+        while (await _probe(agent.port, "/readyz"))[0] != 200:
+            await asyncio.sleep(0.2)
+        stop = asyncio.Event()
+        answers: list[bytes] = []
+        attack = asyncio.create_task(_sustained_slowloris(agent.port, attackers, stop, answers))
+        await asyncio.sleep(1.0)  # the attack is established
+        results: dict[str, list[tuple[int, float]]] = {"/healthz": [], "/readyz": [],
+                                                       "/metrics": []}
+        end = time.monotonic() + 2.5 * HEADER_TIMEOUT
+        while time.monotonic() < end:
+            for path, seen in results.items():
+                seen.append(await _probe(agent.port, path))
+            await asyncio.sleep(0.2)
+        stop.set()
+        closed_by_agent = await attack
+        for path, seen in results.items():
+            assert all(status == 200 for status, _ in seen), (path, seen)
+            assert len(seen) >= 5, (path, seen)
+        # Every attacker was cut off at least once by the header timeout or an eviction.
+        assert closed_by_agent >= attackers, closed_by_agent
+        # Refused attackers were told it is overload, never a 503 that reads as "unhealthy".
+        assert all(a.startswith(b"HTTP/1.1 429 ") and b"overloaded" in a for a in answers), \
+            {a[:80] for a in answers}
         assert await healthz(agent.port) == 200

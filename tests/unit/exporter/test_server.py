@@ -14,7 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from agent.exporter.render import Exposition, Renderer
 from agent.exporter.self_metrics import SelfMetrics
-from agent.exporter.server import build_app
+from agent.exporter.server import build_app, start_server
 from agent.structs.metrics import Family, MetricSpec
 
 OOM = MetricSpec("nodemedic_container_oom_kills_total", "OOM kills.", "counter",
@@ -117,8 +117,9 @@ async def test_oversized_request_is_refused_and_server_keeps_serving() -> None:
         assert (await client.get("/healthz")).status == 200
 
 
-async def test_too_many_in_flight_get_503() -> None:
-    """Beyond the in-flight limit requests are refused at once; health probes still answer."""
+async def test_too_many_in_flight_get_429_saying_overloaded() -> None:
+    """Beyond the in-flight limit requests are refused at once with a 429 that says it is
+    overload (a 503 would read as "unhealthy"); health probes still answer."""
     agent, sm, renderer = make()
     renderer.render()
     gate = asyncio.Event()
@@ -136,9 +137,59 @@ async def test_too_many_in_flight_get_503() -> None:
         pending = [asyncio.create_task(session.get(url)) for _ in range(2)]
         await asyncio.sleep(0.2)
         refused = await session.get(str(server.make_url("/status")))
-        assert refused.status == 503
+        assert refused.status == 429
+        assert (await refused.text()).startswith("overloaded: 2 requests in flight")
+        assert refused.headers["Retry-After"] == "1"
         probe = await session.get(str(server.make_url("/healthz")))
         assert probe.status == 200  # health probes still answer truthfully under load
         gate.set()
         for t in pending:
             assert (await t).status == 200
+
+
+async def _raw(port: int, path: str) -> bytes:
+    """The whole answer to one GET ``path`` on a fresh connection."""
+    r, w = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        w.write(b"GET %s HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n" % path.encode())
+        return await asyncio.wait_for(r.read(), 5.0)
+    finally:
+        w.close()
+
+
+async def test_connection_beyond_the_limits_evicts_an_idle_one_or_gets_429() -> None:
+    """With the connection limits reached, a new connection closes the oldest idle connection
+    (one still sending its headers) and is served; when every connection is busy handling a
+    request it is refused with a 429 "overloaded" (never a 503), and served once one frees."""
+    agent, sm, renderer = make()
+    renderer.render()
+    gate = asyncio.Event()
+    app = build_app(agent, sm, max_in_flight=2)  # 2 connections, 2 per client
+
+    async def slow(_: Any) -> web.Response:
+        await gate.wait()
+        return web.Response(text="done")
+
+    app.router.add_get("/slow", slow)
+    runner, port = await start_server(app, "127.0.0.1", 0)
+    try:
+        idle_r, idle_w = await asyncio.open_connection("127.0.0.1", port)
+        idle_w.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")  # headers never finished
+        await asyncio.sleep(0.1)
+        busy = asyncio.create_task(_raw(port, "/slow"))
+        await asyncio.sleep(0.1)
+        # Full: the half-sent connection is idle, so it makes room for this probe.
+        answer = await _raw(port, "/healthz")
+        assert answer.startswith(b"HTTP/1.1 200"), answer
+        assert await asyncio.wait_for(idle_r.read(), 2.0) == b""  # closed by the agent
+        busy2 = asyncio.create_task(_raw(port, "/slow"))
+        await asyncio.sleep(0.1)
+        refused = await _raw(port, "/healthz")
+        assert refused.startswith(b"HTTP/1.1 429 "), refused
+        assert b"overloaded: 2 connections from 127.0.0.1 are busy" in refused
+        assert b" 503 " not in refused
+        gate.set()
+        assert (await busy).startswith(b"HTTP/1.1 200") and (await busy2).startswith(b"HTTP/1.1")
+        idle_w.close()
+    finally:
+        await runner.cleanup()
