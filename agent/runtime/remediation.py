@@ -371,9 +371,12 @@ class RemediationStage:
             "continuing": continuing,
             "dry_run": decision.kind == "dry_run",
         }
-        # Repeated passes of a pending drain are debug noise; everything else is info.
+        # Repeated passes of a pending drain are debug noise; a failed action is a warning (its
+        # message says why); allowed, denied (with its reason) and dry-run decisions are info.
         quiet = continuing and result is not None and result.kind == "retry"
-        (log.debug if quiet else log.info)("remediation_decision", **fields)
+        failed = result is not None and result.kind == "failure"
+        emit = log.debug if quiet else log.warning if failed else log.info
+        emit("remediation_decision", **fields)
         self._recent.append({"time": self.clock(), **fields})
 
     async def _event(self, decision: Decision, result: Outcome) -> None:
