@@ -24,7 +24,7 @@ async def test_a_hung_fence_command_is_killed_and_a_warning(
 ) -> None:
     monkeypatch.setattr(fencing, "HOOK_TIMEOUT", 0.2)
     with capture_logs() as logs:
-        assert await run_hook(["sh", "-c", "sleep 30"], "n1") is False
+        assert await run_hook(["sh", "-c", "exec sleep 30"], "n1") is False
     assert logs[0]["log_level"] == "warning" and "timed out" in logs[0]["error"]
 
 
