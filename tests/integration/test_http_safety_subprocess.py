@@ -171,14 +171,19 @@ def make_run(tmp_path: Path, *make_vars: str) -> tuple[list[dict[str, Any]], lis
                 break
             time.sleep(0.2)
         assert agent is not None, proc.communicate(timeout=10)
-        time.sleep(6)  # the rule fires after 1-2 ticks; its action would have run by now
         sockets = listening(agent.pid)
-        got = subprocess.run(
-            ["nsenter", f"--net=/proc/{agent.pid}/ns/net", sys.executable, "-c",
-             "import urllib.request as u;"
-             "print(u.urlopen('http://127.0.0.1:9678/status', timeout=5).read().decode())"],
-            capture_output=True, text=True, timeout=20, check=True)
-        status = json.loads(got.stdout)
+        # Until the rule's decision is recorded (its log line is written just before).
+        while time.monotonic() < deadline + 30:
+            got = subprocess.run(
+                ["nsenter", f"--net=/proc/{agent.pid}/ns/net", sys.executable, "-c",
+                 "import urllib.request as u;"
+                 "print(u.urlopen('http://127.0.0.1:9678/status', timeout=5).read().decode())"],
+                capture_output=True, text=True, timeout=20, check=True)
+            status = json.loads(got.stdout)
+            if any(d["action"] == "restart-service" and d["outcome"] != "retry" for d in
+                   status.get("remediation", {}).get("recent_decisions", [])):
+                break
+            time.sleep(0.5)
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         _, err = proc.communicate(timeout=15)
