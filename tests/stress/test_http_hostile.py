@@ -130,30 +130,36 @@ async def test_slowloris_and_idle_connections_beyond_the_cap(tmp_path: Path) -> 
         assert await healthz(agent.port) == 200
 
 
-async def _probe(port: int, path: str) -> tuple[int, float]:
-    """(status, seconds) of one GET on a fresh connection, as a prober or Prometheus does it;
-    status 0 when nothing came back within PROBE_TIMEOUT."""
+async def _probe(port: int, path: str, source: str | None = None) -> tuple[int, float]:
+    """(status, seconds) of one GET on a fresh connection, as a prober or Prometheus does it,
+    from ``source`` (a loopback address) if given; status 0 when nothing came back within
+    PROBE_TIMEOUT."""
     start = time.monotonic()
+    conn = aiohttp.TCPConnector(local_addr=(source, 0) if source else None)
     try:
-        status, _ = await get(port, path, timeout=PROBE_TIMEOUT)
+        async with aiohttp.ClientSession(
+                connector=conn, timeout=aiohttp.ClientTimeout(total=PROBE_TIMEOUT)) as s, \
+                s.get(f"http://127.0.0.1:{port}{path}") as r:
+            await r.read()
+            status = r.status
     except (TimeoutError, aiohttp.ClientError):
         status = 0
     return status, time.monotonic() - start
 
 
 async def _sustained_slowloris(port: int, n: int, stop: asyncio.Event,
-                               answers: list[bytes]) -> int:
-    """Keep ``n`` connections that never finish their headers open from loopback, reopening
-    each one the agent closes a second later (as slowloris tools do), until ``stop``; return
-    how many times the agent closed one. Whatever the agent answered goes to ``answers``."""
+                               answers: list[bytes], pause: float = 1.0) -> int:
+    """Keep ``n`` connections that never finish their headers open from 127.0.0.1, reopening
+    each one the agent closes ``pause`` seconds later (slowloris tools wait a little; 0 is a
+    connection flood), until ``stop``; return how many times the agent closed one. Whatever the
+    agent answered goes to ``answers``."""
     closed = 0
 
     async def one() -> None:
         nonlocal closed
         again = False
         while not stop.is_set():
-            if again:
-                await asyncio.sleep(1.0)
+            await asyncio.sleep(pause if again else 0)
             again = True
             try:
                 r, w = await asyncio.open_connection("127.0.0.1", port)
@@ -211,3 +217,31 @@ async def test_probes_and_scrapes_are_served_during_a_slowloris_attack(tmp_path:
         assert all(a.startswith(b"HTTP/1.1 429 ") and b"overloaded" in a for a in answers), \
             {a[:80] for a in answers}
         assert await healthz(agent.port) == 200
+
+
+@pytest.mark.slow
+async def test_a_connection_flood_from_one_address_does_not_starve_other_clients(
+    tmp_path: Path,
+) -> None:
+    """250 connections from 127.0.0.1 reopened the moment the agent closes them: probes and
+    scrapes from another address (127.0.0.2, as Prometheus or a peer's prober would be) keep
+    getting 200 within the probe timeout, because one address holds at most a quarter of the
+    connections and room is made at the expense of the biggest holder."""
+    async with running_agent(tmp_path) as agent:
+        assert agent.port is not None
+        while (await _probe(agent.port, "/readyz"))[0] != 200:
+            await asyncio.sleep(0.2)
+        stop = asyncio.Event()
+        answers: list[bytes] = []
+        attack = asyncio.create_task(
+            _sustained_slowloris(agent.port, 250, stop, answers, pause=0.0))
+        await asyncio.sleep(1.0)
+        seen: list[tuple[str, int, float]] = []
+        end = time.monotonic() + 2 * HEADER_TIMEOUT
+        while time.monotonic() < end:
+            for path in ("/healthz", "/readyz", "/metrics"):
+                seen.append((path, *await _probe(agent.port, path, source="127.0.0.2")))
+            await asyncio.sleep(0.1)
+        stop.set()
+        await attack
+        assert len(seen) >= 6 and all(status == 200 for _, status, _ in seen), seen

@@ -147,9 +147,9 @@ async def test_too_many_in_flight_get_429_saying_overloaded() -> None:
             assert (await t).status == 200
 
 
-async def _raw(port: int, path: str) -> bytes:
-    """The whole answer to one GET ``path`` on a fresh connection."""
-    r, w = await asyncio.open_connection("127.0.0.1", port)
+async def _raw(port: int, path: str, source: str = "127.0.0.1") -> bytes:
+    """The whole answer to one GET ``path`` on a fresh connection from ``source``."""
+    r, w = await asyncio.open_connection("127.0.0.1", port, local_addr=(source, 0))
     try:
         w.write(b"GET %s HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n" % path.encode())
         return await asyncio.wait_for(r.read(), 5.0)
@@ -157,14 +157,15 @@ async def _raw(port: int, path: str) -> bytes:
         w.close()
 
 
-async def test_connection_beyond_the_limits_evicts_an_idle_one_or_gets_429() -> None:
-    """With the connection limits reached, a new connection closes the oldest idle connection
-    (one still sending its headers) and is served; when every connection is busy handling a
-    request it is refused with a 429 "overloaded" (never a 503), and served once one frees."""
+async def test_one_client_beyond_its_share_evicts_its_idle_connection_or_gets_429() -> None:
+    """One client address holds at most a quarter of --web.max-connections (here 2 of 8): past
+    that its oldest idle connection (one still sending its headers) is closed and the new one
+    served; when all its connections are busy handling requests the new one is refused with a
+    429 "overloaded" (never a 503), while another address is still served."""
     agent, sm, renderer = make()
     renderer.render()
     gate = asyncio.Event()
-    app = build_app(agent, sm, max_in_flight=2)  # 2 connections, 2 per client
+    app = build_app(agent, sm, max_in_flight=8)
 
     async def slow(_: Any) -> web.Response:
         await gate.wait()
@@ -178,7 +179,7 @@ async def test_connection_beyond_the_limits_evicts_an_idle_one_or_gets_429() -> 
         await asyncio.sleep(0.1)
         busy = asyncio.create_task(_raw(port, "/slow"))
         await asyncio.sleep(0.1)
-        # Full: the half-sent connection is idle, so it makes room for this probe.
+        # At its share: the half-sent connection is idle, so it makes room for this probe.
         answer = await _raw(port, "/healthz")
         assert answer.startswith(b"HTTP/1.1 200"), answer
         assert await asyncio.wait_for(idle_r.read(), 2.0) == b""  # closed by the agent
@@ -188,8 +189,34 @@ async def test_connection_beyond_the_limits_evicts_an_idle_one_or_gets_429() -> 
         assert refused.startswith(b"HTTP/1.1 429 "), refused
         assert b"overloaded: 2 connections from 127.0.0.1 are busy" in refused
         assert b" 503 " not in refused
+        assert (await _raw(port, "/healthz", source="127.0.0.2")).startswith(b"HTTP/1.1 200")
         gate.set()
         assert (await busy).startswith(b"HTTP/1.1 200") and (await busy2).startswith(b"HTTP/1.1")
         idle_w.close()
+    finally:
+        await runner.cleanup()
+
+
+async def test_at_the_connection_limit_the_biggest_holder_makes_room() -> None:
+    """With --web.max-connections open, a newcomer closes the oldest idle connection of the
+    address holding the most, not the idle connection of a smaller client."""
+    agent, sm, renderer = make()
+    renderer.render()
+    runner, port = await start_server(build_app(agent, sm, max_in_flight=4), "127.0.0.1", 0)
+    half = b"GET /healthz HTTP/1.1\r\nHost: x\r\n"
+    try:
+        held = []
+        for source in ("127.0.0.2", "127.0.0.1", "127.0.0.1", "127.0.0.3"):
+            r, w = await asyncio.open_connection("127.0.0.1", port, local_addr=(source, 0))
+            w.write(half)
+            held.append((source, r, w))
+            await asyncio.sleep(0.05)
+        answer = await _raw(port, "/healthz", source="127.0.0.4")
+        assert answer.startswith(b"HTTP/1.1 200"), answer
+        closed = [src for src, r, _ in held if r.at_eof()]
+        assert closed == ["127.0.0.1"], closed  # the oldest of the biggest holder's two
+        assert held[1][1].at_eof()
+        for _, _, w in held:
+            w.close()
     finally:
         await runner.cleanup()
