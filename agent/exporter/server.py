@@ -33,7 +33,7 @@ from agent.exporter.self_metrics import SelfMetrics
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 # (max open connections, called per refused connection), read by start_server.
 # A request's headers must be complete this long after connecting or after the previous
-# response, or aiohttp closes the connection (its keep-alive timer, armed at connect).
+# response, or the connection is closed (_Admit's deadline, then aiohttp's keep-alive timer).
 HEADER_TIMEOUT = 5.0
 
 
@@ -62,6 +62,7 @@ def build_app(agent: AgentView, metrics: SelfMetrics, max_in_flight: int = 64) -
     @web.middleware
     async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
         conns.busy.add(request.protocol)  # not idle: never closed to make room
+        conns.served.add(request.protocol)  # its first request's headers came in time
         try:
             return await limit(request, handler)
         finally:
@@ -173,6 +174,7 @@ class _Admit(asyncio.Protocol):
         self.conns = conns
         self.client = ""
         self.handler: web.RequestHandler | None = None
+        self._deadline: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         peer = transport.get_extra_info("peername")
@@ -186,6 +188,17 @@ class _Admit(asyncio.Protocol):
         assert self.conns.server is not None, "start_server sets it before serving"
         self.handler = self.conns.server()
         self.handler.connection_made(transport)
+        # Our own deadline for the first request: recent aiohttp also arms its keep-alive timer
+        # at connect, older releases (pyproject allows 3.9) never time out a connection that
+        # does not finish its first request's headers. Later requests: that timer, in all.
+        self._deadline = asyncio.get_running_loop().call_later(HEADER_TIMEOUT, self._expire)
+
+    def _expire(self) -> None:
+        self._deadline = None
+        h = self.handler
+        if h is not None and h not in self.conns.served and h not in self.conns.busy:
+            self.conns.open.pop(self, None)
+            h.force_close()
 
     def data_received(self, data: bytes) -> None:
         if self.handler is not None:
@@ -197,7 +210,10 @@ class _Admit(asyncio.Protocol):
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self.conns.open.pop(self, None)
+        if self._deadline is not None:
+            self._deadline.cancel()
         if self.handler is not None:
+            self.conns.served.discard(self.handler)
             self.handler.connection_lost(exc)
 
     def pause_writing(self) -> None:
@@ -225,8 +241,9 @@ class _Connections:
     connection (no request being handled: still sending its headers, or kept alive between
     requests) is closed, taken from the client holding the most connections; only when every
     candidate is busy handling a request is the new connection refused with a 429. A
-    connection that has not sent a complete request within HEADER_TIMEOUT of connecting (or
-    of its last response) is closed by aiohttp itself (its keep-alive timer)."""
+    connection that has not sent a complete request within HEADER_TIMEOUT of connecting is
+    closed by its _Admit, and within HEADER_TIMEOUT of its last response by aiohttp (its
+    keep-alive timer, set to HEADER_TIMEOUT)."""
 
     def __init__(self, limit: int, on_refuse: Callable[[], None]) -> None:
         self.limit = max(1, limit)
@@ -235,6 +252,7 @@ class _Connections:
         self.server: web.Server | None = None
         self.open: dict[_Admit, None] = {}  # admitted and not yet lost, oldest first
         self.busy: set[web.RequestHandler] = set()  # handling a request (see build_app)
+        self.served: set[web.RequestHandler] = set()  # open, and a request got in
 
     def __call__(self) -> asyncio.BaseProtocol:
         return _Admit(self)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gzip
 import json
 from typing import Any
@@ -14,7 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from agent.exporter.render import Exposition, Renderer
 from agent.exporter.self_metrics import SelfMetrics
-from agent.exporter.server import build_app, start_server
+from agent.exporter.server import HEADER_TIMEOUT, build_app, start_server
 from agent.structs.metrics import Family, MetricSpec
 
 OOM = MetricSpec("nodemedic_container_oom_kills_total", "OOM kills.", "counter",
@@ -218,5 +219,40 @@ async def test_at_the_connection_limit_the_biggest_holder_makes_room() -> None:
         assert held[1][1].at_eof()
         for _, _, w in held:
             w.close()
+    finally:
+        await runner.cleanup()
+
+
+async def test_headers_trickled_slower_than_the_header_timeout_get_the_connection_closed() -> None:
+    """A connection sending its request headers a byte at a time is closed once HEADER_TIMEOUT
+    has passed since it connected (first request) or since its last response (the next one),
+    even far below every connection limit; a byte now and then does not extend it."""
+    agent, sm, renderer = make()
+    renderer.render()
+    runner, port = await start_server(build_app(agent, sm), "127.0.0.1", 0)
+    loop = asyncio.get_running_loop()
+
+    async def trickle(first: bytes) -> float:
+        r, w = await asyncio.open_connection("127.0.0.1", port)
+        w.write(first)
+        if first:  # a whole request: read its answer, then start the next one slowly
+            await r.readuntil(b"ok\n")
+        since = loop.time()
+        w.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        try:
+            while not r.at_eof() and loop.time() - since < 4 * HEADER_TIMEOUT:
+                w.write(b"a")
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(r.read(100), 0.5)
+        except ConnectionError:
+            pass
+        w.close()
+        return loop.time() - since
+
+    try:
+        first, later = await asyncio.gather(
+            trickle(b""), trickle(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"))
+        for took in (first, later):
+            assert 0.8 * HEADER_TIMEOUT <= took < 2 * HEADER_TIMEOUT, (first, later)
     finally:
         await runner.cleanup()
