@@ -35,6 +35,8 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 # A request's headers must be complete this long after connecting or after the previous
 # response, or the connection is closed (_Admit's deadline, then aiohttp's keep-alive timer).
 HEADER_TIMEOUT = 5.0
+# A new connection's time to send its request headers before it may be closed to make room.
+GRACE = 0.25
 
 
 class AgentView(Protocol):
@@ -173,10 +175,13 @@ class _Admit(asyncio.Protocol):
     def __init__(self, conns: _Connections) -> None:
         self.conns = conns
         self.client = ""
+        self.born = 0.0
         self.handler: web.RequestHandler | None = None
-        self._deadline: asyncio.TimerHandle | None = None
+        self._timers: list[asyncio.TimerHandle] = []
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        loop = asyncio.get_running_loop()
+        self.born = loop.time()
         peer = transport.get_extra_info("peername")
         self.client = str(peer[0]) if isinstance(peer, (tuple, list)) and peer else ""
         why = self.conns.admit(self)
@@ -188,17 +193,36 @@ class _Admit(asyncio.Protocol):
         assert self.conns.server is not None, "start_server sets it before serving"
         self.handler = self.conns.server()
         self.handler.connection_made(transport)
-        # Our own deadline for the first request: recent aiohttp also arms its keep-alive timer
-        # at connect, older releases (pyproject allows 3.9) never time out a connection that
-        # does not finish its first request's headers. Later requests: that timer, in all.
-        self._deadline = asyncio.get_running_loop().call_later(HEADER_TIMEOUT, self._expire)
+        # The header deadline is ours for the first request: recent aiohttp also arms its
+        # keep-alive timer at connect, older releases (pyproject allows 3.9) never time out a
+        # connection that does not finish its first request's headers. Later requests: that
+        # timer, in all of them.
+        self._timers = [loop.call_later(GRACE, self._end_of_grace),
+                        loop.call_later(HEADER_TIMEOUT, self._header_deadline)]
 
-    def _expire(self) -> None:
-        self._deadline = None
+    def pending(self) -> bool:
+        """Admitted, and no request of it has reached the app yet (its headers are not in)."""
         h = self.handler
-        if h is not None and h not in self.conns.served and h not in self.conns.busy:
-            self.conns.open.pop(self, None)
-            h.force_close()
+        return h is not None and h not in self.conns.served and h not in self.conns.busy
+
+    def evictable(self, now: float) -> bool:
+        """Idle (no request being handled) and past its grace or already served once."""
+        h = self.handler
+        return (h is not None and h not in self.conns.busy
+                and (h in self.conns.served or now - self.born >= GRACE))
+
+    def close(self) -> None:
+        self.conns.open.pop(self, None)
+        if self.handler is not None:
+            self.handler.force_close()  # idle: no request is cut; buffered output is flushed
+
+    def _end_of_grace(self) -> None:
+        if self.pending() and self.conns.crowded(self.client):
+            self.close()
+
+    def _header_deadline(self) -> None:
+        if self.pending():
+            self.close()
 
     def data_received(self, data: bytes) -> None:
         if self.handler is not None:
@@ -210,8 +234,8 @@ class _Admit(asyncio.Protocol):
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self.conns.open.pop(self, None)
-        if self._deadline is not None:
-            self._deadline.cancel()
+        for t in self._timers:
+            t.cancel()
         if self.handler is not None:
             self.conns.served.discard(self.handler)
             self.handler.connection_lost(exc)
@@ -236,11 +260,15 @@ def overload_response(why: str) -> bytes:
 class _Connections:
     """Protocol factory in front of aiohttp's web.Server that bounds open connections.
 
-    At most ``limit`` connections are open, and one client (source IP) holds at most
-    ``per_client`` of them. To admit a connection beyond either bound, the oldest *idle*
-    connection (no request being handled: still sending its headers, or kept alive between
-    requests) is closed, taken from the client holding the most connections; only when every
-    candidate is busy handling a request is the new connection refused with a 429. A
+    ``limit`` connections are open, one client (source IP) holds ``per_client`` of them. A new
+    connection is always let in below ``hard`` (4 x limit) and gets GRACE to send its headers:
+    the agent cannot tell a probe from an attacker before that, so evicting newcomers would
+    cut probes coming from an attacker's address. Beyond a soft bound, room is made by closing
+    the oldest *evictable* connection (idle, i.e. no request being handled, and past its grace
+    or served before) of that client or of the biggest holder, and a newcomer still without a
+    request at the end of its grace is closed while its client or the total is over its bound.
+    At ``hard`` the oldest idle connection of the biggest holder is closed even within its grace,
+    and only when every connection is handling a request is the newcomer refused with a 429. A
     connection that has not sent a complete request within HEADER_TIMEOUT of connecting is
     closed by its _Admit, and within HEADER_TIMEOUT of its last response by aiohttp (its
     keep-alive timer, set to HEADER_TIMEOUT)."""
@@ -248,6 +276,7 @@ class _Connections:
     def __init__(self, limit: int, on_refuse: Callable[[], None]) -> None:
         self.limit = max(1, limit)
         self.per_client = max(2, self.limit // 4)
+        self.hard = 4 * self.limit
         self.on_refuse = on_refuse
         self.server: web.Server | None = None
         self.open: dict[_Admit, None] = {}  # admitted and not yet lost, oldest first
@@ -257,27 +286,40 @@ class _Connections:
     def __call__(self) -> asyncio.BaseProtocol:
         return _Admit(self)
 
+    def crowded(self, client: str) -> bool:
+        """Over a soft bound: too many connections in all, or from ``client``."""
+        return (len(self.open) > self.limit
+                or sum(1 for c in self.open if c.client == client) > self.per_client)
+
     def admit(self, conn: _Admit) -> str | None:
-        """Make room for ``conn`` and register it; or say why it is refused."""
-        mine = [c for c in self.open if c.client == conn.client]
-        if len(mine) >= self.per_client and not self._evict(mine):
-            return f"{len(mine)} connections from {conn.client or 'this client'} are busy " \
-                   f"(limit {self.per_client} per client)"
-        if len(self.open) >= self.limit:
-            per: dict[str, list[_Admit]] = {}
-            for c in self.open:
-                per.setdefault(c.client, []).append(c)
-            if not any(self._evict(cs) for cs in sorted(per.values(), key=len, reverse=True)):
-                return f"{len(self.open)} connections are busy (limit {self.limit})"
+        """Register ``conn``, making room as the bounds require; or say why it is refused."""
+        now = conn.born
+        # At the hard bound even a newcomer still in its grace may go (the file descriptors
+        # must stay bounded); only if every connection is handling a request is this one refused.
+        if len(self.open) >= self.hard and not self._evict_biggest(now, young_too=True):
+            return f"{len(self.open)} connections open, none idle (limit {self.hard})"
         self.open[conn] = None
+        mine = [c for c in self.open if c.client == conn.client]
+        if len(mine) > self.per_client:
+            self._evict(mine, now)
+        if len(self.open) > self.limit:
+            self._evict_biggest(now)
         return None
 
-    def _evict(self, candidates: list[_Admit]) -> bool:
-        """Close the oldest idle connection among ``candidates``; False when all are busy."""
+    def _evict_biggest(self, now: float, young_too: bool = False) -> bool:
+        """Close the oldest evictable connection of the biggest holder that has one (with
+        ``young_too``, also one still in its grace, before trying a smaller holder)."""
+        per: dict[str, list[_Admit]] = {}
+        for c in self.open:
+            per.setdefault(c.client, []).append(c)
+        return any(self._evict(cs, now) or (young_too and self._evict(cs, now + GRACE))
+                   for cs in sorted(per.values(), key=len, reverse=True))
+
+    def _evict(self, candidates: list[_Admit], now: float) -> bool:
+        """Close the oldest evictable connection among ``candidates``; False if there is none."""
         for c in candidates:
-            if c.handler is not None and c.handler not in self.busy:
-                del self.open[c]
-                c.handler.force_close()  # idle: no request is cut; buffered output is flushed
+            if c.evictable(now):
+                c.close()
                 return True
         return False
 

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import gzip
 import json
-from typing import Any
+from typing import Any, cast
 
 from aiohttp import ClientSession, web
 from aiohttp.test_utils import TestClient, TestServer
@@ -15,7 +15,15 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from agent.exporter.render import Exposition, Renderer
 from agent.exporter.self_metrics import SelfMetrics
-from agent.exporter.server import HEADER_TIMEOUT, build_app, start_server
+from agent.exporter.server import (
+    GRACE,
+    HEADER_TIMEOUT,
+    _Admit,
+    _Connections,
+    build_app,
+    overload_response,
+    start_server,
+)
 from agent.structs.metrics import Family, MetricSpec
 
 OOM = MetricSpec("nodemedic_container_oom_kills_total", "OOM kills.", "counter",
@@ -148,21 +156,21 @@ async def test_too_many_in_flight_get_429_saying_overloaded() -> None:
             assert (await t).status == 200
 
 
-async def _raw(port: int, path: str, source: str = "127.0.0.1") -> bytes:
+async def _raw(port: int, path: str, source: str = "127.0.0.1", timeout: float = 5.0) -> bytes:
     """The whole answer to one GET ``path`` on a fresh connection from ``source``."""
     r, w = await asyncio.open_connection("127.0.0.1", port, local_addr=(source, 0))
     try:
         w.write(b"GET %s HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n" % path.encode())
-        return await asyncio.wait_for(r.read(), 5.0)
+        return await asyncio.wait_for(r.read(), timeout)
     finally:
         w.close()
 
 
-async def test_one_client_beyond_its_share_evicts_its_idle_connection_or_gets_429() -> None:
-    """One client address holds at most a quarter of --web.max-connections (here 2 of 8): past
-    that its oldest idle connection (one still sending its headers) is closed and the new one
-    served; when all its connections are busy handling requests the new one is refused with a
-    429 "overloaded" (never a 503), while another address is still served."""
+async def test_one_client_beyond_its_share_loses_its_slow_connections_not_its_probes() -> None:
+    """One client address holds at most a quarter of --web.max-connections (here 2 of 8) of
+    connections that are slow to send their headers: past that, its oldest idle connection is
+    closed, and a newcomer still without a request at the end of its grace is closed; a probe
+    from the same address, which sends its request at once, is served throughout."""
     agent, sm, renderer = make()
     renderer.render()
     gate = asyncio.Event()
@@ -174,28 +182,65 @@ async def test_one_client_beyond_its_share_evicts_its_idle_connection_or_gets_42
 
     app.router.add_get("/slow", slow)
     runner, port = await start_server(app, "127.0.0.1", 0)
+    half = b"GET /healthz HTTP/1.1\r\nHost: x\r\n"  # headers never finished
+
+    async def half_sent() -> asyncio.StreamReader:
+        r, w = await asyncio.open_connection("127.0.0.1", port)
+        w.write(half)
+        writers.append(w)
+        return r
+
+    writers: list[asyncio.StreamWriter] = []
     try:
-        idle_r, idle_w = await asyncio.open_connection("127.0.0.1", port)
-        idle_w.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")  # headers never finished
-        await asyncio.sleep(0.1)
-        busy = asyncio.create_task(_raw(port, "/slow"))
-        await asyncio.sleep(0.1)
-        # At its share: the half-sent connection is idle, so it makes room for this probe.
-        answer = await _raw(port, "/healthz")
-        assert answer.startswith(b"HTTP/1.1 200"), answer
-        assert await asyncio.wait_for(idle_r.read(), 2.0) == b""  # closed by the agent
-        busy2 = asyncio.create_task(_raw(port, "/slow"))
-        await asyncio.sleep(0.1)
-        refused = await _raw(port, "/healthz")
-        assert refused.startswith(b"HTTP/1.1 429 "), refused
-        assert b"overloaded: 2 connections from 127.0.0.1 are busy" in refused
-        assert b" 503 " not in refused
-        assert (await _raw(port, "/healthz", source="127.0.0.2")).startswith(b"HTTP/1.1 200")
+        idle = await half_sent()
+        busy = asyncio.create_task(_raw(port, "/slow", timeout=30))
+        await asyncio.sleep(GRACE + 0.1)
+        # At its share: the probe gets in and the idle half-sent connection makes room.
+        assert (await _raw(port, "/healthz")).startswith(b"HTTP/1.1 200")
+        assert await asyncio.wait_for(idle.read(), 2.0) == b""  # closed by the agent
+        # Two more slow ones in a row: the first is over the share at the end of its grace and
+        # closed then; the second, within the share, lasts until the header timeout. A probe
+        # sent meanwhile is served.
+        late = [await half_sent(), await half_sent()]
+        assert (await _raw(port, "/healthz")).startswith(b"HTTP/1.1 200")
+        assert await asyncio.wait_for(late[0].read(), HEADER_TIMEOUT / 2) == b""
+        assert not late[1].at_eof()
+        assert await asyncio.wait_for(late[1].read(), HEADER_TIMEOUT + 2) == b""
+        assert not gate.is_set() and not busy.done()  # the request in progress was not cut
         gate.set()
-        assert (await busy).startswith(b"HTTP/1.1 200") and (await busy2).startswith(b"HTTP/1.1")
-        idle_w.close()
+        assert (await busy).startswith(b"HTTP/1.1 200")
     finally:
+        for w in writers:
+            w.close()
         await runner.cleanup()
+
+
+def test_at_the_hard_bound_with_every_connection_busy_a_newcomer_gets_429() -> None:
+    """The last resort, driven directly: 4 x --web.max-connections open and every one handling
+    a request; the newcomer is refused with a reason (sent as a 429 "overloaded"), and admitted
+    again as soon as one of them is idle."""
+    refused: list[int] = []
+    conns = _Connections(2, lambda: refused.append(1))
+
+    class Handler:
+        def force_close(self) -> None:
+            self.closed = True
+
+    open_ = []
+    for i in range(conns.hard):
+        a = _Admit(conns)
+        a.client, a.born, a.handler = f"10.0.0.{i}", 0.0, cast(Any, Handler())
+        assert conns.admit(a) is None
+        conns.busy.add(cast(Any, a.handler))
+        open_.append(a)
+    newcomer = _Admit(conns)
+    newcomer.client, newcomer.born = "10.0.0.99", 1.0
+    why = conns.admit(newcomer)
+    assert why == "8 connections open, none idle (limit 8)"
+    assert overload_response(why).startswith(b"HTTP/1.1 429 Too Many Requests\r\n")
+    assert b"overloaded: 8 connections open" in overload_response(why)
+    conns.busy.discard(cast(Any, open_[3].handler))
+    assert conns.admit(newcomer) is None and open_[3] not in conns.open
 
 
 async def test_at_the_connection_limit_the_biggest_holder_makes_room() -> None:
@@ -212,6 +257,7 @@ async def test_at_the_connection_limit_the_biggest_holder_makes_room() -> None:
             w.write(half)
             held.append((source, r, w))
             await asyncio.sleep(0.05)
+        await asyncio.sleep(GRACE)  # past their grace: evictable
         answer = await _raw(port, "/healthz", source="127.0.0.4")
         assert answer.startswith(b"HTTP/1.1 200"), answer
         closed = [src for src, r, _ in held if r.at_eof()]
