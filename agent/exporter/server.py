@@ -8,10 +8,12 @@ Requests beyond ``max_in_flight`` get that 429 at once instead of queueing; requ
 header sizes are capped (aiohttp's 8 KiB lines, 128 headers), so a hostile or buggy client cannot
 exhaust the agent. /healthz and /readyz are exempt from the in-flight limit.
 Connections are bounded as well (slowloris, idle floods; :class:`_Connections`): a request's
-headers must be complete within HEADER_TIMEOUT of connecting or of the previous response, one
-client (source IP) holds at most a quarter of ``max_connections``, and to admit a connection past
-either bound the oldest idle connection of the biggest holder is closed, so a probe still gets
-in; only when every connection is busy handling a request is the new one refused with the 429.
+headers must be complete within HEADER_TIMEOUT of connecting or of the previous response; a new
+connection gets GRACE to send them (a probe cannot be told from an attacker before); beyond
+``max_connections`` in all or a quarter of it from one client (source IP), slow connections are
+closed, the biggest holder's first, and at 4 x ``max_connections`` even fresh ones, so a probe
+still gets in; only when every connection is busy handling a request is the new one refused
+with the 429.
 Tracebacks aiohttp logs for malformed requests are rate-limited to one a minute so a client cannot
 flood the journal."""
 
