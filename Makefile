@@ -5,7 +5,11 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
-LISTEN ?= :9678
+# `make run` is for trying nodemedic out: loopback only, and dry-run (rules are evaluated and every
+# action is logged, none is executed). An operator opts out explicitly:
+#   make run DRY_RUN=0 LISTEN=:9678
+LISTEN ?= 127.0.0.1:9678
+DRY_RUN ?= 1
 RUN_ARGS ?=
 PYTEST_ARGS ?=
 # Debian packages the tests drive for real (promtool/prometheus, node_exporter as the benchmark
@@ -23,9 +27,10 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-## run: the agent on this machine with the default rules (works without a cluster).
+## run: the agent on this machine with the default rules, dry-run on 127.0.0.1 (see DRY_RUN).
 run: $(STAMP)
-	$(VENV)/bin/nodemedic run --web.listen-address $(LISTEN) --rules.dir rules $(RUN_ARGS)
+	$(if $(filter-out 0 1,$(DRY_RUN)),$(error DRY_RUN must be 1 (default: execute nothing) or 0 (execute actions), not '$(DRY_RUN)'))
+	$(VENV)/bin/nodemedic run --web.listen-address $(LISTEN) --rules.dir rules $(if $(filter 1,$(DRY_RUN)),--dry-run) $(RUN_ARGS)
 
 demo: $(STAMP)
 	$(VENV)/bin/nodemedic demo

@@ -105,6 +105,7 @@ class SelfMetrics:
         )
         self.http_rejected = Counter(
             "nodemedic_http_rejected_total",
-            "HTTP requests refused because too many were in flight.",
+            "HTTP requests and connections refused with 429 (overload): too many requests in "
+            "flight, or every connection busy.",
             registry=registry,
         )

@@ -16,6 +16,8 @@ import contextlib
 from collections.abc import Sequence
 from typing import Any
 
+import structlog
+
 from agent.kube.nodes import update_node
 from agent.peers.detector import Verdict
 
@@ -24,6 +26,8 @@ OUT_OF_SERVICE = {"key": "node.kubernetes.io/out-of-service", "value": "nodeshut
                   "effect": "NoExecute"}
 FAILED_TAINT = {"key": "nodemedic.io/node-failed", "value": "", "effect": "NoSchedule"}
 HOOK_TIMEOUT = 30.0
+
+log = structlog.get_logger("nodemedic.failover")
 
 
 def fencing_state(
@@ -49,16 +53,23 @@ async def run_hook(argv: Sequence[str], node: str) -> bool:
         proc = await asyncio.create_subprocess_exec(
             *argv, node, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL
         )
-    except OSError:
+    except OSError as exc:
+        log.warning("fence_command_failed", node=node, argv=[*argv, node],
+                    error=f"cannot run: {exc}")
         return False
     try:
         async with asyncio.timeout(HOOK_TIMEOUT):
-            return bool(await proc.wait() == 0)
+            code = await proc.wait()
     except TimeoutError:
         with contextlib.suppress(ProcessLookupError):
             proc.kill()
         await proc.wait()
+        log.warning("fence_command_failed", node=node, argv=[*argv, node],
+                    error=f"timed out after {HOOK_TIMEOUT:g}s")
         return False
+    # A non-zero exit is the hook's answer ("not fenced"), not a failure.
+    log.info("fence_command_answered", node=node, exit_code=code, fenced=code == 0)
+    return code == 0
 
 
 def same_taint(a: dict[str, Any], b: dict[str, Any]) -> bool:

@@ -197,9 +197,12 @@ class Remedy:
                 ts.gate.record_execution(decision, outcome)
         ts.gate.count(decision, outcome)
         self.actions[(spec.type, decision.kind, outcome.kind if outcome else "none")] += 1
-        # Repeated identical passes (a drain waiting on a PDB) log at debug, changes at info.
+        # Repeated identical passes (a drain waiting on a PDB) log at debug, changes at info, and
+        # a failure (its message says why) at warning.
         said = f"{decision.kind}/{decision.reason}/{outcome.message if outcome else ''}"
-        emit = log.info if self._last_said.get((node, spec.type)) != said else log.debug
+        failed = outcome is not None and outcome.kind == "failure"
+        emit = (log.debug if self._last_said.get((node, spec.type)) == said
+                else log.warning if failed else log.info)
         self._last_said[(node, spec.type)] = said
         emit("failover_action", node=node, action=spec.type, decision=decision.kind,
              reason=decision.reason, detail=decision.detail,
@@ -293,8 +296,9 @@ class Remedy:
         if state.get("oos"):
             try:
                 await set_taint(self.api, node, OUT_OF_SERVICE, False)
-            except KubeError:
+            except KubeError as exc:
                 ok = False
+                log.warning("out_of_service_removal_failed", node=node, error=str(exc))
         for spec in (ActionSpec("untaint", {"key": FAILED_TAINT["key"]}), ActionSpec("uncordon")):
             d, o = await self.run(node, spec, reason, undo=True)
             ok = ok and d.kind == "allowed" and o is not None and o.kind in ("success", "noop")

@@ -44,6 +44,20 @@ log = structlog.get_logger("nodemedic.daemon")
 MAX_REPORTED_PROBLEMS = 100  # problems of a failed reload kept for the log line and /status
 
 
+def run_mode(settings: Settings) -> tuple[str, str]:
+    """("dry-run" or "live", why): the first log line and /status say it."""
+    if settings.dry_run:
+        return "dry-run", ("dry-run is on (--dry-run, $NODEMEDIC_DRY_RUN or dry-run: true in the "
+                           "config file): rules are evaluated and every action is gated and "
+                           "logged, none is executed")
+    if "dry_run" in settings.model_fields_set:
+        return "live", ("dry-run was turned off explicitly (--no-dry-run, $NODEMEDIC_DRY_RUN or "
+                        "dry-run: false in the config file): actions the safety gate allows "
+                        "are executed")
+    return "live", ("dry-run is off by default (nothing set it): actions the safety gate allows "
+                    "are executed; start with --dry-run to only log them")
+
+
 def enabled_collectors(settings: Settings, ctx: CollectorContext) -> list[Collector]:
     """Instantiate every registered collector that the settings enable."""
     collector_registry.load_builtin()
@@ -97,6 +111,9 @@ class Agent:
     async def start(self) -> None:
         """Build collectors and components, start serving HTTP and the tick loop."""
         loop = asyncio.get_running_loop()
+        mode, why = run_mode(self.settings)
+        log.info("starting", mode=mode, mode_reason=why, version=__version__,
+                 node=self.settings.node_name, listen=self.settings.web_listen_address)
         if self._handle_signals:
             # Bounded worker pool for file parsing: a hung read cannot spawn threads forever.
             self._executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="nodemedic-io")
@@ -124,6 +141,7 @@ class Agent:
         log.info(
             "started", version=__version__, node=self.settings.node_name,
             listen=f"{host}:{self.port}", dry_run=self.settings.dry_run,
+            mode=run_mode(self.settings)[0],
             collectors=[c.name for c in self._collection.collectors],
             components=[type(c).__name__ for c in self._components],
         )
@@ -380,10 +398,13 @@ class Agent:
 
     def status(self) -> dict[str, Any]:
         snap = self._snapshot
+        mode, mode_reason = run_mode(self.settings)
         out: dict[str, Any] = {
             "node": self.settings.node_name,
             "version": __version__,
             "dry_run": self.settings.dry_run,
+            "mode": mode,
+            "mode_reason": mode_reason,
             "ready": self._last_tick_mono is not None,
             "interval_seconds": self.settings.collect_interval,
             "last_reload_error": self._last_reload_error,

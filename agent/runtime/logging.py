@@ -1,12 +1,17 @@
 """structlog configuration: JSON lines for journald/collectors, a console renderer on a TTY.
 
 Called once by agent.cli before the daemon starts, and again on SIGHUP when the log level changes.
+Records of libraries' stdlib loggers (aiohttp.server, aiohttp.access, aiohttp.web, asyncio,
+py.warnings, ...) go through structlog's ProcessorFormatter with the same renderer, so each is one
+JSON object too (logger name, level, timestamp; a traceback is the ``exception`` string), and so
+are warnings, exceptions ignored in ``__del__`` and exceptions escaping a thread.
 """
 
 from __future__ import annotations
 
 import logging
 import sys
+import threading
 from typing import Literal
 
 import structlog
@@ -25,11 +30,14 @@ def configure_logging(
         if use_console
         else structlog.processors.JSONRenderer(sort_keys=False)
     )
+    shared: list[structlog.typing.Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
     structlog.configure(
         processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            *shared,
             structlog.processors.StackInfoRenderer(),
             structlog.processors.format_exc_info,
             renderer,
@@ -38,5 +46,27 @@ def configure_logging(
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=False,
     )
-    logging.basicConfig(level=max(_LEVELS[level], logging.WARNING), stream=sys.stderr,
-                        format="%(levelname)s %(name)s: %(message)s", force=True)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name],
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                    structlog.processors.format_exc_info, renderer],
+    ))
+    logging.basicConfig(level=max(_LEVELS[level], logging.WARNING), handlers=[handler],
+                        force=True)
+    logging.captureWarnings(True)
+    sys.unraisablehook = _log_unraisable
+    threading.excepthook = _log_thread_exception
+
+
+def _log_unraisable(u: sys.UnraisableHookArgs) -> None:
+    exc = (u.exc_type, u.exc_value, u.exc_traceback) if u.exc_value is not None else None
+    logging.getLogger("python.unraisable").error(
+        "%s: %r", u.err_msg or "Exception ignored in", u.object, exc_info=exc)
+
+
+def _log_thread_exception(a: threading.ExceptHookArgs) -> None:
+    exc = (a.exc_type, a.exc_value, a.exc_traceback) if a.exc_value is not None else None
+    name = a.thread.name if a.thread is not None else "?"
+    logging.getLogger("python.thread").error("uncaught exception in thread %s", name,
+                                             exc_info=exc)

@@ -467,14 +467,17 @@ class RemediationStage:
             "dry_run": decision.kind == "dry_run",
         }
         # Repeated passes of a pending drain, and a held step denied again for the same
-        # reason and detail, are debug noise; everything else is info.
+        # reason and detail, are debug noise; a failed action is a warning (its message says
+        # why); allowed, denied (with its reason) and dry-run decisions are info.
         held = self.ledger.held.get(key)
         quiet = (continuing and result is not None and result.kind == "retry") or (
             held is not None and decision.kind == "denied"
             and (held.reason, held.detail) == (decision.reason, decision.detail))
         if not continuing and decision.kind == "denied" and decision.reason in HOLD_REASONS:
             fields["held"] = True  # it will be retried (see _hold)
-        (log.debug if quiet else log.info)("remediation_decision", **fields)
+        failed = result is not None and result.kind == "failure"
+        emit = log.debug if quiet else log.warning if failed else log.info
+        emit("remediation_decision", **fields)
         if not quiet or held is None:
             self._recent.append({"time": self.clock(), **fields})
 

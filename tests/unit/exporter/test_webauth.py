@@ -18,6 +18,7 @@ from prometheus_client import CollectorRegistry
 
 from agent.exporter.render import Exposition, Renderer
 from agent.exporter.self_metrics import SelfMetrics
+from agent.exporter.server import HEADER_TIMEOUT
 from agent.exporter.tlsctx import CHECK_EVERY_SECONDS
 from agent.exporter.webconfig import WebConfigError
 from agent.exporter.webfront import WebFront, read_config
@@ -138,6 +139,23 @@ async def test_client_certificate_required_and_verified(tmp_path: Path,
     for ctx in (client_ctx(pki), client_ctx(pki, pki.stranger.cert, pki.stranger.key)):
         with pytest.raises(aiohttp.ClientError):
             await get(srv.url("/metrics"), ctx)
+
+
+async def test_a_tls_handshake_never_finished_is_closed(tmp_path: Path,
+                                                       stack: list[Served]) -> None:
+    """A client that connects to the TLS listener and never sends its ClientHello is cut off
+    after the header timeout, not asyncio's 60 s default (a handshake in progress is invisible
+    to the connection limits)."""
+    pki = Pki(tmp_path / "pki")
+    srv = await serve(settings_for_tests(web_config_file=write(tmp_path, tls_config(pki))))
+    stack.append(srv)
+    reader, writer = await asyncio.open_connection("127.0.0.1", srv.port)
+    try:
+        start = asyncio.get_running_loop().time()
+        assert await asyncio.wait_for(reader.read(1), HEADER_TIMEOUT + 10) == b""
+        assert asyncio.get_running_loop().time() - start < HEADER_TIMEOUT + 10
+    finally:
+        writer.close()
 
 
 async def test_client_allowed_sans(tmp_path: Path, stack: list[Served]) -> None:
