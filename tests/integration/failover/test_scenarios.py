@@ -340,3 +340,47 @@ async def test_admin_out_of_service_taint_survives_recovery(sim: tuple[SimCluste
     assert await wait_for(lambda: cluster.first("uncordoned", victim), 15)
     await asyncio.sleep(0.5)
     assert OOS in taints(cluster, victim)
+
+
+async def test_admin_uncordon_stops_the_failover() -> None:
+    """Issue 12: an admin uncordons a node while the leader fails it over. The leader adds no
+    out-of-service taint and evicts nothing more, does not cordon it again, and says why in an
+    Event, in /status and in the node's failover annotation (so a new leader does not resume)."""
+    timings = Timings(node_grace=2.0, fencing_time=5.0, healthy_delay=1.5, lease_duration=2.0,
+                      retry_period=0.2, probe_timeout=1.0)
+    cluster, fleet = await start(timings=timings)
+    try:
+        victim = victim_with_pods(cluster, fleet)
+        await fleet.kill(victim)
+        assert await wait_for(lambda: cluster.first("cordoned", victim), 15), cluster.log[-10:]
+        cluster.server.patch("nodes", "", victim, {"spec": {"unschedulable": None}},
+                             "application/strategic-merge-patch+json",
+                             manager="kubectl-uncordon")
+        assert await wait_for(lambda: "NodemedicFailoverStopped" in node_events(cluster, victim),
+                              5), cluster.log[-10:]
+        stopped_at = cluster.elapsed()
+        await asyncio.sleep(timings.fencing_time + 1.0)  # well past when it would have fenced
+        assert OOS not in taints(cluster, victim)
+        node = cluster.server.get("nodes", "", victim) or {}
+        assert not node["spec"].get("unschedulable")
+        assert '"stopped":"an admin uncordoned the node"' in (
+            node["metadata"].get("annotations") or {}).get("nodemedic.io/failover", "")
+        late = [e for e in cluster.log if e.kind in ("pod_terminating", "cordoned", "taint_added")
+                and victim in e.detail and e.at > stopped_at + 0.3]
+        assert late == []
+        [message] = [e["message"] for e in cluster.server.list("events", "default")
+                     if e["reason"] == "NodemedicFailoverStopped"]
+        assert message.startswith("an admin uncordoned the node while nodemedic was failing")
+        leader = fleet.stages[fleet.leader() or ""]
+        assert leader.status()["failover"]["stopped_by_admin"] == {
+            victim: "an admin uncordoned the node"}
+        # Back to health: the episode ends as any other (our taint goes, no cordon is added).
+        await fleet.revive(victim)
+        assert await wait_for(lambda: FAILED_TAINT not in taints(cluster, victim), 15)
+        assert await wait_for(lambda: "nodemedic.io/failover" not in (
+            (cluster.server.get("nodes", "", victim) or {})["metadata"].get("annotations") or {}),
+            5)
+        assert not (cluster.server.get("nodes", "", victim) or {})["spec"].get("unschedulable")
+    finally:
+        await fleet.stop()
+        await cluster.stop()
