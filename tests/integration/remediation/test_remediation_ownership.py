@@ -229,3 +229,88 @@ async def test_recordon_releases_the_claim_of_every_rule(
     await run(stage, request("cordon", rule="kubelet-down"))
     assert not cordoned(apiserver)
     assert last(stage)["reason"] == "admin_override"
+
+
+# ---- taints: the same rule for nodemedic.io/ taints ------------------------------------------
+
+TAINT = {"key": "nodemedic.io/disk-pressure", "effect": "NoSchedule"}
+
+
+def node_taints(server: ApiServer) -> list[tuple[str, str, str]]:
+    return [(t["key"], t.get("value", ""), t["effect"])
+            for t in current(server)["spec"].get("taints") or []]
+
+
+def kubectl_taint(server: ApiServer, value: str | None) -> None:
+    """`kubectl taint node N nodemedic.io/disk-pressure=VALUE:NoSchedule` (None: the `-` form
+    that removes it). kubectl sends the node's whole new taint list."""
+    keep = [t for t in current(server)["spec"].get("taints") or []
+            if (t["key"], t["effect"]) != (TAINT["key"], TAINT["effect"])]
+    if value is not None:
+        keep.append({**TAINT, "value": value})
+    server.patch("Node", "", NODE, {"spec": {"taints": keep}},
+                 "application/strategic-merge-patch+json", manager="kubectl-taint")
+
+
+async def test_taint_untouched_is_undone(apiserver: ApiServer, kube_api: Any) -> None:
+    apiserver.create(node(NODE))
+    clock = Clock()
+    stage = new_stage(kube_api, clock)
+    await run(stage, request("taint", TAINT, rule="disk"))
+    assert node_taints(apiserver) == [(TAINT["key"], "", "NoSchedule")]
+    await run(stage, request("untaint", {"key": TAINT["key"]}, rule="disk", undo=True))
+    assert node_taints(apiserver) == []
+    assert "nodemedic.io/tainted-by" not in annotations(apiserver)
+
+
+async def test_admin_removed_taint_is_not_added_again(apiserver: ApiServer, kube_api: Any) -> None:
+    """The admin removes our taint: the rule does not put it back until it resolves."""
+    apiserver.create(node(NODE))
+    clock = Clock()
+    stage = new_stage(kube_api, clock)
+    await run(stage, request("taint", TAINT, rule="disk"))
+    kubectl_taint(apiserver, None)
+    clock.t += 3600
+    await run(stage, request("taint", TAINT, rule="disk"))
+    assert node_taints(apiserver) == []
+    assert (last(stage)["outcome"], last(stage)["details"]) == ("skipped",
+                                                                 {"reason": "admin_override"})
+    # The rule resolves; a new episode may taint again.
+    await run(stage, request("untaint", {"key": TAINT["key"]}, rule="disk", undo=True))
+    clock.t += 3600
+    await run(stage, request("taint", TAINT, rule="disk"))
+    assert node_taints(apiserver) == [(TAINT["key"], "", "NoSchedule")]
+
+
+async def test_admin_replaced_taint_survives_the_undo_across_a_restart(
+    apiserver: ApiServer, kube_api: Any
+) -> None:
+    """The admin re-adds a taint with our key (another value) for maintenance while the agent is
+    down: the restarted agent's untaint leaves it and releases the claim."""
+    apiserver.create(node(NODE))
+    clock = Clock()
+    first = new_stage(kube_api, clock)
+    await first.start()
+    await run(first, request("taint", TAINT, rule="disk"))
+    del first
+    kubectl_taint(apiserver, None)
+    kubectl_taint(apiserver, "maintenance")
+    second = new_stage(kube_api, clock)
+    await second.start()
+    await run(second, request("untaint", {"key": TAINT["key"]}, rule="disk", undo=True))
+    assert node_taints(apiserver) == [(TAINT["key"], "maintenance", "NoSchedule")]
+    assert "nodemedic.io/tainted-by" not in annotations(apiserver)
+    assert last(second)["outcome"] == "skipped"
+
+
+async def test_admin_taint_with_our_key_is_never_claimed_or_removed(
+    apiserver: ApiServer, kube_api: Any
+) -> None:
+    apiserver.create(node(NODE))
+    kubectl_taint(apiserver, "by-hand")
+    clock = Clock()
+    stage = new_stage(kube_api, clock)
+    await run(stage, request("taint", TAINT, rule="disk"))
+    assert last(stage)["outcome"] == "noop"
+    await run(stage, request("untaint", {"key": TAINT["key"]}, rule="disk", undo=True))
+    assert node_taints(apiserver) == [(TAINT["key"], "by-hand", "NoSchedule")]
