@@ -121,7 +121,10 @@ async def ensure_cordoned(api: Any, node_name: str, rule: str, now: float) -> Co
         ours = marker_rules(ann, CORDONED_BY) if CORDONED_BY in ann else None
         if is_unschedulable(node):
             if ours is None:
-                result.append("admin_cordoned")  # an admin's cordon: never claim it as ours
+                # An admin's cordon: never claim it. If it replaced ours (an admin uncordoned and
+                # cordoned again), the rule's episode is the admin's now: a drain stops.
+                overridden = rule in marker_rules(ann, ADMIN_UNCORDONED)
+                result.append("admin_override" if overridden else "admin_cordoned")
                 return changed
             result.append("joined")
             if rule in ours:

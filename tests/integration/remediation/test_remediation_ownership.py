@@ -10,7 +10,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from helpers_remediation import NODE, Clock, ScriptedEngine, node, request, settings, snapshot
+from helpers_remediation import (
+    NODE,
+    Clock,
+    ScriptedEngine,
+    node,
+    pdb,
+    pod,
+    request,
+    settings,
+    snapshot,
+)
 
 from agent.rules.engine import RuleEngine
 from agent.rules.loader import load_rules_dir
@@ -230,6 +240,33 @@ async def test_recordon_releases_the_claim_of_every_rule(
     assert not cordoned(apiserver)
     assert last(stage)["reason"] == "admin_override"
 
+
+async def test_admin_recordon_mid_drain_stops_the_drain(
+    apiserver: ApiServer, kube_api: Any
+) -> None:
+    """The admin takes the cordon over in the middle of a drain (uncordon, cordon): the drain
+    stops, no more pods are evicted, and the admin's cordon stays."""
+    apiserver.create(node(NODE))
+    apiserver.create(pod("web-a", labels={"app": "web"}))
+    apiserver.create(pod("web-b", on="node-b", labels={"app": "web"}, ready=False))
+    apiserver.create(pdb("web", "shop", 1, app="web"))
+    clock = Clock()
+    stage = new_stage(kube_api, clock)
+    await run(stage, request("drain", rule="node-broken"))
+    assert len(stage.ledger.pending) == 1  # web-a is held by its budget
+    kubectl_uncordon(apiserver)
+    kubectl_cordon(apiserver)
+    apiserver.patch("Pod", "shop", "web-b",
+                    {"status": {"conditions": [{"type": "Ready", "status": "True"}]}},
+                    subresource="status")
+    for _ in range(2):
+        clock.t += 60
+        await run(stage)
+    assert stage.ledger.pending == {}
+    assert (last(stage)["decision"], last(stage)["reason"]) == ("denied", "admin_override")
+    assert apiserver.get("Pod", "shop", "web-a") is not None
+    await run(stage, request("uncordon", rule="node-broken", undo=True))
+    assert cordoned(apiserver)
 
 # ---- taints: the same rule for nodemedic.io/ taints ------------------------------------------
 
