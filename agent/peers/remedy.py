@@ -341,6 +341,7 @@ class Remedy:
         if state.get("oos"):
             try:
                 await set_taint(self.api, node, OUT_OF_SERVICE, False)
+                await self.set_state(node, oos=False)  # gone by our hand, not an admin's
             except KubeError:
                 ok = False
         for spec in (ActionSpec("untaint", {"key": FAILED_TAINT["key"]}), ActionSpec("uncordon")):

@@ -34,7 +34,7 @@ from agent.kube.events import InvolvedObject, record_event
 from agent.kube.nodes import get_node
 from agent.peers.cluster import ClusterView
 from agent.peers.detector import STATES, Assessment, DetectorConfig, Verdict, assess, parse_limit
-from agent.peers.fencing import FENCED_ANNOTATION, fencing_state, run_hook
+from agent.peers.fencing import FENCED_ANNOTATION, OUT_OF_SERVICE, fencing_state, run_hook
 from agent.peers.heartbeat import Heartbeat
 from agent.peers.leader import LEADER, ElectionConfig, LeaderElector
 from agent.peers.prober import Prober, transport_for
@@ -436,6 +436,21 @@ class FailoverStage:
             self._announced.setdefault(name, "healthy")
             return
         state = read_state(raw_state)
+        busy = name in self._work and not self._work[name].done()
+        oos = (OUT_OF_SERVICE["key"], OUT_OF_SERVICE["effect"])
+        if state.get("oos") and not busy and oos not in info.taints:
+            # An admin removed the out-of-service taint we added: it is not ours any more, so an
+            # out-of-service taint found at recovery (theirs) is left in place.
+            try:
+                await self.remedy.set_state(name, oos=False)
+            except KubeError as exc:
+                log.warning("failover_state_write_failed", node=name, error=str(exc))
+                return
+            state = {**state, "oos": False}
+            self._note(name, "oos_released", "an admin removed nodemedic's out-of-service taint")
+            self._event_soon(name, "NodemedicClaimReleased",
+                             "an admin removed the out-of-service taint nodemedic added; "
+                             "nodemedic will not remove an out-of-service taint from this node")
         if verdict.state == "healthy":
             self._healthy_since.setdefault(name, now)
             if not state:
@@ -453,7 +468,6 @@ class FailoverStage:
             self._failed_since.pop(name, None)
         if self._announced.get(name) != verdict.state:
             await self._announce(name, verdict)
-        busy = name in self._work and not self._work[name].done()
         if busy or now < self._not_before.get(name, 0.0):
             return
         if state.get("stopped"):

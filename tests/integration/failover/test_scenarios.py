@@ -384,3 +384,36 @@ async def test_admin_uncordon_stops_the_failover() -> None:
     finally:
         await fleet.stop()
         await cluster.stop()
+
+
+async def test_out_of_service_taint_an_admin_replaced_survives_recovery(
+    sim: tuple[SimCluster, Fleet],
+) -> None:
+    """The admin removes the out-of-service taint nodemedic added and later adds their own: at
+    recovery nodemedic leaves it, since it is no longer the one nodemedic made."""
+    cluster, fleet = sim
+    victim = victim_with_pods(cluster, fleet)
+    await fleet.kill(victim)
+    assert await wait_for(lambda: OOS in taints(cluster, victim), 15)
+
+    def set_oos(present: bool) -> None:
+        node = cluster.server.get("nodes", "", victim) or {}
+        keep = [t for t in node["spec"].get("taints") or []
+                if t["key"] != "node.kubernetes.io/out-of-service"]
+        if present:
+            keep.append({"key": "node.kubernetes.io/out-of-service", "value": "nodeshutdown",
+                         "effect": "NoExecute"})
+        cluster.server.patch("nodes", "", victim, {"spec": {"taints": keep}},
+                             manager="kubectl-taint")
+
+    set_oos(False)
+    assert await wait_for(lambda: '"oos":false' in (
+        (cluster.server.get("nodes", "", victim) or {})["metadata"].get("annotations") or {}
+    ).get("nodemedic.io/failover", ""), 10)
+    set_oos(True)
+    await fleet.revive(victim)
+    assert await wait_for(lambda: cluster.first("uncordoned", victim), 15), cluster.log[-10:]
+    assert await wait_for(lambda: "nodemedic.io/failover" not in (
+        (cluster.server.get("nodes", "", victim) or {})["metadata"].get("annotations") or {}), 10)
+    assert OOS in taints(cluster, victim)
+    assert FAILED_TAINT not in taints(cluster, victim)
