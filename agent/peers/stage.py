@@ -331,6 +331,7 @@ class FailoverStage:
         self._work.clear()
         self._suspects.clear()
         self._settled.clear()
+        self._stopped.clear()  # the next leader reads it back from the annotations
         if self.view is not None:
             view, self.view = self.view, None
             await view.stop()
