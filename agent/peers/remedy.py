@@ -42,7 +42,7 @@ from agent.kube.errors import KubeError
 from agent.kube.events import InvolvedObject, last_recorded, record_event
 from agent.kube.nodes import ensure_annotations, update_node
 from agent.kube.pods import list_node_pods
-from agent.peers.fencing import FAILED_TAINT, OUT_OF_SERVICE, same_taint, set_taint
+from agent.peers.fencing import FAILED_TAINT, OUT_OF_SERVICE, same_taint
 from agent.safety.gate import SafetyGate
 from agent.safety.pause import PauseSwitch
 from agent.settings import Settings
@@ -339,9 +339,23 @@ class Remedy:
         reason = f"node healthy for {healthy_for:.0f}s"
         ok = True
         if state.get("oos"):
+
+            def remove_oos(obj: dict[str, Any]) -> bool:
+                # One write: the taint goes and the state says so (gone by our hand, not an
+                # admin's), so the leader never reads our own removal as an admin's.
+                spec = obj.setdefault("spec", {})
+                taints = [t for t in spec.get("taints") or [] if isinstance(t, dict)]
+                ann = ensure_annotations(obj)
+                current = read_state(ann.get(STATE_ANNOTATION))
+                if not current.get("oos"):
+                    return False
+                spec["taints"] = [t for t in taints if not same_taint(t, OUT_OF_SERVICE)]
+                ann[STATE_ANNOTATION] = json.dumps({**current, "oos": False, "leader": self.me},
+                                                   separators=(",", ":"), sort_keys=True)
+                return True
+
             try:
-                await set_taint(self.api, node, OUT_OF_SERVICE, False)
-                await self.set_state(node, oos=False)  # gone by our hand, not an admin's
+                await update_node(self.api, node, remove_oos)
             except KubeError:
                 ok = False
         for spec in (ActionSpec("untaint", {"key": FAILED_TAINT["key"]}), ActionSpec("uncordon")):
