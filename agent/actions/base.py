@@ -23,6 +23,7 @@ from agent.structs.remediation import ActionRequest, Decision, Outcome, OutcomeK
 PREFIX = "nodemedic.io/"
 CORDONED_BY = PREFIX + "cordoned-by"
 ADMIN_UNCORDONED = PREFIX + "uncordoned-by-admin"
+TAINTED_BY = PREFIX + "tainted-by"
 
 
 __all__ = ["ensure_annotations"]  # re-exported for actions that edit annotations

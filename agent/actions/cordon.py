@@ -1,11 +1,19 @@
 """``cordon``: mark this node unschedulable, recording that nodemedic (and which rules) did it.
 
 Called through the gate by agent.runtime.remediation; ``ensure_cordoned`` is also used by
-agent.actions.drain. Ownership lives in the node annotation ``nodemedic.io/cordoned-by``
-(``{"rules": [...], "at": ...}``) so that uncordon only ever reverses our own cordon. If that
-annotation is present but the node is schedulable, an admin uncordoned it by hand: we record
-``nodemedic.io/uncordoned-by-admin`` for those rules and do not cordon again for them until the
-rule resolves (its uncordon clears the marker) or someone deletes the annotation.
+agent.actions.drain, and ``cordon_is_ours``/``release_claim`` by agent.actions.uncordon and the
+safety gate. Ownership lives in the node annotation ``nodemedic.io/cordoned-by``
+(``{"rules": [...], "at": ...}``), our *claim*. A claim only covers the cordon we made, so it is
+checked against the node as it is now, every time (``cordon_is_ours``):
+- the node is schedulable: an admin uncordoned it by hand;
+- the node is cordoned, but the API server's managedFields say ``spec.unschedulable`` was last
+  set by another field manager (``kubectl-cordon``...): an admin uncordoned it and cordoned it
+  again, maybe while we were down. The cordon that exists is the admin's, not ours.
+In both cases the claim is released: the rules it listed go to
+``nodemedic.io/uncordoned-by-admin``, so they do not cordon again until the rule resolves (its
+uncordon clears the marker) or someone deletes the annotation, and the node is left as the admin
+set it. Without managedFields (a server that does not track them) only the first case can be
+seen: an uncordon and re-cordon both made between two of our reads look like our own cordon.
 """
 
 from __future__ import annotations
@@ -24,7 +32,14 @@ from agent.actions.base import (
     require_local,
 )
 from agent.actions.registry import action
-from agent.kube.nodes import ensure_annotations, is_unschedulable, read_annotations, update_node
+from agent.kube.nodes import (
+    FIELD_MANAGER,
+    ensure_annotations,
+    field_owners,
+    is_unschedulable,
+    read_annotations,
+    update_node,
+)
 from agent.settings import Settings
 from agent.structs.remediation import ActionRequest, Decision, Outcome
 
@@ -54,12 +69,41 @@ def marker(rules: list[str], ts: float) -> str:
     return json.dumps({"rules": sorted(set(rules)), "at": iso(ts)}, separators=(",", ":"))
 
 
+def cordon_is_ours(node: dict[str, Any]) -> tuple[bool, str]:
+    """Whether the node's cordon, as it is now, is the one nodemedic made, and why not."""
+    if CORDONED_BY not in read_annotations(node):
+        return False, "nodemedic has no claim on this node"
+    if not is_unschedulable(node):
+        return False, "an admin uncordoned the node after nodemedic cordoned it"
+    owners = field_owners(node, "spec", "unschedulable")
+    if owners and all(manager != FIELD_MANAGER for manager, _ in owners):
+        manager, at = owners[-1]
+        return False, (
+            f"an admin uncordoned and cordoned the node again after nodemedic cordoned it "
+            f"(spec.unschedulable last set by {manager} at {at})"
+        )
+    return True, "nodemedic's cordon"
+
+
+def release_claim(node: dict[str, Any], now: float, ended: str | None = None) -> list[str]:
+    """Drop our claim on a cordon an admin took over (see the module docstring); the rules it
+    held, except ``ended`` (a rule whose episode ends now), are marked admin-overridden.
+    Returns the rules that held the claim. Mutates ``node``; the caller writes it."""
+    ann = ensure_annotations(node)
+    held = marker_rules(ann, CORDONED_BY) if CORDONED_BY in ann else []
+    ann.pop(CORDONED_BY, None)
+    overridden = [r for r in held if r not in (ended, "?")]
+    if overridden:
+        ann[ADMIN_UNCORDONED] = marker([*marker_rules(ann, ADMIN_UNCORDONED), *overridden], now)
+    return held
+
+
 def admin_override_rules(node: dict[str, Any]) -> list[str]:
     """Rules whose cordon an admin reversed (read by the safety gate)."""
     ann = read_annotations(node)
     rules = marker_rules(ann, ADMIN_UNCORDONED)
-    if CORDONED_BY in ann and not is_unschedulable(node):
-        rules += marker_rules(ann, CORDONED_BY)  # uncordoned by hand, not yet noticed by us
+    if CORDONED_BY in ann and not cordon_is_ours(node)[0]:
+        rules += marker_rules(ann, CORDONED_BY)  # reversed by hand, not yet noticed by us
     return rules
 
 
@@ -70,28 +114,26 @@ async def ensure_cordoned(api: Any, node_name: str, rule: str, now: float) -> Co
     def mutate(node: dict[str, Any]) -> bool:
         result.clear()
         ann = ensure_annotations(node)
+        changed = False
+        if CORDONED_BY in ann and not cordon_is_ours(node)[0]:
+            release_claim(node, now)  # an admin reversed our cordon: it is no longer ours
+            changed = True
         ours = marker_rules(ann, CORDONED_BY) if CORDONED_BY in ann else None
         if is_unschedulable(node):
             if ours is None:
-                result.append("admin_cordoned")  # an admin's cordon: never claim it as ours
-                return False
+                # An admin's cordon: never claim it. If it replaced ours (an admin uncordoned and
+                # cordoned again), the rule's episode is the admin's now: a drain stops.
+                overridden = rule in marker_rules(ann, ADMIN_UNCORDONED)
+                result.append("admin_override" if overridden else "admin_cordoned")
+                return changed
             result.append("joined")
             if rule in ours:
                 return False
             ann[CORDONED_BY] = marker([*ours, rule], now)
             return True
-        overridden = marker_rules(ann, ADMIN_UNCORDONED)
-        if ours is not None:
-            # We cordoned it and it is schedulable now: an admin uncordoned it by hand.
-            ann[ADMIN_UNCORDONED] = marker([*overridden, *ours], now)
-            del ann[CORDONED_BY]
-            overridden = [*overridden, *ours]
-            if rule in overridden:
-                result.append("admin_override")
-                return True
-        elif rule in overridden:
+        if rule in marker_rules(ann, ADMIN_UNCORDONED):
             result.append("admin_override")
-            return False
+            return changed
         node.setdefault("spec", {})["unschedulable"] = True
         ann[CORDONED_BY] = marker([rule], now)
         result.append("cordoned")

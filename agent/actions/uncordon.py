@@ -1,9 +1,12 @@
 """``uncordon``: reverse nodemedic's own cordon, never an admin's.
 
 Called through the gate by agent.runtime.remediation, usually as a rule's undo step after its
-healthy delay. The node becomes schedulable only when no rule still holds the cordon (the rules
-listed in ``nodemedic.io/cordoned-by``); a cordon without that annotation is an admin's and is left
-alone. Also ends the "admin uncordoned it" episode for the rule by clearing its marker.
+healthy delay. The node is re-read and the cordon checked as it is *now*
+(agent.actions.cordon.cordon_is_ours): it becomes schedulable only when it is still the cordon
+nodemedic made and no other rule still holds it (the rules listed in ``nodemedic.io/cordoned-by``).
+A cordon without that annotation is an admin's and is left alone; so is one an admin took over
+(uncordoned, maybe cordoned again): then our claim is released and the outcome says why. Also
+ends the "admin uncordoned it" episode for the rule by clearing its marker.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from agent.actions.base import (
     outcome,
     require_local,
 )
-from agent.actions.cordon import marker, marker_rules
+from agent.actions.cordon import cordon_is_ours, marker, marker_rules, release_claim
 from agent.actions.registry import action
 from agent.kube.nodes import ensure_annotations, is_unschedulable, update_node
 from agent.settings import Settings
@@ -42,9 +45,11 @@ class Uncordon(Action):
         req = decision.request
         now = ctx.now()
         state: list[str] = []
+        why: list[str] = []
 
         def mutate(node: dict[str, Any]) -> bool:
             state.clear()
+            why.clear()
             ann = ensure_annotations(node)
             changed = False
             overridden = marker_rules(ann, ADMIN_UNCORDONED)
@@ -59,27 +64,36 @@ class Uncordon(Action):
             if CORDONED_BY not in ann:
                 state.append("admin" if is_unschedulable(node) else "schedulable")
                 return changed
+            ours, reason = cordon_is_ours(node)
+            if not ours:  # the cordon we made is not the one that exists: never undo an admin's
+                release_claim(node, now, ended=req.rule)
+                why.append(reason)
+                state.append("released")
+                return True
             holders = [r for r in marker_rules(ann, CORDONED_BY) if r not in (req.rule, "?")]
             if holders:
                 ann[CORDONED_BY] = marker(holders, now)
                 state.append("held")
                 return True
             del ann[CORDONED_BY]
-            if is_unschedulable(node):
-                node.setdefault("spec", {})["unschedulable"] = False
-                state.append("uncordoned")
-            else:
-                state.append("schedulable")
+            node.setdefault("spec", {})["unschedulable"] = False
+            state.append("uncordoned")
             return True
 
         await update_node(ctx.api, req.target.node, mutate)
         last = state[-1] if state else "schedulable"
+        node = req.target.node
         if last == "uncordoned":
-            return outcome(decision, "success", f"uncordoned node {req.target.node}")
+            return outcome(decision, "success", f"uncordoned node {node}")
+        if last == "released":
+            return outcome(
+                decision,
+                "skipped",
+                f"{why[0]}; released nodemedic's claim and left node {node} as the admin set it",
+                reason="admin_override",
+            )
         if last == "held":
             return outcome(decision, "noop", "other rules still hold nodemedic's cordon")
         if last == "admin":
-            return outcome(
-                decision, "noop", f"node {req.target.node} was cordoned by an admin; leaving it"
-            )
-        return outcome(decision, "noop", f"node {req.target.node} is schedulable")
+            return outcome(decision, "noop", f"node {node} was cordoned by an admin; leaving it")
+        return outcome(decision, "noop", f"node {node} is schedulable")

@@ -10,6 +10,10 @@ stale data is never reported as fresh. The Lease age is omitted while the Lease 
 When the watch fails because of our own access (HTTP 401/403, a certificate that does not verify)
 the failure is CannotSee with that reason, and a refused Lease watch makes the Lease age
 ``unreadable()``: the agent's credentials are wrong, not the node.
+
+Every change the Node watch delivers is also checked for an admin undoing nodemedic's cordon or
+taint (agent.actions.ownership); if so, our claim is released at once, in the background (one
+write in flight at most, none in dry-run), with the Event ``NodemedicClaimReleased``.
 """
 
 from __future__ import annotations
@@ -17,11 +21,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+import time
 from datetime import datetime
 from typing import Any
 
+import structlog
+
+from agent.actions.ownership import release_reversed, reversed_claims
 from agent.collectors.base import CannotSee, Collector, CollectorContext, http_cannot_see
 from agent.collectors.registry import register
+from agent.kube.errors import KubeError
+from agent.kube.events import InvolvedObject, record_event
 from agent.kube.reflector import ObjectReflector, renew_age_seconds
 from agent.structs.metrics import Family, MetricSpec
 
@@ -60,6 +70,8 @@ CONDITION_TRANSITION = MetricSpec(
     "gauge",
     ("condition",),
 )
+log = structlog.get_logger("nodemedic.node")
+
 WATCH_ERRORS = MetricSpec(
     "nodemedic_node_watch_errors_total",
     "Failed lists/watches of this node's Node or Lease (each is followed by a backoff and retry).",
@@ -125,6 +137,7 @@ class NodeCollector(Collector):
         self.lease: ObjectReflector | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._unreadable: dict[str, str] = {}
+        self._release: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         api = self.ctx.shared.get("api")
@@ -138,6 +151,7 @@ class NodeCollector(Collector):
         }
         self.node = ObjectReflector(api, "node", name, **opts)
         self.lease = ObjectReflector(api, "lease", name, LEASE_NAMESPACE, **opts)
+        self.node.informer.on_change = self._observe
         self._tasks = [
             asyncio.create_task(r.run(), name=f"node-watch-{r.kind}")
             for r in (self.node, self.lease)
@@ -205,6 +219,27 @@ class NodeCollector(Collector):
         """The Lease age while its watch is refused to us (401/403/TLS)."""
         return dict(self._unreadable)
 
+    def _observe(self, _key: str, _old: Any, new: dict[str, Any] | None) -> None:
+        """On every change of our Node: did an admin just undo our cordon or taint?"""
+        busy = self._release is not None and not self._release.done()
+        if new is None or busy or self.ctx.settings.dry_run or not reversed_claims(new):
+            return
+        self._release = asyncio.create_task(self._release_claims(), name="node-claims")
+
+    async def _release_claims(self) -> None:
+        api, name = self.ctx.shared.get("api"), self.ctx.settings.node_name
+        try:
+            released = await release_reversed(api, name, time.time())
+            if released:
+                message = "; ".join(released) + (
+                    ": released nodemedic's claim; the node stays as the admin set it, and those"
+                    " rules will not redo it until they resolve")
+                log.info("claim_released", node=name, message=message)
+                await record_event(api, InvolvedObject("Node", name), "NodemedicClaimReleased",
+                                   message, host=name, action="release-claim")
+        except KubeError as exc:  # the undo actions check again when they run
+            log.warning("claim_release_failed", node=name, error=str(exc))
+
     def status(self) -> dict[str, Any]:
         if self.node is None or self.lease is None:
             return {"api": "no client"}
@@ -219,6 +254,9 @@ class NodeCollector(Collector):
         }
 
     async def close(self) -> None:
+        if self._release is not None:
+            self._tasks.append(self._release)
+            self._release = None
         for t in self._tasks:
             t.cancel()
         for t in self._tasks:

@@ -4,6 +4,9 @@ Called by agent.actions (cordon, uncordon, taint, untaint, annotate, drain), age
 annotation, cluster cordon budget, persisted state) through plain dicts. Every write is a
 read-modify-replace (PUT) carrying the resourceVersion that was read, so a concurrent change by an
 admin or another controller yields 409 and we re-read and re-apply instead of overwriting it.
+Every write carries the field manager ``nodemedic``, so the API server's ``managedFields`` say
+which of a Node's fields we set last; ``field_owners`` reads them (the cordon ownership check in
+agent.actions.cordon asks who set ``spec.unschedulable``).
 """
 
 from __future__ import annotations
@@ -16,6 +19,9 @@ from agent.kube.errors import LIST_TIMEOUT_SECONDS, REQUEST_TIMEOUT_SECONDS, cal
 from agent.kube.update import Mutation, read_modify_replace
 
 NodeMutation = Mutation
+# The field manager of every node write; also what kube-apiserver derives from our User-Agent
+# (nodemedic/<version>), so writes of earlier versions are recorded under the same name.
+FIELD_MANAGER = "nodemedic"
 
 
 async def get_node(api: Any, name: str) -> dict[str, Any]:
@@ -72,7 +78,11 @@ async def update_node(api: Any, name: str, mutate: NodeMutation) -> tuple[dict[s
     return await read_modify_replace(
         lambda: get_node(api, name),
         lambda node: core.replace_node(
-            name, raw_body(node), _preload_content=False, _request_timeout=REQUEST_TIMEOUT_SECONDS
+            name,
+            raw_body(node),
+            field_manager=FIELD_MANAGER,
+            _preload_content=False,
+            _request_timeout=REQUEST_TIMEOUT_SECONDS,
         ),
         mutate,
     )
@@ -96,3 +106,22 @@ def read_annotations(obj: dict[str, Any]) -> dict[str, str]:
 
 def is_unschedulable(node: dict[str, Any]) -> bool:
     return bool((node.get("spec") or {}).get("unschedulable"))
+
+
+def field_owners(obj: dict[str, Any], *path: str) -> list[tuple[str, str]] | None:
+    """(manager, time) of every ``managedFields`` entry owning the field at ``path`` (e.g.
+    ``"spec", "unschedulable"``), or None when the object carries no managedFields at all (a
+    server that does not track them: then nobody can say who set the field)."""
+    entries = (obj.get("metadata") or {}).get("managedFields")
+    if not isinstance(entries, list) or not entries:
+        return None
+    owners: list[tuple[str, str]] = []
+    for entry in entries:
+        if not isinstance(entry, dict):
+            continue
+        fields: Any = entry.get("fieldsV1")
+        for part in path:
+            fields = fields.get("f:" + part) if isinstance(fields, dict) else None
+        if fields is not None:
+            owners.append((str(entry.get("manager", "")), str(entry.get("time", ""))))
+    return owners

@@ -18,7 +18,6 @@ from typing import Any
 
 import structlog
 
-from agent.kube.nodes import update_node
 from agent.peers.detector import Verdict
 
 FENCED_ANNOTATION = "nodemedic.io/fenced"
@@ -74,21 +73,3 @@ async def run_hook(argv: Sequence[str], node: str) -> bool:
 
 def same_taint(a: dict[str, Any], b: dict[str, Any]) -> bool:
     return bool(a.get("key") == b["key"] and a.get("effect") == b["effect"])
-
-
-async def set_taint(api: Any, node: str, taint: dict[str, str], present: bool) -> bool:
-    """Add or remove exactly ``taint`` (key+effect); returns whether the node changed."""
-
-    def mutate(obj: dict[str, Any]) -> bool:
-        spec = obj.setdefault("spec", {})
-        current = [t for t in (spec.get("taints") or []) if isinstance(t, dict)]
-        has = any(same_taint(t, taint) for t in current)
-        if has == present:
-            return False
-        spec["taints"] = (
-            [*current, dict(taint)] if present else [t for t in current if not same_taint(t, taint)]
-        )
-        return True
-
-    _, changed = await update_node(api, node, mutate)
-    return bool(changed)

@@ -11,6 +11,11 @@ leader's actions exactly as to a node's own. Steps (all idempotent, resumable by
   refuses NoExecute and foreign keys by design, so this one step is applied here, after the same
   pause/dry-run checks, and only once agent.peers.fencing says the node is fenced;
 - ``recover``: untaint, remove out-of-service, uncordon (only nodemedic's own cordon).
+An admin who reverses the isolation while the ladder runs (uncordons the node, or removes the
+``nodemedic.io/node-failed`` taint) stops it: ``admin_reversal`` says so from the node as it is,
+every step re-checks it (fence in the same write as the taint), and ``stop`` records the episode
+as stopped (annotation ``stopped``, Event ``NodemedicFailoverStopped``): no more evictions, no
+out-of-service taint, no new leader resuming it. Recovery still runs once the node is healthy.
 Progress lives in the node annotation ``nodemedic.io/failover`` (JSON) so a new leader resumes:
 its ``phase`` only moves forward (cordoned -> evicted -> fenced) and ``since`` (the episode's start)
 is written once. The out-of-service taint and ``phase: fenced`` are one write, so a leader killed
@@ -24,7 +29,7 @@ import json
 import math
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,7 +42,7 @@ from agent.kube.errors import KubeError
 from agent.kube.events import InvolvedObject, last_recorded, record_event
 from agent.kube.nodes import ensure_annotations, update_node
 from agent.kube.pods import list_node_pods
-from agent.peers.fencing import FAILED_TAINT, OUT_OF_SERVICE, same_taint, set_taint
+from agent.peers.fencing import FAILED_TAINT, OUT_OF_SERVICE, same_taint
 from agent.safety.gate import SafetyGate
 from agent.safety.pause import PauseSwitch
 from agent.settings import Settings
@@ -47,6 +52,7 @@ log = structlog.get_logger("nodemedic.failover")
 
 RULE = "failed-node"
 STATE_ANNOTATION = "nodemedic.io/failover"
+STOPPED_EVENT = "NodemedicFailoverStopped"
 RUNBOOK = ""  # no runbook for failed-node actions yet (see the failover README section)
 
 
@@ -54,6 +60,20 @@ def fenced_message(node: str, why: str) -> str:
     return (f"node {node} is fenced ({why}); added taint "
             "node.kubernetes.io/out-of-service=nodeshutdown:NoExecute so its "
             "stateful pods are force-deleted and their volumes detached")
+
+
+def admin_reversal(unschedulable: bool, taints: Iterable[tuple[str, str]]) -> str | None:
+    """Why a node nodemedic isolated is no longer isolated (an admin undid it), or None."""
+    if not unschedulable:
+        return "an admin uncordoned the node"
+    if (FAILED_TAINT["key"], FAILED_TAINT["effect"]) not in set(taints):
+        return f"an admin removed the taint {FAILED_TAINT['key']}:{FAILED_TAINT['effect']}"
+    return None
+
+
+def isolated(state: Mapping[str, Any]) -> bool:
+    """The episode cordoned and tainted the node and has not fenced it yet."""
+    return state.get("phase") in ("cordoned", "evicted") and not state.get("stopped")
 
 
 def read_state(raw: str | None) -> dict[str, Any]:
@@ -92,6 +112,7 @@ class Remedy:
         self.actions: Counter[tuple[str, str, str]] = Counter()  # (action, decision, outcome)
         self.event_failures = 0
         self.states: dict[str, dict[str, Any]] = {}  # node -> its annotation as last read/written
+        self.reversed: dict[str, str] = {}  # node -> how an admin undid its isolation, as seen
         self._last_said: dict[tuple[str, str], str] = {}
 
     def target(self, node: str) -> TargetState:
@@ -106,6 +127,7 @@ class Remedy:
     def forget(self, node: str) -> None:
         self.targets.pop(node, None)
         self.states.pop(node, None)
+        self.reversed.pop(node, None)
         for key in [k for k in self._last_said if k[0] == node]:
             del self._last_said[key]
 
@@ -196,6 +218,11 @@ class Remedy:
             if not continuing:
                 ts.gate.record_execution(decision, outcome)
         ts.gate.count(decision, outcome)
+        overridden = decision.reason == "admin_override" or (
+            outcome is not None and outcome.details.get("reason") == "admin_override"
+        )
+        if overridden and not undo:  # the gate or the action found our cordon undone by hand
+            self.reversed[node] = admin_reversal(False, ()) or ""
         self.actions[(spec.type, decision.kind, outcome.kind if outcome else "none")] += 1
         # Repeated identical passes (a drain waiting on a PDB) log at debug, changes at info, and
         # a failure (its message says why) at warning.
@@ -265,6 +292,13 @@ class Remedy:
             self.states[node] = state
             if state.get("phase") == "fenced":
                 return False
+            why = admin_reversal(bool(spec.get("unschedulable")),
+                                 [(str(t.get("key")), str(t.get("effect"))) for t in taints])
+            if state.get("stopped") or (why is not None and isolated(state)):
+                # Checked in the very write that would add the taint: an admin's uncordon a
+                # moment ago still stops it.
+                self.reversed[node] = str(state.get("stopped") or why)
+                return False
             added = not any(same_taint(t, OUT_OF_SERVICE) for t in taints)
             if added:
                 spec["taints"] = [*taints, dict(OUT_OF_SERVICE)]
@@ -281,6 +315,9 @@ class Remedy:
             self.actions[("out-of-service", "allowed", "failure")] += 1
             log.warning("fence_failed", node=node, error=str(exc))
             return False
+        if not changed and self.states.get(node, {}).get("phase") != "fenced":
+            self.actions[("out-of-service", "denied", "none")] += 1  # an admin reversed it
+            return False
         self.actions[("out-of-service", "allowed", "success")] += 1
         if changed:
             await self.event(node, "NodemedicNodeFenced", fenced_message(node, why), "Warning")
@@ -289,23 +326,51 @@ class Remedy:
                                   "Warning")
         return True
 
+    async def stop(self, node: str, why: str, healthy_delay: float) -> None:
+        """End the episode for good because an admin undid the isolation (see module docstring)."""
+        log.warning("failover_stopped_by_admin", node=node, why=why)
+        await self.set_state(node, stopped=why, stopped_at=round(self.wall(), 3))
+        await self.event_once(
+            node, STOPPED_EVENT,
+            f"{why} while nodemedic was failing it over: failover of {node} stopped (no more "
+            "evictions, no out-of-service taint). nodemedic's taint "
+            f"{FAILED_TAINT['key']}:{FAILED_TAINT['effect']}, if still there, is removed once the "
+            f"node has been healthy for {healthy_delay:g}s", "Warning")
+
     async def recover(self, node: str, state: dict[str, Any], healthy_for: float) -> bool:
         """Undo what nodemedic did; True when done (the annotation is then removed)."""
         reason = f"node healthy for {healthy_for:.0f}s"
         ok = True
         if state.get("oos"):
+
+            def remove_oos(obj: dict[str, Any]) -> bool:
+                # One write: the taint goes and the state says so (gone by our hand, not an
+                # admin's), so the leader never reads our own removal as an admin's.
+                spec = obj.setdefault("spec", {})
+                taints = [t for t in spec.get("taints") or [] if isinstance(t, dict)]
+                ann = ensure_annotations(obj)
+                current = read_state(ann.get(STATE_ANNOTATION))
+                if not current.get("oos"):
+                    return False
+                spec["taints"] = [t for t in taints if not same_taint(t, OUT_OF_SERVICE)]
+                ann[STATE_ANNOTATION] = json.dumps({**current, "oos": False, "leader": self.me},
+                                                   separators=(",", ":"), sort_keys=True)
+                return True
+
             try:
-                await set_taint(self.api, node, OUT_OF_SERVICE, False)
+                await update_node(self.api, node, remove_oos)
             except KubeError as exc:
                 ok = False
                 log.warning("out_of_service_removal_failed", node=node, error=str(exc))
         for spec in (ActionSpec("untaint", {"key": FAILED_TAINT["key"]}), ActionSpec("uncordon")):
             d, o = await self.run(node, spec, reason, undo=True)
-            ok = ok and d.kind == "allowed" and o is not None and o.kind in ("success", "noop")
+            # "skipped": the cordon was an admin's by now; our claim is released, nothing to undo.
+            ok = ok and d.kind == "allowed" and o is not None and o.kind in (
+                "success", "noop", "skipped")
         if ok:
             await self.set_state(node, clear=True)
             await self.event(node, "NodemedicNodeRecovered",
                              f"node {node} recovered ({reason}); removed nodemedic's taints"
-                             " and its cordon")
+                             " and its cordon (an admin's cordon stays)")
             self.forget(node)
         return ok

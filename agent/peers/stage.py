@@ -34,11 +34,18 @@ from agent.kube.events import InvolvedObject, record_event
 from agent.kube.nodes import get_node
 from agent.peers.cluster import ClusterView
 from agent.peers.detector import STATES, Assessment, DetectorConfig, Verdict, assess, parse_limit
-from agent.peers.fencing import FENCED_ANNOTATION, fencing_state, run_hook
+from agent.peers.fencing import FENCED_ANNOTATION, OUT_OF_SERVICE, fencing_state, run_hook
 from agent.peers.heartbeat import Heartbeat
 from agent.peers.leader import LEADER, ElectionConfig, LeaderElector
 from agent.peers.prober import Prober, transport_for
-from agent.peers.remedy import STATE_ANNOTATION, Remedy, fenced_message, read_state
+from agent.peers.remedy import (
+    STATE_ANNOTATION,
+    Remedy,
+    admin_reversal,
+    fenced_message,
+    isolated,
+    read_state,
+)
 from agent.peers.slots import Slots
 from agent.settings import Settings
 from agent.structs.metrics import Family, MetricSpec
@@ -151,6 +158,7 @@ class FailoverStage:
         self._settled: set[str] = set()  # fenced nodes whose Event and slot release we saw done
         self._not_before: dict[str, float] = {}
         self._event_tasks: set[asyncio.Task[None]] = set()
+        self._stopped: dict[str, str] = {}  # node -> why an admin's action stopped its failover
 
     # ---- component protocol ------------------------------------------------------------------
     async def start(self) -> None:
@@ -337,6 +345,7 @@ class FailoverStage:
         self._work.clear()
         self._suspects.clear()
         self._settled.clear()
+        self._stopped.clear()  # the next leader reads it back from the annotations
         if self.view is not None:
             view, self.view = self.view, None
             await view.stop()
@@ -442,6 +451,21 @@ class FailoverStage:
             self._announced.setdefault(name, "healthy")
             return
         state = read_state(raw_state)
+        busy = name in self._work and not self._work[name].done()
+        oos = (OUT_OF_SERVICE["key"], OUT_OF_SERVICE["effect"])
+        if state.get("oos") and not busy and oos not in info.taints:
+            # An admin removed the out-of-service taint we added: it is not ours any more, so an
+            # out-of-service taint found at recovery (theirs) is left in place.
+            try:
+                await self.remedy.set_state(name, oos=False)
+            except KubeError as exc:
+                log.warning("failover_state_write_failed", node=name, error=str(exc))
+                return
+            state = {**state, "oos": False}
+            self._note(name, "oos_released", "an admin removed nodemedic's out-of-service taint")
+            self._event_soon(name, "NodemedicClaimReleased",
+                             "an admin removed the out-of-service taint nodemedic added; "
+                             "nodemedic will not remove an out-of-service taint from this node")
         if verdict.state == "healthy":
             self._healthy_since.setdefault(name, now)
             if not state:
@@ -459,10 +483,13 @@ class FailoverStage:
             self._failed_since.pop(name, None)
         if self._announced.get(name) != verdict.state:
             await self._announce(name, verdict)
-        busy = name in self._work and not self._work[name].done()
         if busy or now < self._not_before.get(name, 0.0):
             return
-        if self.assessment.actionable(name) and state.get("phase") != "fenced":
+        if state.get("stopped"):
+            self._stopped[name] = str(state["stopped"])  # an admin ended it: never resumed
+        if self.assessment.actionable(name) and state.get("phase") != "fenced" and (
+            not state.get("stopped")
+        ):
             self._start_work(name, self._remediate(name))
         elif state.get("phase") == "fenced" and name not in self._settled:
             self._start_work(name, self._settle(name, state))
@@ -563,6 +590,8 @@ class FailoverStage:
         if not self._actionable(name):
             return False
         verdict = self.assessment.verdicts[name]
+        if await self._stopped_by_admin(name):
+            return True
         if not await self.remedy.isolate(name, verdict.reason):
             self._note(name, "isolate_blocked", "cordon/taint denied or failed; see the log")
             return False
@@ -586,6 +615,8 @@ class FailoverStage:
             if not self._actionable(name):
                 return False
             verdict = self.assessment.verdicts[name]
+            if await self._stopped_by_admin(name):
+                return True
             if not evicted:
                 evicted, _left = await self.remedy.evict_pass(name, verdict.reason)
                 if evicted and not s.dry_run:
@@ -610,6 +641,24 @@ class FailoverStage:
                 return True
             await self._sleep(s.failover_retry_period)
 
+    async def _stopped_by_admin(self, name: str) -> bool:
+        """Whether an admin undid this episode's isolation (seen by a step, or on the Node as the
+        watch shows it now); if so, record the stop once. True: nothing more to do."""
+        info = self.view.nodes.items.get(name) if self.view else None
+        state = self.remedy.states.get(name) or read_state(
+            info.annotation(STATE_ANNOTATION) if info else None)
+        if state.get("stopped"):
+            return True
+        why = self.remedy.reversed.get(name)
+        if why is None and info is not None and isolated(state):
+            why = admin_reversal(info.unschedulable, info.taints)
+        if why is None or not state.get("phase"):
+            return False
+        self._stopped[name] = why
+        self._note(name, "stopped", f"{why}: failover stopped")
+        await self.remedy.stop(name, why, self.settings.failover_healthy_delay)
+        return True
+
     async def _recover(self, name: str, state: dict[str, Any], healthy_for: float) -> None:
         if not (self.elector and self.elector.is_leader):
             return
@@ -620,6 +669,7 @@ class FailoverStage:
                        "removed")
             self._cordon_noted.discard(name)
             self._settled.discard(name)
+            self._stopped.pop(name, None)
             self._announced[name] = "healthy"
 
     # ---- metrics and status ------------------------------------------------------------------
@@ -668,6 +718,7 @@ class FailoverStage:
             "nodes": {n: {"state": v.state, "reason": v.reason}
                       for n, v in sorted(a.verdicts.items()) if v.state != "healthy"},
             "remediating": sorted(n for n, t in self._work.items() if not t.done()),
+            "stopped_by_admin": dict(sorted(self._stopped.items())),
             "timeline": list(self.timeline)[-20:],
         }}
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -273,3 +274,81 @@ def test_watch_errors_are_classified() -> None:
         "verify failed: unable to get local issuer certificate (_ssl.c:1006)')]") == "tls"
     assert cannot_see("API unreachable: ClientConnectorError: Connection refused") is None
     assert cannot_see("HTTP 500: etcdserver: request timed out") is None
+
+
+# ---- an admin undoing nodemedic's cordon or taint is noticed at once (issue 12 item 3) -------
+
+CLAIM = "nodemedic.io/cordoned-by"
+TAINT_KEY = "nodemedic.io/disk-pressure"
+
+
+def _node(apiserver: ApiServer) -> dict[str, Any]:
+    n = apiserver.get("Node", "", NODE)
+    assert n is not None
+    return n
+
+
+def _released_events(apiserver: ApiServer) -> list[str]:
+    return [e["message"] for e in apiserver.list("Event")
+            if e["reason"] == "NodemedicClaimReleased"]
+
+
+async def test_an_admin_uncordon_releases_our_claim_at_once(
+    apiserver: ApiServer, collector: NodeCollector
+) -> None:
+    _seed(apiserver)
+    apiserver.patch("Node", "", NODE, {"spec": {"unschedulable": True}, "metadata": {
+        "annotations": {CLAIM: '{"rules":["kubelet-down"],"at":"2026-01-01T00:00:00Z"}'}}},
+        manager="nodemedic")
+    await collector.start()
+    await _until(lambda: collector.node is not None and collector.node.state.synced, "sync")
+    apiserver.patch("Node", "", NODE, {"spec": {"unschedulable": None}},
+                    "application/strategic-merge-patch+json", manager="kubectl-uncordon")
+    await _until(lambda: CLAIM not in _node(apiserver)["metadata"]["annotations"], "release")
+    ann = _node(apiserver)["metadata"]["annotations"]
+    assert "kubelet-down" in ann["nodemedic.io/uncordoned-by-admin"]
+    await _until(lambda: _released_events(apiserver), "the Event")
+    [message] = _released_events(apiserver)
+    assert message.startswith("an admin uncordoned the node after nodemedic cordoned it")
+
+
+async def test_a_claim_on_a_node_uncordoned_while_we_were_down_is_released_at_start(
+    apiserver: ApiServer, collector: NodeCollector
+) -> None:
+    _seed(apiserver)
+    apiserver.patch("Node", "", NODE, {"metadata": {"annotations": {
+        CLAIM: '{"rules":["kubelet-down"],"at":"2026-01-01T00:00:00Z"}'}}})
+    await collector.start()
+    await _until(lambda: CLAIM not in _node(apiserver)["metadata"]["annotations"], "release")
+
+
+async def test_a_taint_removed_and_readded_by_an_admin_is_no_longer_ours(
+    apiserver: ApiServer, collector: NodeCollector
+) -> None:
+    """Kubernetes records no owner per taint, so only watching tells an admin's identical
+    re-added taint from ours: once seen removed, our claim is gone and the undo leaves it."""
+    from agent.actions.base import ActionContext
+    from agent.actions.untaint import Untaint
+    from agent.structs.remediation import ActionRequest, ActionSpec, Decision, Target
+
+    _seed(apiserver)
+    ours = {"key": TAINT_KEY, "effect": "NoSchedule"}
+    taints = (_node(apiserver)["spec"].get("taints") or [])
+    apiserver.patch("Node", "", NODE, {"spec": {"taints": [*taints, ours]}, "metadata": {
+        "annotations": {"nodemedic.io/tainted-by": json.dumps(
+            {f"{TAINT_KEY}:NoSchedule": {"rules": ["disk"], "value": ""}})}}},
+        manager="nodemedic")
+    await collector.start()
+    await _until(lambda: collector.node is not None and collector.node.state.synced, "sync")
+    apiserver.patch("Node", "", NODE, {"spec": {"taints": taints}}, manager="kubectl-taint")
+    await _until(lambda: '"rules":[]' in _node(apiserver)["metadata"]["annotations"].get(
+        "nodemedic.io/tainted-by", ""), "release")
+    apiserver.patch("Node", "", NODE, {"spec": {"taints": [*taints, ours]}},
+                    manager="kubectl-taint")
+    req = ActionRequest("disk", ActionSpec("untaint", {"key": TAINT_KEY}), Target("node", NODE),
+                        undo=True)
+    ctx = ActionContext(api=collector.ctx.shared["api"], node_name=NODE,
+                        settings=collector.ctx.settings)
+    result = await Untaint().execute(Decision(req, "allowed", "ok"), ctx)
+    assert result.kind == "noop"
+    assert ours in _node(apiserver)["spec"]["taints"]

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
+from agent.testing.apiserver import managed
 from agent.testing.apiserver import status as st
 from agent.testing.apiserver.patch import apply_patch
 from agent.testing.apiserver.resources import RESOURCES, ResourceType
@@ -69,7 +70,10 @@ class Registry:
         return obj
 
     # ---- create --------------------------------------------------------------------------
-    def create(self, rt: ResourceType, namespace: str, body: Obj, *, raw: bool = False) -> Obj:
+    def create(
+        self, rt: ResourceType, namespace: str, body: Obj, *, raw: bool = False,
+        manager: str | None = "unknown",
+    ) -> Obj:
         """Create ``body``; ``raw`` keeps a given status (seed helper: as a kubelet set it)."""
         if not isinstance(body, dict) or not isinstance(body.get("metadata", {}), dict):
             raise st.bad_request("the body of the request was not a valid object")
@@ -116,6 +120,11 @@ class Registry:
         meta["generation"] = 1
         if not raw:
             self._prepare_create(rt, obj)
+        if manager is not None:  # None: a seeded object whose history nobody knows
+            meta["managedFields"] = managed.update(
+                None, {}, obj, manager=manager, subresource="", api_version=rt.api_version,
+                now=rfc3339(now),
+            )
         self.store.write(rt.key, "ADDED", obj, None, rv)
         self._after_write(rt, obj)
         return obj
@@ -131,8 +140,9 @@ class Registry:
             obj["status"] = {}
 
     # ---- update --------------------------------------------------------------------------
-    def replace(
-        self, rt: ResourceType, namespace: str, name: str, body: Obj, subresource: str = ""
+    def replace(  # noqa: PLR0917 - mirrors the REST call's parts
+        self, rt: ResourceType, namespace: str, name: str, body: Obj, subresource: str = "",
+        manager: str = "unknown",
     ) -> Obj:
         """PUT: full replacement guarded by ``metadata.resourceVersion`` when it is set."""
         if not isinstance(body, dict) or not isinstance(body.get("metadata"), dict):
@@ -149,7 +159,7 @@ class Registry:
         new = copy.deepcopy(body)
         new.pop("kind", None)
         new.pop("apiVersion", None)
-        return self._update(rt, old, new, subresource)
+        return self._update(rt, old, new, subresource, manager)
 
     def patch(  # noqa: PLR0917 - mirrors the REST call's parts
         self,
@@ -159,6 +169,7 @@ class Registry:
         content_type: str,
         patch: Any,
         subresource: str = "",
+        manager: str = "unknown",
     ) -> Obj:
         """PATCH (strategic, merge or JSON patch); a resourceVersion in it is a precondition."""
         old = self.get(rt, namespace, name)
@@ -177,9 +188,11 @@ class Registry:
             )
         new.pop("kind", None)
         new.pop("apiVersion", None)
-        return self._update(rt, old, new, subresource)
+        return self._update(rt, old, new, subresource, manager)
 
-    def _update(self, rt: ResourceType, old: Obj, new: Obj, subresource: str) -> Obj:
+    def _update(
+        self, rt: ResourceType, old: Obj, new: Obj, subresource: str, manager: str = "unknown"
+    ) -> Obj:
         old_meta = old["metadata"]
         if subresource == "status":
             # Status writes change status only (and labels/annotations, as for Node and Pod).
@@ -230,10 +243,16 @@ class Registry:
             meta["generation"] = int(old_meta.get("generation", 1)) + 1
         compare_old = {
             **old,
-            "metadata": {k: v for k, v in old_meta.items() if k != "resourceVersion"},
+            "metadata": {
+                k: v for k, v in old_meta.items() if k not in ("resourceVersion", "managedFields")
+            },
         }
         if new == compare_old:
             return old  # no-op update: same resourceVersion, no watch event, as in Kubernetes
+        meta["managedFields"] = managed.update(
+            old_meta.get("managedFields"), old, new, manager=manager, subresource=subresource,
+            api_version=rt.api_version, now=rfc3339(self.clock()),
+        )
         rv = self.store.next_rv()
         meta["resourceVersion"] = str(rv)
         if (

@@ -31,7 +31,7 @@ from typing import Any
 import yaml
 from aiohttp import web
 
-from agent.testing.apiserver import convert, eviction, reviews, table
+from agent.testing.apiserver import convert, eviction, managed, reviews, table
 from agent.testing.apiserver import status as st
 from agent.testing.apiserver.faults import Faults, RequestLog
 from agent.testing.apiserver.patch import apply_patch
@@ -57,6 +57,8 @@ KUBE_VERSION = {
     "compiler": "gc",
     "platform": "linux/amd64",
 }
+# Field manager of writes made through the helpers below (a test acting as some client).
+HELPER_MANAGER = "test-helper"
 _VERBS = ["create", "delete", "get", "list", "patch", "update", "watch"]
 _BIG_LIST = 2000  # lists longer than this are streamed in chunks of this size
 
@@ -142,6 +144,10 @@ def _json(obj: Any, status: int = 200) -> web.Response:
 
 def _error(err: st.ApiError) -> web.Response:
     return _json(err.body(), err.code)
+
+
+def _manager(request: web.Request) -> str:
+    return managed.manager_of(request.query.get("fieldManager"), request.headers.get("User-Agent"))
 
 
 def _view(rt: ResourceType, obj: Obj) -> Obj:
@@ -284,14 +290,17 @@ class ApiServer:
                 return r
         raise KeyError(f"unknown resource {kind!r}")
 
-    def create(self, obj: Obj) -> Obj:
+    def create(self, obj: Obj, manager: str | None = None) -> Obj:
         """Store ``obj`` (with apiVersion/kind) as given, status included; missing namespaces
-        are created. Returns the stored object with kind/apiVersion."""
+        are created. Returns the stored object with kind/apiVersion. Its fields are recorded as
+        set by ``manager``; by default by nobody (no managedFields: a seeded object's history
+        is unknown, as on a server that does not track field owners)."""
         rt = self.resource(str(obj.get("kind")))
         ns = (obj.get("metadata") or {}).get("namespace") or ("default" if rt.namespaced else "")
         if rt.namespaced and self.store.get("namespaces", "", ns) is None:
             self.registry.create(self.resource("Namespace"), "", {"metadata": {"name": ns}})
-        stored = self.registry.create(rt, ns, convert.to_storage(rt, obj), raw=True)
+        stored = self.registry.create(rt, ns, convert.to_storage(rt, obj), raw=True,
+                                      manager=manager)
         return copy.deepcopy(_view(rt, stored))
 
     def get(self, kind: str, namespace: str, name: str) -> Obj | None:
@@ -313,10 +322,15 @@ class ApiServer:
         patch: Any,
         content_type: str = "application/merge-patch+json",
         subresource: str = "",
+        manager: str = HELPER_MANAGER,
     ) -> Obj:
-        """Patch an object as a client would (status too, with ``subresource="status"``)."""
+        """Patch an object as a client would (status too, with ``subresource="status"``);
+        ``manager`` is the field manager it is recorded under (``kubectl-cordon`` for an admin's
+        ``kubectl cordon``)."""
         rt = self.resource(kind)
-        obj = self.registry.patch(rt, namespace, name, content_type, patch, subresource)
+        obj = self.registry.patch(
+            rt, namespace, name, content_type, patch, subresource, manager=manager
+        )
         return copy.deepcopy(_view(rt, obj))
 
     def delete(self, kind: str, namespace: str, name: str, grace_period: int | None = None) -> None:
@@ -631,7 +645,9 @@ class ApiServer:
             raise st.bad_request("the body of the request was not a valid object")
         if dry:
             raise st.bad_request("dryRun is not supported by this test server")
-        obj = self.registry.create(req.rt, req.namespace, convert.to_storage(req.rt, body))
+        obj = self.registry.create(
+            req.rt, req.namespace, convert.to_storage(req.rt, body), manager=_manager(request)
+        )
         return _json(_view(req.rt, obj), 201)
 
     async def _replace(self, request: web.Request, req: _Req) -> web.StreamResponse:
@@ -639,7 +655,8 @@ class ApiServer:
         if not isinstance(body, dict):
             raise st.bad_request("the body of the request was not a valid object")
         obj = self.registry.replace(
-            req.rt, req.namespace, req.name, convert.to_storage(req.rt, body), req.subresource
+            req.rt, req.namespace, req.name, convert.to_storage(req.rt, body), req.subresource,
+            manager=_manager(request),
         )
         return _json(_view(req.rt, obj))
 
@@ -653,9 +670,14 @@ class ApiServer:
             new_rv = (new.get("metadata") or {}).get("resourceVersion")
             if new_rv != old["metadata"]["resourceVersion"]:
                 raise st.conflict(rt.plural, rt.group, req.name)
-            obj = self.registry.replace(rt, req.namespace, req.name, convert.to_storage(rt, new))
+            obj = self.registry.replace(
+                rt, req.namespace, req.name, convert.to_storage(rt, new), manager=_manager(request)
+            )
         else:
-            obj = self.registry.patch(rt, req.namespace, req.name, ctype, body, req.subresource)
+            obj = self.registry.patch(
+                rt, req.namespace, req.name, ctype, body, req.subresource,
+                manager=_manager(request),
+            )
         return _json(_view(rt, obj))
 
     async def _delete(self, request: web.Request, req: _Req) -> web.StreamResponse:

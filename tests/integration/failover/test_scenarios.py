@@ -364,3 +364,80 @@ async def test_failover_denied_while_paused_is_retried_after_unpause(
     backoff = 10 * T.retry_period  # agent.peers.stage.BACKOFF_PERIODS retry periods
     assert await wait_for(lambda: cluster.first("cordoned", victim), backoff + 2 * SLACK), (
         cluster.log[-10:])
+
+
+async def test_admin_uncordon_stops_the_failover() -> None:
+    """Issue 12: an admin uncordons a node while the leader fails it over. The leader adds no
+    out-of-service taint and evicts nothing more, does not cordon it again, and says why in an
+    Event, in /status and in the node's failover annotation (so a new leader does not resume)."""
+    timings = Timings(node_grace=2.0, fencing_time=5.0, healthy_delay=1.5, lease_duration=2.0,
+                      retry_period=0.2, probe_timeout=1.0)
+    cluster, fleet = await start(timings=timings)
+    try:
+        victim = victim_with_pods(cluster, fleet)
+        await fleet.kill(victim)
+        assert await wait_for(lambda: cluster.first("cordoned", victim), 15), cluster.log[-10:]
+        cluster.server.patch("nodes", "", victim, {"spec": {"unschedulable": None}},
+                             "application/strategic-merge-patch+json",
+                             manager="kubectl-uncordon")
+        assert await wait_for(lambda: "NodemedicFailoverStopped" in node_events(cluster, victim),
+                              5), cluster.log[-10:]
+        stopped_at = cluster.elapsed()
+        await asyncio.sleep(timings.fencing_time + 1.0)  # well past when it would have fenced
+        assert OOS not in taints(cluster, victim)
+        node = cluster.server.get("nodes", "", victim) or {}
+        assert not node["spec"].get("unschedulable")
+        assert '"stopped":"an admin uncordoned the node"' in (
+            node["metadata"].get("annotations") or {}).get("nodemedic.io/failover", "")
+        late = [e for e in cluster.log if e.kind in ("pod_terminating", "cordoned", "taint_added")
+                and victim in e.detail and e.at > stopped_at + 0.3]
+        assert late == []
+        [message] = [e["message"] for e in cluster.server.list("events", "default")
+                     if e["reason"] == "NodemedicFailoverStopped"]
+        assert message.startswith("an admin uncordoned the node while nodemedic was failing")
+        leader = fleet.stages[fleet.leader() or ""]
+        assert leader.status()["failover"]["stopped_by_admin"] == {
+            victim: "an admin uncordoned the node"}
+        # Back to health: the episode ends as any other (our taint goes, no cordon is added).
+        await fleet.revive(victim)
+        assert await wait_for(lambda: FAILED_TAINT not in taints(cluster, victim), 15)
+        assert await wait_for(lambda: "nodemedic.io/failover" not in (
+            (cluster.server.get("nodes", "", victim) or {})["metadata"].get("annotations") or {}),
+            5)
+        assert not (cluster.server.get("nodes", "", victim) or {})["spec"].get("unschedulable")
+    finally:
+        await fleet.stop()
+        await cluster.stop()
+
+
+async def test_out_of_service_taint_an_admin_replaced_survives_recovery(
+    sim: tuple[SimCluster, Fleet],
+) -> None:
+    """The admin removes the out-of-service taint nodemedic added and later adds their own: at
+    recovery nodemedic leaves it, since it is no longer the one nodemedic made."""
+    cluster, fleet = sim
+    victim = victim_with_pods(cluster, fleet)
+    await fleet.kill(victim)
+    assert await wait_for(lambda: OOS in taints(cluster, victim), 15)
+
+    def set_oos(present: bool) -> None:
+        node = cluster.server.get("nodes", "", victim) or {}
+        keep = [t for t in node["spec"].get("taints") or []
+                if t["key"] != "node.kubernetes.io/out-of-service"]
+        if present:
+            keep.append({"key": "node.kubernetes.io/out-of-service", "value": "nodeshutdown",
+                         "effect": "NoExecute"})
+        cluster.server.patch("nodes", "", victim, {"spec": {"taints": keep}},
+                             manager="kubectl-taint")
+
+    set_oos(False)
+    assert await wait_for(lambda: '"oos":false' in (
+        (cluster.server.get("nodes", "", victim) or {})["metadata"].get("annotations") or {}
+    ).get("nodemedic.io/failover", ""), 10)
+    set_oos(True)
+    await fleet.revive(victim)
+    assert await wait_for(lambda: cluster.first("uncordoned", victim), 15), cluster.log[-10:]
+    assert await wait_for(lambda: "nodemedic.io/failover" not in (
+        (cluster.server.get("nodes", "", victim) or {})["metadata"].get("annotations") or {}), 10)
+    assert OOS in taints(cluster, victim)
+    assert FAILED_TAINT not in taints(cluster, victim)

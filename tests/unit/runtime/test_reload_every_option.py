@@ -152,8 +152,9 @@ def holders(a: Agent) -> dict[str, Any]:
 
 async def get_status(a: Agent) -> dict[str, Any]:
     # The web_config_file case turns basic auth on; credentials are ignored where none is set.
-    auth = BasicAuth("prom", "pw")
-    async with ClientSession() as s, s.get(f"http://127.0.0.1:{a.port}/status", auth=auth) as r:
+    auth = {"Authorization": BasicAuth("prom", "pw").encode()}
+    async with ClientSession() as s, s.get(f"http://127.0.0.1:{a.port}/status",
+                                           headers=auth) as r:
         body: dict[str, Any] = await r.json()
         return body
 
