@@ -47,6 +47,12 @@ class Settings(BaseModel):
     kubeconfig: Path | None = None
     node_name: str = Field(default_factory=socket.gethostname, min_length=1)
     rules_dir: Path = Path("/etc/nodemedic/rules")
+    # systemd sets $STATE_DIRECTORY from the unit's StateDirectory= (the first entry wins).
+    state_dir: Path = Field(
+        default_factory=lambda: Path(
+            (os.environ.get("STATE_DIRECTORY") or "/var/lib/nodemedic").split(":")[0]
+        )
+    )
     collect_interval: float = Field(default=10.0, ge=1.0, le=3600.0)
     collector_timeout: float = Field(default=5.0, gt=0.0, le=600.0)
     cgroup_min_interval: float = Field(default=0.0, ge=0.0, le=3600.0)
@@ -140,6 +146,10 @@ FLAGS: tuple[Flag, ...] = (
     Flag("kubeconfig", "optpath", "kubeconfig for the API server; unset = in-cluster or none"),
     Flag("node-name", "str", "this node's Kubernetes name"),
     Flag("rules.dir", "path", "directory of YAML remediation rules"),
+    Flag("state.dir", "path",
+         "directory for the local copy of the safety ledger (cooldowns, caps, actions in "
+         "progress) kept for when the API is down; default $STATE_DIRECTORY, else "
+         "/var/lib/nodemedic"),
     Flag("collect.interval", "duration", "time between collection ticks (1s to 1h)"),
     Flag("collector.timeout", "duration", "per-collector time limit within a tick"),
     Flag("cgroup.min-interval", "duration",
