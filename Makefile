@@ -9,11 +9,12 @@ LISTEN ?= :9678
 RUN_ARGS ?=
 PYTEST_ARGS ?=
 # Debian packages the tests drive for real (promtool/prometheus, node_exporter as the benchmark
-# reference, iptables/conntrack/ipvsadm/iproute2 for the kernel tests, systemd-analyze).
-APT_PACKAGES := prometheus prometheus-node-exporter iptables conntrack ipvsadm iproute2 systemd procps shellcheck
-APT_PROBES := /usr/bin/promtool /usr/bin/prometheus /usr/bin/prometheus-node-exporter /usr/sbin/iptables /usr/sbin/conntrack /usr/sbin/ipvsadm /usr/sbin/ip /usr/bin/systemd-analyze /usr/bin/shellcheck
+# reference, iptables/conntrack/ipvsadm/iproute2 for the kernel tests, systemd-analyze;
+# debootstrap, systemd-nspawn, dpkg-deb and lintian for the .deb and the real-systemd tier).
+APT_PACKAGES := prometheus prometheus-node-exporter iptables conntrack ipvsadm iproute2 systemd procps shellcheck debootstrap systemd-container dpkg-dev lintian binutils python3-venv
+APT_PROBES := /usr/bin/promtool /usr/bin/prometheus /usr/bin/prometheus-node-exporter /usr/sbin/iptables /usr/sbin/conntrack /usr/sbin/ipvsadm /usr/sbin/ip /usr/bin/systemd-analyze /usr/bin/shellcheck /usr/sbin/debootstrap /usr/bin/systemd-nspawn /usr/bin/dpkg-shlibdeps /usr/bin/lintian /usr/bin/strip
 
-.PHONY: run test lint bench install uninstall venv system-deps clean demo apiserver check-rules
+.PHONY: run test lint bench install uninstall venv system-deps clean demo apiserver check-rules deb dist
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,7 +26,7 @@ venv: $(STAMP)
 
 ## run: the agent on this machine with the default rules (works without a cluster).
 run: $(STAMP)
-	$(VENV)/bin/nodemedic run --web.listen-address $(LISTEN) --rules.dir rules $(RUN_ARGS)
+	$(VENV)/bin/nodemedic run --web.listen-address $(LISTEN) --rules.dir rules --state.dir .state $(RUN_ARGS)
 
 demo: $(STAMP)
 	$(VENV)/bin/nodemedic demo
@@ -57,6 +58,14 @@ lint: $(STAMP)
 bench: system-deps $(STAMP)
 	$(PY) bench/run_all.py
 
+## deb: dist/nodemedic_<version>_<arch>.deb, self-contained (venv under /opt/nodemedic).
+deb:
+	bash packaging/build-deb.sh --out dist
+
+## dist: dist/nodemedic-<version>-offline-py<X.Y>-<arch>.tar.gz (wheels + install.sh --offline).
+dist:
+	bash packaging/build-dist.sh --out dist
+
 install:
 	bash scripts/install.sh
 
@@ -64,4 +73,4 @@ uninstall:
 	bash scripts/uninstall.sh
 
 clean:
-	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) build dist .state *.egg-info .mypy_cache .ruff_cache .pytest_cache
