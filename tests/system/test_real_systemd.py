@@ -120,6 +120,14 @@ def running(box: Booted) -> dict[str, str]:
                     "StatusText")
 
 
+def wait_restarted(box: Booted, old_pid: str, what: str) -> None:
+    def done() -> bool:
+        now = running(box)
+        return now["MainPID"] not in ("0", old_pid) and now["SubState"] == "running"
+
+    wait_for(done, 60, what)
+
+
 def test_first_install_enables_but_does_not_start(box: Booted) -> None:
     """dpkg -i with no network: the unit is enabled for the next boot but not started."""
     box.sh("dpkg -i /root/nodemedic.deb", timeout=600)
@@ -171,10 +179,9 @@ def test_crash_looping_agent_does_not_restart_the_kubelet_again(box: Booted) -> 
     """SIGKILL the agent three times (systemd restarts it each time, no API): the kubelet is
     not restarted again inside the rule's cooldown."""
     for _ in range(3):
-        before = running(box)
+        pid = running(box)["MainPID"]
         box.sh("systemctl kill -s KILL nodemedic.service")
-        wait_for(lambda: running(box)["MainPID"] not in ("0", before["MainPID"])
-                 and running(box)["SubState"] == "running", 60, "systemd's restart")
+        wait_restarted(box, pid, "systemd's restart")
         time.sleep(2.5)  # a couple of ticks with the rule firing
     assert kubelet_starts(box) == 2
     assert int(running(box)["NRestarts"]) >= 3
@@ -184,8 +191,7 @@ def test_sigstopped_agent_is_killed_by_the_watchdog_and_restarted(box: Booted) -
     """A stopped process sends no pings: WatchdogSec=3s kills it and Restart= brings it back."""
     before = running(box)
     box.sh("systemctl kill -s STOP nodemedic.service")
-    wait_for(lambda: running(box)["MainPID"] not in ("0", before["MainPID"])
-             and running(box)["SubState"] == "running", 60, "the watchdog restart")
+    wait_restarted(box, before["MainPID"], "the watchdog restart")
     assert int(running(box)["NRestarts"]) > int(before["NRestarts"])
     log = box.sh("journalctl -u nodemedic.service --no-pager").stdout
     assert "Watchdog timeout" in log
