@@ -10,9 +10,9 @@ RUN_ARGS ?=
 PYTEST_ARGS ?=
 # Debian packages the tests drive for real (promtool/prometheus, node_exporter as the benchmark
 # reference, iptables/conntrack/ipvsadm/iproute2 for the kernel tests, systemd-analyze;
-# debootstrap, systemd-nspawn, dpkg-deb and lintian for the .deb and the real-systemd tier).
-APT_PACKAGES := prometheus prometheus-node-exporter iptables conntrack ipvsadm iproute2 systemd procps shellcheck debootstrap systemd-container dpkg-dev lintian binutils python3-venv
-APT_PROBES := /usr/bin/promtool /usr/bin/prometheus /usr/bin/prometheus-node-exporter /usr/sbin/iptables /usr/sbin/conntrack /usr/sbin/ipvsadm /usr/sbin/ip /usr/bin/systemd-analyze /usr/bin/shellcheck /usr/sbin/debootstrap /usr/bin/systemd-nspawn /usr/bin/dpkg-shlibdeps /usr/bin/lintian /usr/bin/strip
+# debootstrap, systemd-nspawn, lintian, strip and python3-venv for the .deb and the real-systemd tier).
+APT_PACKAGES := prometheus prometheus-node-exporter iptables conntrack ipvsadm iproute2 systemd procps shellcheck debootstrap systemd-container lintian binutils python3-venv
+APT_PROBES := /usr/bin/promtool /usr/bin/prometheus /usr/bin/prometheus-node-exporter /usr/sbin/iptables /usr/sbin/conntrack /usr/sbin/ipvsadm /usr/sbin/ip /usr/bin/systemd-analyze /usr/bin/shellcheck /usr/sbin/debootstrap /usr/bin/systemd-nspawn /usr/bin/lintian /usr/bin/strip
 
 .PHONY: run test lint bench install uninstall venv system-deps clean demo apiserver check-rules deb dist
 

@@ -42,6 +42,6 @@ def test_bundle_installs_offline(tmp_path: Path) -> None:
     assert (root / "etc/systemd/system/nodemedic.service").exists()
 
     (top / "wheels/PYTHON_VERSION").write_text("3.99\n")
-    res = subprocess.run(install[:-4] + ["--root", str(tmp_path / "r2"), "--python", PYTHON],
+    res = subprocess.run([*install[:-4], "--root", str(tmp_path / "r2"), "--python", PYTHON],
                          capture_output=True, text=True, timeout=300, env=env)
     assert res.returncode != 0 and "Python 3.99" in res.stderr
