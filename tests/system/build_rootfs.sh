@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Build (once) the Debian 12 rootfs the real-systemd tests boot with systemd-nspawn, and print
 # its path. Cached under ~/.cache/nodemedic/rootfs-<hash>, outside the work tree; the hash
-# covers this script, so changing the package list or suite builds a new one. Old rootfs
-# directories are removed once the new one is complete.
+# covers this script, so changing the package list or suite builds a new one. Rootfs
+# directories of other hashes are removed once they are a day old.
 #
 # Usage: tests/system/build_rootfs.sh   (root; needs debootstrap, network to the Debian mirror)
 # Environment: NODEMEDIC_DEBIAN_MIRROR (default http://deb.debian.org/debian)
@@ -39,8 +39,8 @@ if [ ! -f "$ROOTFS/.complete" ]; then
   chroot "$ROOTFS.partial" apt-get clean
   touch "$ROOTFS.partial/.complete"
   mv "$ROOTFS.partial" "$ROOTFS"
-  for old in "$CACHE"/rootfs-*; do
-    [ "$old" = "$ROOTFS" ] || rm -rf "$old"
-  done
+  # Another checkout may be booting an older one right now: only day-old ones are removed.
+  find "$CACHE" -maxdepth 1 -name 'rootfs-*' ! -path "$ROOTFS" -mmin +1440 \
+    -exec rm -rf {} + 2>/dev/null || true
 fi
 echo "$ROOTFS"

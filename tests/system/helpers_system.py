@@ -61,12 +61,19 @@ def deb() -> Path:
     found = sorted(out.glob("nodemedic_*.deb"))
     if found:
         return found[-1]
+    # Other checkouts may be using theirs right now: only day-old packages are dropped.
     for old in CACHE.glob("deb-*"):
-        shutil.rmtree(old, ignore_errors=True)
-    res = subprocess.run(["bash", str(REPO / "packaging/build-deb.sh"), "--out", str(out)],
+        if time.time() - old.stat().st_mtime > 86400:
+            shutil.rmtree(old, ignore_errors=True)
+    partial = CACHE / f"{out.name}.{os.getpid()}"
+    res = subprocess.run(["bash", str(REPO / "packaging/build-deb.sh"), "--out", str(partial)],
                          capture_output=True, text=True, timeout=1800)
     assert res.returncode == 0, f"packaging/build-deb.sh failed: {res.stderr[-3000:]}"
-    return Path(res.stdout.strip().splitlines()[-1])
+    try:
+        partial.rename(out)
+    except OSError:  # built concurrently by another session: use theirs
+        shutil.rmtree(partial, ignore_errors=True)
+    return sorted(out.glob("nodemedic_*.deb"))[-1]
 
 
 def repack(deb_path: Path, version: str, out: Path, edit: dict[str, str]) -> Path:

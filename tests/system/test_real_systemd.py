@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers_system import Booted, deb, overlay, require_tools, rootfs, wait_for
+from helpers_system import Booted, deb, overlay, repack, require_tools, rootfs, wait_for
 
 CONFIG = """\
 collect.interval: 1s
@@ -248,3 +248,19 @@ def test_stop_is_clean_within_timeout(box: Booted) -> None:
     assert took < 30, took
     assert kubelet_starts(box) == 2
     assert Path(box.root / "var/lib/nodemedic/state.json").exists()
+
+
+def test_upgrade_restarts_the_service_only_if_it_was_running(
+    box: Booted, tmp_path: Path
+) -> None:
+    """postinst try-restart: a stopped service stays stopped across an upgrade; a running one
+    is restarted with the new code (new MainPID)."""
+    upgrade = repack(deb(), "99.0.0", tmp_path, {})
+    shutil.copy(upgrade, box.root / "root/upgrade.deb")
+    box.sh("dpkg -i /root/upgrade.deb", timeout=600)
+    assert running(box)["ActiveState"] == "inactive"
+    box.sh("systemctl start nodemedic.service", timeout=120)
+    pid = running(box)["MainPID"]
+    box.sh("dpkg -i /root/upgrade.deb", timeout=600)
+    wait_restarted(box, pid, "the restart after the upgrade")
+    assert box.sh("systemctl is-enabled nodemedic.service").stdout.strip() == "enabled"
