@@ -56,7 +56,11 @@ def _source_hash() -> str:
 
 
 def deb() -> Path:
-    """`make deb`'s package for this source tree (cached per content hash, outside the tree)."""
+    """`make deb`'s package for this source tree (cached per content hash, outside the tree);
+    ``$NODEMEDIC_TEST_DEB`` names another one (e.g. a build of an older commit, to check that
+    a test fails without a fix)."""
+    if os.environ.get("NODEMEDIC_TEST_DEB"):
+        return Path(os.environ["NODEMEDIC_TEST_DEB"])
     out = CACHE / f"deb-{_source_hash()}"
     found = sorted(out.glob("nodemedic_*.deb"))
     if found:
