@@ -13,11 +13,12 @@ DRY_RUN ?= 1
 RUN_ARGS ?=
 PYTEST_ARGS ?=
 # Debian packages the tests drive for real (promtool/prometheus, node_exporter as the benchmark
-# reference, iptables/conntrack/ipvsadm/iproute2 for the kernel tests, systemd-analyze).
-APT_PACKAGES := prometheus prometheus-node-exporter iptables conntrack ipvsadm iproute2 systemd procps shellcheck curl
-APT_PROBES := /usr/bin/promtool /usr/bin/prometheus /usr/bin/prometheus-node-exporter /usr/sbin/iptables /usr/sbin/conntrack /usr/sbin/ipvsadm /usr/sbin/ip /usr/bin/systemd-analyze /usr/bin/shellcheck /usr/bin/curl
+# reference, iptables/conntrack/ipvsadm/iproute2 for the kernel tests, systemd-analyze, curl;
+# debootstrap, systemd-nspawn, lintian, strip and python3-venv for the .deb and the real-systemd tier).
+APT_PACKAGES := prometheus prometheus-node-exporter iptables conntrack ipvsadm iproute2 systemd procps shellcheck curl debootstrap systemd-container lintian binutils python3-venv
+APT_PROBES := /usr/bin/promtool /usr/bin/prometheus /usr/bin/prometheus-node-exporter /usr/sbin/iptables /usr/sbin/conntrack /usr/sbin/ipvsadm /usr/sbin/ip /usr/bin/systemd-analyze /usr/bin/shellcheck /usr/bin/curl /usr/sbin/debootstrap /usr/bin/systemd-nspawn /usr/bin/lintian /usr/bin/strip
 
-.PHONY: run test lint bench install uninstall venv system-deps clean demo apiserver check-rules
+.PHONY: run test lint bench install uninstall venv system-deps clean demo apiserver check-rules deb dist
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -30,7 +31,7 @@ venv: $(STAMP)
 ## run: the agent on this machine with the default rules, dry-run on 127.0.0.1 (see DRY_RUN).
 run: $(STAMP)
 	$(if $(filter-out 0 1,$(DRY_RUN)),$(error DRY_RUN must be 1 (default: execute nothing) or 0 (execute actions), not '$(DRY_RUN)'))
-	$(VENV)/bin/nodemedic run --web.listen-address $(LISTEN) --rules.dir rules $(if $(filter 1,$(DRY_RUN)),--dry-run) $(RUN_ARGS)
+	$(VENV)/bin/nodemedic run --web.listen-address $(LISTEN) --rules.dir rules --state.dir .state $(if $(filter 1,$(DRY_RUN)),--dry-run) $(RUN_ARGS)
 
 demo: $(STAMP)
 	$(VENV)/bin/nodemedic demo
@@ -62,6 +63,14 @@ lint: $(STAMP)
 bench: system-deps $(STAMP)
 	$(PY) bench/run_all.py
 
+## deb: dist/nodemedic_<version>_<arch>.deb, self-contained (venv under /opt/nodemedic).
+deb:
+	bash packaging/build-deb.sh --out dist
+
+## dist: dist/nodemedic-<version>-offline-py<X.Y>-<arch>.tar.gz (wheels + install.sh --offline).
+dist:
+	bash packaging/build-dist.sh --out dist
+
 install:
 	bash scripts/install.sh
 
@@ -69,4 +78,4 @@ uninstall:
 	bash scripts/uninstall.sh
 
 clean:
-	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) build dist .state *.egg-info .mypy_cache .ruff_cache .pytest_cache

@@ -92,6 +92,12 @@ class Settings(BaseModel):
     kubeconfig: Annotated[Path | None, RESTART] = None
     node_name: Annotated[str, RESTART] = Field(default_factory=_hostname, min_length=1)
     rules_dir: Annotated[Path, LIVE] = Path("/etc/nodemedic/rules")
+    # systemd sets $STATE_DIRECTORY from the unit's StateDirectory= (the first entry wins).
+    state_dir: Annotated[Path, RESTART] = Field(
+        default_factory=lambda: Path(
+            (os.environ.get("STATE_DIRECTORY") or "/var/lib/nodemedic").split(":")[0]
+        )
+    )
     collect_interval: Annotated[float, COLLECTORS] = Field(default=10.0, ge=1.0, le=3600.0)
     collector_timeout: Annotated[float, COLLECTORS] = Field(default=5.0, gt=0.0, le=600.0)
     cgroup_min_interval: Annotated[float, COLLECTORS] = Field(default=0.0, ge=0.0, le=3600.0)
@@ -256,6 +262,10 @@ FLAGS: tuple[Flag, ...] = (
     Flag("kubeconfig", "optpath", "kubeconfig for the API server; unset = in-cluster or none"),
     Flag("node-name", "str", "this node's Kubernetes name"),
     Flag("rules.dir", "path", "directory of YAML remediation rules"),
+    Flag("state.dir", "path",
+         "directory for the local copy of the safety ledger (cooldowns, caps, actions in "
+         "progress) kept for when the API is down; default $STATE_DIRECTORY, else "
+         "/var/lib/nodemedic"),
     Flag("collect.interval", "duration", "time between collection ticks (1s to 1h)"),
     Flag("collector.timeout", "duration",
          "per-collector time limit within a tick; shorter than the interval (unset: 5s, or half "

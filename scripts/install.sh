@@ -4,11 +4,13 @@
 # /etc/nodemedic. Called by `make install` (and by tests/integration/test_install_script.py with
 # --root pointing at a temporary directory).
 #
-# Usage: scripts/install.sh [--root DIR] [--python PYTHON] [--source DIR] [--enable]
+# Usage: scripts/install.sh [--root DIR] [--python PYTHON] [--source DIR] [--offline] [--enable]
 #   --root DIR     install below DIR instead of / (same as DESTDIR=DIR); for tests and staging.
 #                  The venv's scripts then name DIR in their #! lines: a venv is not relocatable.
 #   --python PY    interpreter for the venv (default: python3; 3.11 or newer)
 #   --source DIR   checkout to install from (default: the checkout holding this script)
+#   --offline      install from the wheels in SOURCE/wheels with no network (the bundle that
+#                  `make dist` builds); the wheels must match PYTHON's version
 #   --enable       systemctl enable --now nodemedic after installing (only with --root /)
 # Environment: NODEMEDIC_PIP_ARGS adds pip install arguments (e.g. "--no-index --find-links DIR"
 # for an offline install).
@@ -21,6 +23,7 @@ ROOT="${DESTDIR:-}"
 PYTHON=python3
 SOURCE="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 ENABLE=0
+OFFLINE=0
 
 usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; }
 
@@ -33,6 +36,7 @@ while [ $# -gt 0 ]; do
     --source) SOURCE="$2"; shift 2 ;;
     --source=*) SOURCE="${1#*=}"; shift ;;
     --enable) ENABLE=1; shift ;;
+    --offline) OFFLINE=1; shift ;;
     -h|--help) usage; exit 0 ;;
     *) echo "install.sh: unknown argument: $1 (see --help)" >&2; exit 2 ;;
   esac
@@ -46,11 +50,19 @@ UNIT_DIR="$ROOT/etc/systemd/system"
 log() { echo "install.sh: $*"; }
 die() { echo "install.sh: error: $*" >&2; exit 1; }
 
-if [ ! -f "$SOURCE/pyproject.toml" ] || [ ! -d "$SOURCE/agent" ]; then
-  die "$SOURCE is not a nodemedic checkout"
-fi
 "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null \
   || die "$PYTHON is missing or older than Python 3.11"
+WHEELS="$SOURCE/wheels"
+if [ "$OFFLINE" = 1 ]; then
+  ls "$WHEELS"/nodemedic-*.whl >/dev/null 2>&1 \
+    || die "$WHEELS holds no nodemedic wheel (is $SOURCE an offline bundle from make dist?)"
+  want="$(cat "$WHEELS/PYTHON_VERSION" 2>/dev/null || true)"
+  have="$("$PYTHON" -c 'import sys; print("%d.%d" % sys.version_info[:2])')"
+  [ -z "$want" ] || [ "$want" = "$have" ] \
+    || die "the bundle's wheels are for Python $want, $PYTHON is $have (use --python python$want)"
+elif [ ! -f "$SOURCE/pyproject.toml" ] || [ ! -d "$SOURCE/agent" ]; then
+  die "$SOURCE is not a nodemedic checkout"
+fi
 
 # Copy one default into /etc/nodemedic without clobbering an operator's edited copy.
 install_config() {
@@ -70,14 +82,20 @@ install_config() {
 log "creating virtual environment in $OPT/venv"
 install -d -m 0755 "$OPT"
 "$PYTHON" -m venv --clear "$OPT/venv"
-stage="$(mktemp -d)"
-trap 'rm -rf "$stage"' EXIT
-members=(pyproject.toml agent)
-for f in README.md LICENSE; do [ -e "$SOURCE/$f" ] && members+=("$f"); done
-tar -C "$SOURCE" --exclude=__pycache__ -cf - "${members[@]}" | tar -C "$stage" -xf -
-# shellcheck disable=SC2086 # NODEMEDIC_PIP_ARGS is a list of arguments on purpose
-"$OPT/venv/bin/python" -m pip install --quiet --disable-pip-version-check \
-  ${NODEMEDIC_PIP_ARGS:-} "$stage"
+if [ "$OFFLINE" = 1 ]; then
+  # shellcheck disable=SC2086 # NODEMEDIC_PIP_ARGS is a list of arguments on purpose
+  "$OPT/venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-index \
+    --find-links "$WHEELS" ${NODEMEDIC_PIP_ARGS:-} nodemedic
+else
+  stage="$(mktemp -d)"
+  trap 'rm -rf "$stage"' EXIT
+  members=(pyproject.toml agent)
+  for f in README.md LICENSE; do [ -e "$SOURCE/$f" ] && members+=("$f"); done
+  tar -C "$SOURCE" --exclude=__pycache__ -cf - "${members[@]}" | tar -C "$stage" -xf -
+  # shellcheck disable=SC2086 # NODEMEDIC_PIP_ARGS is a list of arguments on purpose
+  "$OPT/venv/bin/python" -m pip install --quiet --disable-pip-version-check \
+    ${NODEMEDIC_PIP_ARGS:-} "$stage"
+fi
 [ -x "$OPT/venv/bin/nodemedic" ] || die "pip did not install the nodemedic command"
 
 # 2. systemd unit.

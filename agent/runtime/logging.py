@@ -5,11 +5,16 @@ Records of libraries' stdlib loggers (aiohttp.server, aiohttp.access, aiohttp.we
 py.warnings, ...) go through structlog's ProcessorFormatter with the same renderer, so each is one
 JSON object too (logger name, level, timestamp; a traceback is the ``exception`` string), and so
 are warnings, exceptions ignored in ``__del__`` and exceptions escaping a thread.
+
+When stderr is journald's stream (``$JOURNAL_STREAM`` names its device and inode, as systemd sets
+it for a service), each line starts with its syslog priority (``<4>`` for a warning, see
+sd-daemon(3)): journald strips it and stores PRIORITY, so ``journalctl -p warning`` works.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import threading
 from typing import Literal
@@ -18,6 +23,26 @@ import structlog
 
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
            "error": logging.ERROR}
+# syslog priorities (sd-daemon(3) prefixes) by structlog level name
+_PRIORITY = {"debug": 7, "info": 6, "warning": 4, "warn": 4, "error": 3, "exception": 3,
+             "critical": 2}
+
+
+def stderr_is_journal() -> bool:
+    """True when stderr is the journald stream systemd gave the service."""
+    dev, _, ino = os.environ.get("JOURNAL_STREAM", "").partition(":")
+    try:
+        st = os.fstat(sys.stderr.fileno())
+    except (OSError, ValueError, AttributeError):
+        return False
+    return f"{st.st_dev}:{st.st_ino}" == f"{dev}:{ino}"
+
+
+def _priority_prefix(
+    _logger: object, method: str, line: str | bytes
+) -> str | bytes:
+    """Last processor: prefix the rendered line with ``<N>`` for journald."""
+    return f"<{_PRIORITY.get(method, 6)}>{line if isinstance(line, str) else line.decode()}"
 
 
 def configure_logging(
@@ -35,13 +60,16 @@ def configure_logging(
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
+    processors: list[structlog.typing.Processor] = [
+        *shared,
+        structlog.processors.StackInfoRenderer(),
+        structlog.processors.format_exc_info,
+        renderer,
+    ]
+    if not use_console and stderr_is_journal():
+        processors.append(_priority_prefix)  # type: ignore[arg-type]
     structlog.configure(
-        processors=[
-            *shared,
-            structlog.processors.StackInfoRenderer(),
-            structlog.processors.format_exc_info,
-            renderer,
-        ],
+        processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=False,

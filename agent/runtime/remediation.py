@@ -10,7 +10,10 @@ once, ``on_snapshot()`` after every collection, ``families()`` / ``status()`` fo
 4. records each decision: ``nodemedic_actions_total``, one structured log line with every field,
    a Kubernetes Event on the target for real actions, and the ledger plus the engine's state in
    the node annotation ``nodemedic.io/state`` so a restarted agent resumes (cooldowns, caps, the
-   escalation ladder, a drain in progress).
+   escalation ladder, a drain in progress), and the same state on local disk
+   (agent.safety.localstate, ``--state.dir``) so that a restart with the API down or absent
+   keeps them too. At start the local copy is loaded first; once the API answers, its state is
+   merged with it (agent.safety.ledger.merge_unsynced: the API wins for what it has seen).
 Actions that need more passes (outcome ``retry``: drain, a PDB-blocked eviction) stay pending and
 are re-gated and re-run on later ticks until they finish, fail or time out. A request the gate
 denies for a reason that clears by itself (agent.safety.gate.HOLD_REASONS: missing data, pause,
@@ -45,7 +48,8 @@ from agent.kube.errors import KubeError, KubeUnavailable
 from agent.kube.events import InvolvedObject, record_event
 from agent.kube.nodes import ensure_annotations, get_node, read_annotations, update_node
 from agent.safety.gate import HOLD_REASONS, SafetyGate
-from agent.safety.ledger import Held, Ledger, Pending, ledger_key
+from agent.safety.ledger import Held, Ledger, Pending, ledger_key, merge_unsynced
+from agent.safety.localstate import LocalState
 from agent.settings import Settings, check_paths
 from agent.structs.metrics import Family, MetricSpec
 from agent.structs.remediation import ActionRequest, Decision, Outcome, OutcomeKind
@@ -91,6 +95,18 @@ EVENTS_DROPPED = MetricSpec(
 EVENTS_QUEUED = MetricSpec(
     "nodemedic_remediation_events_queued",
     "Failed Events about actions waiting to be retried.",
+    "gauge",
+)
+LOCAL_WRITES = MetricSpec(
+    "nodemedic_state_local_writes_total",
+    "Writes of the local state file under --state.dir, by result.",
+    "counter",
+    ("result",),
+)
+LOCAL_BLIND = MetricSpec(
+    "nodemedic_state_local_unknown",
+    "1 while the local state file was unreadable and no API state replaced it: every cooldown "
+    "is taken to have started when the file was last written.",
     "gauge",
 )
 PENDING = MetricSpec(
@@ -157,6 +173,7 @@ class RemediationStage:
         http: Any = None,
         concurrency: int = DEFAULT_CONCURRENCY,
         reloader: Any = None,
+        local: LocalState | None = None,
     ) -> None:
         self.settings = settings
         self.api = api
@@ -182,6 +199,13 @@ class RemediationStage:
         self._events_dropped = {"queue_full": 0, "attempts": 0}
         self._held_dropped = {"resolved": 0, "full": 0}
         self._tick = 0
+        self.local = local
+        self._local_dirty = False
+        self._local_engine: str | None = None
+        self._last_local = float("-inf")
+        self._local_writes = {"ok": 0, "error": 0}
+        self._local_at: float | None = None  # monotonic "at" of the local state loaded
+        self._synced_at: float | None = None  # wall "at" of the last state the API accepted
 
     @property
     def ledger(self) -> Ledger:
@@ -190,9 +214,45 @@ class RemediationStage:
     # --- lifecycle ---------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Restore ledger and engine state from the node annotation (retried each tick if the
-        API is down now; until then the gate denies everything as missing_data anyway)."""
+        """Restore ledger and engine state from local disk, then from the node annotation
+        (retried each tick if the API is down now; until then the gate denies every action
+        that needs it as missing_data anyway)."""
+        if self.local is not None:
+            await self._restore_local(self.local)
         await self._restore()
+
+    async def _restore_local(self, local: LocalState) -> None:
+        loaded = await asyncio.to_thread(local.load, float(self.clock()))
+        self._synced_at = loaded.synced_at
+        offset = self._offset()
+        blind = loaded.blind_since
+        if loaded.ledger_json is not None:
+            ledger, engine_state, problems = Ledger.from_json(loaded.ledger_json, offset)
+            if problems:  # parts were unreadable: what they said is unknown since the write
+                blind = ledger.written_at + offset if ledger.written_at is not None else None
+                blind = blind if blind is not None else float(self.clock())
+            self.gate.ledger = ledger
+            self._local_at = ledger.written_at
+            self._restore_problems.extend(problems)
+            if engine_state is not None:
+                self._restore_engine(engine_state)
+        if loaded.problem is not None:
+            self._restore_problems.append(loaded.problem)
+        if blind is not None:
+            self.gate.ledger.unknown_since = blind - offset
+        for problem in self._restore_problems:
+            log.warning("local_state_problem", path=str(local.path), problem=problem,
+                        cooldowns_from=blind)
+        log.info("local_state_loaded", path=str(local.path),
+                 history=len(self.gate.ledger.history), found=loaded.ledger_json is not None)
+
+    def _restore_engine(self, engine_state: Any) -> None:
+        try:
+            self.engine.restore_state(engine_state)
+        except Exception as exc:  # a bad state must never stop the agent
+            log.warning("engine_state_restore_failed", error=str(exc))
+        else:
+            self._persisted_engine = json.dumps(engine_state, sort_keys=True, default=str)
 
     async def _restore(self) -> None:
         if self._restored:
@@ -204,20 +264,26 @@ class RemediationStage:
             return
         self._restored = True
         raw = read_annotations(node).get(STATE_ANNOTATION)
-        if not raw:
-            return
-        ledger, engine_state, problems = Ledger.from_json(raw, self._offset())
-        self.gate.ledger = ledger
-        self._restore_problems = problems
+        offset = self._offset()
+        ledger, engine_state, problems = (
+            Ledger.from_json(raw, offset) if raw else (Ledger(), None, [])
+        )
+        synced = self._synced_at - offset if self._synced_at is not None else None
+        mine = self.gate.ledger
+        had_local = bool(mine.history or mine.last or mine.pending or mine.unknown_since)
+        local_newer = self._local_at is not None and (
+            ledger.written_at is None or self._local_at > ledger.written_at
+        )
+        self.gate.ledger = merge_unsynced(ledger, mine, synced)
+        if had_local:
+            self._changed()  # the API learns what only the local state held
+        self._restore_problems.extend(problems)
         for problem in problems:
             log.warning("state_restore_problem", problem=problem)
-        if engine_state is not None:
-            try:
-                self.engine.restore_state(engine_state)
-            except Exception as exc:  # a bad annotation must never stop the agent
-                log.warning("engine_state_restore_failed", error=str(exc))
-            else:
-                self._persisted_engine = json.dumps(engine_state, sort_keys=True, default=str)
+        if engine_state is not None and not local_newer:
+            self._restore_engine(engine_state)
+        if not raw:
+            return
         log.info(
             "state_restored",
             history=len(ledger.history),
@@ -230,8 +296,13 @@ class RemediationStage:
 
     async def close(self) -> None:
         """Write the final state (best effort); the API client belongs to the caller."""
-        if self.api is not None and self._restored:
-            await self._persist(force=True)
+        self._local_dirty = True
+        await self._persist(force=self.api is not None)
+
+    def _changed(self) -> None:
+        """Something the ledger must remember happened: write both copies this tick."""
+        self._dirty = True
+        self._local_dirty = True
 
     async def reload(self, settings: Settings) -> None:
         """Prepare and commit at once (tests, embedders); see :meth:`prepare_reload`."""
@@ -316,11 +387,11 @@ class RemediationStage:
             await self._retry_events()
         if events and self.api is not None:
             await asyncio.gather(*(self._event(d, o) for d, o in events))
-        if self.api is not None and self._restored:
-            await self._persist(force=self._dirty)
-            if self._last_refresh is None or now - self._last_refresh >= REFRESH_INTERVAL:
-                self._last_refresh = now
-                await self.gate.refresh()
+        await self._persist(force=self._dirty)
+        refresh_due = self._last_refresh is None or now - self._last_refresh >= REFRESH_INTERVAL
+        if self.api is not None and self._restored and refresh_due:
+            self._last_refresh = now
+            await self.gate.refresh()
 
     def _due_held(self, seen: set[str]) -> list[ActionRequest]:
         """Held steps to re-gate this tick (oldest first, bounded); forget those the rules no
@@ -331,12 +402,12 @@ class RemediationStage:
             if key in seen:  # asked again this tick (fresher request) or already running
                 if key in self.ledger.pending:
                     del self.ledger.held[key]
-                    self._dirty = True
+                    self._changed()
                 continue
             if callable(wants) and not wants(held.request):
                 del self.ledger.held[key]
                 self._held_dropped["resolved"] += 1
-                self._dirty = True
+                self._changed()
                 log.info("held_step_dropped", rule=held.request.rule,
                          action=held.request.action.type, target=held.request.target.key,
                          step=held.request.step, reason=held.reason,
@@ -356,7 +427,7 @@ class RemediationStage:
         if decision.kind != "denied" or decision.reason not in HOLD_REASONS:
             if held is not None:
                 del self.ledger.held[key]
-                self._dirty = True
+                self._changed()
             return
         if held is None:
             if len(self.ledger.held) >= MAX_HELD:
@@ -366,9 +437,9 @@ class RemediationStage:
                 log.warning("held_step_dropped", key=oldest, why="too many held steps")
             held = self.ledger.held[key] = Held(req, decision.reason, decision.detail,
                                                 self.monotonic(), 0)
-            self._dirty = True
+            self._changed()
         elif held.reason != decision.reason:
-            self._dirty = True
+            self._changed()
         held.request, held.reason, held.detail = req, decision.reason, decision.detail
         held.attempts += 1
         held.due = self._tick + min(2 ** min(held.attempts - 1, 8), HELD_RETRY_MAX_TICKS)
@@ -430,21 +501,21 @@ class RemediationStage:
             self.ledger.pending.pop(key, None)
             self._extra.pop(key, None)
             self.gate.drain_progress(req.target.node, 0, 0.0)
-            self._dirty = True
+            self._changed()
         if result is not None:
             if not continuing:
                 self.gate.record_execution(decision, result)
-                self._dirty = True
+                self._changed()
             if result.kind == "retry":
                 if key not in self.ledger.pending:
                     self.ledger.pending[key] = Pending(req, self.monotonic())
-                    self._dirty = True
+                    self._changed()
                 else:
                     self.ledger.pending[key].attempts += 1
             elif key in self.ledger.pending:
                 del self.ledger.pending[key]
                 self._extra.pop(key, None)
-                self._dirty = True
+                self._changed()
         fields: dict[str, Any] = {
             "rule": req.rule,
             "action": req.action.type,
@@ -541,7 +612,8 @@ class RemediationStage:
 
     async def _persist(self, *, force: bool) -> None:
         """Write ledger + engine state when something we did changed, or the engine's state
-        changed and PERSIST_INTERVAL passed; failures are retried next tick."""
+        changed and PERSIST_INTERVAL passed: first to local disk, then to the node annotation
+        (once the API's state was restored); failures are retried next tick."""
         try:
             engine_state = self.engine.export_state()
         except Exception as exc:
@@ -549,10 +621,45 @@ class RemediationStage:
             engine_state = None
         engine_json = json.dumps(engine_state, sort_keys=True, default=str)
         now = self.monotonic()
-        changed = engine_json != self._persisted_engine
-        if not force and not (changed and now - self._last_persist >= PERSIST_INTERVAL):
+
+        def due(dirty: bool, written: str | None, last: float) -> bool:
+            return dirty or (engine_json != written and now - last >= PERSIST_INTERVAL)
+
+        api_due = self.api is not None and self._restored and due(
+            force, self._persisted_engine, self._last_persist
+        )
+        local_due = self.local is not None and due(
+            self._local_dirty, self._local_engine, self._last_local
+        )
+        if not (api_due or local_due):
             return
-        text = self.ledger.to_json(now, engine_state, self._offset())
+        offset = self._offset()
+        text = self.ledger.to_json(now, engine_state, offset)
+        if local_due:
+            await self._persist_local(text, engine_json, now)
+        if api_due:
+            await self._persist_api(text, engine_json, now, now + offset)
+            if self.local is not None and not self._dirty:
+                # Record that the API has all of it, so that what an admin later removes from
+                # the annotation is not brought back from here (merge_unsynced).
+                await self._persist_local(text, engine_json, now)
+
+    async def _persist_local(self, text: str, engine_json: str, now: float) -> None:
+        assert self.local is not None
+        try:
+            await asyncio.to_thread(self.local.save, text, self._synced_at)
+        except OSError as exc:
+            self._local_writes["error"] += 1
+            log.warning("local_state_write_failed", path=str(self.local.path), error=str(exc))
+            return
+        self._local_writes["ok"] += 1
+        self._local_engine = engine_json
+        self._last_local = now
+        self._local_dirty = False
+        if self.api is None:
+            self._persisted_engine = engine_json
+
+    async def _persist_api(self, text: str, engine_json: str, now: float, at: float) -> None:
 
         def mutate(node: dict[str, Any]) -> bool:
             ann = ensure_annotations(node)
@@ -571,6 +678,7 @@ class RemediationStage:
         self._persisted_engine = engine_json
         self._last_persist = now
         self._dirty = False
+        self._synced_at = at
         if self.gate.pause is not None:
             self.gate.pause.invalidate()
 
@@ -603,8 +711,14 @@ class RemediationStage:
         held_dropped = HELD_DROPPED.family()
         for reason, n in sorted(self._held_dropped.items()):
             held_dropped.add((reason,), n)
+        local_writes = LOCAL_WRITES.family()
+        blind = LOCAL_BLIND.family()
+        if self.local is not None:
+            for result, n in sorted(self._local_writes.items()):
+                local_writes.add((result,), n)
+            blind.add((), float(self.ledger.unknown_since is not None))
         out = [*self.gate.families(), writes, failures, dropped, queued, pending, held,
-               held_dropped]
+               held_dropped, local_writes, blind]
         for source in (self.engine, self.reloader):
             if source is None:
                 continue
@@ -639,6 +753,7 @@ class RemediationStage:
                 "gate": self.gate.status(),
                 "state_restored": self._restored,
                 "state_problems": self._restore_problems,
+                "local_state": str(self.local.path) if self.local is not None else None,
                 "in_progress": [
                     {
                         "rule": p.request.rule,
@@ -685,7 +800,10 @@ async def build_stage(settings: Settings, ctx: CollectorContext) -> RemediationS
     reloader = RulesReloader(settings.rules_dir)
     ruleset = await asyncio.to_thread(reloader.reload)
     engine = RuleEngine(ruleset, settings.node_name)
-    return RemediationStage(settings, ctx.shared.get("api"), engine, reloader=reloader)
+    return RemediationStage(
+        settings, ctx.shared.get("api"), engine, reloader=reloader,
+        local=LocalState(settings.state_dir),
+    )
 
 
 def metric_specs() -> Iterable[MetricSpec]:
@@ -693,4 +811,4 @@ def metric_specs() -> Iterable[MetricSpec]:
     from agent.safety.gate import METRICS
 
     return (*METRICS, STATE_WRITES, EVENT_FAILURES, EVENTS_DROPPED, EVENTS_QUEUED, PENDING, HELD,
-            HELD_DROPPED)
+            HELD_DROPPED, LOCAL_WRITES, LOCAL_BLIND)

@@ -7,6 +7,12 @@ actions (a drain half done) instead of starting over. Pure: no I/O, time is pass
 
 In memory every time is monotonic (durations survive wall-clock steps); the JSON holds wall time
 so another process can resume: ``to_json``/``from_json`` take ``offset`` = wall - monotonic.
+
+The same JSON is also kept on local disk (agent.safety.localstate) for when the API is down or
+absent. :func:`merge_unsynced` joins the two: the API is the source of truth for everything it has
+seen; local records newer than the last state the API accepted are added to it (a cooldown holds
+if either source says so, the newest time wins per key). ``unknown_since`` marks a local state that
+could not be read: every cooldown is then assumed to have started at that time (fail safe).
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ MAX_HISTORY = 10_000  # executions kept for the hourly caps (older than an hour 
 MAX_LAST = 10_000  # distinct (rule, action, target, step) keys remembered for cooldowns
 MAX_STATE_BYTES = 32 * 1024  # well below the 256 KiB the API allows for all annotations
 STATE_VERSION = 1
+SAME_EXECUTION = 1.0  # seconds: one execution read back from the API and from local disk
 
 
 def ledger_key(req: ActionRequest) -> str:
@@ -118,6 +125,10 @@ class Ledger:
     # an hour after it the hourly counts may be low, so the gate denies capped requests.
     history_cut_at: float | None = None
     longest_cooldown: float = 0.0  # seen in this process; keys older than this are expired
+    # Set when the local state was unreadable with no API to fall back on: what we did before
+    # this time is unknown, so every cooldown is taken to have started then.
+    unknown_since: float | None = None
+    written_at: float | None = None  # the "at" of the JSON this ledger was read from
 
     def record(self, req: ActionRequest, now: float, disruptive: bool) -> None:
         firing = f"{req.target.key}|{req.step}|{int(req.undo)}"
@@ -164,7 +175,11 @@ class Ledger:
         }
 
     def last_run(self, req: ActionRequest) -> tuple[float, int] | None:
-        return self.last.get(ledger_key(req))
+        """(time, count) of the request's last run; ``unknown_since`` if that is later."""
+        rec = self.last.get(ledger_key(req))
+        if self.unknown_since is not None and (rec is None or rec[0] < self.unknown_since):
+            return self.unknown_since, rec[1] if rec is not None else 0
+        return rec
 
     def count_rule(self, rule: str, now: float) -> int:
         """Ladder steps (not single actions) the rule ran in the last hour; undos excluded."""
@@ -293,5 +308,59 @@ class Ledger:
         cut = doc.get("hx")
         if isinstance(cut, (int, float)) and not isinstance(cut, bool):
             ledger.history_cut_at = float(cut) - offset
+        at = doc.get("at")
+        if isinstance(at, (int, float)) and not isinstance(at, bool):
+            ledger.written_at = float(at) - offset
         ledger.dropped = len(problems)
         return ledger, doc.get("e"), problems
+
+
+def merge_unsynced(api: Ledger, local: Ledger, synced_at: float | None) -> Ledger:
+    """The API's ledger plus what ``local`` recorded after ``synced_at`` (the last state the API
+    accepted; None = never, so all of ``local`` is new to it). Times are monotonic.
+
+    - records the API has seen (at or before ``synced_at``) are the API's: an admin who removed
+      them from the annotation wins;
+    - newer local executions are added to the hourly history (deduplicated);
+    - per cooldown key the newest time and the higher count win, so a cooldown holds if either
+      source says so;
+    - in-progress actions and held steps the API does not know are resumed; for one both know,
+      the API's wins;
+    - ``unknown_since`` (unreadable local state) stays unless the API's state was written after
+      it, and the later ``history_cut_at`` wins (fail safe).
+    """
+    def unsynced(t: float) -> bool:
+        return synced_at is None or t > synced_at
+
+    out = api
+    # The same execution written to both places may differ by the rounding of its wall time.
+    seen: dict[tuple[str, str, bool, str], list[float]] = {}
+    for t, r, a, d, f in out.history:
+        seen.setdefault((r, a, d, f), []).append(t)
+    for entry in local.history:
+        t, r, a, d, f = entry
+        times = seen.setdefault((r, a, d, f), [])
+        if unsynced(t) and not any(abs(t - u) < SAME_EXECUTION for u in times):
+            out.history.append(entry)
+            times.append(t)
+    out.history = deque(sorted(out.history, key=lambda e: e[0]))
+    for key, (t, n) in local.last.items():
+        if not unsynced(t):
+            continue
+        have = out.last.get(key)
+        out.last[key] = (max(t, have[0]), max(n, have[1])) if have is not None else (t, n)
+    for key, p in local.pending.items():
+        if key not in out.pending and unsynced(p.started):
+            out.pending[key] = p
+    for key, h in local.held.items():  # held steps are retried like the rest (issue 12 item 7)
+        if key not in out.held and key not in out.pending and unsynced(h.since):
+            out.held[key] = h
+    if local.unknown_since is not None and (
+        out.written_at is None or out.written_at < local.unknown_since
+    ):
+        out.unknown_since = max(local.unknown_since, out.unknown_since or local.unknown_since)
+    cuts = [c for c in (out.history_cut_at, local.history_cut_at) if c is not None]
+    out.history_cut_at = max(cuts) if cuts else None
+    out.dropped += local.dropped
+    out.longest_cooldown = max(out.longest_cooldown, local.longest_cooldown)
+    return out

@@ -148,8 +148,10 @@ def make_run(tmp_path: Path, *make_vars: str) -> tuple[list[dict[str, Any]], lis
     fake.write_text(RECORDER.format(calls=calls))
     fake.chmod(0o755)
     venv = Path(sys.prefix)
+    # Its own state dir: `make run` keeps ./.state, which would carry one test's ledger and
+    # rule state into the next (a restart already done in dry-run would not be redone).
     args = " ".join(["--rules.dir", str(rules), "--collect.interval", "1s",
-                     "--node-name", "make-run-node"])
+                     "--node-name", "make-run-node", "--state.dir", str(tmp_path / "state")])
     script = (f"mount --bind {fake} /bin/systemctl && ip link set lo up && exec make -s -C {REPO}"
               f" -o {venv}/.installed VENV={venv} run 'RUN_ARGS={args}' {' '.join(make_vars)}")
     env = {k: v for k, v in os.environ.items()

@@ -62,6 +62,7 @@ def cases(tmp: Path) -> dict[str, Any]:
         "kubeconfig": tmp / "kubeconfig",
         "node_name": "n2",
         "rules_dir": rules2,
+        "state_dir": tmp / "state2",
         "collect_interval": 1800.0,
         "collector_timeout": 3.0,
         "cgroup_min_interval": 30.0,
