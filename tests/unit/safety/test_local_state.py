@@ -213,3 +213,18 @@ async def test_api_restore_merges_the_local_state_and_writes_it_back(
     assert ledger_key(RESTART) in doc["l"]
     on_disk = json.loads((tmp_path / "state" / STATE_FILE).read_text())
     assert on_disk["synced"] is not None  # the next local write knows the API has it
+
+
+def test_merge_resumes_held_steps_only_the_local_copy_knows() -> None:
+    """A cordon held (API down) when the agent restarted: the local copy remembers it, so it is
+    retried once the API answers; one the API already saw (and dropped) is not brought back."""
+    from agent.safety.ledger import Held
+
+    local = Ledger()
+    new = request("cordon", {}, rule="kubelet-down")
+    old = request("taint", {"key": "nodemedic.io/x", "effect": "NoSchedule"}, rule="other")
+    local.held[ledger_key(new)] = Held(new, "missing_data", "API down", since=200.0)
+    local.held[ledger_key(old)] = Held(old, "paused", "", since=100.0)
+    merged = merge_unsynced(Ledger(), local, synced_at=150.0)
+    assert list(merged.held) == [ledger_key(new)]
+    assert merged.held[ledger_key(new)].reason == "missing_data"
