@@ -85,6 +85,10 @@ class Settings(BaseModel):
     failover_max_concurrent: int = Field(default=1, ge=0, le=1000)
     failover_lease_duration: float = Field(default=15.0, ge=0.3, le=600.0)
     failover_retry_period: float = Field(default=2.0, ge=0.05, le=60.0)
+    problems_dir: Path = Path("/etc/nodemedic/problems")
+    problems_plugin_dir: Path | None = None
+    problems_max_lines_per_second: int = Field(default=20000, ge=100, le=1_000_000)
+    problems_heartbeat_interval: float = Field(default=60.0, ge=5.0, le=3600.0)
     collectors: Mapping[str, bool] = Field(default_factory=dict)
 
     @field_validator("web_listen_address")
@@ -180,6 +184,15 @@ FLAGS: tuple[Flag, ...] = (
     Flag("failover.max-concurrent", "int", "failed nodes remediated at once, cluster-wide"),
     Flag("failover.lease-duration", "duration", "leader Lease duration (renew deadline = 2/3)"),
     Flag("failover.retry-period", "duration", "leader renew / follower poll and probe period"),
+    Flag("problems.dir", "path",
+         "node problem definitions: NPD monitor JSON (unchanged) and nodemedic YAML; "
+         "missing = problem detection off"),
+    Flag("problems.plugin-dir", "optpath",
+         "the only directory custom plugin checks may run from (unset = no plugins)"),
+    Flag("problems.max-lines-per-second", "int",
+         "log lines matched per second per source; above it lines are dropped and counted"),
+    Flag("problems.heartbeat-interval", "duration",
+         "how often unchanged problem conditions are re-published (lastHeartbeatTime)"),
 )
 
 _FLAG_BY_FIELD = {f.field: f for f in FLAGS}

@@ -1,0 +1,122 @@
+"""One reader per distinct log source, fanned out to every monitor that reads it.
+
+Built by agent.problems.detector: several NPD monitors read /dev/kmsg (kernel-monitor,
+readonly-monitor, ...), and they share one fd, one queue and one consumer; likewise one file
+tailer per path and one journalctl per filter. :meth:`SourceRuntime.process` parses a batch of
+raw lines and feeds each monitor's matcher; it runs in a worker thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from agent.problems.filesource import FileTailer, tail_file
+from agent.problems.journal import journal_argv, parse_journal_line, run_journal
+from agent.problems.kmsg import KmsgReader, boot_wall_time, parse_record
+from agent.problems.linequeue import LineQueue, SourceStats
+from agent.problems.matcher import Hit, Matcher
+from agent.problems.model import LogSource
+
+
+@dataclass
+class Feed:
+    """One monitor on a shared source: its matcher, lookback start, message extractor."""
+
+    matcher: Matcher
+    since: float
+    extract: re.Pattern[str] | None = None
+
+
+@dataclass
+class SourceRuntime:
+    """A source's reader, queue, counters and the monitors it feeds."""
+
+    spec: LogSource
+    queue: LineQueue
+    feeds: list[Feed] = field(default_factory=list)
+    boot: float = field(default_factory=boot_wall_time)
+    kmsg: KmsgReader | None = None
+
+    @property
+    def stats(self) -> SourceStats:
+        return self.queue.stats
+
+    def _parse(self, raw: str | bytes) -> tuple[float, str] | None:
+        plugin = self.spec.plugin
+        if plugin == "kmsg":
+            rec = parse_record(raw)
+            return None if rec is None else (self.boot + rec.ts, rec.message)
+        if plugin == "journald":
+            return parse_journal_line(raw)
+        text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
+        return time.time(), text.rstrip("\r")
+
+    def process(self, batch: list[str | bytes]) -> list[Hit]:
+        """Parse and match a batch (worker thread); returns every hit in order."""
+        hits: list[Hit] = []
+        matched = unparsable = 0
+        for raw in batch:
+            parsed = self._parse(raw)
+            if parsed is None:
+                unparsable += 1
+                continue
+            ts, msg = parsed
+            found = False
+            for feed in self.feeds:
+                if ts < feed.since:
+                    continue
+                text = msg
+                if feed.extract is not None:
+                    m = feed.extract.search(msg)
+                    if m is None:
+                        continue
+                    text = m.group(1) if m.lastindex else m.group(0)
+                new = feed.matcher.feed(ts, text)
+                if new:
+                    hits.extend(new)
+                    found = True
+            matched += found
+        self.stats.matched += matched
+        self.stats.dropped["unparsable"] += unparsable
+        return hits
+
+    def start(self, tasks: list[asyncio.Task[None]], journalctl: str) -> None:
+        """Start reading (the kmsg fd opens here and raises OSError when it cannot)."""
+        spec = self.spec
+        if spec.plugin == "kmsg":
+            self.kmsg = KmsgReader(spec.path, self.queue)
+            try:
+                self.kmsg.start()
+            except OSError as exc:
+                self.stats.up, self.stats.last_error = False, f"{spec.path}: {exc.strerror}"
+                self.kmsg = None
+        elif spec.plugin == "filelog":
+            tasks.append(asyncio.create_task(tail_file(FileTailer(spec.path), self.queue),
+                                             name=f"problems-tail:{spec.path}"))
+        else:
+            argv = journal_argv(spec.identifiers, spec.units, spec.lookback, journalctl)
+            tasks.append(asyncio.create_task(run_journal(argv, self.queue),
+                                             name=f"problems-journal:{spec.key}"))
+
+    def close(self) -> None:
+        if self.kmsg is not None:
+            self.kmsg.close()
+            self.kmsg = None
+
+
+def build_sources(monitors: list[tuple[LogSource, Matcher]], rate: float, maxlen: int,
+                  now: float, stats_for: Callable[[str], SourceStats]) -> dict[str, SourceRuntime]:
+    """Group monitors by source key; the shared reader looks back as far as the longest."""
+    out: dict[str, SourceRuntime] = {}
+    for spec, matcher in monitors:
+        rt = out.get(spec.key)
+        if rt is None:
+            rt = out[spec.key] = SourceRuntime(spec, LineQueue(stats_for(spec.key), maxlen, rate))
+        elif spec.lookback > rt.spec.lookback:
+            rt.spec = spec
+        rt.feeds.append(Feed(matcher, now - spec.lookback, spec.message_regex))
+    return out
