@@ -20,10 +20,14 @@ JOURNALCTL = "journalctl"
 
 
 def journal_argv(identifiers: tuple[str, ...], units: tuple[str, ...], lookback: float,
-                 binary: str = JOURNALCTL, now: float | None = None) -> list[str]:
-    """The journalctl command line for one source (matches of one kind are ORed)."""
+                 binary: str = JOURNALCTL, now: float | None = None,
+                 directory: str = "") -> list[str]:
+    """The journalctl command line for one source (matches of one kind are ORed).
+    ``directory``: read that journal directory (NPD's logPath) instead of the system's."""
     since = int((time.time() if now is None else now) - lookback)
     argv = [binary, "--output=json", "--follow", "--no-pager", "--quiet", f"--since=@{since}"]
+    if directory:
+        argv.append(f"--directory={directory}")
     for ident in identifiers:
         argv += ["-t", ident]
     for unit in units:

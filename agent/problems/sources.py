@@ -9,6 +9,7 @@ raw lines and feeds each monitor's matcher; it runs in a worker thread.
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import time
 from collections.abc import Callable
@@ -98,7 +99,11 @@ class SourceRuntime:
             tasks.append(asyncio.create_task(tail_file(FileTailer(spec.path), self.queue),
                                              name=f"problems-tail:{spec.path}"))
         else:
-            argv = journal_argv(spec.identifiers, spec.units, spec.lookback, journalctl)
+            # NPD reads the journal directory in logPath; where it does not exist (volatile
+            # journal in /run/log/journal) journalctl's own default finds the journal.
+            directory = spec.path if spec.path and os.path.isdir(spec.path) else ""
+            argv = journal_argv(spec.identifiers, spec.units, spec.lookback, journalctl,
+                                directory=directory)
             tasks.append(asyncio.create_task(run_journal(argv, self.queue),
                                              name=f"problems-journal:{spec.key}"))
 
