@@ -19,7 +19,7 @@ from agent.problems.linequeue import LineQueue
 JOURNALCTL = "journalctl"
 
 
-def journal_argv(identifiers: tuple[str, ...], units: tuple[str, ...], lookback: float,
+def journal_argv(identifiers: tuple[str, ...], units: tuple[str, ...], lookback: float, *,
                  binary: str = JOURNALCTL, now: float | None = None,
                  directory: str = "") -> list[str]:
     """The journalctl command line for one source (matches of one kind are ORed).

@@ -102,7 +102,7 @@ class SourceRuntime:
             # NPD reads the journal directory in logPath; where it does not exist (volatile
             # journal in /run/log/journal) journalctl's own default finds the journal.
             directory = spec.path if spec.path and os.path.isdir(spec.path) else ""
-            argv = journal_argv(spec.identifiers, spec.units, spec.lookback, journalctl,
+            argv = journal_argv(spec.identifiers, spec.units, spec.lookback, binary=journalctl,
                                 directory=directory)
             tasks.append(asyncio.create_task(run_journal(argv, self.queue),
                                              name=f"problems-journal:{spec.key}"))
