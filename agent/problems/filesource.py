@@ -3,9 +3,11 @@
 Polled (no inotify dependency): every ``interval`` seconds a worker thread reads what was
 appended, at most ``max_bytes`` per poll so memory stays bounded. Rotation (the path now names
 another inode) is followed after draining the old file; truncation (the file became shorter than
-our offset) restarts at 0. The reader starts at the end of the file: NPD re-reads the lookback
-window by parsing each line's timestamp, which nodemedic does not do for files (documented
-difference). A line longer than ``max_line`` bytes is cut and counted ``too_long``.
+our offset) restarts at 0. A file written faster than lines are matched is read behind
+(backpressure from the queue), never dropped, except by the rate limit. The reader starts at
+the end of the file: NPD re-reads the lookback window by parsing each line's timestamp, which
+nodemedic does not do for files (documented difference). A line longer than ``max_line``
+bytes is cut and counted ``too_long``.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from agent.problems.linequeue import LineQueue
 class FileTailer:
     """State of one tailed file; :meth:`poll` runs in a worker thread."""
 
-    def __init__(self, path: str, max_bytes: int = 4 << 20, max_line: int = 16384,
+    def __init__(self, path: str, max_bytes: int = 1 << 20, max_line: int = 16384,
                  from_start: bool = False) -> None:
         self.path = path
         self.max_bytes = max_bytes
@@ -98,10 +100,11 @@ async def tail_file(tailer: FileTailer, queue: LineQueue, interval: float = 0.5)
             else:
                 stats.up, stats.last_error = True, None
                 stats.dropped["too_long"] = tailer.too_long
-                if lines:
-                    queue.put_many(lines)
-                    if len(lines) > 1000:
-                        continue  # more is probably waiting: poll again at once
+                for i in range(0, len(lines), 1000):
+                    await queue.wait_room(1000)  # lag behind the file rather than drop
+                    queue.put_many(lines[i:i + 1000])
+                if len(lines) > 1000:
+                    continue  # more is probably waiting: poll again at once
             await asyncio.sleep(interval)
     finally:
         with contextlib.suppress(OSError):

@@ -100,6 +100,7 @@ async def _pump(proc: asyncio.subprocess.Process, queue: LineQueue) -> None:
             continue
         if not line:
             return
+        await queue.wait_room(1)  # journalctl blocks on its pipe meanwhile: nothing is lost
         queue.put_many((line,))
 
 

@@ -4,8 +4,10 @@ Every source (kmsg, a file, one journalctl) puts raw lines here from the event l
 consumer task takes them in batches and parses and matches them in a worker thread. Memory is
 bounded whatever the volume: above ``rate`` lines per second (token bucket with a one-second
 burst) lines are dropped and counted as ``rate``; when the consumer falls behind and ``maxlen``
-lines wait, new lines are dropped and counted as ``queue``. Nothing is lost below the rate limit
-while the consumer keeps up.
+lines wait, new lines are dropped and counted as ``queue``. Sources that can wait (a file,
+the journalctl pipe) call :meth:`LineQueue.wait_room` first, so they lag instead of dropping:
+only the kernel ring buffer, which overwrites what is not read, ever drops as ``queue``.
+Nothing is lost below the rate limit.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ class LineQueue:
         self._last = clock()
         self._items: deque[str | bytes] = deque()
         self._ready = asyncio.Event()
+        self._room = asyncio.Event()
 
     def _refill(self) -> None:
         now = self._clock()
@@ -71,10 +74,19 @@ class LineQueue:
     def __len__(self) -> int:
         return len(self._items)
 
+    async def wait_room(self, n: int) -> None:
+        """Wait until ``n`` more lines fit (backpressure for sources that can wait)."""
+        n = min(n, self.maxlen)
+        while self.maxlen - len(self._items) < n:
+            self._room.clear()
+            await self._room.wait()
+
     async def get_batch(self, max_items: int = 2000) -> list[str | bytes]:
         """Wait for lines and take up to ``max_items`` of them."""
         while not self._items:
             self._ready.clear()
             await self._ready.wait()
         n = min(max_items, len(self._items))
-        return [self._items.popleft() for _ in range(n)]
+        batch = [self._items.popleft() for _ in range(n)]
+        self._room.set()
+        return batch
