@@ -53,7 +53,8 @@ problems = [
     "task=hog,pid=%d,uid=0",
     "Memory cgroup out of memory: Killed process %d (hog) total-vm:540000kB, "
     "anon-rss:65000kB, file-rss:4kB, shmem-rss:0kB, UID:0 pgtables:200kB oom_score_adj:0",
-    "EXT4-fs error (device sdb1): ext4_find_entry:1455: inode #%d: comm ls: reading directory lblock 0",
+    "EXT4-fs error (device sdb1): ext4_find_entry:1455: inode #%d: comm ls: "
+    "reading directory lblock 0",
     "NVRM: Xid (PCI:0000:3b:00): 13, pid=%d, name=python, Graphics Exception",
     "nf_conntrack: nf_conntrack: table full, dropping packet %d",
 ]
