@@ -78,3 +78,8 @@ def test_lease_writes_only_for_failover_and_the_cordon_lock() -> None:
                          for r in d["rules"])
             assert writes == (name == "nodemedic-failover"), name
     assert not _verbs("poddisruptionbudgets"), "PDBs are enforced by the API server's 429"
+
+
+def test_problem_conditions_can_be_patched_on_the_status_subresource() -> None:
+    """The problem detector patches nodes/status (its condition types only) and nothing more."""
+    assert _verbs("nodes/status") == {"patch"}
