@@ -41,6 +41,7 @@ log = structlog.get_logger("nodemedic.problems")
 
 MAX_PENDING_EVENTS = 512
 MAX_WORKLOAD_SERIES = 500
+KMSG_REOPEN_SECONDS = 30.0  # retry a /dev/kmsg that could not be opened or failed
 
 
 @dataclass
@@ -151,9 +152,13 @@ class ProblemDetector:
     async def _consume(self, rt: SourceRuntime) -> None:
         while True:
             batch = await rt.queue.get_batch()
-            hits = await asyncio.to_thread(rt.process, batch)
-            for hit in hits:
-                await self.apply(hit)
+            try:
+                hits = await asyncio.to_thread(rt.process, batch)
+                for hit in hits:
+                    await self.apply(hit)
+            except Exception as exc:  # a bug must not stop the source: log, count, go on
+                rt.stats.last_error = f"{type(exc).__name__}: {exc}"[:300]
+                log.exception("problem_batch_failed", source=rt.spec.key)
 
     async def apply(self, hit: Hit) -> None:
         """Turn one hit into a condition change, an Event and counters."""
@@ -237,8 +242,16 @@ class ProblemDetector:
 
     # ---- publishing --------------------------------------------------------------------
     async def _publish_loop(self) -> None:
+        last_reopen = time.monotonic()
         while True:
-            await self.publish_once()
+            try:
+                await self.publish_once()
+                if time.monotonic() - last_reopen >= KMSG_REOPEN_SECONDS:
+                    last_reopen = time.monotonic()
+                    for rt in self.sources.values():
+                        rt.reopen_kmsg()
+            except Exception:  # keep publishing whatever one pass hit
+                log.exception("problem_publish_loop_failed")
             await asyncio.sleep(self.opts.tick)
 
     async def publish_once(self) -> None:

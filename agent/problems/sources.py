@@ -22,6 +22,8 @@ from agent.problems.linequeue import LineQueue, SourceStats
 from agent.problems.matcher import Hit, Matcher
 from agent.problems.model import LogSource
 
+_SEEN = (-1.0, "")  # a kmsg record already processed before the reader was reopened
+
 
 @dataclass
 class Feed:
@@ -41,6 +43,7 @@ class SourceRuntime:
     feeds: list[Feed] = field(default_factory=list)
     boot: float = field(default_factory=boot_wall_time)
     kmsg: KmsgReader | None = None
+    last_seq: int = -1  # kmsg: a reopened reader starts at the oldest record; skip the seen
 
     @property
     def stats(self) -> SourceStats:
@@ -50,7 +53,12 @@ class SourceRuntime:
         plugin = self.spec.plugin
         if plugin == "kmsg":
             rec = parse_record(raw)
-            return None if rec is None else (self.boot + rec.ts, rec.message)
+            if rec is None:
+                return None
+            if rec.seq <= self.last_seq:
+                return _SEEN
+            self.last_seq = rec.seq
+            return self.boot + rec.ts, rec.message
         if plugin == "journald":
             return parse_journal_line(raw)
         text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
@@ -62,6 +70,8 @@ class SourceRuntime:
         matched = unparsable = 0
         for raw in batch:
             parsed = self._parse(raw)
+            if parsed is _SEEN:
+                continue
             if parsed is None:
                 unparsable += 1
                 continue
@@ -106,6 +116,21 @@ class SourceRuntime:
                                 directory=directory)
             tasks.append(asyncio.create_task(run_journal(argv, self.queue),
                                              name=f"problems-journal:{spec.key}"))
+
+    def reopen_kmsg(self) -> None:
+        """Retry a kernel log that could not be opened or failed (EACCES, a read error)."""
+        if self.spec.plugin != "kmsg" or (self.kmsg is not None and self.stats.up):
+            return
+        if self.kmsg is not None:
+            self.kmsg.close()
+        self.kmsg = KmsgReader(self.spec.path, self.queue)
+        try:
+            self.kmsg.start()
+        except OSError as exc:
+            self.stats.up, self.stats.last_error = False, f"{self.spec.path}: {exc.strerror}"
+            self.kmsg = None
+        else:
+            self.stats.last_error = None
 
     def close(self) -> None:
         if self.kmsg is not None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from pathlib import Path
 
 from agent.testing.apiserver import ApiServer
@@ -49,3 +51,26 @@ async def test_check_sets_and_clears_its_condition(
                           ["status"] == "Unknown" and c)
     assert unknown["message"] == "ntp state 2"
     assert not ran_outside.exists()
+
+
+async def test_heartbeat_refreshes_without_touching_transition(
+        apiserver: ApiServer, detector: Factory, node: str, tmp_path: Path) -> None:
+    """Unchanged conditions are re-published at the heartbeat interval, not every tick:
+    lastHeartbeatTime moves, lastTransitionTime stays."""
+    defs = tmp_path / "defs"
+    defs.mkdir()
+    (defs / "f.yaml").write_text(
+        f"monitors:\n  - name: f\n    source: {{plugin: filelog, path: {tmp_path / 'x.log'}}}\n"
+        "    conditions: [{type: SomeProblem, reason: NoProblem}]\n"
+        "    rules: [{type: permanent, condition: SomeProblem, reason: Bad, pattern: bad}]\n")
+    start = time.monotonic()
+    d = await detector(defs, heartbeat=1.0)
+    first = await until(lambda: conditions(apiserver, node).get("SomeProblem"))
+    await until(lambda: conditions(apiserver, node)["SomeProblem"]["lastHeartbeatTime"]
+                != first["lastHeartbeatTime"])
+    later = conditions(apiserver, node)["SomeProblem"]
+    assert later["lastTransitionTime"] == first["lastTransitionTime"]
+    assert later["status"] == "False"
+    await asyncio.sleep(1.0)
+    elapsed = time.monotonic() - start  # ~10 ticks per second; at most one publish per second
+    assert 2 <= d.counters.publishes <= elapsed + 1

@@ -111,3 +111,22 @@ async def test_queue_bounds_and_counts_drops() -> None:
     assert stats.read == 14 and len(q) == 3
     waiter = asyncio.create_task(q.get_batch(1))
     assert (await waiter) == ["m0"]
+
+
+def test_reopened_kmsg_does_not_replay_records() -> None:
+    """After a reopen the kernel hands out the buffer from its oldest record again: records
+    already seen (by sequence number) are not matched a second time."""
+    from agent.problems.matcher import Matcher
+    from agent.problems.model import LogMonitor, LogRule, LogSource
+    from agent.problems.pattern import compile_rule
+    from agent.problems.sources import Feed, SourceRuntime
+
+    regex, multi = compile_rule("Remounting filesystem read-only")
+    mon = LogMonitor("m", "f", LogSource("kmsg", "/dev/kmsg"), 10, (),
+                     (LogRule("temporary", "RO", "x", regex, multi),))
+    rt = SourceRuntime(LogSource("kmsg", "/dev/kmsg"), LineQueue(SourceStats()), boot=0.0)
+    rt.feeds.append(Feed(Matcher(mon), since=0.0))
+    rec = [b"3,%d,1000,-;EXT4-fs (sda1): Remounting filesystem read-only\n" % s for s in (7, 8)]
+    assert len(rt.process(rec)) == 2
+    assert rt.process(rec) == []  # the same records again after a reopen
+    assert len(rt.process([rec[1].replace(b"3,8,", b"3,9,")])) == 1
