@@ -62,7 +62,7 @@ class SourceRuntime:
         if plugin == "journald":
             return parse_journal_line(raw)
         text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
-        return time.time(), text.rstrip("\r")
+        return time.time(), text
 
     def process(self, batch: list[str | bytes]) -> list[Hit]:
         """Parse and match a batch (worker thread); returns every hit in order."""
@@ -76,6 +76,9 @@ class SourceRuntime:
                 unparsable += 1
                 continue
             ts, msg = parsed
+            msg = msg.strip()  # as NPD's watchers do; empty messages are skipped
+            if not msg:
+                continue
             found = False
             for feed in self.feeds:
                 if ts < feed.since:
