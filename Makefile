@@ -31,7 +31,7 @@ demo: $(STAMP)
 	$(VENV)/bin/nodemedic demo
 
 check-rules: $(STAMP)
-	$(VENV)/bin/nodemedic check-rules rules/
+	$(VENV)/bin/nodemedic check-rules rules/ --problems problems/
 
 system-deps:
 	@missing=0; for p in $(APT_PROBES); do test -x $$p || missing=1; done; \

@@ -29,7 +29,7 @@ from agent.kube.conditions import patch_conditions, read_conditions
 from agent.kube.events import InvolvedObject, record_event
 from agent.kube.pods import list_node_pods
 from agent.problems.checks import OK, PROBLEM, CheckResult, CheckRunner
-from agent.problems.conditions import ConditionBook, Status
+from agent.problems.conditions import ConditionBook, Status, rfc3339
 from agent.problems.kmsg import boot_wall_time
 from agent.problems.linequeue import SourceStats
 from agent.problems.matcher import Hit, Matcher
@@ -297,7 +297,7 @@ class ProblemDetector:
             "monitors": [m.name for m in self.problems.log_monitors]
             + [m.name for m in self.problems.check_monitors],
             "active": [{"condition": st.type, "reason": st.reason, "message": st.message[:200],
-                        "since": st.transition} for st in self.book.active()],
+                        "since": rfc3339(st.transition)} for st in self.book.active()],
             "sources": {k: {"up": s.up, "read": s.read, "matched": s.matched,
                             "dropped": dict(s.dropped), "restarts": s.restarts,
                             "last_error": s.last_error} for k, s in self.stats.items()},
