@@ -7,8 +7,9 @@ second expires clear-after conditions, patches the node status when something ch
 heartbeat is due (agent.kube.conditions), and flushes the coalesced Events (agent.kube.events:
 one write per (object, reason) per flush, however many lines matched).
 
-Lines logged before the agent started (the lookback window) rebuild conditions but make no
-Events and count in no metric: a restart must not report old OOM kills again. OOM kills and hung
+Lines logged before the agent started (the lookback window; for /dev/kmsg the records already
+in the buffer at open) rebuild conditions but make no Events and count in no metric: a restart
+must not report old OOM kills again. OOM kills and hung
 tasks whose victim is in a pod's cgroup are reported against the pod (Event on the Pod, the
 ``nodemedic_problem_workload_total`` counter) and never become a node condition.
 """
@@ -100,6 +101,8 @@ class ProblemDetector:
             pairs, opts.max_lines_per_second, opts.queue_lines, self.started_at,
             lambda key: self.stats.setdefault(key, SourceStats()))
         self._tasks: list[asyncio.Task[None]] = []
+        for rt in self.sources.values():
+            rt.started = self.started_at
         self._pending: dict[tuple[str, str, str, str, str], _Pending] = {}
         self._restored = api is None
         self._last_publish = 0.0
@@ -163,7 +166,7 @@ class ProblemDetector:
     async def apply(self, hit: Hit) -> None:
         """Turn one hit into a condition change, an Event and counters."""
         rule, now = hit.rule, time.time()
-        live = hit.ts >= self.started_at
+        live = hit.live
         uid = pod_uid(hit.cgroup) if hit.cgroup else ""
         if uid:  # a pod's OOM kill / hung task: the pod's problem, never the node's
             if live:

@@ -58,6 +58,13 @@ def parse_record(raw: bytes | str) -> KmsgRecord | None:
     return KmsgRecord(prio, seq, usec / 1e6, message, props)
 
 
+def _seq(raw: bytes) -> int | None:
+    try:
+        return int(raw.split(b",", 2)[1])
+    except (IndexError, ValueError):
+        return None
+
+
 def boot_wall_time() -> float:
     """Wall-clock time of boot as the kernel's log clock sees it (CLOCK_MONOTONIC origin)."""
     return time.time() - time.monotonic()
@@ -72,6 +79,11 @@ class KmsgReader:
         self.chunk = chunk
         self._fd: int | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        # Records with a sequence number from here on were logged after we opened the device:
+        # "live" (Events, counters), as opposed to the lookback backlog. Decided by sequence,
+        # not time: the kernel's log clock drifts from the wall clock over a long uptime.
+        self.live_seq: int | None = None
+        self._last_seq = -1
 
     def start(self) -> None:
         """Open the device and register with the event loop; raises OSError (e.g. EACCES)."""
@@ -90,6 +102,8 @@ class KmsgReader:
             try:
                 raw = os.read(fd, RECORD_MAX)
             except BlockingIOError:
+                if self.live_seq is None:  # the backlog present at open is drained
+                    self.live_seq = self._last_seq + 1
                 break
             except BrokenPipeError:  # EPIPE: records we had not read were overwritten
                 stats.dropped["overwritten"] += 1
@@ -104,6 +118,9 @@ class KmsgReader:
                 return
             if not raw:
                 break
+            seq = _seq(raw)
+            if seq is not None:
+                self._last_seq = seq
             batch.append(raw)
         if batch:
             self.queue.put_many(batch)

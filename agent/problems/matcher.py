@@ -32,6 +32,7 @@ class Hit:
     message: str
     cgroup: str = ""
     pid: int | None = None
+    live: bool = True  # logged after the agent started (False: lookback backlog)
 
 
 class Matcher:

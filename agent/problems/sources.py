@@ -13,7 +13,7 @@ import os
 import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from agent.problems.filesource import FileTailer, tail_file
 from agent.problems.journal import journal_argv, parse_journal_line, run_journal
@@ -44,6 +44,8 @@ class SourceRuntime:
     boot: float = field(default_factory=boot_wall_time)
     kmsg: KmsgReader | None = None
     last_seq: int = -1  # kmsg: a reopened reader starts at the oldest record; skip the seen
+    started: float = field(default_factory=time.time)  # journal entries before it: lookback
+    _live: bool = True
 
     @property
     def stats(self) -> SourceStats:
@@ -58,9 +60,14 @@ class SourceRuntime:
             if rec.seq <= self.last_seq:
                 return _SEEN
             self.last_seq = rec.seq
+            live_seq = self.kmsg.live_seq if self.kmsg is not None else None
+            self._live = live_seq is not None and rec.seq >= live_seq
             return self.boot + rec.ts, rec.message
         if plugin == "journald":
-            return parse_journal_line(raw)
+            parsed = parse_journal_line(raw)
+            self._live = parsed is not None and parsed[0] >= self.started
+            return parsed
+        self._live = True  # a file is followed from its end: every line is new
         text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
         return time.time(), text
 
@@ -91,7 +98,7 @@ class SourceRuntime:
                     text = m.group(1) if m.lastindex else m.group(0)
                 new = feed.matcher.feed(ts, text)
                 if new:
-                    hits.extend(new)
+                    hits.extend(new if self._live else [replace(h, live=False) for h in new])
                     found = True
             matched += found
         self.stats.matched += matched
