@@ -25,7 +25,7 @@ venv: $(STAMP)
 
 ## run: the agent on this machine with the default rules (works without a cluster).
 run: $(STAMP)
-	$(VENV)/bin/nodemedic run --web.listen-address $(LISTEN) --rules.dir rules $(RUN_ARGS)
+	$(VENV)/bin/nodemedic run --web.listen-address $(LISTEN) --rules.dir rules --problems.dir problems $(RUN_ARGS)
 
 demo: $(STAMP)
 	$(VENV)/bin/nodemedic demo
