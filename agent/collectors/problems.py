@@ -31,9 +31,10 @@ ACTIVE = MetricSpec(
     "gauge", ("condition", "reason"))
 WORKLOAD = MetricSpec(
     "nodemedic_problem_workload_total",
-    "OOM kills and hung tasks whose victim was in a pod's cgroup: reported against the pod, "
-    "not the node (pod is the pod UID when the pod could not be looked up).",
-    "counter", ("reason", "namespace", "pod"))
+    "OOM kills and hung tasks whose victim was in a pod's cgroup: reported against the pod and "
+    "its top controller (owner, Kind/name), not the node (pod is the pod UID when the pod could "
+    "not be looked up).",
+    "counter", ("reason", "namespace", "pod", "owner"))
 LINES = MetricSpec(
     "nodemedic_problem_log_lines_total",
     "Log lines read from each problem source, and how many matched a rule.",
@@ -116,8 +117,8 @@ class ProblemsCollector(Collector):
             problems.add((reason,), d.counters.problems.get(reason, 0))
         for cond in d.book.states.values():
             active.add((cond.type, cond.reason), 1 if cond.status == "True" else 0)
-        for (reason, ns, pod), n in sorted(d.counters.workload.items()):
-            workload.add((reason, ns, pod), n)
+        for (reason, ns, pod, owner), n in sorted(d.counters.workload.items()):
+            workload.add((reason, ns, pod, owner), n)
         lines, dropped = LINES.family(), DROPPED.family()
         up, restarts = SOURCE_UP.family(), SOURCE_RESTARTS.family()
         for key, st in sorted(d.stats.items()):

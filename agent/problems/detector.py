@@ -28,6 +28,7 @@ import structlog
 
 from agent.kube.conditions import patch_conditions, read_conditions
 from agent.kube.events import InvolvedObject, record_event
+from agent.kube.owners import controller_of, top_owner
 from agent.kube.pods import list_node_pods
 from agent.problems.checks import OK, PROBLEM, CheckResult, CheckRunner
 from agent.problems.conditions import ConditionBook, Status, rfc3339
@@ -72,7 +73,7 @@ class _Pending:
 @dataclass
 class DetectorCounters:
     problems: Counter[str] = field(default_factory=Counter)
-    workload: Counter[tuple[str, str, str]] = field(default_factory=Counter)
+    workload: Counter[tuple[str, str, str, str]] = field(default_factory=Counter)
     events_dropped: int = 0
     events_written: int = 0
     publish_errors: int = 0
@@ -107,7 +108,8 @@ class ProblemDetector:
         self._restored = api is None
         self._last_publish = 0.0
         self._last_flush = time.monotonic()
-        self._pods: dict[str, tuple[str, str]] = {}
+        self._pods: dict[str, dict[str, Any]] = {}
+        self._owners: dict[str, str] = {}
         self._pods_listed = 0.0
         self.checks = [CheckRunner(m, self.apply_check) for m in problems.check_monitors]
 
@@ -208,15 +210,18 @@ class ProblemDetector:
             self._event(self._node_obj(), rule.reason, "Warning", res.message)
 
     async def _workload(self, hit: Hit, uid: str) -> None:
-        ns, name = await self._resolve_pod(uid)
-        key = (hit.rule.reason, ns, name or uid)
+        ns, name, owner = await self._resolve_pod(uid)
+        key = (hit.rule.reason, ns, name or uid, owner)
         if key in self.counters.workload or len(self.counters.workload) < MAX_WORKLOAD_SERIES:
             self.counters.workload[key] += 1
         if name:
+            message = f"{hit.message} (workload {owner})" if owner else hit.message
             self._event(InvolvedObject("Pod", name, ns, uid), hit.rule.reason, "Warning",
-                        hit.message)
+                        message)
 
-    async def _resolve_pod(self, uid: str) -> tuple[str, str]:
+    async def _resolve_pod(self, uid: str) -> tuple[str, str, str]:
+        """(namespace, name, "Kind/name" of its top controller) of a pod on this node by UID;
+        empty strings when it cannot be found (no API, pod gone)."""
         if uid not in self._pods and self.api is not None and \
                 time.monotonic() - self._pods_listed > 30:
             self._pods_listed = time.monotonic()
@@ -225,9 +230,19 @@ class ProblemDetector:
             except Exception as exc:
                 log.warning("problem_pod_lookup_failed", error=str(exc))
                 pods = []
-            self._pods = {str(m.get("uid")): (str(m.get("namespace", "")), str(m.get("name")))
-                          for m in ((p.get("metadata") or {}) for p in pods) if m.get("uid")}
-        return self._pods.get(uid, ("", ""))
+            self._pods = {str((p.get("metadata") or {}).get("uid")): p for p in pods
+                          if (p.get("metadata") or {}).get("uid")}
+        pod = self._pods.get(uid)
+        if pod is None:
+            return "", "", ""
+        meta = pod.get("metadata") or {}
+        if uid not in self._owners:
+            try:
+                found = await top_owner(self.api, pod)
+            except Exception:  # owner unreadable: fall back to the pod's direct controller
+                found = controller_of(pod)
+            self._owners[uid] = f"{found[0]}/{found[1]}" if found else ""
+        return str(meta.get("namespace", "")), str(meta.get("name", "")), self._owners[uid]
 
     def _node_obj(self) -> InvolvedObject:
         return InvolvedObject("Node", self.opts.node)

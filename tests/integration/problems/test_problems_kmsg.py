@@ -132,12 +132,22 @@ async def test_hung_task_of_a_host_process_is_a_node_problem(
 
 async def test_pod_oom_kill_is_reported_against_the_pod(
         apiserver: ApiServer, detector: Factory, node: str, marker: str, tmp_path: Path) -> None:
-    """A real kernel OOM kill in a pod's memory cgroup: Event on that Pod and the workload
-    counter with its namespace and name; no node Event, no node condition."""
+    """A real kernel OOM kill in a pod's memory cgroup: Event on that Pod naming its owner, and
+    the workload counter with namespace, pod and owner; no node Event, no node condition."""
     (memory,) = need("memory")
+    ds = apiserver.create({
+        "apiVersion": "apps/v1", "kind": "DaemonSet",
+        "metadata": {"name": f"ds-{marker}", "namespace": "default"},
+        "spec": {"selector": {"matchLabels": {"app": marker}},
+                 "template": {"metadata": {"labels": {"app": marker}},
+                              "spec": {"containers": [{"name": "c", "image": "busybox"}]}}},
+    })
     pod = apiserver.create({
         "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": f"hog-{marker}", "namespace": "default"},
+        "metadata": {"name": f"hog-{marker}", "namespace": "default",
+                     "ownerReferences": [{"apiVersion": "apps/v1", "kind": "DaemonSet",
+                                          "name": ds["metadata"]["name"],
+                                          "uid": ds["metadata"]["uid"], "controller": True}]},
         "spec": {"nodeName": node, "containers": [{"name": "c", "image": "busybox"}]},
     })
     d = await detector(definitions(tmp_path, marker))
@@ -155,7 +165,9 @@ async def test_pod_oom_kill_is_reported_against_the_pod(
         kp.close()
     assert ev["involvedObject"]["uid"] == kp.uid
     assert ev["involvedObject"]["namespace"] == "default"
-    assert d.counters.workload[("OOMKilling", "default", pod["metadata"]["name"])] >= 1
+    owner = f"DaemonSet/ds-{marker}"
+    assert ev["message"].endswith(f"(workload {owner})")
+    assert d.counters.workload[("OOMKilling", "default", pod["metadata"]["name"], owner)] >= 1
     await asyncio.sleep(0.5)
     assert "OOMKilling" not in events(apiserver, "Node", node)
     assert all(c["status"] == "False" for t, c in conditions(apiserver, node).items()
