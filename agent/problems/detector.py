@@ -185,7 +185,10 @@ class ProblemDetector:
                 self._event(self._node_obj(), rule.reason, "Normal", hit.message)
             return
         message = rule.message or hit.message
-        if self.book.set_problem(rule.condition, rule.reason, message, min(hit.ts, now),
+        # A live line happened just now (the kernel's log clock may have drifted from the wall
+        # clock); a lookback line's own timestamp is the best estimate of when it happened.
+        when = now if live else min(hit.ts, now)
+        if self.book.set_problem(rule.condition, rule.reason, message, when,
                                  clear_after=rule.clear_after) and live:
             self._event(self._node_obj(), rule.reason, "Warning", message)
 
