@@ -1,7 +1,7 @@
 """A burst of kernel-style log lines through the problem detector: RSS, CPU, drops.
 
-Run directly: `python bench/problems_burst.py [--seconds 60]` (or via bench/run_all.py if listed
-there). Writes bench/results/problems_burst.json and .md.
+Run by `make bench` (bench/run_all.py) or directly: `python bench/problems_burst.py
+[--seconds 60]`. Writes bench/results/problems_burst.json and .md.
 
 A writer process appends 100,000 lines/s (in 10 ms batches) to a log file and rotates it every
 2,000,000 lines (rename + new file: the tailer drains the old one); 0.1% of the lines are
