@@ -17,6 +17,7 @@ from agent.collectors.base import Collector, CollectorContext
 from agent.collectors.registry import register
 from agent.problems.detector import DetectorOptions, ProblemDetector
 from agent.problems.loader import load_problems
+from agent.rules.loader import RulesError
 from agent.structs.metrics import Family, MetricSpec
 
 PROBLEMS = MetricSpec(
@@ -94,8 +95,12 @@ class ProblemsCollector(Collector):
         try:
             problems = await asyncio.to_thread(load_problems, s.problems_dir,
                                                s.problems_plugin_dir)
-        except Exception as exc:  # RulesError lists every file:line problem
-            self.error = f"invalid problem definitions: {exc}"[:2000]
+        except RulesError as exc:  # every file:line problem, for /status and the log
+            self.error = ("invalid problem definitions: "
+                          + "; ".join(str(p) for p in exc.problems))[:2000]
+            return
+        except Exception as exc:
+            self.error = f"cannot load problem definitions: {exc}"[:2000]
             return
         if not len(problems):
             return
