@@ -45,8 +45,10 @@ class FileTailer:
     def poll(self) -> list[bytes]:
         """Lines appended since the last poll (raises OSError while the file is missing)."""
         if self._fh is None:
-            self._open(at_end=not self._from_start)
-            self._from_start = True  # a file that appears later is read from its start
+            try:
+                self._open(at_end=not self._from_start)
+            finally:
+                self._from_start = True  # a file that appears (again) later is read whole
         assert self._fh is not None
         lines = self._read(self._fh)
         try:

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import json
 import time
+from collections.abc import Callable
 
 from agent.problems.linequeue import LineQueue
 
@@ -21,11 +22,17 @@ JOURNALCTL = "journalctl"
 
 def journal_argv(identifiers: tuple[str, ...], units: tuple[str, ...], lookback: float, *,
                  binary: str = JOURNALCTL, now: float | None = None,
-                 directory: str = "") -> list[str]:
+                 directory: str = "", after_cursor: str = "") -> list[str]:
     """The journalctl command line for one source (matches of one kind are ORed).
-    ``directory``: read that journal directory (NPD's logPath) instead of the system's."""
-    since = int((time.time() if now is None else now) - lookback)
-    argv = [binary, "--output=json", "--follow", "--no-pager", "--quiet", f"--since=@{since}"]
+    ``directory``: read that journal directory (NPD's logPath) instead of the system's.
+    ``after_cursor``: a restarted child resumes after the last entry read, so nothing is
+    matched twice; the first one starts ``lookback`` seconds back."""
+    argv = [binary, "--output=json", "--follow", "--no-pager", "--quiet"]
+    if after_cursor:
+        argv.append(f"--after-cursor={after_cursor}")
+    else:
+        since = int((time.time() if now is None else now) - lookback)
+        argv.append(f"--since=@{since}")
     if directory:
         argv.append(f"--directory={directory}")
     for ident in identifiers:
@@ -35,8 +42,8 @@ def journal_argv(identifiers: tuple[str, ...], units: tuple[str, ...], lookback:
     return argv
 
 
-def parse_journal_line(raw: bytes | str) -> tuple[float, str] | None:
-    """(wall time, MESSAGE) of one journal JSON entry; None when it is not one."""
+def parse_journal_line(raw: bytes | str) -> tuple[float, str, str] | None:
+    """(wall time, MESSAGE, __CURSOR) of one journal JSON entry; None when it is not one."""
     try:
         entry = json.loads(raw)
     except (ValueError, UnicodeDecodeError):
@@ -55,12 +62,13 @@ def parse_journal_line(raw: bytes | str) -> tuple[float, str] | None:
         ts = int(entry.get("__REALTIME_TIMESTAMP", 0)) / 1e6
     except (TypeError, ValueError):
         ts = 0.0
-    return ts or time.time(), msg
+    return ts or time.time(), msg, str(entry.get("__CURSOR") or "")
 
 
-async def run_journal(argv: list[str], queue: LineQueue, max_line: int = 65536,
-                      backoff_max: float = 30.0) -> None:
-    """Run journalctl forever, restarting it with backoff; feed ``queue``."""
+async def run_journal(argv_for: Callable[[], list[str]], queue: LineQueue,
+                      max_line: int = 65536, backoff_max: float = 30.0) -> None:
+    """Run journalctl forever (``argv_for()`` gives each start's command line, so a restart
+    resumes after the last cursor), restarting it with backoff; feed ``queue``."""
     stats = queue.stats
     backoff = 1.0
     first = True
@@ -69,6 +77,7 @@ async def run_journal(argv: list[str], queue: LineQueue, max_line: int = 65536,
             stats.restarts += 1
         first = False
         started = time.monotonic()
+        argv = argv_for()
         try:
             proc = await asyncio.create_subprocess_exec(
                 *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,

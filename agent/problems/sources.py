@@ -46,6 +46,7 @@ class SourceRuntime:
     last_seq: int = -1  # kmsg: a reopened reader starts at the oldest record; skip the seen
     started: float = field(default_factory=time.time)  # journal entries before it: lookback
     _live: bool = True
+    cursor: str = ""  # journald: the last entry read, where a restarted journalctl resumes
 
     @property
     def stats(self) -> SourceStats:
@@ -64,9 +65,13 @@ class SourceRuntime:
             self._live = live_seq is not None and rec.seq >= live_seq
             return self.boot + rec.ts, rec.message
         if plugin == "journald":
-            parsed = parse_journal_line(raw)
-            self._live = parsed is not None and parsed[0] >= self.started
-            return parsed
+            entry = parse_journal_line(raw)
+            if entry is None:
+                return None
+            ts, msg, cursor = entry
+            self.cursor = cursor or self.cursor
+            self._live = ts >= self.started
+            return ts, msg
         self._live = True  # a file is followed from its end: every line is new
         text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
         return time.time(), text
@@ -122,8 +127,12 @@ class SourceRuntime:
             # NPD reads the journal directory in logPath; where it does not exist (volatile
             # journal in /run/log/journal) journalctl's own default finds the journal.
             directory = spec.path if spec.path and os.path.isdir(spec.path) else ""
-            argv = journal_argv(spec.identifiers, spec.units, spec.lookback, binary=journalctl,
-                                directory=directory)
+
+            def argv() -> list[str]:
+                return journal_argv(spec.identifiers, spec.units, spec.lookback,
+                                    binary=journalctl, directory=directory,
+                                    after_cursor=self.cursor)
+
             tasks.append(asyncio.create_task(run_journal(argv, self.queue),
                                              name=f"problems-journal:{spec.key}"))
 

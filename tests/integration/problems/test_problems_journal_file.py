@@ -10,6 +10,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 
 from agent.testing.apiserver import ApiServer
@@ -94,6 +95,17 @@ monitors:
     assert ev["type"] == "Warning"
     (stats,) = d.stats.values()
     assert stats.read == 3  # the "other" identifier's line never reached us
+
+    # journalctl dies: it is restarted after the last entry read, so nothing is matched twice.
+    (child,) = [p for p in psutil.Process().children(recursive=True)
+                if p.name() == "journalctl" and str(journal.dir) in " ".join(p.cmdline())]
+    child.kill()
+    await until(lambda: stats.restarts == 1 and stats.up, timeout=15)
+    journal.log("Started kubelet.service - kubelet: The Kubernetes Node Agent.")
+    await until(lambda: events(apiserver, "Node", node)["KubeletStart"]["count"] == 4)
+    await asyncio.sleep(1.0)
+    assert events(apiserver, "Node", node)["KubeletStart"]["count"] == 4
+    assert stats.read == 4
 
 
 async def test_rotating_file_log(
