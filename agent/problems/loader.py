@@ -43,6 +43,9 @@ from agent.rules.loader import (  # the rule loader's position-tracking YAML hel
 )
 
 SUFFIXES = (".json", ".yaml", ".yml")
+# Conditions the kubelet (and the cloud route controller) own: never ours to write.
+RESERVED_CONDITIONS = frozenset(
+    {"Ready", "MemoryPressure", "DiskPressure", "PIDPressure", "NetworkUnavailable"})
 
 
 class _Ctx:
@@ -71,6 +74,10 @@ def _conditions(ctx: _Ctx, conds: Sequence[s.NpdCondition | s.Condition],
                 base: Path_) -> tuple[ConditionDef, ...]:
     out: dict[str, ConditionDef] = {}
     for i, c in enumerate(conds):
+        if c.type in RESERVED_CONDITIONS:
+            ctx.err((*base, "conditions", i, "type"), f"{c.type} is the kubelet's condition; "
+                    "nodemedic never writes it")
+            continue
         if c.type in out:
             ctx.err((*base, "conditions", i, "type"), f"condition {c.type!r} declared twice")
         out[c.type] = ConditionDef(c.type, c.reason, c.message)

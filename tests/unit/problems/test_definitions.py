@@ -103,3 +103,13 @@ def test_check_rules_covers_problem_definitions(tmp_path: Path) -> None:
                          capture_output=True, text=True, env=env, timeout=60)
     assert res.returncode == 1
     assert f"{bad}:1:" in res.stderr and "extra" in res.stderr
+
+
+def test_kubelet_conditions_cannot_be_claimed(tmp_path: Path) -> None:
+    """A definition declaring Ready (or another kubelet condition) is rejected: nodemedic never
+    writes the kubelet's conditions."""
+    f = tmp_path / "m.json"
+    f.write_text('{"plugin": "kmsg", "source": "s", "conditions": [{"type": "Ready", '
+                 '"reason": "Fine"}], "rules": []}')
+    (p,) = check_problems([f])[1]
+    assert p.field == "conditions[0].type" and "kubelet" in p.message
