@@ -10,8 +10,8 @@ RUN_ARGS ?=
 PYTEST_ARGS ?=
 # Debian packages the tests drive for real (promtool/prometheus, node_exporter as the benchmark
 # reference, iptables/conntrack/ipvsadm/iproute2 for the kernel tests, systemd-analyze).
-APT_PACKAGES := prometheus prometheus-node-exporter iptables conntrack ipvsadm iproute2 systemd procps shellcheck systemd-journal-remote
-APT_PROBES := /usr/bin/promtool /usr/bin/prometheus /usr/bin/prometheus-node-exporter /usr/sbin/iptables /usr/sbin/conntrack /usr/sbin/ipvsadm /usr/sbin/ip /usr/bin/systemd-analyze /usr/bin/shellcheck /lib/systemd/systemd-journal-remote
+APT_PACKAGES := prometheus prometheus-node-exporter iptables conntrack ipvsadm iproute2 systemd procps shellcheck curl systemd-journal-remote
+APT_PROBES := /usr/bin/promtool /usr/bin/prometheus /usr/bin/prometheus-node-exporter /usr/sbin/iptables /usr/sbin/conntrack /usr/sbin/ipvsadm /usr/sbin/ip /usr/bin/systemd-analyze /usr/bin/shellcheck /usr/bin/curl /lib/systemd/systemd-journal-remote
 
 .PHONY: run test lint bench install uninstall venv system-deps clean demo apiserver check-rules
 

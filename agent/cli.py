@@ -19,7 +19,7 @@ from pathlib import Path
 
 from agent import __version__
 from agent.collectors import registry as collector_registry
-from agent.settings import Settings, SettingsError, build_parser, load_settings
+from agent.settings import Settings, SettingsError, build_parser, check_paths, load_settings
 
 # Modules that contribute subcommands; each exposes add_parser(subparsers).
 _SUBCOMMAND_MODULES = ("agent.rules.cli", "agent.testing.cli", "agent.demo")
@@ -59,12 +59,20 @@ def _cmd_run(args: argparse.Namespace) -> int:
     names = _collector_names()
 
     def reload_settings() -> Settings:
-        return load_settings(args, collector_names=names, base_dir=Path.cwd())
+        settings = load_settings(args, collector_names=names, base_dir=Path.cwd())
+        check_paths(settings)
+        return settings
 
     try:
         settings = reload_settings()
     except SettingsError as exc:
         print(f"nodemedic: invalid setting: {exc}", file=sys.stderr)
+        return 2
+    from agent.exporter.webfront import check_settings
+
+    web_error = check_settings(settings)
+    if web_error is not None:
+        print(f"nodemedic: invalid web config: {web_error}", file=sys.stderr)
         return 2
     from agent.runtime.daemon import Agent
     from agent.runtime.logging import configure_logging

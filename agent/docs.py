@@ -19,7 +19,7 @@ from prometheus_client import CollectorRegistry
 
 from agent.collectors import registry
 from agent.exporter.self_metrics import SelfMetrics
-from agent.settings import FLAGS, flag_default
+from agent.settings import FLAGS, flag_default, reload_mode
 from agent.structs.metrics import MetricSpec
 
 README = Path(__file__).resolve().parent.parent / "README.md"
@@ -29,16 +29,22 @@ def _md(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
+# What a SIGHUP does with a changed value (agent.settings.OnReload).
+_RELOAD = {"live": "applied", "collectors": "rebuilds collectors", "restart": "needs restart"}
+
+
 def flags_table() -> str:
-    rows = ["| flag | default | environment | meaning |", "|---|---|---|---|"]
+    rows = ["| flag | default | environment | on reload | meaning |", "|---|---|---|---|---|"]
     for f in FLAGS:
         default = flag_default(f)
         rows.append(
-            f"| `--{f.name}` | {f'`{default}`' if default else ''} | `{f.env}` | {_md(f.help)} |"
+            f"| `--{f.name}` | {f'`{default}`' if default else ''} | `{f.env}` | "
+            f"{_RELOAD[reload_mode(f.field)]} | {_md(f.help)} |"
         )
     rows.append(
         "| `--collector.NAME` / `--no-collector.NAME` | see collectors | "
-        "`NODEMEDIC_COLLECTOR_NAME` | enable or disable one collector |"
+        f"`NODEMEDIC_COLLECTOR_NAME` | {_RELOAD[reload_mode('collectors')]} | "
+        "enable or disable one collector |"
     )
     return "\n".join(rows)
 

@@ -10,6 +10,9 @@ Why it looks like this:
   is reported by the collector as "down" instead of the whole collector timing out;
 - responses are read in chunks and refused past ``max_body_bytes`` (a misbehaving endpoint must not
   exhaust the agent's memory); refusals are counted;
+- errors that mean *our* access failed (401, 403, TLS verification, unreadable token or CA file)
+  carry ``cannot_see`` (an agent.collectors.base.CANNOT_SEE_REASONS word): the collector turns them
+  into missing data, never into "kubelet down"; refused connections and timeouts stay errors;
 - the bearer token is re-read whenever its file changes (projected service-account tokens rotate
   by an atomic symlink swap, so the inode changes);
 - JSON and pod-list parsing of big bodies runs in a worker thread (/stats/summary is MBs);
@@ -58,7 +61,8 @@ _ENDPOINTS: Final = {
 CLIENT_REQUESTS = MetricSpec(
     "nodemedic_kubelet_client_requests_total",
     "Requests this agent made to the kubelet, by endpoint and outcome (ok, http_error, "
-    "unauthorized, timeout, connection_error, too_large, bad_body, token_error, config_error).",
+    "unauthorized, forbidden, tls, timeout, connection_error, too_large, bad_body, token_error, "
+    "config_error).",
     "counter",
     ("endpoint", "outcome"),
 )
@@ -71,9 +75,13 @@ CLIENT_METRICS: Final = (CLIENT_REQUESTS, CLIENT_POD_CACHE_HITS)
 
 
 class KubeletError(Exception):
-    """The kubelet could not be asked or answered badly; the message says which and why."""
+    """The kubelet could not be asked or answered badly; the message says which and why.
+
+    ``cannot_see`` is set (unauthorized, forbidden, tls, permission) when the failure is the
+    agent's own access, which says nothing about the kubelet's health."""
 
     outcome = "connection_error"
+    cannot_see: str | None = None
 
 
 class KubeletHTTPError(KubeletError):
@@ -87,9 +95,25 @@ class KubeletHTTPError(KubeletError):
 
 
 class KubeletUnauthorized(KubeletHTTPError):
-    """401/403: the bearer token is missing, wrong, expired or lacks nodes/proxy rights."""
+    """401: the bearer token is missing, wrong or expired."""
 
     outcome = "unauthorized"
+    cannot_see = "unauthorized"
+
+
+class KubeletForbidden(KubeletUnauthorized):
+    """403: the token is valid but lacks the RBAC rights (nodes/proxy, nodes/stats, ...)."""
+
+    outcome = "forbidden"
+    cannot_see = "forbidden"
+
+
+class KubeletTLSError(KubeletError):
+    """The kubelet's certificate did not verify against our CA (wrong --kubelet.ca-file,
+    hostname mismatch, expired certificate): we cannot trust what it would say."""
+
+    outcome = "tls"
+    cannot_see = "tls"
 
 
 class KubeletTimeout(KubeletError):
@@ -107,13 +131,20 @@ class KubeletBadBody(KubeletError):
 
 
 class KubeletTokenError(KubeletError):
+    """The token file cannot be read: we cannot authenticate."""
+
     outcome = "token_error"
+
+    def __init__(self, message: str, *, permission: bool = False) -> None:
+        super().__init__(message)
+        self.cannot_see = "permission" if permission else "unauthorized"
 
 
 class KubeletConfigError(KubeletError):
     """The client's own TLS configuration (CA file) cannot be loaded."""
 
     outcome = "config_error"
+    cannot_see = "tls"
 
 
 @dataclass(frozen=True, slots=True)
@@ -265,7 +296,8 @@ class KubeletClient:
                 self._token_key = key
         except OSError as exc:
             raise KubeletTokenError(
-                f"cannot read kubelet token file {self.token_file}: {exc.strerror or exc}"
+                f"cannot read kubelet token file {self.token_file}: {exc.strerror or exc}",
+                permission=isinstance(exc, PermissionError),
             ) from exc
         return self._token
 
@@ -316,11 +348,16 @@ class KubeletClient:
                         )
                     chunks.append(chunk)
                 body = b"".join(chunks)
-                if resp.status in (401, 403):
+                if resp.status == 401:
                     hint = "no token configured" if token is None else "token rejected"
                     raise KubeletUnauthorized(
-                        f"{path}: HTTP {resp.status} from the kubelet ({hint}; check "
-                        f"--kubelet.token-file and the agent's nodes/proxy RBAC)", resp.status,
+                        f"{path}: HTTP 401 from the kubelet ({hint}; check "
+                        f"--kubelet.token-file and the agent's nodes/proxy RBAC)", 401,
+                    )
+                if resp.status == 403:
+                    raise KubeletForbidden(
+                        f"{path}: HTTP 403 from the kubelet (token accepted but not allowed; "
+                        f"check the agent's RBAC: nodes/proxy, nodes/stats, nodes/metrics)", 403,
                     )
                 if not 200 <= resp.status < 300:
                     text = body[:200].decode("utf-8", "replace").strip()
@@ -328,6 +365,12 @@ class KubeletClient:
                 return body
         except TimeoutError as exc:
             raise KubeletTimeout(f"{path}: no answer within {self.timeout:g}s") from exc
+        except aiohttp.ClientConnectorCertificateError as exc:
+            raise KubeletTLSError(
+                f"{path}: TLS error talking to {self.base_url}: the kubelet's certificate does not "
+                f"verify ({exc.certificate_error}); check --kubelet.ca-file and the URL's host "
+                f"name, or --kubelet.insecure-skip-verify"
+            ) from exc
         except aiohttp.ClientSSLError as exc:
             raise KubeletError(f"{path}: TLS error talking to {self.base_url}: {exc}") from exc
         except aiohttp.ClientError as exc:
@@ -341,12 +384,18 @@ class KubeletClient:
         Healthy means HTTP 200 with the kubelet's ``ok`` body; ``detail`` is the body when
         healthy and the reason (status and body, timeout, refused connection, 401) otherwise.
         """
+        seconds, error, text = await self.probe_healthz()
+        return error is None, seconds, text if error is None else str(error)
+
+    async def probe_healthz(self) -> tuple[float, KubeletError | None, str]:
+        """Probe /healthz: (seconds taken, the error or None, body). Never raises a
+        KubeletError: the caller tells "kubelet down" from "we cannot see" by the error."""
         start = time.perf_counter()
         try:
             text = await self._get("/healthz", "text/plain", _check_healthz)
         except KubeletError as exc:
-            return False, time.perf_counter() - start, str(exc)
-        return True, time.perf_counter() - start, text
+            return time.perf_counter() - start, exc, ""
+        return time.perf_counter() - start, None, text
 
     async def get_text(self, path: str) -> str:
         """GET ``path`` as text (Prometheus exposition etc.)."""

@@ -5,21 +5,24 @@ setting is declared once in ``FLAGS``; argparse options, environment variables
 (``NODEMEDIC_`` + flag name upper-cased with ``.``/``-`` as ``_``), config-file keys (the flag
 name without dashes) and the README flag table are all derived from that list, so they cannot
 drift apart. ``load_settings`` raises :class:`SettingsError` with one line naming the setting and
-what is allowed.
+what is allowed, also for combinations that contradict each other. Next to each field,
+:class:`OnReload` says how a SIGHUP applies a change (live, by rebuilding the collectors, or only
+after a restart); agent.runtime.reloadplan derives what a reload does from it.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import socket
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from agent.structs.durations import parse_duration
 
@@ -30,66 +33,116 @@ class SettingsError(Exception):
     """A setting is invalid; the message is one line naming it and what is allowed."""
 
 
+class _Combination(ValueError):
+    """Raised by Settings' cross-field check; ``field`` is the setting the message is about."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+ReloadMode = Literal["live", "collectors", "restart"]
+
+
+@dataclass(frozen=True)
+class OnReload:
+    """How a changed setting reaches the running agent on SIGHUP; declared next to each field.
+
+    ``live``: the daemon and its components read it from the current settings at each use, so
+    committing the new settings applies it. ``collectors``: read by collectors or the clients they
+    share when they are built, so a change rebuilds them. ``restart``: read once at start; a change
+    keeps the running value and is reported (log, /status, metric) as needing a restart. A field
+    without a declaration is treated as ``restart``: never silently "reloaded" on old values.
+    """
+
+    mode: ReloadMode
+
+
+LIVE = OnReload("live")
+COLLECTORS = OnReload("collectors")
+RESTART = OnReload("restart")
+
+_SHARE = r"^[0-9]{1,6}%?$"  # a node count N or a share N%
+# RFC 1123 DNS subdomain, as Kubernetes requires of node names.
+_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+
+
+def _hostname() -> str:
+    """The default node name: the kubelet's own default, the lower-cased hostname."""
+    return socket.gethostname().lower()
+
+
 class Settings(BaseModel):
     """Validated settings. Field names are the flag names with ``.``/``-`` as ``_``."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    config: Path | None = None
-    web_listen_address: str = ":9678"
-    web_max_connections: int = Field(default=64, ge=1, le=10000)
-    path_cgroupfs: Path = Path("/sys/fs/cgroup")
-    path_procfs: Path = Path("/proc")
-    kubelet_url: str = "https://127.0.0.1:10250"
-    kubelet_token_file: Path | None = None
-    kubelet_ca_file: Path | None = None
-    kubelet_insecure_skip_verify: bool = False
-    kubeconfig: Path | None = None
-    node_name: str = Field(default_factory=socket.gethostname, min_length=1)
-    rules_dir: Path = Path("/etc/nodemedic/rules")
-    collect_interval: float = Field(default=10.0, ge=1.0, le=3600.0)
-    collector_timeout: float = Field(default=5.0, gt=0.0, le=600.0)
-    cgroup_min_interval: float = Field(default=0.0, ge=0.0, le=3600.0)
-    cgroup_psi: Literal["container", "pod", "off"] = "container"
-    dry_run: bool = False
-    actions_restart_allowlist: tuple[str, ...] = ("kubelet.service", "containerd.service")
-    actions_webhook_allowlist: tuple[str, ...] = ()
-    safety_max_cordoned: str = Field(default="10%", pattern=r"^[0-9]{1,6}%?$")
-    safety_max_actions_per_hour: int = Field(default=20, ge=0, le=100000)
-    safety_drain_grace_cap: float = Field(default=120.0, ge=0.0, le=86400.0)
-    safety_pause_configmap: str = Field(
+    config: Annotated[Path | None, LIVE] = None
+    web_listen_address: Annotated[str, RESTART] = ":9678"
+    web_max_connections: Annotated[int, RESTART] = Field(default=64, ge=1, le=10000)
+    web_config_file: Annotated[Path | None, LIVE] = None
+    web_kubernetes_auth: Annotated[bool, RESTART] = False
+    web_probe_address: Annotated[str, RESTART] = Field(default="", pattern=r"^$|^.*:[0-9]{1,5}$")
+    path_cgroupfs: Annotated[Path, COLLECTORS] = Path("/sys/fs/cgroup")
+    path_procfs: Annotated[Path, COLLECTORS] = Path("/proc")
+    kubelet_url: Annotated[str, COLLECTORS] = "https://127.0.0.1:10250"
+    kubelet_token_file: Annotated[Path | None, COLLECTORS] = None
+    kubelet_ca_file: Annotated[Path | None, COLLECTORS] = None
+    kubelet_insecure_skip_verify: Annotated[bool, COLLECTORS] = False
+    kubeconfig: Annotated[Path | None, RESTART] = None
+    node_name: Annotated[str, RESTART] = Field(default_factory=_hostname, min_length=1)
+    rules_dir: Annotated[Path, LIVE] = Path("/etc/nodemedic/rules")
+    collect_interval: Annotated[float, COLLECTORS] = Field(default=10.0, ge=1.0, le=3600.0)
+    collector_timeout: Annotated[float, COLLECTORS] = Field(default=5.0, gt=0.0, le=600.0)
+    cgroup_min_interval: Annotated[float, COLLECTORS] = Field(default=0.0, ge=0.0, le=3600.0)
+    cgroup_psi: Annotated[Literal["container", "pod", "off"], COLLECTORS] = "container"
+    dry_run: Annotated[bool, LIVE] = False
+    actions_restart_allowlist: Annotated[tuple[str, ...], LIVE] = (
+        "kubelet.service", "containerd.service")
+    actions_webhook_allowlist: Annotated[tuple[str, ...], LIVE] = ()
+    safety_max_cordoned: Annotated[str, LIVE] = Field(default="10%", pattern=_SHARE)
+    safety_max_actions_per_hour: Annotated[int, LIVE] = Field(default=20, ge=0, le=100000)
+    safety_drain_grace_cap: Annotated[float, LIVE] = Field(default=120.0, ge=0.0, le=86400.0)
+    safety_pause_configmap: Annotated[str, LIVE] = Field(
         default="kube-system/nodemedic", pattern=r"^[a-z0-9][-a-z0-9.]*/[a-z0-9][-a-z0-9.]*$"
     )
-    safety_cordon_lock: str = Field(
+    safety_cordon_lock: Annotated[str, LIVE] = Field(
         default="kube-system/nodemedic-cordon",
         pattern=r"^[a-z0-9][-a-z0-9.]*/[a-z0-9][-a-z0-9.]*$",
     )
-    host_disk_paths: tuple[str, ...] = ("/", "/var/lib/kubelet", "/var/lib/containerd")
-    log_level: Literal["debug", "info", "warning", "error"] = "info"
-    log_format: Literal["auto", "json", "console"] = "auto"
-    lbskew_iptables_save_command: str = Field(default="iptables-save", min_length=1)
-    lbskew_iptables_save_file: Path | None = None
-    lbskew_rules_min_interval: float = Field(default=30.0, ge=0.0, le=3600.0)
-    lbskew_conntrack_command: str = Field(default="conntrack", min_length=1)
-    lbskew_min_samples: int = Field(default=30, ge=1, le=1_000_000)
-    failover_enabled: bool = False
-    failover_lease_namespace: str = Field(default="kube-system", pattern=r"^[a-z0-9][-a-z0-9]*$")
-    failover_node_grace: float = Field(default=40.0, ge=1.0, le=86400.0)
-    failover_probers: int = Field(default=2, ge=0, le=10)
-    failover_probe_timeout: float = Field(default=1.0, gt=0.0, le=60.0)
-    failover_max_unhealthy: str = Field(default="40%", pattern=r"^[0-9]{1,6}%?$")
-    failover_max_unhealthy_zone: str = Field(default="50%", pattern=r"^[0-9]{1,6}%?$")
-    failover_fencing_time: float = Field(default=180.0, ge=0.0, le=86400.0)
-    failover_fence_command: tuple[str, ...] = ()
-    failover_healthy_delay: float = Field(default=120.0, ge=0.0, le=86400.0)
-    failover_max_concurrent: int = Field(default=1, ge=0, le=1000)
-    failover_lease_duration: float = Field(default=15.0, ge=0.3, le=600.0)
-    failover_retry_period: float = Field(default=2.0, ge=0.05, le=60.0)
-    problems_dir: Path = Path("/etc/nodemedic/problems")
-    problems_plugin_dir: Path | None = None
-    problems_max_lines_per_second: int = Field(default=20000, ge=100, le=1_000_000)
-    problems_heartbeat_interval: float = Field(default=60.0, ge=5.0, le=3600.0)
-    collectors: Mapping[str, bool] = Field(default_factory=dict)
+    host_disk_paths: Annotated[tuple[str, ...], COLLECTORS] = (
+        "/", "/var/lib/kubelet", "/var/lib/containerd")
+    log_level: Annotated[Literal["debug", "info", "warning", "error"], LIVE] = "info"
+    log_format: Annotated[Literal["auto", "json", "console"], LIVE] = "auto"
+    lbskew_iptables_save_command: Annotated[str, COLLECTORS] = Field(
+        default="iptables-save", min_length=1)
+    lbskew_iptables_save_file: Annotated[Path | None, COLLECTORS] = None
+    lbskew_rules_min_interval: Annotated[float, COLLECTORS] = Field(default=30.0, ge=0.0, le=3600.0)
+    lbskew_conntrack_command: Annotated[str, COLLECTORS] = Field(default="conntrack", min_length=1)
+    lbskew_min_samples: Annotated[int, COLLECTORS] = Field(default=30, ge=1, le=1_000_000)
+    failover_enabled: Annotated[bool, RESTART] = False
+    failover_lease_namespace: Annotated[str, RESTART] = Field(
+        default="kube-system", pattern=r"^[a-z0-9][-a-z0-9]*$")
+    failover_node_grace: Annotated[float, LIVE] = Field(default=40.0, ge=1.0, le=86400.0)
+    failover_probers: Annotated[int, LIVE] = Field(default=2, ge=0, le=10)
+    failover_probe_timeout: Annotated[float, LIVE] = Field(default=1.0, gt=0.0, le=60.0)
+    failover_max_unhealthy: Annotated[str, LIVE] = Field(default="40%", pattern=_SHARE)
+    failover_max_unhealthy_zone: Annotated[str, LIVE] = Field(default="50%",
+                                                              pattern=_SHARE)
+    failover_fencing_time: Annotated[float, LIVE] = Field(default=180.0, ge=0.0, le=86400.0)
+    failover_fence_command: Annotated[tuple[str, ...], LIVE] = ()
+    failover_healthy_delay: Annotated[float, LIVE] = Field(default=120.0, ge=0.0, le=86400.0)
+    failover_max_concurrent: Annotated[int, LIVE] = Field(default=1, ge=0, le=1000)
+    failover_lease_duration: Annotated[float, RESTART] = Field(default=15.0, ge=0.3, le=600.0)
+    failover_retry_period: Annotated[float, RESTART] = Field(default=2.0, ge=0.05, le=60.0)
+    # Read when the problems collector starts: a change rebuilds it (and re-reads the dir).
+    problems_dir: Annotated[Path, COLLECTORS] = Path("/etc/nodemedic/problems")
+    problems_plugin_dir: Annotated[Path | None, COLLECTORS] = None
+    problems_max_lines_per_second: Annotated[int, COLLECTORS] = Field(
+        default=20000, ge=100, le=1_000_000)
+    problems_heartbeat_interval: Annotated[float, COLLECTORS] = Field(
+        default=60.0, ge=5.0, le=3600.0)
+    collectors: Annotated[Mapping[str, bool], COLLECTORS] = Field(default_factory=dict)
 
     @field_validator("web_listen_address")
     @classmethod
@@ -105,6 +158,64 @@ class Settings(BaseModel):
         if not v.startswith(("http://", "https://")):
             raise ValueError("must be an http:// or https:// URL")
         return v.rstrip("/")
+
+    @field_validator("node_name")
+    @classmethod
+    def _check_node_name(cls, v: str) -> str:
+        if len(v) > 253 or not _DNS_SUBDOMAIN.match(v):
+            raise ValueError(
+                "must be a Kubernetes node name: an RFC 1123 DNS subdomain (lower-case a-z, 0-9, "
+                "'-' and '.', starting and ending with a letter or digit, at most 253 characters)"
+            )
+        return v
+
+    @field_validator("safety_max_cordoned", "failover_max_unhealthy",
+                     "failover_max_unhealthy_zone")
+    @classmethod
+    def _check_share(cls, v: str) -> str:
+        if v.endswith("%") and int(v[:-1]) > 100:
+            raise ValueError(
+                "must be a node count N or a share from 0% to 100%: more than 100% of the nodes "
+                "is no limit at all"
+            )
+        return v
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_timeout(cls, data: Any) -> Any:
+        """Unset --collector.timeout is 5s, or half of a collect interval shorter than 10s."""
+        if isinstance(data, dict) and "collector_timeout" not in data:
+            try:
+                interval = float(data.get("collect_interval", 10.0))
+            except (TypeError, ValueError):
+                return data  # the field's own validation reports it
+            return {**data, "collector_timeout": min(5.0, interval / 2)}
+        return data
+
+    @model_validator(mode="after")
+    def _check_combinations(self) -> Settings:
+        """Settings that are each valid but contradict each other (each message names both)."""
+        if self.collector_timeout >= self.collect_interval:
+            raise _Combination(
+                "collector_timeout",
+                f"must be shorter than --collect.interval ({self.collect_interval:g}s): a "
+                "collector may not run into the next tick",
+            )
+        if self.failover_retry_period > self.failover_lease_duration / 3:
+            raise _Combination(
+                "failover_retry_period",
+                f"must be at most a third of --failover.lease-duration "
+                f"({self.failover_lease_duration:g}s, so at most "
+                f"{self.failover_lease_duration / 3:g}s): the leader must get several renewal "
+                "attempts before its renew deadline (2/3 of the lease)",
+            )
+        if self.kubelet_insecure_skip_verify and self.kubelet_ca_file is not None:
+            raise _Combination(
+                "kubelet_insecure_skip_verify",
+                "contradicts --kubelet.ca-file: verify against the CA, or skip verification, "
+                "not both",
+            )
+        return self
 
     def listen_host_port(self) -> tuple[str, int]:
         host, _, port = self.web_listen_address.rpartition(":")
@@ -135,6 +246,14 @@ FLAGS: tuple[Flag, ...] = (
     Flag("config", "optpath", "YAML config file; keys are flag names without dashes"),
     Flag("web.listen-address", "str", "address for /metrics, /healthz, /readyz, /status"),
     Flag("web.max-connections", "int", "concurrent HTTP connections served before refusing"),
+    Flag("web.config.file", "optpath",
+         "exporter-toolkit web config: TLS, client certificates, basic auth, headers "
+         "(docs/security.md)"),
+    Flag("web.kubernetes-auth", "bool",
+         "require a Kubernetes bearer token (TokenReview + SubjectAccessReview) for /metrics, "
+         "/status"),
+    Flag("web.probe-address", "str",
+         "HOST:PORT of a plain-HTTP listener serving only /healthz and /readyz, no auth"),
     Flag("path.cgroupfs", "path", "cgroup filesystem root (v1 controllers and/or v2)"),
     Flag("path.procfs", "path", "procfs root"),
     Flag("kubelet.url", "str", "kubelet base URL (https://...:10250 or http://...:10255)"),
@@ -145,7 +264,9 @@ FLAGS: tuple[Flag, ...] = (
     Flag("node-name", "str", "this node's Kubernetes name"),
     Flag("rules.dir", "path", "directory of YAML remediation rules"),
     Flag("collect.interval", "duration", "time between collection ticks (1s to 1h)"),
-    Flag("collector.timeout", "duration", "per-collector time limit within a tick"),
+    Flag("collector.timeout", "duration",
+         "per-collector time limit within a tick; shorter than the interval (unset: 5s, or half "
+         "an interval shorter than 10s)"),
     Flag("cgroup.min-interval", "duration",
          "least time between two reads of the cgroup tree; ticks in between re-serve the last "
          "read (0 = every tick; 30s cuts the cgroup collector's CPU by 3x on big nodes)"),
@@ -313,7 +434,7 @@ def load_settings(
     """Merge defaults < config file < environment < flags and validate the result."""
     env = os.environ if environ is None else environ
     flag_values: dict[str, Any] = {}
-    collectors: dict[str, bool] = {}
+    collectors: Annotated[dict[str, bool], COLLECTORS] = {}
     if args is not None:
         for flag in FLAGS:
             v = getattr(args, f"s_{flag.field}", None)
@@ -377,14 +498,45 @@ def load_settings(
         return Settings(**values)
     except ValidationError as exc:
         err = exc.errors()[0]
-        fld = str(err["loc"][0]) if err["loc"] else "?"
+        cause = (err.get("ctx") or {}).get("error")
+        fld = (cause.field if isinstance(cause, _Combination)
+               else str(err["loc"][0]) if err["loc"] else "?")
         known = _FLAG_BY_FIELD.get(fld)
         source, raw = merged.get(fld, (f"--{known.name}" if known else fld, values.get(fld)))
         msg = str(err["msg"]).removeprefix("Value error, ")
         raise SettingsError(f"{source}={raw!r}: {msg}") from exc
 
 
+def reload_mode(field: str, model: type[Settings] | None = None) -> ReloadMode:
+    """How a change of Settings field ``field`` is applied on reload (``restart`` if undeclared)."""
+    for meta in (model or Settings).model_fields[field].metadata:
+        if isinstance(meta, OnReload):
+            return meta.mode
+    return "restart"
+
+
+def flag_name(field: str) -> str:
+    """The user-facing name of a Settings field (its flag name, or the field for ``collectors``)."""
+    flag = _FLAG_BY_FIELD.get(field)
+    return flag.name if flag is not None else field
+
+
+def check_paths(settings: Settings) -> None:
+    """Refuse settings naming paths that must exist (at start and on every reload)."""
+    if not settings.rules_dir.is_dir():
+        what = "is not a directory" if settings.rules_dir.exists() else "does not exist"
+        raise SettingsError(
+            f"--rules.dir={str(settings.rules_dir)!r}: {what}; the agent needs its rules "
+            "directory (an empty directory means no rules, which is alerted on)"
+        )
+
+
 def settings_for_tests(**overrides: Any) -> Settings:
-    """Defaults with field overrides, for unit tests and benchmarks."""
+    """Defaults with field overrides, for unit tests and benchmarks.
+
+    A test that only raises ``collector_timeout`` gets a collect interval long enough for it."""
+    timeout = overrides.get("collector_timeout")
+    if isinstance(timeout, (int, float)) and "collect_interval" not in overrides:
+        overrides = {**overrides, "collect_interval": max(10.0, 2.0 * timeout)}
     return Settings(**overrides)
 

@@ -204,6 +204,7 @@ async def lead(url: str, steady: float) -> None:
             "contexts": [{"name": "bench", "context": {"cluster": "bench", "user": "bench"}}],
         }))
         collector_registry.load_builtin()
+        (Path(tmp) / "rules").mkdir(exist_ok=True)
         settings = Settings(
             node_name="bench-leader", web_listen_address="127.0.0.1:0",
             kubeconfig=kubeconfig, rules_dir=Path(tmp) / "rules", collect_interval=10.0,

@@ -28,6 +28,7 @@ BENCHMARKS = (
     "footprint_lean",  # both: --cgroup.psi=pod --cgroup.min-interval=30s
     "cgroup_collect",
     "rules_eval",
+    "web_auth",
     "conntrack_parse",
     "problems_burst",  # ~3 min: 100,000 log lines/s for 60 s through the problem detector
     "iptables_save_cost",

@@ -11,20 +11,49 @@ Rules for implementers:
 - raise on failure (the runtime marks the collector failed, keeps its last error, and drops its
   families for that tick) instead of returning partial nonsense; per-object oddities (one
   vanished pod, one garbage file) are skipped and counted, not raised;
+- "I cannot see it" is never "it is broken": when the agent's own access fails (HTTP 401/403,
+  TLS verification, EACCES/EPERM) raise :class:`CannotSee` for the whole collector, or name the
+  metrics that part of it could not read in :meth:`Collector.unreadable`; either way those
+  metrics are missing data this tick (rules reading them freeze, the gate acts on none of them),
+  and ``nodemedic_collector_cannot_read{collector,reason}`` says why;
 - take all file roots and URLs from ``ctx.settings`` so tests point collectors at fixture trees.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Final
 
 from agent.structs.metrics import Family, MetricSpec
 
 if TYPE_CHECKING:
     from agent.settings import Settings
+
+
+# Why a collector could not look, as label values: our credentials (unauthorized), our
+# authorisation (forbidden), our TLS trust (tls: certificate verify failed, hostname mismatch),
+# our file/syscall rights (permission: EACCES, EPERM). The agent's configuration is wrong, the
+# node is not: never evidence for a rule.
+CANNOT_SEE_REASONS: Final = ("unauthorized", "forbidden", "tls", "permission")
+
+
+class CannotSee(Exception):
+    """The collector cannot read its source because of the agent's own access (see
+    CANNOT_SEE_REASONS): the collector fails this tick with ``reason``, its metrics are missing
+    data, and the message names the cause and what to fix."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        if reason not in CANNOT_SEE_REASONS:
+            raise ValueError(f"unknown CannotSee reason {reason!r}")
+        super().__init__(message)
+        self.reason = reason
+
+
+def http_cannot_see(status: int) -> str | None:
+    """The CannotSee reason of an HTTP status (401 unauthorized, 403 forbidden), else None."""
+    return {401: "unauthorized", 403: "forbidden"}.get(status)
 
 
 @dataclass
@@ -65,6 +94,12 @@ class Collector(ABC):
 
     def status(self) -> dict[str, Any]:
         """Extra detail for /status (e.g. which kubelet endpoint failed and why)."""
+        return {}
+
+    def unreadable(self) -> Mapping[str, str]:
+        """Metric name -> CannotSee reason for the metrics the last successful ``collect()``
+        could not read because of the agent's own access (their series are left out). The
+        runtime treats them as missing data for that tick. Empty by default."""
         return {}
 
     async def close(self) -> None:  # noqa: B027 - optional hook, empty by default

@@ -7,6 +7,12 @@ with the kubelet's pod list from ``ctx.shared["kubelet"]`` when that client is p
 answers. Without it, series carry the pod UID with empty namespace/pod and the runtime container
 ID as ``container``. The ``qos`` label always comes from the cgroup path (where the kubelet
 actually placed the pod): ``guaranteed``, ``burstable`` or ``besteffort``.
+
+A cgroup file we may not read (EACCES: an AppArmor/SELinux profile, a missing capability) skips
+that value and counts it, and makes this tick's per-cgroup metrics ``unreadable()``
+(reason permission): a container whose memory we cannot read is not a container whose memory
+went away, so rules reading those metrics freeze instead of resolving. The same holds when the
+kubelet refuses us the pod list (401/403/TLS): without names, pod targets are unknown.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import structlog
 
 from agent.collectors.base import Collector, CollectorContext
 from agent.collectors.cgroupfs import REASONS, NodeScan, scan
+from agent.collectors.cgroupfs.read import PERMISSION
 from agent.collectors.registry import register
 from agent.structs.metrics import Family, LabelValues, MetricSpec
 from agent.structs.pods import PodRef
@@ -216,6 +223,8 @@ class CgroupCollector(Collector):
         super().__init__(ctx)
         self._errors = dict.fromkeys(REASONS, 0)
         self._kubelet_ok: bool | None = None
+        self._kubelet_cannot_see: str | None = None
+        self._unreadable: dict[str, str] = {}
         self._logged: set[str] = set()
         self._last: list[Family] | None = None
         self._last_at = 0.0
@@ -231,6 +240,8 @@ class CgroupCollector(Collector):
         try:
             refs = await asyncio.wait_for(client.pods(), timeout=self.timeout / 2)
         except Exception as exc:  # any kubelet failure only costs us attribution
+            reason = getattr(exc, "cannot_see", None)
+            self._kubelet_cannot_see = reason if isinstance(reason, str) else None
             if self._kubelet_ok is not False:
                 log.warning(
                     "cgroup series lose namespace/pod names: kubelet pod list unavailable",
@@ -241,6 +252,7 @@ class CgroupCollector(Collector):
         if self._kubelet_ok is False:
             log.info("kubelet pod list available again; cgroup series attributed")
         self._kubelet_ok = True
+        self._kubelet_cannot_see = None
         return {r.uid.lower(): r for r in refs}
 
     async def collect(self) -> list[Family]:
@@ -254,6 +266,10 @@ class CgroupCollector(Collector):
         families = await self._read()
         self._last, self._last_at = families, now
         return list(families)
+
+    def unreadable(self) -> dict[str, str]:
+        """The per-cgroup metrics, while a cgroup file or the kubelet's pod list is refused."""
+        return dict(self._unreadable)
 
     def _scan(self, root: Path) -> NodeScan:
         """Worker-thread body; the flag is set here, so a thread that never started (collect()
@@ -280,6 +296,8 @@ class CgroupCollector(Collector):
         fams, n_pods, n_containers = await asyncio.to_thread(build_families, result, pods)
         for reason, count in result.errors.items():
             self._errors[reason] = self._errors.get(reason, 0) + count
+        blind = PERMISSION if result.errors.get(PERMISSION) else self._kubelet_cannot_see
+        self._unreadable = {m.name: blind for m in CGROUP_SERIES} if blind else {}
         for message in result.messages:
             # Log each distinct problem once (bounded), not every 10 s.
             if message not in self._logged and len(self._logged) < 1000:

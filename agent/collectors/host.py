@@ -6,6 +6,10 @@ Built by agent.runtime.pipeline like every collector. Procfs files are read unde
 clock state comes from the kernel's adjtimex(2), which ntpd/chronyd/systemd-timesyncd keep
 up to date: a drifting clock breaks Lease heartbeats, TLS handshakes and token expiry.
 Everything that touches files or syscalls runs in one worker thread per tick.
+
+A source we may not read (EACCES/EPERM, psutil.AccessDenied) is not a source that went away: its
+metrics are ``unreadable()`` (reason permission) for that tick, and a watched path whose
+filesystem we may not stat gets no ``filesystem_present`` 0 (that would claim it is missing).
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import ctypes.util
+import errno
 import os
 from collections import Counter
 from dataclasses import dataclass, field
@@ -228,6 +233,21 @@ class HostReading:
     pressure: dict[str, dict[str, tuple[float, float]]] = field(default_factory=dict)
     clock: ClockState | None = None
     errors: list[tuple[str, str]] = field(default_factory=list)  # (source, message)
+    denied: set[str] = field(default_factory=set)  # sources refused to us (EACCES/EPERM)
+
+
+# The metrics each source of read_host feeds (missing data when the source is refused to us).
+_SOURCE_METRICS: Final[dict[str, tuple[MetricSpec, ...]]] = {
+    "cpu": (CPU_SECONDS, CPU_USAGE, CPUS),
+    "loadavg": (LOAD1, LOAD5, LOAD15),
+    "meminfo": (MEM_TOTAL, MEM_AVAIL),
+    "swap": (SWAP_TOTAL, SWAP_USED),
+    "file_nr": (FDS_ALLOC, FDS_MAX),
+    "uptime": (UPTIME, BOOT_TIME),
+    "clock": (CLOCK_SYNC, CLOCK_OFFSET, CLOCK_MAXERR, CLOCK_ESTERR),
+    "pressure": (PSI_AVG10, PSI_TOTAL),
+    "filesystem": (FS_PRESENT, FS_AVAIL, FS_SIZE, FS_FILES, FS_FILES_FREE, FS_READONLY),
+}
 
 
 def read_host(procfs: Path, disk_paths: tuple[str, ...]) -> HostReading:
@@ -237,8 +257,11 @@ def read_host(procfs: Path, disk_paths: tuple[str, ...]) -> HostReading:
     def attempt(source: str, fn: object) -> None:
         try:
             fn()  # type: ignore[operator]
-        except (OSError, ValueError, IndexError, KeyError, RuntimeError) as exc:
+        except (OSError, ValueError, IndexError, KeyError, RuntimeError,
+                psutil.AccessDenied) as exc:
             r.errors.append((source, f"{type(exc).__name__}: {exc}"))
+            if _denied(exc):
+                r.denied.add(source)
 
     def cpu() -> None:
         times = psutil.cpu_times()
@@ -284,6 +307,8 @@ def read_host(procfs: Path, disk_paths: tuple[str, ...]) -> HostReading:
             continue  # kernel without PSI (or without irq PSI): nothing to report
         except (OSError, ValueError, KeyError) as exc:
             r.errors.append(("pressure", f"{path}: {type(exc).__name__}: {exc}"))
+            if _denied(exc):
+                r.denied.add("pressure")
     for p in disk_paths:
         try:
             st = os.statvfs(p)
@@ -291,7 +316,10 @@ def read_host(procfs: Path, disk_paths: tuple[str, ...]) -> HostReading:
             r.fs[p] = None
             continue
         except OSError as exc:
-            r.fs[p] = None
+            if _denied(exc):  # unknown, not absent: no filesystem_present 0 for it
+                r.denied.add("filesystem")
+            else:
+                r.fs[p] = None
             r.errors.append(("filesystem", f"{p}: {exc.strerror or exc}"))
             continue
         r.fs[p] = (
@@ -299,6 +327,12 @@ def read_host(procfs: Path, disk_paths: tuple[str, ...]) -> HostReading:
             bool(st.f_flag & os.ST_RDONLY),
         )
     return r
+
+
+def _denied(exc: BaseException) -> bool:
+    """Our own rights were refused (EACCES, EPERM), as opposed to the source being broken."""
+    return isinstance(exc, (PermissionError, psutil.AccessDenied)) or (
+        isinstance(exc, OSError) and exc.errno in (errno.EACCES, errno.EPERM))
 
 
 def _busy_ratio(prev: dict[str, float], cur: dict[str, float]) -> float | None:
@@ -340,6 +374,7 @@ class HostCollector(Collector):
         self._prev_cpu: dict[str, float] | None = None
         self._missing_logged: set[str] = set()
         self.missing_paths: list[str] = []  # watched paths absent at the last tick
+        self._unreadable: dict[str, str] = {}
 
     async def collect(self) -> list[Family]:
         if not self.procfs.is_dir():
@@ -349,7 +384,14 @@ class HostCollector(Collector):
             self.read_errors[source] += 1
             log.warning("host_read_failed", source=source, error=msg)
         self.last_errors = r.errors
+        self._unreadable = {
+            spec.name: "permission" for src in sorted(r.denied) for spec in _SOURCE_METRICS[src]
+        }
         return self._families(r)
+
+    def unreadable(self) -> dict[str, str]:
+        """Metrics of sources refused to us this tick (EACCES/EPERM)."""
+        return dict(self._unreadable)
 
     def status(self) -> dict[str, Any]:
         """For /status: sources skipped this tick and watched paths that do not exist."""

@@ -4,11 +4,18 @@ Built by agent.runtime.pipeline; talks to the kubelet through the shared
 agent.kubelet_client.KubeletClient (``ctx.shared["kubelet"]``), querying /healthz, /pods,
 /stats/summary and the kubelet's own /metrics concurrently every tick.
 
-An unhealthy or unreachable kubelet is an observation, not a collector failure: the collector
-succeeds and reports ``nodemedic_kubelet_up 0`` (with ``nodemedic_kubelet_scrape_success`` per
-endpoint and the client's request outcomes saying why), so a rule such as "kubelet_up == 0 for
-2m" keeps firing while the kubelet is down. The families of an endpoint that could not be read
-are left out (never zero-filled), and the reason is logged when it changes.
+An unhealthy or unreachable kubelet (refused connection, timeout, HTTP 5xx, a bad answer) is an
+observation, not a collector failure: the collector succeeds and reports ``nodemedic_kubelet_up 0``
+(with ``nodemedic_kubelet_scrape_success`` per endpoint and the client's request outcomes saying
+why), so a rule such as "kubelet_up == 0 for 2m" keeps firing while the kubelet is down. The
+families of an endpoint that could not be read are left out (never zero-filled), and the reason is
+logged when it changes.
+
+A kubelet we cannot *see* is not a kubelet that is down: when /healthz fails because of our own
+access (HTTP 401 or 403, a certificate that does not verify against --kubelet.ca-file, an
+unreadable token file) the collector fails with agent.collectors.base.CannotSee, so
+``nodemedic_kubelet_up`` is absent (not 0) and the kubelet rules freeze. The same failure on
+another endpoint makes that endpoint's metrics ``unreadable()`` (missing data, not "no pods").
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ from typing import Any, Final
 import structlog
 from prometheus_client.parser import text_string_to_metric_families
 
-from agent.collectors.base import Collector, CollectorContext
+from agent.collectors.base import CannotSee, Collector, CollectorContext
 from agent.collectors.registry import register
 from agent.kubelet_client import CLIENT_METRICS, KubeletError, PodList, get_or_create
 from agent.structs.metrics import Family, MetricSpec
@@ -158,6 +165,17 @@ _PLEG_FAMILIES: Final = (
     "kubelet_pleg_last_seen_seconds",
 )
 _ENDPOINTS: Final = ("healthz", "pods", "stats_summary", "metrics")
+# What each endpoint (other than healthz) feeds: missing data when that endpoint cannot be seen.
+_ENDPOINT_METRICS: Final[dict[str, tuple[MetricSpec, ...]]] = {
+    "pods": (PODS, RESTARTS, WAITING),
+    "stats_summary": (
+        NODE_CPU_CORES, NODE_CPU_SECONDS, NODE_MEM_WS, NODE_MEM_AVAIL, NODE_MEM_USAGE,
+        NODE_MEM_RSS, NODE_SWAP, NODE_FS_AVAIL, NODE_FS_CAP, NODE_FS_USED, NODE_FS_INODES,
+        NODE_FS_INODES_FREE, NODE_PROCS, NODE_MAX_PIDS, NODE_PSI_AVG10, NODE_PSI_TOTAL,
+        POD_CPU, POD_MEM_WS, POD_EPHEMERAL, POD_PSI_AVG10,
+    ),
+    "metrics": (PLEG_INTERVAL, PLEG_DURATION, PLEG_AGE),
+}
 
 
 class KubeletBadSummary(ValueError):
@@ -307,12 +325,13 @@ class KubeletCollector(Collector):
         # endpoint -> error message of this tick (None when fine); read by /status and tests.
         self.last_errors: dict[str, str | None] = dict.fromkeys(_ENDPOINTS)
         self._pleg_prev: dict[str, tuple[float, float]] = {}
+        self._unreadable: dict[str, str] = {}
         # The cgroup collector is on by default; when it runs, its PSI is the per-pod source.
         self._pod_psi = not ctx.settings.collector_enabled("cgroup", True)
 
     async def collect(self) -> list[Family]:
         health, pods, summary, pleg = await asyncio.gather(
-            self.client.healthz(),
+            self.client.probe_healthz(),
             self.client.pod_list(),
             self._summary(),
             self._pleg(),
@@ -322,9 +341,20 @@ class KubeletCollector(Collector):
         results: dict[str, str | None] = {}
 
         if isinstance(health, BaseException):
-            raise health  # healthz() never raises; anything else is a bug worth failing on
-        ok, seconds, detail = health
-        results["healthz"] = None if ok else detail
+            raise health  # probe_healthz() never raises; anything else is a bug worth failing on
+        seconds, error, _ = health
+        self._unreadable = {}
+        if error is not None and error.cannot_see:
+            errors: dict[str, str | None] = {"healthz": str(error)}
+            for ep, r in (("pods", pods), ("stats_summary", summary), ("metrics", pleg)):
+                errors[ep] = str(r) if isinstance(r, KubeletError) else None
+            self.last_errors = errors
+            raise CannotSee(
+                error.cannot_see,
+                f"cannot see the kubelet, its health is unknown (not reported as down): {error}",
+            )
+        ok = error is None
+        results["healthz"] = None if ok else str(error)
         up, dur = UP.family(), HEALTHZ_DURATION.family()
         up.add((), 1 if ok else 0)
         dur.add((), seconds)
@@ -347,6 +377,11 @@ class KubeletCollector(Collector):
         else:
             results["metrics"] = self._error(pleg)
 
+        for ep, result in (("pods", pods), ("stats_summary", summary), ("metrics", pleg)):
+            reason = result.cannot_see if isinstance(result, KubeletError) else None
+            if reason:
+                self._unreadable.update(dict.fromkeys((m.name for m in _ENDPOINT_METRICS[ep]),
+                                                      reason))
         success = SCRAPE_SUCCESS.family()
         for ep in _ENDPOINTS:
             success.add((ep,), 0 if results[ep] else 1)
@@ -365,6 +400,10 @@ class KubeletCollector(Collector):
     def status(self) -> dict[str, Any]:
         """For /status: why each kubelet endpoint failed this tick (None when it was read)."""
         return {"kubelet_url": self.client.base_url, "endpoint_errors": dict(self.last_errors)}
+
+    def unreadable(self) -> dict[str, str]:
+        """Metrics of endpoints refused to us this tick (401/403/TLS), as missing data."""
+        return dict(self._unreadable)
 
     @staticmethod
     def _error(result: object) -> str:

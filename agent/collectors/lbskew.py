@@ -13,7 +13,12 @@ and exports, per Service port, the connections and bytes per endpoint, each endp
 as the rules imply it, the chain's problems, and skew indices (agent.netstate.skew). Names come
 from the EndpointSlice watch (agent.kube.endpointslices) when the API is reachable, else from
 kube-proxy's rule comments. A node without kube-proxy (no KUBE-SERVICES chain, no IPVS
-services) yields no Service series and still succeeds.
+services, no iptables-save) yields no Service series and still succeeds.
+
+A source refused to us is not a node without kube-proxy: ``iptables-save`` answering "permission
+denied" (or not executable for us) fails the tick with CannotSee (reason permission), and
+conntrack or /proc/net/ip_vs refused to us make the metrics they feed ``unreadable()``, so rules
+on skew freeze instead of resolving because the series vanished.
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
 
-from agent.collectors.base import Collector, CollectorContext
+from agent.collectors.base import CannotSee, Collector, CollectorContext
 from agent.collectors.registry import register
 from agent.netstate import conntrack, ipvs, skew
 from agent.netstate.iptables import NatRules, ServiceChain, parse_iptables_save
@@ -196,6 +201,15 @@ SLICES_DROPPED = MetricSpec(
     "counter",
 )
 
+# The metrics conntrack feeds (connections, bytes, skew), and every per-Service metric (IPVS
+# mode reads them all from /proc/net/ip_vs): missing data when that source is refused to us.
+CONNTRACK_METRICS = (
+    ENDPOINT_CONNECTIONS, ENDPOINT_ENTRIES, ENDPOINT_BYTES, SERVICE_CONNECTIONS, MAX_MEAN, CV,
+    CHI2_P, FAIR_P, SUFFICIENT, SKEWED, CONNTRACK_ENTRIES, DROPPED_ENTRIES, ACCOUNTING,
+    BYTE_SERIES_DROPPED,
+)
+SERVICE_METRICS = (*CONNTRACK_METRICS, EXPECTED_SHARE, CHAIN_PROBLEMS, SERVICE_INFO)
+
 
 class NameView(Protocol):
     """Immutable name lookups (agent.kube.endpointslices.NameView)."""
@@ -295,6 +309,7 @@ class LbSkewCollector(Collector):
         self._view: NameView | None = None  # this tick's names, set in the worker thread
         self._used: set[tuple[str, str, str]] = set()  # Service labels emitted this tick
         self._busy = threading.Lock()  # held by the worker thread for a whole scan
+        self._unreadable: dict[str, str] = {}  # this tick's metrics whose source refused us
 
     async def start(self) -> None:
         """Start the EndpointSlice watch when an API client is shared (else: comments only)."""
@@ -332,8 +347,13 @@ class LbSkewCollector(Collector):
 
     # -- the worker thread -------------------------------------------------------------------
 
+    def unreadable(self) -> dict[str, str]:
+        """Metrics of sources refused to us this tick (conntrack, /proc/net/ip_vs)."""
+        return dict(self._unreadable)
+
     def _collect_sync(self, view: NameView | None) -> list[Family]:
         self._view = view
+        self._unreadable = {}
         self._used = set()
         self._bytes_dropped = 0
         deadline = time.monotonic() + self.timeout
@@ -464,7 +484,10 @@ class LbSkewCollector(Collector):
         try:
             with open(path, encoding="ascii", errors="replace") as fh:
                 table = ipvs.parse_ip_vs(fh)
-        except (FileNotFoundError, PermissionError):
+        except FileNotFoundError:
+            return None
+        except PermissionError:
+            self._deny(SERVICE_METRICS)
             return None
         src.ipvs = "proc"
         src.skipped[("ipvs", "malformed")] = table.skipped_lines
@@ -478,14 +501,22 @@ class LbSkewCollector(Collector):
             try:
                 summary = conntrack.aggregate_text(conntrack.read_chunks(str(path)))
             except PermissionError:
+                self._deny(CONNTRACK_METRICS)
                 return None
             src.conntrack = "proc"
             return summary
         argv = [self.ctx.settings.lbskew_conntrack_command, "-L", "-o", "extended"]
-        streamed = _stream_command(argv, deadline)
+        try:
+            streamed = _stream_command(argv, deadline)
+        except CannotSee:
+            self._deny(CONNTRACK_METRICS)
+            return None
         if streamed is not None:
             src.conntrack = "conntrack-cli"
         return streamed
+
+    def _deny(self, specs: tuple[MetricSpec, ...]) -> None:
+        self._unreadable.update(dict.fromkeys((m.name for m in specs), "permission"))
 
     def _emit_chain(
         self,
@@ -665,13 +696,16 @@ def _group_chains(rules: NatRules) -> dict[tuple[str, str, str], list[ServiceCha
 
 
 def _spawn(argv: list[str]) -> subprocess.Popen[bytes] | None:
-    """Start ``argv`` (no shell); None when the tool is missing or not executable."""
+    """Start ``argv`` (no shell); None when the tool is missing; CannotSee when we may not run
+    it."""
     try:
         return subprocess.Popen(
             argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL
         )
-    except (FileNotFoundError, PermissionError):
+    except FileNotFoundError:
         return None
+    except PermissionError as exc:
+        raise CannotSee("permission", f"{argv[0]}: not executable for us: {exc}") from exc
 
 
 def _blocks(proc: subprocess.Popen[bytes], argv0: str, deadline: float) -> Iterator[bytes]:
@@ -705,8 +739,9 @@ def _finish(proc: subprocess.Popen[bytes], deadline: float) -> tuple[int, str]:
 
 
 def _run_bounded(argv: list[str], deadline: float, max_bytes: int) -> str | None:
-    """Run ``argv`` and return its stdout; None when the tool is missing or not permitted
-    (a machine without kube-proxy); raise on timeout, oversized output or another failure."""
+    """Run ``argv`` and return its stdout; None when the tool is missing (a machine without
+    kube-proxy); CannotSee when it says we are not permitted; raise on timeout, oversized
+    output or another failure."""
     proc = _spawn(argv)
     if proc is None:
         return None
@@ -725,7 +760,11 @@ def _run_bounded(argv: list[str], deadline: float, max_bytes: int) -> str | None
         _reap(proc)
     if rc != 0:
         if _not_permitted(err):
-            return None
+            raise CannotSee(
+                "permission",
+                f"{argv[0]} refused us ({err[:200]}): the nat rules cannot be read; run the "
+                "agent as root with CAP_NET_ADMIN or disable --no-collector.lbskew",
+            )
         raise RuntimeError(f"{argv[0]} exited {rc}: {err[:200]}")
     return b"".join(chunks).decode("utf-8", "replace")
 
@@ -746,7 +785,8 @@ def _not_permitted(stderr: str) -> bool:
 
 def _stream_command(argv: list[str], deadline: float) -> conntrack.ConntrackSummary | None:
     """Stream ``conntrack -L`` stdout into the aggregator (memory bounded by the block size).
-    None when the tool is missing or fails (no permission, no conntrack support)."""
+    None when the tool is missing or fails (no conntrack support); CannotSee when it says we
+    are not permitted."""
     proc = _spawn(argv)
     if proc is None:
         return None
@@ -755,11 +795,13 @@ def _stream_command(argv: list[str], deadline: float) -> conntrack.ConntrackSumm
     try:
         for block in _blocks(proc, argv[0], deadline):
             agg.feed(decoder.decode(block))
-        rc, _ = _finish(proc, deadline)
+        rc, err = _finish(proc, deadline)
     except subprocess.TimeoutExpired as exc:
         raise TimeoutError(f"{argv[0]}: did not exit before the collector's deadline") from exc
     finally:
         _reap(proc)
     if rc != 0:
+        if _not_permitted(err):
+            raise CannotSee("permission", f"{argv[0]} refused us: {err[:200]}")
         return None
     return agg.finish()

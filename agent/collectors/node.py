@@ -7,16 +7,20 @@ Built by agent.runtime.pipeline like every collector; needs the shared API clien
 marks the collector failed and drops its series) while there is no API client, while the Node
 watch is not synced (API unreachable, re-listing after 410 Gone) or when the Node does not exist:
 stale data is never reported as fresh. The Lease age is omitted while the Lease watch is unsynced.
+When the watch fails because of our own access (HTTP 401/403, a certificate that does not verify)
+the failure is CannotSee with that reason, and a refused Lease watch makes the Lease age
+``unreadable()``: the agent's credentials are wrong, not the node.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 from datetime import datetime
 from typing import Any
 
-from agent.collectors.base import Collector, CollectorContext
+from agent.collectors.base import CannotSee, Collector, CollectorContext, http_cannot_see
 from agent.collectors.registry import register
 from agent.kube.reflector import ObjectReflector, renew_age_seconds
 from agent.structs.metrics import Family, MetricSpec
@@ -70,6 +74,20 @@ WATCH_RELISTS = MetricSpec(
 )
 
 _STATUSES = ("true", "false", "unknown")
+# agent.kube.informer records "HTTP <status>: ..." for API answers and the exception text (the
+# ssl module's "certificate verify failed") for a TLS failure.
+_HTTP_STATUS = re.compile(r"HTTP (\d{3})\b")
+
+
+def cannot_see(error: str) -> str | None:
+    """The CannotSee reason behind a watch's last error, or None when it is not our access."""
+    m = _HTTP_STATUS.match(error)
+    if m is not None:
+        return http_cannot_see(int(m.group(1)))
+    low = error.lower()
+    if "certificate verify failed" in low or "certificateerror" in low:
+        return "tls"
+    return None
 LEASE_NAMESPACE = "kube-node-lease"
 
 
@@ -106,6 +124,7 @@ class NodeCollector(Collector):
         self.node: ObjectReflector | None = None
         self.lease: ObjectReflector | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._unreadable: dict[str, str] = {}
 
     async def start(self) -> None:
         api = self.ctx.shared.get("api")
@@ -130,7 +149,15 @@ class NodeCollector(Collector):
                 "no Kubernetes API client: set --kubeconfig or run in-cluster to watch this node"
             )
         st = self.node.state
+        self._unreadable = {}
         if not st.synced:
+            reason = cannot_see(st.last_error)
+            if reason is not None:
+                raise CannotSee(
+                    reason,
+                    f"cannot see node {self.node.name} in the API ({st.last_error}); check "
+                    "--kubeconfig (token, CA) and the agent's RBAC for nodes",
+                )
             raise RuntimeError(
                 f"watch on node {self.node.name} not synced: {st.last_error or 'starting'}"
             )
@@ -158,6 +185,9 @@ class NodeCollector(Collector):
                 taints.add((str(t["key"]), str(t.get("effect", ""))), 1)
         out = [up, cond, trans, unsched, taints]
         lease = self.lease.state
+        lease_reason = None if lease.synced else cannot_see(lease.last_error)
+        if lease_reason is not None:
+            self._unreadable[LEASE_AGE.name] = lease_reason
         if lease.synced and lease.obj is not None:
             age = renew_age_seconds(lease.obj)
             if age is not None:
@@ -170,6 +200,10 @@ class NodeCollector(Collector):
             relists.add((r.kind,), r.state.lists)
         out += [errors, relists]
         return out
+
+    def unreadable(self) -> dict[str, str]:
+        """The Lease age while its watch is refused to us (401/403/TLS)."""
+        return dict(self._unreadable)
 
     def status(self) -> dict[str, Any]:
         if self.node is None or self.lease is None:

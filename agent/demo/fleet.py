@@ -99,6 +99,7 @@ class Fleet:
         addr = self.cluster.address(node)
         port = self.ports.setdefault(node, free_port(addr))
         collector_registry.load_builtin()
+        (self.workdir / "rules").mkdir(exist_ok=True)  # no rules: the demo is about failover
         return Settings(
             node_name=node,
             web_listen_address=f"{addr}:{port}",

@@ -32,7 +32,16 @@ class SelfMetrics:
         )
         self.collector_failures = Counter(
             "nodemedic_collector_failures_total",
-            "Ticks in which the collector failed, by reason (error or timeout).",
+            "Ticks in which the collector failed, by reason: error, timeout, or the agent's own "
+            "access (unauthorized, forbidden, tls, permission).",
+            ["collector", "reason"], registry=registry,
+        )
+        self.collector_cannot_read = Gauge(
+            "nodemedic_collector_cannot_read",
+            "1 while the collector cannot read all or part of its data because of the agent's own "
+            "access: reason unauthorized (HTTP 401), forbidden (403), tls (certificate "
+            "verification) or permission (EACCES/EPERM). That data is missing, rules reading it "
+            "are frozen and nothing is remediated on it.",
             ["collector", "reason"], registry=registry,
         )
         self.tick_duration = Histogram(
@@ -78,6 +87,12 @@ class SelfMetrics:
             registry=registry,
         )
         self.config_last_reload_success.set(1)
+        self.config_restart_required = Gauge(
+            "nodemedic_config_restart_required",
+            "1 per setting whose changed value was read by a reload but only applies after a "
+            "restart (the agent runs on the old value until then).",
+            ["setting"], registry=registry,
+        )
         self.task_restarts = Counter(
             "nodemedic_task_restarts_total",
             "Supervised background tasks restarted after crashing.",

@@ -18,11 +18,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import ssl
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol, cast
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from agent import __version__
 from agent.exporter.render import CONTENT_TYPE, Exposition
@@ -50,8 +52,10 @@ _LANDING = """<html><head><title>nodemedic</title></head><body>
 """
 
 
-def build_app(agent: AgentView, metrics: SelfMetrics, max_in_flight: int = 64) -> web.Application:
-    """Build the aiohttp application serving ``agent``."""
+def build_app(agent: AgentView, metrics: SelfMetrics, max_in_flight: int = 64,
+              guards: Sequence[Middleware] = ()) -> web.Application:
+    """Build the aiohttp application serving ``agent``; ``guards`` (agent.exporter.auth) run
+    after the in-flight limit."""
     in_flight = 0
 
     @web.middleware
@@ -105,7 +109,7 @@ def build_app(agent: AgentView, metrics: SelfMetrics, max_in_flight: int = 64) -
         return web.Response(text=_LANDING.format(version=__version__), content_type="text/html")
 
     # No request body is ever needed: 1 KiB is plenty and refuses floods early.
-    app = web.Application(middlewares=[guard], client_max_size=1024)
+    app = web.Application(middlewares=[guard, *guards], client_max_size=1024)
     app[_CONNECTION_CAP] = (max_in_flight, metrics.http_rejected.inc)
     app.router.add_get("/metrics", handle_metrics)
     app.router.add_get("/healthz", handle_healthz)
@@ -198,7 +202,7 @@ class _ConnectionCap:
 
 
 async def start_server(
-    app: web.Application, host: str, port: int
+    app: web.Application, host: str, port: int, ssl_context: ssl.SSLContext | None = None
 ) -> tuple[web.AppRunner, int]:
     """Start serving; return the runner (for cleanup) and the bound port (useful with port 0).
 
@@ -210,7 +214,7 @@ async def start_server(
     if cap is not None and runner.server is not None:
         # TCPSite uses runner.server as its protocol factory; aiohttp has no public hook here.
         runner._server = cast(web.Server, _ConnectionCap(runner.server, *cap))
-    site = web.TCPSite(runner, host, port, reuse_address=True)
+    site = web.TCPSite(runner, host, port, reuse_address=True, ssl_context=ssl_context)
     await site.start()
     bound = port
     server = site._server  # aiohttp has no public accessor for the bound port

@@ -180,15 +180,26 @@ class FailoverStage:
         """Nothing to do per tick: detection runs on watch events in its own task."""
 
     async def reload(self, settings: Settings) -> None:
+        """Prepare and commit at once (tests); see :meth:`prepare_reload`."""
+        (await self.prepare_reload(settings))()
+
+    async def prepare_reload(self, settings: Settings) -> Callable[[], None]:
+        """Validate new settings without touching the running stage; the returned commit (which
+        cannot fail) applies them. Options the stage reads only at start (failover.enabled, the
+        lease namespace, lease duration and retry period) are declared ``restart`` in
+        agent.settings: the daemon keeps their running values and reports them."""
         for spec in (settings.failover_max_unhealthy, settings.failover_max_unhealthy_zone):
             parse_limit(spec)  # raise on garbage: the daemon keeps the old settings
-        if settings.failover_enabled != self.settings.failover_enabled or (
-            settings.failover_lease_namespace != self.settings.failover_lease_namespace
-        ):
-            log.warning("failover_change_needs_restart")
-        self.settings = settings
-        self.remedy.settings = settings
-        self.remedy.targets.clear()
+
+        def commit() -> None:
+            self.settings = settings
+            self.remedy.settings = settings
+            self.remedy.targets.clear()
+            self.slots.max_concurrent = settings.failover_max_concurrent
+            if self.prober is not None:
+                self.prober.timeout = settings.failover_probe_timeout
+
+        return commit
 
     async def abandon(self) -> None:
         """Stop at once and hand nothing over, as a power cut would (the demo's node kill)."""
@@ -242,6 +253,9 @@ class FailoverStage:
 
     async def _advertise_url(self) -> str:
         host, port = self.settings.listen_host_port()
+        if self.settings.web_probe_address:  # the main listener may be TLS or authenticated
+            phost, _, pport = self.settings.web_probe_address.rpartition(":")
+            host, port = phost.strip("[]") or "0.0.0.0", int(pport)
         if host in ("0.0.0.0", "::", ""):
             try:
                 node = await get_node(self.api, self.me)

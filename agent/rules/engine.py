@@ -1159,6 +1159,19 @@ class RuleEngine:
             rs.requests += len(out)
         return out
 
+    def wants(self, req: ActionRequest) -> bool:
+        """Whether the rules still ask for ``req`` (a step the gate held back): the rule is
+        loaded and its target is firing at that step or beyond; for an undo, the target is no
+        longer tracked (the condition did not come back). The stage drops held steps for which
+        this turns False, so a resolved or removed rule never acts late."""
+        rs = self._rules.get(req.rule)
+        if rs is None:
+            return False
+        inst = rs.instances.get(req.target.key)
+        if req.undo:
+            return inst is None
+        return inst is not None and inst.state == "firing" and inst.step >= req.step
+
     # -- state persistence -------------------------------------------------------------------
 
     def _set_offset(self, offset: float) -> None:

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import os
+import stat
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -428,16 +430,26 @@ def _semantic(rule: Rule, base: Path_, catalogue: Catalogue) -> list[tuple[Path_
 
 def _unknown_metrics(raw: dict[str, Any], base: Path_,
                      catalogue: Catalogue) -> list[tuple[Path_, str]]:
-    """Unknown metric names in a rule that failed validation, so one run reports them too."""
+    """Unknown metric names and label names in a rule that failed validation, so one run reports
+    them with the schema errors instead of only after those are fixed."""
     out: list[tuple[Path_, str]] = []
 
     def walk(node: Any, path: Path_) -> None:
         if isinstance(node, dict):
+            metric = node.get("metric")
+            info = catalogue.get(metric) if isinstance(metric, str) else None
+            labels = node.get("labels")
+            if info is not None and info.labelnames is not None and isinstance(labels, dict):
+                for label in labels:
+                    if label not in info.labelnames:
+                        known = ", ".join(info.labelnames) or "no labels"
+                        out.append(((*path, "labels", label),
+                                    f"{metric} has no label {label!r} (it has {known})"))
             for key, value in node.items():
                 if key in ("metric", "divide_by") and isinstance(value, str):
                     if value not in catalogue:
                         out.append(((*path, key), _unknown_metric(value, catalogue)))
-                else:
+                elif key != "labels":
                     walk(value, (*path, key))
         elif isinstance(node, list):
             for i, value in enumerate(node):
@@ -468,13 +480,40 @@ def _resolve_runbook(rule: Rule, base_url: str) -> str:
     return base_url + rule.runbook.lstrip("/")
 
 
+@dataclass(frozen=True, slots=True)
+class RuleName:
+    """Where a rule's name is given, valid rule or not (for duplicate names across files)."""
+
+    name: str
+    file: str
+    line: int
+    column: int
+    index: int
+
+
+def _names(doc: _Doc, file: str) -> list[RuleName]:
+    raw = doc.data.get("rules") if isinstance(doc.data, dict) else None
+    out: list[RuleName] = []
+    for i, item in enumerate(raw if isinstance(raw, list) else []):
+        name = item.get("name") if isinstance(item, dict) else None
+        if isinstance(name, str) and name:
+            line, col = doc.value_marks.get(("rules", i, "name"), (1, 1))
+            out.append(RuleName(name, file, line, col, i))
+    return out
+
+
 def parse_rules_text(
-    text: str, file: str, catalogue: Catalogue
+    text: str, file: str, catalogue: Catalogue, names: list[RuleName] | None = None
 ) -> tuple[list[LoadedRule], list[Problem]]:
-    """Validate one file's text; return its valid rules and every problem found."""
+    """Validate one file's text; return its valid rules and every problem found.
+
+    ``names``, when given, receives the name of every rule item that has one, valid or not, so
+    that duplicates across files are reported in the same pass as everything else."""
     docs, problems = _parse_yaml(text, file)
     rules: list[LoadedRule] = []
     for doc in docs:
+        if names is not None:
+            names.extend(_names(doc, file))
         if not isinstance(doc.data, dict):
             line, col = doc.value_marks.get((), (1, 1))
             problems.append(Problem(file, line, col, "(document)",
@@ -512,32 +551,89 @@ def parse_rules_text(
     return rules, sorted(problems)
 
 
+_KINDS = (
+    (stat.S_ISDIR, "a directory"), (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
+def _kind(mode: int) -> str:
+    for test, name in _KINDS:
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def _file_problem(path: Path, message: str) -> Problem:
+    return Problem(str(path), 1, 1, "(file)", message)
+
+
 def _read(path: Path) -> tuple[str | None, list[Problem]]:
+    """Read one rule file: regular files only (checked on the open descriptor, so a file swapped
+    for a FIFO or /dev/zero after listing is still refused), at most MAX_FILE_BYTES, UTF-8."""
+    link = " (through a symlink)" if path.is_symlink() else ""
     try:
-        size = path.stat().st_size
-        if size > MAX_FILE_BYTES:
-            return None, [Problem(str(path), 1, 1, "(file)",
-                                  f"file larger than {MAX_FILE_BYTES} bytes")]
-        return path.read_bytes().decode("utf-8"), []
-    except UnicodeDecodeError as exc:
-        return None, [Problem(str(path), 1, 1, "(file)", f"not UTF-8: {exc.reason}")]
+        mode = path.stat().st_mode  # before open(): opening a FIFO or a socket blocks or fails
+    except FileNotFoundError:
+        what = "broken symlink" if link else "file vanished before it could be read"
+        return None, [_file_problem(path, what)]
     except OSError as exc:
-        return None, [Problem(str(path), 1, 1, "(file)", f"cannot read: {exc.strerror or exc}")]
+        return None, [_file_problem(path, f"cannot read: {exc.strerror or exc}")]
+    if not stat.S_ISREG(mode):
+        return None, [_file_problem(path, f"is {_kind(mode)}{link}, not a regular file")]
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        return None, [_file_problem(path, "file vanished before it could be read")]
+    except OSError as exc:
+        return None, [_file_problem(path, f"cannot read: {exc.strerror or exc}")]
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):  # swapped for something else since the stat()
+            return None, [_file_problem(path, f"is {_kind(st.st_mode)}{link}, not a regular "
+                                        "file")]
+        if st.st_size > MAX_FILE_BYTES:
+            return None, [_file_problem(path, f"file is {st.st_size} bytes, larger than the "
+                                        f"limit of {MAX_FILE_BYTES} bytes")]
+        with os.fdopen(fd, "rb", closefd=False) as fh:
+            data = fh.read(MAX_FILE_BYTES + 1)
+        if len(data) > MAX_FILE_BYTES:  # grew while we read it
+            return None, [_file_problem(path, f"file larger than the limit of {MAX_FILE_BYTES} "
+                                        "bytes")]
+        return data.decode("utf-8"), []
+    except UnicodeDecodeError as exc:
+        return None, [_file_problem(path, f"not UTF-8: {exc.reason}")]
+    except FileNotFoundError:
+        return None, [_file_problem(path, "file vanished while it was read")]
+    except OSError as exc:
+        return None, [_file_problem(path, f"cannot read: {exc.strerror or exc}")]
+    finally:
+        os.close(fd)
 
 
 def rule_files(paths: Iterable[Path | str]) -> tuple[list[Path], list[Problem]]:
-    """Expand directories to their *.yaml/*.yml files (sorted, not recursive, no dotfiles)."""
+    """Expand directories to their *.yaml/*.yml entries (sorted, not recursive, no dotfiles).
+
+    Every such entry is returned, whatever it is: :func:`_read` refuses the ones that are not
+    regular files (FIFOs, sockets, devices, directories, broken symlinks) with a named problem
+    instead of skipping them silently."""
     files: list[Path] = []
     problems: list[Problem] = []
     for raw in paths:
         p = Path(raw)
         if p.is_dir():
-            files.extend(sorted(c for c in p.iterdir() if c.suffix in RULE_SUFFIXES
-                                and not c.name.startswith(".") and c.is_file()))
-        elif p.exists():
+            try:
+                entries = sorted(p.iterdir())
+            except OSError as exc:
+                problems.append(_file_problem(p, f"cannot list: {exc.strerror or exc}"))
+                continue
+            files.extend(c for c in entries
+                         if c.suffix in RULE_SUFFIXES and not c.name.startswith("."))
+        elif p.exists() or p.is_symlink():
             files.append(p)
         else:
-            problems.append(Problem(str(p), 1, 1, "(file)", "no such file or directory"))
+            problems.append(_file_problem(p, "no such file or directory"))
     return files, problems
 
 
@@ -548,24 +644,27 @@ def check_files(
     cat = default_catalogue() if catalogue is None else catalogue
     files, problems = rule_files(paths)
     loaded: list[LoadedRule] = []
-    seen: dict[str, LoadedRule] = {}
+    names: list[RuleName] = []
     for path in files:
         text, read_problems = _read(path)
         problems.extend(read_problems)
         if text is None:
             continue
-        rules, file_problems = parse_rules_text(text, str(path), cat)
+        rules, file_problems = parse_rules_text(text, str(path), cat, names)
         problems.extend(file_problems)
-        for lr in rules:
-            first = seen.get(lr.rule.name)
-            if first is not None:
-                problems.append(Problem(lr.file, lr.line, lr.name_column,
-                                        f"rules[{lr.index}].name",
-                                        f"duplicate rule name {lr.rule.name!r} "
-                                        f"(first defined at {first.file}:{first.line})"))
-                continue
-            seen[lr.rule.name] = lr
-            loaded.append(lr)
+        loaded.extend(rules)
+    # Duplicate names over every rule that has a name, valid or not: fixing another error must
+    # never reveal a duplicate that was there all along.
+    first: dict[str, RuleName] = {}
+    dupes: set[tuple[str, int, int]] = set()
+    for n in names:
+        seen = first.setdefault(n.name, n)
+        if seen is not n:
+            dupes.add((n.file, n.line, n.column))
+            problems.append(Problem(n.file, n.line, n.column, f"rules[{n.index}].name",
+                                    f"duplicate rule name {n.name!r} "
+                                    f"(first defined at {seen.file}:{seen.line})"))
+    loaded = [lr for lr in loaded if (lr.file, lr.line, lr.name_column) not in dupes]
     return RuleSet(tuple(loaded), tuple(str(f) for f in files)), sorted(problems)
 
 
@@ -598,8 +697,9 @@ _LAST_OK = MetricSpec(
 class RulesReloader:
     """Keeps the last good rule set across SIGHUP reloads and exports reload metrics.
 
-    The daemon calls :meth:`reload` at start (and exits on :class:`RulesError`) and on SIGHUP
-    (logs the error and keeps running with :attr:`current`).
+    Two phases, so a reload is all or nothing across the agent: :meth:`load` validates a
+    directory and changes nothing but the failure counters; :meth:`commit` (which cannot fail)
+    makes a loaded set and its directory current. :meth:`reload` does both (start, tests).
     """
 
     def __init__(self, path: Path | str, catalogue: Catalogue | None = None) -> None:
@@ -610,17 +710,27 @@ class RulesReloader:
         self.last_ok = True
         self.last_problems: tuple[Problem, ...] = ()
 
-    def reload(self) -> RuleSet:
+    def load(self, path: Path | str | None = None) -> RuleSet:
+        """Validate ``path`` (default: the current directory); RulesError on any problem."""
         try:
-            ruleset = load_rules_dir(self.path, self.catalogue)
+            return load_rules_dir(self.path if path is None else path, self.catalogue)
         except RulesError as exc:
             self.failures += 1
             self.last_ok = False
             self.last_problems = exc.problems
             raise
+
+    def commit(self, ruleset: RuleSet, path: Path | str | None = None) -> None:
+        """Make ``ruleset`` (loaded from ``path``) the current set."""
+        if path is not None:
+            self.path = Path(path)
         self.current = ruleset
         self.last_ok = True
         self.last_problems = ()
+
+    def reload(self) -> RuleSet:
+        ruleset = self.load()
+        self.commit(ruleset)
         return ruleset
 
     def families(self) -> list[Family]:

@@ -32,7 +32,14 @@ class Component(Protocol):
     def families(self) -> list[Family]: ...
     def status(self) -> dict[str, Any]: ...
     async def reload(self, settings: Settings) -> None:
-        """Apply new settings/rules; raise (keeping the old ones) when they are invalid."""
+        """Apply new settings/rules; raise (keeping the old ones) when they are invalid.
+
+        A component should also offer ``async prepare_reload(settings) -> commit``: validate and
+        build everything new without changing what runs (raise on any problem), and return a
+        synchronous commit that applies it and cannot fail. The daemon prepares every component
+        (and new collectors) before it commits any, so a reload is all or nothing; a component
+        with only ``reload`` is called after all others prepared, as the last step that may
+        fail."""
     async def close(self) -> None: ...
 
 

@@ -25,27 +25,23 @@ from prometheus_client import CollectorRegistry
 
 from agent import __version__
 from agent.collectors import registry as collector_registry
-from agent.collectors.base import Collector, CollectorContext
+from agent.collectors.base import CANNOT_SEE_REASONS, Collector, CollectorContext
 from agent.exporter.render import Exposition, Renderer
 from agent.exporter.self_metrics import SelfMetrics
-from agent.exporter.server import build_app, start_server
+from agent.exporter.webfront import WebFront
 from agent.runtime.components import Component, build_components, build_shared, close_shared
 from agent.runtime.logging import configure_logging
 from agent.runtime.pipeline import Collection
+from agent.runtime.reloadplan import ReloadPlan, plan_reload
 from agent.runtime.sdnotify import Notifier
 from agent.runtime.tasks import Supervisor
-from agent.settings import Settings
+from agent.settings import Settings, check_paths, flag_name
 from agent.structs.metrics import Family
 from agent.structs.snapshot import Snapshot
 
 log = structlog.get_logger("nodemedic.daemon")
 
-# Settings whose change needs the collectors rebuilt (everything they read at construction).
-_COLLECTOR_FIELDS = (
-    "collectors", "path_cgroupfs", "path_procfs", "kubelet_url", "kubelet_token_file",
-    "kubelet_ca_file", "kubelet_insecure_skip_verify", "kubeconfig", "node_name",
-    "collector_timeout", "host_disk_paths",
-)
+MAX_REPORTED_PROBLEMS = 100  # problems of a failed reload kept for the log line and /status
 
 
 def enabled_collectors(settings: Settings, ctx: CollectorContext) -> list[Collector]:
@@ -90,8 +86,12 @@ class Agent:
         self._wake = asyncio.Event()
         self._reload_lock = asyncio.Lock()
         self._last_reload_error: str | None = None
+        self._last_reload_problems: list[str] = []
+        self._restart_required: dict[str, tuple[Any, Any]] = {}
+        self._tick_lock = asyncio.Lock()  # a reload's commit never lands in the middle of a tick
         self._executor: ThreadPoolExecutor | None = None
         self._configured_listen = settings.web_listen_address
+        self._web: WebFront | None = None
 
     # ---- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
@@ -107,11 +107,14 @@ class Agent:
         # Serve first (/healthz answers, /readyz says not ready yet) so that components see the
         # bound port: with --web.listen-address :0 peers must be told the real one.
         host, port = self.settings.listen_host_port()
-        app = build_app(self, self.metrics, self.settings.web_max_connections)
-        self._runner, self.port = await start_server(app, host, port)
+        self._web = await WebFront.create(
+            self.settings, lambda: self._ctx.shared.get("api") if self._ctx else None)
+        self._runner, self.port = await self._web.serve(
+            self, self.metrics, host, port, self.settings.web_max_connections)
         self.settings = self._with_bound_port(self.settings)
         self._ctx = CollectorContext(self.settings)
         await build_shared(self._ctx)
+        self._web.check_api(self._ctx.shared.get("api"))
         self._components = await build_components(self.settings, self._ctx)
         self._collection = Collection(enabled_collectors(self.settings, self._ctx))
         for c in self._collection.collectors:
@@ -156,6 +159,8 @@ class Agent:
             await close_shared(self._ctx)
         if self._runner is not None:
             await self._runner.cleanup()
+        if self._web is not None:
+            await self._web.stop()
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
         log.info("stopped")
@@ -182,6 +187,10 @@ class Agent:
     # ---- the tick --------------------------------------------------------------------------
     async def tick_once(self) -> Snapshot:
         """Collect, hand the snapshot to every component, render the exposition."""
+        async with self._tick_lock:
+            return await self._tick()
+
+    async def _tick(self) -> Snapshot:
         assert self._collection is not None, "start() first"
         start = time.perf_counter()
         snapshot = await self._collection.collect()
@@ -190,8 +199,10 @@ class Agent:
             self.metrics.collector_success.labels(name).set(1 if st.ok else 0)
             self.metrics.collector_duration.labels(name).set(st.duration_seconds)
             if not st.ok:
-                reason = "timeout" if st.error and "timed out" in st.error else "error"
-                self.metrics.collector_failures.labels(name, reason).inc()
+                self.metrics.collector_failures.labels(name, st.reason or "error").inc()
+            blind = st.cannot_see
+            for reason in CANNOT_SEE_REASONS:
+                self.metrics.collector_cannot_read.labels(name, reason).set(reason in blind)
         for comp in self._components:
             try:
                 await comp.on_snapshot(snapshot)
@@ -227,51 +238,112 @@ class Agent:
 
     # ---- reload ----------------------------------------------------------------------------
     async def reload(self) -> None:
-        """SIGHUP: re-read settings and rules; keep the last good ones on any error."""
-        async with self._reload_lock:
-            try:
-                new = self._reload_settings() if self._reload_settings else self.settings
-                new = self._with_bound_port(new)
-                for comp in self._components:
-                    await comp.reload(new)
-            except Exception as exc:  # SettingsError, RulesError, anything: keep the last good
-                self._last_reload_error = str(exc)
-                self.metrics.config_reloads.labels("failure").inc()
-                self.metrics.config_last_reload_success.set(0)
-                log.error("reload_failed_keeping_last_good_config", error=str(exc))
-                return
-            old = self.settings
-            if new.kubeconfig != old.kubeconfig:
-                log.warning("kubeconfig_change_needs_restart", old=str(old.kubeconfig),
-                            new=str(new.kubeconfig))
-            if new.web_listen_address != old.web_listen_address:
-                log.warning("listen_address_change_needs_restart",
-                            old=old.web_listen_address, new=new.web_listen_address)
-            self.settings = new
-            if any(getattr(new, f) != getattr(old, f) for f in _COLLECTOR_FIELDS):
-                await self._rebuild_collectors()
-            if (new.log_level, new.log_format) != (old.log_level, old.log_format):
-                configure_logging(new.log_level, new.log_format)
-            self.metrics.dry_run.set(1 if new.dry_run else 0)
-            self._last_reload_error = None
-            self.metrics.config_reloads.labels("success").inc()
-            self.metrics.config_last_reload_success.set(1)
-            log.info("reloaded", dry_run=new.dry_run, interval=new.collect_interval)
-            self._wake.set()
+        """SIGHUP: re-read settings and rules, all or nothing.
 
-    async def _rebuild_collectors(self) -> None:
-        old = self._collection
+        Phase one builds and validates everything new without touching what runs: the settings,
+        the plan derived from each setting's :class:`agent.settings.OnReload` declaration, every
+        component's new configuration (rules included) and, when a collector option changed, a
+        started set of new collectors. Any error there discards all of it and keeps the last good
+        configuration everywhere. Phase two commits every part (commits cannot fail) between two
+        ticks. Restart-only settings keep their running value and are reported per setting."""
+        async with self._reload_lock:
+            built: tuple[CollectorContext, Collection] | None = None
+            try:
+                configured = self._reload_settings() if self._reload_settings else self.settings
+                configured = self._with_bound_port(configured)
+                check_paths(configured)
+                plan = plan_reload(self.settings, configured)
+                web = await self._web.prepare(plan.effective) if self._web is not None else None
+                commits = []
+                legacy = []
+                for comp in self._components:
+                    prepare = getattr(comp, "prepare_reload", None)
+                    if callable(prepare):
+                        commits.append(await prepare(plan.effective))
+                    else:
+                        legacy.append(comp)
+                if plan.rebuild_collectors:
+                    built = await self._build_collection(plan.effective)
+                # Components without the two-phase hook validate-and-apply in one call: last, so
+                # a failure anywhere else has not let them apply anything.
+                for comp in legacy:
+                    await comp.reload(plan.effective)
+            except Exception as exc:  # SettingsError, RulesError, anything: keep the last good
+                if built is not None:
+                    await built[1].close()
+                    await close_shared(built[0], keep_api=True)
+                self._reload_failed(exc)
+                return
+            async with self._tick_lock:
+                old_ctx, old_collection = self._ctx, self._collection
+                for commit in commits:
+                    commit()
+                if self._web is not None and web is not None:
+                    self._web.commit(plan.effective, web)
+                if built is not None:
+                    self._ctx, self._collection = built
+                self.settings = plan.effective
+            if built is not None:
+                if old_collection is not None:
+                    await old_collection.close()
+                if old_ctx is not None:
+                    await close_shared(old_ctx, keep_api=True)
+            self._reloaded(plan)
+
+    def _reload_failed(self, exc: Exception) -> None:
+        problems = [str(p) for p in getattr(exc, "problems", ())] or [str(exc)]
+        self._last_reload_error = str(exc)
+        self._last_reload_problems = problems[:MAX_REPORTED_PROBLEMS]
+        self.metrics.config_reloads.labels("failure").inc()
+        self.metrics.config_last_reload_success.set(0)
+        log.error("reload_failed_keeping_last_good_config", error=str(exc),
+                  problems=self._last_reload_problems, problems_total=len(problems),
+                  problems_shown=len(self._last_reload_problems))
+
+    def _reloaded(self, plan: ReloadPlan) -> None:
+        new = plan.effective
+        if {"log_level", "log_format"} & set(plan.applied):
+            configure_logging(new.log_level, new.log_format)
+        self._restart_required = dict(plan.restart_required)
+        self.metrics.config_restart_required.clear()
+        for field, (running, configured) in sorted(self._restart_required.items()):
+            self.metrics.config_restart_required.labels(flag_name(field)).set(1)
+            log.warning("setting_change_needs_restart", setting=flag_name(field),
+                        running=str(running), configured=str(configured))
+        self.metrics.dry_run.set(1 if new.dry_run else 0)
+        self._last_reload_error = None
+        self._last_reload_problems = []
+        self.metrics.config_reloads.labels("success").inc()
+        self.metrics.config_last_reload_success.set(1)
+        applied = [flag_name(f) for f in plan.applied]
+        restart = [flag_name(f) for f in sorted(self._restart_required)]
+        if restart:  # never a plain "reloaded" while some setting still runs on its old value
+            log.warning("reloaded_restart_required", applied=applied, restart_required=restart,
+                        dry_run=new.dry_run, interval=new.collect_interval)
+        else:
+            log.info("reloaded", applied=applied, dry_run=new.dry_run,
+                     interval=new.collect_interval)
+        self._wake.set()
+
+    async def _build_collection(self, settings: Settings) -> tuple[CollectorContext, Collection]:
+        """New collectors for ``settings``, started, sharing the running API client; nothing of
+        the running collectors is touched (they are closed only once the reload commits)."""
         api = self._ctx.shared.get("api") if self._ctx is not None else None
-        if self._ctx is not None:
-            await close_shared(self._ctx, keep_api=True)
-        self._ctx = CollectorContext(self.settings)
-        await build_shared(self._ctx, api=api)
-        coll = Collection(enabled_collectors(self.settings, self._ctx))
-        for c in coll.collectors:
-            await c.start()
-        self._collection = coll
-        if old is not None:
-            await old.close()
+        ctx = CollectorContext(settings)
+        try:
+            await build_shared(ctx, api=api)
+            coll = Collection(enabled_collectors(settings, ctx))
+        except BaseException:
+            await close_shared(ctx, keep_api=True)
+            raise
+        try:
+            for c in coll.collectors:
+                await c.start()
+        except BaseException:
+            await coll.close()
+            await close_shared(ctx, keep_api=True)
+            raise
+        return ctx, coll
 
     # ---- views for the HTTP server ---------------------------------------------------------
     def _families(self) -> list[Family]:
@@ -315,6 +387,14 @@ class Agent:
             "ready": self._last_tick_mono is not None,
             "interval_seconds": self.settings.collect_interval,
             "last_reload_error": self._last_reload_error,
+            "last_reload_problems": self._last_reload_problems,
+            "config": {
+                "rules_dir": str(self.settings.rules_dir),
+                "restart_required": [
+                    {"setting": flag_name(f), "running": str(old), "configured": str(new)}
+                    for f, (old, new) in sorted(self._restart_required.items())
+                ],
+            },
             "tasks": self._supervisor.names(),
             # Footprint context for operators and bench/footprint.py (the client is ~38 MiB).
             "kubernetes_client_loaded": "kubernetes_asyncio" in sys.modules,
@@ -335,6 +415,8 @@ class Agent:
                 name: {
                     "ok": st.ok,
                     "error": st.error,
+                    "reason": st.reason or None,
+                    "cannot_read": dict(st.unreadable),
                     "duration_seconds": round(st.duration_seconds, 4),
                     "series": sum(len(snap.families[f].samples) for f in st.families
                                   if f in snap.families),

@@ -5,7 +5,9 @@ failed for that tick (its families are dropped, its error kept for /status), and
 tick. A collector that times out is left to finish in the background; until it does, it is not
 started again and stays failed with "previous run still in progress", so a hung file read in a
 worker thread holds one thread, not one per tick. Collectors must bound their own I/O (HTTP
-timeouts) so that a stuck run ends.
+timeouts) so that a stuck run ends. Each failure carries a reason (``error``, ``timeout``, or the
+CannotSee reason when the agent's own access failed), and a successful collector's
+``unreadable()`` metrics are recorded so the snapshot reports them as missing data.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from types import MappingProxyType
 
 import structlog
 
-from agent.collectors.base import Collector
+from agent.collectors.base import CannotSee, Collector
 from agent.structs.metrics import Family
 from agent.structs.snapshot import CollectorStatus, Snapshot
 
@@ -39,7 +41,8 @@ class Collection:
         start = time.perf_counter()
         prev = self._inflight.get(c.name)
         if prev is not None and not prev.done():
-            return CollectorStatus(c.name, False, 0.0, "previous run still in progress"), []
+            return CollectorStatus(c.name, False, 0.0, "previous run still in progress",
+                                   reason="error"), []
         task = asyncio.create_task(c.collect(), name=f"collect:{c.name}")
         self._inflight[c.name] = task
         done, _ = await asyncio.wait({task}, timeout=c.timeout)
@@ -48,13 +51,21 @@ class Collection:
             # Not cancelled on purpose: cancelling would free the slot while a worker thread is
             # still blocked (threads cannot be cancelled), and the next tick would block another.
             task.add_done_callback(_consume)
-            return CollectorStatus(c.name, False, elapsed, f"timed out after {c.timeout:g}s"), []
+            return CollectorStatus(c.name, False, elapsed, f"timed out after {c.timeout:g}s",
+                                   reason="timeout"), []
         exc = task.exception()
         if exc is not None:
             msg = f"{type(exc).__name__}: {exc}"[:500]
-            return CollectorStatus(c.name, False, elapsed, msg), []
+            reason = exc.reason if isinstance(exc, CannotSee) else "error"
+            return CollectorStatus(c.name, False, elapsed, msg, reason=reason), []
         families = task.result()
-        status = CollectorStatus(c.name, True, elapsed, None, tuple(f.name for f in families))
+        try:
+            unreadable = MappingProxyType(dict(c.unreadable()))
+        except Exception as exc:  # a broken hook must not pass unreadable data off as read
+            msg = f"unreadable(): {type(exc).__name__}: {exc}"[:500]
+            return CollectorStatus(c.name, False, elapsed, msg, reason="error"), []
+        status = CollectorStatus(c.name, True, elapsed, None, tuple(f.name for f in families),
+                                 unreadable=unreadable)
         return status, families
 
     async def collect(self) -> Snapshot:
@@ -82,13 +93,25 @@ class Collection:
     def _log_transition(self, status: CollectorStatus) -> None:
         """Log when a collector starts failing, changes error, or recovers — not every tick."""
         prev = self._last_error.get(status.name)
+        if status.ok and status.unreadable:
+            text = "cannot read " + ", ".join(
+                f"{m} ({r})" for m, r in sorted(status.unreadable.items()))
+            if text != prev:
+                log.error("collector_cannot_read", collector=status.name,
+                          reasons=sorted(status.cannot_see), metrics=sorted(status.unreadable))
+            self._last_error[status.name] = text
+            return
         if status.ok:
             if prev is not None:
                 log.info("collector_recovered", collector=status.name, previous_error=prev)
             self._last_error[status.name] = None
             return
         if status.error != prev:
-            log.warning("collector_failed", collector=status.name, error=status.error)
+            if status.cannot_see:  # our configuration, not the node: say so loudly
+                log.error("collector_cannot_see", collector=status.name, reason=status.reason,
+                          error=status.error)
+            else:
+                log.warning("collector_failed", collector=status.name, error=status.error)
         self._last_error[status.name] = status.error
 
     async def close(self) -> None:

@@ -12,7 +12,12 @@ once, ``on_snapshot()`` after every collection, ``families()`` / ``status()`` fo
    the node annotation ``nodemedic.io/state`` so a restarted agent resumes (cooldowns, caps, the
    escalation ladder, a drain in progress).
 Actions that need more passes (outcome ``retry``: drain, a PDB-blocked eviction) stay pending and
-are re-gated and re-run on later ticks until they finish, fail or time out. An Event the API
+are re-gated and re-run on later ticks until they finish, fail or time out. A request the gate
+denies for a reason that clears by itself (agent.safety.gate.HOLD_REASONS: missing data, pause,
+cooldown, caps, the cordon lock) is *held* in the ledger (so it survives a restart) and re-gated
+with backoff (1, 2, 4, then every HELD_RETRY_MAX_TICKS ticks) while the rules engine still asks
+for that step (``wants``); it is dropped when the rule resolves or the denial is final. /status
+shows held steps with their reason, ``nodemedic_actions_held`` counts them. An Event the API
 refused is queued (bounded) and retried on later ticks with backoff, so one 500 at the wrong moment
 does not hide a drain from ``kubectl describe node``.
 
@@ -27,7 +32,7 @@ import json
 import re
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -39,9 +44,9 @@ from agent.collectors.base import CollectorContext
 from agent.kube.errors import KubeError, KubeUnavailable
 from agent.kube.events import InvolvedObject, record_event
 from agent.kube.nodes import ensure_annotations, get_node, read_annotations, update_node
-from agent.safety.gate import SafetyGate
-from agent.safety.ledger import Ledger, Pending, ledger_key
-from agent.settings import Settings
+from agent.safety.gate import HOLD_REASONS, SafetyGate
+from agent.safety.ledger import Held, Ledger, Pending, ledger_key
+from agent.settings import Settings, check_paths
 from agent.structs.metrics import Family, MetricSpec
 from agent.structs.remediation import ActionRequest, Decision, Outcome, OutcomeKind
 from agent.structs.snapshot import Snapshot
@@ -61,6 +66,9 @@ EVENT_RETRY_QUEUE = 256  # failed Events kept for retry; the oldest is dropped (
 EVENT_RETRY_ATTEMPTS = 8  # then the Event is given up (counted)
 EVENT_RETRY_MAX_TICKS = 32  # backoff between attempts: 1, 2, 4 ... ticks, at most this
 EVENT_RETRIES_PER_TICK = 32  # bounds the API calls one tick spends on old Events
+MAX_HELD = 256  # held steps kept; past it the oldest is dropped (counted)
+HELD_RETRY_MAX_TICKS = 6  # backoff between re-gatings of a held step: 1, 2, 4, 6, 6 ... ticks
+HELD_RETRIES_PER_TICK = 32  # bounds the gate work (API reads) one tick spends on held steps
 
 STATE_WRITES = MetricSpec(
     "nodemedic_state_writes_total",
@@ -90,6 +98,20 @@ PENDING = MetricSpec(
     "Actions that need more passes (drains, blocked evictions), by action.",
     "gauge",
     ("action",),
+)
+HELD = MetricSpec(
+    "nodemedic_actions_held",
+    "Steps the gate denied for a reason that clears by itself (missing_data, paused, cooldown, "
+    "caps, cordon_lock), waiting to be retried, by action and reason.",
+    "gauge",
+    ("action", "reason"),
+)
+HELD_DROPPED = MetricSpec(
+    "nodemedic_actions_held_dropped_total",
+    "Held steps given up: reason=resolved (the rule no longer asks for the step) or full "
+    "(MAX_HELD reached, the oldest was dropped).",
+    "counter",
+    ("reason",),
 )
 
 
@@ -158,6 +180,7 @@ class RemediationStage:
         self._event_failures = 0
         self._event_queue: deque[_QueuedEvent] = deque()
         self._events_dropped = {"queue_full": 0, "attempts": 0}
+        self._held_dropped = {"resolved": 0, "full": 0}
         self._tick = 0
 
     @property
@@ -211,20 +234,38 @@ class RemediationStage:
             await self._persist(force=True)
 
     async def reload(self, settings: Settings) -> None:
-        """SIGHUP: new settings and rules. Invalid rules raise (RulesError) and the last good set
-        stays active; the ledger and the engine's state of unchanged rules are kept."""
-        self.settings = settings
-        self.gate.settings = settings
-        if self.reloader is None:
-            return
-        self.reloader.path = settings.rules_dir
-        if not settings.rules_dir.is_dir():
-            log.warning("rules_dir_missing", path=str(settings.rules_dir))
-            return
-        ruleset = await asyncio.to_thread(self.reloader.reload)
+        """Prepare and commit at once (tests, embedders); see :meth:`prepare_reload`."""
+        (await self.prepare_reload(settings))()
+
+    async def prepare_reload(self, settings: Settings) -> Callable[[], None]:
+        """SIGHUP, phase one: validate everything new (the rules directory and every rule in it,
+        the gate's new configuration) without changing anything that runs; raise (SettingsError,
+        RulesError) on any problem. The returned commit applies settings, gate and rules together
+        and cannot fail, so a failed reload leaves dry-run, budgets and rules exactly as they
+        were (issue 12: a broken rule file must not turn dry-run off). The ledger and the engine
+        state of rules that keep their name are kept."""
+        check_paths(settings)
+        ruleset = None
+        if self.reloader is not None:
+            ruleset = await asyncio.to_thread(self.reloader.load, settings.rules_dir)
+            from agent.rules.engine import RuleEngine  # deferred as in build_stage
+
+            if isinstance(self.engine, RuleEngine):
+                # Compile every rule on a scratch engine: a rule that validates but does not
+                # compile fails the reload here instead of half-installing the set on commit.
+                RuleEngine(ruleset, settings.node_name)
+        commit_gate = self.gate.prepare_reload(settings)
         set_rules = getattr(self.engine, "set_rules", None)
-        if callable(set_rules):
-            set_rules(ruleset)
+
+        def commit() -> None:
+            if ruleset is not None and self.reloader is not None:
+                if callable(set_rules):
+                    set_rules(ruleset)
+                self.reloader.commit(ruleset, settings.rules_dir)
+            commit_gate()
+            self.settings = settings
+
+        return commit
 
     # --- one tick ----------------------------------------------------------------------------
 
@@ -247,6 +288,7 @@ class RemediationStage:
                 continue  # already running (the pending pass continues it) or a duplicate
             seen.add(key)
             work.append((req, False))
+        work.extend((req, False) for req in self._due_held(seen))
 
         decisions: list[tuple[Decision, bool]] = []
         for req, continuing in work:
@@ -266,6 +308,8 @@ class RemediationStage:
             await self.gate.settle()  # our cordon is on the API now: free the cordon lock
         for (decision, continuing), result in zip(decisions, outcomes, strict=True):
             self._record(decision, result, continuing)
+            if not continuing:
+                self._hold(decision)
             if result is not None and (not continuing or result.kind != "retry"):
                 events.append((decision, result))
         if self.api is not None:
@@ -277,6 +321,57 @@ class RemediationStage:
             if self._last_refresh is None or now - self._last_refresh >= REFRESH_INTERVAL:
                 self._last_refresh = now
                 await self.gate.refresh()
+
+    def _due_held(self, seen: set[str]) -> list[ActionRequest]:
+        """Held steps to re-gate this tick (oldest first, bounded); forget those the rules no
+        longer ask for, and those a new request or a running action replaced."""
+        wants = getattr(self.engine, "wants", None)
+        due: list[ActionRequest] = []
+        for key, held in list(self.ledger.held.items()):
+            if key in seen:  # asked again this tick (fresher request) or already running
+                if key in self.ledger.pending:
+                    del self.ledger.held[key]
+                    self._dirty = True
+                continue
+            if callable(wants) and not wants(held.request):
+                del self.ledger.held[key]
+                self._held_dropped["resolved"] += 1
+                self._dirty = True
+                log.info("held_step_dropped", rule=held.request.rule,
+                         action=held.request.action.type, target=held.request.target.key,
+                         step=held.request.step, reason=held.reason,
+                         why="the rule no longer asks for this step")
+                continue
+            if held.due <= self._tick and len(due) < HELD_RETRIES_PER_TICK:
+                seen.add(key)
+                due.append(held.request)
+        return due
+
+    def _hold(self, decision: Decision) -> None:
+        """Hold a first-pass request denied for a reason that clears by itself; release it
+        once it got any other decision (allowed, dry-run, a final denial)."""
+        req = decision.request
+        key = ledger_key(req)
+        held = self.ledger.held.get(key)
+        if decision.kind != "denied" or decision.reason not in HOLD_REASONS:
+            if held is not None:
+                del self.ledger.held[key]
+                self._dirty = True
+            return
+        if held is None:
+            if len(self.ledger.held) >= MAX_HELD:
+                oldest = next(iter(self.ledger.held))
+                del self.ledger.held[oldest]
+                self._held_dropped["full"] += 1
+                log.warning("held_step_dropped", key=oldest, why="too many held steps")
+            held = self.ledger.held[key] = Held(req, decision.reason, decision.detail,
+                                                self.monotonic(), 0)
+            self._dirty = True
+        elif held.reason != decision.reason:
+            self._dirty = True
+        held.request, held.reason, held.detail = req, decision.reason, decision.detail
+        held.attempts += 1
+        held.due = self._tick + min(2 ** min(held.attempts - 1, 8), HELD_RETRY_MAX_TICKS)
 
     def _stale(self, req: ActionRequest, snapshot: Snapshot) -> Decision | None:
         """missing_data when a collector behind this request's series failed this tick."""
@@ -371,10 +466,17 @@ class RemediationStage:
             "continuing": continuing,
             "dry_run": decision.kind == "dry_run",
         }
-        # Repeated passes of a pending drain are debug noise; everything else is info.
-        quiet = continuing and result is not None and result.kind == "retry"
+        # Repeated passes of a pending drain, and a held step denied again for the same
+        # reason and detail, are debug noise; everything else is info.
+        held = self.ledger.held.get(key)
+        quiet = (continuing and result is not None and result.kind == "retry") or (
+            held is not None and decision.kind == "denied"
+            and (held.reason, held.detail) == (decision.reason, decision.detail))
+        if not continuing and decision.kind == "denied" and decision.reason in HOLD_REASONS:
+            fields["held"] = True  # it will be retried (see _hold)
         (log.debug if quiet else log.info)("remediation_decision", **fields)
-        self._recent.append({"time": self.clock(), **fields})
+        if not quiet or held is None:
+            self._recent.append({"time": self.clock(), **fields})
 
     async def _event(self, decision: Decision, result: Outcome) -> None:
         req = decision.request
@@ -488,7 +590,18 @@ class RemediationStage:
             counts[p.request.action.type] = counts.get(p.request.action.type, 0) + 1
         for action, n in sorted(counts.items()):
             pending.add((action,), n)
-        out = [*self.gate.families(), writes, failures, dropped, queued, pending]
+        held = HELD.family()
+        by_reason: dict[tuple[str, str], int] = {}
+        for h in self.ledger.held.values():
+            k = (h.request.action.type, h.reason)
+            by_reason[k] = by_reason.get(k, 0) + 1
+        for labels, n in sorted(by_reason.items()):
+            held.add(labels, n)
+        held_dropped = HELD_DROPPED.family()
+        for reason, n in sorted(self._held_dropped.items()):
+            held_dropped.add((reason,), n)
+        out = [*self.gate.families(), writes, failures, dropped, queued, pending, held,
+               held_dropped]
         for source in (self.engine, self.reloader):
             if source is None:
                 continue
@@ -503,9 +616,23 @@ class RemediationStage:
             rules = self.engine.status()
         except Exception as exc:
             rules = {"error": str(exc)}
+        if isinstance(rules, list):  # say on the rule's own line that its step is held
+            held: dict[tuple[str, str], list[str]] = {}
+            for h in self.ledger.held.values():
+                held.setdefault((h.request.rule, h.request.target.key), []).append(
+                    f"{h.request.action.type} (step {h.request.step}"
+                    f"{', undo' if h.request.undo else ''}): {h.reason}")
+            for entry in rules:
+                if isinstance(entry, dict) and (entry.get("rule"), entry.get("target")) in held:
+                    entry["held"] = held[(entry["rule"], entry["target"])]
         return {
             "remediation": {
                 "dry_run": self.settings.dry_run,
+                "rules_dir": str(self.settings.rules_dir),
+                "rules_loaded": (
+                    sum(1 for r in self.reloader.current.rules if r.rule.enabled)
+                    if self.reloader is not None else None
+                ),
                 "gate": self.gate.status(),
                 "state_restored": self._restored,
                 "state_problems": self._restore_problems,
@@ -519,6 +646,21 @@ class RemediationStage:
                     }
                     for p in self.ledger.pending.values()
                 ],
+                "held": [
+                    {
+                        "rule": h.request.rule,
+                        "action": h.request.action.type,
+                        "target": h.request.target.key,
+                        "step": h.request.step,
+                        "undo": h.request.undo,
+                        "reason": h.reason,
+                        "detail": h.detail,
+                        "since": h.since + self._offset(),
+                        "attempts": h.attempts,
+                        "next_retry_in_ticks": max(0, h.due - self._tick),
+                    }
+                    for h in self.ledger.held.values()
+                ],
                 "recent_decisions": list(self._recent)[-20:],
             },
             "rules": rules,
@@ -529,18 +671,16 @@ async def build_stage(settings: Settings, ctx: CollectorContext) -> RemediationS
     """Called by agent.runtime.components at start: load ``--rules.dir`` (RulesError on an
     invalid rule, so the daemon refuses to start), build the engine and the stage.
 
-    A missing rules directory is not an error (nothing to remediate, e.g. ``make run`` on a
-    laptop): it is logged and the stage runs with no rules.
+    A missing rules directory is an error too (SettingsError): an agent that runs "healthy" with
+    no rules protects nothing. An empty directory is allowed and shows as
+    ``nodemedic_rules_loaded 0`` (alerted on by NodemedicNoRulesLoaded).
     """
     from agent.rules.engine import RuleEngine  # deferred: heavy, and rules import collectors
-    from agent.rules.loader import RuleSet, RulesReloader
+    from agent.rules.loader import RulesReloader
 
+    check_paths(settings)
     reloader = RulesReloader(settings.rules_dir)
-    ruleset = RuleSet()
-    if settings.rules_dir.is_dir():
-        ruleset = await asyncio.to_thread(reloader.reload)
-    else:
-        log.warning("rules_dir_missing", path=str(settings.rules_dir))
+    ruleset = await asyncio.to_thread(reloader.reload)
     engine = RuleEngine(ruleset, settings.node_name)
     return RemediationStage(settings, ctx.shared.get("api"), engine, reloader=reloader)
 
@@ -549,4 +689,5 @@ def metric_specs() -> Iterable[MetricSpec]:
     """Every metric the stage and gate can export (README table, promtool tests)."""
     from agent.safety.gate import METRICS
 
-    return (*METRICS, STATE_WRITES, EVENT_FAILURES, EVENTS_DROPPED, EVENTS_QUEUED, PENDING)
+    return (*METRICS, STATE_WRITES, EVENT_FAILURES, EVENTS_DROPPED, EVENTS_QUEUED, PENDING, HELD,
+            HELD_DROPPED)

@@ -19,6 +19,11 @@ which frees it; an agent that dies in between holds it for CORDON_LOCK_SECONDS a
 
 Undo requests and further passes of an action already running skip the cooldown and caps
 (finishing or reversing is safe) but never the pause or missing-data checks.
+
+A denial for a reason in HOLD_REASONS clears by itself (the API comes back, an admin unpauses, a
+cooldown or an hour passes, a cordoned node is uncordoned, the lock is freed): the stage keeps
+such a step *held* and asks again on later ticks, with backoff, while its rule still asks for it.
+The others (unknown_action, invalid_params, admin_override) are final.
 Exposes its counters via ``families()``.
 
 Cooldowns and hourly caps are measured with ``monotonic`` (time.monotonic), so a wall-clock step
@@ -55,6 +60,11 @@ log = structlog.get_logger("nodemedic.safety")
 # between stalls other nodes' cordons for seconds, not minutes. A count slower than half of it
 # (its LISTs may take up to 30 s each) leaves too little for the cordon, so it is not trusted.
 CORDON_LOCK_SECONDS = 15
+# Denial reasons that clear by themselves: the step is held and re-gated later (see above).
+HOLD_REASONS = frozenset({
+    "missing_data", "paused", "cooldown", "ledger_full", "rule_hourly_cap", "global_hourly_cap",
+    "cluster_cap", "cordon_lock",
+})
 
 ACTIONS_TOTAL = MetricSpec(
     "nodemedic_actions_total",
@@ -150,6 +160,21 @@ class SafetyGate:
         self._limit: int | None = None
         self._drain: dict[str, tuple[int, float]] = {}
         self._lock_held = False
+
+    def prepare_reload(self, settings: Settings) -> Callable[[], None]:
+        """Build what new ``settings`` need (a pause switch for a new ConfigMap) without
+        touching the running gate; the returned commit applies them and cannot fail."""
+        pause = self.pause
+        if (self.api is not None and pause is not None
+                and settings.safety_pause_configmap != self.settings.safety_pause_configmap):
+            pause = PauseSwitch(self.api, settings.node_name, settings.safety_pause_configmap,
+                                clock=self.clock)
+
+        def commit() -> None:
+            self.settings = settings
+            self.pause = pause
+
+        return commit
 
     # --- deciding ----------------------------------------------------------------------------
 

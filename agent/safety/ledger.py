@@ -32,7 +32,8 @@ def ledger_key(req: ActionRequest) -> str:
 
 
 def request_to_json(req: ActionRequest) -> dict[str, Any]:
-    """Enough of a request to re-run it after a restart (in-progress drains, evictions)."""
+    """Enough of a request to re-run it after a restart (in-progress drains, evictions, held
+    steps: those are re-gated with their cooldown and hourly cap, so both are kept)."""
     t = req.target
     return {
         "rule": req.rule,
@@ -46,6 +47,8 @@ def request_to_json(req: ActionRequest) -> dict[str, Any]:
         "observed": dict(req.observed),
         "reason": req.reason,
         "runbook": req.runbook,
+        "cooldown": req.cooldown_seconds,
+        "max_per_hour": req.max_per_hour,
     }
 
 
@@ -69,6 +72,8 @@ def request_from_json(data: dict[str, Any]) -> ActionRequest:
         observed={str(k): float(v) for k, v in (data.get("observed") or {}).items()},
         reason=str(data.get("reason", "")),
         runbook=str(data.get("runbook", "")),
+        cooldown_seconds=float(data.get("cooldown", 0.0)),
+        max_per_hour=int(data.get("max_per_hour", 0)),
     )
 
 
@@ -82,6 +87,21 @@ class Pending:
 
 
 @dataclass
+class Held:
+    """A step the gate denied for a reason that clears by itself (agent.safety.gate's
+    HOLD_REASONS): kept and re-gated on later ticks until it is allowed, denied for good, or
+    the rule no longer asks for it. ``since`` is monotonic; ``due`` is the stage's tick number
+    of the next retry (not persisted: a restarted agent retries at once)."""
+
+    request: ActionRequest
+    reason: str
+    detail: str
+    since: float
+    attempts: int = 1
+    due: int = 0
+
+
+@dataclass
 class Ledger:
     """Executions for the hourly caps, last run per request key for cooldowns, pending work."""
 
@@ -90,6 +110,7 @@ class Ledger:
     history: deque[tuple[float, str, str, bool, str]] = field(default_factory=deque)
     last: dict[str, tuple[float, int]] = field(default_factory=dict)
     pending: dict[str, Pending] = field(default_factory=dict)
+    held: dict[str, Held] = field(default_factory=dict)
     dropped: int = 0  # state entries dropped to stay within MAX_STATE_BYTES or unreadable
     cooldowns_evicted: int = 0  # cooldown keys evicted past MAX_LAST while maybe still live
     history_dropped: int = 0  # executions dropped past MAX_HISTORY while inside the hour
@@ -189,6 +210,12 @@ class Ledger:
             "l": last,
             "p": pending,
         }
+        if self.held:
+            doc["q"] = [
+                {"req": request_to_json(h.request), "r": h.reason, "d": h.detail[:200],
+                 "since": round(h.since + offset, 1), "n": h.attempts}
+                for h in self.held.values()
+            ]
         if self.history_cut_at is not None:
             doc["hx"] = round(self.history_cut_at + offset, 1)
         if engine_state is not None:
@@ -203,6 +230,8 @@ class Ledger:
             elif doc["l"]:
                 keys = list(doc["l"])
                 doc["l"] = {k: doc["l"][k] for k in keys[len(keys) // 2 + 1 :]}
+            elif doc.get("q"):
+                doc["q"] = doc["q"][len(doc["q"]) // 2 + 1 :]
             elif "e" in doc:
                 del doc["e"]
             else:
@@ -251,6 +280,16 @@ class Ledger:
                 )
             except (KeyError, TypeError, ValueError, AttributeError) as exc:
                 problems.append(f"skipped in-progress action: {exc!r}")
+        held = doc.get("q")
+        for item in held if isinstance(held, list) else []:
+            try:
+                req = request_from_json(item["req"])
+                ledger.held[ledger_key(req)] = Held(
+                    req, str(item["r"]), str(item.get("d", "")), float(item["since"]) - offset,
+                    int(item.get("n", 1)),
+                )
+            except (KeyError, TypeError, ValueError, AttributeError) as exc:
+                problems.append(f"skipped held step: {exc!r}")
         cut = doc.get("hx")
         if isinstance(cut, (int, float)) and not isinstance(cut, bool):
             ledger.history_cut_at = float(cut) - offset

@@ -23,6 +23,17 @@ class CollectorStatus:
     duration_seconds: float
     error: str | None = None
     families: tuple[str, ...] = ()
+    # Why it failed: "error", "timeout", or a CannotSee reason (unauthorized, forbidden, tls,
+    # permission); "" when it succeeded.
+    reason: str = ""
+    # Metric -> CannotSee reason for metrics a successful collector could not read this tick.
+    unreadable: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+
+    @property
+    def cannot_see(self) -> frozenset[str]:
+        """The CannotSee reasons behind this tick's missing data of this collector."""
+        from_failure = {self.reason} if self.reason not in ("", "error", "timeout") else set()
+        return frozenset(from_failure | set(self.unreadable.values()))
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,12 +59,13 @@ class Snapshot:
             yield from fam.series()
 
     def has_data_for(self, metric: str) -> bool:
-        """True when the collector owning ``metric`` is enabled and succeeded this tick."""
+        """True when the collector owning ``metric`` is enabled, succeeded this tick and could
+        read that metric's source (see CollectorStatus.unreadable)."""
         owner = self.owners.get(metric)
         if owner is None:
             return False
         status = self.collectors.get(owner)
-        return status is not None and status.ok
+        return status is not None and status.ok and metric not in status.unreadable
 
     @property
     def failed_collectors(self) -> list[str]:

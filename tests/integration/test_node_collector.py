@@ -12,7 +12,7 @@ import pytest
 import pytest_asyncio
 import yaml
 
-from agent.collectors.base import CollectorContext
+from agent.collectors.base import CannotSee, CollectorContext
 from agent.collectors.node import NodeCollector
 from agent.kube.client import create_api_client
 from agent.settings import settings_for_tests
@@ -225,3 +225,51 @@ async def test_without_api_client_raises() -> None:
     await c.start()
     with pytest.raises(RuntimeError, match="--kubeconfig"):
         await c.collect()
+
+
+@pytest.mark.parametrize(("code", "reason"), [(401, "unauthorized"), (403, "forbidden")])
+async def test_refused_node_watch_is_cannot_see(
+    apiserver: ApiServer, collector: NodeCollector, code: int, reason: str
+) -> None:
+    """The API refuses our credentials (401) or RBAC (403) for the Node: the collector fails
+    with that reason (our configuration, not the node), naming --kubeconfig and RBAC."""
+    _seed(apiserver)
+    apiserver.faults.fail(1000, code, verb="list", resource="nodes")
+    await collector.start()
+    await _until(lambda: collector.node and collector.node.state.errors, "a refused list")
+    with pytest.raises(CannotSee) as exc:
+        await collector.collect()
+    assert exc.value.reason == reason
+    assert f"HTTP {code}" in str(exc.value) and "--kubeconfig" in str(exc.value)
+    apiserver.faults.clear()
+
+
+async def test_refused_lease_watch_makes_the_lease_age_unreadable(
+    apiserver: ApiServer, collector: NodeCollector
+) -> None:
+    """RBAC without leases (403): the node's series are exported, the Lease age is missing
+    data (unreadable: forbidden), not silently absent."""
+    _seed(apiserver)
+    apiserver.faults.fail(1000, 403, verb="list", resource="leases.coordination.k8s.io")
+    await collector.start()
+    await _until(lambda: collector.node and collector.node.state.synced, "node sync")
+    await _until(lambda: collector.lease and collector.lease.state.errors, "a refused list")
+    fams = _by_name(await collector.collect())
+    assert "nodemedic_node_lease_age_seconds" not in fams
+    assert collector.unreadable() == {"nodemedic_node_lease_age_seconds": "forbidden"}
+    apiserver.faults.clear()
+
+
+def test_watch_errors_are_classified() -> None:
+    """The informer's error texts: 401/403 and a certificate that does not verify are our
+    access; a refused connection or a 500 is not."""
+    from agent.collectors.node import cannot_see
+
+    assert cannot_see("HTTP 401: Unauthorized") == "unauthorized"
+    assert cannot_see("HTTP 403: nodes is forbidden") == "forbidden"
+    assert cannot_see(
+        "API unreachable: ClientConnectorCertificateError: Cannot connect to host 10.0.0.1:6443 "
+        "ssl:True [SSLCertVerificationError: (1, '[SSL: CERTIFICATE_VERIFY_FAILED] certificate "
+        "verify failed: unable to get local issuer certificate (_ssl.c:1006)')]") == "tls"
+    assert cannot_see("API unreachable: ClientConnectorError: Connection refused") is None
+    assert cannot_see("HTTP 500: etcdserver: request timed out") is None

@@ -94,7 +94,8 @@ def agent(tmp_path: Path) -> Iterator[Running]:
          "--path.cgroupfs", str(cgroup_root()),
          "--kubelet.url", f"http://127.0.0.1:{free_port()}",
          "--rules.dir", str(rules),
-         "--collector.timeout", "2s"],
+         # below the 1 s interval: a timeout at or above it is refused at start
+         "--collector.timeout", "0.9s"],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
     )
     run = Running(proc, port, config)

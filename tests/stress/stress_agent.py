@@ -32,12 +32,13 @@ async def running_agent(tmp_path: Path, enable: tuple[str, ...] = (),
                         **overrides: Any) -> AsyncIterator[Agent]:
     """An Agent serving on 127.0.0.1:<free port> with only ``enable`` collectors."""
     registry.load_builtin()
+    (tmp_path / "no-rules").mkdir(exist_ok=True)  # empty: a missing rules dir is refused
     values: dict[str, Any] = {
         "web_listen_address": "127.0.0.1:0",
         "node_name": "stress-node",
         "rules_dir": tmp_path / "no-rules",
         "collect_interval": 1.0,
-        "collector_timeout": 1.0,
+        "collector_timeout": 0.9,  # below the interval, as the settings require
         "collectors": {name: name in enable for name in registry.collectors()},
     }
     values.update(overrides)

@@ -29,10 +29,15 @@ def _verbs(resource: str) -> set[str]:
     return {v for r in _rules() if resource in r["resources"] for v in r["verbs"]}
 
 
+def _is_scraper_sample(d: dict[str, Any]) -> bool:
+    return (d["metadata"].get("labels") or {}).get("app.kubernetes.io/component") == "scraper"
+
+
 def test_every_binding_points_at_a_defined_role_and_the_service_account() -> None:
-    """Each (Cluster)RoleBinding references a role in the file and the nodemedic ServiceAccount."""
+    """Each (Cluster)RoleBinding references a role in the file and the nodemedic ServiceAccount;
+    every role but the scraper sample (bound by the user to their Prometheus) is bound."""
     roles = {(d["kind"], d["metadata"]["name"], d["metadata"].get("namespace")) for d in DOCS
-             if d["kind"] in ("Role", "ClusterRole")}
+             if d["kind"] in ("Role", "ClusterRole") and not _is_scraper_sample(d)}
     sa = _by_kind("ServiceAccount")[0]["metadata"]
     bindings = _by_kind("RoleBinding") + _by_kind("ClusterRoleBinding")
     assert len(bindings) == len(roles)
@@ -80,6 +85,34 @@ def test_lease_writes_only_for_failover_and_the_cordon_lock() -> None:
     assert not _verbs("poddisruptionbudgets"), "PDBs are enforced by the API server's 429"
 
 
+def test_kubernetes_auth_can_review_tokens_and_access() -> None:
+    """--web.kubernetes-auth creates TokenReviews and SubjectAccessReviews (agent/kube/reviews.py)
+    with the agent's identity, and nothing else on those APIs."""
+    node = next(d for d in _by_kind("ClusterRole") if d["metadata"]["name"] == "nodemedic-node")
+    grants = {(g, r, v) for rule in node["rules"] for g in rule["apiGroups"]
+              for r in rule["resources"] for v in rule["verbs"]}
+    assert ("authentication.k8s.io", "tokenreviews", "create") in grants
+    assert ("authorization.k8s.io", "subjectaccessreviews", "create") in grants
+    assert {v for g, r, v in grants if r in ("tokenreviews", "subjectaccessreviews")} == {"create"}
+
+
+def test_scraper_sample_grants_exactly_what_the_agent_checks() -> None:
+    """The sample scraper role allows the SubjectAccessReview attributes the agent asks for
+    /metrics and /status (agent.exporter.kubeauth), and nothing more."""
+    from agent.exporter.kubeauth import attributes_for
+
+    role = next(d for d in _by_kind("ClusterRole") if _is_scraper_sample(d))
+    grants = {(g, r, v) for rule in role["rules"] for g in rule["apiGroups"]
+              for r in rule["resources"] for v in rule["verbs"]}
+    wanted = set()
+    for path in ("/metrics", "/status"):
+        a = attributes_for(path, "any-node")
+        wanted.add((a["group"], f"{a['resource']}/{a['subresource']}", a["verb"]))
+    assert grants == wanted
+
+
 def test_problem_conditions_can_be_patched_on_the_status_subresource() -> None:
     """The problem detector patches nodes/status (its condition types only) and nothing more."""
-    assert _verbs("nodes/status") == {"patch"}
+    core = {v for r in _rules() if "" in r["apiGroups"] and "nodes/status" in r["resources"]
+            for v in r["verbs"]}
+    assert core == {"patch"}

@@ -31,7 +31,7 @@ from typing import Any
 import yaml
 from aiohttp import web
 
-from agent.testing.apiserver import convert, eviction, table
+from agent.testing.apiserver import convert, eviction, reviews, table
 from agent.testing.apiserver import status as st
 from agent.testing.apiserver.faults import Faults, RequestLog
 from agent.testing.apiserver.patch import apply_patch
@@ -208,6 +208,7 @@ class ApiServer:
         self.registry = Registry(self.store, clock)
         self.faults = Faults()
         self.requests = RequestLog()
+        self.reviews = reviews.Reviews()
         self.bookmark_interval = bookmark_interval
         self.default_watch_timeout = default_watch_timeout
         self.sweep_interval = sweep_interval
@@ -397,6 +398,8 @@ class ApiServer:
             doc = self._discovery(path)
             if doc is not None:
                 return _json(doc)
+        if request.method == "POST" and path in reviews.PATHS:
+            return _json(self.reviews.handle(path, await self._body(request)), 201)
         req: _Req | None = request[_REQ_KEY]
         if req is None:
             return _json(

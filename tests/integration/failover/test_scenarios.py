@@ -108,8 +108,10 @@ async def test_single_node_failure_cordons_evicts_and_fences(sim: tuple[SimClust
     assert evicted.at >= cordon.at and fenced.at >= evicted.at
     # ...and within them, with a generous margin.
     assert cordon.at - killed.at <= T.node_grace + SLACK
-    assert node_events(cluster, victim) >= {
-        "NodemedicNodeFailed", "NodemedicPodsEvicted", "NodemedicNodeFenced"}
+    # The Fenced Event follows the out-of-service taint write: wait for it rather than race it.
+    wanted = {"NodemedicNodeFailed", "NodemedicPodsEvicted", "NodemedicNodeFenced"}
+    assert await wait_for(lambda: node_events(cluster, victim) >= wanted, 10), (
+        node_events(cluster, victim))
     # Pods of the same workloads on other nodes were left alone (Kueue replaces one node only).
     assert not [e for e in cluster.log if e.kind == "pod_terminating" and victim not in e.detail]
 
@@ -234,7 +236,7 @@ async def test_recovered_node_is_untainted_and_uncordoned(sim: tuple[SimCluster,
     assert not taints(cluster, victim) & {FAILED_TAINT, OOS}
     node = cluster.server.get("nodes", "", victim) or {}
     assert "nodemedic.io/failover" not in (node["metadata"].get("annotations") or {})
-    assert "NodemedicNodeRecovered" in node_events(cluster, victim)
+    assert await wait_for(lambda: "NodemedicNodeRecovered" in node_events(cluster, victim), 10)
 
 
 async def test_admin_cordon_survives_recovery(sim: tuple[SimCluster, Fleet]) -> None:
@@ -340,3 +342,25 @@ async def test_admin_out_of_service_taint_survives_recovery(sim: tuple[SimCluste
     assert await wait_for(lambda: cluster.first("uncordoned", victim), 15)
     await asyncio.sleep(0.5)
     assert OOS in taints(cluster, victim)
+
+
+async def test_failover_denied_while_paused_is_retried_after_unpause(
+    sim: tuple[SimCluster, Fleet],
+) -> None:
+    """Remediation paused cluster-wide when a node dies: the leader does not cordon it; once
+    unpaused it retries on its own (after its backoff) and cordons it — a transient denial is
+    never final (issue 12 item 7, failover path)."""
+    cluster, fleet = sim
+    cluster.server.create({"apiVersion": "v1", "kind": "ConfigMap",
+                           "metadata": {"name": "nodemedic", "namespace": "kube-system"},
+                           "data": {"paused": "true"}})
+    victim = victim_with_pods(cluster, fleet)
+    await fleet.kill(victim)
+    leader = fleet.stages[fleet.leader() or ""]
+    assert await wait_for(lambda: any(k[:2] == ("cordon", "denied")
+                                      for k in leader.remedy.actions), T.node_grace + SLACK)
+    assert cluster.first("cordoned", victim) is None
+    cluster.server.patch("ConfigMap", "kube-system", "nodemedic", {"data": {"paused": "false"}})
+    backoff = 10 * T.retry_period  # agent.peers.stage.BACKOFF_PERIODS retry periods
+    assert await wait_for(lambda: cluster.first("cordoned", victim), backoff + 2 * SLACK), (
+        cluster.log[-10:])

@@ -23,6 +23,7 @@ from agent.collectors.base import CollectorContext
 from agent.rules.engine import RuleEngine
 from agent.rules.loader import RulesError, load_rules_dir
 from agent.runtime.remediation import RemediationStage, build_stage
+from agent.settings import SettingsError
 from agent.testing.apiserver import ApiServer
 
 RULES = Path(__file__).parents[3] / "rules"
@@ -88,7 +89,8 @@ async def test_kubelet_ladder_survives_an_agent_restart(
 
 
 async def test_build_stage_loads_rules_or_refuses(tmp_path: Path, kubelet_rules: Path) -> None:
-    """build_stage loads --rules.dir; an invalid rule file refuses to start; no dir = no rules."""
+    """build_stage loads --rules.dir; an invalid rule file or a missing directory refuses to
+    start; an empty directory = no rules."""
     stage = await build_stage(
         settings(rules_dir=kubelet_rules), CollectorContext(settings(), {"api": None})
     )
@@ -96,10 +98,17 @@ async def test_build_stage_loads_rules_or_refuses(tmp_path: Path, kubelet_rules:
     assert {"nodemedic_rules_loaded", "nodemedic_actions_total"} <= names
     await stage.close()
 
+    # A missing directory is refused (issue 12 item 6: it used to start with no rules).
+    with pytest.raises(SettingsError, match=r"--rules\.dir=.*does not exist"):
+        await build_stage(
+            settings(rules_dir=tmp_path / "absent"), CollectorContext(settings(), {"api": None})
+        )
+    (tmp_path / "empty").mkdir()
     empty = await build_stage(
-        settings(rules_dir=tmp_path / "absent"), CollectorContext(settings(), {"api": None})
+        settings(rules_dir=tmp_path / "empty"), CollectorContext(settings(), {"api": None})
     )
     assert empty.status()["rules"] == []
+    assert empty.status()["remediation"]["rules_loaded"] == 0
 
     (kubelet_rules / "bad.yaml").write_text("rules:\n  - name: Bad Name\n")
     with pytest.raises(RulesError):

@@ -3,6 +3,7 @@ cgroupfs), with and without the kubelet's pod list, and on broken, missing and v
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
@@ -15,6 +16,7 @@ import pytest
 from agent.collectors.base import CollectorContext
 from agent.collectors.cgroup import CgroupCollector
 from agent.collectors.cgroupfs import CgroupRef, scan
+from agent.kubelet_client import KubeletError, KubeletUnauthorized
 from agent.settings import Settings
 from agent.structs.metrics import Family
 from agent.structs.pods import PodRef
@@ -465,3 +467,58 @@ async def test_psi_scope_pod_reads_pod_cgroups_only_and_off_reads_none() -> None
         return sorted(tuple(sorted(lbl.items())) for lbl, _ in fams[usage].series())
 
     assert rows(results["off"]) == rows(results["container"])
+
+
+def _collect_as_nobody(root: Path) -> dict[str, object]:
+    """Run the collector's collect() in a forked child that dropped root (file modes apply)."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: never return into pytest
+        try:
+            os.close(r)
+            os.setgroups([])
+            os.setgid(65534)
+            os.setuid(65534)
+            c = collector(root)
+            fams = {f.name: f for f in asyncio.run(c.collect())}
+            ws = fams.get("nodemedic_container_memory_working_set_bytes")
+            out = {"unreadable": dict(c.unreadable()),
+                   "series": len(ws.samples) if ws is not None else 0}
+            os.write(w, json.dumps(out).encode())
+        finally:
+            os._exit(0)
+    os.close(w)
+    with os.fdopen(r, "rb") as f:
+        data = f.read()
+    os.waitpid(pid, 0)
+    return json.loads(data)  # type: ignore[no-any-return]
+
+
+def test_permission_denied_makes_the_cgroup_series_missing_data(
+    world_readable_copy: Path,
+) -> None:
+    """An unreadable memory.current (EACCES) makes this tick's per-cgroup metrics unreadable
+    (reason permission): the container's memory is unknown, not gone, so rules freeze."""
+    d = v2_container(world_readable_copy, DAEMONSET, DS_CID)
+    os.chmod(d / "memory.current", 0)
+    if os.geteuid() != 0:
+        pytest.fail("needs root to drop to nobody (run the unit tests as root, as CI does)")
+    out = _collect_as_nobody(world_readable_copy)
+    unreadable = out["unreadable"]
+    assert isinstance(unreadable, dict)
+    assert unreadable.get("nodemedic_container_memory_working_set_bytes") == "permission"
+    assert unreadable.get("nodemedic_container_oom_kills_total") == "permission"
+    assert "nodemedic_cgroup_read_errors_total" not in unreadable  # the collector's own count
+    assert out["series"]  # the rest is still collected and exported
+
+
+async def test_kubelet_refusing_the_pod_list_makes_the_cgroup_series_missing_data() -> None:
+    """The kubelet answers the pod list with 401: the pod targets are unknown, so the
+    per-cgroup metrics are unreadable (unauthorized), not re-keyed under empty names."""
+    err = KubeletUnauthorized("/pods: HTTP 401 from the kubelet (token rejected)", 401)
+    c = collector(V2, FakeKubelet(error=err))
+    await c.collect()
+    assert set(c.unreadable().values()) == {"unauthorized"}
+    down = collector(V2, FakeKubelet(error=KubeletError("/pods: cannot reach the kubelet")))
+    await down.collect()
+    assert down.unreadable() == {}  # a kubelet that is down only costs attribution

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -189,3 +192,63 @@ async def test_reload_back_to_default_procfs_repoints_psutil() -> None:
     assert psutil.PROCFS_PATH == "/proc"
     real_total = int(Path("/proc/meminfo").read_text().split()[1]) * 1024
     assert f["nodemedic_host_memory_total_bytes"].get() == real_total
+
+
+def _as_nobody(procfs: Path, disk_paths: tuple[str, ...]) -> dict[str, object]:
+    """Collect in a forked child that dropped root, so file modes really apply."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: never return into pytest
+        try:
+            os.close(r)
+            os.setgroups([])
+            os.setgid(65534)
+            os.setuid(65534)
+            c, fams = asyncio.run(_collect(procfs, disk_paths))
+            present = fams.get("nodemedic_host_filesystem_present")
+            out = {"unreadable": dict(c.unreadable()),
+                   "present": dict((lv[0], v) for lv, v in present.samples) if present else {},
+                   "mem": "nodemedic_host_memory_available_bytes" in fams}
+            os.write(w, json.dumps(out).encode())
+        finally:
+            os._exit(0)
+    os.close(w)
+    with os.fdopen(r, "rb") as f:
+        data = f.read()
+    os.waitpid(pid, 0)
+    return json.loads(data)  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+def world_tmp() -> Iterator[Path]:
+    """A temporary directory nobody can reach (pytest's tmp_path sits under a 0700 one)."""
+    base = Path(tempfile.mkdtemp(prefix="nodemedic-host-"))
+    try:
+        os.chmod(base, 0o755)
+        yield base
+    finally:
+        shutil.rmtree(base)
+
+
+def test_sources_refused_to_us_are_missing_data_not_missing(world_tmp: Path) -> None:
+    """EACCES on loadavg and on a watched path: those metrics are unreadable (permission) and
+    the path gets no filesystem_present 0 (it is not known to be missing); the rest is read."""
+    if os.geteuid() != 0:
+        pytest.fail("needs root to drop to nobody (run the unit tests as root, as CI does)")
+    tmp_path = world_tmp
+    proc = tmp_path / "proc"
+    shutil.copytree(PROC, proc)
+    for d in [proc, *proc.rglob("*")]:
+        d.chmod(0o755 if d.is_dir() else 0o644)
+    (proc / "loadavg").chmod(0)
+    locked = tmp_path / "locked"
+    (locked / "data").mkdir(parents=True)
+    locked.chmod(0o700)  # nobody cannot traverse it: statvfs of locked/data is EACCES
+    out = _as_nobody(proc, (str(locked / "data"), str(tmp_path)))
+    unreadable = out["unreadable"]
+    assert isinstance(unreadable, dict)
+    assert unreadable["nodemedic_host_load1"] == "permission"
+    assert unreadable["nodemedic_host_filesystem_present"] == "permission"
+    assert "nodemedic_host_memory_available_bytes" not in unreadable
+    assert out["mem"] is True
+    assert out["present"] == {str(tmp_path): 1.0}  # no 0 claimed for the path refused to us

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from helpers_lbskew import fixture
 
-from agent.collectors.base import CollectorContext
+from agent.collectors.base import CannotSee, CollectorContext
 from agent.collectors.lbskew import LbSkewCollector
 from agent.settings import settings_for_tests
 from agent.structs.metrics import Family
@@ -350,3 +350,73 @@ async def test_byte_series_past_the_bound_are_left_out_and_counted(
     assert len(exported.samples) == 1 < len(entries.samples)
     dropped = next(f for f in fams if f.name == "nodemedic_lbskew_byte_series_dropped")
     assert dropped.samples == [((), len(entries.samples) - 1)]
+
+
+async def test_iptables_save_refusing_us_is_cannot_see(tmp_path: Path) -> None:
+    """iptables-save run without the rights (its real message as non-root) is not a node
+    without kube-proxy: the tick fails with CannotSee(permission), naming what to fix."""
+    save = _script(tmp_path, "iptables-save",
+                   'echo "iptables-save v1.8.7 (nf_tables): Could not fetch rule set generation '
+                   'id: Permission denied (you must be root)" >&2; exit 4')
+    c = _collector(path_procfs=_procfs(tmp_path), lbskew_iptables_save_command=save)
+    with pytest.raises(CannotSee, match="must be root") as exc:
+        await c.collect()
+    assert exc.value.reason == "permission"
+
+
+async def test_conntrack_refusing_us_makes_skew_missing_data(tmp_path: Path) -> None:
+    """conntrack -L without CAP_NET_ADMIN: the chain audit is still exported, and the
+    connection and skew metrics are unreadable (permission) instead of silently absent."""
+    ct = _script(tmp_path, "conntrack",
+                 'echo "conntrack v1.4.6 (conntrack-tools): Operation failed: operation not '
+                 'permitted" >&2; exit 1')
+    save = _script(tmp_path, "iptables-save", f"cat {LAB_RULES}")
+    c = _collector(path_procfs=_procfs(tmp_path, conntrack=None),
+                   lbskew_iptables_save_command=save, lbskew_conntrack_command=ct)
+    fams = await c.collect()
+    assert _values(fams, "nodemedic_service_endpoint_expected_share", **WEB)
+    assert c.unreadable()["nodemedic_service_skewed"] == "permission"
+    assert c.unreadable()["nodemedic_service_endpoint_connections"] == "permission"
+    assert "nodemedic_service_chain_problems" not in c.unreadable()
+
+
+def test_unreadable_proc_conntrack_makes_skew_missing_data() -> None:
+    """/proc/net/nf_conntrack refused to us (EACCES, read as nobody in a forked child): the
+    skew metrics are unreadable (permission)."""
+    import json
+    import os
+    import tempfile
+
+    if os.geteuid() != 0:
+        pytest.fail("needs root to drop to nobody (run the unit tests as root, as CI does)")
+    base = Path(tempfile.mkdtemp(prefix="nodemedic-lbskew-"))
+    try:
+        base.chmod(0o755)
+        procfs = _procfs(base)
+        for d in (procfs, procfs / "net"):
+            d.chmod(0o755)
+        (procfs / "net" / "nf_conntrack").chmod(0)
+        rules = base / "rules.txt"
+        shutil.copy(LAB_RULES, rules)
+        rules.chmod(0o644)
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # child: never return into pytest
+            try:
+                os.close(r)
+                os.setgroups([])
+                os.setgid(65534)
+                os.setuid(65534)
+                c = _collector(path_procfs=procfs, lbskew_iptables_save_file=rules)
+                asyncio.run(c.collect())
+                os.write(w, json.dumps(c.unreadable()).encode())
+            finally:
+                os._exit(0)
+        os.close(w)
+        with os.fdopen(r, "rb") as f:
+            data = f.read()
+        os.waitpid(pid, 0)
+    finally:
+        shutil.rmtree(base)
+    unreadable = json.loads(data)
+    assert unreadable.get("nodemedic_service_skewed") == "permission"

@@ -45,3 +45,13 @@ def test_reduce_node_keeps_only_what_the_leader_reads() -> None:
     assert info.zone == "z1" and info.ready is True
     assert info.annotations == (("nodemedic.io/failover", "{}"),)
     assert info.addresses == ("10.0.0.1",)
+
+
+async def test_peers_are_given_the_plain_probe_address() -> None:
+    """With --web.probe-address (required with TLS and failover) peers are told to probe it,
+    not the main listener, which may speak TLS or ask for credentials."""
+    settings = settings_for_tests(web_listen_address="10.0.0.1:9678",
+                                  web_probe_address="10.0.0.1:9679")
+    assert await FailoverStage(settings, None)._advertise_url() == "http://10.0.0.1:9679"
+    plain = settings_for_tests(web_listen_address="10.0.0.1:9678")
+    assert await FailoverStage(plain, None)._advertise_url() == "http://10.0.0.1:9678"

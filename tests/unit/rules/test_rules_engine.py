@@ -400,3 +400,30 @@ def test_reload_that_changes_a_rules_target_starts_it_afresh() -> None:
     assert eng.status()[0]["state"] == "pending"
     eng.set_rules(load(OOM.replace("oom-storm", "kubelet-unhealthy")))
     assert eng.status() == []
+
+
+def test_wants_tells_whether_a_held_step_is_still_asked_for() -> None:
+    """RuleEngine.wants: a step is wanted while its target fires at that step or beyond; an
+    undo while the target is not tracked again; nothing of a rule that is not loaded."""
+    from dataclasses import replace
+
+    eng = engine("""
+rules:
+  - name: k
+    when: {metric: nodemedic_kubelet_up, op: "==", value: 0}
+    for: 10s
+    healthy_for: 10s
+    actions: [{type: cordon}]
+    undo: [{type: uncordon}]
+""")
+    down = {"nodemedic_kubelet_up": 0}
+    (cordon,) = [r for t in (0, 10) for r in eng.evaluate(snapshot(t, down), t)]
+    assert eng.wants(cordon)
+    assert not eng.wants(replace(cordon, step=1))
+    assert not eng.wants(replace(cordon, rule="gone"))
+    eng.evaluate(snapshot(20, {"nodemedic_kubelet_up": 1}), 20)  # resolving: not wanted
+    assert not eng.wants(cordon)
+    (undo,) = eng.evaluate(snapshot(30, {"nodemedic_kubelet_up": 1}), 30)
+    assert undo.undo and eng.wants(undo)
+    eng.evaluate(snapshot(40, {"nodemedic_kubelet_up": 0}), 40)  # the condition is back
+    assert not eng.wants(undo)

@@ -171,3 +171,22 @@ def test_history_cut_from_the_annotation_is_known_after_a_restart() -> None:
     assert len(back.history) < 2000
     assert back.history_incomplete(3000.0)
     assert not Ledger.from_json(Ledger().to_json(3000.0))[0].history_incomplete(3000.0)
+
+
+def test_held_steps_round_trip_with_their_caps() -> None:
+    """A held step is persisted with its reason and the request's cooldown and hourly cap: a
+    restarted agent re-gates it with the same limits, never without them."""
+    from dataclasses import replace
+
+    from agent.safety.ledger import Held
+
+    req = replace(request("cordon"), cooldown_seconds=600.0, max_per_hour=3)
+    ledger = Ledger()
+    ledger.held[ledger_key(req)] = Held(req, "paused", "paused by node annotation", 100.0, 4)
+    back, _, problems = Ledger.from_json(ledger.to_json(200.0, offset=1000.0), offset=5000.0)
+    assert problems == []
+    held = back.held[ledger_key(req)]
+    assert (held.reason, held.detail, held.attempts) == ("paused", "paused by node annotation", 4)
+    assert held.since == 100.0 + 1000.0 - 5000.0
+    assert (held.request.cooldown_seconds, held.request.max_per_hour) == (600.0, 3)
+    assert held.request == req
