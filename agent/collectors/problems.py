@@ -4,8 +4,9 @@
 nodemedic YAML) and starts an agent.problems.detector.ProblemDetector with the shared API client
 (``ctx.shared["api"]``; without one, problems are still detected and exported, only not
 published as conditions and Events). A missing directory means detection is off; invalid
-definitions make every ``collect()`` raise (collector failed, error in /status) while the
-daemon keeps running. ``collect()`` only reads counters: a tick costs no I/O.
+definitions make ``start()`` raise with every file:line problem: the agent refuses to start,
+and a reload keeps the running collector (all or nothing). ``collect()`` only reads counters:
+a tick costs no I/O.
 """
 
 from __future__ import annotations
@@ -71,6 +72,10 @@ DEFINITIONS = MetricSpec(
     "gauge")
 
 
+class ProblemsConfigError(ValueError):
+    """--problems.dir holds invalid definitions; the message lists every file:line problem."""
+
+
 @register("problems", default_enabled=True)
 class ProblemsCollector(Collector):
     """Runs the problem detector started in :meth:`start` and exports its counters."""
@@ -82,7 +87,6 @@ class ProblemsCollector(Collector):
     def __init__(self, ctx: CollectorContext) -> None:
         super().__init__(ctx)
         self.detector: ProblemDetector | None = None
-        self.error: str | None = None
 
     def options(self) -> DetectorOptions:
         s = self.ctx.settings
@@ -95,21 +99,18 @@ class ProblemsCollector(Collector):
         try:
             problems = await asyncio.to_thread(load_problems, s.problems_dir,
                                                s.problems_plugin_dir)
-        except RulesError as exc:  # every file:line problem, for /status and the log
-            self.error = ("invalid problem definitions: "
-                          + "; ".join(str(p) for p in exc.problems))[:2000]
-            return
-        except Exception as exc:
-            self.error = f"cannot load problem definitions: {exc}"[:2000]
-            return
+        except RulesError as exc:
+            # Raised, like invalid rules: at start the agent refuses to run with a message
+            # naming every file:line; on reload the new collectors are discarded and the running
+            # ones (last good definitions) stay.
+            raise ProblemsConfigError("invalid problem definitions: "
+                                      + "; ".join(str(p) for p in exc.problems)) from exc
         if not len(problems):
             return
         self.detector = ProblemDetector(problems, self.options(), self.ctx.shared.get("api"))
         await self.detector.start()
 
     async def collect(self) -> list[Family]:
-        if self.error is not None:
-            raise RuntimeError(self.error)
         defs = DEFINITIONS.family()
         d = self.detector
         if d is None:
@@ -143,8 +144,6 @@ class ProblemsCollector(Collector):
         return [defs, problems, active, workload, lines, dropped, up, restarts, runs, perr, edrop]
 
     def status(self) -> dict[str, Any]:
-        if self.error is not None:
-            return {"error": self.error}
         if self.detector is None:
             return {"monitors": [], "dir": str(self.ctx.settings.problems_dir)}
         return self.detector.status()
