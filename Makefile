@@ -13,10 +13,11 @@ DRY_RUN ?= 1
 RUN_ARGS ?=
 PYTEST_ARGS ?=
 # Debian packages the tests drive for real (promtool/prometheus, node_exporter as the benchmark
-# reference, iptables/conntrack/ipvsadm/iproute2 for the kernel tests, systemd-analyze, curl;
-# debootstrap, systemd-nspawn, lintian, strip and python3-venv for the .deb and the real-systemd tier).
-APT_PACKAGES := prometheus prometheus-node-exporter iptables conntrack ipvsadm iproute2 systemd procps shellcheck curl debootstrap systemd-container lintian binutils python3-venv
-APT_PROBES := /usr/bin/promtool /usr/bin/prometheus /usr/bin/prometheus-node-exporter /usr/sbin/iptables /usr/sbin/conntrack /usr/sbin/ipvsadm /usr/sbin/ip /usr/bin/systemd-analyze /usr/bin/shellcheck /usr/bin/curl /usr/sbin/debootstrap /usr/bin/systemd-nspawn /usr/bin/lintian /usr/bin/strip
+# reference, iptables/conntrack/ipvsadm/iproute2 for the kernel tests, systemd-analyze, curl,
+# systemd-journal-remote for the journal source tests; debootstrap, systemd-nspawn, lintian,
+# strip and python3-venv for the .deb and the real-systemd tier).
+APT_PACKAGES := prometheus prometheus-node-exporter iptables conntrack ipvsadm iproute2 systemd procps shellcheck curl systemd-journal-remote debootstrap systemd-container lintian binutils python3-venv
+APT_PROBES := /usr/bin/promtool /usr/bin/prometheus /usr/bin/prometheus-node-exporter /usr/sbin/iptables /usr/sbin/conntrack /usr/sbin/ipvsadm /usr/sbin/ip /usr/bin/systemd-analyze /usr/bin/shellcheck /usr/bin/curl /lib/systemd/systemd-journal-remote /usr/sbin/debootstrap /usr/bin/systemd-nspawn /usr/bin/lintian /usr/bin/strip
 
 .PHONY: run test lint bench install uninstall venv system-deps clean demo apiserver check-rules deb dist
 
@@ -31,13 +32,13 @@ venv: $(STAMP)
 ## run: the agent on this machine with the default rules, dry-run on 127.0.0.1 (see DRY_RUN).
 run: $(STAMP)
 	$(if $(filter-out 0 1,$(DRY_RUN)),$(error DRY_RUN must be 1 (default: execute nothing) or 0 (execute actions), not '$(DRY_RUN)'))
-	$(VENV)/bin/nodemedic run --web.listen-address $(LISTEN) --rules.dir rules --state.dir .state $(if $(filter 1,$(DRY_RUN)),--dry-run) $(RUN_ARGS)
+	$(VENV)/bin/nodemedic run --web.listen-address $(LISTEN) --rules.dir rules --problems.dir problems --state.dir .state $(if $(filter 1,$(DRY_RUN)),--dry-run) $(RUN_ARGS)
 
 demo: $(STAMP)
 	$(VENV)/bin/nodemedic demo
 
 check-rules: $(STAMP)
-	$(VENV)/bin/nodemedic check-rules rules/
+	$(VENV)/bin/nodemedic check-rules rules/ --problems problems/
 
 system-deps:
 	@missing=0; for p in $(APT_PROBES); do test -x $$p || missing=1; done; \

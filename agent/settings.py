@@ -141,6 +141,13 @@ class Settings(BaseModel):
     failover_max_concurrent: Annotated[int, LIVE] = Field(default=1, ge=0, le=1000)
     failover_lease_duration: Annotated[float, RESTART] = Field(default=15.0, ge=0.3, le=600.0)
     failover_retry_period: Annotated[float, RESTART] = Field(default=2.0, ge=0.05, le=60.0)
+    # Read when the problems collector starts: a change rebuilds it (and re-reads the dir).
+    problems_dir: Annotated[Path, COLLECTORS] = Path("/etc/nodemedic/problems")
+    problems_plugin_dir: Annotated[Path | None, COLLECTORS] = None
+    problems_max_lines_per_second: Annotated[int, COLLECTORS] = Field(
+        default=20000, ge=100, le=1_000_000)
+    problems_heartbeat_interval: Annotated[float, COLLECTORS] = Field(
+        default=60.0, ge=5.0, le=3600.0)
     collectors: Annotated[Mapping[str, bool], COLLECTORS] = Field(default_factory=dict)
 
     @field_validator("web_listen_address")
@@ -308,6 +315,15 @@ FLAGS: tuple[Flag, ...] = (
     Flag("failover.max-concurrent", "int", "failed nodes remediated at once, cluster-wide"),
     Flag("failover.lease-duration", "duration", "leader Lease duration (renew deadline = 2/3)"),
     Flag("failover.retry-period", "duration", "leader renew / follower poll and probe period"),
+    Flag("problems.dir", "path",
+         "node problem definitions: NPD monitor JSON (unchanged) and nodemedic YAML; "
+         "missing = problem detection off"),
+    Flag("problems.plugin-dir", "optpath",
+         "the only directory custom plugin checks may run from (unset = no plugins)"),
+    Flag("problems.max-lines-per-second", "int",
+         "log lines matched per second per source; above it lines are dropped and counted"),
+    Flag("problems.heartbeat-interval", "duration",
+         "how often unchanged problem conditions are re-published (lastHeartbeatTime)"),
 )
 
 _FLAG_BY_FIELD = {f.field: f for f in FLAGS}

@@ -69,9 +69,10 @@ find "$venv" -name __pycache__ -prune -exec rm -rf {} +
 
 # 2. Unit, configuration (conffiles), documentation.
 install -D -m 0644 "$SOURCE/systemd/nodemedic.service" "$pkg/lib/systemd/system/nodemedic.service"
-install -d -m 0750 "$pkg/etc/nodemedic" "$pkg/etc/nodemedic/rules"
+install -d -m 0750 "$pkg/etc/nodemedic" "$pkg/etc/nodemedic/rules" "$pkg/etc/nodemedic/problems"
 install -m 0640 "$SOURCE/systemd/config.yaml" "$SOURCE/systemd/nodemedic.env" "$pkg/etc/nodemedic/"
 install -m 0640 "$SOURCE"/rules/*.yaml "$pkg/etc/nodemedic/rules/"
+install -m 0640 "$SOURCE"/problems/*.yaml "$pkg/etc/nodemedic/problems/"  # --problems.dir
 doc="$pkg/usr/share/doc/nodemedic"
 install -D -m 0644 "$SOURCE/packaging/debian/copyright" "$doc/copyright"
 install -D -m 0644 "$SOURCE/packaging/debian/lintian-overrides" \

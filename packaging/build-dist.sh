@@ -43,6 +43,7 @@ install -D -m 0755 "$SOURCE/scripts/install.sh" "$top/scripts/install.sh"
 install -D -m 0755 "$SOURCE/scripts/uninstall.sh" "$top/scripts/uninstall.sh"
 install -D -m 0644 -t "$top/systemd" "$SOURCE"/systemd/*
 install -D -m 0644 -t "$top/rules" "$SOURCE"/rules/*.yaml
+install -D -m 0644 -t "$top/problems" "$SOURCE"/problems/*.yaml
 install -D -m 0644 -t "$top/docs" "$SOURCE/docs/install.md"
 install -m 0644 -t "$top" "$SOURCE/README.md" "$SOURCE/LICENSE"
 printf '%s\n' "$PYVER" > "$top/wheels/PYTHON_VERSION"

@@ -102,14 +102,18 @@ fi
 install -d -m 0755 "$UNIT_DIR"
 install -m 0644 "$SOURCE/systemd/nodemedic.service" "$UNIT_DIR/nodemedic.service"
 
-# 3. Configuration, environment file and default rules. 0750/0640: the kubeconfig and kubelet
+# 3. Configuration, environment file, default rules and problem definitions. 0750/0640: the kubeconfig and kubelet
 #    token that live here are credentials.
-install -d -m 0750 "$ETC" "$ETC/rules"
+install -d -m 0750 "$ETC" "$ETC/rules" "$ETC/problems"
 install_config "$SOURCE/systemd/config.yaml" "$ETC/config.yaml" 0640
 install_config "$SOURCE/systemd/nodemedic.env" "$ETC/nodemedic.env" 0640
 shopt -s nullglob
 for rule in "$SOURCE"/rules/*.yaml; do
   install_config "$rule" "$ETC/rules/$(basename "$rule")" 0640
+done
+# Node problem definitions (--problems.dir); NPD monitor JSON files may be added here as is.
+for def in "$SOURCE"/problems/*.yaml; do
+  install_config "$def" "$ETC/problems/$(basename "$def")" 0640
 done
 shopt -u nullglob
 

@@ -22,6 +22,7 @@ _BUILTIN_MODULES = (
     "agent.collectors.host",
     "agent.collectors.node",
     "agent.collectors.lbskew",
+    "agent.collectors.problems",
 )
 
 

@@ -86,8 +86,10 @@ async def record_event(
     type_: str = "Normal",
     host: str = "",
     action: str = "",
+    count: int = 1,
 ) -> dict[str, Any]:
-    """Create the Event or bump its count; returns the stored Event."""
+    """Create the Event or bump its count (by ``count`` occurrences aggregated by the caller,
+    e.g. agent.problems coalescing a burst of OOM kills); returns the stored Event."""
     core = client.CoreV1Api(api)
     ns = obj.event_namespace
     name = event_name(obj, reason, type_)
@@ -117,7 +119,7 @@ async def record_event(
                 "reason": reason,
                 "message": message,
                 "type": type_,
-                "count": 1,
+                "count": count,
                 "firstTimestamp": now,
                 "lastTimestamp": now,
                 "source": {"component": COMPONENT, **({"host": host} if host else {})},
@@ -136,7 +138,7 @@ async def record_event(
                 )
             except KubeConflict:
                 continue  # created concurrently: read it and bump instead
-        current["count"] = int(current.get("count") or 1) + 1
+        current["count"] = int(current.get("count") or 1) + count
         current["lastTimestamp"] = now
         current["message"] = message
         try:

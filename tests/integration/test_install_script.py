@@ -69,7 +69,8 @@ def test_venv_has_the_nodemedic_command_and_package(installed: Path) -> None:
 
 
 def test_unit_and_defaults_are_installed_verbatim(installed: Path) -> None:
-    """The unit, env file, config and every default rule are copies of the checkout's files."""
+    """The unit, env file, config, every default rule and problem definition are copies of the
+    checkout's files."""
     pairs = {
         "etc/systemd/system/nodemedic.service": "systemd/nodemedic.service",
         "etc/nodemedic/nodemedic.env": "systemd/nodemedic.env",
@@ -77,6 +78,8 @@ def test_unit_and_defaults_are_installed_verbatim(installed: Path) -> None:
     }
     pairs.update({f"etc/nodemedic/rules/{p.name}": f"rules/{p.name}"
                   for p in (REPO / "rules").glob("*.yaml")})
+    pairs.update({f"etc/nodemedic/problems/{p.name}": f"problems/{p.name}"
+                  for p in (REPO / "problems").glob("*.yaml")})
     for dst, src in pairs.items():
         assert (installed / dst).read_bytes() == (REPO / src).read_bytes(), dst
     installed_rules = {p.name for p in (installed / "etc/nodemedic/rules").iterdir()}

@@ -296,7 +296,10 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         (rules / "zz-test-always-cordon.yaml").write_text(TEST_RULE)
         common = ["--kubelet.url", kubelet_url, "--collect.interval", "1s",
                   "--rules.dir", str(rules), "--kubeconfig", str(kubeconfig),
-                  "--dry-run", "--log.format", "json", "--failover.enabled"]
+                  "--dry-run", "--log.format", "json", "--failover.enabled",
+                  # The shipped problem definitions on the real /dev/kmsg and journal, so that
+                  # the problem metrics (NodemedicNodeProblem) have series.
+                  "--problems.dir", str(REPO / "problems")]
         agents = {
             "node-a": ["--node-name", "minikube", "--safety.max-cordoned", "0",
                        "--path.cgroupfs", str(FIXTURES / "cgroup" / "v2-systemd")],

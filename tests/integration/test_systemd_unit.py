@@ -113,14 +113,29 @@ def test_unit_has_the_operational_contract() -> None:
 
 
 def test_unit_keeps_only_the_documented_capabilities() -> None:
-    """Root's capabilities are bounded to CAP_NET_ADMIN and CAP_NET_RAW, with no new privileges."""
+    """Root's capabilities are bounded to CAP_NET_ADMIN, CAP_NET_RAW and CAP_SYSLOG (reading
+    /dev/kmsg under dmesg_restrict), with no new privileges."""
     d = _unit_directives(UNIT.read_text())
     caps = {c for v in d["CapabilityBoundingSet"] for c in v.split()}
-    assert caps == {"CAP_NET_ADMIN", "CAP_NET_RAW"}
+    assert caps == {"CAP_NET_ADMIN", "CAP_NET_RAW", "CAP_SYSLOG"}
     assert d["NoNewPrivileges"] == ["yes"]
     assert d["ProtectSystem"] == ["strict"]
     families = set(d["RestrictAddressFamilies"][0].split())
     assert families == {"AF_UNIX", "AF_INET", "AF_INET6", "AF_NETLINK"}
+
+
+def test_unit_lets_the_problem_detector_read_dev_kmsg_only() -> None:
+    """/dev/kmsg is visible read-only inside PrivateDevices and allowed "r" in the device ACL;
+    ProtectKernelLogs (which would hide it) is off; syslog(2) stays outside the syscall filter."""
+    d = _unit_directives(UNIT.read_text())
+    assert d["PrivateDevices"] == ["yes"] and d["DevicePolicy"] == ["closed"]
+    assert d["BindReadOnlyPaths"] == ["/dev/kmsg"]
+    assert d["DeviceAllow"] == ["/dev/kmsg r"]
+    assert d["ProtectKernelLogs"] == ["no"]
+    proc = subprocess.run(["systemd-analyze", "syscall-filter", "@system-service"],
+                          check=False, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0
+    assert "syslog" not in proc.stdout.split()
 
 
 def test_unit_lets_the_host_collector_read_the_ntp_state() -> None:

@@ -109,3 +109,10 @@ def test_scraper_sample_grants_exactly_what_the_agent_checks() -> None:
         a = attributes_for(path, "any-node")
         wanted.add((a["group"], f"{a['resource']}/{a['subresource']}", a["verb"]))
     assert grants == wanted
+
+
+def test_problem_conditions_can_be_patched_on_the_status_subresource() -> None:
+    """The problem detector patches nodes/status (its condition types only) and nothing more."""
+    core = {v for r in _rules() if "" in r["apiGroups"] and "nodes/status" in r["resources"]
+            for v in r["verbs"]}
+    assert core == {"patch"}

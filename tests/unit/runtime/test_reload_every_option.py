@@ -30,7 +30,8 @@ from agent.settings import Settings, flag_name, reload_mode
 
 REPO = Path(__file__).resolve().parents[3]
 CGROUP = REPO / "tests" / "fixtures" / "cgroup" / "v2-systemd"
-COLLECTORS = {"cgroup": True, "kubelet": True, "host": True, "lbskew": True, "node": False}
+COLLECTORS = {"cgroup": True, "kubelet": True, "host": True, "lbskew": True, "node": False,
+              "problems": False}
 
 
 def cases(tmp: Path) -> dict[str, Any]:
@@ -96,6 +97,10 @@ def cases(tmp: Path) -> dict[str, Any]:
         "failover_max_concurrent": 2,
         "failover_lease_duration": 30.0,
         "failover_retry_period": 1.0,
+        "problems_dir": tmp / "problems2",
+        "problems_plugin_dir": tmp,
+        "problems_max_lines_per_second": 5000,
+        "problems_heartbeat_interval": 30.0,
         "collectors": {**COLLECTORS, "host": False},
     }
 
