@@ -70,3 +70,26 @@ def test_a_typed_call_still_builds_its_model_on_demand() -> None:
     """)
     assert out == {"before": False, "type": "V1Node", "labels": {"a": "b"},
                    "meta": "V1ObjectMeta"}
+
+
+def test_nodemedic_run_does_not_import_the_other_subcommands() -> None:
+    """`nodemedic run` leaves the in-memory API server, jsonpatch and the demo unloaded."""
+    out = run_python("""
+        import json, sys
+        from unittest import mock
+        import agent.cli
+        with mock.patch.object(agent.cli, "_cmd_run", lambda args: 0) as run:
+            agent.cli.main(["run", "--node-name", "n1"])
+        heavy = ("agent.testing.apiserver", "agent.testing.cli", "agent.demo", "jsonpatch")
+        print(json.dumps({"loaded": [m for m in heavy if m in sys.modules]}))
+    """)
+    assert out == {"loaded": []}
+
+
+def test_the_other_subcommands_are_still_offered() -> None:
+    """`nodemedic --help` still lists every subcommand."""
+    res = subprocess.run([sys.executable, "-m", "agent", "--help"], cwd=REPO,
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    for command in ("run", "version", "check-rules", "apiserver", "demo"):
+        assert command in res.stdout
