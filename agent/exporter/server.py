@@ -2,7 +2,8 @@
 
 Started by agent.runtime.daemon. Everything is read-only (GET/HEAD; other methods get 405), so
 nothing writable is exposed. /metrics serves the bytes rendered once per tick (gzip when the client
-accepts it). Requests beyond ``max_in_flight`` get 503 at once instead of queueing, and request
+accepts it; the text is kept compressed and decompressed in a worker thread for one that does
+not). Requests beyond ``max_in_flight`` get 503 at once instead of queueing, and request
 bodies and header sizes are capped, so a hostile or buggy client cannot exhaust the agent.
 /healthz and /readyz are exempt from the in-flight limit (they cost nothing and must not lie).
 Open connections are capped too (``max_connections``): aiohttp never times out a connection that
@@ -86,8 +87,9 @@ def build_app(agent: AgentView, metrics: SelfMetrics, max_in_flight: int = 64) -
                 headers={"Content-Type": CONTENT_TYPE, "Content-Encoding": "gzip",
                          "Vary": "Accept-Encoding"},
             )
-        return web.Response(body=exp.text, headers={"Content-Type": CONTENT_TYPE,
-                                                    "Vary": "Accept-Encoding"})
+        text = await asyncio.to_thread(lambda: exp.text)  # kept gzipped: decompress off-loop
+        return web.Response(body=text, headers={"Content-Type": CONTENT_TYPE,
+                                                "Vary": "Accept-Encoding"})
 
     async def handle_healthz(_: web.Request) -> web.Response:
         ok, why = agent.healthy()
