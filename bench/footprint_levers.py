@@ -12,8 +12,9 @@ prometheus-node-exporter (Debian) runs beside them. All processes run in the sam
 busy machine loads every revision alike: CPU figures are paired, not taken at different times.
 Every 15 s each one is scraped once with gzip, as Prometheus does.
 
-Per round and process: RSS at the end of the window, CPU share of one core over the window
-(user+system, children included). Rounds rotate the start order. Writes
+Per round and process: RSS sampled halfway between scrapes (median and max of the samples: one
+sample swings by several MiB with the point of the tick it lands on), CPU share of one core over
+the window (user+system, children included). Rounds rotate the start order. Writes
 bench/results/<name>.json and .md (default name footprint_levers, footprint_levers_api with --api).
 """
 
@@ -115,14 +116,18 @@ def one_round(procs: dict[str, tuple[subprocess.Popen[bytes], str]], window: flo
     gates = {k: _api_gate(url) for k, (_, url) in procs.items() if k != "node_exporter"}
     ps = {k: psutil.Process(p.pid) for k, (p, _) in procs.items()}
     c0 = {k: cpu_seconds(p) for k, p in ps.items()}
+    rss: dict[str, list[float]] = {k: [] for k in ps}
     t0 = time.monotonic()
     while time.monotonic() - t0 < window:
         for _, url in procs.values():
             get(url)
+        time.sleep(max(0.0, SCRAPE_EVERY / 2 - (time.monotonic() - t0) % (SCRAPE_EVERY / 2)))
+        for k, p in ps.items():  # halfway between scrapes, at a random point of the tick
+            rss[k].append(p.memory_info().rss / 2**20)
         time.sleep(max(0.0, SCRAPE_EVERY - (time.monotonic() - t0) % SCRAPE_EVERY))
     elapsed = time.monotonic() - t0
     out: dict[str, dict[str, Any]] = {
-        k: {"rss_mib": p.memory_info().rss / 2**20,
+        k: {"rss_mib": statistics.median(rss[k]), "rss_max_mib": max(rss[k]),
             "cpu_pct_core": (cpu_seconds(p) - c0[k]) / elapsed * 100} for k, p in ps.items()}
     for k, gate in gates.items():
         out[k]["api_gate"] = gate
@@ -147,9 +152,9 @@ def markdown(meta: dict[str, Any], summary: dict[str, dict[str, float]]) -> str:
         f"{meta['load_end']:.1f} at end (other work on the machine: CPU figures are paired but "
         "noisy; RSS is reliable).",
         "",
-        "| lever (cumulative) | commit | RSS | saved vs previous | CPU, % of a core "
-        "| saved vs previous |",
-        "|---|---|---|---|---|---|",
+        "| lever (cumulative) | commit | RSS (median) | saved vs previous | RSS (max) "
+        "| CPU, % of a core | saved vs previous |",
+        "|---|---|---|---|---|---|---|",
     ]
     prev: dict[str, float] | None = None
     for label, commit in meta["revs"]:
@@ -157,13 +162,13 @@ def markdown(meta: dict[str, Any], summary: dict[str, dict[str, float]]) -> str:
         d_rss = f"{prev['rss_mib'] - s['rss_mib']:+.1f} MiB" if prev else ""
         d_cpu = f"{prev['cpu_pct_core'] - s['cpu_pct_core']:+.2f}" if prev else ""
         rows.append(f"| {label} | {commit[:10]} | {s['rss_mib']:.1f} MiB | {d_rss} "
-                    f"| {s['cpu_pct_core']:.2f} % | {d_cpu} |")
+                    f"| {s['rss_max_mib']:.1f} MiB | {s['cpu_pct_core']:.2f} % | {d_cpu} |")
         prev = s
     if "node_exporter" in summary:
         ne = summary["node_exporter"]
         rows.append(f"| prometheus-node-exporter (Debian) | | {ne['rss_mib']:.1f} MiB | "
-                    f"| {ne['cpu_pct_core']:.2f} % | |")
-    rows.append(f"| node-problem-detector (published limits) | | {NPD_LIMITS} | | | |")
+                    f"| {ne['rss_max_mib']:.1f} MiB | {ne['cpu_pct_core']:.2f} % | |")
+    rows.append(f"| node-problem-detector (published limits) | | {NPD_LIMITS} | | | | |")
     gates = sorted({str(r[k].get("api_gate")) for r in meta["per_round"] for k in labels})
     rows += ["", "API connection as the agents reported it (/status gate.api): "
              f"{', '.join(gates)}."]
@@ -228,7 +233,7 @@ def main() -> int:
                             proc.kill()
                             proc.wait(5)
     summary = {k: {f: statistics.median(r[k][f] for r in per_round)
-                   for f in ("rss_mib", "cpu_pct_core")} for k in per_round[0]}
+                   for f in ("rss_mib", "rss_max_mib", "cpu_pct_core")} for k in per_round[0]}
     meta = {"revs": [(label, commits[label]) for label, _ in revs], "rounds": args.rounds,
             "window": args.window, "pods": args.pods, "api": args.api, "cpus": os.cpu_count(),
             "load_start": load_start, "load_end": os.getloadavg()[0],
