@@ -53,8 +53,9 @@ from synthetic_node import build_node, pods_json  # noqa: E402
 from agent.testing.apiserver import ApiServer  # noqa: E402
 
 SCRAPE_EVERY = 15.0  # seconds, Prometheus' usual scrape interval
-# Published, not measured: node-problem-detector's DaemonSet (kubernetes cluster/addons npd.yaml).
-NPD_LIMITS = "80 MiB memory limit, 10m CPU (1 % of a core); OOM-killed in the field at 120 MiB"
+# Published, not measured: the resources of node-problem-detector's own DaemonSet manifest
+# (kubernetes/node-problem-detector deployment/node-problem-detector.yaml, v0.8.18).
+NPD_LIMITS = "limit and request 80 MiB, 10m CPU (1 % of a core), from its DaemonSet manifest"
 
 
 class ApiServerThread:
