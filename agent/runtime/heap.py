@@ -3,7 +3,7 @@
 A tick allocates and frees a few MiB (the cgroup readings, the kubelet's /pods document, the
 exposition). glibc keeps freed chunks of its main heap for reuse and returns only the top of it,
 so a long-lived heap with a few survivors keeps its high-water mark as RSS. ``malloc_trim(0)``
-releases every free page (madvise), which costs a few milliseconds per tick. Called by
+releases every free page (madvise); about 0.2 ms of CPU per call at the agent's size. Called by
 agent.runtime.daemon after the exposition is rendered. musl and other C libraries have no
 ``malloc_trim``: there :func:`trim` does nothing.
 """
