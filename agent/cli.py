@@ -3,7 +3,9 @@
 Entry point of the console script (pyproject ``[project.scripts]``) and of ``python -m agent``.
 Subcommands owned by other packages register themselves through an ``add_parser(subparsers)``
 function in their module (agent.rules.cli, agent.testing.cli, agent.demo); this module only
-parses, configures logging and hands over.
+parses, configures logging and hands over. ``run`` and ``version`` are built in: invoked as one of
+them, the parser does not import those modules (the in-memory API server, jsonpatch and the demo
+would otherwise stay in every agent's memory).
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from agent.settings import Settings, SettingsError, build_parser, check_paths, l
 
 # Modules that contribute subcommands; each exposes add_parser(subparsers).
 _SUBCOMMAND_MODULES = ("agent.rules.cli", "agent.testing.cli", "agent.demo")
+# Subcommands this module defines itself (make_parser); they need none of the modules above.
+_BUILTIN_COMMANDS = frozenset({"run", "version"})
 
 
 def _collector_names() -> list[str]:
@@ -30,7 +34,8 @@ def _collector_names() -> list[str]:
     return list(collector_registry.collectors())
 
 
-def make_parser() -> argparse.ArgumentParser:
+def make_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The ``nodemedic`` parser; for a built-in ``command`` without the other subcommands."""
     parser = argparse.ArgumentParser(
         prog="nodemedic",
         description="Node-local Kubernetes health agent and autoremediation daemon.",
@@ -45,8 +50,9 @@ def make_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=_cmd_run)
     ver = sub.add_parser("version", help="print version information")
     ver.set_defaults(func=_cmd_version)
-    for mod_name in _SUBCOMMAND_MODULES:
-        importlib.import_module(mod_name).add_parser(sub)
+    if command not in _BUILTIN_COMMANDS:
+        for mod_name in _SUBCOMMAND_MODULES:
+            importlib.import_module(mod_name).add_parser(sub)
     return parser
 
 
@@ -91,7 +97,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = make_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = make_parser(argv[0] if argv else None)
     args = parser.parse_args(argv)
     if not getattr(args, "command", None):
         parser.print_help(sys.stderr)

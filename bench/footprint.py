@@ -7,6 +7,7 @@ What is measured, each as the median (min–max) of --runs independent runs:
 - steady-state RSS of `nodemedic run` with the Kubernetes client loaded;
 - CPU share of one core at the default 10 s interval (agent user+system time, children
   included, over a 60 s window / wall time), and CPU per tick derived from it;
+- start → ready: from spawning `nodemedic run` to /readyz answering 200 (first tick done);
 - tick latency p50/p99 (the agent's own last-tick duration, read from /status each tick);
 - /metrics scrape latency p50/p99 and CPU per scrape, gzip accepted as Prometheus does, on an
   agent whose interval is 1 h so that only scrapes cost CPU in the window;
@@ -161,9 +162,12 @@ def one_run(work: Path, kubelet_url: str, scrapes: int, window: float,
     out: dict[str, Any] = {}
     # 1. CPU share at the real interval (default 10 s): total CPU / wall time over cpu_window.
     port = free_port()
+    t_start = time.monotonic()
     proc = start_agent(cgroot, kubelet_url, f"{interval:g}s", port)
     try:
         base = f"http://127.0.0.1:{port}"
+        wait_http(base + "/readyz")  # 503 until the first tick has finished
+        out["start_to_ready_s"] = time.monotonic() - t_start
         wait_http(base + "/metrics")
         time.sleep(3)  # settle: imports done, caches warm
         p = psutil.Process(proc.pid)
@@ -235,6 +239,7 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "scrape_p99_ms": agg(lambda r: r["agent_scrape"]["scrape_p99_ms"]),
         "cpu_per_scrape_ms": agg(lambda r: r["agent_scrape"]["cpu_per_scrape_ms"]),
         "series": agg(lambda r: r["agent_scrape"]["series"]),
+        "start_to_ready_s": agg(lambda r: r["start_to_ready_s"]),
     }
     if all("node_exporter" in r for r in runs):
         summary["node_exporter"] = {
@@ -265,6 +270,7 @@ def markdown(summary: dict[str, Any], meta: dict[str, Any]) -> str:
         f"| CPU per tick | {fmt(summary['cpu_per_tick_ms'], ' ms')} | | |",
         f"| CPU share of one core at a {meta['interval']:g} s interval "
         f"| {fmt(summary['cpu_pct_core'], ' %')} | | ≤ 0.5 % at 10 s |",
+        f"| start → ready (/readyz 200) | {fmt(summary['start_to_ready_s'], ' s')} | | ≤ 1 s |",
         f"| tick latency p50 | {fmt(summary['tick_p50_ms'], ' ms')} | | |",
         f"| tick latency p99 | {fmt(summary['tick_p99_ms'], ' ms')} | | |",
         f"| series exposed | {fmt(summary['series'])} | {fmt(ne['series']) if ne else 'n/a'} | |",

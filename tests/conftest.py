@@ -3,11 +3,16 @@
 Also points ``$STATE_DIRECTORY`` (the default of ``--state.dir``) at a fresh directory for every
 test, so no test, in process or as a child agent, reads or writes the machine's
 /var/lib/nodemedic or another test's local state.
+
+agent.kube is imported first so that every test, like the daemon, sees kubernetes_asyncio through
+agent.kube.lazy (only the modules a call needs), not the fully imported package.
 """
 
 from collections.abc import Iterator
 
 import pytest
+
+import agent.kube  # noqa: F401  (installs the lazy kubernetes_asyncio packages)
 
 pytest_plugins = ["agent.testing.pytest_plugin"]
 

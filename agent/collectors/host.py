@@ -18,6 +18,7 @@ import asyncio
 import ctypes
 import ctypes.util
 import errno
+import functools
 import os
 from collections import Counter
 from dataclasses import dataclass, field
@@ -171,6 +172,12 @@ class ClockState:
     esterror_seconds: float
 
 
+@functools.cache
+def _libc() -> ctypes.CDLL:
+    """The C library, looked up once: find_library runs ``ldconfig -p`` (a process) per call."""
+    return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+
+
 def read_clock() -> ClockState:
     """Read the kernel's NTP state with adjtimex(2); raise OSError when the call fails.
 
@@ -180,10 +187,9 @@ def read_clock() -> ClockState:
     what ``timedatectl`` shows as "System clock synchronized" and node_exporter as
     ``node_timex_sync_status``.
     """
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
     tx = _Timex()
     tx.modes = 0
-    state = libc.adjtimex(ctypes.byref(tx))
+    state = _libc().adjtimex(ctypes.byref(tx))
     if state < 0:
         err = ctypes.get_errno()
         raise OSError(err, f"adjtimex: {os.strerror(err)}")

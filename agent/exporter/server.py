@@ -2,7 +2,8 @@
 
 Started by agent.runtime.daemon. Everything is read-only (GET/HEAD; other methods get 405), so
 nothing writable is exposed. /metrics serves the bytes rendered once per tick (gzip when the client
-accepts it). A 503 always means what the endpoint says (/healthz: no tick lately; /readyz and
+accepts it; the text is kept compressed and decompressed in a worker thread for one that does
+not). A 503 always means what the endpoint says (/healthz: no tick lately; /readyz and
 /metrics: no collection yet); overload is a 429 whose body starts with "overloaded:".
 Requests beyond ``max_in_flight`` get that 429 at once instead of queueing; request bodies and
 header sizes are capped (aiohttp's 8 KiB lines, 128 headers), so a hostile or buggy client cannot
@@ -111,8 +112,9 @@ def build_app(agent: AgentView, metrics: SelfMetrics, max_in_flight: int = 64,
                 headers={"Content-Type": CONTENT_TYPE, "Content-Encoding": "gzip",
                          "Vary": "Accept-Encoding"},
             )
-        return web.Response(body=exp.text, headers={"Content-Type": CONTENT_TYPE,
-                                                    "Vary": "Accept-Encoding"})
+        text = await asyncio.to_thread(lambda: exp.text)  # kept gzipped: decompress off-loop
+        return web.Response(body=text, headers={"Content-Type": CONTENT_TYPE,
+                                                "Vary": "Accept-Encoding"})
 
     async def handle_healthz(_: web.Request) -> web.Response:
         ok, why = agent.healthy()

@@ -3,7 +3,8 @@
 Called by agent.cli (``nodemedic run``) and by the demo (several agents in one process: nothing
 here is a process-wide global; signal handling is opt-in). One tick = collect (agent.runtime
 .pipeline) -> snapshot -> components (rules/remediation, agent.runtime.components) -> render the
-exposition once (agent.exporter.render) -> WATCHDOG=1 when healthy.
+exposition once (agent.exporter.render) -> freed heap back to the kernel (agent.runtime.heap)
+-> WATCHDOG=1 when healthy.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from agent.collectors.base import CANNOT_SEE_REASONS, Collector, CollectorContex
 from agent.exporter.render import Exposition, Renderer
 from agent.exporter.self_metrics import SelfMetrics
 from agent.exporter.webfront import WebFront
+from agent.runtime import heap
 from agent.runtime.components import Component, build_components, build_shared, close_shared
 from agent.runtime.logging import configure_logging
 from agent.runtime.pipeline import Collection
@@ -231,6 +233,7 @@ class Agent:
         self.metrics.last_tick.set(time.time())
         exp = await asyncio.to_thread(self._renderer.render)
         self.metrics.render_duration.set(exp.render_seconds)
+        await asyncio.to_thread(heap.trim)  # return the tick's freed heap (glibc; no-op on musl)
         self._last_tick_mono = time.monotonic()
         if self.healthy()[0]:
             self._notifier.watchdog()

@@ -162,6 +162,23 @@ async def test_clock_fields_present_and_sane() -> None:
     assert read_clock().synchronized == bool(f["nodemedic_host_clock_synchronized"].get())
 
 
+def test_clock_reads_do_not_look_libc_up_each_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    """find_library spawns ``ldconfig -p``: a tick must not pay for a process each time."""
+    import ctypes.util
+
+    real = ctypes.util.find_library
+    calls: list[str] = []
+
+    def counting(name: str) -> str | None:
+        calls.append(name)
+        return real(name)
+
+    monkeypatch.setattr(ctypes.util, "find_library", counting)
+    for _ in range(3):
+        read_clock()
+    assert len(calls) <= 1, calls
+
+
 def test_clock_state_interpretation() -> None:
     """STA_UNSYNC or TIME_ERROR mean unsynchronised; STA_NANO switches the offset to ns."""
     synced = clock_state(0, 0x0001, 1500, 20000, 300)  # TIME_OK, STA_PLL, offset 1500 us

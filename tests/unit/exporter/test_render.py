@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import gzip
 import math
 from collections.abc import Callable, Iterable, Iterator
 
@@ -13,7 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector as PromCollector
 from prometheus_client.samples import Sample
 
-from agent.exporter.render import FamilyRenderer
+from agent.exporter.render import FamilyRenderer, Renderer
 from agent.structs.metrics import Family, MetricSpec
 
 
@@ -101,3 +103,17 @@ def test_cache_forgets_vanished_series() -> None:
     text = r.render(fams([("ns", "stays", 2.0)], 0))
     assert 'pod="gone"' not in text
     assert all(("ns", "gone") not in c for c in r._prefixes.values())
+
+
+def test_the_kept_exposition_is_only_the_compressed_text() -> None:
+    """Between ticks the agent holds the gzip bytes, not the text too; the text is the same."""
+    rows = [(f"ns{i % 20}", f"pod-{i}", float(i)) for i in range(5000)]
+    families = fams(rows, 1.0)
+    reg = CollectorRegistry(auto_describe=False)
+    exp = Renderer(reg, lambda: families).render()
+    held = sum(len(v) for f in dataclasses.fields(exp)
+               if isinstance(v := getattr(exp, f.name), bytes))
+    text = gzip.decompress(exp.gzipped)
+    assert held * 3 < len(text)
+    assert exp.text == text
+    assert parsed(text.decode()) == parsed(reference(families))

@@ -1,0 +1,95 @@
+"""What a running agent loads: only the parts of its libraries it uses (issue 17, footprint).
+
+Each check runs in a fresh interpreter, because this test session may already have imported
+everything. The RSS these imports cost is measured by bench/footprint.py, not here.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def run_python(code: str) -> dict[str, object]:
+    """Run ``code`` in a fresh interpreter at the repository root; it prints one JSON object."""
+    res = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    out: dict[str, object] = json.loads(res.stdout.splitlines()[-1])
+    return out
+
+
+def test_the_daemon_does_not_load_the_kubernetes_models() -> None:
+    """Importing the daemon (which builds the API client) loads no kubernetes_asyncio model."""
+    out = run_python("""
+        import json, sys
+        import agent.runtime.daemon
+        import agent.kube.client, agent.kube.informer, agent.kube.leases, agent.kube.nodes
+        mods = [m for m in sys.modules if m.startswith("kubernetes_asyncio")]
+        print(json.dumps({
+            "models": [m for m in mods if m.startswith("kubernetes_asyncio.client.models.")],
+            "apis": sorted(m for m in mods if m.startswith("kubernetes_asyncio.client.api.")),
+        }))
+    """)
+    assert out["models"] == []
+    apis = out["apis"]
+    assert isinstance(apis, list) and len(apis) < 10, apis
+
+
+def test_a_typed_call_still_builds_its_model_on_demand() -> None:
+    """A call without _preload_content=False gets its model, loaded by name when needed."""
+    out = run_python("""
+        import asyncio, json, sys
+        from agent.kube.client import ApiClient
+        from agent.testing.apiserver import ApiServer
+        from kubernetes_asyncio import client
+
+        async def main():
+            server = ApiServer()
+            await server.start()
+            try:
+                server.create({"apiVersion": "v1", "kind": "Node",
+                               "metadata": {"name": "n1", "labels": {"a": "b"}}})
+                before = "kubernetes_asyncio.client.models.v1_node" in sys.modules
+                async with ApiClient(client.Configuration(host=server.url)) as api:
+                    node = await client.CoreV1Api(api).read_node("n1")
+                return {"before": before, "type": type(node).__name__,
+                        "labels": node.metadata.labels,
+                        "meta": type(client.V1ObjectMeta()).__name__}
+            finally:
+                await server.stop()
+
+        print(json.dumps(asyncio.run(main())))
+    """)
+    assert out == {"before": False, "type": "V1Node", "labels": {"a": "b"},
+                   "meta": "V1ObjectMeta"}
+
+
+def test_nodemedic_run_does_not_import_the_other_subcommands() -> None:
+    """`nodemedic run` leaves the in-memory API server, jsonpatch and the demo unloaded."""
+    out = run_python("""
+        import json, sys
+        from unittest import mock
+        import agent.cli
+        with mock.patch.object(agent.cli, "_cmd_run", lambda args: 0) as run:
+            agent.cli.main(["run", "--node-name", "n1"])
+        heavy = ("agent.testing.apiserver", "agent.testing.cli", "agent.demo", "jsonpatch")
+        print(json.dumps({"loaded": [m for m in heavy if m in sys.modules]}))
+    """)
+    assert out == {"loaded": []}
+
+
+def test_the_other_subcommands_are_still_offered() -> None:
+    """`nodemedic --help` still lists every subcommand."""
+    res = subprocess.run([sys.executable, "-m", "agent", "--help"], cwd=REPO,
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    for command in ("run", "version", "check-rules", "apiserver", "demo"):
+        assert command in res.stdout
