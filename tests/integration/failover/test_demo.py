@@ -25,10 +25,14 @@ async def test_demo_prints_every_phase_and_succeeds() -> None:
         if m:
             first.setdefault(m.group(2).strip(), float(m.group(1)))
     order = ["FAILURE", "DETECTED", "CORDON", "EVICTION", "RESCHEDULED", "FENCED",
-             "NODE BACK", "RECOVERED", "UNCORDON"]
-    assert all(step in first for step in order), text
+             "NODE BACK"]
+    # Recovery is one step: the uncordon and the RECOVERED record land in the same pass, in
+    # either order a few milliseconds apart, so both only have to follow NODE BACK.
+    recovery = ["RECOVERED", "UNCORDON"]
+    assert all(step in first for step in order + recovery), text
     times = [first[step] for step in order]
     assert times == sorted(times), text
+    assert all(first[step] >= first["NODE BACK"] for step in recovery), text
     assert "Summary" in text
     assert "/metrics" in text
     assert "failure -> cordon" in text and "never" not in text

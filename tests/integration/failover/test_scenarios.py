@@ -318,7 +318,8 @@ async def test_pdb_blocked_pods_are_freed_by_fencing(sim: tuple[SimCluster, Flee
     assert web
     await fleet.kill(victim)
     assert await wait_for(lambda: OOS in taints(cluster, victim), 15), cluster.log[-10:]
-    fenced = cluster.first("taint_added", f"{victim} {OOS}")
+    # The simulator logs the taint from its watch, a moment after the write: wait for the record.
+    fenced = await wait_for(lambda: cluster.first("taint_added", f"{victim} {OOS}"), 5)
     assert fenced is not None
     assert all(cluster.first("pod_terminating", f"{p} on") is None for p in web)
     assert await wait_for(lambda: not cluster.pods_by_node()[victim], 10)
