@@ -23,3 +23,15 @@ def _own_state_directory(
 ) -> Iterator[None]:
     monkeypatch.setenv("STATE_DIRECTORY", str(tmp_path_factory.mktemp("state")))
     yield
+
+
+@pytest.fixture(autouse=True)
+def _restore_structlog() -> Iterator[None]:
+    """Each test starts with the structlog configuration the one before it found: an agent
+    started in process reconfigures logging (level filter included), and a later test's
+    capture_logs() would otherwise miss records below that level."""
+    import structlog
+
+    saved = structlog.get_config()
+    yield
+    structlog.configure(**saved)

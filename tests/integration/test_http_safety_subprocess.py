@@ -166,9 +166,15 @@ def make_run(tmp_path: Path, *make_vars: str) -> tuple[list[dict[str, Any]], lis
         deadline = time.monotonic() + 30
         agent = None
         while time.monotonic() < deadline and proc.poll() is None:
-            kids = psutil.Process(proc.pid).children(recursive=True)
-            agent = next((k for k in kids if "run" in k.cmdline()[1:] and
-                          any("nodemedic" in a for a in k.cmdline()[:2])), None)
+            agent = None
+            for k in psutil.Process(proc.pid).children(recursive=True):
+                try:  # make's short-lived children come and go while we look
+                    argv = k.cmdline()
+                except psutil.NoSuchProcess:
+                    continue
+                if "run" in argv[1:] and any("nodemedic" in a for a in argv[:2]):
+                    agent = k
+                    break
             if agent is not None and listening(agent.pid):
                 break
             time.sleep(0.2)
