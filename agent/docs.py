@@ -1,9 +1,9 @@
-"""Generate the README's reference tables (flags, collectors, metrics) from the code itself,
-and refresh the README sections included from docs/readme/*.md.
+"""Generate the reference tables (flags, collectors, metrics) of docs/reference.md from the code
+itself, and refresh the sections README.md includes from docs/*.md.
 
-Called by ``python -m agent.docs`` (rewrites the marked blocks in README.md) and by
-tests/unit/test_readme.py (fails when README.md and the code disagree), so the tables cannot
-drift from what the agent really accepts and exports.
+Called by ``python -m agent.docs`` (rewrites the marked blocks of every page in PAGES) and by
+tests/unit/test_readme.py (fails when a page and the code disagree), so the tables cannot drift
+from what the agent really accepts and exports.
 """
 
 from __future__ import annotations
@@ -22,7 +22,10 @@ from agent.exporter.self_metrics import SelfMetrics
 from agent.settings import FLAGS, flag_default, reload_mode
 from agent.structs.metrics import MetricSpec
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+REPO = Path(__file__).resolve().parent.parent
+README = REPO / "README.md"
+REFERENCE = REPO / "docs" / "reference.md"
+PAGES = (README, REFERENCE)  # the pages with generated blocks or includes
 
 
 def _md(text: str) -> str:
@@ -127,32 +130,38 @@ _INCLUDE = re.compile(r"(<!-- BEGIN INCLUDE ([\w./-]+) -->\n)(.*?)(<!-- END INCL
 
 
 def _include(m: re.Match[str]) -> str:
-    path = README.parent / m.group(2)
+    path = REPO / m.group(2)
     body = path.read_text().strip("\n")
     return m.group(1) + body + "\n" + m.group(4)
 
 
-def render(text: str, names: Iterable[str] = BLOCKS) -> str:
-    """Refresh generated tables and included sections (docs/readme/*.md) of the README."""
+def render(text: str, names: Iterable[str] = ()) -> str:
+    """Refresh the included sections (paths from the repository root) and the generated tables
+    of one page: every block present, and each of ``names``, which must be present once."""
     text = _INCLUDE.sub(_include, text)
-    for name in names:
-        table = BLOCKS[name]()
+    for name, make in BLOCKS.items():
+        pattern = _block_re(name)
+        found = len(pattern.findall(text))
+        if found == 0 and name not in names:
+            continue
+        if found != 1:
+            raise ValueError(f"block {name!r} found {found} times, expected once")
+        table = make()
 
         def put(m: re.Match[str], t: str = table) -> str:
             return m.group(1) + t + "\n" + m.group(3)
 
-        text, n = _block_re(name).subn(put, text)
-        if n != 1:
-            raise ValueError(f"README block {name!r} not found exactly once")
+        text = pattern.sub(put, text)
     return text
 
 
 def main() -> int:
-    text = README.read_text()
-    new = render(text)
-    if new != text:
-        README.write_text(new)
-        print("README.md tables updated")
+    for page in PAGES:
+        text = page.read_text()
+        new = render(text, BLOCKS if page == REFERENCE else ())
+        if new != text:
+            page.write_text(new)
+            print(f"{page.relative_to(REPO)} updated")
     return 0
 
 

@@ -206,7 +206,7 @@ def markdown(res: dict[str, Any]) -> str:
     if suite:
         rows += ["", f"Stress suite with the long budget (`NODEMEDIC_STRESS_BUDGET=long pytest "
                  f"tests/stress`): {suite['summary']} (exit {suite['exit_code']}). The xfails are "
-                 "known bugs with owners, listed in docs/readme/stress.md."]
+                 "known bugs with owners, listed in docs/stress.md."]
     if found:
         rows += ["", "Crashes (each has an xfail test in tests/stress/test_fuzz_parsers.py "
                  "naming the fix):", ""]

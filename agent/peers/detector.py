@@ -58,7 +58,7 @@ class NodeView:
 
 @dataclass(frozen=True, slots=True)
 class DetectorConfig:
-    """Thresholds; the defaults and their rationale are in docs/readme/failover.md."""
+    """Thresholds; the defaults and their rationale are in docs/failover.md."""
 
     node_grace: float = 40.0
     probe_max_age: float = 15.0

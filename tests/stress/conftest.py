@@ -1,4 +1,4 @@
-"""tests/stress: fault injection, fuzzing and flood tests (see docs/readme/stress.md).
+"""tests/stress: fault injection, fuzzing and flood tests (see docs/stress.md).
 
 Makes bench/ importable (bench/synthetic_node.py builds the cgroup trees the flood and vanishing
 tests use) and loads the in-memory API server fixtures."""

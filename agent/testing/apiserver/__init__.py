@@ -4,7 +4,7 @@
 parts: resources (what is served), store (objects, resourceVersion, watch history), registry
 (create/update/delete semantics), selectors, patch, eviction (PDBs), table (kubectl output),
 convert (events.k8s.io), faults (fault injection, request accounting) and status (error bodies).
-See docs/readme/apiserver.md.
+See docs/apiserver.md.
 """
 
 from agent.testing.apiserver.server import ApiServer
