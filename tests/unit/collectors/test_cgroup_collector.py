@@ -20,6 +20,7 @@ from agent.kubelet_client import KubeletError, KubeletUnauthorized
 from agent.settings import Settings
 from agent.structs.metrics import Family
 from agent.structs.pods import PodRef
+from tests.unprivileged import as_nobody
 
 FIX = Path(__file__).resolve().parents[2] / "fixtures" / "cgroup"
 V2 = FIX / "v2-systemd"
@@ -269,26 +270,12 @@ def test_container_vanishing_in_v1_hierarchies(v1_copy: Path) -> None:
 
 
 def _scan_as_nobody(root: Path) -> dict[str, object]:
-    """Run scan() in a forked child that dropped root, so file modes really apply."""
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # child: never return into pytest
-        try:
-            os.close(r)
-            os.setgroups([])
-            os.setgid(65534)
-            os.setuid(65534)
-            res = scan(root)
-            out = {"errors": res.errors,
-                   "usage": {s.container_id: s.memory_usage for s in res.stats}}
-            os.write(w, json.dumps(out).encode())
-        finally:
-            os._exit(0)
-    os.close(w)
-    with os.fdopen(r, "rb") as f:
-        data = f.read()
-    os.waitpid(pid, 0)
-    return json.loads(data)  # type: ignore[no-any-return]
+    """Run scan() as nobody, so file modes really apply."""
+    def work() -> dict[str, object]:
+        res = scan(root)
+        return {"errors": res.errors, "usage": {s.container_id: s.memory_usage for s in res.stats}}
+
+    return as_nobody(work)  # type: ignore[no-any-return]
 
 
 @pytest.fixture
@@ -470,28 +457,15 @@ async def test_psi_scope_pod_reads_pod_cgroups_only_and_off_reads_none() -> None
 
 
 def _collect_as_nobody(root: Path) -> dict[str, object]:
-    """Run the collector's collect() in a forked child that dropped root (file modes apply)."""
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # child: never return into pytest
-        try:
-            os.close(r)
-            os.setgroups([])
-            os.setgid(65534)
-            os.setuid(65534)
-            c = collector(root)
-            fams = {f.name: f for f in asyncio.run(c.collect())}
-            ws = fams.get("nodemedic_container_memory_working_set_bytes")
-            out = {"unreadable": dict(c.unreadable()),
-                   "series": len(ws.samples) if ws is not None else 0}
-            os.write(w, json.dumps(out).encode())
-        finally:
-            os._exit(0)
-    os.close(w)
-    with os.fdopen(r, "rb") as f:
-        data = f.read()
-    os.waitpid(pid, 0)
-    return json.loads(data)  # type: ignore[no-any-return]
+    """Run the collector's collect() as nobody (file modes apply)."""
+    def work() -> dict[str, object]:
+        c = collector(root)
+        fams = {f.name: f for f in asyncio.run(c.collect())}
+        ws = fams.get("nodemedic_container_memory_working_set_bytes")
+        return {"unreadable": dict(c.unreadable()),
+                "series": len(ws.samples) if ws is not None else 0}
+
+    return as_nobody(work)  # type: ignore[no-any-return]
 
 
 def test_permission_denied_makes_the_cgroup_series_missing_data(

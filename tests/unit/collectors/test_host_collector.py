@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import shutil
 import tempfile
@@ -17,6 +16,7 @@ from agent.collectors.base import CollectorContext
 from agent.collectors.host import HostCollector, clock_state, parse_pressure, read_clock
 from agent.settings import settings_for_tests
 from agent.structs.metrics import Family
+from tests.unprivileged import as_nobody
 
 PROC = Path(__file__).resolve().parents[2] / "fixtures" / "proc"
 
@@ -212,28 +212,15 @@ async def test_reload_back_to_default_procfs_repoints_psutil() -> None:
 
 
 def _as_nobody(procfs: Path, disk_paths: tuple[str, ...]) -> dict[str, object]:
-    """Collect in a forked child that dropped root, so file modes really apply."""
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # child: never return into pytest
-        try:
-            os.close(r)
-            os.setgroups([])
-            os.setgid(65534)
-            os.setuid(65534)
-            c, fams = asyncio.run(_collect(procfs, disk_paths))
-            present = fams.get("nodemedic_host_filesystem_present")
-            out = {"unreadable": dict(c.unreadable()),
-                   "present": dict((lv[0], v) for lv, v in present.samples) if present else {},
-                   "mem": "nodemedic_host_memory_available_bytes" in fams}
-            os.write(w, json.dumps(out).encode())
-        finally:
-            os._exit(0)
-    os.close(w)
-    with os.fdopen(r, "rb") as f:
-        data = f.read()
-    os.waitpid(pid, 0)
-    return json.loads(data)  # type: ignore[no-any-return]
+    """Collect as nobody, so file modes really apply."""
+    def work() -> dict[str, object]:
+        c, fams = asyncio.run(_collect(procfs, disk_paths))
+        present = fams.get("nodemedic_host_filesystem_present")
+        return {"unreadable": dict(c.unreadable()),
+                "present": dict((lv[0], v) for lv, v in present.samples) if present else {},
+                "mem": "nodemedic_host_memory_available_bytes" in fams}
+
+    return as_nobody(work)  # type: ignore[no-any-return]
 
 
 @pytest.fixture

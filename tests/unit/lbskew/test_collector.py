@@ -16,6 +16,7 @@ from agent.collectors.lbskew import LbSkewCollector
 from agent.settings import settings_for_tests
 from agent.structs.metrics import Family
 from agent.testing.apiserver import ApiServer
+from tests.unprivileged import as_nobody
 
 LAB_RULES = fixture("lab_kubeproxy_like_iptables_save_nat.txt")
 LAB_PROC = fixture("lab_kubeproxy_like_proc_net_nf_conntrack.txt")
@@ -383,7 +384,6 @@ async def test_conntrack_refusing_us_makes_skew_missing_data(tmp_path: Path) -> 
 def test_unreadable_proc_conntrack_makes_skew_missing_data() -> None:
     """/proc/net/nf_conntrack refused to us (EACCES, read as nobody in a forked child): the
     skew metrics are unreadable (permission)."""
-    import json
     import os
     import tempfile
 
@@ -399,24 +399,12 @@ def test_unreadable_proc_conntrack_makes_skew_missing_data() -> None:
         rules = base / "rules.txt"
         shutil.copy(LAB_RULES, rules)
         rules.chmod(0o644)
-        r, w = os.pipe()
-        pid = os.fork()
-        if pid == 0:  # child: never return into pytest
-            try:
-                os.close(r)
-                os.setgroups([])
-                os.setgid(65534)
-                os.setuid(65534)
-                c = _collector(path_procfs=procfs, lbskew_iptables_save_file=rules)
-                asyncio.run(c.collect())
-                os.write(w, json.dumps(c.unreadable()).encode())
-            finally:
-                os._exit(0)
-        os.close(w)
-        with os.fdopen(r, "rb") as f:
-            data = f.read()
-        os.waitpid(pid, 0)
+        def work() -> dict[str, str]:
+            c = _collector(path_procfs=procfs, lbskew_iptables_save_file=rules)
+            asyncio.run(c.collect())
+            return dict(c.unreadable())
+
+        unreadable = as_nobody(work)
     finally:
         shutil.rmtree(base)
-    unreadable = json.loads(data)
     assert unreadable.get("nodemedic_service_skewed") == "permission"
