@@ -102,5 +102,11 @@ class Collector(ABC):
         runtime treats them as missing data for that tick. Empty by default."""
         return {}
 
+    async def files_changed(self) -> bool:
+        """On SIGHUP: did the files this collector loaded at start (definitions, not settings)
+        change? True makes the reload rebuild the collectors, which loads and validates them
+        again (an invalid file fails the whole reload). False by default."""
+        return False
+
     async def close(self) -> None:  # noqa: B027 - optional hook, empty by default
         """Release clients and stop background work. Called once on shutdown."""

@@ -18,6 +18,7 @@ from agent.collectors.base import Collector, CollectorContext
 from agent.collectors.registry import register
 from agent.problems.detector import DetectorOptions, ProblemDetector
 from agent.problems.loader import load_problems
+from agent.problems.model import ProblemSet
 from agent.rules.loader import RulesError
 from agent.structs.metrics import Family, MetricSpec
 
@@ -87,6 +88,7 @@ class ProblemsCollector(Collector):
     def __init__(self, ctx: CollectorContext) -> None:
         super().__init__(ctx)
         self.detector: ProblemDetector | None = None
+        self._loaded: ProblemSet | None = None  # the definitions start() read
 
     def options(self) -> DetectorOptions:
         s = self.ctx.settings
@@ -105,10 +107,22 @@ class ProblemsCollector(Collector):
             # ones (last good definitions) stay.
             raise ProblemsConfigError("invalid problem definitions: "
                                       + "; ".join(str(p) for p in exc.problems)) from exc
+        self._loaded = problems
         if not len(problems):
             return
         self.detector = ProblemDetector(problems, self.options(), self.ctx.shared.get("api"))
         await self.detector.start()
+
+    async def files_changed(self) -> bool:
+        """The definitions in --problems.dir differ from those loaded at start (a SIGHUP after
+        editing them must not say "reloaded" while the detector runs on the old ones). An
+        invalid file counts as changed, so the rebuild reports it and keeps the running set."""
+        s = self.ctx.settings
+        try:
+            now = await asyncio.to_thread(load_problems, s.problems_dir, s.problems_plugin_dir)
+        except RulesError:
+            return True
+        return now != self._loaded
 
     async def collect(self) -> list[Family]:
         defs = DEFINITIONS.family()

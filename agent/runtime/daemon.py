@@ -283,7 +283,11 @@ class Agent:
                         commits.append(await prepare(plan.effective))
                     else:
                         legacy.append(comp)
-                if plan.rebuild_collectors:
+                edited = [c.name for c in (self._collection.collectors if self._collection
+                                            else ()) if await c.files_changed()]
+                if edited:
+                    log.info("collector_files_changed", collectors=edited)
+                if plan.rebuild_collectors or edited:
                     built = await self._build_collection(plan.effective)
                 # Components without the two-phase hook validate-and-apply in one call: last, so
                 # a failure anywhere else has not let them apply anything.

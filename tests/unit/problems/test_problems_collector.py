@@ -72,5 +72,14 @@ async def test_reload_is_all_or_nothing_for_problem_definitions(tmp_path: Path) 
         await agent.reload()
         assert agent.status()["last_reload_error"] is None
         assert monitors() == ["second"]
+        # Same settings, edited file: a SIGHUP loads it (and refuses it while it is invalid).
+        (second / "m.yaml").write_text("monitors:\n  - name: x\n    surprise: 1\n")
+        await agent.reload()
+        assert "surprise" in str(agent.status()["last_reload_error"])
+        assert monitors() == ["second"]
+        (second / "m.yaml").write_text(good.format(n="edited"))
+        await agent.reload()
+        assert agent.status()["last_reload_error"] is None
+        assert monitors() == ["edited"]
     finally:
         await agent.stop()
