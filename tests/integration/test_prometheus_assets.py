@@ -15,21 +15,18 @@ why it is legitimately empty here.
 
 from __future__ import annotations
 
-import asyncio
 import importlib.util
 import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
-import threading
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Coroutine, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -38,6 +35,8 @@ from typing import Any, TypeVar
 
 import pytest
 import yaml
+
+from tests.loopthread import LoopThread, free_port
 
 REPO = Path(__file__).resolve().parents[2]
 PROMETHEUS = Path("/usr/bin/prometheus")
@@ -121,29 +120,6 @@ def metric_names(expr: str) -> set[str]:
 def _alert_rules() -> list[dict[str, Any]]:
     doc = yaml.safe_load(ALERTS.read_text())
     return [r for g in doc["groups"] for r in g["rules"]]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class _LoopThread:
-    """An asyncio loop in a daemon thread, for the in-process API server."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-
-    def run(self, coro: Coroutine[Any, Any, T]) -> T:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout=30)
-
-    def close(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(timeout=10)
-        self.loop.close()
 
 
 @dataclass
@@ -269,7 +245,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
     tmp = tmp_path_factory.mktemp("prom-assets")
     procs: list[subprocess.Popen[bytes]] = []
-    loop = _LoopThread()
+    loop = LoopThread()
     server = ApiServer()
     stack = Stack(prom_url="")
     try:
@@ -329,7 +305,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         # Prometheus cannot listen on port 0 and report it: pick a free port, and pick again if
         # something else took it before Prometheus bound it (it then exits at once).
         for attempt in range(3):
-            prom_port = _free_port()
+            prom_port = free_port()
             spawn("prometheus", [str(PROMETHEUS), f"--config.file={tmp / 'prometheus.yml'}",
                                  f"--storage.tsdb.path={tmp / f'tsdb{attempt}'}",
                                  f"--web.listen-address=127.0.0.1:{prom_port}",

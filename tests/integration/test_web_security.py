@@ -12,19 +12,16 @@ prometheus-node-exporter and /usr/bin/prometheus, all stopped afterwards.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 import re
 import signal
-import socket
 import subprocess
 import sys
-import threading
 import time
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +29,7 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.loopthread import LoopThread, free_port
 from tests.pki import Pki, bcrypt_hash
 
 REPO = Path(__file__).resolve().parents[2]
@@ -49,29 +47,6 @@ def _require(*paths: Path) -> None:
     missing = [str(p) for p in paths if not p.exists()]
     if missing:  # a missing real dependency is a failure, never a skip
         pytest.fail(f"missing {', '.join(missing)}: run `make system-deps`")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class _LoopThread:
-    """An asyncio loop in a daemon thread, for the in-process API server."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-
-    def run(self, coro: Coroutine[Any, Any, Any]) -> Any:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout=30)
-
-    def close(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(timeout=10)
-        self.loop.close()
 
 
 @dataclass
@@ -140,7 +115,7 @@ def curl(*args: str) -> tuple[int, str]:
 def _agent_argv(*web: str) -> list[str]:
     return [sys.executable, "-m", "agent", "run", "--web.listen-address", "127.0.0.1:0",
             *web, "--path.cgroupfs", str(CGROUPS),
-            "--kubelet.url", f"http://127.0.0.1:{_free_port()}", "--rules.dir", str(REPO / "rules"),
+            "--kubelet.url", f"http://127.0.0.1:{free_port()}", "--rules.dir", str(REPO / "rules"),
             "--collect.interval", "1s", "--collector.timeout", "0.5s", "--log.format", "json",
             "--node-name", "test-node", "--dry-run"]
 
@@ -164,7 +139,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     st = Stack(tmp, pki, tls_file, basic_file)
     from agent.testing.apiserver import ApiServer
 
-    loop = _LoopThread()
+    loop = LoopThread()
     server = ApiServer()
     tokens = {"prometheus": "prometheus-sa-token", "grafana": "grafana-sa-token"}
     for who, token in tokens.items():
@@ -184,7 +159,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         for name in ("agent-tls", "agent-basic", "agent-kube"):
             st.ports[name] = st.port_from_log(name)
         for name, web in (("node-exporter-tls", tls_file), ("node-exporter-basic", basic_file)):
-            st.ports[name] = _free_port()
+            st.ports[name] = free_port()
             st.spawn(name, [str(NODE_EXPORTER), f"--web.config.file={web}",
                             f"--web.listen-address=127.0.0.1:{st.ports[name]}",
                             "--collector.disable-defaults", "--collector.loadavg"])
@@ -230,7 +205,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         }
         (tmp / "prometheus.yml").write_text(yaml.safe_dump(config))
         for attempt in range(3):
-            port = _free_port()
+            port = free_port()
             st.spawn("prometheus", [str(PROMETHEUS), f"--config.file={tmp / 'prometheus.yml'}",
                                     f"--storage.tsdb.path={tmp / f'tsdb{attempt}'}",
                                     f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"])
