@@ -36,8 +36,8 @@ async def kube_api(apiserver: ApiServer) -> AsyncIterator[Any]:
     from kubernetes_asyncio import client
 
     cfg = client.Configuration(host=apiserver.url)
-    cfg.api_key = {"authorization": "nodemedic-test"}
-    cfg.api_key_prefix = {"authorization": "Bearer"}
+    cfg.api_key = {"BearerToken": "nodemedic-test"}  # the key kubernetes_asyncio reads
+    cfg.api_key_prefix = {"BearerToken": "Bearer"}
     api = client.ApiClient(cfg)
     api.user_agent = "nodemedic-tests"
     try:
