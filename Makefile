@@ -19,7 +19,8 @@ PYTEST_ARGS ?=
 APT_PACKAGES := prometheus prometheus-node-exporter iptables conntrack ipvsadm iproute2 systemd procps shellcheck curl systemd-journal-remote debootstrap systemd-container lintian binutils python3-venv
 APT_PROBES := /usr/bin/promtool /usr/bin/prometheus /usr/bin/prometheus-node-exporter /usr/sbin/iptables /usr/sbin/conntrack /usr/sbin/ipvsadm /usr/sbin/ip /usr/bin/systemd-analyze /usr/bin/shellcheck /usr/bin/curl /lib/systemd/systemd-journal-remote /usr/sbin/debootstrap /usr/bin/systemd-nspawn /usr/bin/lintian /usr/bin/strip
 
-.PHONY: run test lint bench install uninstall venv system-deps clean demo apiserver check-rules deb dist
+.PHONY: run test lint bench install uninstall venv system-deps clean demo apiserver check-rules deb dist \
+	k8s-build k8s-up k8s-down test-real
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -53,9 +54,25 @@ system-deps:
 	-@pkill -x prometheus >/dev/null 2>&1 || true
 	-@pkill -f prometheus-node-exporter >/dev/null 2>&1 || true
 
-## test: install everything the tests need, then run them.
-test: system-deps $(STAMP)
+## test: install everything the tests need (the real control plane included), then run them.
+test: system-deps $(STAMP) k8s-build
 	$(VENV)/bin/pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+## test-real: only the real-control-plane tier (NODEMEDIC_K8S_KUBECONFIG=... for an existing cluster).
+test-real: system-deps $(STAMP) k8s-build
+	$(VENV)/bin/pytest -q -p no:cacheprovider -m k8s_real $(PYTEST_ARGS)
+
+## k8s-build: build etcd and the Kubernetes control plane pinned in hack/k8s/versions.env (cached
+## under ~/.cache/nodemedic/k8s; needs Go >= 1.25).
+k8s-build:
+	@bash hack/k8s/build.sh >/dev/null
+
+## k8s-up / k8s-down: a real control plane on this machine; kubeconfig in .k8s/admin.kubeconfig.
+k8s-up:
+	@bash hack/k8s/up.sh >/dev/null
+
+k8s-down:
+	@bash hack/k8s/down.sh
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check agent tests bench dashboards

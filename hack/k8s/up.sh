@@ -1,0 +1,124 @@
+#!/usr/bin/env bash
+# Starts a real single-machine control plane: etcd, kube-apiserver (secure serving only,
+# --authorization-mode=Node,RBAC, default admission plugins), kube-controller-manager and
+# kube-scheduler, built by build.sh at the versions pinned in versions.env.
+#
+# Everything it creates lives in $K8S_DIR (default: <work tree>/.k8s, ignored by git): PKI,
+# etcd data, logs, pids and admin.kubeconfig (cluster-admin). down.sh removes all of it.
+# Waits until /readyz answers ok (60 s at most) and prints the kubeconfig path on stdout.
+# NODEMEDIC_K8S_EXTRA_CM_FLAGS adds flags to the controller-manager (tests shorten grace periods).
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+root="$(cd "$here/../.." && pwd)"
+dir="${K8S_DIR:-$root/.k8s}"
+bin="$(bash "$here/build.sh")"
+
+if [ -f "$dir/pids" ]; then
+  echo "k8s-up: a control plane is already recorded in $dir (run 'make k8s-down' first)" >&2; exit 1
+fi
+mkdir -p "$dir"/{pki,etcd,logs}
+pki="$dir/pki"
+t0=$(date +%s%N)
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+etcd_port=$(free_port); etcd_peer=$(free_port); api_port=$(free_port); cm_port=$(free_port); sch_port=$(free_port)
+
+# --- PKI: one CA, the serving cert, client certs per component, the service-account key pair.
+ossl() { openssl "$@" 2>/dev/null; }
+ossl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=nodemedic-k8s-ca" \
+  -keyout "$pki/ca.key" -out "$pki/ca.crt"
+issue() { # name CN O [SAN]
+  local name=$1 cn=$2 o=$3 san=${4:-}
+  ossl req -newkey rsa:2048 -nodes -subj "/CN=$cn${o:+/O=$o}" -keyout "$pki/$name.key" -out "$pki/$name.csr"
+  local ext="$pki/$name.ext"
+  { echo "basicConstraints=CA:FALSE"; echo "keyUsage=digitalSignature,keyEncipherment"
+    if [ -n "$san" ]; then echo "extendedKeyUsage=serverAuth,clientAuth"; echo "subjectAltName=$san"
+    else echo "extendedKeyUsage=clientAuth"; fi; } > "$ext"
+  ossl x509 -req -in "$pki/$name.csr" -CA "$pki/ca.crt" -CAkey "$pki/ca.key" -CAcreateserial \
+    -days 2 -extfile "$ext" -out "$pki/$name.crt"
+  rm -f "$pki/$name.csr" "$ext"
+}
+issue apiserver kube-apiserver "" "IP:127.0.0.1,IP:10.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local"
+issue etcd etcd "" "IP:127.0.0.1,DNS:localhost"
+issue admin kubernetes-admin system:masters
+issue controller-manager system:kube-controller-manager ""
+issue scheduler system:kube-scheduler ""
+ossl genrsa -out "$pki/sa.key" 2048
+ossl rsa -in "$pki/sa.key" -pubout -out "$pki/sa.pub"
+
+server="https://127.0.0.1:$api_port"
+kubeconfig() { # file user cert key
+  cat > "$1" <<KC
+apiVersion: v1
+kind: Config
+clusters:
+- name: nodemedic-k8s
+  cluster: {server: "$server", certificate-authority: "$pki/ca.crt"}
+users:
+- name: $2
+  user: {client-certificate: "$pki/$3.crt", client-key: "$pki/$3.key"}
+contexts:
+- name: $2@nodemedic-k8s
+  context: {cluster: nodemedic-k8s, user: $2}
+current-context: $2@nodemedic-k8s
+KC
+}
+kubeconfig "$dir/admin.kubeconfig" kubernetes-admin admin
+kubeconfig "$dir/controller-manager.kubeconfig" system:kube-controller-manager controller-manager
+kubeconfig "$dir/scheduler.kubeconfig" system:kube-scheduler scheduler
+
+: > "$dir/pids"
+start() { # name args...
+  local name=$1; shift
+  setsid "$@" > "$dir/logs/$name.log" 2>&1 < /dev/null &
+  echo "$name $!" >> "$dir/pids"
+}
+start etcd "$bin/etcd" --name nodemedic --data-dir "$dir/etcd" \
+  --listen-client-urls "https://127.0.0.1:$etcd_port" --advertise-client-urls "https://127.0.0.1:$etcd_port" \
+  --listen-peer-urls "http://127.0.0.1:$etcd_peer" --initial-advertise-peer-urls "http://127.0.0.1:$etcd_peer" \
+  --initial-cluster "nodemedic=http://127.0.0.1:$etcd_peer" \
+  --cert-file "$pki/etcd.crt" --key-file "$pki/etcd.key" --client-cert-auth --trusted-ca-file "$pki/ca.crt" \
+  --unsafe-no-fsync --quota-backend-bytes 1073741824
+start kube-apiserver "$bin/kube-apiserver" \
+  --etcd-servers "https://127.0.0.1:$etcd_port" --etcd-cafile "$pki/ca.crt" \
+  --etcd-certfile "$pki/admin.crt" --etcd-keyfile "$pki/admin.key" \
+  --bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "$api_port" \
+  --tls-cert-file "$pki/apiserver.crt" --tls-private-key-file "$pki/apiserver.key" \
+  --client-ca-file "$pki/ca.crt" \
+  --service-account-issuer https://kubernetes.default.svc.cluster.local \
+  --service-account-key-file "$pki/sa.pub" --service-account-signing-key-file "$pki/sa.key" \
+  --service-cluster-ip-range 10.0.0.0/24 --authorization-mode Node,RBAC --allow-privileged \
+  --profiling=false
+# shellcheck disable=SC2086  # the extra flags are a word list on purpose
+start kube-controller-manager "$bin/kube-controller-manager" \
+  --kubeconfig "$dir/controller-manager.kubeconfig" \
+  --authentication-kubeconfig "$dir/controller-manager.kubeconfig" \
+  --authorization-kubeconfig "$dir/controller-manager.kubeconfig" \
+  --bind-address 127.0.0.1 --secure-port "$cm_port" --leader-elect=false \
+  --use-service-account-credentials --service-account-private-key-file "$pki/sa.key" \
+  --root-ca-file "$pki/ca.crt" --cluster-signing-cert-file "$pki/ca.crt" \
+  --cluster-signing-key-file "$pki/ca.key" --controllers '*' --profiling=false \
+  ${NODEMEDIC_K8S_EXTRA_CM_FLAGS:-}
+start kube-scheduler "$bin/kube-scheduler" \
+  --kubeconfig "$dir/scheduler.kubeconfig" \
+  --authentication-kubeconfig "$dir/scheduler.kubeconfig" \
+  --authorization-kubeconfig "$dir/scheduler.kubeconfig" \
+  --bind-address 127.0.0.1 --secure-port "$sch_port" --leader-elect=false --profiling=false
+
+ready() {
+  curl -sf --max-time 2 --cacert "$pki/ca.crt" --cert "$pki/admin.crt" --key "$pki/admin.key" \
+    "$server/readyz" 2>/dev/null | grep -qx ok
+}
+for _ in $(seq 1 120); do
+  if ready; then
+    ms=$(( ($(date +%s%N) - t0) / 1000000 ))
+    echo "k8s-up: $server ready in $((ms / 1000)).$((ms % 1000 / 100)) s; kubeconfig: $dir/admin.kubeconfig" >&2
+    echo "$dir/admin.kubeconfig"; exit 0
+  fi
+  while read -r name pid; do
+    kill -0 "$pid" 2>/dev/null || { echo "k8s-up: $name exited; last log lines:" >&2; tail -20 "$dir/logs/$name.log" >&2; bash "$here/down.sh" >&2; exit 1; }
+  done < "$dir/pids"
+  sleep 0.5
+done
+echo "k8s-up: /readyz did not answer ok within 60 s; see $dir/logs" >&2
+bash "$here/down.sh" >&2; exit 1
