@@ -1,4 +1,10 @@
-"""Shared pytest configuration: loads the in-memory API server fixtures (apiserver, kube_api).
+"""Shared pytest configuration: the Kubernetes backends (kube, apiserver, kube_api) and isolation.
+
+``kube`` is a :class:`tests.real_cluster.Backend`. Tests in a module or class marked
+``pytest.mark.backends`` run once per backend chosen by ``$NODEMEDIC_K8S_BACKENDS`` (default
+``memory,real``): the in-memory API server and the real control plane of hack/k8s. A test that
+asks for ``apiserver`` (the in-memory server's own handle: fault injection, clocks, the store)
+runs on ``memory`` only. Everything else runs on ``memory``. ``-m k8s_real`` selects the real tier.
 
 Also points ``$STATE_DIRECTORY`` (the default of ``--state.dir``) at a fresh directory for every
 test, so no test, in process or as a child agent, reads or writes the machine's
@@ -8,13 +14,91 @@ agent.kube is imported first so that every test, like the daemon, sees kubernete
 agent.kube.lazy (only the modules a call needs), not the fully imported package.
 """
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import pytest
+import pytest_asyncio
 
 import agent.kube  # noqa: F401  (installs the lazy kubernetes_asyncio packages)
+from agent.testing.apiserver import ApiServer
+from tests.real_cluster import Backend, RealCluster, chosen_backends, cluster_singleton
 
-pytest_plugins = ["agent.testing.pytest_plugin"]
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "backend_name" not in metafunc.fixturenames:
+        return
+    if metafunc.definition.get_closest_marker("backends") is None:
+        return
+    names = chosen_backends()
+    if "apiserver" in metafunc.fixturenames:
+        names = [n for n in names if n == "memory"] or ["memory"]
+    params = [pytest.param(n, marks=[pytest.mark.k8s_real] if n == "real" else []) for n in names]
+    metafunc.parametrize("backend_name", params, indirect=True)
+
+
+@pytest.fixture
+def backend_name(request: pytest.FixtureRequest) -> str:
+    return str(getattr(request, "param", "memory"))
+
+
+@pytest.fixture(scope="session")
+def real_cluster() -> Iterator[RealCluster]:
+    yield from cluster_singleton()
+
+
+def _client(host: str, **cfg: Any) -> Any:
+    from kubernetes_asyncio import client
+
+    conf = client.Configuration(host=host)
+    for k, v in cfg.items():
+        setattr(conf, k, v)
+    api = client.ApiClient(conf)
+    api.user_agent = "nodemedic-tests"
+    return api
+
+
+@pytest_asyncio.fixture
+async def kube(backend_name: str, request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
+    """The backend this test runs on (see the module docstring)."""
+    if backend_name == "memory":
+        server = ApiServer()
+        await server.start()
+        # kubernetes_asyncio reads api_key['BearerToken']; the in-memory server accepts any.
+        api = _client(server.url, api_key={"BearerToken": "nodemedic-test"},
+                      api_key_prefix={"BearerToken": "Bearer"})
+        try:
+            yield Backend("memory", server.url, api, server=server)
+        finally:
+            await api.close()
+            await server.stop()
+        return
+    cluster: RealCluster = request.getfixturevalue("real_cluster")
+    try:
+        creds = cluster.start()
+    except RuntimeError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    api = _client(creds.server, ssl_ca_cert=creds.ca, cert_file=creds.cert, key_file=creds.key)
+    backend = Backend("real", creds.server, api, creds=creds)
+    backend.baseline = await backend.inventory()
+    try:
+        yield backend
+    finally:
+        await backend.cleanup()
+        await api.close()
+
+
+@pytest_asyncio.fixture
+async def apiserver(kube: Backend) -> ApiServer:
+    """The in-memory API server of a ``memory`` test (its fault, clock and store handles)."""
+    assert kube.server is not None, "apiserver is the in-memory server: memory backend only"
+    return kube.server
+
+
+@pytest_asyncio.fixture
+async def kube_api(kube: Backend) -> Any:
+    """A kubernetes_asyncio ApiClient on the test's backend."""
+    return kube.api
 
 
 @pytest.fixture(autouse=True)

@@ -1,8 +1,8 @@
 """pytest fixtures for the in-memory API server: ``apiserver`` and ``kube_api``.
 
-Loaded by tests/conftest.py (``pytest_plugins = ["agent.testing.pytest_plugin"]``); any project
-can load it the same way. ``apiserver`` is a started :class:`ApiServer` on a free loopback port;
-``kube_api`` is a kubernetes_asyncio ``ApiClient`` configured for it, closed after the test.
+Any project can load it with ``pytest_plugins = ["agent.testing.pytest_plugin"]`` (nodemedic's
+own tests use tests/conftest.py instead, which runs the same tests on a real control plane too).
+``apiserver`` is a started :class:`ApiServer` on a free loopback port; ``kube_api`` is a kubernetes_asyncio ``ApiClient`` configured for it, closed after the test.
 """
 
 from __future__ import annotations

@@ -7,8 +7,13 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
+import pytest
+
 from agent.kube.informer import Informer
 from agent.testing.apiserver import ApiServer
+from tests.real_cluster import Backend
+
+pytestmark = pytest.mark.backends
 
 T = TypeVar("T")
 
@@ -195,11 +200,11 @@ async def test_bounded_cache_counts_what_it_drops(apiserver: ApiServer, kube_api
         assert (len(inf.items), inf.dropped) == (3, 3)
 
 
-async def test_skips_garbage_and_unwanted_objects(apiserver: ApiServer, kube_api: Any) -> None:
+async def test_skips_garbage_and_unwanted_objects(kube: Backend, kube_api: Any) -> None:
     """An object the reducer cannot read is skipped and counted; one it declines (None) is
     simply not stored."""
     for name in ("ok", "bad", "unwanted"):
-        apiserver.create(_node(name))
+        await kube.seed(_node(name))
 
     def reduce(obj: dict[str, Any]) -> str | None:
         name = _name(obj)
@@ -215,13 +220,13 @@ async def test_skips_garbage_and_unwanted_objects(apiserver: ApiServer, kube_api
 
 
 async def test_keys_are_names_in_one_namespace_and_qualified_across_all(
-    apiserver: ApiServer, kube_api: Any
+    kube: Backend, kube_api: Any
 ) -> None:
     """One namespace's objects are keyed by name; an all-namespaces cache by namespace/name;
     label and field selectors narrow what is cached."""
     for ns in ("ns1", "ns2"):
         for name, hb in (("x", "true"), ("y", "false")):
-            apiserver.create({
+            await kube.seed({
                 "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
                 "metadata": {"name": name, "namespace": ns, "labels": {"hb": hb}}, "spec": {},
             })

@@ -19,6 +19,9 @@ from agent.kube.client import create_api_client
 from agent.settings import settings_for_tests
 from agent.structs.metrics import Family
 from agent.testing.apiserver import ApiServer
+from tests.real_cluster import Backend
+
+pytestmark = pytest.mark.backends
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "k8s"
 NODE = "datagen-1-35"  # the node in the real minikube capture
@@ -212,7 +215,7 @@ async def test_relists_after_410_gone(apiserver: ApiServer, collector: NodeColle
     )
 
 
-async def test_missing_node_raises(apiserver: ApiServer, collector: NodeCollector) -> None:
+async def test_missing_node_raises(kube: Backend, collector: NodeCollector) -> None:
     """A --node-name the API does not know makes collect() fail with a clear message."""
     await collector.start()
     await _until(lambda: collector.node and collector.node.state.synced, "sync")

@@ -11,6 +11,9 @@ import pytest
 from kubernetes_asyncio import client
 
 from agent.testing.apiserver import ApiServer
+from tests.real_cluster import Backend
+
+pytestmark = pytest.mark.backends
 
 
 def body(exc: client.ApiException) -> dict[str, Any]:
@@ -156,9 +159,9 @@ async def test_noop_update_keeps_resource_version(core: Any) -> None:
     assert again.metadata.resource_version == n.metadata.resource_version
 
 
-async def test_status_subresource_is_separate(core: Any, apiserver: ApiServer) -> None:
+async def test_status_subresource_is_separate(core: Any, kube: Backend) -> None:
     """Writes to the main resource ignore status; writes to /status change only status."""
-    apiserver.create(
+    await kube.seed(
         {
             "apiVersion": "v1",
             "kind": "Node",
@@ -173,13 +176,13 @@ async def test_status_subresource_is_separate(core: Any, apiserver: ApiServer) -
             "status": {"conditions": [{"type": "Ready", "status": "False"}]},
         },
     )
-    n = apiserver.get("Node", "", "n1")
+    n = await kube.get("Node", "", "n1")
     assert n is not None
     assert n["status"]["conditions"][0]["status"] == "True"
     await core.patch_node_status(
         "n1", {"spec": {"unschedulable": False}, "status": {"phase": "Running"}}
     )
-    n = apiserver.get("Node", "", "n1")
+    n = await kube.get("Node", "", "n1")
     assert n is not None
     assert n["spec"]["unschedulable"] is True and n["status"]["phase"] == "Running"
 
@@ -213,11 +216,11 @@ async def test_graceful_pod_delete_then_removal(
     assert ei.value.status == 404
 
 
-async def test_grace_zero_deletes_at_once(core: Any, apiserver: ApiServer, make_pod: Any) -> None:
+async def test_grace_zero_deletes_at_once(core: Any, kube: Backend, make_pod: Any) -> None:
     """gracePeriodSeconds=0 removes the pod immediately."""
-    apiserver.create(make_pod("p"))
+    await kube.seed(make_pod("p"))
     await core.delete_namespaced_pod("p", "default", grace_period_seconds=0)
-    assert apiserver.get("Pod", "default", "p") is None
+    assert await kube.get("Pod", "default", "p") is None
 
 
 async def test_dead_kubelet_keeps_pods_terminating(
@@ -346,10 +349,10 @@ async def test_discovery_and_version(kube_api: Any) -> None:
     assert "coordination.k8s.io" in {g.name for g in groups.groups}
 
 
-async def test_big_list_is_complete_and_paged_correctly(core: Any, apiserver: ApiServer) -> None:
+async def test_big_list_is_complete_and_paged_correctly(core: Any, kube: Backend) -> None:
     """Lists larger than one streamed chunk decode whole, in order, with and without limit."""
     for i in range(4500):
-        apiserver.create(
+        await kube.seed(
             {
                 "apiVersion": "v1",
                 "kind": "ConfigMap",

@@ -10,6 +10,9 @@ import pytest
 from kubernetes_asyncio import client
 
 from agent.testing.apiserver import ApiServer
+from tests.real_cluster import Backend
+
+pytestmark = pytest.mark.backends
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "k8s"
 
@@ -42,11 +45,11 @@ async def _evict(core: Any, name: str) -> Any:
 
 
 async def test_429_body_is_byte_identical_to_a_real_capture(
-    kube_api: Any, apiserver: ApiServer, make_pod: Any
+    kube_api: Any, kube: Backend, make_pod: Any
 ) -> None:
     """An eviction that would violate a PDB returns exactly the Status body EKS returned."""
-    apiserver.create(make_pod("devops-tools-mongodb-secondary-0", labels={"app": "web"}))
-    apiserver.create(_pdb("devops-tools-mongodb-secondary", minAvailable=1))
+    await kube.seed(make_pod("devops-tools-mongodb-secondary-0", labels={"app": "web"}))
+    await kube.seed(_pdb("devops-tools-mongodb-secondary", minAvailable=1))
     core = client.CoreV1Api(kube_api)
     with pytest.raises(client.ApiException) as ei:
         await _evict(core, "devops-tools-mongodb-secondary-0")
@@ -59,14 +62,14 @@ async def test_429_body_is_byte_identical_to_a_real_capture(
 
 
 async def test_eviction_allowed_then_budget_exhausted(
-    core: Any, policy: Any, apiserver: ApiServer, make_pod: Any
+    core: Any, policy: Any, kube: Backend, make_pod: Any
 ) -> None:
     """With maxUnavailable=1 and 3 ready pods, one eviction succeeds and the next is 429."""
     for n in ("a", "b", "c"):
-        apiserver.create(make_pod(n))
-    apiserver.create(_pdb("web", maxUnavailable=1))
+        await kube.seed(make_pod(n))
+    await kube.seed(_pdb("web", maxUnavailable=1))
     await _evict(core, "a")
-    evicted = apiserver.get("Pod", "default", "a")
+    evicted = await kube.get("Pod", "default", "a")
     assert evicted is not None and evicted["metadata"]["deletionTimestamp"]
     target = [c for c in evicted["status"]["conditions"] if c["type"] == "DisruptionTarget"]
     assert target and target[0]["reason"] == "EvictionByEvictionAPI"
@@ -80,12 +83,12 @@ async def test_eviction_allowed_then_budget_exhausted(
 
 
 async def test_percentage_min_available_rounds_up(
-    core: Any, apiserver: ApiServer, make_pod: Any
+    core: Any, kube: Backend, make_pod: Any
 ) -> None:
     """minAvailable=50% of 3 pods needs 2 healthy (rounded up): one eviction, then 429."""
     for n in ("a", "b", "c"):
-        apiserver.create(make_pod(n))
-    apiserver.create(_pdb("web", minAvailable="50%"))
+        await kube.seed(make_pod(n))
+    await kube.seed(_pdb("web", minAvailable="50%"))
     await _evict(core, "a")
     with pytest.raises(client.ApiException) as ei:
         await _evict(core, "b")
@@ -93,24 +96,24 @@ async def test_percentage_min_available_rounds_up(
 
 
 async def test_unready_pods_do_not_count_as_healthy(
-    core: Any, apiserver: ApiServer, make_pod: Any
+    core: Any, kube: Backend, make_pod: Any
 ) -> None:
     """Pods without Ready=True are not healthy, so they cannot cover a disruption."""
-    apiserver.create(make_pod("a"))
-    apiserver.create(make_pod("b", ready=False))
-    apiserver.create(_pdb("web", minAvailable=1))
+    await kube.seed(make_pod("a"))
+    await kube.seed(make_pod("b", ready=False))
+    await kube.seed(_pdb("web", minAvailable=1))
     with pytest.raises(client.ApiException) as ei:
         await _evict(core, "a")
     assert ei.value.status == 429
 
 
 async def test_replacement_becoming_ready_unblocks(
-    core: Any, apiserver: ApiServer, make_pod: Any
+    core: Any, kube: Backend, make_pod: Any
 ) -> None:
     """Once a replacement pod turns Ready, the blocked eviction is allowed."""
-    apiserver.create(make_pod("a"))
-    apiserver.create(make_pod("b", node="n2", ready=False))
-    apiserver.create(_pdb("web", minAvailable=1))
+    await kube.seed(make_pod("a"))
+    await kube.seed(make_pod("b", node="n2", ready=False))
+    await kube.seed(_pdb("web", minAvailable=1))
     with pytest.raises(client.ApiException):
         await _evict(core, "a")
     await core.patch_namespaced_pod_status(
@@ -127,24 +130,24 @@ async def test_evicting_missing_pod_is_404(core: Any) -> None:
     assert json.loads(ei.value.body or b"")["message"] == 'pods "ghost" not found'
 
 
-async def test_no_pdb_evicts_gracefully(core: Any, apiserver: ApiServer, make_pod: Any) -> None:
+async def test_no_pdb_evicts_gracefully(core: Any, kube: Backend, make_pod: Any) -> None:
     """Without a PDB the eviction is a graceful delete (201 Success Status)."""
-    apiserver.create(make_pod("a", grace=5))
+    await kube.seed(make_pod("a", grace=5))
     resp = await core.create_namespaced_pod_eviction(
         "a", "default", {"metadata": {"name": "a"}}, _preload_content=False
     )
     assert resp.status == 201
     assert json.loads(await resp.read())["status"] == "Success"
-    pod = apiserver.get("Pod", "default", "a")
+    pod = await kube.get("Pod", "default", "a")
     assert pod is not None and pod["metadata"]["deletionGracePeriodSeconds"] == 5
 
 
-async def test_two_pdbs_is_500(core: Any, apiserver: ApiServer, make_pod: Any) -> None:
+async def test_two_pdbs_is_500(core: Any, kube: Backend, make_pod: Any) -> None:
     """A pod covered by two PDBs cannot be evicted (500, as kube-apiserver refuses)."""
-    apiserver.create(make_pod("a"))
-    apiserver.create(make_pod("b"))
-    apiserver.create(_pdb("one", maxUnavailable=1))
-    apiserver.create(_pdb("two", maxUnavailable=1))
+    await kube.seed(make_pod("a"))
+    await kube.seed(make_pod("b"))
+    await kube.seed(_pdb("one", maxUnavailable=1))
+    await kube.seed(_pdb("two", maxUnavailable=1))
     with pytest.raises(client.ApiException) as ei:
         await _evict(core, "a")
     assert ei.value.status == 500
@@ -164,11 +167,11 @@ async def test_pdb_status_follows_pods(policy: Any, apiserver: ApiServer, make_p
     assert pdb.status.expected_pods == 2
 
 
-async def test_max_unavailable_percentage(core: Any, apiserver: ApiServer, make_pod: Any) -> None:
+async def test_max_unavailable_percentage(core: Any, kube: Backend, make_pod: Any) -> None:
     """maxUnavailable=34% of 3 pods rounds up to 2 disruptions allowed (1 needed healthy)."""
     for n in ("a", "b", "c"):
-        apiserver.create(make_pod(n))
-    apiserver.create(_pdb("web", maxUnavailable="34%"))
+        await kube.seed(make_pod(n))
+    await kube.seed(_pdb("web", maxUnavailable="34%"))
     await _evict(core, "a")
     await _evict(core, "b")
     with pytest.raises(client.ApiException) as ei:
@@ -177,28 +180,28 @@ async def test_max_unavailable_percentage(core: Any, apiserver: ApiServer, make_
 
 
 async def test_unready_pod_eviction_policies(
-    core: Any, apiserver: ApiServer, make_pod: Any
+    core: Any, kube: Backend, make_pod: Any
 ) -> None:
     """An unready pod under a short budget: 429 by default, evicted with AlwaysAllow."""
-    apiserver.create(make_pod("a", ready=False))
-    apiserver.create(make_pod("b", ready=False, labels={"app": "db"}))
-    apiserver.create(_pdb("web", minAvailable=1, unhealthyPodEvictionPolicy="AlwaysAllow"))
+    await kube.seed(make_pod("a", ready=False))
+    await kube.seed(make_pod("b", ready=False, labels={"app": "db"}))
+    await kube.seed(_pdb("web", minAvailable=1, unhealthyPodEvictionPolicy="AlwaysAllow"))
     db = _pdb("db", minAvailable=1)
     db["spec"]["selector"] = {"matchLabels": {"app": "db"}}
-    apiserver.create(db)
+    await kube.seed(db)
     await _evict(core, "a")
     with pytest.raises(client.ApiException) as ei:
         await _evict(core, "b")
     assert ei.value.status == 429
-    pod = apiserver.get("Pod", "default", "a")
+    pod = await kube.get("Pod", "default", "a")
     assert pod is not None and pod["metadata"].get("deletionTimestamp")
 
 
 async def test_eviction_uid_precondition_is_409(
-    core: Any, apiserver: ApiServer, make_pod: Any
+    core: Any, kube: Backend, make_pod: Any
 ) -> None:
     """An eviction whose deleteOptions uid precondition does not match is 409 and keeps the pod."""
-    apiserver.create(make_pod("a"))
+    await kube.seed(make_pod("a"))
     with pytest.raises(client.ApiException) as ei:
         await core.create_namespaced_pod_eviction(
             "a",
@@ -206,28 +209,28 @@ async def test_eviction_uid_precondition_is_409(
             {"metadata": {"name": "a"}, "deleteOptions": {"preconditions": {"uid": "not-the-uid"}}},
         )
     assert ei.value.status == 409
-    pod = apiserver.get("Pod", "default", "a")
+    pod = await kube.get("Pod", "default", "a")
     assert pod is not None and not pod["metadata"].get("deletionTimestamp")
     assert "DisruptionTarget" not in {c["type"] for c in pod["status"]["conditions"]}
 
 
 async def test_dry_run_eviction_changes_nothing(
-    core: Any, apiserver: ApiServer, make_pod: Any
+    core: Any, kube: Backend, make_pod: Any
 ) -> None:
     """dryRun=All answers as a real eviction would but deletes nothing."""
-    apiserver.create(make_pod("a"))
+    await kube.seed(make_pod("a"))
     await core.create_namespaced_pod_eviction(
         "a", "default", {"metadata": {"name": "a"}}, dry_run="All"
     )
-    pod = apiserver.get("Pod", "default", "a")
+    pod = await kube.get("Pod", "default", "a")
     assert pod is not None and not pod["metadata"].get("deletionTimestamp")
 
 
 async def test_eviction_with_current_resource_version_precondition(
-    core: Any, apiserver: ApiServer, make_pod: Any
+    core: Any, kube: Backend, make_pod: Any
 ) -> None:
     """A resourceVersion precondition that matches the pod lets the eviction through."""
-    pod = apiserver.create(make_pod("a"))
+    pod = await kube.seed(make_pod("a"))
     await _evict_with(
         core,
         "a",
@@ -238,5 +241,5 @@ async def test_eviction_with_current_resource_version_precondition(
             }
         },
     )
-    after = apiserver.get("Pod", "default", "a")
+    after = await kube.get("Pod", "default", "a")
     assert after is not None and after["metadata"].get("deletionTimestamp")

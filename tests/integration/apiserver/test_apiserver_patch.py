@@ -11,6 +11,9 @@ import yaml
 from kubernetes_asyncio import client
 
 from agent.testing.apiserver import ApiServer
+from tests.real_cluster import Backend
+
+pytestmark = pytest.mark.backends
 
 FIXTURE_NODE = (
     Path(__file__).resolve().parents[2]
@@ -52,9 +55,9 @@ async def test_strategic_merge_node_condition_by_type(core: Any, apiserver: ApiS
     assert after["Ready"] == before["Ready"]
 
 
-async def test_strategic_merge_replaces_taints_list(core: Any, apiserver: ApiServer) -> None:
+async def test_strategic_merge_replaces_taints_list(core: Any, kube: Backend) -> None:
     """spec.taints has no merge key: a patch replaces the whole list."""
-    apiserver.create(
+    await kube.seed(
         {
             "apiVersion": "v1",
             "kind": "Node",
@@ -68,9 +71,9 @@ async def test_strategic_merge_replaces_taints_list(core: Any, apiserver: ApiSer
     assert [(t.key, t.effect) for t in out.spec.taints] == [("nodemedic.io/unhealthy", "NoExecute")]
 
 
-async def test_invalid_taint_effect_is_422(core: Any, apiserver: ApiServer) -> None:
+async def test_invalid_taint_effect_is_422(core: Any, kube: Backend) -> None:
     """A taint with an unknown effect is rejected with 422 naming the field."""
-    apiserver.create({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "n1"}})
+    await kube.seed({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "n1"}})
     with pytest.raises(client.ApiException) as ei:
         await core.patch_node("n1", {"spec": {"taints": [{"key": "a", "effect": "Bogus"}]}})
     assert ei.value.status == 422
@@ -79,9 +82,9 @@ async def test_invalid_taint_effect_is_422(core: Any, apiserver: ApiServer) -> N
     )
 
 
-async def test_annotations_merge_and_null_deletes(core: Any, apiserver: ApiServer) -> None:
+async def test_annotations_merge_and_null_deletes(core: Any, kube: Backend) -> None:
     """Annotations merge key by key; null deletes a key (strategic and JSON merge alike)."""
-    apiserver.create(
+    await kube.seed(
         {
             "apiVersion": "v1",
             "kind": "Node",
@@ -91,38 +94,38 @@ async def test_annotations_merge_and_null_deletes(core: Any, apiserver: ApiServe
     await core.patch_node(
         "n1", {"metadata": {"annotations": {"nodemedic.io/state": "x", "drop": None}}}
     )
-    assert apiserver.get("Node", "", "n1")["metadata"]["annotations"] == {  # type: ignore[index]
+    assert (await kube.get("Node", "", "n1"))["metadata"]["annotations"] == {  # type: ignore[index]
         "keep": "1",
         "nodemedic.io/state": "x",
     }
     await core.patch_node(
         "n1", {"metadata": {"labels": {"l": "v"}}}, _content_type="application/merge-patch+json"
     )
-    n = apiserver.get("Node", "", "n1")
+    n = await kube.get("Node", "", "n1")
     assert n is not None and n["metadata"]["labels"] == {"l": "v"}
     assert n["metadata"]["annotations"]["keep"] == "1"
 
 
 async def test_pod_condition_merge_and_container_merge(
-    core: Any, apiserver: ApiServer, make_pod: Any
+    core: Any, kube: Backend, make_pod: Any
 ) -> None:
     """Pod conditions merge by type; containers merge by name."""
-    apiserver.create(make_pod("p"))
+    await kube.seed(make_pod("p"))
     await core.patch_namespaced_pod_status(
         "p", "default", {"status": {"conditions": [{"type": "DisruptionTarget", "status": "True"}]}}
     )
     await core.patch_namespaced_pod(
         "p", "default", {"spec": {"containers": [{"name": "c", "image": "nginx:2"}]}}
     )
-    p = apiserver.get("Pod", "default", "p")
+    p = await kube.get("Pod", "default", "p")
     assert p is not None
     assert {c["type"] for c in p["status"]["conditions"]} == {"Ready", "DisruptionTarget"}
     assert p["spec"]["containers"] == [{"name": "c", "image": "nginx:2"}]
 
 
-async def test_strategic_delete_directive(core: Any, apiserver: ApiServer) -> None:
+async def test_strategic_delete_directive(core: Any, kube: Backend) -> None:
     """$patch: delete removes one merge-keyed element."""
-    apiserver.create(
+    await kube.seed(
         {
             "apiVersion": "v1",
             "kind": "Node",
@@ -135,13 +138,13 @@ async def test_strategic_delete_directive(core: Any, apiserver: ApiServer) -> No
     await core.patch_node_status(
         "n1", {"status": {"conditions": [{"type": "A", "$patch": "delete"}]}}
     )
-    n = apiserver.get("Node", "", "n1")
+    n = await kube.get("Node", "", "n1")
     assert n is not None and [c["type"] for c in n["status"]["conditions"]] == ["B"]
 
 
-async def test_json_merge_patch_replaces_lists(core: Any, apiserver: ApiServer) -> None:
+async def test_json_merge_patch_replaces_lists(core: Any, kube: Backend) -> None:
     """JSON merge patch replaces lists wholesale (no merge keys)."""
-    apiserver.create(
+    await kube.seed(
         {
             "apiVersion": "v1",
             "kind": "Node",
@@ -156,13 +159,13 @@ async def test_json_merge_patch_replaces_lists(core: Any, apiserver: ApiServer) 
         {"status": {"conditions": [{"type": "C", "status": "False"}]}},
         _content_type="application/merge-patch+json",
     )
-    n = apiserver.get("Node", "", "n1")
+    n = await kube.get("Node", "", "n1")
     assert n is not None and [c["type"] for c in n["status"]["conditions"]] == ["C"]
 
 
-async def test_json_patch_with_test_op(core: Any, apiserver: ApiServer) -> None:
+async def test_json_patch_with_test_op(core: Any, kube: Backend) -> None:
     """RFC 6902 patches apply; a failing test op is 422 and changes nothing."""
-    apiserver.create({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "n1"}})
+    await kube.seed({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "n1"}})
     await core.patch_node("n1", [{"op": "add", "path": "/spec", "value": {"unschedulable": True}}])
     with pytest.raises(client.ApiException) as ei:
         await core.patch_node(
@@ -173,13 +176,13 @@ async def test_json_patch_with_test_op(core: Any, apiserver: ApiServer) -> None:
             ],
         )
     assert ei.value.status == 422
-    n = apiserver.get("Node", "", "n1")
+    n = await kube.get("Node", "", "n1")
     assert n is not None and n["spec"]["unschedulable"] is True
 
 
-async def test_patch_with_stale_resource_version_is_409(core: Any, apiserver: ApiServer) -> None:
+async def test_patch_with_stale_resource_version_is_409(core: Any, kube: Backend) -> None:
     """A resourceVersion inside a patch is a precondition: stale means 409 Conflict."""
-    n = apiserver.create({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "n1"}})
+    n = await kube.seed({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "n1"}})
     old_rv = n["metadata"]["resourceVersion"]
     await core.patch_node("n1", {"metadata": {"labels": {"a": "1"}}})
     with pytest.raises(client.ApiException) as ei:
@@ -190,9 +193,9 @@ async def test_patch_with_stale_resource_version_is_409(core: Any, apiserver: Ap
     assert json.loads(ei.value.body or b"")["reason"] == "Conflict"
 
 
-async def test_server_side_apply_is_415(kube_api: Any, apiserver: ApiServer) -> None:
+async def test_server_side_apply_is_415(kube_api: Any, kube: Backend) -> None:
     """Patch types the server does not implement are refused with 415, not silently misapplied."""
-    apiserver.create({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "n1"}})
+    await kube.seed({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "n1"}})
     core: Any = client.CoreV1Api(kube_api)  # Any: the stubs omit _content_type
     with pytest.raises(client.ApiException) as ei:
         await core.patch_node(

@@ -9,6 +9,9 @@ import pytest
 from kubernetes_asyncio import client
 
 from agent.testing.apiserver import ApiServer
+from tests.real_cluster import Backend
+
+pytestmark = pytest.mark.backends
 
 
 @pytest.fixture
@@ -63,10 +66,10 @@ async def test_pod_field_selectors(
     assert await _names(core, field_selector=selector) == expected
 
 
-async def test_node_unschedulable_field_selector(core: Any, apiserver: ApiServer) -> None:
+async def test_node_unschedulable_field_selector(core: Any, kube: Backend) -> None:
     """spec.unschedulable=false matches nodes that never set the field."""
-    apiserver.create({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "n1"}})
-    apiserver.create(
+    await kube.seed({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "n1"}})
+    await kube.seed(
         {
             "apiVersion": "v1",
             "kind": "Node",

@@ -11,6 +11,9 @@ import pytest
 from kubernetes_asyncio import client, watch
 
 from agent.testing.apiserver import ApiServer
+from tests.real_cluster import Backend
+
+pytestmark = pytest.mark.backends
 
 
 async def _collect(stream: Any, n: int) -> list[tuple[str, str]]:
@@ -23,9 +26,9 @@ async def _collect(stream: Any, n: int) -> list[tuple[str, str]]:
     return out
 
 
-async def test_watch_stream_lists_then_follows(core: Any, apiserver: ApiServer) -> None:
+async def test_watch_stream_lists_then_follows(core: Any, kube: Backend) -> None:
     """A watch without resourceVersion sends ADDED for existing objects, then the changes."""
-    apiserver.create({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "n1"}})
+    await kube.seed({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "n1"}})
     w = watch.Watch()
     stream = w.stream(core.list_node, timeout_seconds=5)
     first = await _collect(stream, 1)
@@ -36,9 +39,9 @@ async def test_watch_stream_lists_then_follows(core: Any, apiserver: ApiServer) 
     assert first + rest == [("ADDED", "n1"), ("MODIFIED", "n1"), ("DELETED", "n1")]
 
 
-async def test_watch_resumes_from_resource_version(core: Any, apiserver: ApiServer) -> None:
+async def test_watch_resumes_from_resource_version(core: Any, kube: Backend) -> None:
     """A watch from a list's resourceVersion replays exactly the changes made after it."""
-    apiserver.create({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "n1"}})
+    await kube.seed({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "n1"}})
     rv = (await core.list_node()).metadata.resource_version
     await core.create_node({"metadata": {"name": "n2"}})
     await core.patch_node("n1", {"metadata": {"labels": {"a": "b"}}})
@@ -82,11 +85,11 @@ async def test_history_window_expires_old_versions(kube_api: Any) -> None:
 
 
 async def test_watch_selectors_filter_and_track_membership(
-    core: Any, apiserver: ApiServer, make_pod: Any
+    core: Any, kube: Backend, make_pod: Any
 ) -> None:
     """Selector watches see only matches; leaving the selection is DELETED, re-entering ADDED."""
-    apiserver.create(make_pod("b", node="n2", labels={"app": "other"}))
-    apiserver.create(make_pod("a", node="n1"))
+    await kube.seed(make_pod("b", node="n2", labels={"app": "other"}))
+    await kube.seed(make_pod("a", node="n1"))
     w = watch.Watch()
     stream = w.stream(
         core.list_pod_for_all_namespaces, field_selector="spec.nodeName=n1", timeout_seconds=5
@@ -217,10 +220,10 @@ async def test_name_indexed_watch_sees_only_its_object(core: Any, apiserver: Api
     assert got == [("MODIFIED", "n2")]
 
 
-async def test_watch_initial_state_of_a_big_collection(core: Any, apiserver: ApiServer) -> None:
+async def test_watch_initial_state_of_a_big_collection(core: Any, kube: Backend) -> None:
     """A watch without resourceVersion streams every existing object (several chunks) once."""
     for i in range(4100):
-        apiserver.create(
+        await kube.seed(
             {
                 "apiVersion": "v1",
                 "kind": "ConfigMap",

@@ -11,8 +11,10 @@ import pytest
 
 from agent.peers.fencing import FAILED_TAINT, OUT_OF_SERVICE
 from agent.peers.remedy import STATE_ANNOTATION, Remedy
-from agent.testing.apiserver import ApiServer
 from tests.k8s_helpers import settings
+from tests.real_cluster import Backend
+
+pytestmark = pytest.mark.backends
 
 OOS_KEY = OUT_OF_SERVICE["key"]
 
@@ -35,12 +37,12 @@ def failed_node(unschedulable: bool, tainted: bool) -> dict[str, Any]:
     (True, False, "an admin removed the taint nodemedic.io/node-failed:NoSchedule"),
 ])
 async def test_fence_refuses_when_an_admin_undid_the_isolation(
-    apiserver: ApiServer, kube_api: Any, unschedulable: bool, tainted: bool, why: str,
+    kube: Backend, kube_api: Any, unschedulable: bool, tainted: bool, why: str,
 ) -> None:
-    apiserver.create(failed_node(unschedulable, tainted))
+    await kube.seed(failed_node(unschedulable, tainted))
     remedy = Remedy(settings(node_name="node-l"), kube_api, "node-l")
     assert await remedy.fence("node-x", "no peer reached it") is False
-    node = apiserver.get("Node", "", "node-x")
+    node = await kube.get("Node", "", "node-x")
     assert node is not None
     assert OOS_KEY not in {t["key"] for t in node["spec"].get("taints") or []}
     assert remedy.reversed["node-x"] == why
@@ -48,11 +50,11 @@ async def test_fence_refuses_when_an_admin_undid_the_isolation(
 
 
 async def test_fence_applies_while_the_isolation_is_intact(
-    apiserver: ApiServer, kube_api: Any
+    kube: Backend, kube_api: Any
 ) -> None:
-    apiserver.create(failed_node(True, True))
+    await kube.seed(failed_node(True, True))
     remedy = Remedy(settings(node_name="node-l"), kube_api, "node-l")
     assert await remedy.fence("node-x", "no peer reached it") is True
-    node = apiserver.get("Node", "", "node-x")
+    node = await kube.get("Node", "", "node-x")
     assert node is not None
     assert OOS_KEY in {t["key"] for t in node["spec"]["taints"]}

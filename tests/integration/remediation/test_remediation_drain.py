@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import pytest
 from helpers_remediation import (
     NODE,
     Clock,
@@ -20,6 +21,9 @@ from helpers_remediation import (
 
 from agent.runtime.remediation import STATE_ANNOTATION, RemediationStage
 from agent.testing.apiserver import ApiServer
+from tests.real_cluster import Backend
+
+pytestmark = pytest.mark.backends
 
 
 def names(server: ApiServer, on: str = NODE) -> set[str]:
@@ -96,20 +100,20 @@ async def test_drain_waits_for_the_pdb_then_finishes(apiserver: ApiServer, kube_
 
 
 async def test_undo_uncordons_only_what_nodemedic_cordoned(
-    apiserver: ApiServer, kube_api: Any
+    kube: Backend, kube_api: Any
 ) -> None:
     """uncordon reverses nodemedic's cordon but leaves a node an admin cordoned alone."""
-    apiserver.create(node(NODE))
-    apiserver.create(node("node-b", unschedulable=True))
+    await kube.seed(node(NODE))
+    await kube.seed(node("node-b", unschedulable=True))
     engine = ScriptedEngine()
     stage = RemediationStage(settings(safety_max_cordoned="2"), kube_api, engine, clock=Clock())
     engine.queue = [request("cordon")]
     await stage.on_snapshot(snapshot())
-    assert apiserver.get("Node", "", NODE)["spec"]["unschedulable"] is True  # type: ignore[index]
+    assert (await kube.get("Node", "", NODE))["spec"]["unschedulable"] is True  # type: ignore[index]
 
     engine.queue = [request("uncordon", undo=True)]
     await stage.on_snapshot(snapshot())
-    after = apiserver.get("Node", "", NODE)
+    after = await kube.get("Node", "", NODE)
     assert after is not None
     assert not after["spec"].get("unschedulable")
     assert "nodemedic.io/cordoned-by" not in after["metadata"].get("annotations", {})
@@ -117,7 +121,7 @@ async def test_undo_uncordons_only_what_nodemedic_cordoned(
     other = RemediationStage(settings(node_name="node-b"), kube_api, engine, clock=Clock())
     engine.queue = [request("uncordon", node_name="node-b", undo=True)]
     await other.on_snapshot(snapshot())
-    assert apiserver.get("Node", "", "node-b")["spec"]["unschedulable"] is True  # type: ignore[index]
+    assert (await kube.get("Node", "", "node-b"))["spec"]["unschedulable"] is True  # type: ignore[index]
     last = other.status()["remediation"]["recent_decisions"][-1]
     assert (last["outcome"], last["message"]) == (
         "noop", "node node-b was cordoned by an admin; leaving it"
@@ -215,21 +219,21 @@ async def test_a_restarted_agent_resumes_a_blocked_drain(
     assert json.loads(stored["metadata"]["annotations"][STATE_ANNOTATION])["p"] == []
 
 
-async def test_cordon_held_by_two_rules(apiserver: ApiServer, kube_api: Any) -> None:
+async def test_cordon_held_by_two_rules(kube: Backend, kube_api: Any) -> None:
     """Two rules cordon the node; the first one resolving does not uncordon it, the last does."""
-    apiserver.create(node(NODE))
+    await kube.seed(node(NODE))
     engine = ScriptedEngine()
     stage = RemediationStage(settings(), kube_api, engine, clock=Clock())
     engine.queue = [request("cordon", rule="disk"), request("cordon", rule="kubelet")]
     await stage.on_snapshot(snapshot())
-    stored = apiserver.get("Node", "", NODE)
+    stored = await kube.get("Node", "", NODE)
     assert stored is not None
     assert json.loads(stored["metadata"]["annotations"]["nodemedic.io/cordoned-by"])["rules"] == [
         "disk", "kubelet"
     ]
     engine.queue = [request("uncordon", rule="disk", undo=True)]
     await stage.on_snapshot(snapshot())
-    assert apiserver.get("Node", "", NODE)["spec"]["unschedulable"] is True  # type: ignore[index]
+    assert (await kube.get("Node", "", NODE))["spec"]["unschedulable"] is True  # type: ignore[index]
     engine.queue = [request("uncordon", rule="kubelet", undo=True)]
     await stage.on_snapshot(snapshot())
-    assert not apiserver.get("Node", "", NODE)["spec"].get("unschedulable")  # type: ignore[index]
+    assert not (await kube.get("Node", "", NODE))["spec"].get("unschedulable")  # type: ignore[index]

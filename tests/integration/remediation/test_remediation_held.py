@@ -19,6 +19,9 @@ from agent.rules.engine import RuleEngine
 from agent.rules.loader import load_rules_dir
 from agent.runtime.remediation import HELD_RETRY_MAX_TICKS, RemediationStage
 from agent.testing.apiserver import ApiServer
+from tests.real_cluster import Backend
+
+pytestmark = pytest.mark.backends
 
 RULE = """
 rules:
@@ -197,10 +200,10 @@ async def test_a_held_step_survives_an_agent_restart(
     assert cordoned(apiserver)
 
 
-async def test_held_retries_back_off(apiserver: ApiServer, kube_api: Any, rules: Path) -> None:
+async def test_held_retries_back_off(kube: Backend, kube_api: Any, rules: Path) -> None:
     """A step held for 5 minutes is re-gated with backoff, not every tick: at most one gate
     decision per HELD_RETRY_MAX_TICKS ticks once the backoff is full."""
-    apiserver.create(node(NODE, **{"nodemedic.io/paused": "true"}))
+    await kube.seed(node(NODE, **{"nodemedic.io/paused": "true"}))
     agent = Agent(kube_api, rules, Clock())
     await agent.tick(n=34)  # fires at 30 s, then 30 ticks held
     denied = metric(agent.stage.families(), "nodemedic_actions_denied_total", action="cordon",

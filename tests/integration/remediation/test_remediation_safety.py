@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
 from helpers_remediation import (
     NODE,
     Clock,
@@ -26,6 +27,9 @@ from helpers_remediation import (
 
 from agent.runtime.remediation import RemediationStage
 from agent.testing.apiserver import ApiServer
+from tests.real_cluster import Backend
+
+pytestmark = pytest.mark.backends
 
 
 def unschedulable(server: ApiServer, name: str = NODE) -> bool:
@@ -428,12 +432,12 @@ async def test_api_dies_during_a_drain_pass(apiserver: ApiServer, kube_api: Any)
     assert stage.ledger.pending == {}
 
 
-async def test_gauges_are_exported_while_idle(apiserver: ApiServer, kube_api: Any) -> None:
+async def test_gauges_are_exported_while_idle(kube: Backend, kube_api: Any) -> None:
     """With no rule firing, pause and cordon-budget gauges still reflect the cluster (so the
     dashboards show them), re-read about once a minute."""
     for i in range(20):
-        apiserver.create(node(f"node-{i}", unschedulable=i < 2))
-    apiserver.create(node(NODE))
+        await kube.seed(node(f"node-{i}", unschedulable=i < 2))
+    await kube.seed(node(NODE))
     clock = Clock()
     stage = RemediationStage(settings(), kube_api, ScriptedEngine(), clock=clock, monotonic=clock)
     await stage.on_snapshot(snapshot())
@@ -442,7 +446,7 @@ async def test_gauges_are_exported_while_idle(apiserver: ApiServer, kube_api: An
     assert metric(fams, "nodemedic_cordoned_nodes") == 2
     assert metric(fams, "nodemedic_cordon_budget_limit") == 2  # 10% of 21, rounded down
 
-    apiserver.create({"apiVersion": "v1", "kind": "ConfigMap",
+    await kube.seed({"apiVersion": "v1", "kind": "ConfigMap",
                       "metadata": {"name": "nodemedic", "namespace": "kube-system"},
                       "data": {"paused": "true"}})
     clock.t += 61

@@ -1,0 +1,268 @@
+"""The two Kubernetes backends the API tests run on: the in-memory server and a real control plane.
+
+``memory`` is agent.testing's in-memory API server (fast, fault-injectable). ``real`` is the
+etcd + kube-apiserver + kube-controller-manager + kube-scheduler that hack/k8s/up.sh starts from
+the versions pinned in hack/k8s/versions.env, once per test session, in a temporary directory
+(or an existing cluster: ``NODEMEDIC_K8S_KUBECONFIG=path``, which is never stopped and should be
+a scratch cluster: tests create and delete nodes and objects in it).
+
+``NODEMEDIC_K8S_BACKENDS`` (default ``memory,real``) chooses which run. When ``real`` is chosen
+and the control plane cannot be built or started, the tests that need it fail with the reason:
+they never skip silently.
+
+:class:`Backend` is what a test holds: ``api`` (a kubernetes_asyncio ApiClient), ``seed`` (store
+an object as given, status included, as ApiServer.create does), ``get`` and ``request`` (raw
+HTTP), the same on both. On ``real`` every object a test created is deleted after it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import ssl
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import yaml
+
+from agent.testing.apiserver import ApiServer
+
+ROOT = Path(__file__).resolve().parent.parent
+HACK = ROOT / "hack" / "k8s"
+BACKENDS_ENV = "NODEMEDIC_K8S_BACKENDS"
+KUBECONFIG_ENV = "NODEMEDIC_K8S_KUBECONFIG"
+# What a test may create on the real server, deleted after each test (cluster-scoped first).
+CLEANED = (
+    "Node", "Namespace", "Pod", "ConfigMap", "Event", "Lease", "PodDisruptionBudget",
+    "EndpointSlice", "Service", "Deployment", "ReplicaSet", "DaemonSet", "StatefulSet",
+)
+# Namespaces the real server owns: objects in them are cleaned, the namespaces are kept.
+SYSTEM_NAMESPACES = frozenset({"default", "kube-system", "kube-public", "kube-node-lease"})
+
+
+def chosen_backends() -> list[str]:
+    raw = os.environ.get(BACKENDS_ENV, "memory,real")
+    names = [b.strip() for b in raw.split(",") if b.strip()]
+    bad = [b for b in names if b not in ("memory", "real")]
+    if bad or not names:
+        raise ValueError(f"{BACKENDS_ENV}={raw!r}: use 'memory', 'real' or 'memory,real'")
+    return names
+
+
+@dataclass
+class Credentials:
+    """Where a real server is and how to reach it (from a kubeconfig with client certs)."""
+
+    kubeconfig: Path
+    server: str
+    ca: str | None
+    cert: str | None
+    key: str | None
+    token: str | None = None
+
+    @classmethod
+    def load(cls, kubeconfig: Path) -> Credentials:
+        doc = yaml.safe_load(kubeconfig.read_text())
+        ctx_name = doc["current-context"]
+        ctx = next(c["context"] for c in doc["contexts"] if c["name"] == ctx_name)
+        cluster = next(c["cluster"] for c in doc["clusters"] if c["name"] == ctx["cluster"])
+        user = next(u["user"] for u in doc["users"] if u["name"] == ctx["user"])
+        return cls(kubeconfig, cluster["server"], cluster.get("certificate-authority"),
+                   user.get("client-certificate"), user.get("client-key"), user.get("token"))
+
+    def ssl_context(self) -> ssl.SSLContext:
+        ctx = ssl.create_default_context(cafile=self.ca)
+        if self.cert and self.key:
+            ctx.load_cert_chain(self.cert, self.key)
+        return ctx
+
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"} if self.token else {}
+
+
+class RealCluster:
+    """The session's real control plane: started by hack/k8s/up.sh or given by kubeconfig."""
+
+    def __init__(self) -> None:
+        self.tmp: Path | None = None
+        self.creds: Credentials | None = None
+        self.error: str | None = None
+
+    def start(self) -> Credentials:
+        if self.creds is not None:
+            return self.creds
+        if self.error is not None:
+            raise RuntimeError(self.error)
+        given = os.environ.get(KUBECONFIG_ENV)
+        if given:
+            self.creds = Credentials.load(Path(given))
+            return self.creds
+        self.tmp = Path(tempfile.mkdtemp(prefix="nodemedic-k8s-"))
+        env = {**os.environ, "K8S_DIR": str(self.tmp / "k8s")}
+        # Short enough that the node lifecycle tests see the controller act within a test.
+        env.setdefault("NODEMEDIC_K8S_EXTRA_CM_FLAGS", "--node-monitor-grace-period=20s")
+        proc = subprocess.run(["bash", str(HACK / "up.sh")], env=env, capture_output=True,
+                              text=True, timeout=3600, check=False)
+        if proc.returncode != 0:
+            self.error = (f"the real control plane did not start (hack/k8s/up.sh exit "
+                          f"{proc.returncode}; set {BACKENDS_ENV}=memory to skip the real "
+                          f"tier):\n{proc.stderr[-4000:]}")
+            raise RuntimeError(self.error)
+        self.creds = Credentials.load(Path(proc.stdout.strip().splitlines()[-1]))
+        return self.creds
+
+    @property
+    def bin_dir(self) -> Path:
+        out = subprocess.run(["bash", str(HACK / "build.sh")], capture_output=True, text=True,
+                             check=True)
+        return Path(out.stdout.strip().splitlines()[-1])
+
+    def stop(self) -> None:
+        if self.tmp is None:
+            return
+        env = {**os.environ, "K8S_DIR": str(self.tmp / "k8s")}
+        subprocess.run(["bash", str(HACK / "down.sh")], env=env, capture_output=True,
+                       check=False, timeout=120)
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        self.tmp = None
+
+
+def rest_path(kind: str, namespace: str, name: str = "", sub: str = "") -> str:
+    """The REST path of a kind (as served by both servers), e.g. /api/v1/namespaces/x/pods/p."""
+    rt = ApiServer.resource(kind)
+    base = f"/apis/{rt.group}/{rt.version}" if rt.group else f"/api/{rt.version}"
+    if rt.namespaced:
+        base += f"/namespaces/{namespace or 'default'}"
+    out = f"{base}/{rt.plural}"
+    if name:
+        out += f"/{name}"
+    if sub:
+        out += f"/{sub}"
+    return out
+
+
+@dataclass
+class Backend:
+    """One backend as a test sees it; see the module docstring."""
+
+    name: str
+    url: str
+    api: Any
+    server: ApiServer | None = None
+    creds: Credentials | None = None
+    baseline: set[tuple[str, str, str]] = field(default_factory=set)
+    _session: aiohttp.ClientSession | None = None
+
+    @property
+    def real(self) -> bool:
+        return self.name == "real"
+
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            ssl_ctx: ssl.SSLContext | bool = self.creds.ssl_context() if self.creds else False
+            headers = self.creds.headers() if self.creds else {}
+            self._session = aiohttp.ClientSession(
+                headers=headers, connector=aiohttp.TCPConnector(ssl=ssl_ctx))
+        return self._session
+
+    async def request(self, method: str, path: str, body: Any = None,
+                      content_type: str = "application/json") -> tuple[int, Any]:
+        """A raw call; returns (status, decoded JSON body or text)."""
+        kw: dict[str, Any] = {}
+        if body is not None:
+            kw["json" if content_type == "application/json" else "data"] = body
+            kw["headers"] = {"Content-Type": content_type}
+        async with self.session().request(method, self.url + path, **kw) as resp:
+            try:
+                return resp.status, await resp.json(content_type=None)
+            except ValueError:
+                return resp.status, await resp.text()
+
+    async def seed(self, obj: dict[str, Any]) -> dict[str, Any]:
+        """Store ``obj`` as given (status included); a missing namespace is created."""
+        if self.server is not None:
+            return self.server.create(obj)
+        rt = ApiServer.resource(str(obj["kind"]))
+        meta = obj.setdefault("metadata", {})
+        ns = meta.get("namespace") or ("default" if rt.namespaced else "")
+        if rt.namespaced and ns not in SYSTEM_NAMESPACES:
+            await self.request("POST", "/api/v1/namespaces", {"metadata": {"name": ns}})
+        status = obj.get("status")
+        code, stored = await self.request("POST", rest_path(rt.kind, ns), obj)
+        if code >= 300:
+            raise AssertionError(f"seeding {rt.kind} {meta.get('name')}: {code} {stored}")
+        if status and "status" in rt.subresources:
+            stored["status"] = status
+            code, stored = await self.request(
+                "PUT", rest_path(rt.kind, ns, stored["metadata"]["name"], "status"), stored)
+            if code >= 300:
+                raise AssertionError(f"seeding {rt.kind} status: {code} {stored}")
+        if rt.kind == "PodDisruptionBudget":
+            stored = await self._settled_pdb(ns, stored["metadata"]["name"])
+        return dict(stored)
+
+    async def _settled_pdb(self, ns: str, name: str) -> dict[str, Any]:
+        """The PDB once the disruption controller computed its status: until then the real
+        server answers every eviction it covers with 429 (the in-memory one computes it inline)."""
+        deadline = time.monotonic() + 30
+        while True:
+            code, pdb = await self.request("GET", rest_path("PodDisruptionBudget", ns, name))
+            observed = (pdb.get("status") or {}).get("observedGeneration", 0)
+            if code == 200 and observed >= pdb["metadata"].get("generation", 1):
+                return dict(pdb)
+            if time.monotonic() > deadline:
+                raise AssertionError(f"PDB {ns}/{name}: the disruption controller never "
+                                     f"computed its status: {pdb}")
+            await asyncio.sleep(0.1)
+
+    async def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        if self.server is not None:
+            return self.server.get(kind, namespace, name)
+        code, obj = await self.request("GET", rest_path(kind, namespace, name))
+        return dict(obj) if code == 200 else None
+
+    async def inventory(self) -> set[tuple[str, str, str]]:
+        """(kind, namespace, name) of every object of the CLEANED kinds."""
+        out: set[tuple[str, str, str]] = set()
+        for kind in CLEANED:
+            rt = ApiServer.resource(kind)
+            base = f"/apis/{rt.group}/{rt.version}" if rt.group else f"/api/{rt.version}"
+            code, body = await self.request("GET", f"{base}/{rt.plural}")
+            if code != 200:
+                continue
+            for item in body.get("items", []):
+                m = item["metadata"]
+                out.add((kind, m.get("namespace", ""), m["name"]))
+        return out
+
+    async def cleanup(self) -> None:
+        """Delete what the test created (real backend), pods without grace: no kubelet runs."""
+        if self.server is None:
+            for kind, ns, name in sorted(await self.inventory() - self.baseline):
+                if kind == "Namespace" and name in SYSTEM_NAMESPACES:
+                    continue
+                if kind == "Pod":
+                    # A finalizer a test set would keep the pod; drop it, then delete at once.
+                    await self.request("PATCH", rest_path(kind, ns, name),
+                                       {"metadata": {"finalizers": None}},
+                                       "application/merge-patch+json")
+                await self.request("DELETE", rest_path(kind, ns, name) + "?gracePeriodSeconds=0")
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+
+def cluster_singleton() -> Iterator[RealCluster]:
+    """Generator for a session fixture: one RealCluster, stopped at the end."""
+    cluster = RealCluster()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
