@@ -31,7 +31,9 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if metafunc.definition.get_closest_marker("backends") is None:
         return
     names = chosen_backends()
-    if "apiserver" in metafunc.fixturenames:
+    if metafunc.definition.get_closest_marker("real_only") is not None:
+        names = [n for n in names if n == "real"]  # empty: pytest reports it skipped, by choice
+    elif "apiserver" in metafunc.fixturenames:
         names = [n for n in names if n == "memory"] or ["memory"]
     params = [pytest.param(n, marks=[pytest.mark.k8s_real] if n == "real" else []) for n in names]
     metafunc.parametrize("backend_name", params, indirect=True)

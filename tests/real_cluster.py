@@ -134,13 +134,38 @@ class RealCluster:
         self.tmp = None
 
 
+# Kinds only the real server serves (the in-memory one knows agent.testing.apiserver.resources).
+REAL_ONLY: dict[str, tuple[str, str, str, bool]] = {
+    "Service": ("", "v1", "services", True),
+    "ServiceAccount": ("", "v1", "serviceaccounts", True),
+    "Deployment": ("apps", "v1", "deployments", True),
+    "ReplicaSet": ("apps", "v1", "replicasets", True),
+    "StatefulSet": ("apps", "v1", "statefulsets", True),
+    "ClusterRole": ("rbac.authorization.k8s.io", "v1", "clusterroles", False),
+    "ClusterRoleBinding": ("rbac.authorization.k8s.io", "v1", "clusterrolebindings", False),
+}
+
+
+def resource(kind: str) -> tuple[str, str, str, bool]:
+    """(group, version, plural, namespaced) of a kind."""
+    if kind in REAL_ONLY:
+        return REAL_ONLY[kind]
+    rt = ApiServer.resource(kind)
+    return rt.group, rt.version, rt.plural, rt.namespaced
+
+
+def collection_path(kind: str) -> str:
+    group, version, plural, _ = resource(kind)
+    return f"/apis/{group}/{version}/{plural}" if group else f"/api/{version}/{plural}"
+
+
 def rest_path(kind: str, namespace: str, name: str = "", sub: str = "") -> str:
     """The REST path of a kind (as served by both servers), e.g. /api/v1/namespaces/x/pods/p."""
-    rt = ApiServer.resource(kind)
-    base = f"/apis/{rt.group}/{rt.version}" if rt.group else f"/api/{rt.version}"
-    if rt.namespaced:
+    group, version, plural, namespaced = resource(kind)
+    base = f"/apis/{group}/{version}" if group else f"/api/{version}"
+    if namespaced:
         base += f"/namespaces/{namespace or 'default'}"
-    out = f"{base}/{rt.plural}"
+    out = f"{base}/{plural}"
     if name:
         out += f"/{name}"
     if sub:
@@ -189,22 +214,29 @@ class Backend:
         """Store ``obj`` as given (status included); a missing namespace is created."""
         if self.server is not None:
             return self.server.create(obj)
-        rt = ApiServer.resource(str(obj["kind"]))
+        kind = str(obj["kind"])
+        _, _, _, namespaced = resource(kind)
+        subresources = ApiServer.resource(kind).subresources if kind not in REAL_ONLY else ()
         meta = obj.setdefault("metadata", {})
-        ns = meta.get("namespace") or ("default" if rt.namespaced else "")
-        if rt.namespaced and ns not in SYSTEM_NAMESPACES:
+        ns = meta.get("namespace") or ("default" if namespaced else "")
+        if namespaced and ns not in SYSTEM_NAMESPACES:
             await self.request("POST", "/api/v1/namespaces", {"metadata": {"name": ns}})
         status = obj.get("status")
-        code, stored = await self.request("POST", rest_path(rt.kind, ns), obj)
+        code, stored = await self.request("POST", rest_path(kind, ns), obj)
         if code >= 300:
-            raise AssertionError(f"seeding {rt.kind} {meta.get('name')}: {code} {stored}")
-        if status and "status" in rt.subresources:
-            stored["status"] = status
-            code, stored = await self.request(
-                "PUT", rest_path(rt.kind, ns, stored["metadata"]["name"], "status"), stored)
+            raise AssertionError(f"seeding {kind} {meta.get('name')}: {code} {stored}")
+        if status and "status" in subresources:
+            path = rest_path(kind, ns, stored["metadata"]["name"], "status")
+            for _ in range(10):  # a controller may write the new object first (409: re-read)
+                stored["status"] = status
+                code, body = await self.request("PUT", path, stored)
+                if code != 409:
+                    break
+                _, stored = await self.request("GET", path)
             if code >= 300:
-                raise AssertionError(f"seeding {rt.kind} status: {code} {stored}")
-        if rt.kind == "PodDisruptionBudget":
+                raise AssertionError(f"seeding {kind} status: {code} {body}")
+            stored = body
+        if kind == "PodDisruptionBudget":
             stored = await self._settled_pdb(ns, stored["metadata"]["name"])
         return dict(stored)
 
@@ -232,9 +264,7 @@ class Backend:
         """(kind, namespace, name) of every object of the CLEANED kinds."""
         out: set[tuple[str, str, str]] = set()
         for kind in CLEANED:
-            rt = ApiServer.resource(kind)
-            base = f"/apis/{rt.group}/{rt.version}" if rt.group else f"/api/{rt.version}"
-            code, body = await self.request("GET", f"{base}/{rt.plural}")
+            code, body = await self.request("GET", collection_path(kind))
             if code != 200:
                 continue
             for item in body.get("items", []):

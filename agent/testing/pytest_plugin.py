@@ -2,7 +2,8 @@
 
 Any project can load it with ``pytest_plugins = ["agent.testing.pytest_plugin"]`` (nodemedic's
 own tests use tests/conftest.py instead, which runs the same tests on a real control plane too).
-``apiserver`` is a started :class:`ApiServer` on a free loopback port; ``kube_api`` is a kubernetes_asyncio ``ApiClient`` configured for it, closed after the test.
+``apiserver`` is a started :class:`ApiServer` on a free loopback port; ``kube_api`` is a
+kubernetes_asyncio ``ApiClient`` configured for it, closed after the test.
 """
 
 from __future__ import annotations

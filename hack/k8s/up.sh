@@ -89,6 +89,24 @@ start kube-apiserver "$bin/kube-apiserver" \
   --service-account-key-file "$pki/sa.pub" --service-account-signing-key-file "$pki/sa.key" \
   --service-cluster-ip-range 10.0.0.0/24 --authorization-mode Node,RBAC --allow-privileged \
   --profiling=false
+ready() {
+  curl -sf --max-time 2 --cacert "$pki/ca.crt" --cert "$pki/admin.crt" --key "$pki/admin.key" \
+    "$server/readyz" 2>/dev/null | grep -qx ok
+}
+wait_ready() {
+  for _ in $(seq 1 120); do
+    ready && return 0
+    while read -r name pid; do
+      kill -0 "$pid" 2>/dev/null || { echo "k8s-up: $name exited; last log lines:" >&2; tail -20 "$dir/logs/$name.log" >&2; bash "$here/down.sh" >&2; exit 1; }
+    done < "$dir/pids"
+    sleep 0.5
+  done
+  echo "k8s-up: /readyz did not answer ok within 60 s; see $dir/logs" >&2
+  bash "$here/down.sh" >&2; exit 1
+}
+# The controllers start once the apiserver has bootstrapped its RBAC policy: before that, their
+# first reads are forbidden and they exit.
+wait_ready
 # shellcheck disable=SC2086  # the extra flags are a word list on purpose
 start kube-controller-manager "$bin/kube-controller-manager" \
   --kubeconfig "$dir/controller-manager.kubeconfig" \
@@ -105,20 +123,15 @@ start kube-scheduler "$bin/kube-scheduler" \
   --authorization-kubeconfig "$dir/scheduler.kubeconfig" \
   --bind-address 127.0.0.1 --secure-port "$sch_port" --leader-elect=false --profiling=false
 
-ready() {
-  curl -sf --max-time 2 --cacert "$pki/ca.crt" --cert "$pki/admin.crt" --key "$pki/admin.key" \
-    "$server/readyz" 2>/dev/null | grep -qx ok
-}
+healthy() { curl -skf --max-time 2 "https://127.0.0.1:$1/healthz" 2>/dev/null | grep -qx ok; }
 for _ in $(seq 1 120); do
-  if ready; then
+  if healthy "$cm_port" && healthy "$sch_port"; then
     ms=$(( ($(date +%s%N) - t0) / 1000000 ))
     echo "k8s-up: $server ready in $((ms / 1000)).$((ms % 1000 / 100)) s; kubeconfig: $dir/admin.kubeconfig" >&2
     echo "$dir/admin.kubeconfig"; exit 0
   fi
-  while read -r name pid; do
-    kill -0 "$pid" 2>/dev/null || { echo "k8s-up: $name exited; last log lines:" >&2; tail -20 "$dir/logs/$name.log" >&2; bash "$here/down.sh" >&2; exit 1; }
-  done < "$dir/pids"
+  wait_ready  # also notices a component that exited
   sleep 0.5
 done
-echo "k8s-up: /readyz did not answer ok within 60 s; see $dir/logs" >&2
+echo "k8s-up: the controller-manager or scheduler did not become healthy within 60 s; see $dir/logs" >&2
 bash "$here/down.sh" >&2; exit 1

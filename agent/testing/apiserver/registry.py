@@ -13,6 +13,7 @@ finalizers.
 from __future__ import annotations
 
 import copy
+import json
 import re
 import time
 import uuid
@@ -30,6 +31,9 @@ from agent.testing.apiserver.store import Obj, Store
 _SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 _LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _TAINT_EFFECTS = ("NoExecute", "NoSchedule", "PreferNoSchedule")
+# Resources whose kube-apiserver strategy keeps metadata.generation (bumped on spec changes);
+# nodes, namespaces, config maps, events, leases and endpoint slices have none there.
+_VERSIONED = frozenset({"pods", "poddisruptionbudgets", "daemonsets"})
 _GENERATE_SUFFIX = 5
 _SYSTEM_NAMESPACES = ("default", "kube-node-lease", "kube-public", "kube-system")
 
@@ -117,7 +121,10 @@ class Registry:
         meta["uid"] = str(uuid.uuid4())
         meta["resourceVersion"] = str(rv)
         meta["creationTimestamp"] = rfc3339(now)
-        meta["generation"] = 1
+        if rt.plural in _VERSIONED:
+            meta["generation"] = 1
+        else:
+            meta.pop("generation", None)
         if not raw:
             self._prepare_create(rt, obj)
         if manager is not None:  # None: a seeded object whose history nobody knows
@@ -239,7 +246,7 @@ class Registry:
                 ],
             )
         self._validate(rt, new)
-        if _body_sans_meta(new) != _body_sans_meta(old):
+        if rt.plural in _VERSIONED and _body_sans_meta(new) != _body_sans_meta(old):
             meta["generation"] = int(old_meta.get("generation", 1)) + 1
         compare_old = {
             **old,
@@ -293,25 +300,17 @@ class Registry:
         name = meta["name"]
         pre = options.get("preconditions") or {}
         if pre.get("uid") and pre["uid"] != meta["uid"]:
-            raise st.conflict(
-                rt.plural,
-                rt.group,
-                name,
-                (
-                    f"Precondition failed: UID in precondition: {pre['uid']}, "
-                    f"UID in object meta: {meta['uid']}"
-                ),
+            raise st.precondition_failed(
+                rt.kind, name,
+                f"the UID in the precondition ({pre['uid']}) does not match the UID in record "
+                f"({meta['uid']}). The object might have been deleted and then recreated",
             )
         if pre.get("resourceVersion") and pre["resourceVersion"] != meta["resourceVersion"]:
-            raise st.conflict(
-                rt.plural,
-                rt.group,
-                name,
-                (
-                    "Precondition failed: ResourceVersion in precondition: "
-                    f"{pre['resourceVersion']}, "
-                    f"ResourceVersion in object meta: {meta['resourceVersion']}"
-                ),
+            raise st.precondition_failed(
+                rt.kind, name,
+                f"the ResourceVersion in the precondition ({pre['resourceVersion']}) does not "
+                f"match the ResourceVersion in record ({meta['resourceVersion']}). The object "
+                "might have been modified",
             )
 
     def _pod_grace(self, pod: Obj, requested: Any) -> int:
@@ -450,6 +449,12 @@ class Registry:
                         "with a valid qualified key",
                     )
                 )
+        if rt.plural == "events" and obj.get("eventTime"):
+            # kube-apiserver: an Event with eventTime is a new-style one and must say who
+            # reported it and what it did (core/v1 and events.k8s.io/v1 alike).
+            for f in ("reportingComponent", "reportingInstance", "action"):
+                if not obj.get(f):
+                    causes.append(("FieldValueRequired", f, "Required value"))
         spec = obj.get("spec") or {}
         if rt.plural == "pods" and not spec.get("containers"):
             causes.append(("FieldValueRequired", "spec.containers", "Required value"))
@@ -461,18 +466,21 @@ class Registry:
                     causes.append(
                         (
                             "FieldValueNotSupported",
-                            f"spec.taints[{i}].effect",
+                            f"metadata.taints[{i}].effect",
                             f'Unsupported value: "{effect}": supported values: '
-                            '"NoExecute", "NoSchedule", "PreferNoSchedule"',
+                            '"NoSchedule", "PreferNoSchedule", "NoExecute"',
                         )
                     )
                 if not valid_label_key(str((t or {}).get("key", ""))):
                     causes.append(
                         (
                             "FieldValueInvalid",
-                            f"spec.taints[{i}].key",
+                            f"metadata.taints[{i}].key",
                             f'Invalid value: "{(t or {}).get("key", "")}": name part must '
-                            "consist of alphanumeric characters, '-', '_' or '.'",
+                            "consist of alphanumeric characters, '-', '_' or '.', and must start "
+                            "and end with an alphanumeric character (e.g. 'MyName',  or "
+                            "'my.name',  or '123-abc', regex used for validation is "
+                            "'([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]')",
                         )
                     )
                 pair = (str((t or {}).get("key")), str(effect))
@@ -480,9 +488,12 @@ class Registry:
                     causes.append(
                         (
                             "FieldValueDuplicate",
-                            f"spec.taints[{i}]",
-                            f'Duplicate value: "{pair[0]}": taints must be unique by key and '
-                            "effect pair",
+                            f"metadata.taints[{i}]",
+                            "Duplicate value: "
+                            + json.dumps({"Key": pair[0], "Value": str((t or {}).get("value", "")),
+                                          "Effect": pair[1], "TimeAdded": None},
+                                         separators=(",", ":"))
+                            + ": taints must be unique by key and effect pair",
                         )
                     )
                 seen.add(pair)

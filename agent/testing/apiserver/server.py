@@ -583,7 +583,8 @@ class ApiServer:
         if limit and limit > 0 and len(items) > limit:
             last = items[limit - 1]["metadata"]
             meta["continue"] = _encode_continue(rv_now, (last.get("namespace", ""), last["name"]))
-            meta["remainingItemCount"] = len(items) - limit
+            if matcher is None:  # as kube-apiserver: no count when a selector filtered the list
+                meta["remainingItemCount"] = len(items) - limit
             items = items[:limit]
         if table.wants_table(request.headers.get("Accept", "")):
             return _json(

@@ -83,6 +83,15 @@ def conflict(plural: str, group: str, name: str, why: str | None = None) -> ApiE
     )
 
 
+def precondition_failed(kind: str, name: str, why: str) -> ApiError:
+    """409 for a failed delete precondition: kube-apiserver's storage names the Kind here
+    (``on ConfigMap "c"``, details.kind ``ConfigMap``), not the resource as other conflicts do."""
+    return ApiError(
+        409, "Conflict", f'Operation cannot be fulfilled on {kind} "{name}": {why}',
+        {"name": name, "kind": kind},
+    )
+
+
 def invalid(kind: str, group: str, name: str, causes: list[tuple[str, str, str]]) -> ApiError:
     """422 ``Pod "x" is invalid: field: message``; ``causes`` is (reason, field, message)."""
     summary = ", ".join(f"{f}: {m}" for _, f, m in causes)

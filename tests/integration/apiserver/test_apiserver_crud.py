@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -22,12 +23,16 @@ def body(exc: client.ApiException) -> dict[str, Any]:
 
 
 async def test_create_sets_managed_metadata(core: Any) -> None:
-    """create fills uid, creationTimestamp, generation 1 and a numeric resourceVersion."""
+    """create fills uid, creationTimestamp and a numeric resourceVersion; generation only where
+    kube-apiserver keeps one (pods, PDBs, workloads), not on nodes."""
     node = await core.create_node({"metadata": {"name": "n1"}})
     assert node.metadata.uid and len(node.metadata.uid) == 36
     assert node.metadata.creation_timestamp is not None
-    assert node.metadata.generation == 1
+    assert node.metadata.generation is None
     assert int(node.metadata.resource_version) > 0
+    pod = await core.create_namespaced_pod("default", {
+        "metadata": {"name": "p"}, "spec": {"containers": [{"name": "c", "image": "busybox"}]}})
+    assert pod.metadata.generation == 1
 
 
 async def test_resource_version_is_global_and_increasing(core: Any, coordination: Any) -> None:
@@ -139,24 +144,26 @@ async def test_replace_without_resource_version_is_unconditional(core: Any) -> N
     assert out.data == {"a": "2"}
 
 
-async def test_generation_bumps_on_spec_changes_only(core: Any) -> None:
-    """Label and status changes keep generation; a spec change bumps it."""
-    await core.create_node({"metadata": {"name": "n1"}})
-    n = await core.patch_node("n1", {"metadata": {"labels": {"x": "y"}}})
-    assert n.metadata.generation == 1
-    n = await core.patch_node_status(
-        "n1", {"status": {"conditions": [{"type": "Ready", "status": "True"}]}}
-    )
-    assert n.metadata.generation == 1
-    n = await core.patch_node("n1", {"spec": {"unschedulable": True}})
-    assert n.metadata.generation == 2
+async def test_generation_bumps_on_spec_changes_only(policy: Any) -> None:
+    """Label changes keep a PDB's generation; a spec change bumps it."""
+    await policy.create_namespaced_pod_disruption_budget("default", {
+        "metadata": {"name": "b"}, "spec": {"minAvailable": 1, "selector": {}}})
+    b = await policy.patch_namespaced_pod_disruption_budget(
+        "b", "default", {"metadata": {"labels": {"x": "y"}}})
+    assert b.metadata.generation == 1
+    b = await policy.patch_namespaced_pod_disruption_budget(
+        "b", "default", {"spec": {"minAvailable": 2}})
+    assert b.metadata.generation == 2
 
 
 async def test_noop_update_keeps_resource_version(core: Any) -> None:
     """A patch that changes nothing does not bump resourceVersion (no watch event)."""
-    n = await core.create_node({"metadata": {"name": "n1", "labels": {"a": "b"}}})
-    again = await core.patch_node("n1", {"metadata": {"labels": {"a": "b"}}})
-    assert again.metadata.resource_version == n.metadata.resource_version
+    # A ConfigMap: on a real cluster controllers write to a new Node (ttl annotation, taints).
+    c = await core.create_namespaced_config_map(
+        "default", {"metadata": {"name": "c", "labels": {"a": "b"}}})
+    again = await core.patch_namespaced_config_map("c", "default",
+                                                   {"metadata": {"labels": {"a": "b"}}})
+    assert again.metadata.resource_version == c.metadata.resource_version
 
 
 async def test_status_subresource_is_separate(core: Any, kube: Backend) -> None:
@@ -248,7 +255,10 @@ async def test_delete_preconditions(core: Any) -> None:
             body=client.V1DeleteOptions(preconditions=client.V1Preconditions(uid="x")),
         )
     assert ei.value.status == 409
-    assert "Precondition failed: UID in precondition: x" in body(ei.value)["message"]
+    assert body(ei.value)["message"].startswith(
+        'Operation cannot be fulfilled on ConfigMap "c": the UID in the precondition (x) does '
+        "not match the UID in record (")
+    assert body(ei.value)["details"] == {"name": "c", "kind": "ConfigMap"}
     await core.read_namespaced_config_map("c", "default")
 
 
@@ -270,13 +280,18 @@ async def test_finalizers_hold_deletion(core: Any) -> None:
 
 async def test_list_limit_and_continue(core: Any) -> None:
     """limit/continue pages through a list in name order with remainingItemCount."""
+    # Leases: a real cluster puts a ConfigMap (kube-root-ca.crt) in every namespace itself.
+    # No selector either: with one, kube-apiserver leaves remainingItemCount out.
+    coordination = client.CoordinationV1Api(core.api_client)
     for i in range(5):
-        await core.create_namespaced_config_map("default", {"metadata": {"name": f"c{i}"}})
-    page = await core.list_namespaced_config_map("default", limit=2)
+        await coordination.create_namespaced_lease("default", {"metadata": {"name": f"c{i}"}})
+    page = await coordination.list_namespaced_lease("default", limit=2)
     names = [c.metadata.name for c in page.items]
     assert page.metadata.remaining_item_count == 3
+    labelled = await coordination.list_namespaced_lease("default", limit=2, label_selector="!x")
+    assert labelled.metadata._continue and labelled.metadata.remaining_item_count is None
     while page.metadata._continue:
-        page = await core.list_namespaced_config_map(
+        page = await coordination.list_namespaced_lease(
             "default", limit=2, _continue=page.metadata._continue
         )
         names += [c.metadata.name for c in page.items]
@@ -294,11 +309,17 @@ async def test_list_items_have_no_kind(kube_api: Any, apiserver: ApiServer) -> N
 
 
 async def test_namespace_delete_removes_contents(core: Any) -> None:
-    """Deleting a namespace deletes the objects in it."""
+    """Deleting a namespace deletes the objects in it (on a real server, asynchronously: the
+    namespace controller empties it while it is Terminating)."""
     await core.create_namespace({"metadata": {"name": "team"}})
     await core.create_namespaced_config_map("team", {"metadata": {"name": "c"}})
     await core.delete_namespace("team")
-    assert (await core.list_namespaced_config_map("team")).items == []
+    for _ in range(300):
+        left = (await core.list_namespaced_config_map("team")).items
+        if not left:
+            break
+        await asyncio.sleep(0.1)
+    assert left == []
 
 
 async def test_events_in_both_api_groups(core: Any, kube_api: Any) -> None:
@@ -312,6 +333,10 @@ async def test_events_in_both_api_groups(core: Any, kube_api: Any) -> None:
             "involvedObject": {"kind": "Node", "name": "n1"},
             "source": {"component": "nodemedic"},
             "eventTime": "2026-01-01T00:00:00.000000Z",
+            # Required with eventTime (a new-style Event); a 422 without them, as tested below.
+            "reportingComponent": "nodemedic",
+            "reportingInstance": "n1",
+            "action": "Cordon",
         },
     )
     ev = await client.EventsV1Api(kube_api).read_namespaced_event("e1", "default")
@@ -336,6 +361,14 @@ async def test_events_in_both_api_groups(core: Any, kube_api: Any) -> None:
     assert e2.message == "drained" and e2.reporting_component == "nodemedic"
     sel = await core.list_namespaced_event("default", field_selector="reason=Drain")
     assert [e.metadata.name for e in sel.items] == ["e2"]
+    with pytest.raises(client.ApiException) as ei:
+        await core.create_namespaced_event("default", {
+            "metadata": {"name": "e3"}, "message": "m", "reason": "R",
+            "involvedObject": {"kind": "Node", "name": "n1"},
+            "eventTime": "2026-01-01T00:00:00.000000Z"})
+    assert ei.value.status == 422
+    fields = {c["field"] for c in body(ei.value)["details"]["causes"]}
+    assert {"reportingComponent", "reportingInstance", "action"} <= fields
 
 
 async def test_discovery_and_version(kube_api: Any) -> None:
@@ -354,14 +387,15 @@ async def test_big_list_is_complete_and_paged_correctly(core: Any, kube: Backend
     for i in range(4500):
         await kube.seed(
             {
-                "apiVersion": "v1",
-                "kind": "ConfigMap",
+                "kind": "Lease",  # not ConfigMaps: see test_list_limit_and_continue
+                "apiVersion": "coordination.k8s.io/v1",
                 "metadata": {"name": f"c{i:05d}", "namespace": "default"},
             }
         )
-    full = await core.list_namespaced_config_map("default")
+    coordination = client.CoordinationV1Api(core.api_client)
+    full = await coordination.list_namespaced_lease("default")
     assert [c.metadata.name for c in full.items] == [f"c{i:05d}" for i in range(4500)]
-    page = await core.list_namespaced_config_map("default", limit=4000)
+    page = await coordination.list_namespaced_lease("default", limit=4000)
     assert len(page.items) == 4000 and page.metadata.remaining_item_count == 500
 
 

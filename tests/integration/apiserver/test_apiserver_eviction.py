@@ -62,14 +62,18 @@ async def test_429_body_is_byte_identical_to_a_real_capture(
 
 
 async def test_eviction_allowed_then_budget_exhausted(
-    core: Any, policy: Any, kube: Backend, make_pod: Any
+    core: Any, policy: Any, apiserver: ApiServer, make_pod: Any
 ) -> None:
-    """With maxUnavailable=1 and 3 ready pods, one eviction succeeds and the next is 429."""
+    """With maxUnavailable=1 and 3 ready pods, one eviction succeeds and the next is 429.
+    Memory only: with maxUnavailable or a percentage, kube-controller-manager's disruption
+    controller needs each pod's controller (its scale) and gives bare pods no disruptions;
+    the real-server behaviour is test_bare_pods_block_percentage_budgets.
+    """
     for n in ("a", "b", "c"):
-        await kube.seed(make_pod(n))
-    await kube.seed(_pdb("web", maxUnavailable=1))
+        apiserver.create(make_pod(n))
+    apiserver.create(_pdb("web", maxUnavailable=1))
     await _evict(core, "a")
-    evicted = await kube.get("Pod", "default", "a")
+    evicted = apiserver.get("Pod", "default", "a")
     assert evicted is not None and evicted["metadata"]["deletionTimestamp"]
     target = [c for c in evicted["status"]["conditions"] if c["type"] == "DisruptionTarget"]
     assert target and target[0]["reason"] == "EvictionByEvictionAPI"
@@ -83,12 +87,16 @@ async def test_eviction_allowed_then_budget_exhausted(
 
 
 async def test_percentage_min_available_rounds_up(
-    core: Any, kube: Backend, make_pod: Any
+    core: Any, apiserver: ApiServer, make_pod: Any
 ) -> None:
-    """minAvailable=50% of 3 pods needs 2 healthy (rounded up): one eviction, then 429."""
+    """minAvailable=50% of 3 pods needs 2 healthy (rounded up): one eviction, then 429.
+    Memory only: with maxUnavailable or a percentage, kube-controller-manager's disruption
+    controller needs each pod's controller (its scale) and gives bare pods no disruptions;
+    the real-server behaviour is test_bare_pods_block_percentage_budgets.
+    """
     for n in ("a", "b", "c"):
-        await kube.seed(make_pod(n))
-    await kube.seed(_pdb("web", minAvailable="50%"))
+        apiserver.create(make_pod(n))
+    apiserver.create(_pdb("web", minAvailable="50%"))
     await _evict(core, "a")
     with pytest.raises(client.ApiException) as ei:
         await _evict(core, "b")
@@ -167,11 +175,15 @@ async def test_pdb_status_follows_pods(policy: Any, apiserver: ApiServer, make_p
     assert pdb.status.expected_pods == 2
 
 
-async def test_max_unavailable_percentage(core: Any, kube: Backend, make_pod: Any) -> None:
-    """maxUnavailable=34% of 3 pods rounds up to 2 disruptions allowed (1 needed healthy)."""
+async def test_max_unavailable_percentage(core: Any, apiserver: ApiServer, make_pod: Any) -> None:
+    """maxUnavailable=34% of 3 pods rounds up to 2 disruptions allowed (1 needed healthy).
+    Memory only: with maxUnavailable or a percentage, kube-controller-manager's disruption
+    controller needs each pod's controller (its scale) and gives bare pods no disruptions;
+    the real-server behaviour is test_bare_pods_block_percentage_budgets.
+    """
     for n in ("a", "b", "c"):
-        await kube.seed(make_pod(n))
-    await kube.seed(_pdb("web", maxUnavailable="34%"))
+        apiserver.create(make_pod(n))
+    apiserver.create(_pdb("web", maxUnavailable="34%"))
     await _evict(core, "a")
     await _evict(core, "b")
     with pytest.raises(client.ApiException) as ei:
@@ -243,3 +255,21 @@ async def test_eviction_with_current_resource_version_precondition(
     )
     after = await kube.get("Pod", "default", "a")
     assert after is not None and after["metadata"].get("deletionTimestamp")
+
+
+@pytest.mark.real_only
+async def test_bare_pods_block_percentage_budgets(
+    core: Any, policy: Any, kube: Backend, make_pod: Any
+) -> None:
+    """On a real cluster a maxUnavailable budget over pods without a controller allows no
+    disruption at all: every eviction is 429 and the PDB says why. A drain of such pods can only
+    time out, which is why nodemedic's drain reports the budget's message and gives up at its
+    timeout instead of retrying forever. (The in-memory server counts bare pods instead.)"""
+    for n in ("a", "b", "c"):
+        await kube.seed(make_pod(n))
+    await kube.seed(_pdb("web", maxUnavailable=1))
+    pdb = await policy.read_namespaced_pod_disruption_budget("web", "default")
+    assert pdb.status.disruptions_allowed == 0 and pdb.status.expected_pods == 0, pdb.status
+    with pytest.raises(client.ApiException) as ei:
+        await _evict(core, "a")
+    assert ei.value.status == 429

@@ -28,12 +28,15 @@ async def _collect(stream: Any, n: int) -> list[tuple[str, str]]:
 
 async def test_watch_stream_lists_then_follows(core: Any, kube: Backend) -> None:
     """A watch without resourceVersion sends ADDED for existing objects, then the changes."""
-    await kube.seed({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "n1"}})
+    # A ConfigMap: on a real cluster controllers also write to a new Node.
+    await kube.seed({"apiVersion": "v1", "kind": "ConfigMap",
+                     "metadata": {"name": "n1", "labels": {"w": "f"}}})
     w = watch.Watch()
-    stream = w.stream(core.list_node, timeout_seconds=5)
+    stream = w.stream(core.list_namespaced_config_map, "default", label_selector="w=f",
+                      timeout_seconds=5)
     first = await _collect(stream, 1)
-    await core.patch_node("n1", {"spec": {"unschedulable": True}})
-    await core.delete_node("n1")
+    await core.patch_namespaced_config_map("n1", "default", {"data": {"a": "1"}})
+    await core.delete_namespaced_config_map("n1", "default")
     rest = await _collect(stream, 2)
     await w.close()
     assert first + rest == [("ADDED", "n1"), ("MODIFIED", "n1"), ("DELETED", "n1")]
@@ -41,12 +44,16 @@ async def test_watch_stream_lists_then_follows(core: Any, kube: Backend) -> None
 
 async def test_watch_resumes_from_resource_version(core: Any, kube: Backend) -> None:
     """A watch from a list's resourceVersion replays exactly the changes made after it."""
-    await kube.seed({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "n1"}})
-    rv = (await core.list_node()).metadata.resource_version
-    await core.create_node({"metadata": {"name": "n2"}})
-    await core.patch_node("n1", {"metadata": {"labels": {"a": "b"}}})
+    # ConfigMaps: on a real cluster controllers also write to new Nodes.
+    cm = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "n1", "labels": {"w": "r"}}}
+    await kube.seed(cm)
+    rv = (await core.list_namespaced_config_map("default")).metadata.resource_version
+    await core.create_namespaced_config_map(
+        "default", {"metadata": {"name": "n2", "labels": {"w": "r"}}})
+    await core.patch_namespaced_config_map("n1", "default", {"metadata": {"labels": {"a": "b"}}})
     w = watch.Watch()
-    got = await _collect(w.stream(core.list_node, resource_version=rv, timeout_seconds=5), 2)
+    got = await _collect(w.stream(core.list_namespaced_config_map, "default", label_selector="w=r",
+                                  resource_version=rv, timeout_seconds=5), 2)
     await w.close()
     assert got == [("ADDED", "n2"), ("MODIFIED", "n1")]
 
