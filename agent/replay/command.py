@@ -107,6 +107,11 @@ def run_replay(args: argparse.Namespace) -> int:
         print(f"nodemedic replay: {len(exc.problems)} problem(s) in the rules; nothing replayed",
               file=sys.stderr)
         return 1
+    from agent.runtime.logging import configure_logging
+
+    # The stages log every decision; the timeline is the report, so only --log.level=debug
+    # shows them (on stderr, never mixed into --output json).
+    configure_logging("debug" if settings.log_level == "debug" else "error", settings.log_format)
     try:
         return asyncio.run(replay(settings, ruleset, args.prometheus_url, start=start, end=end,
                                   step=step, max_age=max_age, node_label=args.replay_node_label,

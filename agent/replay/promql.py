@@ -21,8 +21,6 @@ from urllib.parse import urlencode
 
 import aiohttp
 
-from agent.structs.durations import format_duration
-
 MAX_POINTS = 10_000  # per series and request (Prometheus refuses more than 11,000)
 REQUEST_TIMEOUT = 60.0
 
@@ -48,8 +46,10 @@ def steps(start: float, end: float, step: float) -> list[float]:
 
 
 def query_for(metric: str, max_age: float) -> str:
-    """The PromQL of one metric: only samples scraped in the last ``max_age`` count."""
-    return f"last_over_time({metric}[{format_duration(max_age)}])"
+    """The PromQL of one metric: only samples scraped in the last ``max_age`` count. The range
+    is a millisecond short so that it is (t - max_age, t] on every Prometheus version (before
+    3.0 both ends were included: a sample exactly one step old would count twice)."""
+    return f"last_over_time({metric}[{max(1, round(max_age * 1000) - 1)}ms])"
 
 
 class PrometheusSource:

@@ -45,11 +45,11 @@ def render_json(window: Window, records: Sequence[Record], out: TextIO) -> None:
 
 
 def _line(r: Record, rule_width: int, node_width: int) -> str:
-    head = f"{rfc3339(r.time):<24} {r.node:<{node_width}} {r.rule or '-':<{rule_width}} "
+    head = f"{rfc3339(r.time):<20}  {r.node:<{node_width}} {r.rule or '-':<{rule_width}} "
     if r.what == "gap":
         end = r.end if r.end is not None else r.time
         frozen = f"; rules frozen: {', '.join(r.rules)}" if r.rules else ""
-        return (f"{head}{'GAP':<10} no data until {rfc3339(end)}: {', '.join(r.metrics)}"
+        return (f"{head}{'GAP':<10} no data through {rfc3339(end)}: {', '.join(r.metrics)}"
                 f"{frozen}")
     if r.what == "resolved":
         return f"{head}{'RESOLVED':<10} {r.target} healthy; the rule stops tracking it"
@@ -58,7 +58,8 @@ def _line(r: Record, rule_width: int, node_width: int) -> str:
     if r.what == "blocked":
         return f"{head}{'BLOCKED':<10} {acts}{step}: {r.reason} - {r.detail}"
     dry = " [dry-run: would have]" if r.decision == "dry_run" else ""
-    return f"{head}{r.what.upper():<10} {acts}{step}{dry}"
+    note = f" - {r.outcome}" if r.outcome else ""
+    return f"{head}{r.what.upper():<10} {acts}{step}{dry}{note}"
 
 
 def render_text(window: Window, records: Sequence[Record], out: TextIO) -> None:

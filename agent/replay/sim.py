@@ -33,7 +33,8 @@ from agent.testing.apiserver import ApiServer
 # Actions whose whole effect is on this node's Node object: run for real against the fake.
 NODE_ACTIONS = frozenset({"cordon", "uncordon", "taint", "untaint", "annotate"})
 
-DecisionSink = Callable[[Decision, bool], None]  # (decision, repeated denial of a held step)
+# (decision, its outcome when it ran, whether it repeats the denial of a held step)
+DecisionSink = Callable[[Decision, Outcome | None, bool], None]
 
 
 class SimClock:
@@ -105,6 +106,6 @@ class ReplayStage(RemediationStage):
             held = self.ledger.held.get(ledger_key(decision.request))
             repeated = (held is not None and decision.kind == "denied"
                         and held.reason == decision.reason)
-            self.sink(decision, repeated)
+            self.sink(decision, result, repeated)
         super()._record(decision, result, continuing)
 

@@ -3,7 +3,8 @@
 Used by agent.replay.command. For every step (``--step``, default the collect interval) and
 every node, in that order, a Snapshot is built from the recorded values exactly as the live
 pipeline would have built it (the rule metrics' families, the collectors owning them, each
-collector ok only when its recorded ``nodemedic_collector_success`` is 1 at that step) and
+collector ok only when its recorded ``nodemedic_collector_success`` is 1 at that step; a metric
+recorded for the node at other steps but not at this one is unreadable) and
 handed to that node's :class:`agent.replay.sim.ReplayStage`, which runs the node's RuleEngine
 and SafetyGate as the live agent does. A metric without a fresh sample, or whose collector was
 not recorded as successful, is missing data: the engine freezes the rules reading it (never
@@ -21,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from types import MappingProxyType
 from typing import Any
 
 from agent.replay.promql import Recorded
@@ -30,7 +32,7 @@ from agent.rules.loader import RuleSet
 from agent.rules.schema import AllOf, AnyOf, MetricCondition, NotOf, Rule
 from agent.settings import Settings
 from agent.structs.metrics import Family, MetricSpec
-from agent.structs.remediation import Decision
+from agent.structs.remediation import Decision, Outcome
 from agent.structs.snapshot import CollectorStatus, Snapshot
 
 SUCCESS_METRIC = "nodemedic_collector_success"
@@ -59,6 +61,7 @@ class Record:
     decision: str = ""  # allowed | dry_run | denied
     reason: str = ""
     detail: str = ""
+    outcome: str = ""  # an allowed action that changed nothing or failed: why (noop: ...)
     end: float | None = None  # gap: the last step without data
     metrics: list[str] = field(default_factory=list)  # gap: what was missing
     rules: list[str] = field(default_factory=list)  # gap: the rules frozen by it
@@ -76,6 +79,8 @@ class Record:
                        dry_run=self.decision == "dry_run")
         if self.what == "blocked":
             out.update(reason=self.reason, detail=self.detail)
+        if self.outcome:
+            out.update(outcome=self.outcome)
         return out
 
 
@@ -150,6 +155,7 @@ class Replay:
                                           if success is not None else [])}
         families: dict[str, Family] = {}
         owners: dict[str, str] = {}
+        vanished: dict[str, dict[str, str]] = {}
         for metric in self.metrics:
             entry = self.catalogue.get(metric)
             if entry is None:
@@ -157,12 +163,19 @@ class Replay:
             owner, spec = entry
             owners[metric] = owner
             rec = self.recorded.get(metric)
-            samples = list(rec.by_node.get(node, {}).get(i, [])) if rec is not None else []
+            per_step = rec.by_node.get(node, {}) if rec is not None else {}
+            samples = list(per_step.get(i, []))
+            if not samples and per_step:
+                # Recorded for this node at other steps but not at this one while its collector
+                # says it succeeded: the recording lost it (relabelling, a partial scrape).
+                # Unknown, never "no series, so healthy".
+                vanished.setdefault(owner, {})[metric] = "not_recorded"
             families[metric] = Family(spec, samples)
         statuses = {
             owner: CollectorStatus(owner, ok.get(owner, False), 0.0,
                                    None if ok.get(owner) else "no successful collection recorded",
-                                   reason="" if ok.get(owner) else "error")
+                                   reason="" if ok.get(owner) else "error",
+                                   unreadable=MappingProxyType(vanished.get(owner, {})))
             for owner in set(owners.values())
         }
         # A collector that failed has no families, as in agent.runtime.pipeline.
@@ -171,23 +184,27 @@ class Replay:
                         owners=owners)
 
     def _sink(self, node: str, clock: SimClock) -> Any:
-        def sink(decision: Decision, repeated: bool) -> None:
+        def sink(decision: Decision, result: Outcome | None, repeated: bool) -> None:
             if repeated:
                 return
             req = decision.request
             what = what_of(decision)
+            # Simulated actions report success; real ones on the fake may report a no-op.
+            note = (f"{req.action.type} {result.kind}: {result.message}"
+                    if result is not None and result.kind not in ("success", "retry") else "")
             for rec in self._tick:  # one record per rule/step/outcome, listing its actions
                 if (rec.node, rec.rule, rec.target, rec.step, rec.what, rec.decision,
                         rec.reason) == (node, req.rule, req.target.key, req.step, what,
                                         decision.kind, decision.reason if what == "blocked"
                                         else ""):
                     rec.actions.append(req.action.type)
+                    rec.outcome = "; ".join(x for x in (rec.outcome, note) if x)
                     return
             self._tick.append(Record(
                 time=clock(), node=node, what=what, rule=req.rule, target=req.target.key,
                 step=req.step, actions=[req.action.type], decision=decision.kind,
                 reason=decision.reason if what == "blocked" else "",
-                detail=decision.detail if what == "blocked" else ""))
+                detail=decision.detail if what == "blocked" else "", outcome=note))
         return sink
 
     async def run(self) -> list[Record]:
