@@ -25,6 +25,7 @@ from agent.actions.base import outcome
 from agent.actions.cordon import ensure_cordoned
 from agent.kube.client import ApiClient, load_configuration
 from agent.runtime.remediation import Engine, RemediationStage
+from agent.safety.gate import SafetyGate
 from agent.safety.ledger import ledger_key
 from agent.settings import Settings
 from agent.structs.remediation import Decision, Outcome
@@ -81,6 +82,15 @@ class FakeCluster:
                       if (n.get("spec") or {}).get("unschedulable"))
 
 
+class ReplayGate(SafetyGate):
+    """The safety gate, deciding exactly as live; only its idle re-read for the dashboard
+    gauges is skipped (a replay exports no gauges, and decide() reads what it needs itself):
+    it was two thirds of the fake API's requests."""
+
+    async def refresh(self) -> None:
+        return None
+
+
 class ReplayStage(RemediationStage):
     """RemediationStage whose actions change only the fake (see module docstring)."""
 
@@ -88,6 +98,7 @@ class ReplayStage(RemediationStage):
                  sink: DecisionSink) -> None:
         super().__init__(settings, api, engine, clock=clock, monotonic=clock,
                          systemctl="/nonexistent/systemctl", concurrency=1)
+        self.gate = ReplayGate(settings, api, clock=clock, monotonic=clock)
         self.sink = sink
 
     async def _execute(self, decision: Decision, continuing: bool) -> Outcome:
