@@ -8,7 +8,8 @@ same ``--config`` file, ``NODEMEDIC_*`` environment, ``--rules.dir``, ``--dry-ru
 (default ``instance``) and ``--replay.max-sample-age``. Loads the rules (a file:line error and
 exit 1 when any is invalid), fetches the series they read (agent.replay.promql), replays
 (agent.replay.timeline) and prints the timeline (agent.replay.render). Exit codes: 0 replayed,
-1 rules or Prometheus failed, 2 invalid arguments. Executes nothing and writes to no API.
+1 rules or Prometheus failed, 2 invalid arguments (or a node label whose values are not node
+names). Executes nothing and writes to no API.
 """
 
 from __future__ import annotations
@@ -74,6 +75,17 @@ def parse_time(text: str, now: float) -> float:
     if d.tzinfo is None:
         raise ValueError(f"{text!r}: an RFC 3339 time needs a zone (Z or +01:00)")
     return d.timestamp()
+
+
+def _node_name_ok(name: str) -> bool:
+    """Whether ``name`` is a valid node name, by the same check as --node-name."""
+    from pydantic import ValidationError
+
+    try:
+        Settings(node_name=name)
+    except ValidationError:
+        return False
+    return True
 
 
 def run_replay(args: argparse.Namespace) -> int:
@@ -147,6 +159,12 @@ async def replay(settings: Settings, ruleset: Any, url: str, *, start: float, en
         print(f"nodemedic replay: no collector owns {', '.join(unknown)}; rules reading them "
               "never fire (gaps)", file=sys.stderr)
     nodes = nodes_of(recorded)
+    bad = [n for n in nodes if not _node_name_ok(n)]
+    if bad:
+        print(f"nodemedic replay: label {node_label!r} does not name Kubernetes nodes (e.g. "
+              f"{bad[0]!r}); give the label that holds the node name with "
+              "--replay.node-label", file=sys.stderr)
+        return 2
     result = Replay(settings, ruleset, recorded, times=times, nodes=nodes, catalogue=catalogue)
     records = await result.run()
     window = Window(start, end, step, tuple(nodes), len(result.metrics_of),

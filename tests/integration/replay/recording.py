@@ -93,7 +93,9 @@ def openmetrics(t0: float) -> str:
             if value == OUTAGE:
                 continue
             at = f"{t0 + rel:.0f}"
-            inst = f'instance="{node}",job="nodemedic"'
+            # address: the target as scraped, what instance is without relabelling
+            address = f"10.0.0.{NODES.index(node) + 1}:9678"
+            inst = f'instance="{node}",job="nodemedic",address="{address}"'
             ok = 0 if value == FAILED else 1
             rows["nodemedic_collector_success"].append(
                 f'nodemedic_collector_success{{collector="kubelet",{inst}}} {ok} {at}')

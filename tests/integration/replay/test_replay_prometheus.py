@@ -14,6 +14,7 @@ undone after healthy_for 2m; cooldown 10m), --safety.max-cordoned=1:
 
 from __future__ import annotations
 
+import functools
 import json
 import subprocess
 import sys
@@ -37,7 +38,9 @@ def replay(rec: Recorded, *extra: str, rules_dir: Path | None = None,
         cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
 
 
+@functools.cache
 def timeline(rec: Recorded) -> list[dict[str, Any]]:
+    """The JSON timeline of the incident (replayed once per session: every test reads it)."""
     done = replay(rec, "--output", "json")
     assert done.returncode == 0, done.stderr
     doc = json.loads(done.stdout)
@@ -140,3 +143,11 @@ def test_unreachable_prometheus_is_an_error(recorded: Recorded) -> None:
     done = replay(recorded, url=f"http://127.0.0.1:{free_port()}")
     assert done.returncode == 1
     assert "cannot query" in done.stderr
+
+
+
+def test_a_label_that_does_not_name_nodes_is_refused(recorded: Recorded) -> None:
+    done = replay(recorded, "--replay.node-label", "address")  # host:port, as unrelabelled
+    assert done.returncode == 2
+    assert "does not name Kubernetes nodes (e.g. '10.0.0.1:9678')" in done.stderr
+    assert "--replay.node-label" in done.stderr
