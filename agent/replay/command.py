@@ -54,6 +54,9 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--replay.node-label", dest="replay_node_label", default="instance",
                    metavar="LABEL", help="the label naming the node (default %(default)s, as the "
                    "shipped scrape configs set it)")
+    p.add_argument("--replay.match", dest="replay_match", default="", metavar="MATCHERS",
+                   help="label matchers added to every query, e.g. 'job=\"nodemedic\"' "
+                   "(default: none)")
     p.add_argument("--replay.max-sample-age", dest="replay_max_sample_age", default="1m",
                    metavar="DURATION", help="a step without a sample this recent is a gap "
                    "(default %(default)s; at least the step)")
@@ -127,6 +130,7 @@ def run_replay(args: argparse.Namespace) -> int:
     try:
         return asyncio.run(replay(settings, ruleset, args.prometheus_url, start=start, end=end,
                                   step=step, max_age=max_age, node_label=args.replay_node_label,
+                                  match=args.replay_match,
                                   output=args.output, out=sys.stdout))
     except PrometheusError as exc:
         print(f"nodemedic replay: {exc}", file=sys.stderr)
@@ -134,7 +138,7 @@ def run_replay(args: argparse.Namespace) -> int:
 
 
 async def replay(settings: Settings, ruleset: Any, url: str, *, start: float, end: float,
-                 step: float, max_age: float, node_label: str, output: str,
+                 step: float, max_age: float, node_label: str, output: str, match: str = "",
                  out: TextIO) -> int:
     """Fetch, replay and print; returns the exit code (PrometheusError propagates)."""
     from agent.collectors import registry
@@ -153,12 +157,21 @@ async def replay(settings: Settings, ruleset: Any, url: str, *, start: float, en
     async with PrometheusSource(url) as prom:
         for metric, labelnames in wanted.items():
             recorded[metric] = await prom.fetch(metric, labelnames, times, step,
-                                                max_age=max_age, node_label=node_label)
+                                                max_age=max_age, node_label=node_label,
+                                                match=match)
     unknown = sorted(m for m in probe.metrics if m not in catalogue)
     if unknown:  # no collector declares them: the agent never had data for them either
         print(f"nodemedic replay: no collector owns {', '.join(unknown)}; rules reading them "
               "never fire (gaps)", file=sys.stderr)
+    for rec in recorded.values():
+        if rec.duplicates:
+            print(f"nodemedic replay: {rec.duplicates} series of {rec.metric} repeat another of "
+                  "the same node and labels (several jobs scraping the agent?); the first is "
+                  "used, narrow the query with --replay.match", file=sys.stderr)
     nodes = nodes_of(recorded)
+    if not nodes:
+        print(f"nodemedic replay: no series with a {node_label!r} label in the window; nothing "
+              "to replay (wrong --replay.node-label or --replay.match?)", file=sys.stderr)
     bad = [n for n in nodes if not _node_name_ok(n)]
     if bad:
         print(f"nodemedic replay: label {node_label!r} does not name Kubernetes nodes (e.g. "

@@ -37,6 +37,7 @@ class Recorded:
 
     metric: str
     by_node: dict[str, dict[int, list[tuple[LabelValues, float]]]] = field(default_factory=dict)
+    duplicates: int = 0  # series dropped as the same node and labels as another (see fetch)
 
 
 def steps(start: float, end: float, step: float) -> list[float]:
@@ -98,28 +99,37 @@ class PrometheusSource:
         return [r for r in result if isinstance(r, dict)]
 
     async def fetch(self, metric: str, labelnames: Sequence[str], times: Sequence[float],
-                    step: float, *, max_age: float, node_label: str) -> Recorded:
-        """Every series of ``metric`` at ``times`` (evenly ``step`` apart), by node."""
+                    step: float, *, max_age: float, node_label: str,
+                    match: str = "") -> Recorded:
+        """Every series of ``metric`` at ``times`` (evenly ``step`` apart), by node; ``match``
+        adds label matchers (``job="nodemedic"``). Two series of one node that differ only in
+        labels the metric does not have (two jobs scraping the agent) would be one series twice
+        to the engine: the first is kept, the others counted in ``duplicates``."""
         out = Recorded(metric)
         if not times:
             return out
         t0 = times[0]
-        query = query_for(metric, max_age)
+        query = query_for(metric + (f"{{{match}}}" if match else ""), max_age)
         for first in range(0, len(times), MAX_POINTS):
             chunk = times[first:first + MAX_POINTS]
+            seen: set[tuple[str, LabelValues]] = set()
             for series in await self.query_range(query, chunk[0], chunk[-1], step):
                 labels = series.get("metric") or {}
                 node = labels.get(node_label, "")
                 if not node:
                     continue  # not attributable to a node: the agent never saw it either
                 lv = tuple(str(labels.get(name, "")) for name in labelnames)
+                key = (node, lv)
+                if key in seen:
+                    out.duplicates += first == 0  # counted once, skipped in every chunk
+                    continue
+                seen.add(key)
                 per_step = out.by_node.setdefault(node, {})
                 for point in series.get("values") or []:
                     at, raw = float(point[0]), float(point[1])
                     i = round((at - t0) / step)
                     per_step.setdefault(i, []).append((lv, raw))
         return out
-
 
 def nodes_of(recorded: Mapping[str, Recorded]) -> list[str]:
     """Every node that has any series in any of the recorded metrics, sorted."""

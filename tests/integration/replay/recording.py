@@ -102,6 +102,10 @@ def openmetrics(t0: float) -> str:
             if value != FAILED:
                 rows["nodemedic_kubelet_up"].append(
                     f"nodemedic_kubelet_up{{{inst}}} {value:g} {at}")
+        if node == "node-b":  # a second job (federation) with other values: --replay.match
+            rows["nodemedic_kubelet_up"] += [
+                f'nodemedic_kubelet_up{{instance="{node}",job="federate"}} 1 {t0 + i * STEP:.0f}'
+                for i in range(STEPS)]
     out = []
     for metric, lines in rows.items():
         out += [f"# HELP {metric} recorded", f"# TYPE {metric} gauge", *lines]

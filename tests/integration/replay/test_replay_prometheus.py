@@ -1,7 +1,8 @@
 """``nodemedic replay`` against a real Prometheus holding a recorded incident (recording.py).
 
-The incident, 4 nodes at a 10s step, rule kubelet-down (for 1m, restart; after 2m cordon,
-undone after healthy_for 2m; cooldown 10m), --safety.max-cordoned=1:
+The incident (replayed with --replay.match job="nodemedic"), 4 nodes at a 10s step, rule
+kubelet-down (for 1m, restart; after 2m cordon, undone after healthy_for 2m; cooldown 10m),
+--safety.max-cordoned=1:
 - node-a down 60-300s and 480-1200s: restart at 120, cordon at 240, resolved and uncordoned at
   420; the second restart is blocked by the cooldown at 540 and let through once it ends;
 - node-b down 600-1500s: restart at 660, cordon at 780;
@@ -27,14 +28,14 @@ from tests.integration.replay.recording import STEP, STEPS
 REPO = Path(__file__).resolve().parents[3]
 
 
-def replay(rec: Recorded, *extra: str, rules_dir: Path | None = None,
-           url: str | None = None) -> subprocess.CompletedProcess[str]:
+def replay(rec: Recorded, *extra: str, rules_dir: Path | None = None, url: str | None = None,
+           match: str = 'job="nodemedic"') -> subprocess.CompletedProcess[str]:
     end = rec.t0 + (STEPS - 1) * STEP
     return subprocess.run(
         [sys.executable, "-m", "agent", "replay", "--prometheus.url", url or rec.url,
          "--rules.dir", str(rules_dir or rec.rules_dir), "--start", f"{rec.t0:.0f}",
          "--end", f"{end:.0f}", "--step", "10s", "--replay.max-sample-age", "10s",
-         "--safety.max-cordoned", "1", *extra],
+         "--safety.max-cordoned", "1", "--replay.match", match, *extra],
         cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
 
 
@@ -151,3 +152,14 @@ def test_a_label_that_does_not_name_nodes_is_refused(recorded: Recorded) -> None
     assert done.returncode == 2
     assert "does not name Kubernetes nodes (e.g. '10.0.0.1:9678')" in done.stderr
     assert "--replay.node-label" in done.stderr
+
+
+def test_a_second_job_scraping_the_same_node_is_reported_not_merged(recorded: Recorded) -> None:
+    # node-b is also recorded by job="federate" (kubelet up throughout): without a matcher the
+    # replay uses one of the two and says so; with job="nodemedic" it replays the agent's own.
+    done = replay(recorded, "--output", "json", match="")
+    assert done.returncode == 0, done.stderr
+    assert "1 series of nodemedic_kubelet_up repeat another of the same node" in done.stderr
+    assert "--replay.match" in done.stderr
+    assert (at(recorded, 660), "fired", ["restart-service"], "") in events(
+        timeline(recorded), "node-b")
