@@ -22,6 +22,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.integration.replay.conftest import Recorded
 from tests.integration.replay.recording import STEP, STEPS
 
@@ -163,3 +165,22 @@ def test_a_second_job_scraping_the_same_node_is_reported_not_merged(recorded: Re
     assert "--replay.match" in done.stderr
     assert (at(recorded, 660), "fired", ["restart-service"], "") in events(
         timeline(recorded), "node-b")
+
+
+async def test_long_windows_are_fetched_in_chunks_with_the_same_result(
+        recorded: Recorded, monkeypatch: pytest.MonkeyPatch) -> None:
+    from agent.replay import promql
+
+    times = promql.steps(recorded.t0, recorded.t0 + (STEPS - 1) * STEP, STEP)
+
+    async def fetch() -> promql.Recorded:
+        async with promql.PrometheusSource(recorded.url) as prom:
+            return await prom.fetch("nodemedic_kubelet_up", (), times, STEP, max_age=STEP,
+                                    node_label="instance", match='job="nodemedic"')
+
+    whole = await fetch()
+    monkeypatch.setattr(promql, "MAX_POINTS", 7)  # 180 steps: 26 requests
+    chunked = await fetch()
+    assert chunked.by_node == whole.by_node
+    assert len(whole.by_node["node-a"]) == STEPS
+    assert 30 not in whole.by_node["node-d"] and 29 in whole.by_node["node-d"]  # the outage
