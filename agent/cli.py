@@ -1,11 +1,11 @@
-"""The ``nodemedic`` command: ``run``, ``version``, ``check-rules``, ``apiserver``, ``demo``.
+"""The ``nodemedic`` command: run, version, check-rules, apiserver, demo, replay.
 
 Entry point of the console script (pyproject ``[project.scripts]``) and of ``python -m agent``.
 Subcommands owned by other packages register themselves through an ``add_parser(subparsers)``
-function in their module (agent.rules.cli, agent.testing.cli, agent.demo); this module only
-parses, configures logging and hands over. ``run`` and ``version`` are built in: invoked as one of
-them, the parser does not import those modules (the in-memory API server, jsonpatch and the demo
-would otherwise stay in every agent's memory).
+function in their module (agent.rules.cli, agent.testing.cli, agent.demo,
+agent.replay.command); this module only parses, configures logging and hands over. ``run`` and
+``version`` are built in: invoked as one of them, the parser does not import those modules (the
+in-memory API server, jsonpatch and the demo would otherwise stay in every agent's memory).
 """
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ from agent.collectors import registry as collector_registry
 from agent.settings import Settings, SettingsError, build_parser, check_paths, load_settings
 
 # Modules that contribute subcommands; each exposes add_parser(subparsers).
-_SUBCOMMAND_MODULES = ("agent.rules.cli", "agent.testing.cli", "agent.demo")
+_SUBCOMMAND_MODULES = (
+    "agent.rules.cli", "agent.testing.cli", "agent.demo", "agent.replay.command")
 # Subcommands this module defines itself (make_parser); they need none of the modules above.
 _BUILTIN_COMMANDS = frozenset({"run", "version"})
 
