@@ -126,6 +126,10 @@ class Settings(BaseModel):
     lbskew_rules_min_interval: Annotated[float, COLLECTORS] = Field(default=30.0, ge=0.0, le=3600.0)
     lbskew_conntrack_command: Annotated[str, COLLECTORS] = Field(default="conntrack", min_length=1)
     lbskew_min_samples: Annotated[int, COLLECTORS] = Field(default=30, ge=1, le=1_000_000)
+    peerclock_peers: Annotated[int, COLLECTORS] = Field(default=5, ge=0, le=50)
+    peerclock_interval: Annotated[float, COLLECTORS] = Field(default=30.0, ge=1.0, le=3600.0)
+    peerclock_window: Annotated[int, COLLECTORS] = Field(default=8, ge=1, le=64)
+    peerclock_max_offset: Annotated[float, COLLECTORS] = Field(default=0.5, gt=0.0, le=3600.0)
     failover_enabled: Annotated[bool, RESTART] = False
     failover_lease_namespace: Annotated[str, RESTART] = Field(
         default="kube-system", pattern=r"^[a-z0-9][-a-z0-9]*$")
@@ -302,6 +306,11 @@ FLAGS: tuple[Flag, ...] = (
          "rules (0 = every tick; conntrack is still read every tick)"),
     Flag("lbskew.conntrack-command", "str", "conntrack binary, if no /proc/net/nf_conntrack"),
     Flag("lbskew.min-samples", "int", "connections a Service needs before its skew is tested"),
+    Flag("peerclock.peers", "int", "peer agents whose clocks this agent measures (0 = none)"),
+    Flag("peerclock.interval", "duration", "time between two clock exchanges with each peer"),
+    Flag("peerclock.window", "int", "exchanges per peer of which the least-delay one is used"),
+    Flag("peerclock.max-offset", "duration",
+         "offset from the peer majority beyond which nodemedic_clock_majority_drifted is 1"),
     Flag("failover.enabled", "bool", "take part in failed-node detection and leader election"),
     Flag("failover.lease-namespace", "str", "namespace of the leader, heartbeat and cap Leases"),
     Flag("failover.node-grace", "duration", "node lease age before a node is suspect (k8s 40-50s)"),
