@@ -116,6 +116,8 @@ class Settings(BaseModel):
         default="kube-system/nodemedic-cordon",
         pattern=r"^[a-z0-9][-a-z0-9.]*/[a-z0-9][-a-z0-9.]*$",
     )
+    safety_workload_other_nodes: Annotated[int, LIVE] = Field(default=1, ge=0, le=1000)
+    safety_workload_window: Annotated[float, LIVE] = Field(default=3600.0, ge=60.0, le=604800.0)
     host_disk_paths: Annotated[tuple[str, ...], COLLECTORS] = (
         "/", "/var/lib/kubelet", "/var/lib/containerd")
     log_level: Annotated[Literal["debug", "info", "warning", "error"], LIVE] = "info"
@@ -296,6 +298,11 @@ FLAGS: tuple[Flag, ...] = (
     Flag("safety.pause-configmap", "str", "NAMESPACE/NAME of the cluster-wide pause ConfigMap"),
     Flag("safety.cordon-lock", "str",
          "NAMESPACE/NAME of the Lease serialising cluster-cap checks and cordons"),
+    Flag("safety.workload-other-nodes", "int",
+         "other nodes whose pods of the same owner must show a rule's workload_reasons for a "
+         "cordon, drain or taint to be denied as workload_not_node (0 = never)"),
+    Flag("safety.workload-window", "duration",
+         "how recent those pods' Events must be to count"),
     Flag("host.disk-paths", "list", "comma-separated paths whose filesystems are watched"),
     Flag("log.level", "str", "debug, info, warning or error"),
     Flag("log.format", "str", "auto (console on a TTY, else JSON), json or console"),

@@ -10,7 +10,7 @@ the loop has measured so far:
   agent.peers.clockskew.MIN_PEERS measured peers (missing data, never "in sync");
 - ``nodemedic_clock_majority_drifted``: 1 when the offset is beyond ``--peerclock.max-offset``
   by more than its error bound. The threshold is declared only here: the shipped rule
-  (rules/clock.yaml) and alert (dashboards/alerts.yaml) test this gauge.
+  (rules/peerclock.yaml) and alert (dashboards/alerts.yaml) test this gauge.
 Without an API client (``make run``) there is nothing to compare with and it exports nothing;
 with one, a peer list that cannot be read fails the tick until it has been read once.
 """

@@ -84,6 +84,8 @@ def cases(tmp: Path) -> dict[str, Any]:
         "lbskew_rules_min_interval": 5.0,
         "lbskew_conntrack_command": "/nonexistent/conntrack",
         "lbskew_min_samples": 7,
+        "safety_workload_other_nodes": 2,
+        "safety_workload_window": 600.0,
         "peerclock_peers": 3,
         "peerclock_interval": 10.0,
         "peerclock_window": 4,
