@@ -45,6 +45,9 @@ from agent.structs.remediation import ActionRequest
 log = structlog.get_logger("nodemedic.safety.attribution")
 
 REASON = "workload_not_node"
+# The node actions a workload's problem must not lead to (restarting a unit or evicting one pod
+# is not a verdict on the node).
+NODE_ACTIONS = frozenset({"cordon", "drain", "taint"})
 EVENT_REASON = "WorkloadNotNode"
 # Pod lookups one check may make (this node's pods first): a storm of Events cannot turn one
 # cordon decision into thousands of GETs.
@@ -117,7 +120,8 @@ class Attribution:
     async def check(self, req: ActionRequest, disruptive: bool) -> tuple[str, str] | None:
         """None to go on, or (gate reason, detail) to deny the request."""
         s = self.settings()
-        if (not disruptive or req.undo or req.target.kind != "node" or not req.workload_reasons
+        if (not disruptive or req.action.type not in NODE_ACTIONS or req.undo
+                or req.target.kind != "node" or not req.workload_reasons
                 or self.api is None or s.safety_workload_other_nodes == 0):
             return None
         try:

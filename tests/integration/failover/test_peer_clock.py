@@ -3,6 +3,7 @@ heartbeat Leases on the in-memory API server, and the peerclock collector's metr
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -142,3 +143,24 @@ async def test_one_peer_is_no_majority(kube_api: Any, fleet: dict[str, str]) -> 
     assert metric(fams, "nodemedic_peer_clock_offset_seconds", peer="node-b") is not None
     assert _value(fams, "nodemedic_clock_majority_drifted") is None
     assert _value(fams, "nodemedic_clock_majority_offset_seconds") is None
+
+
+async def test_the_collector_finds_its_peers_and_measures_on_its_own(
+    kube_api: Any, fleet: dict[str, str]
+) -> None:
+    """start() wiring: peers from the heartbeat Leases, the first round at once (real clocks)."""
+    ctx = CollectorContext(settings(node_name="node-a", peerclock_interval=1.0), {"api": kube_api})
+    collector = PeerClockCollector(ctx)
+    await collector.start()
+    try:
+        for _ in range(50):
+            fams = await collector.collect()
+            if metric(fams, "nodemedic_clock_majority_peers") == 2:
+                break
+            await asyncio.sleep(0.1)
+        assert metric(fams, "nodemedic_clock_majority_peers") == 2
+        assert metric(fams, "nodemedic_peer_clock_offset_seconds", peer="node-c") == \
+            pytest.approx(DRIFT, abs=0.5)
+        assert collector.status()["probed"] == ["node-b", "node-c", "node-old"]
+    finally:
+        await collector.close()

@@ -153,3 +153,25 @@ async def test_a_rule_without_workload_reasons_is_not_checked(
     engine.queue = [request("cordon", rule="readonly-fs")]
     await stage.on_snapshot(snapshot())
     assert unschedulable(apiserver)
+
+
+async def test_events_unreadable_is_missing_data_and_held(
+    apiserver: ApiServer, kube_api: Any
+) -> None:
+    """Cannot list the Events: cannot tell whether it is the workload, so no cordon, and the
+    step is held and decided again (not a final 'node is fine' nor a final blame)."""
+    for n in NODES:
+        apiserver.create(node(n))
+    pods = seed_workload(apiserver, "web", "7c9f")
+    await oom_seen(kube_api, pods[NODE], NODE)
+    apiserver.faults.fail(1, 403, verb="list", resource="events")
+    stage, engine = stage_for(kube_api)
+    engine.queue = [cordon()]
+    await stage.on_snapshot(snapshot())
+    assert not unschedulable(apiserver)
+    status = stage.status()["remediation"]
+    assert status["recent_decisions"][-1]["reason"] == "missing_data"
+    assert [h["reason"] for h in status["held"]] == ["missing_data"]
+    # Next tick the held step is re-gated; the Events read now, the problem is this node's only.
+    await stage.on_snapshot(snapshot())
+    assert unschedulable(apiserver)
