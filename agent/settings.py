@@ -116,6 +116,8 @@ class Settings(BaseModel):
         default="kube-system/nodemedic-cordon",
         pattern=r"^[a-z0-9][-a-z0-9.]*/[a-z0-9][-a-z0-9.]*$",
     )
+    safety_workload_other_nodes: Annotated[int, LIVE] = Field(default=1, ge=0, le=1000)
+    safety_workload_window: Annotated[float, LIVE] = Field(default=3600.0, ge=60.0, le=604800.0)
     host_disk_paths: Annotated[tuple[str, ...], COLLECTORS] = (
         "/", "/var/lib/kubelet", "/var/lib/containerd")
     log_level: Annotated[Literal["debug", "info", "warning", "error"], LIVE] = "info"
@@ -126,6 +128,10 @@ class Settings(BaseModel):
     lbskew_rules_min_interval: Annotated[float, COLLECTORS] = Field(default=30.0, ge=0.0, le=3600.0)
     lbskew_conntrack_command: Annotated[str, COLLECTORS] = Field(default="conntrack", min_length=1)
     lbskew_min_samples: Annotated[int, COLLECTORS] = Field(default=30, ge=1, le=1_000_000)
+    peerclock_peers: Annotated[int, COLLECTORS] = Field(default=5, ge=0, le=50)
+    peerclock_interval: Annotated[float, COLLECTORS] = Field(default=30.0, ge=1.0, le=3600.0)
+    peerclock_window: Annotated[int, COLLECTORS] = Field(default=8, ge=1, le=64)
+    peerclock_max_offset: Annotated[float, COLLECTORS] = Field(default=0.5, gt=0.0, le=3600.0)
     failover_enabled: Annotated[bool, RESTART] = False
     failover_lease_namespace: Annotated[str, RESTART] = Field(
         default="kube-system", pattern=r"^[a-z0-9][-a-z0-9]*$")
@@ -292,6 +298,11 @@ FLAGS: tuple[Flag, ...] = (
     Flag("safety.pause-configmap", "str", "NAMESPACE/NAME of the cluster-wide pause ConfigMap"),
     Flag("safety.cordon-lock", "str",
          "NAMESPACE/NAME of the Lease serialising cluster-cap checks and cordons"),
+    Flag("safety.workload-other-nodes", "int",
+         "other nodes whose pods of the same owner must show a rule's workload_reasons for a "
+         "cordon, drain or taint to be denied as workload_not_node (0 = never)"),
+    Flag("safety.workload-window", "duration",
+         "how recent those pods' Events must be to count"),
     Flag("host.disk-paths", "list", "comma-separated paths whose filesystems are watched"),
     Flag("log.level", "str", "debug, info, warning or error"),
     Flag("log.format", "str", "auto (console on a TTY, else JSON), json or console"),
@@ -302,6 +313,11 @@ FLAGS: tuple[Flag, ...] = (
          "rules (0 = every tick; conntrack is still read every tick)"),
     Flag("lbskew.conntrack-command", "str", "conntrack binary, if no /proc/net/nf_conntrack"),
     Flag("lbskew.min-samples", "int", "connections a Service needs before its skew is tested"),
+    Flag("peerclock.peers", "int", "peer agents whose clocks this agent measures (0 = none)"),
+    Flag("peerclock.interval", "duration", "time between two clock exchanges with each peer"),
+    Flag("peerclock.window", "int", "exchanges per peer of which the least-delay one is used"),
+    Flag("peerclock.max-offset", "duration",
+         "offset from the peer majority beyond which nodemedic_clock_majority_drifted is 1"),
     Flag("failover.enabled", "bool", "take part in failed-node detection and leader election"),
     Flag("failover.lease-namespace", "str", "namespace of the leader, heartbeat and cap Leases"),
     Flag("failover.node-grace", "duration", "node lease age before a node is suspect (k8s 40-50s)"),

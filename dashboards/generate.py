@@ -297,6 +297,13 @@ def node() -> Json:
                    unit="percentunit"),
         timeseries("Clock offset", "Host clock offset reported by the time daemon.",
                    target(f'nodemedic_host_clock_offset_seconds{{{NODE}}}', "{{instance}}"), unit="s"),
+        timeseries("Clock against peers",
+                   "Peer agents' clocks minus this node's (NTP method over /healthz), and this "
+                   "node's offset from the peer majority (positive: this node is ahead).",
+                   target(f'nodemedic_peer_clock_offset_seconds{{{NODE}}}', "peer {{peer}}"),
+                   target(f'nodemedic_clock_majority_offset_seconds{{{NODE}}}', "vs majority",
+                          ref="B"),
+                   unit="s"),
         timeseries("Memory working set / limit", "Containers' working set as a share of their limit.",
                    target(f'topk(20, nodemedic_container_memory_working_set_bytes{{{NODE},container!=""}} '
                           f'/ nodemedic_container_memory_limit_bytes{{{NODE},container!=""}})',

@@ -23,6 +23,7 @@ _BUILTIN_MODULES = (
     "agent.collectors.node",
     "agent.collectors.lbskew",
     "agent.collectors.problems",
+    "agent.collectors.peerclock",
 )
 
 

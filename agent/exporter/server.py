@@ -16,7 +16,10 @@ closed, the biggest holder's first, and at 4 x ``max_connections`` even fresh on
 still gets in; only when every connection is busy handling a request is the new one refused
 with the 429.
 Tracebacks aiohttp logs for malformed requests are rate-limited to one a minute so a client cannot
-flood the journal."""
+flood the journal.
+/healthz also carries the NTP-style receive and transmit times of the answer (wall clock, Unix
+nanoseconds) in the RECEIVE_HEADER and TRANSMIT_HEADER headers, from which agent.peers.clockskew
+estimates this node's clock offset against its peers; the body and status are unchanged."""
 
 from __future__ import annotations
 
@@ -42,6 +45,9 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 HEADER_TIMEOUT = 5.0
 # A new connection's time to send its request headers before it may be closed to make room.
 GRACE = 0.25
+# t2 and t3 of the four-timestamp clock exchange (agent.peers.clockskew reads them).
+RECEIVE_HEADER = "Nodemedic-Receive-Time-Ns"
+TRANSMIT_HEADER = "Nodemedic-Transmit-Time-Ns"
 
 
 class AgentView(Protocol):
@@ -62,9 +68,10 @@ _LANDING = """<html><head><title>nodemedic</title></head><body>
 
 
 def build_app(agent: AgentView, metrics: SelfMetrics, max_in_flight: int = 64,
-              guards: Sequence[Middleware] = ()) -> web.Application:
+              guards: Sequence[Middleware] = (),
+              wall_ns: Callable[[], int] = time.time_ns) -> web.Application:
     """Build the aiohttp application serving ``agent``; ``guards`` (agent.exporter.auth) run
-    after the in-flight limit."""
+    after the in-flight limit; ``wall_ns`` is the clock /healthz reports (tests shift it)."""
     in_flight = 0
     conns = _Connections(max_in_flight, metrics.http_rejected.inc)
 
@@ -117,8 +124,12 @@ def build_app(agent: AgentView, metrics: SelfMetrics, max_in_flight: int = 64,
                                                 "Vary": "Accept-Encoding"})
 
     async def handle_healthz(_: web.Request) -> web.Response:
+        received = wall_ns()
         ok, why = agent.healthy()
-        return web.Response(status=200 if ok else 503, text=why + "\n")
+        resp = web.Response(status=200 if ok else 503, text=why + "\n")
+        resp.headers[RECEIVE_HEADER] = str(received)
+        resp.headers[TRANSMIT_HEADER] = str(wall_ns())
+        return resp
 
     async def handle_readyz(_: web.Request) -> web.Response:
         ok, why = agent.ready()

@@ -73,6 +73,19 @@ async def last_recorded(api: Any, obj: InvolvedObject, reason: str, type_: str) 
         return None
 
 
+async def list_events(api: Any, field_selector: str) -> list[dict[str, Any]]:
+    """Events of every namespace matching ``field_selector`` (e.g. ``involvedObject.kind=Pod,
+    reason=OOMKilling``), from the API server's watch cache. Called by
+    agent.safety.attribution before a disruptive action: are other nodes seeing the same?"""
+    body = await call_json(
+        client.CoreV1Api(api).list_event_for_all_namespaces(
+            field_selector=field_selector, resource_version="0",
+            _preload_content=False, _request_timeout=REQUEST_TIMEOUT_SECONDS,
+        )
+    )
+    return [item for item in body.get("items") or [] if isinstance(item, dict)]
+
+
 def _now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 

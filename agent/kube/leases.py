@@ -6,7 +6,8 @@ written, so that two agents checking the cluster cap in the same second cannot b
 more node. A holder that dies mid-way stops renewing and the lock frees itself after its duration;
 every write carries the resourceVersion that was read, so of two contenders exactly one wins (409
 for the other). The plain get/create/replace calls are also the failover Leases'
-(agent.peers.leader, .heartbeat, .slots). Lease bodies are plain dicts (``_preload_content=False``),
+(agent.peers.leader, .heartbeat, .slots), and ``list_leases`` lists the heartbeat Leases for
+agent.peers.clockskew. Lease bodies are plain dicts (``_preload_content=False``),
 like the rest of agent.kube.
 """
 
@@ -59,6 +60,19 @@ async def get_lease(api: Any, namespace: str, name: str) -> dict[str, Any]:
             name, namespace, _preload_content=False, _request_timeout=REQUEST_TIMEOUT_SECONDS
         )
     )
+
+
+async def list_leases(api: Any, namespace: str, label_selector: str) -> list[dict[str, Any]]:
+    """The Leases of ``namespace`` matching ``label_selector``, served from the API server's
+    watch cache (resourceVersion "0": cheap, possibly a little stale, which suits peer lists)."""
+    coord = client.CoordinationV1Api(api)
+    body = await call_json(
+        coord.list_namespaced_lease(
+            namespace, label_selector=label_selector, resource_version="0",
+            _preload_content=False, _request_timeout=REQUEST_TIMEOUT_SECONDS,
+        )
+    )
+    return [item for item in body.get("items") or [] if isinstance(item, dict)]
 
 
 async def create_lease(api: Any, namespace: str, body: dict[str, Any]) -> dict[str, Any]:

@@ -1152,6 +1152,7 @@ class RuleEngine:
                 severity=rule.severity, dry_run=rule.dry_run, undo=undo,
                 observed=dict(inst.observed), reason=reason, runbook=c.runbook,
                 cooldown_seconds=rule.cooldown, max_per_hour=rule.max_per_hour,
+                workload_reasons=tuple(rule.workload_reasons),
             ))
         if undo:
             rs.undo_requests += len(out)

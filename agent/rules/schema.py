@@ -543,6 +543,12 @@ class Rule(_Model):
     cooldown: Duration = Field(default=600.0, description="minimum time between two actions")
     max_per_hour: int = Field(default=6, ge=1, le=MAX_PER_HOUR_LIMIT)
     dry_run: bool = False
+    workload_reasons: list[Annotated[str, Field(pattern=r"^[A-Za-z][A-Za-z0-9]{0,127}$")]] = Field(
+        default_factory=list, max_length=16,
+        description="reasons of the Events nodemedic writes on pods (OOMKilling, OOMStorm, "
+                    "CPUThrottled...) that mean a pod shows this problem: before a cordon, drain "
+                    "or taint, the gate denies it (workload_not_node) when pods of the same owner "
+                    "show one of them on other nodes too (docs/safety.md)")
     actions: list[Action] = Field(min_length=1, max_length=16)
     undo: list[Action] = Field(default_factory=list, max_length=16)
     escalate: list[EscalationStep] = Field(default_factory=list, max_length=8)

@@ -7,8 +7,10 @@ configured for an API action, or the API unreachable: we cannot know whether we 
 paused (node annotation or cluster ConfigMap), admin_override (an admin uncordoned what this
 rule cordoned), cooldown, ledger_full (executions of the last hour were dropped, so the hourly
 caps of a capped or disruptive request cannot be checked: fail safe), rule_hourly_cap,
-global_hourly_cap (disruptive actions only), cordon_lock (another node holds the cluster-wide
-cordon Lease: it is between its own count and its cordon; retried next tick), cluster_cap
+global_hourly_cap (disruptive actions only), workload_not_node (agent.safety.attribution: pods
+of the same owner show the rule's problem on other nodes too; final), cordon_lock (another node
+holds the cluster-wide cordon Lease: it is between its own count and its cordon; retried next
+tick), cluster_cap
 (unschedulable nodes counted on the API right before a cordon or drain); then global or per-rule
 dry-run gives ``dry_run`` and anything left is ``allowed``.
 
@@ -46,6 +48,7 @@ from agent.actions.cordon import admin_override_rules
 from agent.kube import leases
 from agent.kube.errors import KubeError
 from agent.kube.nodes import count_nodes, is_unschedulable
+from agent.safety.attribution import Attribution
 from agent.safety.budget import cordon_allowed, cordon_limit
 from agent.safety.ledger import Ledger
 from agent.safety.pause import PauseSwitch
@@ -160,6 +163,7 @@ class SafetyGate:
         self._limit: int | None = None
         self._drain: dict[str, tuple[int, float]] = {}
         self._lock_held = False
+        self.attribution = Attribution(lambda: self.settings, api, clock=clock)
 
     def prepare_reload(self, settings: Settings) -> Callable[[], None]:
         """Build what new ``settings`` need (a pause switch for a new ConfigMap) without
@@ -222,6 +226,9 @@ class SafetyGate:
             denied = self._budgets(req, act.disruptive, now)
             if denied is not None:
                 return denied
+            blamed = await self.attribution.check(req, act.disruptive)
+            if blamed is not None:
+                return self.deny(req, *blamed)
             if act.cordons and self.api is not None and not is_unschedulable(node):
                 denied = await self._cluster_cap(req)
                 if denied is not None:
@@ -390,7 +397,7 @@ class SafetyGate:
         dropped = LEDGER_DROPPED.family()
         for kind, n in sorted(self.ledger.dropped_by_kind().items()):
             dropped.add((kind,), n)
-        return [*out, used, remaining, started, dropped]
+        return [*out, used, remaining, started, dropped, *self.attribution.families()]
 
     def status(self) -> dict[str, Any]:
         view = self.pause.last if self.pause is not None else None
@@ -406,4 +413,5 @@ class SafetyGate:
             "cordoned_nodes": self._cordoned,
             "cordon_budget_limit": self._limit,
             "draining": {n: {"remaining": r, "started": s} for n, (r, s) in self._drain.items()},
+            "workload_blamed": self.attribution.status(),
         }

@@ -56,6 +56,7 @@ def request_to_json(req: ActionRequest) -> dict[str, Any]:
         "runbook": req.runbook,
         "cooldown": req.cooldown_seconds,
         "max_per_hour": req.max_per_hour,
+        **({"workload_reasons": list(req.workload_reasons)} if req.workload_reasons else {}),
     }
 
 
@@ -81,6 +82,7 @@ def request_from_json(data: dict[str, Any]) -> ActionRequest:
         runbook=str(data.get("runbook", "")),
         cooldown_seconds=float(data.get("cooldown", 0.0)),
         max_per_hour=int(data.get("max_per_hour", 0)),
+        workload_reasons=tuple(str(r) for r in data.get("workload_reasons") or ()),
     )
 
 

@@ -75,6 +75,10 @@ class ActionRequest:
     runbook: str = ""
     cooldown_seconds: float = 0.0
     max_per_hour: int = 0  # 0 = no per-rule hourly cap beyond the global one
+    # Pod Event reasons meaning "a pod shows this rule's problem" (rule option workload_reasons):
+    # before a disruptive node action, agent.safety.attribution looks for the same owner's pods
+    # showing them on other nodes. Empty: the problem is the node's, no check.
+    workload_reasons: tuple[str, ...] = ()
 
 
 DecisionKind = Literal["allowed", "dry_run", "denied"]

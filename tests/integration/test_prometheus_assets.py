@@ -63,6 +63,11 @@ rules:
 LEGITIMATELY_EMPTY_METRICS: dict[str, str] = {
     "nodemedic_drain_pods_remaining": "exists only while a drain runs; nothing is drained here",
     "nodemedic_drain_started_timestamp_seconds": "exists only while a drain runs",
+    "nodemedic_clock_majority_offset_seconds":
+        "needs two measured peers (three clocks) for a majority; each agent here has one",
+    "nodemedic_clock_majority_drifted":
+        "needs two measured peers (three clocks) for a majority; each of the two agents here "
+        "has one peer (tests/integration/failover/test_peer_clock.py measures three)",
 }
 
 # Panels whose filter removes every series while nothing is wrong, and why.

@@ -101,6 +101,13 @@ RESOURCES: tuple[ResourceType, ...] = (
     ResourceType("discovery.k8s.io", "v1", "endpointslices", "EndpointSlice", True),
     # kubectl drain reads a pod's DaemonSet to decide whether --ignore-daemonsets applies.
     ResourceType("apps", "v1", "daemonsets", "DaemonSet", True, ("status",), ("ds",)),
+    # Pods' controllers, for the owner lookups of agent.kube.owners (annotate target: owner,
+    # agent.safety.attribution): pod -> ReplicaSet -> Deployment, StatefulSet, Job -> CronJob.
+    ResourceType("apps", "v1", "replicasets", "ReplicaSet", True, ("status",), ("rs",)),
+    ResourceType("apps", "v1", "deployments", "Deployment", True, ("status",), ("deploy",)),
+    ResourceType("apps", "v1", "statefulsets", "StatefulSet", True, ("status",), ("sts",)),
+    ResourceType("batch", "v1", "jobs", "Job", True, ("status",)),
+    ResourceType("batch", "v1", "cronjobs", "CronJob", True, ("status",), ("cj",)),
 )
 
 BY_PATH: dict[tuple[str, str, str], ResourceType] = {

@@ -96,11 +96,13 @@ def test_undo_only_reverses_steps_that_were_reached() -> None:
 
 def test_request_carries_rule_settings_for_the_gate() -> None:
     """Cooldown, hourly cap, severity, runbook URL, target and observed values are passed on."""
-    eng = engine(KUBELET.replace("max_per_hour: 3", "max_per_hour: 3\n    dry_run: true"))
+    eng = engine(KUBELET.replace("max_per_hour: 3", "max_per_hour: 3\n    dry_run: true\n"
+                                 "    workload_reasons: [OOMKilling, OOMStorm]"))
     eng.evaluate(kubelet(0, 0), 0)
     (req,) = eng.evaluate(kubelet(120, 0), 120)
     assert req.rule == "kubelet-unhealthy"
     assert req.cooldown_seconds == 600 and req.max_per_hour == 3 and req.dry_run
+    assert req.workload_reasons == ("OOMKilling", "OOMStorm")
     assert req.severity == "critical"
     assert req.runbook == (
         "https://github.com/nodemedic/nodemedic/blob/main/docs/runbooks/KubeletUnhealthy.md")

@@ -31,7 +31,7 @@ from agent.settings import Settings, flag_name, reload_mode
 REPO = Path(__file__).resolve().parents[3]
 CGROUP = REPO / "tests" / "fixtures" / "cgroup" / "v2-systemd"
 COLLECTORS = {"cgroup": True, "kubelet": True, "host": True, "lbskew": True, "node": False,
-              "problems": False}
+              "problems": False, "peerclock": False}
 
 
 def cases(tmp: Path) -> dict[str, Any]:
@@ -84,6 +84,12 @@ def cases(tmp: Path) -> dict[str, Any]:
         "lbskew_rules_min_interval": 5.0,
         "lbskew_conntrack_command": "/nonexistent/conntrack",
         "lbskew_min_samples": 7,
+        "safety_workload_other_nodes": 2,
+        "safety_workload_window": 600.0,
+        "peerclock_peers": 3,
+        "peerclock_interval": 10.0,
+        "peerclock_window": 4,
+        "peerclock_max_offset": 0.25,
         "failover_enabled": False,
         "failover_lease_namespace": "other",
         "failover_node_grace": 60.0,

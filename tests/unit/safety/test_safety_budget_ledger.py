@@ -180,7 +180,8 @@ def test_held_steps_round_trip_with_their_caps() -> None:
 
     from agent.safety.ledger import Held
 
-    req = replace(request("cordon"), cooldown_seconds=600.0, max_per_hour=3)
+    req = replace(request("cordon"), cooldown_seconds=600.0, max_per_hour=3,
+                  workload_reasons=("OOMKilling",))
     ledger = Ledger()
     ledger.held[ledger_key(req)] = Held(req, "paused", "paused by node annotation", 100.0, 4)
     back, _, problems = Ledger.from_json(ledger.to_json(200.0, offset=1000.0), offset=5000.0)
