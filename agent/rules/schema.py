@@ -45,6 +45,7 @@ from pydantic import (
 )
 
 from agent.structs.durations import parse_duration
+from agent.structs.gatespec import check_selectors, check_windows
 from agent.structs.remediation import ACTION_TYPES
 
 # Relative ``runbook:`` values are resolved against this (overridable per file).
@@ -522,6 +523,35 @@ class EscalationStep(_Model):
         return v
 
 
+class RuleGates(_Model):
+    """This rule's alert gate and maintenance windows (docs/gates.md); added to the global ones
+    (--safety.alert-gate-alerts, --safety.allow-windows, --safety.deny-windows)."""
+
+    actions: list[Literal[ACTION_TYPES]] | None = Field(  # type: ignore[valid-type]
+        default=None, max_length=len(ACTION_TYPES),
+        description="which of this rule's actions the alerts and windows hold "
+                    "(default: --safety.gated-actions); a freeze holds disruptive ones anyway")
+    alerts: list[str] = Field(
+        default_factory=list, max_length=32,
+        description='held while one of these fires: NAME or {label="v", severity=~"a|b"}')
+    allow_windows: list[str] = Field(
+        default_factory=list, max_length=32,
+        description="run only inside one of these, e.g. 'Mon-Fri 09:00-17:00 Europe/Berlin'")
+    deny_windows: list[str] = Field(
+        default_factory=list, max_length=32,
+        description="never run inside these, e.g. 'Sat,Sun 00:00-24:00 UTC'")
+
+    @field_validator("alerts")
+    @classmethod
+    def _alerts(cls, v: list[str]) -> list[str]:
+        return list(check_selectors(v))
+
+    @field_validator("allow_windows", "deny_windows")
+    @classmethod
+    def _windows(cls, v: list[str]) -> list[str]:
+        return list(check_windows(v))
+
+
 class Rule(_Model):
     """One remediation rule."""
 
@@ -546,6 +576,8 @@ class Rule(_Model):
     actions: list[Action] = Field(min_length=1, max_length=16)
     undo: list[Action] = Field(default_factory=list, max_length=16)
     escalate: list[EscalationStep] = Field(default_factory=list, max_length=8)
+    gates: RuleGates | None = Field(
+        default=None, description="alerts and time windows that hold this rule's actions")
 
     @field_validator("cooldown")
     @classmethod
