@@ -19,8 +19,9 @@ are re-gated and re-run on later ticks until they finish, fail or time out. A re
 denies for a reason that clears by itself (agent.safety.gate.HOLD_REASONS: missing data, pause,
 cooldown, caps, the cordon lock, a freeze, a closed window, a firing alert) is *held* in the
 ledger (so it survives a restart) and re-gated with backoff (1, 2, 4, then every
-HELD_RETRY_MAX_TICKS ticks) while the rules engine still asks for that step (``wants``); it is dropped when the rule resolves or the denial is final. /status
-shows held steps with their reason, ``nodemedic_actions_held`` counts them. An Event the API
+HELD_RETRY_MAX_TICKS ticks) while the rules engine still asks for that step (``wants``); it is
+dropped when the rule resolves or the denial is final. /status shows held steps with their
+reason, ``nodemedic_actions_held`` counts them. An Event the API
 refused is queued (bounded) and retried on later ticks with backoff, so one 500 at the wrong moment
 does not hide a drain from ``kubectl describe node``.
 
