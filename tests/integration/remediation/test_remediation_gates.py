@@ -351,7 +351,7 @@ async def test_a_stale_answer_holds(
     alertmanager: tuple[FakeAlertmanager, str],
 ) -> None:
     """A clear answer older than --safety.alert-gate-stale-intervals intervals is unknown."""
-    fake, url = alertmanager
+    _, url = alertmanager
     apiserver.create(node(NODE))
     agent = Agent(kube_api, write_rules(tmp_path / "rules"), Clock(FRIDAY_8),
                   safety_alert_gate_alertmanager_url=url, safety_alert_gate_alerts=("NodeDown",),

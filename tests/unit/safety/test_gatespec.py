@@ -135,7 +135,7 @@ def test_settings_take_windows_and_selectors_from_flags_and_config(tmp_path: obj
     assert s.safety_alert_gate_alertmanager_url == "http://am:9093"
     with pytest.raises(SettingsError, match=r"NODEMEDIC_SAFETY_ALLOW_WINDOWS.*unknown time zone"):
         load_settings(environ={"NODEMEDIC_SAFETY_ALLOW_WINDOWS": "Mon 09:00-10:00 Nowhere"})
-    with pytest.raises(SettingsError, match="neither --safety.alert-gate-prometheus-url"):
+    with pytest.raises(SettingsError, match=r"neither --safety\.alert-gate-prometheus-url"):
         load_settings(environ={"NODEMEDIC_SAFETY_ALERT_GATE_ALERTS": "A"})
     with pytest.raises(SettingsError, match="unknown action 'reboot'"):
         load_settings(environ={"NODEMEDIC_SAFETY_GATED_ACTIONS": "cordon,reboot"})
