@@ -109,8 +109,8 @@ async def test_a_firing_prometheus_alert_holds_a_cordon_and_unreachable_holds_to
     apiserver.create(node(NODE))
     clock = Clock()
     engine = ScriptedEngine()
-        recent: list[dict[str, Any]] = stage.status()["remediation"]["recent_decisions"]
-        return recent[-1]
+    gate_settings = dict(rules_dir=tmp_path, safety_alert_gate_prometheus_url=url,
+                         safety_alert_gate_interval=1.0,
                          safety_alert_gate_timeout=0.5, safety_alert_gate_stale_intervals=1000)
     stage = RemediationStage(
         settings(safety_alert_gate_alerts=(
