@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, TypeAlias
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -45,7 +46,7 @@ from pydantic import (
 )
 
 from agent.structs.durations import parse_duration
-from agent.structs.gatespec import check_selectors, check_windows
+from agent.structs.gatespec import parse_selector, parse_window
 from agent.structs.remediation import ACTION_TYPES
 
 # Relative ``runbook:`` values are resolved against this (overridable per file).
@@ -523,6 +524,11 @@ class EscalationStep(_Model):
         return v
 
 
+# Validated item by item, so that check-rules points at the bad entry's line.
+AlertText = Annotated[str, AfterValidator(lambda v: parse_selector(v).text)]
+WindowText = Annotated[str, AfterValidator(lambda v: parse_window(v).text)]
+
+
 class RuleGates(_Model):
     """This rule's alert gate and maintenance windows (docs/gates.md); added to the global ones
     (--safety.alert-gate-alerts, --safety.allow-windows, --safety.deny-windows)."""
@@ -531,25 +537,15 @@ class RuleGates(_Model):
         default=None, max_length=len(ACTION_TYPES),
         description="which of this rule's actions the alerts and windows hold "
                     "(default: --safety.gated-actions); a freeze holds disruptive ones anyway")
-    alerts: list[str] = Field(
+    alerts: list[AlertText] = Field(
         default_factory=list, max_length=32,
         description='held while one of these fires: NAME or {label="v", severity=~"a|b"}')
-    allow_windows: list[str] = Field(
+    allow_windows: list[WindowText] = Field(
         default_factory=list, max_length=32,
         description="run only inside one of these, e.g. 'Mon-Fri 09:00-17:00 Europe/Berlin'")
-    deny_windows: list[str] = Field(
+    deny_windows: list[WindowText] = Field(
         default_factory=list, max_length=32,
         description="never run inside these, e.g. 'Sat,Sun 00:00-24:00 UTC'")
-
-    @field_validator("alerts")
-    @classmethod
-    def _alerts(cls, v: list[str]) -> list[str]:
-        return list(check_selectors(v))
-
-    @field_validator("allow_windows", "deny_windows")
-    @classmethod
-    def _windows(cls, v: list[str]) -> list[str]:
-        return list(check_windows(v))
 
 
 class Rule(_Model):
