@@ -16,7 +16,18 @@ from typing import Any
 
 import pytest
 from aiohttp import web
-from helpers_remediation import NODE, Clock, metric, node, settings, snapshot
+from helpers_remediation import (
+    NODE,
+    Clock,
+    ScriptedEngine,
+    metric,
+    node,
+    pdb,
+    pod,
+    request,
+    settings,
+    snapshot,
+)
 
 from agent.rules.engine import RuleEngine
 from agent.rules.loader import RulesReloader
@@ -208,6 +219,45 @@ async def test_a_freeze_cannot_be_opted_out_of_and_lifting_it_releases(
     apiserver.patch("ConfigMap", "kube-system", "nodemedic", {"data": {"freeze": "false"}})
     await agent.tick(n=HELD_RETRY_MAX_TICKS + 1)
     assert cordoned(apiserver)
+
+
+async def test_a_freeze_mid_drain_pauses_it_and_lifting_it_finishes_it(
+    apiserver: ApiServer, kube_api: Any
+) -> None:
+    """A drain blocked by a PDB is in progress when the freeze starts: its further passes wait
+    (no eviction although the PDB now allows one), it is not given up; unfrozen, it finishes."""
+    apiserver.create(node(NODE))
+    apiserver.create(node("node-b"))
+    apiserver.create(pod("web-a", labels={"app": "web"}))
+    apiserver.create(pod("web-b", on="node-b", labels={"app": "web"}, ready=False))
+    apiserver.create(pdb("web", "shop", 1, app="web"))
+    configmap(apiserver, paused="false")
+    clock = Clock(FRIDAY_8)
+    engine = ScriptedEngine()
+    stage = RemediationStage(settings(), kube_api, engine, clock=clock, monotonic=clock)
+    engine.queue = [request("drain", {"timeout": 3600.0}, rule="node-broken")]
+    await stage.on_snapshot(snapshot())
+    assert len(stage.ledger.pending) == 1  # blocked by the PDB
+
+    apiserver.patch("ConfigMap", "kube-system", "nodemedic", {"data": {"freeze": "true"}})
+    apiserver.patch("Pod", "shop", "web-b",
+                    {"status": {"conditions": [{"type": "Ready", "status": "True"}]}},
+                    subresource="status")
+    for _ in range(3):
+        clock.t += 60
+        await stage.on_snapshot(snapshot())
+    pods = {p["metadata"]["name"] for p in apiserver.list("Pod")
+            if p["spec"].get("nodeName") == NODE}
+    assert pods == {"web-a"}  # the freeze held the eviction the PDB would allow
+    assert len(stage.ledger.pending) == 1
+    assert stage.status()["remediation"]["recent_decisions"][-1]["reason"] == "freeze"
+
+    apiserver.patch("ConfigMap", "kube-system", "nodemedic", {"data": {"freeze": None}})
+    for _ in range(2):
+        clock.t += 60
+        await stage.on_snapshot(snapshot())
+    assert not [p for p in apiserver.list("Pod") if p["spec"].get("nodeName") == NODE]
+    assert stage.ledger.pending == {}
 
 
 # --- alert gate (fake Alertmanager) --------------------------------------------------------------
