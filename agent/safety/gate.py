@@ -153,6 +153,7 @@ class SafetyGate:
         monotonic: Callable[[], float] = time.monotonic,
         pause: PauseSwitch | None = None,
         rules: Callable[[str], Any] | None = None,
+        rule_gates: bool = True,
     ) -> None:
         self.settings = settings
         self.api = api
@@ -171,6 +172,7 @@ class SafetyGate:
         self._drain: dict[str, tuple[int, float]] = {}
         self._lock_held = False
         self.rules = rules  # rule name -> the loaded Rule (for its gates), or None
+        self.rule_gates = rule_gates  # False: no windows and alert gate (failover), freeze only
         self.alerts = AlertGate(settings, monotonic=monotonic)
         self.windows = windows.WindowState()
 
@@ -259,7 +261,7 @@ class SafetyGate:
         if freeze is not None and (disruptive or kind in s.safety_gated_actions):
             return self.deny(req, "freeze", freeze.describe(s.safety_pause_configmap))
         own = getattr(gates, "actions", None)
-        if kind not in (s.safety_gated_actions if own is None else own):
+        if not self.rule_gates or kind not in (s.safety_gated_actions if own is None else own):
             return None
         allow = [windows.windows_of(s.safety_allow_windows),
                  windows.windows_of(getattr(gates, "allow_windows", ()))]
