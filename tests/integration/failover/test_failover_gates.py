@@ -49,7 +49,8 @@ async def test_a_freeze_holds_isolation_and_fencing_until_lifted(
     assert OUT_OF_SERVICE["key"] not in {t["key"] for t in y["spec"]["taints"]}
 
     apiserver.patch("ConfigMap", "kube-system", "nodemedic", {"data": {"freeze": None}})
-    remedy = Remedy(settings(node_name="node-l", safety_max_cordoned="5"), kube_api, "node-l")  # no cached pause view
+    # a new leader: no cached pause view
+    remedy = Remedy(settings(node_name="node-l", safety_max_cordoned="5"), kube_api, "node-l")
     assert await remedy.isolate("node-x", "no peer reached it") is True
     assert unschedulable(apiserver, "node-x")
     assert await remedy.fence("node-y", "no peer reached it") is True
