@@ -39,6 +39,7 @@ log = structlog.get_logger("nodemedic.alertgate")
 MAX_BODY = 16 << 20  # a bigger answer is an error (and holds), never a partial read
 MAX_ALERTS = 20_000  # labels kept from one poll; more is an error too
 SHOWN = 5  # firing alerts named in a denial's detail
+MEMO = 64  # selector sets whose matches are kept per answer (global + each rule's own)
 STATES = ("off", "clear", "firing", "unknown")
 AM_QUERY = "/api/v2/alerts?active=true&silenced=false&inhibited=false"
 
@@ -127,6 +128,9 @@ class AlertGate:
         self._answered: float | None = None  # monotonic time of the last complete answer
         self._error = ""
         self._polls: Counter[tuple[str, str]] = Counter()
+        # Matches per selector set for the current answer: a decision costs a dict lookup, not
+        # a regex over every firing alert (5000 alerts x 2 selectors took 50 ms per request).
+        self._memo: dict[tuple[str, ...], list[dict[str, str]]] = {}
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
 
@@ -136,6 +140,7 @@ class AlertGate:
         """Apply reloaded settings; new sources forget the old answer (unknown until polled)."""
         if sources(settings) != sources(self.settings):
             self._alerts, self._answered, self._error = (), None, ""
+            self._memo.clear()
         self.settings = settings
         self._wake.set()
         with contextlib.suppress(RuntimeError):  # no running loop: start() comes later
@@ -195,6 +200,7 @@ class AlertGate:
         if self._error:
             log.info("alert_gate_reachable")
         self._alerts, self._answered, self._error = tuple(found), self.monotonic(), ""
+        self._memo.clear()
 
     @staticmethod
     async def _fetch(session: aiohttp.ClientSession, kind: str, url: str,
@@ -237,7 +243,15 @@ class AlertGate:
         return None
 
     def firing(self, selectors: Sequence[AlertSelector]) -> list[dict[str, str]]:
-        return [a for a in self._alerts if any(s.matches(a) for s in selectors)]
+        """Alerts of the current answer that match any of ``selectors``."""
+        key = tuple(s.text for s in selectors)
+        hits = self._memo.get(key)
+        if hits is None:
+            if len(self._memo) >= MEMO:
+                self._memo.clear()
+            hits = self._memo[key] = [a for a in self._alerts
+                                      if any(s.matches(a) for s in selectors)]
+        return hits
 
     def check(self, selectors: Sequence[AlertSelector]) -> str | None:
         """None when no selected alert fires (or nothing is selected), else the hold's detail."""
