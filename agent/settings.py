@@ -25,6 +25,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from agent.structs.durations import parse_duration
+from agent.structs.gatespec import check_selectors, check_windows
+from agent.structs.remediation import ACTION_TYPES
 
 ENV_PREFIX = "NODEMEDIC_"
 
@@ -63,6 +65,7 @@ COLLECTORS = OnReload("collectors")
 RESTART = OnReload("restart")
 
 _SHARE = r"^[0-9]{1,6}%?$"  # a node count N or a share N%
+_URL = r"^$|^https?://[^\s/?#]+[^\s?#]*$"  # empty (off) or an http(s) base URL
 # RFC 1123 DNS subdomain, as Kubernetes requires of node names.
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 
@@ -118,6 +121,16 @@ class Settings(BaseModel):
     )
     safety_workload_other_nodes: Annotated[int, LIVE] = Field(default=1, ge=0, le=1000)
     safety_workload_window: Annotated[float, LIVE] = Field(default=3600.0, ge=60.0, le=604800.0)
+    safety_gated_actions: Annotated[tuple[str, ...], LIVE] = (
+        "cordon", "drain", "evict-pod", "taint", "restart-service")
+    safety_alert_gate_prometheus_url: Annotated[str, LIVE] = Field(default="", pattern=_URL)
+    safety_alert_gate_alertmanager_url: Annotated[str, LIVE] = Field(default="", pattern=_URL)
+    safety_alert_gate_alerts: Annotated[tuple[str, ...], LIVE] = ()
+    safety_alert_gate_interval: Annotated[float, LIVE] = Field(default=15.0, ge=1.0, le=3600.0)
+    safety_alert_gate_timeout: Annotated[float, LIVE] = Field(default=5.0, gt=0.0, le=600.0)
+    safety_alert_gate_stale_intervals: Annotated[int, LIVE] = Field(default=3, ge=1, le=1000)
+    safety_allow_windows: Annotated[tuple[str, ...], LIVE] = ()
+    safety_deny_windows: Annotated[tuple[str, ...], LIVE] = ()
     host_disk_paths: Annotated[tuple[str, ...], COLLECTORS] = (
         "/", "/var/lib/kubelet", "/var/lib/containerd")
     log_level: Annotated[Literal["debug", "info", "warning", "error"], LIVE] = "info"
@@ -181,6 +194,29 @@ class Settings(BaseModel):
             )
         return v
 
+    @field_validator("safety_gated_actions")
+    @classmethod
+    def _check_actions(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        unknown = [a for a in v if a not in ACTION_TYPES]
+        if unknown:
+            raise ValueError(f"unknown action {unknown[0]!r}; known: {', '.join(ACTION_TYPES)}")
+        return v
+
+    @field_validator("safety_alert_gate_alerts")
+    @classmethod
+    def _check_selectors(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        return check_selectors(v)
+
+    @field_validator("safety_allow_windows", "safety_deny_windows")
+    @classmethod
+    def _check_windows(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        return check_windows(v)
+
+    @field_validator("safety_alert_gate_prometheus_url", "safety_alert_gate_alertmanager_url")
+    @classmethod
+    def _strip_slash(cls, v: str) -> str:
+        return v.rstrip("/")
+
     @field_validator("safety_max_cordoned", "failover_max_unhealthy",
                      "failover_max_unhealthy_zone")
     @classmethod
@@ -221,6 +257,19 @@ class Settings(BaseModel):
                 f"{self.failover_lease_duration / 3:g}s): the leader must get several renewal "
                 "attempts before its renew deadline (2/3 of the lease)",
             )
+        if self.safety_alert_gate_timeout >= self.safety_alert_gate_interval:
+            raise _Combination(
+                "safety_alert_gate_timeout",
+                f"must be shorter than --safety.alert-gate-interval "
+                f"({self.safety_alert_gate_interval:g}s): one poll may not run into the next",
+            )
+        if self.safety_alert_gate_alerts and not (self.safety_alert_gate_prometheus_url
+                                                  or self.safety_alert_gate_alertmanager_url):
+            raise _Combination(
+                "safety_alert_gate_alerts",
+                "names alerts but neither --safety.alert-gate-prometheus-url nor "
+                "--safety.alert-gate-alertmanager-url is set: nothing could say they are clear",
+            )
         if self.kubelet_insecure_skip_verify and self.kubelet_ca_file is not None:
             raise _Combination(
                 "kubelet_insecure_skip_verify",
@@ -242,7 +291,7 @@ class Flag:
     """One setting as exposed on the command line, in the environment and in the config file."""
 
     name: str  # e.g. "web.listen-address"
-    kind: Literal["str", "path", "optpath", "duration", "bool", "int", "list"]
+    kind: Literal["str", "path", "optpath", "duration", "bool", "int", "list", "items"]
     help: str
 
     @property
@@ -303,6 +352,26 @@ FLAGS: tuple[Flag, ...] = (
          "cordon, drain or taint to be denied as workload_not_node (0 = never)"),
     Flag("safety.workload-window", "duration",
          "how recent those pods' Events must be to count"),
+    Flag("safety.gated-actions", "list",
+         "actions held by alert gates and maintenance windows (per rule: gates.actions); a "
+         "freeze holds these and every disruptive action (docs/gates.md)"),
+    Flag("safety.alert-gate-prometheus-url", "str",
+         "Prometheus base URL whose firing alerts (GET /api/v1/alerts) hold gated actions"),
+    Flag("safety.alert-gate-alertmanager-url", "str",
+         "Alertmanager base URL whose active, unsilenced alerts (GET /api/v2/alerts) hold them"),
+    Flag("safety.alert-gate-alerts", "items",
+         "alerts that hold gated actions while they fire, ';'-separated on the command line: "
+         "NAME or {label=\"v\", severity=~\"critical|page\"}"),
+    Flag("safety.alert-gate-interval", "duration", "time between two polls of the alert sources"),
+    Flag("safety.alert-gate-timeout", "duration", "time limit of one poll (shorter than the "
+         "interval)"),
+    Flag("safety.alert-gate-stale-intervals", "int",
+         "intervals without a successful poll after which alerts are unknown (= hold)"),
+    Flag("safety.allow-windows", "items",
+         "windows outside which gated actions are held, ';'-separated on the command line: "
+         "'Mon-Fri 09:00-17:00 Europe/Berlin' (none = always allowed)"),
+    Flag("safety.deny-windows", "items",
+         "windows inside which gated actions are held, e.g. 'Sat,Sun 00:00-24:00 UTC'"),
     Flag("host.disk-paths", "list", "comma-separated paths whose filesystems are watched"),
     Flag("log.level", "str", "debug, info, warning or error"),
     Flag("log.format", "str", "auto (console on a TTY, else JSON), json or console"),
@@ -356,7 +425,7 @@ def flag_default(flag: Flag) -> str:
     if isinstance(value, bool):
         return str(value).lower()
     if isinstance(value, tuple):
-        return ",".join(value)
+        return ("; " if flag.kind == "items" else ",").join(value)
     if flag.kind == "duration":
         return f"{value:g}s"
     return str(value)
@@ -375,10 +444,11 @@ def _convert(flag: Flag, raw: Any) -> Any:
         if s in ("0", "false", "no", "off"):
             return False
         raise ValueError("must be true or false")
-    if flag.kind == "list":
+    if flag.kind in ("list", "items"):
         if isinstance(raw, (list, tuple)):
             return tuple(str(x) for x in raw)
-        return tuple(p.strip() for p in str(raw).split(",") if p.strip())
+        sep = "," if flag.kind == "list" else ";"  # items may contain commas themselves
+        return tuple(p.strip() for p in str(raw).split(sep) if p.strip())
     if flag.kind == "int":
         if isinstance(raw, bool):
             raise ValueError("must be an integer")
@@ -395,7 +465,7 @@ def _kind_help(flag: Flag, exc: Exception) -> str:
     if isinstance(exc, ValueError) and str(exc):
         return str(exc)
     expected = {"int": "an integer", "duration": "a duration like 10s", "bool": "true or false",
-                "list": "a list", "path": "a path", "optpath": "a path",
+                "list": "a list", "items": "a list", "path": "a path", "optpath": "a path",
                 "str": "a single value"}[flag.kind]
     return f"must be {expected}"
 

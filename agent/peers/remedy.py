@@ -3,8 +3,10 @@
 Called by agent.peers.stage. The actions in agent.actions act on "this node", so the leader gives
 each target node its own :class:`SafetyGate` built with the settings of that node
 (``node_name=<target>``) and a pause switch reading that node's annotation plus the cluster
-ConfigMap: pause, dry-run, the cluster cordon budget, hourly caps and admin overrides apply to the
-leader's actions exactly as to a node's own. Steps (all idempotent, resumable by a new leader):
+ConfigMap: pause, the cluster freeze, dry-run, the cluster cordon budget, hourly caps and admin
+overrides apply to the leader's actions exactly as to a node's own. The alert gate and the
+maintenance windows do not (``rule_gates=False``): they are policies for rules, and a failed
+node's own alerts fire by definition. Steps (all idempotent, resumable by a new leader):
 - ``cordon`` + ``taint nodemedic.io/node-failed:NoSchedule`` (rule ``failed-node``);
 - ``drain`` passes (Eviction API, PDB-aware) until no evictable pod is left un-evicted;
 - ``fence``: ``node.kubernetes.io/out-of-service=nodeshutdown:NoExecute``; the taint action
@@ -45,6 +47,7 @@ from agent.kube.pods import list_node_pods
 from agent.peers.fencing import FAILED_TAINT, OUT_OF_SERVICE, same_taint
 from agent.safety.gate import SafetyGate
 from agent.safety.pause import PauseSwitch
+from agent.safety.windows import parse_freeze
 from agent.settings import Settings
 from agent.structs.remediation import ActionRequest, ActionSpec, Decision, Outcome, Target
 
@@ -120,7 +123,8 @@ class Remedy:
         if ts is None:
             s = self.settings.model_copy(update={"node_name": node})
             pause = PauseSwitch(self.api, node, s.safety_pause_configmap, ttl=0.5)
-            ts = TargetState(SafetyGate(s, self.api, clock=self.wall, pause=pause), s)
+            gate = SafetyGate(s, self.api, clock=self.wall, pause=pause, rule_gates=False)
+            ts = TargetState(gate, s)
             self.targets[node] = ts
         return ts
 
@@ -272,10 +276,12 @@ class Remedy:
         return left == 0, left
 
     async def fence(self, node: str, why: str) -> bool:
-        """Apply out-of-service after the gate's pause and dry-run checks; True when applied."""
+        """Apply out-of-service after the gate's pause, freeze and dry-run checks; True when
+        applied."""
         ts = self.target(node)
         view = await ts.gate.pause.view() if ts.gate.pause is not None else None
-        if view is None or not view.ok or view.node_paused or view.cluster_paused:
+        if (view is None or not view.ok or view.node_paused or view.cluster_paused
+                or parse_freeze(view.freeze, self.wall()) is not None):
             self.actions[("out-of-service", "denied", "none")] += 1
             return False
         if self.settings.dry_run:

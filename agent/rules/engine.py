@@ -924,6 +924,11 @@ class RuleEngine:
     def rule_names(self) -> list[str]:
         return list(self._rules)
 
+    def rule(self, name: str) -> Rule | None:
+        """The loaded rule called ``name`` (the safety gate reads its ``gates:``)."""
+        rs = self._rules.get(name)
+        return rs.compiled.rule if rs is not None else None
+
     # -- evaluation -------------------------------------------------------------------------
 
     def _update_history(self, snapshot: Snapshot, now: float) -> None:

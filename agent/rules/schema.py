@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, TypeAlias
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -45,6 +46,7 @@ from pydantic import (
 )
 
 from agent.structs.durations import parse_duration
+from agent.structs.gatespec import parse_selector, parse_window
 from agent.structs.remediation import ACTION_TYPES
 
 # Relative ``runbook:`` values are resolved against this (overridable per file).
@@ -522,6 +524,30 @@ class EscalationStep(_Model):
         return v
 
 
+# Validated item by item, so that check-rules points at the bad entry's line.
+AlertText = Annotated[str, AfterValidator(lambda v: parse_selector(v).text)]
+WindowText = Annotated[str, AfterValidator(lambda v: parse_window(v).text)]
+
+
+class RuleGates(_Model):
+    """This rule's alert gate and maintenance windows (docs/gates.md); added to the global ones
+    (--safety.alert-gate-alerts, --safety.allow-windows, --safety.deny-windows)."""
+
+    actions: list[Literal[ACTION_TYPES]] | None = Field(  # type: ignore[valid-type]
+        default=None, max_length=len(ACTION_TYPES),
+        description="which of this rule's actions the alerts and windows hold "
+                    "(default: --safety.gated-actions); a freeze holds disruptive ones anyway")
+    alerts: list[AlertText] = Field(
+        default_factory=list, max_length=32,
+        description='held while one of these fires: NAME or {label="v", severity=~"a|b"}')
+    allow_windows: list[WindowText] = Field(
+        default_factory=list, max_length=32,
+        description="run only inside one of these, e.g. 'Mon-Fri 09:00-17:00 Europe/Berlin'")
+    deny_windows: list[WindowText] = Field(
+        default_factory=list, max_length=32,
+        description="never run inside these, e.g. 'Sat,Sun 00:00-24:00 UTC'")
+
+
 class Rule(_Model):
     """One remediation rule."""
 
@@ -552,6 +578,8 @@ class Rule(_Model):
     actions: list[Action] = Field(min_length=1, max_length=16)
     undo: list[Action] = Field(default_factory=list, max_length=16)
     escalate: list[EscalationStep] = Field(default_factory=list, max_length=8)
+    gates: RuleGates | None = Field(
+        default=None, description="alerts and time windows that hold this rule's actions")
 
     @field_validator("cooldown")
     @classmethod

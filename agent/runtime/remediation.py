@@ -17,10 +17,11 @@ once, ``on_snapshot()`` after every collection, ``families()`` / ``status()`` fo
 Actions that need more passes (outcome ``retry``: drain, a PDB-blocked eviction) stay pending and
 are re-gated and re-run on later ticks until they finish, fail or time out. A request the gate
 denies for a reason that clears by itself (agent.safety.gate.HOLD_REASONS: missing data, pause,
-cooldown, caps, the cordon lock) is *held* in the ledger (so it survives a restart) and re-gated
-with backoff (1, 2, 4, then every HELD_RETRY_MAX_TICKS ticks) while the rules engine still asks
-for that step (``wants``); it is dropped when the rule resolves or the denial is final. /status
-shows held steps with their reason, ``nodemedic_actions_held`` counts them. An Event the API
+cooldown, caps, the cordon lock, a freeze, a closed window, a firing alert) is *held* in the
+ledger (so it survives a restart) and re-gated with backoff (1, 2, 4, then every
+HELD_RETRY_MAX_TICKS ticks) while the rules engine still asks for that step (``wants``); it is
+dropped when the rule resolves or the denial is final. /status shows held steps with their
+reason, ``nodemedic_actions_held`` counts them. An Event the API
 refused is queued (bounded) and retried on later ticks with backoff, so one 500 at the wrong moment
 does not hide a drain from ``kubectl describe node``.
 
@@ -64,7 +65,7 @@ RECENT_DECISIONS = 50  # kept for /status
 DEFAULT_CONCURRENCY = 4
 # Denials that only pause an in-progress action (it resumes when they clear); any other denial
 # of a continuing action ends it.
-WAIT_REASONS = frozenset({"paused", "missing_data", "dry_run"})
+WAIT_REASONS = frozenset({"paused", "missing_data", "dry_run", "freeze", "window", "alert_gate"})
 _METRIC_RE = re.compile(r"nodemedic_[A-Za-z0-9_]+")
 EVENT_RETRY_QUEUE = 256  # failed Events kept for retry; the oldest is dropped (counted) past it
 EVENT_RETRY_ATTEMPTS = 8  # then the Event is given up (counted)
@@ -118,7 +119,8 @@ PENDING = MetricSpec(
 HELD = MetricSpec(
     "nodemedic_actions_held",
     "Steps the gate denied for a reason that clears by itself (missing_data, paused, cooldown, "
-    "caps, cordon_lock), waiting to be retried, by action and reason.",
+    "caps, cordon_lock, freeze, window, alert_gate), waiting to be retried, by action and "
+    "reason.",
     "gauge",
     ("action", "reason"),
 )
@@ -182,7 +184,8 @@ class RemediationStage:
         self.monotonic = monotonic
         self.systemctl = systemctl
         self.http = http
-        self.gate = SafetyGate(settings, api, clock=clock, monotonic=monotonic)
+        self.gate = SafetyGate(settings, api, clock=clock, monotonic=monotonic,
+                               rules=self._rule)
         self.reloader = reloader  # agent.rules.loader.RulesReloader, when built by build_stage
         self._sem = asyncio.Semaphore(max(1, concurrency))
         self._extra: dict[str, dict[str, Any]] = {}
@@ -211,12 +214,18 @@ class RemediationStage:
     def ledger(self) -> Ledger:
         return self.gate.ledger
 
+    def _rule(self, name: str) -> Any:
+        """The engine's loaded rule ``name`` (for the gate's per-rule gates), or None."""
+        lookup = getattr(self.engine, "rule", None)
+        return lookup(name) if callable(lookup) else None
+
     # --- lifecycle ---------------------------------------------------------------------------
 
     async def start(self) -> None:
         """Restore ledger and engine state from local disk, then from the node annotation
         (retried each tick if the API is down now; until then the gate denies every action
-        that needs it as missing_data anyway)."""
+        that needs it as missing_data anyway); start the alert gate's poller."""
+        self.gate.alerts.start()
         if self.local is not None:
             await self._restore_local(self.local)
         await self._restore()
@@ -296,6 +305,7 @@ class RemediationStage:
 
     async def close(self) -> None:
         """Write the final state (best effort); the API client belongs to the caller."""
+        await self.gate.alerts.close()
         self._local_dirty = True
         await self._persist(force=self.api is not None)
 

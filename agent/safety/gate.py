@@ -4,7 +4,8 @@ Called by agent.runtime.remediation for every request (and again for every furth
 unfinished drain). Checks, in order, each denial carrying a stable reason word:
 unknown_action, invalid_params (the action's pure plan() refused it), missing_data (no API
 configured for an API action, or the API unreachable: we cannot know whether we are paused),
-paused (node annotation or cluster ConfigMap), admin_override (an admin uncordoned what this
+paused (node annotation or cluster ConfigMap), freeze (the ConfigMap's ``freeze`` key holds
+disruptive and gated actions; agent.safety.windows), admin_override (an admin uncordoned what this
 rule cordoned), cooldown, ledger_full (executions of the last hour were dropped, so the hourly
 caps of a capped or disruptive request cannot be checked: fail safe), rule_hourly_cap,
 global_hourly_cap (disruptive actions only), workload_not_node (agent.safety.attribution: pods
@@ -20,10 +21,13 @@ it before counting and the stage calls :meth:`SafetyGate.settle` once the tick's
 which frees it; an agent that dies in between holds it for CORDON_LOCK_SECONDS at most.
 
 Undo requests and further passes of an action already running skip the cooldown and caps
-(finishing or reversing is safe) but never the pause or missing-data checks.
+(finishing or reversing is safe) but never the pause or missing-data checks. A rule's own
+``gates:`` (windows, alerts, gated actions) come from the rules now loaded (``rules``, a
+lookup the stage passes), so a reload applies them to held steps too.
 
 A denial for a reason in HOLD_REASONS clears by itself (the API comes back, an admin unpauses, a
-cooldown or an hour passes, a cordoned node is uncordoned, the lock is freed): the stage keeps
+cooldown or an hour passes, a cordoned node is uncordoned, the lock is freed, a freeze ends, a
+window opens, the alerts resolve): the stage keeps
 such a step *held* and asks again on later ticks, with backoff, while its rule still asks for it.
 The others (unknown_action, invalid_params, admin_override) are final.
 Exposes its counters via ``families()``.
@@ -48,12 +52,15 @@ from agent.actions.cordon import admin_override_rules
 from agent.kube import leases
 from agent.kube.errors import KubeError
 from agent.kube.nodes import count_nodes, is_unschedulable
+from agent.safety import alertgate, windows
+from agent.safety.alertgate import AlertGate
 from agent.safety.attribution import Attribution
 from agent.safety.budget import cordon_allowed, cordon_limit
 from agent.safety.ledger import Ledger
 from agent.safety.pause import PauseSwitch
 from agent.settings import Settings
 from agent.structs.durations import format_duration
+from agent.structs.gatespec import Window, parse_selector
 from agent.structs.metrics import Family, MetricSpec
 from agent.structs.remediation import ActionRequest, Decision, DecisionKind, Outcome
 
@@ -66,7 +73,7 @@ CORDON_LOCK_SECONDS = 15
 # Denial reasons that clear by themselves: the step is held and re-gated later (see above).
 HOLD_REASONS = frozenset({
     "missing_data", "paused", "cooldown", "ledger_full", "rule_hourly_cap", "global_hourly_cap",
-    "cluster_cap", "cordon_lock",
+    "cluster_cap", "cordon_lock", "freeze", "window", "alert_gate",
 })
 
 ACTIONS_TOTAL = MetricSpec(
@@ -132,6 +139,8 @@ METRICS = (
     DRAIN_REMAINING,
     DRAIN_STARTED,
     LEDGER_DROPPED,
+    *alertgate.METRICS,
+    *windows.METRICS,
 )
 
 
@@ -146,6 +155,8 @@ class SafetyGate:
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
         pause: PauseSwitch | None = None,
+        rules: Callable[[str], Any] | None = None,
+        rule_gates: bool = True,
     ) -> None:
         self.settings = settings
         self.api = api
@@ -164,6 +175,10 @@ class SafetyGate:
         self._drain: dict[str, tuple[int, float]] = {}
         self._lock_held = False
         self.attribution = Attribution(lambda: self.settings, api, clock=clock)
+        self.rules = rules  # rule name -> the loaded Rule (for its gates), or None
+        self.rule_gates = rule_gates  # False: no windows and alert gate (failover), freeze only
+        self.alerts = AlertGate(settings, monotonic=monotonic)
+        self.windows = windows.WindowState()
 
     def prepare_reload(self, settings: Settings) -> Callable[[], None]:
         """Build what new ``settings`` need (a pause switch for a new ConfigMap) without
@@ -177,6 +192,7 @@ class SafetyGate:
         def commit() -> None:
             self.settings = settings
             self.pause = pause
+            self.alerts.reconfigure(settings)
 
         return commit
 
@@ -201,6 +217,7 @@ class SafetyGate:
         assert act is not None
         now = self.monotonic()
         node: dict[str, Any] = {}
+        freeze: windows.Freeze | None = None
         if self.api is None:
             if act.needs_api:
                 return self.deny(req, "missing_data", "no Kubernetes API is configured")
@@ -216,12 +233,18 @@ class SafetyGate:
             if view.node_paused:
                 return self.deny(req, "paused", "paused by node annotation nodemedic.io/paused")
             node = view.node
+            freeze = windows.parse_freeze(view.freeze, self.clock())
+            self.windows.saw_freeze(view.freeze)
         if act.cordons and req.rule in admin_override_rules(node):
             return self.deny(
                 req,
                 "admin_override",
                 f"an admin uncordoned this node after rule {req.rule} cordoned it",
             )
+        gates = getattr(self.rules(req.rule), "gates", None) if self.rules else None
+        held = None if req.undo else self._held(req, act.disruptive, freeze, gates)
+        if held is not None:
+            return held
         if not (continuing or req.undo):
             denied = self._budgets(req, act.disruptive, now)
             if denied is not None:
@@ -237,6 +260,28 @@ class SafetyGate:
             scope = "--dry-run" if self.settings.dry_run else f"rule {req.rule} dry_run"
             return self._decision(req, "dry_run", "dry_run", f"{scope}: would {planned.summary}")
         return self._decision(req, "allowed", "ok", planned.summary)
+
+    def _held(self, req: ActionRequest, disruptive: bool, freeze: windows.Freeze | None,
+              gates: Any) -> Decision | None:
+        """freeze, window or alert_gate, for gated actions (see the module docstring)."""
+        kind, s = req.action.type, self.settings
+        if freeze is not None and (disruptive or kind in s.safety_gated_actions):
+            return self.deny(req, "freeze", freeze.describe(s.safety_pause_configmap))
+        own = getattr(gates, "actions", None)
+        if not self.rule_gates or kind not in (s.safety_gated_actions if own is None else own):
+            return None
+        allow = [windows.windows_of(s.safety_allow_windows),
+                 windows.windows_of(getattr(gates, "allow_windows", ()))]
+        deny = [*windows.windows_of(s.safety_deny_windows),
+                *windows.windows_of(getattr(gates, "deny_windows", ()))]
+        closed = windows.window_denial(allow, deny, self.clock())
+        if closed is not None:
+            return self.deny(req, "window", closed)
+        names = (*s.safety_alert_gate_alerts, *getattr(gates, "alerts", ()))
+        alerting = self.alerts.check([parse_selector(n) for n in names])
+        if alerting is not None:
+            return self.deny(req, "alert_gate", alerting)
+        return None
 
     def _budgets(self, req: ActionRequest, disruptive: bool, now: float) -> Decision | None:
         last = self.ledger.last_run(req)
@@ -322,7 +367,9 @@ class SafetyGate:
         if self.pause is None:
             return
         self.pause.invalidate()
-        await self.pause.view()
+        view = await self.pause.view()
+        if view.ok:
+            self.windows.saw_freeze(view.freeze)
         try:
             total, cordoned = await count_nodes(self.api)
         except KubeError:
@@ -397,7 +444,13 @@ class SafetyGate:
         dropped = LEDGER_DROPPED.family()
         for kind, n in sorted(self.ledger.dropped_by_kind().items()):
             dropped.add((kind,), n)
-        return [*out, used, remaining, started, dropped, *self.attribution.families()]
+        return [*out, used, remaining, started, dropped, *self.alerts.families(),
+                *self.attribution.families(),
+                *self.windows.families(*self._global_windows(), self.clock())]
+
+    def _global_windows(self) -> tuple[tuple[Window, ...], tuple[Window, ...]]:
+        return (windows.windows_of(self.settings.safety_allow_windows),
+                windows.windows_of(self.settings.safety_deny_windows))
 
     def status(self) -> dict[str, Any]:
         view = self.pause.last if self.pause is not None else None
@@ -414,4 +467,8 @@ class SafetyGate:
             "cordon_budget_limit": self._limit,
             "draining": {n: {"remaining": r, "started": s} for n, (r, s) in self._drain.items()},
             "workload_blamed": self.attribution.status(),
+            "gated_actions": list(self.settings.safety_gated_actions),
+            "alert_gate": self.alerts.status(),
+            **self.windows.status(*self._global_windows(), self.clock(),
+                                  self.settings.safety_pause_configmap),
         }

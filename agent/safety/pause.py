@@ -5,6 +5,9 @@ Called by agent.safety.gate before every decision. One node is paused by the ann
 named by ``--safety.pause-configmap`` (default kube-system/nodemedic). Reads are cached for a few
 seconds (one tick's decisions share them). When the API cannot be read the view is not ``ok`` and
 the gate denies node actions as ``missing_data``: not knowing whether we are paused means paused.
+The same ConfigMap read carries the cluster-wide freeze (key ``freeze``, raw value in
+``ClusterView.freeze``; agent.safety.windows says what it means), so a freeze reaches every
+agent as fast as a pause does.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ class ClusterView:
     node: dict[str, Any] = field(default_factory=dict)
     node_paused: bool = False
     cluster_paused: bool = False
+    freeze: str | None = None  # the ConfigMap's raw ``freeze`` value
     error: str = ""
     read_at: float = 0.0
 
@@ -81,6 +85,7 @@ class PauseSwitch:
                 node=node,
                 node_paused=truthy(read_annotations(node).get(PAUSE_ANNOTATION)),
                 cluster_paused=truthy((data or {}).get("paused")),
+                freeze=(data or {}).get("freeze"),
                 read_at=now,
             )
         self._view = view

@@ -76,6 +76,15 @@ def cases(tmp: Path) -> dict[str, Any]:
         "safety_drain_grace_cap": 60.0,
         "safety_pause_configmap": "kube-system/other",
         "safety_cordon_lock": "kube-system/other-lock",
+        "safety_gated_actions": ("drain",),
+        "safety_alert_gate_prometheus_url": "http://127.0.0.1:4",
+        "safety_alert_gate_alertmanager_url": "http://127.0.0.1:5",
+        "safety_alert_gate_alerts": ('{alertname="NodeDown", severity=~"critical|page"}',),
+        "safety_alert_gate_interval": 30.0,
+        "safety_alert_gate_timeout": 2.0,
+        "safety_alert_gate_stale_intervals": 5,
+        "safety_allow_windows": ("Mon-Fri 09:00-17:00 Europe/Berlin",),
+        "safety_deny_windows": ("Sat,Sun 00:00-24:00 UTC",),
         "host_disk_paths": ("/",),
         "log_level": "debug",
         "log_format": "json",
@@ -116,7 +125,9 @@ def base(tmp: Path) -> dict[str, Any]:
     rules.mkdir(exist_ok=True)
     return dict(web_listen_address="127.0.0.1:0", rules_dir=rules, collectors=COLLECTORS,
                 collect_interval=3600, node_name="n1", path_cgroupfs=CGROUP,
-                kubelet_url="http://127.0.0.1:1", failover_enabled=True)
+                kubelet_url="http://127.0.0.1:1", failover_enabled=True,
+                # a source, so that naming alerts alone is a valid change
+                safety_alert_gate_prometheus_url="http://127.0.0.1:3")
 
 
 def test_every_settings_field_has_a_case(tmp_path: Path) -> None:
@@ -220,6 +231,14 @@ async def test_reload_applies_or_reports_every_option(
         "safety_max_actions_per_hour": lambda: status["remediation"]["gate"][
             "max_actions_per_hour"],
         "collectors": lambda: sorted(n for n, on in value.items() if on),
+        "safety_gated_actions": lambda: tuple(status["remediation"]["gate"]["gated_actions"]),
+        "safety_alert_gate_alerts": lambda: tuple(
+            status["remediation"]["gate"]["alert_gate"]["alerts"]),
+        "safety_alert_gate_alertmanager_url": lambda: status["remediation"]["gate"][
+            "alert_gate"]["sources"]["alertmanager"],
+        "safety_allow_windows": lambda: tuple(
+            status["remediation"]["gate"]["windows"]["allow"]),
+        "safety_deny_windows": lambda: tuple(status["remediation"]["gate"]["windows"]["deny"]),
     }
     expected = {"rules_dir": str(value),
                 "collectors": sorted(c.name for c in a._collection.collectors)}
