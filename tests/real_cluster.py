@@ -18,6 +18,7 @@ HTTP), the same on both. On ``real`` every object a test created is deleted afte
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import ssl
@@ -287,6 +288,64 @@ class Backend:
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S.000000Z", time.gmtime())
+
+
+class Heartbeats:
+    """Renews each node's Lease in kube-node-lease (and its Ready heartbeat once), as kubelets
+    do: without it a real node lifecycle controller marks a new node's pods NotReady at once and
+    taints the node unreachable after --node-monitor-grace-period. ``stop(node)`` silences one
+    node (the failure the failover tests inject). Use as ``async with Heartbeats(kube, nodes)``."""
+
+    def __init__(self, kube: Backend, nodes: list[str], every: float = 2.0) -> None:
+        self.kube = kube
+        self.alive = set(nodes)
+        self.every = every
+        self._task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> Heartbeats:
+        for name in sorted(self.alive):
+            await self._renew(name, create=True)
+            path = rest_path("Node", "", name, "status")
+            cond = {"type": "Ready", "status": "True", "reason": "KubeletReady",
+                    "message": "kubelet is posting ready status",
+                    "lastHeartbeatTime": _now(), "lastTransitionTime": _now()}
+            await self.kube.request("PATCH", path, {"status": {"conditions": [cond]}},
+                                    "application/strategic-merge-patch+json")
+        self._task = asyncio.create_task(self._loop())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    def stop(self, node: str) -> None:
+        self.alive.discard(node)
+
+    async def _renew(self, node: str, create: bool = False) -> None:
+        body = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                "metadata": {"name": node, "namespace": "kube-node-lease"},
+                "spec": {"holderIdentity": node, "leaseDurationSeconds": 40,
+                         "renewTime": _now()}}
+        if create:
+            code, _ = await self.kube.request(
+                "POST", rest_path("Lease", "kube-node-lease"), body)
+            if code != 409:
+                return
+        await self.kube.request("PATCH", rest_path("Lease", "kube-node-lease", node),
+                                {"spec": {"renewTime": _now()}},
+                                "application/merge-patch+json")
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.every)
+            for name in sorted(self.alive):
+                await self._renew(name)
 
 
 def cluster_singleton() -> Iterator[RealCluster]:

@@ -52,6 +52,7 @@ from agent.safety.gate import HOLD_REASONS, SafetyGate
 from agent.safety.ledger import Held, Ledger, Pending, ledger_key, merge_unsynced
 from agent.safety.localstate import LocalState
 from agent.settings import Settings, check_paths
+from agent.structs.durations import format_duration
 from agent.structs.metrics import Family, MetricSpec
 from agent.structs.remediation import ActionRequest, Decision, Outcome, OutcomeKind
 from agent.structs.snapshot import Snapshot
@@ -72,6 +73,10 @@ EVENT_RETRY_ATTEMPTS = 8  # then the Event is given up (counted)
 EVENT_RETRY_MAX_TICKS = 32  # backoff between attempts: 1, 2, 4 ... ticks, at most this
 EVENT_RETRIES_PER_TICK = 32  # bounds the API calls one tick spends on old Events
 MAX_HELD = 256  # held steps kept; past it the oldest is dropped (counted)
+# A refused state write (a 403 from a role without 'update' on nodes, a 5xx) waits 10, 20, 40 s
+# ... at most this long before the next try, instead of one forbidden PUT every tick.
+STATE_RETRY_BASE_SECONDS = 10.0
+STATE_RETRY_MAX_SECONDS = 300.0
 HELD_RETRY_MAX_TICKS = 6  # backoff between re-gatings of a held step: 1, 2, 4, 6, 6 ... ticks
 HELD_RETRIES_PER_TICK = 32  # bounds the gate work (API reads) one tick spends on held steps
 
@@ -198,6 +203,8 @@ class RemediationStage:
         self._dirty = False
         self._writes = {"ok": 0, "error": 0}
         self._event_failures = 0
+        self._state_failures = 0  # consecutive refused API state writes
+        self._state_retry_at = 0.0  # monotonic time before which no API state write is tried
         self._event_queue: deque[_QueuedEvent] = deque()
         self._events_dropped = {"queue_full": 0, "attempts": 0}
         self._held_dropped = {"resolved": 0, "full": 0}
@@ -635,7 +642,7 @@ class RemediationStage:
         def due(dirty: bool, written: str | None, last: float) -> bool:
             return dirty or (engine_json != written and now - last >= PERSIST_INTERVAL)
 
-        api_due = self.api is not None and self._restored and due(
+        api_due = self.api is not None and self._restored and now >= self._state_retry_at and due(
             force, self._persisted_engine, self._last_persist
         )
         local_due = self.local is not None and due(
@@ -682,8 +689,14 @@ class RemediationStage:
             await update_node(self.api, self.settings.node_name, mutate)
         except KubeError as exc:
             self._writes["error"] += 1
-            log.warning("state_write_failed", error=str(exc))
+            self._state_failures += 1
+            delay = min(STATE_RETRY_MAX_SECONDS,
+                        STATE_RETRY_BASE_SECONDS * 2.0 ** (self._state_failures - 1))
+            self._state_retry_at = now + delay
+            log.warning("state_write_failed", error=str(exc), retry_in=format_duration(delay))
             return
+        self._state_failures = 0
+        self._state_retry_at = 0.0
         self._writes["ok"] += 1
         self._persisted_engine = engine_json
         self._last_persist = now
