@@ -278,6 +278,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         common = ["--kubelet.url", kubelet_url, "--collect.interval", "1s",
                   "--rules.dir", str(rules), "--kubeconfig", str(kubeconfig),
                   "--dry-run", "--log.format", "json", "--failover.enabled",
+                  # Clock exchanges every 5 s (default 30 s), so the two agents have measured
+                  # each other by the time the dashboards' queries run.
+                  "--peerclock.interval", "5s",
                   # The shipped problem definitions on the real /dev/kmsg and journal, so that
                   # the problem metrics (NodemedicNodeProblem) have series.
                   "--problems.dir", str(REPO / "problems")]
