@@ -15,13 +15,22 @@ import asyncio
 import importlib
 import os
 import platform
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
 from agent import __version__
 from agent.collectors import registry as collector_registry
-from agent.settings import Settings, SettingsError, build_parser, check_paths, load_settings
+from agent.settings import (
+    Settings,
+    SettingsError,
+    build_parser,
+    check_paths,
+    did_you_mean,
+    load_settings,
+)
 
 # Modules that contribute subcommands; each exposes add_parser(subparsers).
 _SUBCOMMAND_MODULES = ("agent.rules.cli", "agent.testing.cli", "agent.demo")
@@ -34,9 +43,43 @@ def _collector_names() -> list[str]:
     return list(collector_registry.collectors())
 
 
+_CHOICE = re.compile(r"invalid choice: '(?P<word>[^']*)' \(choose from (?P<choices>.*)\)")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: ``nodemedic run: error: ... (did you mean X?)`` and a pointer
+    to ``--help``, instead of the whole usage block above the one line that matters."""
+
+    def error(self, message: str) -> NoReturn:
+        m = _CHOICE.search(message)
+        if m is not None:
+            choices = [c.strip().strip("'") for c in m.group("choices").split(",")]
+            message = f"unknown command {m.group('word')!r}{did_you_mean(m.group('word'), choices)}"
+        self.exit(2, f"{self.prog}: error: {message}; see `{self.prog} --help`\n")
+
+
+def unknown_arguments(parser: argparse.ArgumentParser, extras: Sequence[str]) -> str:
+    """One line for arguments ``parser`` does not know, each flag with its closest known flag."""
+    options = [o for a in parser._actions for o in a.option_strings]
+    parts = []
+    for arg in extras:
+        word = arg.split("=", 1)[0]
+        hint = did_you_mean(word, options) if word.startswith("-") else ""
+        parts.append(f"{arg}{hint}")
+    return "unknown argument" + ("s" if len(parts) > 1 else "") + ": " + ", ".join(parts)
+
+
+def _subparser(parser: argparse.ArgumentParser, command: str) -> argparse.ArgumentParser:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction) and command in action.choices:
+            sub: argparse.ArgumentParser = action.choices[command]
+            return sub
+    return parser
+
+
 def make_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The ``nodemedic`` parser; for a built-in ``command`` without the other subcommands."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="nodemedic",
         description="Node-local Kubernetes health agent and autoremediation daemon.",
     )
@@ -99,7 +142,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = make_parser(argv[0] if argv else None)
-    args = parser.parse_args(argv)
+    args, extras = parser.parse_known_args(argv)
+    if extras:
+        sub = _subparser(parser, getattr(args, "command", None) or "")
+        sub.error(unknown_arguments(sub, extras))
     if not getattr(args, "command", None):
         parser.print_help(sys.stderr)
         return 2

@@ -13,6 +13,7 @@ after a restart); agent.runtime.reloadplan derives what a reload does from it.
 from __future__ import annotations
 
 import argparse
+import difflib
 import os
 import re
 import socket
@@ -24,9 +25,22 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from agent.structs.durations import parse_duration
+from agent.structs.durations import format_duration, parse_duration
 
 ENV_PREFIX = "NODEMEDIC_"
+# NODEMEDIC_* variables of the project's own tooling, not settings: the systemd unit's argument
+# list, and the build, install and test scripts' knobs. Every other NODEMEDIC_* name must be a
+# setting, so that a misspelt one is refused instead of silently ignored.
+NOT_SETTINGS = frozenset({
+    "NODEMEDIC_ARGS", "NODEMEDIC_PIP_ARGS", "NODEMEDIC_STRESS_BUDGET", "NODEMEDIC_TEST_DEB",
+    "NODEMEDIC_DEBIAN_MIRROR",
+})
+
+
+def did_you_mean(word: str, choices: Sequence[str]) -> str:
+    """`` (did you mean X?)`` naming the closest of ``choices`` to a misspelt ``word``, or ""."""
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]}?)" if close else ""
 
 
 class SettingsError(Exception):
@@ -204,15 +218,17 @@ class Settings(BaseModel):
         if self.collector_timeout >= self.collect_interval:
             raise _Combination(
                 "collector_timeout",
-                f"must be shorter than --collect.interval ({self.collect_interval:g}s): a "
-                "collector may not run into the next tick",
+                f"must be shorter than --collect.interval "
+                f"({format_duration(self.collect_interval)}): a collector may not run into the "
+                "next tick",
             )
         if self.failover_retry_period > self.failover_lease_duration / 3:
             raise _Combination(
                 "failover_retry_period",
                 f"must be at most a third of --failover.lease-duration "
-                f"({self.failover_lease_duration:g}s, so at most "
-                f"{self.failover_lease_duration / 3:g}s): the leader must get several renewal "
+                f"({format_duration(self.failover_lease_duration)}, so at most "
+                f"{format_duration(self.failover_lease_duration / 3)}): the leader must get "
+                "several renewal "
                 "attempts before its renew deadline (2/3 of the lease)",
             )
         if self.kubelet_insecure_skip_verify and self.kubelet_ca_file is not None:
@@ -342,7 +358,7 @@ def flag_default(flag: Flag) -> str:
     if isinstance(value, tuple):
         return ",".join(value)
     if flag.kind == "duration":
-        return f"{value:g}s"
+        return format_duration(value)
     return str(value)
 
 
@@ -470,7 +486,9 @@ def load_settings(
                 name = key.split(".", 1)[1]
                 if collector_names and name not in collector_names:
                     raise SettingsError(
-                        f"{cfg_path}: {key}: unknown collector; known: {', '.join(collector_names)}"
+                        f"{cfg_path}: {key}: unknown collector"
+                        f"{did_you_mean(key, [f'collector.{n}' for n in collector_names])}; "
+                        f"known: {', '.join(collector_names)}"
                     )
                 if not isinstance(value, bool):
                     raise SettingsError(f"{cfg_path}: {key}: must be true or false")
@@ -478,11 +496,15 @@ def load_settings(
                 continue
             field = str(key).replace(".", "_").replace("-", "_")
             if field not in _FLAG_BY_FIELD or field == "config":
+                keys = [f.name for f in FLAGS if f.field != "config"]
+                keys += [f"collector.{n}" for n in collector_names]
                 raise SettingsError(
-                    f"{cfg_path}: {key}: unknown setting; see `nodemedic run --help`"
+                    f"{cfg_path}: {key}: unknown setting{did_you_mean(key, keys)}; "
+                    "see `nodemedic run --help`"
                 )
             merged[field] = (f"{cfg_path}: {key}", value)
         merged["config"] = ("--config", str(cfg_path))
+    _check_env_names(env, collector_names)
     for flag in FLAGS:
         if flag.env in env:
             merged[flag.field] = (f"${flag.env}", env[flag.env])
@@ -513,8 +535,51 @@ def load_settings(
                else str(err["loc"][0]) if err["loc"] else "?")
         known = _FLAG_BY_FIELD.get(fld)
         source, raw = merged.get(fld, (f"--{known.name}" if known else fld, values.get(fld)))
-        msg = str(err["msg"]).removeprefix("Value error, ")
+        msg = _bounds_message(fld, str(err["type"])) or str(err["msg"]).removeprefix(
+            "Value error, ")
         raise SettingsError(f"{source}={raw!r}: {msg}") from exc
+
+
+def _check_env_names(env: Mapping[str, str], collector_names: Sequence[str]) -> None:
+    """Refuse a NODEMEDIC_* variable that names no setting (a typo would be silently ignored)."""
+    known = {f.env for f in FLAGS} | {f"{ENV_PREFIX}COLLECTOR_{n.upper()}" for n in collector_names}
+    for key in sorted(env):
+        if not key.startswith(ENV_PREFIX) or key in known or key in NOT_SETTINGS:
+            continue
+        if not collector_names and key.startswith(f"{ENV_PREFIX}COLLECTOR_"):
+            continue  # collector names unknown here: cannot tell a typo from a collector
+        raise SettingsError(
+            f"${key}: unknown setting{did_you_mean(key, sorted(known))}; see "
+            "`nodemedic run --help` for the NODEMEDIC_* variables"
+        )
+
+
+_BOUND_WORDS = {"ge": "at least", "gt": "more than", "le": "at most", "lt": "less than"}
+
+
+def _bounds_message(field: str, error_type: str) -> str:
+    """"must be from 1s to 1h" for a value outside a field's bounds, with durations in their units
+    (pydantic's own message would say "greater than or equal to 1"); "" for other errors."""
+    if not error_type.startswith(("greater_than", "less_than")):
+        return ""
+    flag = _FLAG_BY_FIELD.get(field)
+    info = Settings.model_fields.get(field)
+    if flag is None or info is None:
+        return ""
+    bounds: dict[str, float] = {}
+    for meta in info.metadata:
+        for attr in _BOUND_WORDS:
+            value = getattr(meta, attr, None)
+            if isinstance(value, (int, float)):
+                bounds[attr] = float(value)
+
+    def show(v: float) -> str:
+        return format_duration(v) if flag.kind == "duration" else f"{v:g}"
+
+    if "ge" in bounds and "le" in bounds:
+        return f"must be from {show(bounds['ge'])} to {show(bounds['le'])}"
+    parts = [f"{_BOUND_WORDS[k]} {show(v)}" for k, v in bounds.items()]
+    return "must be " + " and ".join(parts) if parts else ""
 
 
 def reload_mode(field: str, model: type[Settings] | None = None) -> ReloadMode:
