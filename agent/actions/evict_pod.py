@@ -21,6 +21,7 @@ from agent.actions.registry import action
 from agent.kube.errors import KubeNotFound, KubeTooManyRequests
 from agent.kube.pods import evict_pod, get_pod
 from agent.settings import Settings
+from agent.structs.durations import format_duration
 from agent.structs.remediation import ActionRequest, Decision, Outcome
 
 DEFAULT_TIMEOUT = 600.0
@@ -76,7 +77,8 @@ class EvictPod(Action):
                 return outcome(
                     decision,
                     "failure",
-                    f"eviction of {ns}/{name} still blocked after {timeout:g}s: {exc.reason}",
+                    f"eviction of {ns}/{name} still blocked after {format_duration(timeout)}: "
+                    f"{exc.reason}",
                 )
             return outcome(decision, "retry", f"eviction of {ns}/{name} blocked: {exc.reason}")
         return outcome(decision, "success", f"evicted pod {ns}/{name}")

@@ -22,6 +22,7 @@ from agent.actions.base import (
 )
 from agent.actions.registry import action
 from agent.settings import Settings
+from agent.structs.durations import format_duration
 from agent.structs.remediation import ActionRequest, Decision, Outcome
 
 UNIT_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9:_.@\\-]{0,250}\.(service|socket|timer)$")
@@ -71,7 +72,7 @@ class RestartService(Action):
             return outcome(
                 decision,
                 "failure",
-                f"systemctl restart {unit} timed out after {SYSTEMCTL_TIMEOUT:g}s",
+                f"systemctl restart {unit} timed out after {format_duration(SYSTEMCTL_TIMEOUT)}",
                 argv=argv,
             )
         if proc.returncode != 0:

@@ -7,11 +7,37 @@ from agent import docs
 
 def test_reference_tables_and_readme_sections_are_current() -> None:
     """Regenerating the tables and included sections changes nothing (run `python -m agent.docs`
-    after a change); the reference holds every generated table."""
-    for page in docs.PAGES:
+    after a change); every generated table is on its page."""
+    assert {n for names in docs.PAGES.values() for n in names} == set(docs.BLOCKS)
+    for page, names in docs.PAGES.items():
         text = page.read_text()
-        names = docs.BLOCKS if page == docs.REFERENCE else ()
-        assert docs.render(text, names) == text, f"{page.name} is stale: run `python -m agent.docs`"
+        assert docs.render(text, names) == text, (
+            f"{page.relative_to(docs.REPO)} is stale: run `{docs.REGENERATE}` and commit it")
+
+
+def test_a_stale_table_is_caught() -> None:
+    """A table row the code no longer has (or lacks) makes the page differ from its rendering."""
+    for page, names in docs.PAGES.items():
+        for name in names:
+            text = page.read_text()
+            end = f"<!-- END GENERATED {name} -->"
+            stale = text.replace(end, f"| `made-up` | row |\n{end}")
+            assert docs.render(stale, names) == text, (page, name)
+
+
+def test_generated_tables_say_what_is_exported() -> None:
+    """Spot checks against the code: tick_duration is a histogram, drain's timeout is required
+    in a rule (1m to 4h) and evict-pod's defaults to 10m, problem durations are durations."""
+    reference = docs.REFERENCE.read_text()
+    assert "| `nodemedic_tick_duration_seconds` | histogram |" in reference
+    rules = (docs.REPO / "docs" / "rules.md").read_text()
+    drain = next(line for line in rules.splitlines() if line.startswith("| `drain` |"))
+    assert "`timeout` (duration, required): give up (and report) after this long (1m to 4h)" \
+        in drain
+    evict = next(line for line in rules.splitlines() if line.startswith("| `evict-pod` |"))
+    assert "`timeout` (duration, `10m`)" in evict
+    problems = (docs.REPO / "docs" / "problems.md").read_text()
+    assert "| `checks[].interval` | duration | `30s` |" in problems
 
 
 def test_readme_is_a_front_door() -> None:
