@@ -1,6 +1,6 @@
 """``drain``: cordon this node, then evict its pods through the Eviction API, one pass per call.
 
-Called through the gate by agent.runtime.remediation, which re-runs an unfinished drain (outcome
+Run through the safety gate by the remediation stage, which re-runs an unfinished drain (outcome
 ``retry``) on later ticks — re-gated each time, so a pause or an unreachable API stops it — and
 persists that it is in progress, so a restarted agent resumes it. Each pass re-lists the node's
 pods, so it converges from any crash point. Policy, as ``kubectl drain`` without ``--force``:

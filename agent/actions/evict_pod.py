@@ -1,6 +1,6 @@
 """``evict-pod``: evict one pod of this node through the Eviction API (PDB-aware).
 
-Called through the gate by agent.runtime.remediation for pod-targeted rules (e.g. a container
+Run through the safety gate by the remediation stage for pod-targeted rules (e.g. a container
 stuck at its memory limit). A 429 (a PodDisruptionBudget forbids it now) yields ``retry`` and the
 stage tries again on later ticks until ``timeout`` (default 10m). DaemonSet and mirror pods are
 refused, pods on other nodes are never touched, and the grace period is capped like drain's.

@@ -1,6 +1,6 @@
 """``restart-service``: ``systemctl restart UNIT`` for an allow-listed systemd unit on this node.
 
-Called through the gate by agent.runtime.remediation (e.g. restart kubelet when /healthz fails).
+Run through the safety gate by the remediation stage (e.g. restart kubelet when /healthz fails).
 The unit must match a strict name pattern and be listed in ``--actions.restart-allowlist``; it is
 passed as one argv element to ``systemctl`` (never through a shell), so nothing in a rule can
 inject a command. Tests point ``ActionContext.systemctl`` at a recording script.

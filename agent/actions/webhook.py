@@ -1,6 +1,6 @@
 """``webhook``: POST a JSON description of the firing rule to an allow-listed URL.
 
-Called through the gate by agent.runtime.remediation (e.g. to open a ticket or page someone).
+Run through the safety gate by the remediation stage (e.g. to open a ticket or page someone).
 The URL must be listed in ``--actions.webhook-allowlist`` (an entry ending in ``/`` allows every
 URL below it), so a rule cannot send node data anywhere else. Each POST has a timeout (default
 5s, at most 30s); any non-2xx answer is a failure.

@@ -1,7 +1,7 @@
 """The rules engine: pure evaluation of a Snapshot against the loaded rules, with per-rule state.
 
 Called once per tick by agent.runtime (``evaluate(snapshot, now)``), which hands the returned
-``ActionRequest``s to the safety gate (agent.safety). No I/O: the only inputs are the snapshot,
+``ActionRequest``s to the safety gate. No I/O: the only inputs are the snapshot,
 the clock value passed in and the state kept here; ``export_state()``/``restore_state()`` let the
 actions side persist the state in node annotations so a restarted agent continues a ladder.
 
