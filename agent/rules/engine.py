@@ -1077,6 +1077,10 @@ class RuleEngine:
                 rs.move(key, inst, "firing")
                 inst.firing_since, inst.step, inst.step_since = now, 0, now
                 out.extend(self._requests(rs, inst, tick, 0, now, undo=False))
+            else:  # /status shows what a pending rule sees while its `for:` runs
+                inst.observed = {leaf.display.rsplit(" ", 2)[0]: found[0]
+                                 for leaf in c.leaves
+                                 if (found := tick.hit(leaf, rule.target, key)) is not None}
         return out
 
     def _maybe_done(self, rs: _RuleState, key: str, inst: _Instance, tick: _Tick,

@@ -17,7 +17,6 @@ import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime
 from typing import Any
 
 import structlog
@@ -36,6 +35,7 @@ from agent.runtime.logging import configure_logging
 from agent.runtime.pipeline import Collection
 from agent.runtime.reloadplan import ReloadPlan, plan_reload
 from agent.runtime.sdnotify import Notifier
+from agent.runtime.statusview import with_rfc3339_times
 from agent.runtime.tasks import Supervisor
 from agent.settings import Settings, check_paths, flag_name
 from agent.structs.metrics import Family
@@ -429,7 +429,7 @@ class Agent:
         }
         if snap is not None:
             out["last_tick"] = {
-                "at": datetime.fromtimestamp(snap.taken_at, UTC).isoformat(),
+                "at": snap.taken_at,
                 "age_seconds": round(time.monotonic() - snap.monotonic, 3),
                 "duration_seconds": round(self._last_tick_seconds, 4),
             }
@@ -457,7 +457,7 @@ class Agent:
                 out.update(comp.status())
             except Exception as exc:
                 out.setdefault("errors", []).append(f"{type(comp).__name__}: {exc}")
-        return out
+        return with_rfc3339_times(out)
 
     def _task_restarted(self, name: str) -> None:
         self.metrics.task_restarts.labels(name).inc()
