@@ -7,7 +7,9 @@ agent.kubelet_client.KubeletClient (``ctx.shared["kubelet"]``), querying /health
 An unhealthy or unreachable kubelet (refused connection, timeout, HTTP 5xx, a bad answer) is an
 observation, not a collector failure: the collector succeeds and reports ``nodemedic_kubelet_up 0``
 (with ``nodemedic_kubelet_scrape_success`` per endpoint and the client's request outcomes saying
-why), so a rule such as "kubelet_up == 0 for 2m" keeps firing while the kubelet is down. The
+why), so a rule such as "kubelet_up == 0 for 2m" keeps firing while the kubelet is down. When
+every endpoint fails the collector is ``degraded()``: /status does not call it ok and
+``nodemedic_collector_degraded`` is 1, while its observations are still exported. The
 families of an endpoint that could not be read are left out (never zero-filled), and the reason is
 logged when it changes.
 
@@ -326,6 +328,7 @@ class KubeletCollector(Collector):
         self.last_errors: dict[str, str | None] = dict.fromkeys(_ENDPOINTS)
         self._pleg_prev: dict[str, tuple[float, float]] = {}
         self._unreadable: dict[str, str] = {}
+        self._degraded: str | None = None
         # The cgroup collector is on by default; when it runs, its PSI is the per-pod source.
         self._pod_psi = not ctx.settings.collector_enabled("cgroup", True)
 
@@ -391,6 +394,9 @@ class KubeletCollector(Collector):
                 else:
                     log.info("kubelet_endpoint_recovered", endpoint=ep)
         self.last_errors = results
+        failed = [f"{ep}: {results[ep]}" for ep in _ENDPOINTS if results[ep]]
+        self._degraded = ("every kubelet endpoint failed: " + "; ".join(failed)
+                          if len(failed) == len(_ENDPOINTS) else None)
         skipped = SKIPPED.family()
         for ep in ("pods", "stats_summary"):
             skipped.add((ep,), self.skipped[ep])
@@ -404,6 +410,10 @@ class KubeletCollector(Collector):
     def unreadable(self) -> dict[str, str]:
         """Metrics of endpoints refused to us this tick (401/403/TLS), as missing data."""
         return dict(self._unreadable)
+
+    def degraded(self) -> str | None:
+        """Set while no endpoint answers: kubelet_up 0 is exported, but the collector is not ok."""
+        return self._degraded
 
     @staticmethod
     def _error(result: object) -> str:

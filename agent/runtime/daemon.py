@@ -217,6 +217,7 @@ class Agent:
         self._snapshot = snapshot
         for name, st in snapshot.collectors.items():
             self.metrics.collector_success.labels(name).set(1 if st.ok else 0)
+            self.metrics.collector_degraded.labels(name).set(st.degraded is not None)
             self.metrics.collector_duration.labels(name).set(st.duration_seconds)
             if not st.ok:
                 self.metrics.collector_failures.labels(name, st.reason or "error").inc()
@@ -441,8 +442,9 @@ class Agent:
                     details[c.name] = {"status_error": str(exc)}
             out["collectors"] = {
                 name: {
-                    "ok": st.ok,
-                    "error": st.error,
+                    "ok": st.ok and st.degraded is None,
+                    "error": st.error or st.degraded,
+                    "degraded": st.degraded is not None,
                     "reason": st.reason or None,
                     "cannot_read": dict(st.unreadable),
                     "duration_seconds": round(st.duration_seconds, 4),

@@ -66,8 +66,12 @@ class Collection:
         except Exception as exc:  # a broken hook must not pass unreadable data off as read
             msg = f"unreadable(): {type(exc).__name__}: {exc}"[:500]
             return CollectorStatus(c.name, False, elapsed, msg, reason="error"), []
+        try:
+            degraded = c.degraded()
+        except Exception as exc:  # a broken hook must not hide the collector's state
+            degraded = f"degraded(): {type(exc).__name__}: {exc}"[:500]
         status = CollectorStatus(c.name, True, elapsed, None, tuple(f.name for f in families),
-                                 unreadable=unreadable)
+                                 unreadable=unreadable, degraded=degraded)
         return status, families
 
     async def collect(self) -> Snapshot:
