@@ -590,6 +590,19 @@ def reload_mode(field: str, model: type[Settings] | None = None) -> ReloadMode:
     return "restart"
 
 
+def display_value(field: str, value: Any) -> str:
+    """A setting's value as a user writes it: a duration in its units (2m, not 120.0), a list
+    comma-separated, anything else as text."""
+    flag = _FLAG_BY_FIELD.get(field)
+    if flag is not None and flag.kind == "duration" and isinstance(value, (int, float)):
+        return format_duration(value)
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, (tuple, list)):
+        return ",".join(str(v) for v in value)
+    return str(value)
+
+
 def flag_name(field: str) -> str:
     """The user-facing name of a Settings field (its flag name, or the field for ``collectors``)."""
     flag = _FLAG_BY_FIELD.get(field)

@@ -37,7 +37,8 @@ from agent.runtime.reloadplan import ReloadPlan, plan_reload
 from agent.runtime.sdnotify import Notifier
 from agent.runtime.statusview import with_rfc3339_times
 from agent.runtime.tasks import Supervisor
-from agent.settings import Settings, check_paths, flag_name
+from agent.settings import Settings, check_paths, display_value, flag_name
+from agent.structs.durations import format_duration
 from agent.structs.metrics import Family
 from agent.structs.snapshot import Snapshot
 
@@ -335,7 +336,8 @@ class Agent:
         for field, (running, configured) in sorted(self._restart_required.items()):
             self.metrics.config_restart_required.labels(flag_name(field)).set(1)
             log.warning("setting_change_needs_restart", setting=flag_name(field),
-                        running=str(running), configured=str(configured))
+                        running=display_value(field, running),
+                        configured=display_value(field, configured))
         self.metrics.dry_run.set(1 if new.dry_run else 0)
         self._last_reload_error = None
         self._last_reload_problems = []
@@ -392,7 +394,8 @@ class Agent:
         ref = self._last_tick_mono or self._started_mono
         age = time.monotonic() - ref
         if age > limit:
-            return False, f"no tick finished for {age:.1f}s (limit {limit:.0f}s)"
+            return False, (f"no tick finished for {format_duration(age)} "
+                           f"(limit {format_duration(limit)})")
         return True, "ok"
 
     def ready(self) -> tuple[bool, str]:
@@ -420,7 +423,8 @@ class Agent:
             "config": {
                 "rules_dir": str(self.settings.rules_dir),
                 "restart_required": [
-                    {"setting": flag_name(f), "running": str(old), "configured": str(new)}
+                    {"setting": flag_name(f), "running": display_value(f, old),
+                     "configured": display_value(f, new)}
                     for f, (old, new) in sorted(self._restart_required.items())
                 ],
             },

@@ -101,3 +101,15 @@ def test_flag_typo_is_one_line_with_suggestion(argv: list[str], needle: str,
     err = run_cli(argv, capsys)
     assert needle in err
     assert "--help`" in err
+
+
+def test_values_are_shown_as_users_write_them() -> None:
+    """/status and the log show a restart-only change in the setting's units (15s, not 15.0)."""
+    from agent.settings import display_value
+
+    assert display_value("failover_lease_duration", 15.0) == "15s"
+    assert display_value("collect_interval", 90.0) == "1m30s"
+    assert display_value("failover_probe_timeout", 0.5) == "500ms"
+    assert display_value("web_kubernetes_auth", True) == "true"
+    assert display_value("host_disk_paths", ("/", "/var")) == "/,/var"
+    assert display_value("node_name", "n-1") == "n-1"
