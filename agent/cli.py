@@ -62,10 +62,15 @@ def unknown_arguments(parser: argparse.ArgumentParser, extras: Sequence[str]) ->
     """One line for arguments ``parser`` does not know, each flag with its closest known flag."""
     options = [o for a in parser._actions for o in a.option_strings]
     parts = []
+    prev = ""
     for arg in extras:
         word = arg.split("=", 1)[0]
+        if not word.startswith("-") and prev.startswith("-") and "=" not in prev:
+            prev = arg
+            continue  # the value of the unknown flag before it
         hint = did_you_mean(word, options) if word.startswith("-") else ""
         parts.append(f"{arg}{hint}")
+        prev = arg
     return "unknown argument" + ("s" if len(parts) > 1 else "") + ": " + ", ".join(parts)
 
 
@@ -86,6 +91,9 @@ def make_parser(command: str | None = None) -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     run = sub.add_parser(
         "run", help="run the agent",
+        # A prefix is not a flag: --kubelet.ca would silently become whichever flag it abbreviates
+        # today, and an error once a second flag shares the prefix; a typo gets "did you mean".
+        allow_abbrev=False,
         description="Collect, evaluate rules, remediate within budgets, export metrics. "
         "Precedence: flags > NODEMEDIC_* environment > --config file > defaults.",
     )

@@ -92,6 +92,9 @@ def run_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
       "nodemedic run: error: unknown argument: --colect.interval=5s (did you mean "
       "--collect.interval?)"),
      (["run", "--dry-rn"], "(did you mean --dry-run?)"),
+     (["run", "--collect.int", "5s"],
+      "unknown argument: --collect.int (did you mean --collect.interval?); "),  # no prefixes
+     (["run", "stray"], "unknown argument: stray; "),
      (["run", "--no-collector.cgrop"], "(did you mean --no-collector.cgroup?)"),
      (["rn"], "nodemedic: error: unknown command 'rn' (did you mean run?)"),
      (["run", "--collect.interval"], "argument --collect.interval: expected one argument")],
