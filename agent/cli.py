@@ -23,14 +23,8 @@ from typing import NoReturn
 
 from agent import __version__
 from agent.collectors import registry as collector_registry
-from agent.settings import (
-    Settings,
-    SettingsError,
-    build_parser,
-    check_paths,
-    did_you_mean,
-    load_settings,
-)
+from agent.settings import Settings, SettingsError, build_parser, check_paths, load_settings
+from agent.settings_text import did_you_mean
 
 # Modules that contribute subcommands; each exposes add_parser(subparsers).
 _SUBCOMMAND_MODULES = ("agent.rules.cli", "agent.testing.cli", "agent.demo")

@@ -13,7 +13,6 @@ after a restart); agent.runtime.reloadplan derives what a reload does from it.
 from __future__ import annotations
 
 import argparse
-import difflib
 import os
 import re
 import socket
@@ -25,22 +24,14 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from agent.settings_text import (
+    ENV_PREFIX,
+    as_written,
+    bounds_message,
+    did_you_mean,
+    unknown_env_name,
+)
 from agent.structs.durations import format_duration, parse_duration
-
-ENV_PREFIX = "NODEMEDIC_"
-# NODEMEDIC_* variables of the project's own tooling, not settings: the systemd unit's argument
-# list, and the build, install and test scripts' knobs. Every other NODEMEDIC_* name must be a
-# setting, so that a misspelt one is refused instead of silently ignored.
-NOT_SETTINGS = frozenset({
-    "NODEMEDIC_ARGS", "NODEMEDIC_PIP_ARGS", "NODEMEDIC_STRESS_BUDGET", "NODEMEDIC_TEST_DEB",
-    "NODEMEDIC_DEBIAN_MIRROR",
-})
-
-
-def did_you_mean(word: str, choices: Sequence[str]) -> str:
-    """`` (did you mean X?)`` naming the closest of ``choices`` to a misspelt ``word``, or ""."""
-    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
-    return f" (did you mean {close[0]}?)" if close else ""
 
 
 class SettingsError(Exception):
@@ -543,43 +534,17 @@ def load_settings(
 def _check_env_names(env: Mapping[str, str], collector_names: Sequence[str]) -> None:
     """Refuse a NODEMEDIC_* variable that names no setting (a typo would be silently ignored)."""
     known = {f.env for f in FLAGS} | {f"{ENV_PREFIX}COLLECTOR_{n.upper()}" for n in collector_names}
-    for key in sorted(env):
-        if not key.startswith(ENV_PREFIX) or key in known or key in NOT_SETTINGS:
-            continue
-        if not collector_names and key.startswith(f"{ENV_PREFIX}COLLECTOR_"):
-            continue  # collector names unknown here: cannot tell a typo from a collector
-        raise SettingsError(
-            f"${key}: unknown setting{did_you_mean(key, sorted(known))}; see "
-            "`nodemedic run --help` for the NODEMEDIC_* variables"
-        )
-
-
-_BOUND_WORDS = {"ge": "at least", "gt": "more than", "le": "at most", "lt": "less than"}
+    error = unknown_env_name(env, known, check_collectors=bool(collector_names))
+    if error is not None:
+        raise SettingsError(error)
 
 
 def _bounds_message(field: str, error_type: str) -> str:
-    """"must be from 1s to 1h" for a value outside a field's bounds, with durations in their units
-    (pydantic's own message would say "greater than or equal to 1"); "" for other errors."""
-    if not error_type.startswith(("greater_than", "less_than")):
+    """The range of a field whose value is out of bounds, in the field's units; else ""."""
+    flag, info = _FLAG_BY_FIELD.get(field), Settings.model_fields.get(field)
+    if not error_type.startswith(("greater_than", "less_than")) or flag is None or info is None:
         return ""
-    flag = _FLAG_BY_FIELD.get(field)
-    info = Settings.model_fields.get(field)
-    if flag is None or info is None:
-        return ""
-    bounds: dict[str, float] = {}
-    for meta in info.metadata:
-        for attr in _BOUND_WORDS:
-            value = getattr(meta, attr, None)
-            if isinstance(value, (int, float)):
-                bounds[attr] = float(value)
-
-    def show(v: float) -> str:
-        return format_duration(v) if flag.kind == "duration" else f"{v:g}"
-
-    if "ge" in bounds and "le" in bounds:
-        return f"must be from {show(bounds['ge'])} to {show(bounds['le'])}"
-    parts = [f"{_BOUND_WORDS[k]} {show(v)}" for k, v in bounds.items()]
-    return "must be " + " and ".join(parts) if parts else ""
+    return bounds_message(info.metadata, flag.kind == "duration")
 
 
 def reload_mode(field: str, model: type[Settings] | None = None) -> ReloadMode:
@@ -591,16 +556,9 @@ def reload_mode(field: str, model: type[Settings] | None = None) -> ReloadMode:
 
 
 def display_value(field: str, value: Any) -> str:
-    """A setting's value as a user writes it: a duration in its units (2m, not 120.0), a list
-    comma-separated, anything else as text."""
+    """A setting's value as a user writes it: a duration in its units (2m, not 120.0)."""
     flag = _FLAG_BY_FIELD.get(field)
-    if flag is not None and flag.kind == "duration" and isinstance(value, (int, float)):
-        return format_duration(value)
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, (tuple, list)):
-        return ",".join(str(v) for v in value)
-    return str(value)
+    return as_written(value, flag is not None and flag.kind == "duration")
 
 
 def flag_name(field: str) -> str:

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from agent import cli
-from agent.settings import NOT_SETTINGS, SettingsError, build_parser, load_settings
+from agent.settings import SettingsError, build_parser, load_settings
+from agent.settings_text import NOT_SETTINGS
 
 NAMES = ("cgroup", "host")
 
