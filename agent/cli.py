@@ -15,13 +15,16 @@ import asyncio
 import importlib
 import os
 import platform
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
 from agent import __version__
 from agent.collectors import registry as collector_registry
 from agent.settings import Settings, SettingsError, build_parser, check_paths, load_settings
+from agent.settings_text import did_you_mean
 
 # Modules that contribute subcommands; each exposes add_parser(subparsers).
 _SUBCOMMAND_MODULES = (
@@ -35,15 +38,57 @@ def _collector_names() -> list[str]:
     return list(collector_registry.collectors())
 
 
+_CHOICE = re.compile(r"invalid choice: '(?P<word>[^']*)' \(choose from (?P<choices>.*)\)")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: ``nodemedic run: error: ... (did you mean X?)`` and a pointer
+    to ``--help``, instead of the whole usage block above the one line that matters."""
+
+    def error(self, message: str) -> NoReturn:
+        m = _CHOICE.search(message)
+        if m is not None:
+            choices = [c.strip().strip("'") for c in m.group("choices").split(",")]
+            message = f"unknown command {m.group('word')!r}{did_you_mean(m.group('word'), choices)}"
+        self.exit(2, f"{self.prog}: error: {message}; see `{self.prog} --help`\n")
+
+
+def unknown_arguments(parser: argparse.ArgumentParser, extras: Sequence[str]) -> str:
+    """One line for arguments ``parser`` does not know, each flag with its closest known flag."""
+    options = [o for a in parser._actions for o in a.option_strings]
+    parts = []
+    prev = ""
+    for arg in extras:
+        word = arg.split("=", 1)[0]
+        if not word.startswith("-") and prev.startswith("-") and "=" not in prev:
+            prev = arg
+            continue  # the value of the unknown flag before it
+        hint = did_you_mean(word, options) if word.startswith("-") else ""
+        parts.append(f"{arg}{hint}")
+        prev = arg
+    return "unknown argument" + ("s" if len(parts) > 1 else "") + ": " + ", ".join(parts)
+
+
+def _subparser(parser: argparse.ArgumentParser, command: str) -> argparse.ArgumentParser:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction) and command in action.choices:
+            sub: argparse.ArgumentParser = action.choices[command]
+            return sub
+    return parser
+
+
 def make_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The ``nodemedic`` parser; for a built-in ``command`` without the other subcommands."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="nodemedic",
         description="Node-local Kubernetes health agent and autoremediation daemon.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     run = sub.add_parser(
         "run", help="run the agent",
+        # A prefix is not a flag: --kubelet.ca would silently become whichever flag it abbreviates
+        # today, and an error once a second flag shares the prefix; a typo gets "did you mean".
+        allow_abbrev=False,
         description="Collect, evaluate rules, remediate within budgets, export metrics. "
         "Precedence: flags > NODEMEDIC_* environment > --config file > defaults.",
     )
@@ -100,7 +145,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = make_parser(argv[0] if argv else None)
-    args = parser.parse_args(argv)
+    args, extras = parser.parse_known_args(argv)
+    if extras:
+        sub = _subparser(parser, getattr(args, "command", None) or "")
+        sub.error(unknown_arguments(sub, extras))
     if not getattr(args, "command", None):
         parser.print_help(sys.stderr)
         return 2

@@ -1,8 +1,10 @@
-"""Generate the reference tables (flags, collectors, metrics) of docs/reference.md from the code
-itself, and refresh the sections README.md includes from docs/*.md.
+"""Generate the reference in docs/ from the code itself, and refresh the sections README.md
+includes from docs/*.md.
 
-Called by ``python -m agent.docs`` (rewrites the marked blocks of every page in PAGES) and by
-tests/unit/test_readme.py (fails when a page and the code disagree), so the tables cannot drift
+The generated tables: flags, collectors and metrics (docs/reference.md), rule actions
+(docs/rules.md) and problem definitions (docs/problems.md), each between ``<!-- BEGIN GENERATED
+name -->`` and ``<!-- END GENERATED name -->``. ``python -m agent.docs`` rewrites them;
+tests/unit/test_readme.py fails while a page and the code disagree, so the tables cannot drift
 from what the agent really accepts and exports.
 """
 
@@ -17,6 +19,7 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
+from agent import docs_schema
 from agent.collectors import registry
 from agent.exporter.self_metrics import SelfMetrics
 from agent.settings import FLAGS, flag_default, reload_mode
@@ -25,7 +28,14 @@ from agent.structs.metrics import MetricSpec
 REPO = Path(__file__).resolve().parent.parent
 README = REPO / "README.md"
 REFERENCE = REPO / "docs" / "reference.md"
-PAGES = (README, REFERENCE)  # the pages with generated blocks or includes
+# The pages with generated blocks or includes, each with the blocks it must hold.
+PAGES: dict[Path, tuple[str, ...]] = {
+    README: (),
+    REFERENCE: ("flags", "collectors", "metrics"),
+    REPO / "docs" / "rules.md": ("actions",),
+    REPO / "docs" / "problems.md": ("problems",),
+}
+REGENERATE = "python -m agent.docs"
 
 
 def _md(text: str) -> str:
@@ -61,7 +71,10 @@ def collectors_table() -> str:
     return "\n".join(rows)
 
 
-def _self_specs() -> list[MetricSpec]:
+def _self_specs() -> list[tuple[str, str, str, tuple[str, ...]]]:
+    """(name, help, type, labels) of the agent's prometheus_client metrics, as exported: a
+    counter named with ``_total``, a histogram by its base name (``_bucket``/``_sum``/``_count``
+    series)."""
     reg = CollectorRegistry(auto_describe=False)
     SelfMetrics(reg)
     out = []
@@ -72,8 +85,7 @@ def _self_specs() -> list[MetricSpec]:
         for s in metric.samples:
             labels = [k for k in s.labels if k != "le"]
             break
-        out.append(MetricSpec(name, metric.documentation,
-                              "counter" if typ == "counter" else "gauge", tuple(labels)))
+        out.append((name, metric.documentation, typ, tuple(labels)))
     return out
 
 
@@ -103,13 +115,14 @@ def component_specs() -> list[tuple[str, MetricSpec]]:
 def metrics_table() -> str:
     registry.load_builtin()
     rows = ["| metric | type | labels | source | meaning |", "|---|---|---|---|---|"]
-    entries: list[tuple[str, MetricSpec]] = [("agent", s) for s in _self_specs()]
+    entries = [("agent", *s) for s in _self_specs()]
     for cname, cls in registry.collectors().items():
-        entries.extend((cname, s) for s in cls.metrics)
-    entries.extend(component_specs())
-    for owner, spec in entries:
-        labels = ", ".join(f"`{lbl}`" for lbl in spec.labelnames)
-        rows.append(f"| `{spec.name}` | {spec.type} | {labels} | {owner} | {_md(spec.help)} |")
+        entries.extend((cname, s.name, s.help, s.type, s.labelnames) for s in cls.metrics)
+    entries.extend((owner, s.name, s.help, s.type, s.labelnames)
+                   for owner, s in component_specs())
+    for owner, name, help_, typ, labelnames in entries:
+        labels = ", ".join(f"`{lbl}`" for lbl in labelnames)
+        rows.append(f"| `{name}` | {typ} | {labels} | {owner} | {_md(help_)} |")
     return "\n".join(rows)
 
 
@@ -117,6 +130,8 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "flags": flags_table,
     "collectors": collectors_table,
     "metrics": metrics_table,
+    "actions": docs_schema.actions_table,
+    "problems": docs_schema.problems_table,
 }
 
 
@@ -156,9 +171,9 @@ def render(text: str, names: Iterable[str] = ()) -> str:
 
 
 def main() -> int:
-    for page in PAGES:
+    for page, names in PAGES.items():
         text = page.read_text()
-        new = render(text, BLOCKS if page == REFERENCE else ())
+        new = render(text, names)
         if new != text:
             page.write_text(new)
             print(f"{page.relative_to(REPO)} updated")

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import aiohttp
 
+from agent.structs.durations import format_duration
 from agent.structs.metrics import Family, MetricSpec
 from agent.structs.pods import PodRef
 
@@ -364,7 +365,8 @@ class KubeletClient:
                     raise KubeletHTTPError(f"{path}: HTTP {resp.status}: {text}", resp.status)
                 return body
         except TimeoutError as exc:
-            raise KubeletTimeout(f"{path}: no answer within {self.timeout:g}s") from exc
+            raise KubeletTimeout(
+                f"{path}: no answer within {format_duration(self.timeout)}") from exc
         except aiohttp.ClientConnectorCertificateError as exc:
             raise KubeletTLSError(
                 f"{path}: TLS error talking to {self.base_url}: the kubelet's certificate does not "

@@ -24,11 +24,16 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from agent.structs.durations import parse_duration
+from agent.settings_text import (
+    ENV_PREFIX,
+    as_written,
+    bounds_message,
+    did_you_mean,
+    unknown_env_name,
+)
+from agent.structs.durations import format_duration, parse_duration
 from agent.structs.gatespec import check_selectors, check_windows
 from agent.structs.remediation import ACTION_TYPES
-
-ENV_PREFIX = "NODEMEDIC_"
 
 
 class SettingsError(Exception):
@@ -246,22 +251,25 @@ class Settings(BaseModel):
         if self.collector_timeout >= self.collect_interval:
             raise _Combination(
                 "collector_timeout",
-                f"must be shorter than --collect.interval ({self.collect_interval:g}s): a "
-                "collector may not run into the next tick",
+                f"must be shorter than --collect.interval "
+                f"({format_duration(self.collect_interval)}): a collector may not run into the "
+                "next tick",
             )
         if self.failover_retry_period > self.failover_lease_duration / 3:
             raise _Combination(
                 "failover_retry_period",
                 f"must be at most a third of --failover.lease-duration "
-                f"({self.failover_lease_duration:g}s, so at most "
-                f"{self.failover_lease_duration / 3:g}s): the leader must get several renewal "
+                f"({format_duration(self.failover_lease_duration)}, so at most "
+                f"{format_duration(self.failover_lease_duration / 3)}): the leader must get "
+                "several renewal "
                 "attempts before its renew deadline (2/3 of the lease)",
             )
         if self.safety_alert_gate_timeout >= self.safety_alert_gate_interval:
             raise _Combination(
                 "safety_alert_gate_timeout",
                 f"must be shorter than --safety.alert-gate-interval "
-                f"({self.safety_alert_gate_interval:g}s): one poll may not run into the next",
+                f"({format_duration(self.safety_alert_gate_interval)}): one poll may not run "
+                "into the next",
             )
         if self.safety_alert_gate_alerts and not (self.safety_alert_gate_prometheus_url
                                                   or self.safety_alert_gate_alertmanager_url):
@@ -427,7 +435,7 @@ def flag_default(flag: Flag) -> str:
     if isinstance(value, tuple):
         return ("; " if flag.kind == "items" else ",").join(value)
     if flag.kind == "duration":
-        return f"{value:g}s"
+        return format_duration(value)
     return str(value)
 
 
@@ -556,7 +564,9 @@ def load_settings(
                 name = key.split(".", 1)[1]
                 if collector_names and name not in collector_names:
                     raise SettingsError(
-                        f"{cfg_path}: {key}: unknown collector; known: {', '.join(collector_names)}"
+                        f"{cfg_path}: {key}: unknown collector"
+                        f"{did_you_mean(key, [f'collector.{n}' for n in collector_names])}; "
+                        f"known: {', '.join(collector_names)}"
                     )
                 if not isinstance(value, bool):
                     raise SettingsError(f"{cfg_path}: {key}: must be true or false")
@@ -564,11 +574,15 @@ def load_settings(
                 continue
             field = str(key).replace(".", "_").replace("-", "_")
             if field not in _FLAG_BY_FIELD or field == "config":
+                keys = [f.name for f in FLAGS if f.field != "config"]
+                keys += [f"collector.{n}" for n in collector_names]
                 raise SettingsError(
-                    f"{cfg_path}: {key}: unknown setting; see `nodemedic run --help`"
+                    f"{cfg_path}: {key}: unknown setting{did_you_mean(key, keys)}; "
+                    "see `nodemedic run --help`"
                 )
             merged[field] = (f"{cfg_path}: {key}", value)
         merged["config"] = ("--config", str(cfg_path))
+    _check_env_names(env, collector_names)
     for flag in FLAGS:
         if flag.env in env:
             merged[flag.field] = (f"${flag.env}", env[flag.env])
@@ -599,8 +613,25 @@ def load_settings(
                else str(err["loc"][0]) if err["loc"] else "?")
         known = _FLAG_BY_FIELD.get(fld)
         source, raw = merged.get(fld, (f"--{known.name}" if known else fld, values.get(fld)))
-        msg = str(err["msg"]).removeprefix("Value error, ")
+        msg = _bounds_message(fld, str(err["type"])) or str(err["msg"]).removeprefix(
+            "Value error, ")
         raise SettingsError(f"{source}={raw!r}: {msg}") from exc
+
+
+def _check_env_names(env: Mapping[str, str], collector_names: Sequence[str]) -> None:
+    """Refuse a NODEMEDIC_* variable that names no setting (a typo would be silently ignored)."""
+    known = {f.env for f in FLAGS} | {f"{ENV_PREFIX}COLLECTOR_{n.upper()}" for n in collector_names}
+    error = unknown_env_name(env, known, check_collectors=bool(collector_names))
+    if error is not None:
+        raise SettingsError(error)
+
+
+def _bounds_message(field: str, error_type: str) -> str:
+    """The range of a field whose value is out of bounds, in the field's units; else ""."""
+    flag, info = _FLAG_BY_FIELD.get(field), Settings.model_fields.get(field)
+    if not error_type.startswith(("greater_than", "less_than")) or flag is None or info is None:
+        return ""
+    return bounds_message(info.metadata, flag.kind == "duration")
 
 
 def reload_mode(field: str, model: type[Settings] | None = None) -> ReloadMode:
@@ -609,6 +640,12 @@ def reload_mode(field: str, model: type[Settings] | None = None) -> ReloadMode:
         if isinstance(meta, OnReload):
             return meta.mode
     return "restart"
+
+
+def display_value(field: str, value: Any) -> str:
+    """A setting's value as a user writes it: a duration in its units (2m, not 120.0)."""
+    flag = _FLAG_BY_FIELD.get(field)
+    return as_written(value, flag is not None and flag.kind == "duration")
 
 
 def flag_name(field: str) -> str:

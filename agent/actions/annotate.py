@@ -1,7 +1,7 @@
 """``annotate``: set one ``nodemedic.io/`` annotation on this node, the rule's pod, or that
 pod's top-level owner (Deployment, StatefulSet, ...).
 
-Called through the gate by agent.runtime.remediation. Parameters follow the rule schema
+Run through the safety gate by the remediation stage. Parameters follow the rule schema
 (agent.rules.schema.Annotate): ``key``, ``value`` (already rendered by the engine) and
 ``target`` (node, pod or owner). Idempotent: an unchanged value is not written.
 """

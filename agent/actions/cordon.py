@@ -1,6 +1,6 @@
 """``cordon``: mark this node unschedulable, recording that nodemedic (and which rules) did it.
 
-Called through the gate by agent.runtime.remediation; ``ensure_cordoned`` is also used by
+Run through the safety gate by the remediation stage; ``ensure_cordoned`` is also used by
 agent.actions.drain, and ``cordon_is_ours``/``release_claim`` by agent.actions.uncordon and the
 safety gate. Ownership lives in the node annotation ``nodemedic.io/cordoned-by``
 (``{"rules": [...], "at": ...}``), our *claim*. A claim only covers the cordon we made, so it is

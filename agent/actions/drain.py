@@ -1,6 +1,6 @@
 """``drain``: cordon this node, then evict its pods through the Eviction API, one pass per call.
 
-Called through the gate by agent.runtime.remediation, which re-runs an unfinished drain (outcome
+Run through the safety gate by the remediation stage, which re-runs an unfinished drain (outcome
 ``retry``) on later ticks — re-gated each time, so a pause or an unreachable API stops it — and
 persists that it is in progress, so a restarted agent resumes it. Each pass re-lists the node's
 pods, so it converges from any crash point. Policy, as ``kubectl drain`` without ``--force``:
@@ -11,7 +11,8 @@ pods, so it converges from any crash point. Policy, as ``kubectl drain`` without
   (an eviction would lose them for good);
 - each eviction asks for the pod's terminationGracePeriodSeconds capped at
   ``--safety.drain-grace-cap`` (or the rule's lower ``grace_period_cap``).
-The drain succeeds when no evictable pod is left, and fails after ``timeout`` (default 15m).
+The drain succeeds when no evictable pod is left, and fails after ``timeout`` (a rule must set it,
+1m to 4h; the failover path asks for 1h; 15m if a request has none).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from agent.actions.registry import action
 from agent.kube.errors import KubeError, KubeNotFound, KubeTooManyRequests, KubeUnavailable
 from agent.kube.pods import evict_pod, list_node_pods
 from agent.settings import Settings
+from agent.structs.durations import format_duration
 from agent.structs.remediation import ActionRequest, Decision, Outcome
 
 DEFAULT_TIMEOUT = 900.0
@@ -123,7 +125,8 @@ class Drain(Action):
         return Plan(
             self.name,
             req.target.key,
-            f"cordon and drain node {req.target.node} (timeout {timeout:g}s, grace cap {cap:g}s)",
+            f"cordon and drain node {req.target.node} (timeout {format_duration(timeout)}, "
+            f"grace cap {format_duration(cap)})",
             (
                 "spec.unschedulable=true",
                 "evict every pod except DaemonSet, mirror and finished pods"
@@ -172,7 +175,8 @@ class Drain(Action):
                     )
                 except KubeTooManyRequests as exc:
                     delay = memory.backoff(key, now)
-                    blocked[key] = f"disruption budget: {exc.reason} (retry in {delay:g}s)"
+                    blocked[key] = (f"disruption budget: {exc.reason} "
+                                    f"(retry in {format_duration(delay)})")
                     return
                 except KubeNotFound:
                     return  # already gone
@@ -180,7 +184,7 @@ class Drain(Action):
                     raise
                 except KubeError as exc:
                     delay = memory.backoff(key, now)
-                    blocked[key] = f"{exc} (retry in {delay:g}s)"
+                    blocked[key] = f"{exc} (retry in {format_duration(delay)})"
                     return
                 memory.evicted.add(key)
                 memory.failures.pop(key, None)
@@ -209,7 +213,8 @@ class Drain(Action):
             return outcome(
                 decision,
                 "failure",
-                f"drain of node {node} timed out after {timeout:g}s with {remaining} pods left",
+                f"drain of node {node} timed out after {format_duration(timeout)} with "
+                f"{remaining} pods left",
                 **details,
             )
         self._report(ctx, node, remaining, started)

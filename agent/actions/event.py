@@ -1,6 +1,6 @@
 """``event``: emit a Kubernetes Event on this node or one of its pods.
 
-Called through the gate by agent.runtime.remediation (informational rules such as CPU
+Run through the safety gate by the remediation stage (informational rules such as CPU
 throttling or memory-limit saturation). Repeats aggregate into one Event with a count
 (agent.kube.events). Parameters follow agent.rules.schema.Event: ``reason``, ``message`` (rendered
 by the engine) and ``event_type`` (Normal or Warning).

@@ -1,6 +1,6 @@
 """``evict-pod``: evict one pod of this node through the Eviction API (PDB-aware).
 
-Called through the gate by agent.runtime.remediation for pod-targeted rules (e.g. a container
+Run through the safety gate by the remediation stage for pod-targeted rules (e.g. a container
 stuck at its memory limit). A 429 (a PodDisruptionBudget forbids it now) yields ``retry`` and the
 stage tries again on later ticks until ``timeout`` (default 10m). DaemonSet and mirror pods are
 refused, pods on other nodes are never touched, and the grace period is capped like drain's.
@@ -21,6 +21,7 @@ from agent.actions.registry import action
 from agent.kube.errors import KubeNotFound, KubeTooManyRequests
 from agent.kube.pods import evict_pod, get_pod
 from agent.settings import Settings
+from agent.structs.durations import format_duration
 from agent.structs.remediation import ActionRequest, Decision, Outcome
 
 DEFAULT_TIMEOUT = 600.0
@@ -76,7 +77,8 @@ class EvictPod(Action):
                 return outcome(
                     decision,
                     "failure",
-                    f"eviction of {ns}/{name} still blocked after {timeout:g}s: {exc.reason}",
+                    f"eviction of {ns}/{name} still blocked after {format_duration(timeout)}: "
+                    f"{exc.reason}",
                 )
             return outcome(decision, "retry", f"eviction of {ns}/{name} blocked: {exc.reason}")
         return outcome(decision, "success", f"evicted pod {ns}/{name}")

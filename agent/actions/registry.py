@@ -1,8 +1,8 @@
 """Registry of action types by name: ``@action("cordon")`` on an Action subclass.
 
-Read by agent.safety.gate and agent.runtime.remediation (look up the action of a request) and by
-agent.rules (which action names exist). Adding an action means adding one module and listing it
-in ``_BUILTIN_MODULES``; every name must be one of agent.structs.remediation.ACTION_TYPES.
+Read by agent.safety.gate and agent.runtime.remediation (look up the action of a request). Adding
+an action means adding one module and listing it in ``_BUILTIN_MODULES``; every name must be one
+of agent.structs.remediation.ACTION_TYPES (the names the rules know).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """``restart-service``: ``systemctl restart UNIT`` for an allow-listed systemd unit on this node.
 
-Called through the gate by agent.runtime.remediation (e.g. restart kubelet when /healthz fails).
+Run through the safety gate by the remediation stage (e.g. restart kubelet when /healthz fails).
 The unit must match a strict name pattern and be listed in ``--actions.restart-allowlist``; it is
 passed as one argv element to ``systemctl`` (never through a shell), so nothing in a rule can
 inject a command. Tests point ``ActionContext.systemctl`` at a recording script.
@@ -22,6 +22,7 @@ from agent.actions.base import (
 )
 from agent.actions.registry import action
 from agent.settings import Settings
+from agent.structs.durations import format_duration
 from agent.structs.remediation import ActionRequest, Decision, Outcome
 
 UNIT_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9:_.@\\-]{0,250}\.(service|socket|timer)$")
@@ -71,7 +72,7 @@ class RestartService(Action):
             return outcome(
                 decision,
                 "failure",
-                f"systemctl restart {unit} timed out after {SYSTEMCTL_TIMEOUT:g}s",
+                f"systemctl restart {unit} timed out after {format_duration(SYSTEMCTL_TIMEOUT)}",
                 argv=argv,
             )
         if proc.returncode != 0:

@@ -1,6 +1,6 @@
 """``taint``: add a ``nodemedic.io/...`` taint to this node (NoSchedule or PreferNoSchedule).
 
-Called through the gate by agent.runtime.remediation (and by agent.peers.remedy for the failed-node
+Run through the safety gate by the remediation stage (also for the failover path's failed-node
 taint); ``taint_params``, ``claims`` and ``write_claims`` are shared with agent.actions.untaint.
 NoExecute is refused on purpose: it makes the kubelet evict every intolerant pod at once without
 consulting PodDisruptionBudgets; use ``drain``, which does.

@@ -1,6 +1,6 @@
 """``uncordon``: reverse nodemedic's own cordon, never an admin's.
 
-Called through the gate by agent.runtime.remediation, usually as a rule's undo step after its
+Run through the safety gate by the remediation stage, usually as a rule's undo step after its
 healthy delay. The node is re-read and the cordon checked as it is *now*
 (agent.actions.cordon.cordon_is_ours): it becomes schedulable only when it is still the cordon
 nodemedic made and no other rule still holds it (the rules listed in ``nodemedic.io/cordoned-by``).

@@ -1,6 +1,6 @@
 """``untaint``: remove nodemedic's own ``nodemedic.io/...`` taint from this node.
 
-Called through the gate by agent.runtime.remediation (and agent.peers.remedy), typically as the
+Run through the safety gate by the remediation stage (and the failover path), typically as the
 undo of ``taint``. Only keys under nodemedic.io/ are accepted, so an admin's taints can never be
 removed by a rule, and of those only the ones nodemedic still owns, checked against the node as
 it is now (agent.actions.taint.claimed_taint): the rule leaves the claim in

@@ -1,6 +1,6 @@
 """``webhook``: POST a JSON description of the firing rule to an allow-listed URL.
 
-Called through the gate by agent.runtime.remediation (e.g. to open a ticket or page someone).
+Run through the safety gate by the remediation stage (e.g. to open a ticket or page someone).
 The URL must be listed in ``--actions.webhook-allowlist`` (an entry ending in ``/`` allows every
 URL below it), so a rule cannot send node data anywhere else. Each POST has a timeout (default
 5s, at most 30s); any non-2xx answer is a failure.
@@ -23,6 +23,7 @@ from agent.actions.base import (
 )
 from agent.actions.registry import action
 from agent.settings import Settings
+from agent.structs.durations import format_duration
 from agent.structs.remediation import ActionRequest, Decision, Outcome
 
 DEFAULT_TIMEOUT = 5.0
@@ -41,7 +42,8 @@ def checked(req: ActionRequest, settings: Settings) -> tuple[str, float]:
         raise InvalidParams(f"url {url!r} is not in --actions.webhook-allowlist")
     timeout = param_duration(req.action.params, "timeout", DEFAULT_TIMEOUT)
     if not 0 < timeout <= MAX_TIMEOUT:
-        raise InvalidParams(f"parameter 'timeout' must be above 0 and at most {MAX_TIMEOUT:g}s")
+        raise InvalidParams(
+            f"parameter 'timeout' must be above 0 and at most {format_duration(MAX_TIMEOUT)}")
     return url, timeout
 
 
@@ -69,7 +71,8 @@ class Webhook(Action):
     def plan(self, req: ActionRequest, settings: Settings) -> Plan:
         self.check_target(req)
         url, timeout = checked(req, settings)
-        return Plan(self.name, req.target.key, f"POST JSON to {url} (timeout {timeout:g}s)")
+        return Plan(self.name, req.target.key,
+                    f"POST JSON to {url} (timeout {format_duration(timeout)})")
 
     async def execute(self, decision: Decision, ctx: ActionContext) -> Outcome:
         req = decision.request

@@ -96,6 +96,13 @@ class Collector(ABC):
         """Extra detail for /status (e.g. which kubelet endpoint failed and why)."""
         return {}
 
+    def degraded(self) -> str | None:
+        """Why the last successful ``collect()`` read nothing from its sources although it ran
+        (every kubelet endpoint failed, say): its families are observations such as
+        ``nodemedic_kubelet_up 0``, so they are kept, but the collector is not reported ok.
+        None (the default) when at least one source answered."""
+        return None
+
     def unreadable(self) -> Mapping[str, str]:
         """Metric name -> CannotSee reason for the metrics the last successful ``collect()``
         could not read because of the agent's own access (their series are left out). The

@@ -28,6 +28,7 @@ import structlog
 from agent.collectors.base import Collector, CollectorContext
 from agent.collectors.cgroupfs import REASONS, NodeScan, scan
 from agent.collectors.cgroupfs.read import PERMISSION
+from agent.collectors.podgaps import CGROUP_PODS_WITHOUT_VALUES, cgroup_pods_without_values, report
 from agent.collectors.registry import register
 from agent.structs.metrics import Family, LabelValues, MetricSpec
 from agent.structs.pods import PodRef
@@ -148,7 +149,7 @@ CGROUP_SERIES = (
     PRESSURE_AVG10,
     PRESSURE_SECONDS,
 )
-ALL_METRICS = (*CGROUP_SERIES, READ_ERRORS, CGROUPS, ATTRIBUTION)
+ALL_METRICS = (*CGROUP_SERIES, READ_ERRORS, CGROUPS, ATTRIBUTION, CGROUP_PODS_WITHOUT_VALUES)
 
 
 @runtime_checkable
@@ -225,6 +226,7 @@ class CgroupCollector(Collector):
         self._kubelet_ok: bool | None = None
         self._kubelet_cannot_see: str | None = None
         self._unreadable: dict[str, str] = {}
+        self._gaps: dict[str, object] = {}  # pods without any readable value, for /status
         self._logged: set[str] = set()
         self._last: list[Family] | None = None
         self._last_at = 0.0
@@ -266,6 +268,9 @@ class CgroupCollector(Collector):
         families = await self._read()
         self._last, self._last_at = families, now
         return list(families)
+
+    def status(self) -> dict[str, object]:
+        return dict(self._gaps)
 
     def unreadable(self) -> dict[str, str]:
         """The per-cgroup metrics, while a cgroup file or the kubelet's pod list is refused."""
@@ -311,4 +316,6 @@ class CgroupCollector(Collector):
         levels.add(("container",), n_containers)
         attribution = ATTRIBUTION.family()
         attribution.add((), 1.0 if pods is not None else 0.0)
-        return [*fams, errors, levels, attribution]
+        gaps, self._gaps = report(CGROUP_PODS_WITHOUT_VALUES,
+                                  cgroup_pods_without_values(result.stats, pods))
+        return [*fams, errors, levels, attribution, gaps]

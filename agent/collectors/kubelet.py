@@ -7,7 +7,9 @@ agent.kubelet_client.KubeletClient (``ctx.shared["kubelet"]``), querying /health
 An unhealthy or unreachable kubelet (refused connection, timeout, HTTP 5xx, a bad answer) is an
 observation, not a collector failure: the collector succeeds and reports ``nodemedic_kubelet_up 0``
 (with ``nodemedic_kubelet_scrape_success`` per endpoint and the client's request outcomes saying
-why), so a rule such as "kubelet_up == 0 for 2m" keeps firing while the kubelet is down. The
+why), so a rule such as "kubelet_up == 0 for 2m" keeps firing while the kubelet is down. When
+every endpoint fails the collector is ``degraded()``: /status does not call it ok and
+``nodemedic_collector_degraded`` is 1, while its observations are still exported. The
 families of an endpoint that could not be read are left out (never zero-filled), and the reason is
 logged when it changes.
 
@@ -30,6 +32,7 @@ import structlog
 from prometheus_client.parser import text_string_to_metric_families
 
 from agent.collectors.base import CannotSee, Collector, CollectorContext
+from agent.collectors.podgaps import KUBELET_PODS_WITHOUT_STATS, report, summary_pods_without_stats
 from agent.collectors.registry import register
 from agent.kubelet_client import CLIENT_METRICS, KubeletError, PodList, get_or_create
 from agent.structs.metrics import Family, MetricSpec
@@ -314,7 +317,8 @@ class KubeletCollector(Collector):
         NODE_MEM_RSS, NODE_SWAP, NODE_FS_AVAIL, NODE_FS_CAP, NODE_FS_USED, NODE_FS_INODES,
         NODE_FS_INODES_FREE, NODE_PROCS, NODE_MAX_PIDS, NODE_PSI_AVG10, NODE_PSI_TOTAL,
         POD_CPU, POD_MEM_WS, POD_EPHEMERAL, POD_PSI_AVG10,
-        PLEG_INTERVAL, PLEG_DURATION, PLEG_AGE, SKIPPED, *CLIENT_METRICS,
+        PLEG_INTERVAL, PLEG_DURATION, PLEG_AGE, SKIPPED, KUBELET_PODS_WITHOUT_STATS,
+        *CLIENT_METRICS,
     )
 
     def __init__(self, ctx: CollectorContext) -> None:
@@ -326,6 +330,8 @@ class KubeletCollector(Collector):
         self.last_errors: dict[str, str | None] = dict.fromkeys(_ENDPOINTS)
         self._pleg_prev: dict[str, tuple[float, float]] = {}
         self._unreadable: dict[str, str] = {}
+        self._degraded: str | None = None
+        self._gaps: dict[str, Any] = {}  # /stats/summary pods without any usage value
         # The cgroup collector is on by default; when it runs, its PSI is the per-pod source.
         self._pod_psi = not ctx.settings.collector_enabled("cgroup", True)
 
@@ -371,6 +377,7 @@ class KubeletCollector(Collector):
             self.skipped["stats_summary"] += summary[1]
         else:
             results["stats_summary"] = self._error(summary)
+            self._gaps = {}
         if isinstance(pleg, dict):
             results["metrics"] = None
             fams += self._pleg_families(pleg)
@@ -391,6 +398,9 @@ class KubeletCollector(Collector):
                 else:
                     log.info("kubelet_endpoint_recovered", endpoint=ep)
         self.last_errors = results
+        failed = [f"{ep}: {results[ep]}" for ep in _ENDPOINTS if results[ep]]
+        self._degraded = ("every kubelet endpoint failed: " + "; ".join(failed)
+                          if len(failed) == len(_ENDPOINTS) else None)
         skipped = SKIPPED.family()
         for ep in ("pods", "stats_summary"):
             skipped.add((ep,), self.skipped[ep])
@@ -399,11 +409,16 @@ class KubeletCollector(Collector):
 
     def status(self) -> dict[str, Any]:
         """For /status: why each kubelet endpoint failed this tick (None when it was read)."""
-        return {"kubelet_url": self.client.base_url, "endpoint_errors": dict(self.last_errors)}
+        return {"kubelet_url": self.client.base_url, "endpoint_errors": dict(self.last_errors),
+                **self._gaps}
 
     def unreadable(self) -> dict[str, str]:
         """Metrics of endpoints refused to us this tick (401/403/TLS), as missing data."""
         return dict(self._unreadable)
+
+    def degraded(self) -> str | None:
+        """Set while no endpoint answers: kubelet_up 0 is exported, but the collector is not ok."""
+        return self._degraded
 
     @staticmethod
     def _error(result: object) -> str:
@@ -416,7 +431,9 @@ class KubeletCollector(Collector):
 
     async def _summary(self) -> tuple[list[Family], int]:
         doc = await self.client.get_json("/stats/summary")
-        return summary_families(doc, pod_psi=self._pod_psi)
+        fams, skipped = summary_families(doc, pod_psi=self._pod_psi)
+        gaps, self._gaps = report(KUBELET_PODS_WITHOUT_STATS, summary_pods_without_stats(doc))
+        return [*fams, gaps], skipped
 
     async def _pleg(self) -> dict[str, tuple[float, float]]:
         text = await self.client.get_text("/metrics")

@@ -1,6 +1,6 @@
 """Registry of collectors by name: ``@register("cgroup", default_enabled=True)``.
 
-Read by agent.settings (which names ``--collector.NAME`` accepts), agent.runtime.pipeline (which
+Read by agent.cli (which names ``--collector.NAME`` accepts), agent.runtime.daemon (which
 collectors to build) and agent.rules (which metric names exist). Adding a collector means adding
 one module and listing it in ``_BUILTIN_MODULES``.
 """

@@ -1,6 +1,6 @@
 """``nodemedic demo``: watch failover work end to end on a simulated cluster, no cluster needed.
 
-Registered by agent.cli through agent.demo.add_parser. Starts the in-memory API server with a
+Registered as a subcommand through agent.demo.add_parser. Starts the in-memory API server with a
 simulated cluster (agent.demo.cluster: 6 nodes in 2 zones, a Deployment with a PDB and a
 StatefulSet), one real agent per node on 127.0.0.<n> (agent.demo.fleet), kills one node and
 prints the timeline: failure, detection, cordon, evictions, pods running elsewhere, fencing,

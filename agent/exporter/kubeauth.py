@@ -1,7 +1,7 @@
 """``--web.kubernetes-auth``: bearer tokens checked by TokenReview, requests by SubjectAccessReview.
 
 Used by agent.exporter.auth.Protection (one check per protected request) and built by
-agent.runtime.daemon with the shared API client. The attributes are kube-rbac-proxy's for a node
+agent.exporter.webfront with the shared API client. The attributes are kube-rbac-proxy's for a node
 exporter, so a Prometheus ServiceAccount that may scrape kubelets and node_exporter may scrape
 nodemedic too:
 

@@ -36,6 +36,13 @@ class SelfMetrics:
             "access (unauthorized, forbidden, tls, permission).",
             ["collector", "reason"], registry=registry,
         )
+        self.collector_degraded = Gauge(
+            "nodemedic_collector_degraded",
+            "1 while the collector runs but every source it reads fails (e.g. no kubelet "
+            "endpoint answers): its metrics say what it observed (nodemedic_kubelet_up 0), but it "
+            "is not ok. /status names each source's error.",
+            ["collector"], registry=registry,
+        )
         self.collector_cannot_read = Gauge(
             "nodemedic_collector_cannot_read",
             "1 while the collector cannot read all or part of its data because of the agent's own "

@@ -1,6 +1,6 @@
 """aiohttp HTTP server: /metrics, /healthz, /readyz, /status and a landing page.
 
-Started by agent.runtime.daemon. Everything is read-only (GET/HEAD; other methods get 405), so
+Started by agent.exporter.webfront. Everything is read-only (GET/HEAD; other methods get 405), so
 nothing writable is exposed. /metrics serves the bytes rendered once per tick (gzip when the client
 accepts it; the text is kept compressed and decompressed in a worker thread for one that does
 not). A 503 always means what the endpoint says (/healthz: no tick lately; /readyz and

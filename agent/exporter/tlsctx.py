@@ -1,6 +1,6 @@
 """TLS for the HTTP server from a web config's ``tls_server_config``, with certificate rotation.
 
-Used by agent.runtime.daemon (the listener's ``ssl_context``). The exporter toolkit re-reads the
+Used by agent.exporter.webfront (the listener's ``ssl_context``). The exporter toolkit re-reads the
 certificate and key on every handshake (Go's ``GetConfigForClient``); here the server gets one
 :class:`RotatingContext` whose ``wrap_bio`` (what asyncio calls for each accepted connection)
 hands the connection to an inner ``ssl.SSLContext`` rebuilt whenever the cert, key or client CA

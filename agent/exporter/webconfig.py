@@ -1,9 +1,9 @@
 """``--web.config.file``: the Prometheus exporter-toolkit web configuration, parsed and validated.
 
-Read by agent.runtime.daemon at start and on every reload (agent.exporter.tlsctx builds the TLS
+Read by agent.exporter.webfront at start and on every reload (agent.exporter.tlsctx builds the TLS
 context from it, agent.exporter.auth the basic-auth, header and rate-limit checks). The format is
-the toolkit's (docs/web-configuration.md of prometheus/exporter-toolkit) with its semantics, so a
-node_exporter ``web-config.yml`` works unchanged:
+the toolkit's (https://github.com/prometheus/exporter-toolkit/blob/master/docs/web-configuration.md)
+with its semantics, so a node_exporter ``web-config.yml`` works unchanged:
 
 - unknown keys are an error (the toolkit decodes with ``yaml.UnmarshalStrict``);
 - TLS is on as soon as any of cert/key (inline or file), client CA or ``client_auth_type`` is set,

@@ -22,6 +22,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from agent.problems.model import CheckMonitor, CheckRule
+from agent.structs.durations import format_duration
 
 OK, PROBLEM, UNKNOWN = 0, 1, 2
 RESULTS = {OK: "ok", PROBLEM: "problem", UNKNOWN: "unknown"}
@@ -64,7 +65,8 @@ async def run_plugin(argv: tuple[str, ...], limit: float, max_output: int
             await proc.wait()
     message = kept.decode("utf-8", "replace").strip()
     if timed_out:
-        return UNKNOWN, f"timed out after {limit:g}s" + (f": {message}" if message else ""), True
+        why = f"timed out after {format_duration(limit)}" + (f": {message}" if message else "")
+        return UNKNOWN, why, True
     code = proc.returncode
     status = code if code in (OK, PROBLEM) else UNKNOWN
     return status, message, False

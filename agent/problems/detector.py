@@ -31,13 +31,14 @@ from agent.kube.events import InvolvedObject, record_event
 from agent.kube.owners import controller_of, top_owner
 from agent.kube.pods import list_node_pods
 from agent.problems.checks import OK, PROBLEM, CheckResult, CheckRunner
-from agent.problems.conditions import ConditionBook, Status, rfc3339
+from agent.problems.conditions import ConditionBook, Status
 from agent.problems.kmsg import boot_wall_time
 from agent.problems.linequeue import SourceStats
 from agent.problems.matcher import Hit, Matcher
 from agent.problems.model import ProblemSet
 from agent.problems.sources import SourceRuntime, build_sources
 from agent.problems.workload import pod_uid, proc_cgroup
+from agent.structs.times import rfc3339
 
 log = structlog.get_logger("nodemedic.problems")
 

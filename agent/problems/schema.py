@@ -7,7 +7,7 @@
   typo is caught by ``check-rules``), snake_case, with the extensions NPD lacks: recovery rules,
   ``clear_after``, ``min_count``/``window`` and explicit workload ``attribute``.
 
-Read by agent.problems.loader, which turns both into agent.problems.model types.
+agent.problems.loader validates files against them and builds agent.problems.model types.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The rules engine: pure evaluation of a Snapshot against the loaded rules, with per-rule state.
 
 Called once per tick by agent.runtime (``evaluate(snapshot, now)``), which hands the returned
-``ActionRequest``s to the safety gate (agent.safety). No I/O: the only inputs are the snapshot,
+``ActionRequest``s to the safety gate. No I/O: the only inputs are the snapshot,
 the clock value passed in and the state kept here; ``export_state()``/``restore_state()`` let the
 actions side persist the state in node annotations so a restarted agent continues a ladder.
 
@@ -1082,6 +1082,10 @@ class RuleEngine:
                 rs.move(key, inst, "firing")
                 inst.firing_since, inst.step, inst.step_since = now, 0, now
                 out.extend(self._requests(rs, inst, tick, 0, now, undo=False))
+            else:  # /status shows what a pending rule sees while its `for:` runs
+                inst.observed = {leaf.display.rsplit(" ", 2)[0]: found[0]
+                                 for leaf in c.leaves
+                                 if (found := tick.hit(leaf, rule.target, key)) is not None}
         return out
 
     def _maybe_done(self, rs: _RuleState, key: str, inst: _Instance, tick: _Tick,

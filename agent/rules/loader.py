@@ -29,7 +29,7 @@ from agent.structs.metrics import Family, MetricSpec
 from agent.structs.remediation import ACTION_TYPES
 
 from .schema import (
-    NODE_DISRUPTIVE,
+    NODE_ONLY,
     POD_ONLY,
     RUNBOOK_BASE_URL,
     AllOf,
@@ -412,8 +412,7 @@ def _semantic(rule: Rule, base: Path_, catalogue: Catalogue) -> list[tuple[Path_
     for step_path, actions, undo in steps:
         for i, act in enumerate(actions):
             ap = (*step_path, "actions", i, "type")
-            if rule.target == "pod" and (act.type in NODE_DISRUPTIVE
-                                         or act.type == "restart-service"):
+            if rule.target == "pod" and act.type in NODE_ONLY:
                 out.append((ap, f"{act.type} is not allowed in a pod-target rule: one pod "
                                 "must never disrupt the whole node"))
             if rule.target == "node" and act.type in POD_ONLY:

@@ -371,8 +371,9 @@ class Drain(_Model):
     force delete)."""
 
     type: Literal["drain"]
-    grace_period_cap: Duration = Field(description="upper bound on each pod's grace period")
-    timeout: Duration = Field(description="give up (and report) after this long")
+    grace_period_cap: Duration = Field(
+        description="upper bound on each pod's grace period (at most 1h)")
+    timeout: Duration = Field(description="give up (and report) after this long (1m to 4h)")
     ignore_daemonsets: Literal[True] = True
     evict_unmanaged: bool = Field(default=False,
                                   description="also evict pods without a controller (lost!)")
@@ -390,8 +391,10 @@ class EvictPod(_Model):
     """Evict the pod the rule fired for (pod-target rules only)."""
 
     type: Literal["evict-pod"]
-    grace_period_cap: Duration
-    timeout: Duration = Field(default=600.0, description="give up retrying after this long")
+    grace_period_cap: Duration = Field(
+        description="upper bound on the pod's grace period (at most 1h)")
+    timeout: Duration = Field(default=600.0,
+                              description="give up retrying after this long (10s to 1h)")
 
     @field_validator("grace_period_cap")
     @classmethod
@@ -464,8 +467,8 @@ class Webhook(_Model):
     """POST the request as JSON to a URL, with a timeout."""
 
     type: Literal["webhook"]
-    url: str
-    timeout: Duration = 5.0
+    url: str = Field(description="http:// or https:// URL; must also be in the allow-list")
+    timeout: Duration = Field(default=5.0, description="more than 0, at most 30s")
 
     @field_validator("url")
     @classmethod
@@ -498,6 +501,8 @@ Action = Annotated[
 # Actions that change the node for everyone: not allowed from a pod-target rule (one bad pod
 # must never cordon or drain a node).
 NODE_DISRUPTIVE = frozenset({"cordon", "taint", "drain"})
+# Not allowed from a pod-target rule either: restarting a node service disrupts every pod.
+NODE_ONLY = NODE_DISRUPTIVE | {"restart-service"}
 POD_ONLY = frozenset({"evict-pod"})
 
 

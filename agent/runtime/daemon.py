@@ -2,7 +2,7 @@
 
 Called by agent.cli (``nodemedic run``) and by the demo (several agents in one process: nothing
 here is a process-wide global; signal handling is opt-in). One tick = collect (agent.runtime
-.pipeline) -> snapshot -> components (rules/remediation, agent.runtime.components) -> render the
+.pipeline) -> snapshot -> components (rules and remediation, agent.runtime.components) -> render the
 exposition once (agent.exporter.render) -> freed heap back to the kernel (agent.runtime.heap)
 -> WATCHDOG=1 when healthy.
 """
@@ -17,7 +17,6 @@ import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime
 from typing import Any
 
 import structlog
@@ -36,8 +35,10 @@ from agent.runtime.logging import configure_logging
 from agent.runtime.pipeline import Collection
 from agent.runtime.reloadplan import ReloadPlan, plan_reload
 from agent.runtime.sdnotify import Notifier
+from agent.runtime.statusview import with_rfc3339_times
 from agent.runtime.tasks import Supervisor
-from agent.settings import Settings, check_paths, flag_name
+from agent.settings import Settings, check_paths, display_value, flag_name
+from agent.structs.durations import format_duration
 from agent.structs.metrics import Family
 from agent.structs.snapshot import Snapshot
 
@@ -217,6 +218,7 @@ class Agent:
         self._snapshot = snapshot
         for name, st in snapshot.collectors.items():
             self.metrics.collector_success.labels(name).set(1 if st.ok else 0)
+            self.metrics.collector_degraded.labels(name).set(st.degraded is not None)
             self.metrics.collector_duration.labels(name).set(st.duration_seconds)
             if not st.ok:
                 self.metrics.collector_failures.labels(name, st.reason or "error").inc()
@@ -334,7 +336,8 @@ class Agent:
         for field, (running, configured) in sorted(self._restart_required.items()):
             self.metrics.config_restart_required.labels(flag_name(field)).set(1)
             log.warning("setting_change_needs_restart", setting=flag_name(field),
-                        running=str(running), configured=str(configured))
+                        running=display_value(field, running),
+                        configured=display_value(field, configured))
         self.metrics.dry_run.set(1 if new.dry_run else 0)
         self._last_reload_error = None
         self._last_reload_problems = []
@@ -391,7 +394,8 @@ class Agent:
         ref = self._last_tick_mono or self._started_mono
         age = time.monotonic() - ref
         if age > limit:
-            return False, f"no tick finished for {age:.1f}s (limit {limit:.0f}s)"
+            return False, (f"no tick finished for {format_duration(age)} "
+                           f"(limit {format_duration(limit)})")
         return True, "ok"
 
     def ready(self) -> tuple[bool, str]:
@@ -419,7 +423,8 @@ class Agent:
             "config": {
                 "rules_dir": str(self.settings.rules_dir),
                 "restart_required": [
-                    {"setting": flag_name(f), "running": str(old), "configured": str(new)}
+                    {"setting": flag_name(f), "running": display_value(f, old),
+                     "configured": display_value(f, new)}
                     for f, (old, new) in sorted(self._restart_required.items())
                 ],
             },
@@ -429,7 +434,7 @@ class Agent:
         }
         if snap is not None:
             out["last_tick"] = {
-                "at": datetime.fromtimestamp(snap.taken_at, UTC).isoformat(),
+                "at": snap.taken_at,
                 "age_seconds": round(time.monotonic() - snap.monotonic, 3),
                 "duration_seconds": round(self._last_tick_seconds, 4),
             }
@@ -441,8 +446,9 @@ class Agent:
                     details[c.name] = {"status_error": str(exc)}
             out["collectors"] = {
                 name: {
-                    "ok": st.ok,
-                    "error": st.error,
+                    "ok": st.ok and st.degraded is None,
+                    "error": st.error or st.degraded,
+                    "degraded": st.degraded is not None,
                     "reason": st.reason or None,
                     "cannot_read": dict(st.unreadable),
                     "duration_seconds": round(st.duration_seconds, 4),
@@ -457,7 +463,7 @@ class Agent:
                 out.update(comp.status())
             except Exception as exc:
                 out.setdefault("errors", []).append(f"{type(comp).__name__}: {exc}")
-        return out
+        return with_rfc3339_times(out)
 
     def _task_restarted(self, name: str) -> None:
         self.metrics.task_restarts.labels(name).inc()

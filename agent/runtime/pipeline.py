@@ -20,6 +20,7 @@ from types import MappingProxyType
 import structlog
 
 from agent.collectors.base import CannotSee, Collector
+from agent.structs.durations import format_duration
 from agent.structs.metrics import Family
 from agent.structs.snapshot import CollectorStatus, Snapshot
 
@@ -51,7 +52,8 @@ class Collection:
             # Not cancelled on purpose: cancelling would free the slot while a worker thread is
             # still blocked (threads cannot be cancelled), and the next tick would block another.
             task.add_done_callback(_consume)
-            return CollectorStatus(c.name, False, elapsed, f"timed out after {c.timeout:g}s",
+            return CollectorStatus(c.name, False, elapsed,
+                                   f"timed out after {format_duration(c.timeout)}",
                                    reason="timeout"), []
         exc = task.exception()
         if exc is not None:
@@ -64,8 +66,12 @@ class Collection:
         except Exception as exc:  # a broken hook must not pass unreadable data off as read
             msg = f"unreadable(): {type(exc).__name__}: {exc}"[:500]
             return CollectorStatus(c.name, False, elapsed, msg, reason="error"), []
+        try:
+            degraded = c.degraded()
+        except Exception as exc:  # a broken hook must not hide the collector's state
+            degraded = f"degraded(): {type(exc).__name__}: {exc}"[:500]
         status = CollectorStatus(c.name, True, elapsed, None, tuple(f.name for f in families),
-                                 unreadable=unreadable)
+                                 unreadable=unreadable, degraded=degraded)
         return status, families
 
     async def collect(self) -> Snapshot:

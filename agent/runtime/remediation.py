@@ -1,6 +1,6 @@
 """The remediation stage: rules engine -> safety gate -> actions -> record, once per snapshot.
 
-Called by agent.runtime.daemon through agent.runtime.components (``build_stage``): ``start()``
+Called by the daemon through agent.runtime.components (``build_stage``): ``start()``
 once, ``on_snapshot()`` after every collection, ``families()`` / ``status()`` for /metrics and
 /status, ``close()`` on shutdown. For every request the engine makes it
 1. refuses it as ``missing_data`` when a collector behind the rule's observed series failed this

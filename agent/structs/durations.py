@@ -41,12 +41,18 @@ def parse_duration(text: str | float | int) -> float:
 
 
 def format_duration(seconds: float) -> str:
-    """Inverse of parse_duration for display: 90 -> '1m30s', 0.5 -> '500ms'."""
+    """Inverse of parse_duration for display, in the units a user would write: 90 -> '1m30s',
+    0.5 -> '500ms', 1.5 -> '1.5s', 7200 -> '2h'. Below 10s milliseconds are kept; from 10s
+    on the value is rounded to whole seconds (an elapsed 2m3.456s reads as 2m3s)."""
+    if seconds <= 0:
+        return "0s"
     if seconds < 1:
-        return f"{round(seconds * 1000)}ms"
+        return f"{round(seconds * 1000, 3):g}ms"
+    if seconds < 10:
+        return f"{round(seconds, 3):g}s"
     out, rest = [], round(seconds)
-    for unit, size in (("h", 3600), ("m", 60), ("s", 1)):
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
         if rest >= size:
             out.append(f"{rest // size}{unit}")
             rest %= size
-    return "".join(out) or "0s"
+    return "".join(out)

@@ -1,6 +1,6 @@
 """What the rules engine asks for and what the safety gate decides: pure data.
 
-Flow (DESIGN.md §3): agent.rules.engine turns a Snapshot into ``ActionRequest``s;
+Flow (docs/actions.md): agent.rules.engine turns a Snapshot into ``ActionRequest``s;
 agent.safety.gate turns each request into a ``Decision``; agent.actions executes allowed ones and
 returns an ``Outcome``; agent.runtime records all three (metric, log, Event, annotation).
 """

@@ -28,6 +28,10 @@ class CollectorStatus:
     reason: str = ""
     # Metric -> CannotSee reason for metrics a successful collector could not read this tick.
     unreadable: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    # Set when the collector ran but every source it reads failed (its families say so, e.g.
+    # kubelet_up 0): the data is real, but /status and nodemedic_collector_degraded do not call
+    # the collector ok.
+    degraded: str | None = None
 
     @property
     def cannot_see(self) -> frozenset[str]:

@@ -143,8 +143,10 @@ def test_no_cluster_reports_gaps_and_keeps_serving(agent: Running) -> None:
     assert status["node"] == "test-node"
     assert status["ready"] is True
     colls = status["collectors"]
-    # The kubelet is observed down (collector ok, each endpoint's error named) ...
-    assert colls["kubelet"]["ok"] is True
+    # The kubelet is observed down (each endpoint's error named); with no endpoint answering the
+    # collector is not called ok, though kubelet_up 0 is exported for the rules ...
+    assert colls["kubelet"]["ok"] is False and colls["kubelet"]["degraded"] is True
+    assert colls["kubelet"]["error"].startswith("every kubelet endpoint failed")
     assert "cannot reach" in colls["kubelet"]["detail"]["endpoint_errors"]["healthz"]
     # ... and the node collector fails, saying why, rather than exporting nothing as "fine".
     assert colls["node"]["ok"] is False

@@ -1,6 +1,6 @@
 """Label selectors (equality and set-based) and field selectors, as kube-apiserver parses them.
 
-Used by the store's list and watch paths (agent.testing.apiserver.store / server) and by the
+Used by the list and watch paths (agent.testing.apiserver.registry) and by the
 eviction PDB check (agent.testing.apiserver.eviction, for ``spec.selector`` objects). Parse errors
 raise a 400 ``ApiError`` with the wording of k8s.io/apimachinery's parsers.
 """

@@ -1,7 +1,7 @@
 """``ApiServer``: an in-memory Kubernetes API server on aiohttp for tests, the demo and benchmarks.
 
 Used by the pytest fixtures in agent.testing.pytest_plugin, by ``nodemedic apiserver``
-(agent.testing.cli) and by bench/apiserver_scale.py. It routes /api and /apis requests to the
+and by bench/apiserver_scale.py. It routes /api and /apis requests to the
 registry (agent.testing.apiserver.registry), streams watches from the store, answers discovery
 (/version, /api, /apis) well enough for kubernetes_asyncio and kubectl, renders Tables for
 ``kubectl get``, injects faults and counts requests. One process, one event loop; objects are

@@ -138,7 +138,7 @@ def test_evict_pod_needs_a_pod_target() -> None:
 
 def test_drain_grace_cap_never_exceeds_the_setting() -> None:
     """A rule may lower the drain grace cap but never raise it above --safety.drain-grace-cap."""
-    assert "grace cap 120s" in plan("drain", {"grace_period_cap": 600}).summary
+    assert "grace cap 2m" in plan("drain", {"grace_period_cap": 600}).summary
     assert "grace cap 10s" in plan("drain", {"grace_period_cap": "10s"}).summary
 
 

@@ -220,6 +220,7 @@ async def test_unhealthy_kubelet_still_reports_data(fake: FakeKubelet) -> None:
     assert fams["nodemedic_kubelet_scrape_success"].get(endpoint="healthz") == 0
     assert fams["nodemedic_kubelet_pods"].get(phase="Running") == 18
     assert "syncloop failed" in (c.last_errors["healthz"] or "")
+    assert c.degraded() is None  # the other endpoints answered: the collector is fine
 
 
 async def test_unreachable_kubelet_collector_succeeds_with_up_zero() -> None:
@@ -233,6 +234,10 @@ async def test_unreachable_kubelet_collector_succeeds_with_up_zero() -> None:
     assert "cannot reach" in c.status()["endpoint_errors"]["healthz"]
     reqs = fams["nodemedic_kubelet_client_requests_total"]
     assert reqs.get(endpoint="healthz", outcome="connection_error") == 1
+    # Every endpoint failed: observed as down (up 0 above), and not reported as an ok collector.
+    degraded = c.degraded() or ""
+    assert degraded.startswith("every kubelet endpoint failed: healthz: ")
+    assert "stats_summary: " in degraded and "metrics: " in degraded
 
 
 async def test_hanging_kubelet_reported_before_collector_timeout(fake: FakeKubelet) -> None:
@@ -240,7 +245,7 @@ async def test_hanging_kubelet_reported_before_collector_timeout(fake: FakeKubel
     fake.healthz_mode = "hang"
     c, fams = await _collect(fake.url, timeout=0.5)
     assert fams["nodemedic_kubelet_up"].get() == 0
-    assert "no answer within 0.4s" in (c.last_errors["healthz"] or "")
+    assert "no answer within 400ms" in (c.last_errors["healthz"] or "")
     assert fams["nodemedic_kubelet_pods"].get(phase="Running") == 18
 
 

@@ -429,3 +429,12 @@ rules:
     assert undo.undo and eng.wants(undo)
     eng.evaluate(snapshot(40, {"nodemedic_kubelet_up": 0}), 40)  # the condition is back
     assert not eng.wants(undo)
+
+
+def test_pending_rule_shows_what_it_observes() -> None:
+    """While `for:` runs, /status shows the values the rule sees (issue 16 item 7), each tick's."""
+    eng = engine(KUBELET)
+    run(eng, 0, 0)
+    entry = eng.status()[0]
+    assert entry["state"] == "pending"
+    assert entry["observed"] == {"nodemedic_kubelet_up": 0.0}
