@@ -361,3 +361,25 @@ async def test_openapi_v3_index_hashes_and_redirects(apiserver: ApiServer) -> No
             assert resp.content_type.endswith("+protobuf") and (await resp.read())[:1] != b"{"
         async with http.get("/openapi/v2", headers={"Accept": "application/json"}) as resp:
             assert (await resp.json())["swagger"] == "2.0"
+
+
+async def test_field_validation_ignore_and_unsupported(apiserver: ApiServer) -> None:
+    """Ignore drops unknown fields silently; an unknown directive is the real server's 422."""
+    cm = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "x", "bogus": 1},
+          "data": {"a": "b"}, "extra": {"z": 1}}
+    url = "/api/v1/namespaces/default/configmaps"
+    async with aiohttp.ClientSession(apiserver.url) as http:
+        async with http.post(url, params={"fieldValidation": "Bogus"}, json=cm) as resp:
+            status = await resp.json()
+        assert resp.status == 422 and status["message"] == (
+            'CreateOptions.meta.k8s.io "" is invalid: fieldValidation: Unsupported value: '
+            '"Bogus": supported values: "", "Ignore", "Strict", "Warn"'
+        )
+        async with http.post(url, params={"fieldValidation": "Ignore"}, json=cm) as resp:
+            assert resp.status == 201 and "Warning" not in resp.headers
+        async with http.post(url, json={**cm, "metadata": {"name": "y", "bogus": 1}}) as resp:
+            assert resp.headers.getall("Warning") == [  # Warn, the default
+                '299 - "unknown field \\"metadata.bogus\\""', '299 - "unknown field \\"extra\\""'
+            ]
+    stored = apiserver.get("ConfigMap", "default", "x")
+    assert stored is not None and "extra" not in stored and "bogus" not in stored["metadata"]
