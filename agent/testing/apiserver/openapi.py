@@ -31,6 +31,7 @@ from typing import Any
 
 from aiohttp import web
 
+from agent.testing.apiserver import status as st
 from agent.testing.apiserver.resources import ResourceType
 
 _V2_PB = "application/com.github.proto-openapi.spec.v2@v1.0+protobuf"
@@ -95,8 +96,14 @@ def _schemas_by_kind(name: str) -> dict[tuple[str, str, str], str]:
 def schema_for(rt: ResourceType) -> tuple[dict[str, Any], dict[str, Any]]:
     """(the kind's schema, its document's ``components.schemas``) for resource ``rt``."""
     name = f"apis/{rt.group}/{rt.version}" if rt.group else f"api/{rt.version}"
+    key = _schemas_by_kind(name).get((rt.group, rt.version, rt.kind)) if name in _v3() else None
+    if key is None:  # a resource added to resources.py without recapturing the documents
+        raise st.ApiError(
+            500, "InternalError",
+            f"no OpenAPI schema for {rt.kind} {rt.api_version}: run hack/k8s/capture-openapi.sh",
+        )
     schemas: dict[str, Any] = _parsed(name)["components"]["schemas"]
-    return schemas[_schemas_by_kind(name)[(rt.group, rt.version, rt.kind)]], schemas
+    return schemas[key], schemas
 
 
 def _index() -> bytes:

@@ -383,3 +383,24 @@ async def test_field_validation_ignore_and_unsupported(apiserver: ApiServer) -> 
             ]
     stored = apiserver.get("ConfigMap", "default", "x")
     assert stored is not None and "extra" not in stored and "bogus" not in stored["metadata"]
+
+
+async def test_every_served_resource_is_in_the_captured_documents(apiserver: ApiServer) -> None:
+    """Each resource in resources.py has its collection path and its kind's schema in the v3
+    document of its group-version (else: rerun hack/k8s/capture-openapi.sh)."""
+    from agent.testing.apiserver.resources import RESOURCES
+
+    async with aiohttp.ClientSession(apiserver.url) as http:
+        for rt in RESOURCES:
+            name = f"apis/{rt.group}/{rt.version}" if rt.group else f"api/{rt.version}"
+            async with http.get(f"/openapi/v3/{name}") as resp:
+                assert resp.status == 200, name
+                doc = await resp.json()
+            ns = "namespaces/{namespace}/" if rt.namespaced else ""
+            assert f"/{name}/{ns}{rt.plural}" in doc["paths"], rt
+            gvks = [
+                gvk
+                for schema in doc["components"]["schemas"].values()
+                for gvk in schema.get("x-kubernetes-group-version-kind", ())
+            ]
+            assert {"group": rt.group, "version": rt.version, "kind": rt.kind} in gvks, rt
