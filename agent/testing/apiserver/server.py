@@ -31,7 +31,8 @@ from typing import Any
 import yaml
 from aiohttp import web
 
-from agent.testing.apiserver import convert, eviction, managed, reviews, table
+from agent.testing.apiserver import convert, eviction, managed, openapi, reviews, table
+from agent.testing.apiserver import fieldvalidation as fv
 from agent.testing.apiserver import status as st
 from agent.testing.apiserver.faults import Faults, RequestLog
 from agent.testing.apiserver.patch import apply_patch
@@ -408,6 +409,8 @@ class ApiServer:
         path = request.path.rstrip("/")
         if request.method == "GET" and path in ("/healthz", "/livez", "/readyz"):
             return web.Response(text="ok", content_type="text/plain")
+        if request.method == "GET" and (spec := openapi.serve(request)) is not None:
+            return spec
         if request.method == "GET":
             doc = self._discovery(path)
             if doc is not None:
@@ -646,25 +649,31 @@ class ApiServer:
             raise st.bad_request("the body of the request was not a valid object")
         if dry:
             raise st.bad_request("dryRun is not supported by this test server")
+        body, unknown = fv.check_body(request, req.rt, body, "CreateOptions")
         obj = self.registry.create(
             req.rt, req.namespace, convert.to_storage(req.rt, body), manager=_manager(request)
         )
-        return _json(_view(req.rt, obj), 201)
+        return fv.add_warnings(_json(_view(req.rt, obj), 201), unknown)
 
     async def _replace(self, request: web.Request, req: _Req) -> web.StreamResponse:
         body = await self._body(request)
         if not isinstance(body, dict):
             raise st.bad_request("the body of the request was not a valid object")
+        body, unknown = fv.check_body(request, req.rt, body, "UpdateOptions")
         obj = self.registry.replace(
             req.rt, req.namespace, req.name, convert.to_storage(req.rt, body), req.subresource,
             manager=_manager(request),
         )
-        return _json(_view(req.rt, obj))
+        return fv.add_warnings(_json(_view(req.rt, obj)), unknown)
 
     async def _patch(self, request: web.Request, req: _Req) -> web.StreamResponse:
         body = await self._body(request)
         ctype = request.headers.get("Content-Type", "")
         rt = req.rt
+        if fv.directive(request, "PatchOptions") == "Strict":  # the patched object is checked
+            new = apply_patch(_view(rt, self.registry.get(rt, req.namespace, req.name)), ctype,
+                              body, rt.kind)
+            fv.check_patched(request, rt, body, new, "strategic" in ctype)
         if convert.needs_conversion(rt):
             old = self.registry.get(rt, req.namespace, req.name)
             new = apply_patch(_view(rt, old), ctype, body, rt.kind)
