@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import shutil
 import ssl
@@ -202,8 +203,8 @@ class Backend:
                       content_type: str = "application/json") -> tuple[int, Any]:
         """A raw call; returns (status, decoded JSON body or text)."""
         kw: dict[str, Any] = {}
-        if body is not None:
-            kw["json" if content_type == "application/json" else "data"] = body
+        if body is not None:  # a patch's content type differs, its body is JSON all the same
+            kw["data"] = body if isinstance(body, (bytes, str)) else json.dumps(body)
             kw["headers"] = {"Content-Type": content_type}
         async with self.session().request(method, self.url + path, **kw) as resp:
             try:

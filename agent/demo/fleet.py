@@ -105,6 +105,8 @@ class Fleet:
             web_listen_address=f"{addr}:{port}",
             kubeconfig=self.cluster.server.write_kubeconfig(self.workdir / "kubeconfig"),
             rules_dir=self.workdir / "rules",
+            # Each agent its own local state: they share one process, not one node.
+            state_dir=self.workdir / "state" / node,
             collect_interval=1.0,
             log_level="warning",
             collectors=dict.fromkeys(collector_registry.collectors(), False),

@@ -10,9 +10,7 @@ no-op or a retry storm. Real tier only: the in-memory server has no authorizer.
 from __future__ import annotations
 
 import asyncio
-import subprocess
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,37 +22,20 @@ from k8s_helpers import NODE, Clock, ScriptedEngine, metric, node, pdb, settings
 from agent.kube.conditions import patch_conditions, read_conditions
 from agent.runtime.remediation import RemediationStage
 from agent.structs.remediation import ActionRequest, ActionSpec, Target
+from tests.integration.k8s.conftest import RBAC, kubectl
 from tests.real_cluster import Backend, Heartbeats, RealCluster
 
 pytestmark = [pytest.mark.backends, pytest.mark.real_only]
 
-RBAC = Path(__file__).resolve().parents[3] / "deploy" / "rbac.yaml"
-SA = "/api/v1/namespaces/kube-system/serviceaccounts/nodemedic"
-
-
-def kubectl(cluster: RealCluster, kube: Backend, *args: str, stdin: str | None = None) -> str:
-    assert kube.creds is not None
-    out = subprocess.run(
-        [str(cluster.bin_dir / "kubectl"), "--kubeconfig", str(kube.creds.kubeconfig), *args],
-        input=stdin, capture_output=True, text=True, timeout=60, check=False)
-    assert out.returncode == 0, f"kubectl {' '.join(args)}: {out.stderr}"
-    return out.stdout
-
-
 @pytest_asyncio.fixture
-async def sa_api(kube: Backend, real_cluster: RealCluster) -> AsyncIterator[Any]:
+async def sa_api(kube: Backend, sa_token: str) -> AsyncIterator[Any]:
     """A kubernetes_asyncio client holding a token of the nodemedic ServiceAccount."""
     from kubernetes_asyncio import client
 
-    await asyncio.to_thread(kubectl, real_cluster, kube, "apply", "-f", str(RBAC))
-    code, tr = await kube.request("POST", f"{SA}/token", {
-        "apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
-        "spec": {"expirationSeconds": 3600}})
-    assert code == 201, tr
     assert kube.creds is not None
     cfg = client.Configuration(host=kube.creds.server)
     cfg.ssl_ca_cert = kube.creds.ca
-    cfg.api_key = {"BearerToken": tr["status"]["token"]}
+    cfg.api_key = {"BearerToken": sa_token}
     cfg.api_key_prefix = {"BearerToken": "Bearer"}
     api = client.ApiClient(cfg)
     try:
