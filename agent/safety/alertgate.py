@@ -1,6 +1,6 @@
 """The alert gate: gated actions are held while named alerts fire in Prometheus or Alertmanager.
 
-A small poller (started by agent.runtime.remediation with the stage, one aiohttp session, its
+A small poller (owned by agent.safety.gate, started with the stage; one aiohttp session, its
 own ``--safety.alert-gate-interval`` and ``--safety.alert-gate-timeout``) asks, off the request
 path, ``GET <prometheus>/api/v1/alerts`` (alerts in state firing; pending ones do not count)
 and/or ``GET <alertmanager>/api/v2/alerts?active=true&silenced=false&inhibited=false`` (a

@@ -2,7 +2,7 @@
 
 Called by agent.safety.gate for a first pass of a disruptive node action (cordon, drain, taint)
 whose rule lists ``workload_reasons``: the reasons of the Events nodemedic writes on a pod that
-shows the problem (agent.problems writes OOMKilling/TaskHung on the victim pod, pod rules write
+shows the problem (the problem detector writes OOMKilling/TaskHung on the victim pod, rules write
 OOMStorm, CPUThrottled, MemoryNearLimit...; every agent sets ``source.host`` to its node).
 
 Evidence from other nodes comes from those Events through the API, not from peers' exporters:

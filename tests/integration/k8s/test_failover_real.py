@@ -163,7 +163,10 @@ async def test_dead_node_is_cordoned_drained_and_replaced(cluster: Cluster) -> N
         await eventually(replaced, 60, "3 web pods bound to healthy nodes")
     except AssertionError as exc:
         _, ev = await c.kube.request("GET", f"/api/v1/namespaces/{c.ns}/events")
-        raise AssertionError(f"{exc}; pods: {[(p['metadata']['name'], p['spec'].get('nodeName'), bool(p['metadata'].get('deletionTimestamp'))) for p in await pods(c.kube, c.ns)]}; events: {[e['message'] for e in ev['items'][-8:]]}") from None
+        state = [(p["metadata"]["name"], p["spec"].get("nodeName"),
+                  bool(p["metadata"].get("deletionTimestamp"))) for p in await pods(c.kube, c.ns)]
+        events = [e["message"] for e in ev["items"][-8:]]
+        raise AssertionError(f"{exc}; pods: {state}; events: {events}") from None
     t_bound = time.monotonic() - t0
     # Evicted through the Eviction API (DisruptionTarget set by the API server's eviction).
     evicted = [p for p in await pods(c.kube, c.ns) if p["spec"].get("nodeName") == victim]
