@@ -8,7 +8,9 @@ runs on ``memory`` only. Everything else runs on ``memory``. ``-m k8s_real`` sel
 
 Also points ``$STATE_DIRECTORY`` (the default of ``--state.dir``) at a fresh directory for every
 test, so no test, in process or as a child agent, reads or writes the machine's
-/var/lib/nodemedic or another test's local state.
+/var/lib/nodemedic or another test's local state. Module- and session-scoped fixtures are set up
+before any per-test fixture, so the session gets one too: an agent such a fixture starts never
+sees /var/lib/nodemedic (agents sharing a fixture still share it unless given --state.dir).
 
 agent.kube is imported first so that every test, like the daemon, sees kubernetes_asyncio through
 agent.kube.lazy (only the modules a call needs), not the fully imported package.
@@ -101,6 +103,14 @@ async def apiserver(kube: Backend) -> ApiServer:
 async def kube_api(kube: Backend) -> Any:
     """A kubernetes_asyncio ApiClient on the test's backend."""
     return kube.api
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _session_state_directory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    patch = pytest.MonkeyPatch()
+    patch.setenv("STATE_DIRECTORY", str(tmp_path_factory.mktemp("session-state")))
+    yield
+    patch.undo()
 
 
 @pytest.fixture(autouse=True)

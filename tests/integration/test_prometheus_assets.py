@@ -8,9 +8,10 @@ capture, so Service skew has data); and Debian's /usr/bin/prometheus scraping bo
 with dashboards/alerts.yaml loaded. Both agents run the default rules plus TEST_RULE, which
 sends a cordon to the safety gate every tick, so the remediation series exist: node-a runs
 with a cordon budget of 0 (every request denied with reason cluster_cap), node-b in plain
-dry-run. Once samples are in, every PromQL expression of every dashboard panel and every alert
-goes through /api/v1/query: each must parse, and each must return data unless the test lists
-why it is legitimately empty here.
+dry-run; each agent keeps its local state in its own fresh --state.dir. Once samples are in,
+every PromQL expression of every dashboard panel and every alert goes through /api/v1/query:
+each must parse, and each must return data unless the test lists why it is legitimately empty
+here.
 """
 
 from __future__ import annotations
@@ -133,6 +134,7 @@ class Stack:
 
     prom_url: str
     logs: dict[str, Path] = field(default_factory=dict)
+    state_dirs: dict[str, Path] = field(default_factory=dict)  # agent -> its --state.dir
 
     def query(self, promql: str) -> dict[str, Any]:
         """GET /api/v1/query; returns the JSON body also for 400 (parse errors)."""
@@ -278,9 +280,10 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         common = ["--kubelet.url", kubelet_url, "--collect.interval", "1s",
                   "--rules.dir", str(rules), "--kubeconfig", str(kubeconfig),
                   "--dry-run", "--log.format", "json", "--failover.enabled",
-                  # Clock exchanges every 5 s (default 30 s), so the two agents have measured
-                  # each other by the time the dashboards' queries run.
-                  "--peerclock.interval", "5s",
+                  # Clock exchanges every second (default 30 s), as often as the ticks: the
+                  # two agents have measured each other by the time the dashboards' queries
+                  # run, and an exchange that starved an agent would fail the readiness wait.
+                  "--peerclock.interval", "1s",
                   # The shipped problem definitions on the real /dev/kmsg and journal, so that
                   # the problem metrics (NodemedicNodeProblem) have series.
                   "--problems.dir", str(REPO / "problems")]
@@ -295,8 +298,15 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         }
         targets = []
         for instance, extra in agents.items():
+            # Each agent its own fresh local state, as each node has its own disk: a shared or
+            # machine-wide one (/var/lib/nodemedic: a module fixture runs before conftest's
+            # per-test $STATE_DIRECTORY) hands node-a the ledger of an earlier run, in which the
+            # test rule's cordon step was already taken, so it never asks the gate again and
+            # no denied action ever appears.
+            stack.state_dirs[instance] = tmp / f"{instance}-state"
             spawn(instance, [sys.executable, "-m", "agent", "run",
-                             "--web.listen-address", "127.0.0.1:0", *common, *extra])
+                             "--web.listen-address", "127.0.0.1:0", *common, *extra,
+                             "--state.dir", str(stack.state_dirs[instance])])
         for instance in agents:
             # The bound port from the "started" line, not a ":0" echoed by an earlier warning.
             listen = _wait_for_log(stack, instance, r'"listen": "(127\.0\.0\.1:[1-9]\d*)"')
@@ -364,6 +374,20 @@ def test_prometheus_scrapes_both_agents(stack: Stack) -> None:
     assert {(r["metric"]["instance"], r["metric"]["cluster"], r["value"][1]) for r in result} == {
         ("node-a", "test", "1"), ("node-b", "test", "1")
     }
+
+
+def test_each_agent_starts_from_its_own_fresh_local_state(stack: Stack) -> None:
+    """Each agent loaded its local state from its own directory and found none: what another
+    node or an earlier run did cannot decide whether this run's rules ask the gate."""
+    loaded = {}
+    for instance in stack.state_dirs:
+        events = [json.loads(line) for line in stack.logs[instance].read_text().splitlines()
+                  if '"local_state_loaded"' in line]
+        assert len(events) == 1, stack.tails()
+        loaded[instance] = (events[0]["path"], events[0]["found"])
+    assert loaded == {instance: (str(state_dir / "state.json"), False)
+                      for instance, state_dir in stack.state_dirs.items()}
+    assert set(loaded) == {"node-a", "node-b"}
 
 
 @pytest.mark.parametrize(("board", "title", "expr"), gen.queries(),
