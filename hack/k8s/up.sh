@@ -123,9 +123,15 @@ start kube-scheduler "$bin/kube-scheduler" \
   --authorization-kubeconfig "$dir/scheduler.kubeconfig" \
   --bind-address 127.0.0.1 --secure-port "$sch_port" --leader-elect=false --profiling=false
 
+api_ok() {
+  curl -sf --max-time 2 --cacert "$pki/ca.crt" --cert "$pki/admin.crt" --key "$pki/admin.key" \
+    "$server$1" >/dev/null 2>&1
+}
 healthy() { curl -skf --max-time 2 "https://127.0.0.1:$1/healthz" 2>/dev/null | grep -qx ok; }
 for _ in $(seq 1 120); do
-  if healthy "$cm_port" && healthy "$sch_port"; then
+  # ... and the ServiceAccount controller made default/default: until then every new pod is
+  # refused ("serviceaccount default not found").
+  if healthy "$cm_port" && healthy "$sch_port" && api_ok /api/v1/namespaces/default/serviceaccounts/default; then
     ms=$(( ($(date +%s%N) - t0) / 1000000 ))
     echo "k8s-up: $server ready in $((ms / 1000)).$((ms % 1000 / 100)) s; kubeconfig: $dir/admin.kubeconfig" >&2
     echo "$dir/admin.kubeconfig"; exit 0
