@@ -34,6 +34,7 @@ BENCHMARKS = (
     "iptables_save_cost",
     "apiserver_scale",
     "failover",
+    "failover_real",  # ~7 min: the real control plane, mostly Kubernetes' own 300 s wait
     "fuzz",  # ~12 min: atheris/hypothesis targets plus the stress suite at its long budget
     "soak",  # 30 min by default; `python bench/soak.py --minutes 10` for a shorter one
 )

@@ -92,7 +92,8 @@ class Credentials:
 class RealCluster:
     """The session's real control plane: started by hack/k8s/up.sh or given by kubeconfig."""
 
-    def __init__(self) -> None:
+    def __init__(self, defaults: bool = False) -> None:
+        self.defaults = defaults
         self.tmp: Path | None = None
         self.creds: Credentials | None = None
         self.error: str | None = None
@@ -108,8 +109,10 @@ class RealCluster:
             return self.creds
         self.tmp = Path(tempfile.mkdtemp(prefix="nodemedic-k8s-"))
         env = {**os.environ, "K8S_DIR": str(self.tmp / "k8s")}
-        # Short enough that the node lifecycle tests see the controller act within a test.
-        env.setdefault("NODEMEDIC_K8S_EXTRA_CM_FLAGS", "--node-monitor-grace-period=20s")
+        # Short enough that the node lifecycle tests see the controller act within a test
+        # (bench/failover_real.py passes defaults=True: the controller-manager's own defaults).
+        if not self.defaults:
+            env.setdefault("NODEMEDIC_K8S_EXTRA_CM_FLAGS", "--node-monitor-grace-period=20s")
         proc = subprocess.run(["bash", str(HACK / "up.sh")], env=env, capture_output=True,
                               text=True, timeout=3600, check=False)
         if proc.returncode != 0:
