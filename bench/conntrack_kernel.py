@@ -5,8 +5,9 @@ bench/results/conntrack_kernel.json and .md. Skips (and says so in the results) 
 ``ip`` or ``iptables``.
 
 A scratch network namespace gets a veth pair (both ends inside) as its default route, a
-kube-proxy-like DNAT rule (nat OUTPUT: 200 Service VIPs in 10.96.0.0/24 -> 3 endpoints each in 10.244.0.0/16, picked
-by ``-m statistic``), byte accounting on (nf_conntrack_acct=1) and long UDP/TCP timeouts. A child
+kube-proxy-like DNAT rule (nat OUTPUT: 200 Service VIPs in 10.96.0.0/23 -> 3 endpoints each in
+10.244.0.0/16, picked by ``-m statistic``), byte accounting on (nf_conntrack_acct=1) and long
+UDP/TCP timeouts. A child
 process in the namespace opens half the flows as TCP connects (SYN_SENT, [UNREPLIED]) and half
 as UDP datagrams from distinct source ports until the table holds the target number of entries.
 All packets go out of one veth end and are dropped at the other: nothing leaves the
@@ -208,7 +209,8 @@ def markdown(doc: dict[str, Any]) -> str:
     rows += [
         "",
         f"Per 10 s tick: before {per_tick_before * 1000:.0f} ms of CPU "
-        f"({per_tick_before / 10 * 100:.1f} % of a core); now, at the default --lbskew.conntrack-cpu=0.1%, the walk repeats every "
+        f"({per_tick_before / 10 * 100:.1f} % of a core); now, at the default "
+        f"--lbskew.conntrack-cpu=0.1%, the walk repeats every "
         f"{interval:.0f} s and a tick costs on average {per_tick_after * 1000:.1f} ms "
         f"({per_tick_after / 10 * 100:.2f} % of a core) at this table size, whatever the size; "
         f"the per-endpoint counts are then up to {interval / 60:.0f} min old (the table's "
