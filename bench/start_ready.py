@@ -28,7 +28,6 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Any
 
 import psutil
 
@@ -116,9 +115,9 @@ def main() -> int:
     rows = [
         "## start -> ready, paired between revisions",
         "",
-        f"`nodemedic run` on the synthetic 250-pod node, no API server, "
-        f"{'no .pyc files (compiled at every start)' if args.source else 'byte-compiled as shipped'}"
-        f", {args.runs} alternating "
+        "`nodemedic run` on the synthetic 250-pod node, no API server, "
+        + ("no .pyc files (compiled at every start)" if args.source else "byte-compiled as shipped")
+        + f", {args.runs} alternating "
         f"starts per revision after one warm-up each; median (min). Wall: spawn to /readyz 200; "
         f"CPU: the process's user + system seconds at that moment. Machine: {meta['cpus']} vCPU, "
         f"load average {load_start:.1f} at start, {meta['load_end']:.1f} at end (shared: wall "
