@@ -91,6 +91,9 @@ def export_tree(rev: str, dest: Path) -> str:
     archive = subprocess.run(["git", "archive", commit], cwd=REPO, check=True,
                              capture_output=True).stdout
     subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
+    # As packaging/build-deb.sh ships it (the unit runs with PYTHONDONTWRITEBYTECODE=1).
+    subprocess.run([sys.executable, "-m", "compileall", "-q", "-j", "0", "--invalidation-mode",
+                    "unchecked-hash", str(dest / "agent")], check=True)
     return commit
 
 
