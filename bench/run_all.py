@@ -35,6 +35,7 @@ BENCHMARKS = (
     "iptables_save_cost",
     "apiserver_scale",
     "failover",
+    "leader_rss",  # ~3 min: `nodemedic run` as leader of 1,000 nodes at defaults
     "fuzz",  # ~12 min: atheris/hypothesis targets plus the stress suite at its long budget
     "soak",  # 30 min by default; `python bench/soak.py --minutes 10` for a shorter one
 )
