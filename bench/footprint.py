@@ -302,8 +302,9 @@ def main() -> int:
     ap.add_argument("--name", default="footprint", help="results file name (bench/results/NAME.*)")
     args = ap.parse_args()
     AGENT_ARGS.extend(args.agent_arg)
-    subprocess.run([sys.executable, "-m", "compileall", "-q", "-j", "0", "--invalidation-mode",
-                    "unchecked-hash", str(REPO / "agent")], check=True)
+    # In place: timestamp-checked .pyc files (an edited source is recompiled, never ignored).
+    subprocess.run([sys.executable, "-m", "compileall", "-q", "-j", "0", str(REPO / "agent")],
+                   check=True)
     runs = []
     with tempfile.TemporaryDirectory(prefix="nodemedic-footprint-") as d:
         work = Path(d)

@@ -113,8 +113,9 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=2)
     ap.add_argument("--steady", type=float, default=60.0)
     args = ap.parse_args()
-    subprocess.run([sys.executable, "-m", "compileall", "-q", "-j", "0", "--invalidation-mode",
-                    "unchecked-hash", str(REPO / "agent")], check=True)
+    # In place: timestamp-checked .pyc files (an edited source is recompiled, never ignored).
+    subprocess.run([sys.executable, "-m", "compileall", "-q", "-j", "0", str(REPO / "agent")],
+                   check=True)
     runs = []
     with tempfile.TemporaryDirectory(prefix="nodemedic-leader-") as d:
         work = Path(d)
