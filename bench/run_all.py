@@ -41,6 +41,17 @@ BENCHMARKS = (
 )
 
 
+# Results of benchmarks that compare git revisions (run by hand, see each script's docstring):
+# not rerun by `make bench`, but kept in the report beside the others when their files exist.
+COMPARISONS = (
+    "footprint_levers_pair",
+    "footprint_levers_api",
+    "footprint_levers_round2",
+    "footprint_levers_round2_api",
+    "start_ready",
+)
+
+
 # Result name -> (script, extra arguments) for benchmarks that reuse another's script.
 VARIANTS: dict[str, tuple[str, list[str]]] = {
     "footprint_cgroup_30s": ("footprint", ["--agent-arg=--cgroup.min-interval=30s",
@@ -71,7 +82,7 @@ def main() -> int:
                              cwd=BENCH.parent, check=False)
         ran[name] = {"exit_code": res.returncode, "seconds": round(time.monotonic() - start, 1)}
     sections = []
-    for name in BENCHMARKS:
+    for name in (*BENCHMARKS, *COMPARISONS):
         md = RESULTS / f"{name}.md"
         if md.exists():
             sections.append(md.read_text().strip())
@@ -104,7 +115,7 @@ def main() -> int:
     ]
     (RESULTS / "REPORT.md").write_text("\n".join(head) + "\n" + "\n\n".join(sections) + "\n")
     merged: dict[str, object] = {"machine": machine, "ran": ran}
-    for name in BENCHMARKS:
+    for name in (*BENCHMARKS, *COMPARISONS):
         js = RESULTS / f"{name}.json"
         if js.exists():
             merged[name] = json.loads(js.read_text())
