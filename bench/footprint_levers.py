@@ -42,6 +42,7 @@ sys.path.insert(0, str(REPO / "bench"))
 from footprint import (  # noqa: E402
     NODE_EXPORTER,
     RESULTS,
+    SCRAPE_EVERY,
     KubeletThread,
     cpu_seconds,
     free_port,
@@ -52,7 +53,6 @@ from synthetic_node import build_node, pods_json  # noqa: E402
 
 from agent.testing.apiserver import ApiServer  # noqa: E402
 
-SCRAPE_EVERY = 15.0  # seconds, Prometheus' usual scrape interval
 # Published, not measured: the resources of node-problem-detector's own DaemonSet manifest
 # (kubernetes/node-problem-detector deployment/node-problem-detector.yaml, v0.8.18).
 NPD_LIMITS = "limit and request 80 MiB, 10m CPU (1 % of a core), from its DaemonSet manifest"
