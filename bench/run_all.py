@@ -49,6 +49,7 @@ COMPARISONS = (
     "footprint_levers_round2",
     "footprint_levers_round2_api",
     "start_ready",
+    "start_ready_source",
 )
 
 
