@@ -233,7 +233,8 @@ class Agent:
         self.metrics.tick_duration.observe(self._last_tick_seconds)
         self.metrics.last_tick.set(time.time())
         self._exported = snapshot
-        self._renderer.invalidate()  # rendered by the first scrape after this tick, if any
+        # Rendered by the first scrape after this tick, if any (self-metrics frozen now).
+        await asyncio.to_thread(self._renderer.invalidate)
         await asyncio.to_thread(heap.trim)  # return the tick's freed heap (glibc; no-op on musl)
         self._last_tick_mono = time.monotonic()
         if self.healthy()[0]:

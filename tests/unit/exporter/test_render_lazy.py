@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, Gauge
 
 from agent.exporter.render import Exposition, Renderer
 from agent.structs.metrics import Family, MetricSpec
@@ -71,3 +71,16 @@ async def test_a_tick_during_a_render_is_rendered_by_the_next_scrape() -> None:
     assert first is not None and b"nodemedic_test_tick 1.0" in first.text
     second = await t.renderer.current()
     assert second is not None and b"nodemedic_test_tick 2.0" in second.text
+
+
+async def test_self_metrics_are_shown_as_at_the_end_of_the_tick() -> None:
+    """A render on a later scrape still shows the agent's own metrics of the tick it renders,
+    not values a tick in progress has already changed."""
+    registry = CollectorRegistry(auto_describe=False)
+    gauge = Gauge("nodemedic_test_failures", "Failures.", registry=registry)
+    renderer = Renderer(registry, list)
+    gauge.set(1)
+    renderer.invalidate()
+    gauge.set(2)  # the next tick has begun
+    exp = await renderer.current()
+    assert exp is not None and b"nodemedic_test_failures 1.0" in exp.text
