@@ -145,6 +145,8 @@ class Settings(BaseModel):
     lbskew_iptables_save_file: Annotated[Path | None, COLLECTORS] = None
     lbskew_rules_min_interval: Annotated[float, COLLECTORS] = Field(default=30.0, ge=0.0, le=3600.0)
     lbskew_conntrack_command: Annotated[str, COLLECTORS] = Field(default="conntrack", min_length=1)
+    lbskew_conntrack_cpu: Annotated[str, COLLECTORS] = Field(
+        default="0.1%", pattern=r"^(0*[1-9][0-9]*(\.[0-9]+)?|0*\.[0-9]*[1-9][0-9]*)%$")
     lbskew_min_samples: Annotated[int, COLLECTORS] = Field(default=30, ge=1, le=1_000_000)
     peerclock_peers: Annotated[int, COLLECTORS] = Field(default=5, ge=0, le=50)
     peerclock_interval: Annotated[float, COLLECTORS] = Field(default=30.0, ge=1.0, le=3600.0)
@@ -389,6 +391,10 @@ FLAGS: tuple[Flag, ...] = (
          "least time between two iptables-save runs; ticks in between reuse the parsed nat "
          "rules (0 = every tick; conntrack is still read every tick)"),
     Flag("lbskew.conntrack-command", "str", "conntrack binary, if no /proc/net/nf_conntrack"),
+    Flag("lbskew.conntrack-cpu", "str",
+         "average share of one core the full conntrack table walk may use, e.g. 0.1%: the walk "
+         "repeats every (its CPU time / share) seconds, ticks in between reuse its counts "
+         "(100% = every tick)"),
     Flag("lbskew.min-samples", "int", "connections a Service needs before its skew is tested"),
     Flag("peerclock.peers", "int", "peer agents whose clocks this agent measures (0 = none)"),
     Flag("peerclock.interval", "duration", "time between two clock exchanges with each peer"),

@@ -42,6 +42,7 @@ sys.path.insert(0, str(REPO / "bench"))
 from footprint import (  # noqa: E402
     NODE_EXPORTER,
     RESULTS,
+    SCRAPE_EVERY,
     KubeletThread,
     cpu_seconds,
     free_port,
@@ -52,7 +53,6 @@ from synthetic_node import build_node, pods_json  # noqa: E402
 
 from agent.testing.apiserver import ApiServer  # noqa: E402
 
-SCRAPE_EVERY = 15.0  # seconds, Prometheus' usual scrape interval
 # Published, not measured: the resources of node-problem-detector's own DaemonSet manifest
 # (kubernetes/node-problem-detector deployment/node-problem-detector.yaml, v0.8.18).
 NPD_LIMITS = "limit and request 80 MiB, 10m CPU (1 % of a core), from its DaemonSet manifest"
@@ -91,6 +91,9 @@ def export_tree(rev: str, dest: Path) -> str:
     archive = subprocess.run(["git", "archive", commit], cwd=REPO, check=True,
                              capture_output=True).stdout
     subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
+    # As packaging/build-deb.sh ships it (the unit runs with PYTHONDONTWRITEBYTECODE=1).
+    subprocess.run([sys.executable, "-m", "compileall", "-q", "-j", "0", "--invalidation-mode",
+                    "unchecked-hash", str(dest / "agent")], check=True)
     return commit
 
 
@@ -129,6 +132,7 @@ def one_round(procs: dict[str, tuple[subprocess.Popen[bytes], str]], window: flo
     elapsed = time.monotonic() - t0
     out: dict[str, dict[str, Any]] = {
         k: {"rss_mib": statistics.median(rss[k]), "rss_max_mib": max(rss[k]),
+            "cpu_s": cpu_seconds(p) - c0[k],
             "cpu_pct_core": (cpu_seconds(p) - c0[k]) / elapsed * 100} for k, p in ps.items()}
     for k, gate in gates.items():
         out[k]["api_gate"] = gate
@@ -154,8 +158,8 @@ def markdown(meta: dict[str, Any], summary: dict[str, dict[str, float]]) -> str:
         "noisy; RSS is reliable).",
         "",
         "| lever (cumulative) | commit | RSS (median) | saved vs previous | RSS (max) "
-        "| CPU, % of a core | saved vs previous |",
-        "|---|---|---|---|---|---|---|",
+        f"| CPU s in {meta['window']:g} s | CPU, % of a core | saved vs previous |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     prev: dict[str, float] | None = None
     for label, commit in meta["revs"]:
@@ -163,13 +167,15 @@ def markdown(meta: dict[str, Any], summary: dict[str, dict[str, float]]) -> str:
         d_rss = f"{prev['rss_mib'] - s['rss_mib']:+.1f} MiB" if prev else ""
         d_cpu = f"{prev['cpu_pct_core'] - s['cpu_pct_core']:+.2f}" if prev else ""
         rows.append(f"| {label} | {commit[:10]} | {s['rss_mib']:.1f} MiB | {d_rss} "
-                    f"| {s['rss_max_mib']:.1f} MiB | {s['cpu_pct_core']:.2f} % | {d_cpu} |")
+                    f"| {s['rss_max_mib']:.1f} MiB | {s.get('cpu_s', float('nan')):.2f} "
+                    f"| {s['cpu_pct_core']:.2f} % | {d_cpu} |")
         prev = s
     if "node_exporter" in summary:
         ne = summary["node_exporter"]
         rows.append(f"| prometheus-node-exporter (Debian) | | {ne['rss_mib']:.1f} MiB | "
-                    f"| {ne['rss_max_mib']:.1f} MiB | {ne['cpu_pct_core']:.2f} % | |")
-    rows.append(f"| node-problem-detector (published limits) | | {NPD_LIMITS} | | | | |")
+                    f"| {ne['rss_max_mib']:.1f} MiB | {ne.get('cpu_s', float('nan')):.2f} "
+                    f"| {ne['cpu_pct_core']:.2f} % | |")
+    rows.append(f"| node-problem-detector (published limits) | | {NPD_LIMITS} | | | | | |")
     gates = sorted({str(r[k].get("api_gate")) for r in meta["per_round"] for k in labels})
     rows += ["", "API connection as the agents reported it (/status gate.api): "
              f"{', '.join(gates)}."]
@@ -234,7 +240,8 @@ def main() -> int:
                             proc.kill()
                             proc.wait(5)
     summary = {k: {f: statistics.median(r[k][f] for r in per_round)
-                   for f in ("rss_mib", "rss_max_mib", "cpu_pct_core")} for k in per_round[0]}
+                   for f in ("rss_mib", "rss_max_mib", "cpu_s", "cpu_pct_core")}
+               for k in per_round[0]}
     meta = {"revs": [(label, commits[label]) for label, _ in revs], "rounds": args.rounds,
             "window": args.window, "pods": args.pods, "api": args.api, "cpus": os.cpu_count(),
             "load_start": load_start, "load_end": os.getloadavg()[0],

@@ -30,13 +30,27 @@ BENCHMARKS = (
     "rules_eval",
     "web_auth",
     "conntrack_parse",
+    "conntrack_kernel",  # root: a real 262,144-entry table in a scratch network namespace
     "problems_burst",  # ~3 min: 100,000 log lines/s for 60 s through the problem detector
     "iptables_save_cost",
     "apiserver_scale",
     "failover",
     "failover_real",  # ~7 min: the real control plane, mostly Kubernetes' own 300 s wait
+    "leader_rss",  # ~3 min: `nodemedic run` as leader of 1,000 nodes at defaults
     "fuzz",  # ~12 min: atheris/hypothesis targets plus the stress suite at its long budget
     "soak",  # 30 min by default; `python bench/soak.py --minutes 10` for a shorter one
+)
+
+
+# Results of benchmarks that compare git revisions (run by hand, see each script's docstring):
+# not rerun by `make bench`, but kept in the report beside the others when their files exist.
+COMPARISONS = (
+    "footprint_levers_pair",
+    "footprint_levers_api",
+    "footprint_levers_round2",
+    "footprint_levers_round2_api",
+    "start_ready",
+    "start_ready_source",
 )
 
 
@@ -70,7 +84,7 @@ def main() -> int:
                              cwd=BENCH.parent, check=False)
         ran[name] = {"exit_code": res.returncode, "seconds": round(time.monotonic() - start, 1)}
     sections = []
-    for name in BENCHMARKS:
+    for name in (*BENCHMARKS, *COMPARISONS):
         md = RESULTS / f"{name}.md"
         if md.exists():
             sections.append(md.read_text().strip())
@@ -103,7 +117,7 @@ def main() -> int:
     ]
     (RESULTS / "REPORT.md").write_text("\n".join(head) + "\n" + "\n\n".join(sections) + "\n")
     merged: dict[str, object] = {"machine": machine, "ran": ran}
-    for name in BENCHMARKS:
+    for name in (*BENCHMARKS, *COMPARISONS):
         js = RESULTS / f"{name}.json"
         if js.exists():
             merged[name] = json.loads(js.read_text())

@@ -62,7 +62,7 @@ class _Agent:
         self.renderer = Renderer(CollectorRegistry(auto_describe=False), _families)
         self.renderer.render()
 
-    def exposition(self) -> Exposition | None:
+    async def exposition(self) -> Exposition | None:
         return self.renderer.latest
 
     def healthy(self) -> tuple[bool, str]:

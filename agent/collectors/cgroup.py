@@ -2,7 +2,9 @@
 
 Built by agent.runtime.pipeline (registered as ``cgroup``, enabled by default). Each tick it reads
 the kubepods cgroups under ``--path.cgroupfs`` (v1, v2 or hybrid; systemd or cgroupfs driver) in
-a worker thread via agent.collectors.cgroupfs, and attributes them to namespace/pod/container
+a worker thread via agent.collectors.cgroupfs (directory listings cached while unchanged, see
+agent.collectors.cgroupfs.layout.ListingCache; the kubelet's container IDs make a pod whose new
+container the cache has not seen re-listed), and attributes them to namespace/pod/container
 with the kubelet's pod list from ``ctx.shared["kubelet"]`` when that client is present and
 answers. Without it, series carry the pod UID with empty namespace/pod and the runtime container
 ID as ``container``. The ``qos`` label always comes from the cgroup path (where the kubelet
@@ -27,6 +29,7 @@ import structlog
 
 from agent.collectors.base import Collector, CollectorContext
 from agent.collectors.cgroupfs import REASONS, NodeScan, scan
+from agent.collectors.cgroupfs.layout import ListingCache
 from agent.collectors.cgroupfs.read import PERMISSION
 from agent.collectors.podgaps import CGROUP_PODS_WITHOUT_VALUES, cgroup_pods_without_values, report
 from agent.collectors.registry import register
@@ -233,6 +236,9 @@ class CgroupCollector(Collector):
         # True while a worker thread reads the tree. A timed-out collect() cannot stop its
         # thread, so a stuck cgroupfs must not get a new thread every tick.
         self._reading = False
+        # Directory listings reused while unchanged; everything re-listed every 6th read (a
+        # minute at the default interval) in case a swap slipped past the cache's key.
+        self._listings = ListingCache(full_every=6)
 
     async def _pods(self) -> dict[str, PodRef] | None:
         """UID -> PodRef from the shared kubelet client, or None when absent or failing."""
@@ -281,7 +287,7 @@ class CgroupCollector(Collector):
         cancelled first) cannot leave it set."""
         self._reading = True
         try:
-            return scan(root, psi=self.ctx.settings.cgroup_psi)
+            return scan(root, psi=self.ctx.settings.cgroup_psi, cache=self._listings)
         finally:
             self._reading = False
 
@@ -293,6 +299,8 @@ class CgroupCollector(Collector):
                 "another"
             )
         pods, result = await asyncio.gather(self._pods(), asyncio.to_thread(self._scan, root))
+        if pods is not None:  # the next read re-lists a pod whose new container it has not seen
+            self._listings.expect({u: frozenset(p.containers) for u, p in pods.items()})
         if result.layout.mode == "none":
             raise RuntimeError(
                 f"no cgroup hierarchy under {root} (expected cgroup.controllers, memory/, "

@@ -8,7 +8,10 @@ parsing of possibly large inputs), it reads from this node's kernel:
   ``--lbskew.rules-min-interval`` old, the file only when its stat changes;
 - IPVS virtual services from <procfs>/net/ip_vs (agent.netstate.ipvs);
 - conntrack entries from <procfs>/net/nf_conntrack, else ``conntrack -L -o extended``, aggregated
-  per (VIP, endpoint) while streaming (agent.netstate.conntrack);
+  per (VIP, endpoint) while streaming (agent.netstate.conntrack); that walk costs CPU in
+  proportion to the table, so it repeats only as often as ``--lbskew.conntrack-cpu`` allows
+  (agent.netstate.ctstats.WalkSchedule; ticks in between reuse its counts), while the table's
+  size and the kernel's per-CPU conntrack counters are read every tick;
 and exports, per Service port, the connections and bytes per endpoint, each endpoint's share
 as the rules imply it, the chain's problems, and skew indices (agent.netstate.skew). Names come
 from the EndpointSlice watch (agent.kube.endpointslices) when the API is reachable, else from
@@ -38,7 +41,7 @@ import structlog
 
 from agent.collectors.base import CannotSee, Collector, CollectorContext
 from agent.collectors.registry import register
-from agent.netstate import conntrack, ipvs, skew
+from agent.netstate import conntrack, ctstats, ipvs, skew
 from agent.netstate.iptables import NatRules, ServiceChain, parse_iptables_save
 from agent.structs.metrics import Family, MetricSpec
 
@@ -179,6 +182,35 @@ BYTE_SERIES_DROPPED = MetricSpec(
     "endpoints already had one",
     "gauge",
 )
+TABLE_ENTRIES = MetricSpec(
+    "nodemedic_conntrack_entries",
+    "Entries in the conntrack table (nf_conntrack_count), read every tick",
+    "gauge",
+)
+TABLE_LIMIT = MetricSpec(
+    "nodemedic_conntrack_entries_limit",
+    "Most entries the conntrack table holds (nf_conntrack_max); new connections are dropped "
+    "beyond it",
+    "gauge",
+)
+KERNEL_EVENTS = MetricSpec(
+    "nodemedic_conntrack_kernel_events_total",
+    "The kernel's conntrack counters of /proc/net/stat/nf_conntrack summed over CPUs (drop and "
+    "early_drop: table full; insert_failed: races; invalid: untrackable packets)",
+    "counter",
+    ("event",),
+)
+WALK_AGE = MetricSpec(
+    "nodemedic_lbskew_conntrack_walk_age_seconds",
+    "Age of the conntrack table walk the per-endpoint counts come from (walks repeat as often "
+    "as --lbskew.conntrack-cpu allows)",
+    "gauge",
+)
+WALK_CPU = MetricSpec(
+    "nodemedic_lbskew_conntrack_walk_cpu_seconds",
+    "CPU time (user + system; wall time for the conntrack command) of the last table walk",
+    "gauge",
+)
 RULES_AGE = MetricSpec(
     "nodemedic_lbskew_rules_age_seconds",
     "Seconds since the nat rules in use were read (iptables-save runs at most every "
@@ -285,6 +317,11 @@ class LbSkewCollector(Collector):
         DROPPED_ENTRIES,
         BYTE_SERIES_DROPPED,
         ACCOUNTING,
+        TABLE_ENTRIES,
+        TABLE_LIMIT,
+        KERNEL_EVENTS,
+        WALK_AGE,
+        WALK_CPU,
         RULES_AGE,
         RULES_STALE,
         SLICES,
@@ -310,6 +347,8 @@ class LbSkewCollector(Collector):
         self._used: set[tuple[str, str, str]] = set()  # Service labels emitted this tick
         self._busy = threading.Lock()  # held by the worker thread for a whole scan
         self._unreadable: dict[str, str] = {}  # this tick's metrics whose source refused us
+        self._walks = ctstats.WalkSchedule(ctstats.parse_share(ctx.settings.lbskew_conntrack_cpu))
+        self._walked: tuple[conntrack.ConntrackSummary, str] | None = None  # last walk, source
 
     async def start(self) -> None:
         """Start the EndpointSlice watch when an API client is shared (else: comments only)."""
@@ -362,8 +401,9 @@ class LbSkewCollector(Collector):
         rules = self._read_rules(src, deadline, fams)
         table = self._read_ipvs(src)
         summary: conntrack.ConntrackSummary | None = None
+        self._emit_table(fams)
         if rules is not None and rules.services:
-            summary = self._read_conntrack(src, deadline)
+            summary = self._walk_conntrack(src, deadline, fams)
         names = self._names
         if view is not None:
             src.names = "endpointslices"
@@ -492,6 +532,38 @@ class LbSkewCollector(Collector):
         src.ipvs = "proc"
         src.skipped[("ipvs", "malformed")] = table.skipped_lines
         return table if table.services else None
+
+    def _emit_table(self, fams: dict[str, Family]) -> None:
+        """The table's size and the kernel's counters: cheap at any table size, every tick."""
+        counts = ctstats.read_counts(self.ctx.settings.path_procfs)
+        if counts.entries is not None:
+            fams[TABLE_ENTRIES.name].add((), counts.entries)
+        if counts.limit is not None:
+            fams[TABLE_LIMIT.name].add((), counts.limit)
+        for event, n in sorted(counts.stats.items()):
+            fams[KERNEL_EVENTS.name].add((event,), n)
+
+    def _walk_conntrack(
+        self, src: _Sources, deadline: float, fams: dict[str, Family]
+    ) -> conntrack.ConntrackSummary | None:
+        """This tick's per-endpoint counts: a new walk when one is due, else the last walk's."""
+        now = self._clock()
+        if self._walked is None or self._walks.due(now + 1.0):  # a second of tick jitter
+            cpu0, wall0 = time.thread_time(), time.monotonic()
+            summary = self._read_conntrack(src, deadline)
+            cost = (time.thread_time() - cpu0 if src.conntrack == "proc"
+                    else time.monotonic() - wall0)  # the command's CPU is not in this thread
+            if summary is None:
+                self._walked = None
+                self._walks.forget()
+                return None
+            self._walks.record(now, cost)
+            self._walked = (summary, src.conntrack)
+        summary, src.conntrack = self._walked
+        assert self._walks.last_at is not None
+        fams[WALK_AGE.name].add((), max(0.0, now - self._walks.last_at))
+        fams[WALK_CPU.name].add((), self._walks.last_cpu)
+        return summary
 
     def _read_conntrack(
         self, src: _Sources, deadline: float

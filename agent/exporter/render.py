@@ -1,8 +1,13 @@
 """Render one tick's metrics to Prometheus text (and gzip) once, for every scraper to share.
 
-Called by agent.runtime.daemon after each tick (in a worker thread: rendering thousands of series
-is CPU work that must not stall the event loop). The HTTP server (agent.exporter.server) serves the
-cached bytes, so scrape cost does not grow with the number of scrapers or with the series count.
+Lazily: agent.runtime.daemon marks the exposition stale after each tick (:meth:`Renderer.
+invalidate`) and the first scrape after it renders (:meth:`Renderer.current`, in a worker thread:
+rendering thousands of series is CPU work that must not stall the event loop); later scrapes until
+the next tick get the cached bytes, and ticks nobody scrapes cost no rendering at all. Concurrent
+scrapes of a stale exposition share one render. The agent's own metrics (a few hundred series)
+are still rendered at the end of each tick, so a late render shows them as of that tick. The HTTP
+server (agent.exporter.server) serves the bytes, so scrape cost does not grow with the number of
+scrapers or with the series count.
 The agent's own metrics are prometheus_client objects rendered by ``generate_latest``; the
 collected families (tens of thousands of series on a busy node) go through FamilyRenderer, which
 writes the same text format with cached label strings (tests/unit/exporter/test_render.py proves
@@ -14,6 +19,7 @@ demand.
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import math
 import threading
@@ -109,30 +115,80 @@ class FamilyRenderer:
 
 class Renderer:
     """Renders self-metrics (prometheus_client) plus our families to gzipped text; keeps the
-    latest result. Thread-safe: called from a worker thread once per tick."""
+    latest result. :meth:`render` is thread-safe (a worker thread); :meth:`invalidate` and
+    :meth:`current` belong to the event loop.
+
+    ``families`` is called on the event loop (component state is only consistent there); the
+    text and gzip work runs in the thread. ``after_render`` runs in the same thread after each
+    render (the daemon records the render time and trims the heap there)."""
 
     def __init__(
         self,
         registry: CollectorRegistry,
         families: Callable[[], Iterable[Family]] | None = None,
+        after_render: Callable[[Exposition], object] | None = None,
     ) -> None:
         self._registry = registry
         self._families = families
+        self._after_render = after_render
         self._family_renderer = FamilyRenderer()
         self._lock = threading.Lock()
         self.latest: Exposition | None = None
+        self._stale = False  # a tick finished since ``latest`` was rendered
+        self._head: bytes | None = None  # self-metrics text as of the last invalidate()
+        self._pending: asyncio.Future[Exposition] | None = None
+        self.renders = 0  # renders done, for tests and /status
 
-    def render(self) -> Exposition:
+    def invalidate(self) -> None:
+        """A tick finished: the next :meth:`current` renders its data. The self-metrics are
+        rendered here (a few hundred series, ~1 ms; call it from a worker thread), so that a
+        later render shows them as they were at the end of this tick, not mid-way through the
+        next one."""
+        self._head = generate_latest(self._registry)
+        self._stale = True
+
+    async def current(self) -> Exposition | None:
+        """The exposition of the latest finished tick (None before the first one), rendered now
+        if that tick has not been rendered yet; concurrent callers share one render."""
+        while self._pending is not None:  # a render is running: its result may be fresh
+            await asyncio.wait([self._pending])
+        if not self._stale:
+            return self.latest
+        fams = list(self._families()) if self._families is not None else []
+        self._stale = False  # a tick finishing during the render marks it stale again
+        pending = asyncio.ensure_future(asyncio.to_thread(self._render_after, fams, self._head))
+        self._pending = pending
+        pending.add_done_callback(self._render_done)
+        return await asyncio.shield(pending)
+
+    def _render_done(self, fut: asyncio.Future[Exposition]) -> None:
+        self._pending = None
+        if fut.cancelled() or fut.exception() is not None:
+            self._stale = True  # try again on the next scrape
+
+    def _render_after(self, families: Iterable[Family], head: bytes | None) -> Exposition:
+        exp = self.render(families, head)
+        if self._after_render is not None:
+            self._after_render(exp)
+        return exp
+
+    def render(
+        self, families: Iterable[Family] | None = None, head: bytes | None = None
+    ) -> Exposition:
+        """Render now (blocking: call from a worker thread); ``families`` defaults to the
+        constructor's callable, ``head`` (the self-metrics text) to rendering them now."""
         start = time.perf_counter()
+        if families is None and self._families is not None:
+            families = self._families()
         with self._lock:
             # Level 1: on repetitive exposition text it gets within ~10% of level 5's size
-            # for half the CPU, and this runs every tick. wbits 31: a gzip stream (mtime 0).
+            # for half the CPU. wbits 31: a gzip stream (mtime 0).
             z = zlib.compressobj(1, zlib.DEFLATED, 31)
-            gz = [z.compress(generate_latest(self._registry))]
-            if self._families is not None:
-                for chunk in self._family_renderer.chunks(self._families()):
-                    gz.append(z.compress(chunk.encode()))
+            gz = [z.compress(head if head is not None else generate_latest(self._registry))]
+            for chunk in self._family_renderer.chunks(families or ()):
+                gz.append(z.compress(chunk.encode()))
             gz.append(z.flush())
             exp = Exposition(b"".join(gz), time.monotonic(), time.perf_counter() - start)
             self.latest = exp
+            self.renders += 1
         return exp

@@ -1,10 +1,11 @@
 """aiohttp HTTP server: /metrics, /healthz, /readyz, /status and a landing page.
 
 Started by agent.exporter.webfront. Everything is read-only (GET/HEAD; other methods get 405), so
-nothing writable is exposed. /metrics serves the bytes rendered once per tick (gzip when the client
-accepts it; the text is kept compressed and decompressed in a worker thread for one that does
-not). A 503 always means what the endpoint says (/healthz: no tick lately; /readyz and
-/metrics: no collection yet); overload is a 429 whose body starts with "overloaded:".
+nothing writable is exposed. /metrics serves the last tick's bytes, rendered by the first scrape
+after that tick and cached until the next one (gzip when the client accepts it; the text is kept
+compressed and decompressed in a worker thread for one that does not). A 503 always means what
+the endpoint says (/healthz: no tick lately; /readyz and /metrics: no collection yet); overload
+is a 429 whose body starts with "overloaded:".
 Requests beyond ``max_in_flight`` get that 429 at once instead of queueing; request bodies and
 header sizes are capped (aiohttp's 8 KiB lines, 128 headers), so a hostile or buggy client cannot
 exhaust the agent. /healthz and /readyz are exempt from the in-flight limit.
@@ -53,7 +54,7 @@ TRANSMIT_HEADER = "Nodemedic-Transmit-Time-Ns"
 class AgentView(Protocol):
     """What the server needs from the running agent (agent.runtime.daemon.Agent implements it)."""
 
-    def exposition(self) -> Exposition | None: ...
+    async def exposition(self) -> Exposition | None: ...
     def healthy(self) -> tuple[bool, str]: ...
     def ready(self) -> tuple[bool, str]: ...
     def status(self) -> dict[str, Any]: ...
@@ -109,7 +110,7 @@ def build_app(agent: AgentView, metrics: SelfMetrics, max_in_flight: int = 64,
         return resp
 
     async def handle_metrics(request: web.Request) -> web.Response:
-        exp = agent.exposition()
+        exp = await agent.exposition()
         if exp is None:
             return web.Response(status=503, text="no collection finished yet\n")
         accept = request.headers.get("Accept-Encoding", "")

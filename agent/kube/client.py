@@ -10,12 +10,12 @@ server cannot stall a tick; watches get a read limit derived from their ``timeou
 from __future__ import annotations
 
 import asyncio
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
-from kubernetes_asyncio import client, config
-from kubernetes_asyncio.config.config_exception import ConfigException
+from kubernetes_asyncio import client
 
 from agent import __version__
 
@@ -70,7 +70,17 @@ def default_timeout(query_params: list[tuple[str, Any]]) -> aiohttp.ClientTimeou
 
 
 async def load_configuration(kubeconfig: Path | None) -> Any | None:
-    """A kubernetes_asyncio Configuration from the kubeconfig, in-cluster, or None."""
+    """A kubernetes_asyncio Configuration from the kubeconfig, in-cluster, or None.
+
+    kubernetes_asyncio.config (kubeconfig parsing, urllib3, ~0.1 s of CPU to import) is loaded
+    only when there is something to load: a kubeconfig, or the service environment variables
+    that in-cluster loading needs (without them it could only conclude "no cluster")."""
+    if kubeconfig is None and not (os.environ.get("KUBERNETES_SERVICE_HOST")
+                                   and os.environ.get("KUBERNETES_SERVICE_PORT")):
+        return None
+    from kubernetes_asyncio import config
+    from kubernetes_asyncio.config.config_exception import ConfigException
+
     cfg = client.Configuration()
     if kubeconfig is not None:
         if not await asyncio.to_thread(kubeconfig.exists):

@@ -2,9 +2,9 @@
 
 Called by agent.cli (``nodemedic run``) and by the demo (several agents in one process: nothing
 here is a process-wide global; signal handling is opt-in). One tick = collect (agent.runtime
-.pipeline) -> snapshot -> components (rules and remediation, agent.runtime.components) -> render the
-exposition once (agent.exporter.render) -> freed heap back to the kernel (agent.runtime.heap)
--> WATCHDOG=1 when healthy.
+.pipeline) -> snapshot -> components (rules/remediation, agent.runtime.components) -> the
+exposition marked stale (agent.exporter.render renders it on the first scrape after the tick)
+-> freed heap back to the kernel (agent.runtime.heap) -> WATCHDOG=1 when healthy.
 """
 
 from __future__ import annotations
@@ -88,10 +88,11 @@ class Agent:
         self.registry = CollectorRegistry(auto_describe=False)
         self.metrics = SelfMetrics(self.registry)
         self.metrics.dry_run.set(1 if settings.dry_run else 0)
-        self._renderer = Renderer(self.registry, self._families)
+        self._renderer = Renderer(self.registry, self._families, self._rendered)
         self._supervisor = Supervisor(on_restart=self._task_restarted)
         self._stop = asyncio.Event()
         self._snapshot: Snapshot | None = None
+        self._exported: Snapshot | None = None  # the last finished tick's: what /metrics shows
         self._last_tick_mono: float | None = None
         self._last_tick_seconds = 0.0
         self._started_mono = time.monotonic()
@@ -207,7 +208,7 @@ class Agent:
 
     # ---- the tick --------------------------------------------------------------------------
     async def tick_once(self) -> Snapshot:
-        """Collect, hand the snapshot to every component, render the exposition."""
+        """Collect, hand the snapshot to every component, mark the exposition stale."""
         async with self._tick_lock:
             return await self._tick()
 
@@ -233,8 +234,9 @@ class Agent:
         self._last_tick_seconds = time.perf_counter() - start
         self.metrics.tick_duration.observe(self._last_tick_seconds)
         self.metrics.last_tick.set(time.time())
-        exp = await asyncio.to_thread(self._renderer.render)
-        self.metrics.render_duration.set(exp.render_seconds)
+        self._exported = snapshot
+        # Rendered by the first scrape after this tick, if any (self-metrics frozen now).
+        await asyncio.to_thread(self._renderer.invalidate)
         await asyncio.to_thread(heap.trim)  # return the tick's freed heap (glibc; no-op on musl)
         self._last_tick_mono = time.monotonic()
         if self.healthy()[0]:
@@ -376,8 +378,8 @@ class Agent:
     # ---- views for the HTTP server ---------------------------------------------------------
     def _families(self) -> list[Family]:
         fams: list[Family] = []
-        if self._snapshot is not None:
-            fams.extend(self._snapshot.families.values())
+        if self._exported is not None:
+            fams.extend(self._exported.families.values())
         for comp in self._components:
             try:
                 fams.extend(comp.families())
@@ -385,8 +387,14 @@ class Agent:
                 log.exception("component_families_failed", component=type(comp).__name__)
         return fams
 
-    def exposition(self) -> Exposition | None:
-        return self._renderer.latest
+    async def exposition(self) -> Exposition | None:
+        """The last finished tick's exposition, rendered now if no scrape has rendered it yet."""
+        return await self._renderer.current()
+
+    def _rendered(self, exp: Exposition) -> None:
+        """After each render, in its worker thread: record its time, return its freed heap."""
+        self.metrics.render_duration.set(exp.render_seconds)
+        heap.trim()
 
     def healthy(self) -> tuple[bool, str]:
         s = self.settings

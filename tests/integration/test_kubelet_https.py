@@ -161,7 +161,7 @@ async def test_agent_exports_why_it_cannot_see_the_kubelet(tls: Tls, tmp_path: P
     await agent.start()
     try:
         await agent.tick_once()
-        exp = agent.exposition()
+        exp = await agent.exposition()
         status = agent.status()
     finally:
         await agent.stop()

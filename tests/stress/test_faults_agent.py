@@ -11,7 +11,7 @@ import random
 import shutil
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,9 +33,9 @@ KUBELET_FIXTURES = REPO / "tests" / "fixtures" / "kubelet"
 NODE = "stress-node"
 
 
-def samples(agent: Agent) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+async def samples(agent: Agent) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     """Every sample of the agent's latest /metrics exposition, keyed by (name, labels)."""
-    exp = agent.exposition()
+    exp = await agent.exposition()
     out: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
     if exp is None:  # before the first tick
         return out
@@ -45,14 +45,18 @@ def samples(agent: Agent) -> dict[tuple[str, tuple[tuple[str, str], ...]], float
     return out
 
 
-def value(agent: Agent, name: str, **labels: str) -> float | None:
-    return samples(agent).get((name, tuple(sorted(labels.items()))))
+async def value(agent: Agent, name: str, **labels: str) -> float | None:
+    return (await samples(agent)).get((name, tuple(sorted(labels.items()))))
 
 
-async def until(cond: Callable[[], bool], within: float, what: str) -> float:
+async def equals(got: Awaitable[float | None], want: float) -> bool:
+    return await got == want
+
+
+async def until(cond: Callable[[], Awaitable[bool]], within: float, what: str) -> float:
     """Poll ``cond`` every 0.1 s; fail naming ``what`` unless it holds within ``within`` s."""
     start = time.monotonic()
-    while not cond():
+    while not await cond():
         if time.monotonic() - start > within:
             pytest.fail(f"{what}: not within {within:g}s")
         await asyncio.sleep(0.1)
@@ -88,17 +92,18 @@ async def test_hanging_kubelet_is_reported_down_and_recovers(
     good 1), /healthz stays 200, and the first tick after the kubelet answers again (≤ 2
     intervals) exports kubelet_up 1."""
     async with running_agent(tmp_path, ("kubelet",), kubelet_url=kubelet.url) as agent:
-        await until(lambda: value(agent, "nodemedic_kubelet_up") == 1, 10, "first good tick")
+        await until(lambda: equals(value(agent, "nodemedic_kubelet_up"), 1), 10,
+                    "first good tick")
         kubelet.healthz_mode = "hang"
         for path in ("/pods", "/stats/summary", "/metrics"):
             kubelet.delays[path] = 3600
-        await until(lambda: value(agent, "nodemedic_kubelet_up") == 0, 3, "kubelet_up 0")
+        await until(lambda: equals(value(agent, "nodemedic_kubelet_up"), 0), 3, "kubelet_up 0")
         assert set(await probe_while(agent, 2.5)) == {200}
         # Down is an observation, not a collector failure: rules see it on fresh data.
-        assert value(agent, "nodemedic_collector_success", collector="kubelet") == 1
+        assert await value(agent, "nodemedic_collector_success", collector="kubelet") == 1
         kubelet.healthz_mode = "ok"
         kubelet.delays.clear()
-        await until(lambda: value(agent, "nodemedic_kubelet_up") == 1, 2 * 1.0 + 1.5,
+        await until(lambda: equals(value(agent, "nodemedic_kubelet_up"), 1), 2 * 1.0 + 1.5,
                     "kubelet_up back to 1")
 
 
@@ -169,8 +174,8 @@ def fast_backoff(monkeypatch: pytest.MonkeyPatch) -> float:
     return 1.5 * 1.0 + 1.0 + 1.0 + 1.0
 
 
-def ready(agent: Agent) -> float | None:
-    return value(agent, "nodemedic_node_condition", condition="Ready", status="true")
+async def ready(agent: Agent) -> float | None:
+    return await value(agent, "nodemedic_node_condition", condition="Ready", status="true")
 
 
 @pytest.mark.slow
@@ -183,27 +188,29 @@ async def test_api_down_slow_500s_and_cut_watches(
     apiserver.create(_node())
     kubeconfig = apiserver.write_kubeconfig(tmp_path / "kubeconfig")
     async with running_agent(tmp_path, ("node",), kubeconfig=kubeconfig) as agent:
-        await until(lambda: ready(agent) == 1, 10, "node watched")
+        await until(lambda: equals(ready(agent), 1), 10, "node watched")
 
         # 1. Watches cut: the change made while disconnected is picked up on reconnect.
         for _ in range(3):
             apiserver.drop_watches()
             apiserver.patch("Node", "", NODE, {"status": {"conditions": [
                 {"type": "Ready", "status": "False"}]}}, subresource="status")
-            await until(lambda: ready(agent) == 0, fast_backoff, "Ready=False after cut watch")
+            await until(lambda: equals(ready(agent), 0), fast_backoff,
+                        "Ready=False after cut watch")
             apiserver.patch("Node", "", NODE, {"status": {"conditions": [
                 {"type": "Ready", "status": "True"}]}}, subresource="status")
-            await until(lambda: ready(agent) == 1, fast_backoff, "Ready=True")
+            await until(lambda: equals(ready(agent), 1), fast_backoff, "Ready=True")
 
         # 2. Down: no stale Node, agent healthy, back within the bound after the restart.
         await apiserver.stop()
-        await until(lambda: value(agent, "nodemedic_collector_success", collector="node") == 0,
+        await until(lambda: equals(value(agent, "nodemedic_collector_success",
+                                         collector="node"), 0),
                     fast_backoff, "node collector failed while the API is down")
-        assert ready(agent) is None and value(agent, "nodemedic_api_up") is None
+        assert await ready(agent) is None and await value(agent, "nodemedic_api_up") is None
         assert set(await probe_while(agent, 2.0 if short_budget() else 60.0)) == {200}
         apiserver.patch("Node", "", NODE, {"spec": {"unschedulable": True}})
         await apiserver.start()
-        await until(lambda: value(agent, "nodemedic_node_unschedulable") == 1,
+        await until(lambda: equals(value(agent, "nodemedic_node_unschedulable"), 1),
                     fast_backoff + 1.0, "node state after the API came back")
 
         # 3. 500s on every list and watch while the watch is re-established.
@@ -211,7 +218,7 @@ async def test_api_down_slow_500s_and_cut_watches(
         apiserver.faults.fail(6, 500, verb="watch")
         apiserver.drop_watches()
         apiserver.patch("Node", "", NODE, {"spec": {"unschedulable": False}})
-        await until(lambda: value(agent, "nodemedic_node_unschedulable") == 0,
+        await until(lambda: equals(value(agent, "nodemedic_node_unschedulable"), 0),
                     6 * fast_backoff, "node state after 500s")
 
         # 4. Slow API (1.5 s a request): ticks do not wait for it, /healthz stays 200.
@@ -221,5 +228,5 @@ async def test_api_down_slow_500s_and_cut_watches(
         assert set(probes) == {200}
         apiserver.faults.clear()
         apiserver.patch("Node", "", NODE, {"spec": {"unschedulable": True}})
-        await until(lambda: value(agent, "nodemedic_node_unschedulable") == 1,
+        await until(lambda: equals(value(agent, "nodemedic_node_unschedulable"), 1),
                     fast_backoff + 1.5, "node state after the slow period")

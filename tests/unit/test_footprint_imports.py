@@ -93,3 +93,19 @@ def test_the_other_subcommands_are_still_offered() -> None:
     assert res.returncode == 0, res.stderr
     for command in ("run", "version", "check-rules", "apiserver", "demo"):
         assert command in res.stdout
+
+
+def test_no_cluster_loads_no_kubeconfig_machinery() -> None:
+    """Without --kubeconfig or the in-cluster environment there is no API client, and the
+    kubeconfig loader (kubernetes_asyncio.config, urllib3 through it) is never imported."""
+    out = run_python("""
+        import asyncio, json, os, sys
+        for k in ("KUBERNETES_SERVICE_HOST", "KUBERNETES_SERVICE_PORT"):
+            os.environ.pop(k, None)
+        from agent.kube.client import create_api_client
+        from agent.settings import Settings
+        api = asyncio.run(create_api_client(Settings()))
+        print(json.dumps({"api": api is None,
+                          "config": "kubernetes_asyncio.config.kube_config" in sys.modules}))
+    """)
+    assert out == {"api": True, "config": False}

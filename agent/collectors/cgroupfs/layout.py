@@ -1,7 +1,9 @@
 """Find the cgroup hierarchies under a cgroupfs root and the kubepods pod/container cgroups in them.
 
 Called by agent.collectors.cgroupfs.read once per tick (so a tree that changes between ticks, or a
-pod created a second ago, is picked up). Handles:
+pod created a second ago, is picked up). A :class:`ListingCache` (one per collector) makes that
+cheap: a directory is re-listed only when its (inode, mtime, link count) changed, which costs one
+``stat`` instead of a ``scandir`` for every unchanged pod directory. Handles:
 
 - cgroup v2 mounted at the root (``cgroup.controllers`` at the root) or at ``<root>/unified``
   alone;
@@ -176,7 +178,74 @@ def _subdirs(path: str) -> list[str]:
         return []
 
 
-def discover(layout: Layout) -> list[CgroupRef]:
+class ListingCache:
+    """Subdirectory names of each discovered directory, reused while its stat key holds.
+
+    The key is (inode, mtime, link count). On a plain filesystem adding or removing a child
+    changes the mtime; on cgroupfs (kernfs) it does not (kernfs leaves a directory's mtime alone
+    unless someone has set an attribute on it: measured on Linux 6.18), but the link count is
+    2 + the number of subdirectories there, so any change of the count is seen. What the key can
+    miss on kernfs is a swap (one child removed and one added between two ticks); three things
+    bound that: the kubelet's container IDs (:meth:`expect`: a pod whose listing lacks a
+    container the kubelet reports is re-listed once), a listed directory that vanished while
+    being read is forgotten (re-listed next tick), and every ``full_every``-th discovery lists
+    everything afresh. ``full_every=1`` disables the cache.
+    """
+
+    def __init__(self, full_every: int = 6) -> None:
+        self.full_every = max(1, full_every)
+        self._dirs: dict[str, tuple[tuple[int, int, int], list[str]]] = {}
+        self._used: dict[str, tuple[tuple[int, int, int], list[str]]] = {}
+        self._rounds = 0
+        self._expected: dict[str, frozenset[str]] = {}
+        self._checked: set[tuple[str, str]] = set()
+        self.listed = 0  # directories listed (not served from the cache) by the last discovery
+        self.stale_pods = 0  # pods re-listed because the kubelet knew a container we did not
+
+    def expect(self, containers: dict[str, frozenset[str]]) -> None:
+        """Pod UID -> runtime container IDs the kubelet reported (the previous tick's answer)."""
+        self._expected = containers
+
+    def begin(self) -> None:
+        self._rounds += 1
+        if self.full_every == 1 or self._rounds % self.full_every == 1:
+            self._dirs = {}
+            self._checked = set()
+        self._used = {}
+        self.listed = self.stale_pods = 0
+
+    def end(self) -> None:
+        self._dirs = self._used  # only directories seen this round stay cached
+
+    def forget(self, path: str) -> None:
+        self._dirs.pop(path, None)
+        self._used.pop(path, None)
+
+    def subdirs(self, path: str, *, fresh: bool = False) -> list[str]:
+        """Like :func:`_subdirs`, from the cache when ``path`` is unchanged. The stat comes
+        before the listing, so a child added in between changes the key seen next round."""
+        try:
+            st = os.stat(path)
+        except OSError:
+            return []
+        key = (st.st_ino, st.st_mtime_ns, st.st_nlink)
+        hit = self._dirs.get(path)
+        if fresh or hit is None or hit[0] != key:
+            hit = (key, _subdirs(path))
+            self.listed += 1
+        self._used[path] = hit
+        return hit[1]
+
+    def missing(self, uid: str, ids: set[str]) -> bool:
+        """True (once per container) when the kubelet reports a container of ``uid`` that the
+        listing ``ids`` lacks."""
+        new = [c for c in self._expected.get(uid, ()) if c not in ids
+               and (uid, c) not in self._checked]
+        self._checked.update((uid, c) for c in new)
+        return bool(new)
+
+
+def discover(layout: Layout, cache: ListingCache | None = None) -> list[CgroupRef]:
     """Every pod and container cgroup in every hierarchy, merged by (pod uid, container id).
 
     Pod-level refs come first in the list for each pod, followed by its containers. Listing a
@@ -185,25 +254,30 @@ def discover(layout: Layout) -> list[CgroupRef]:
     same container directories are *probed* at read time (the runtime creates a container in
     every hierarchy at once), which costs one ``open`` that the read needs anyway.
     """
-    found = _Discovery()
+    if cache is None:
+        cache = ListingCache(full_every=1)
+    cache.begin()
+    found = _Discovery(cache)
     for h in layout.hierarchies:
         for top in _TOPS:
             top_path = os.path.join(h.path, top)
-            for name in _subdirs(top_path):
+            for name in cache.subdirs(top_path):
                 qos = _QOS_DIRS.get(name)
                 if qos is not None:
                     qos_path = os.path.join(top_path, name)
-                    for pod_name in _subdirs(qos_path):
+                    for pod_name in cache.subdirs(qos_path):
                         found.pod(h, os.path.join(qos_path, pod_name), pod_name, qos)
                 else:
                     found.pod(h, os.path.join(top_path, name), name, "guaranteed")
+    cache.end()
     return list(found.refs.values())
 
 
 class _Discovery:
     """Accumulates refs over hierarchies; remembers each pod's container directory names."""
 
-    def __init__(self) -> None:
+    def __init__(self, cache: ListingCache) -> None:
+        self.cache = cache
         self.refs: dict[tuple[str, str], CgroupRef] = {}
         self.containers: dict[str, list[tuple[str, str]]] = {}  # uid -> [(dir name, id)]
 
@@ -217,12 +291,19 @@ class _Discovery:
             for cname, cid in known:
                 self.add(h, os.path.join(path, cname), (uid, cid), qos, probe=True)
             return
-        known = self.containers[uid] = []
-        for cname in _subdirs(path):
-            ident = container_id(cname)
-            if ident is not None:
-                known.append((cname, ident))
-                self.add(h, os.path.join(path, cname), (uid, ident), qos, probe=False)
+        known = self.containers[uid] = self._containers(path, uid)
+        for cname, ident in known:
+            self.add(h, os.path.join(path, cname), (uid, ident), qos, probe=False)
+
+    def _containers(self, path: str, uid: str) -> list[tuple[str, str]]:
+        """(directory name, container ID) of each container cgroup in the pod directory."""
+        names = self.cache.subdirs(path)
+        out = [(n, i) for n in names if (i := container_id(n)) is not None]
+        if self.cache.missing(uid, {i for _, i in out}):
+            self.cache.stale_pods += 1
+            names = self.cache.subdirs(path, fresh=True)
+            out = [(n, i) for n in names if (i := container_id(n)) is not None]
+        return out
 
     def add(
         self, h: Hierarchy, path: str, key: tuple[str, str], qos: str, *, probe: bool

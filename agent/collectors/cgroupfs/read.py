@@ -18,7 +18,14 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from agent.collectors.cgroupfs.layout import CgroupRef, Hierarchy, Layout, detect, discover
+from agent.collectors.cgroupfs.layout import (
+    CgroupRef,
+    Hierarchy,
+    Layout,
+    ListingCache,
+    detect,
+    discover,
+)
 from agent.collectors.cgroupfs.parse import (
     PSI_RESOURCES,
     ParseError,
@@ -385,8 +392,12 @@ def scan(
     *,
     after_discover: Callable[[list[CgroupRef]], None] | None = None,
     psi: str = "container",
+    cache: ListingCache | None = None,
 ) -> NodeScan:
     """Detect, discover and read every kubepods cgroup under ``root``.
+
+    ``cache`` keeps directory listings between calls (see :class:`ListingCache`); without one
+    every directory is listed.
 
     ``psi`` is --cgroup.psi: read the pressure files of every cgroup, of pod cgroups only, or
     of none.
@@ -396,7 +407,7 @@ def scan(
     """
     layout = detect(os.fspath(root), WATCHED_FILES)
     result = NodeScan(layout)
-    refs = discover(layout)
+    refs = discover(layout, cache)
     if after_discover is not None:
         after_discover(refs)
     reader = _Reader(result, psi)
@@ -405,4 +416,8 @@ def scan(
         s = read_cgroup(reader, ref)
         if s is not None:
             out.append(s)
+        elif cache is not None:  # vanished: list its pod (and what held it) afresh next time
+            for _, d, _ in ref.dirs:
+                cache.forget(d)
+                cache.forget(os.path.dirname(d))
     return result

@@ -37,7 +37,7 @@ class FakeAgent:
         self.renderer = renderer
         self.slow = 0.0
 
-    def exposition(self) -> Exposition | None:
+    async def exposition(self) -> Exposition | None:
         return self.renderer.latest
 
     def healthy(self) -> tuple[bool, str]:

@@ -31,7 +31,7 @@ class FakeAgent:
         self.renderer = Renderer(CollectorRegistry(auto_describe=False), list)
         self.renderer.render()
 
-    def exposition(self) -> Exposition | None:
+    async def exposition(self) -> Exposition | None:
         return self.renderer.latest
 
     def healthy(self) -> tuple[bool, str]:

@@ -42,6 +42,7 @@ def _script(tmp_path: Path, name: str, body: str) -> str:
 
 def _collector(**overrides: Any) -> LbSkewCollector:
     overrides.setdefault("lbskew_conntrack_command", "/nonexistent/conntrack")
+    overrides.setdefault("lbskew_conntrack_cpu", "100%")  # walk every tick (see test_walks.py)
     return LbSkewCollector(CollectorContext(settings_for_tests(**overrides)))
 
 

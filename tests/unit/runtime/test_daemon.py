@@ -60,7 +60,7 @@ async def test_two_agents_in_one_process_do_not_share_metrics(tmp_path: Path) ->
     try:
         await a.tick_once()
         await b.tick_once()
-        ea, eb = a.exposition(), b.exposition()
+        ea, eb = await a.exposition(), await b.exposition()
         assert ea is not None and eb is not None
         assert b"nodemedic_dry_run 0.0" in ea.text
         assert b"nodemedic_dry_run 1.0" in eb.text

@@ -113,7 +113,7 @@ async def test_failed_reload_keeps_dry_run_everywhere(running: Any) -> None:
     problems = body["last_reload_problems"]
     assert any("rules[0].name" in p for p in problems)
     assert any("unknown metric 'nodemedic_nope'" in p for p in problems)
-    exp = agent.exposition()
+    exp = await agent.exposition()
     assert exp is not None
     assert b"nodemedic_config_last_reload_success 0.0" in exp.text
     assert b"nodemedic_dry_run 1.0" in exp.text

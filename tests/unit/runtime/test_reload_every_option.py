@@ -92,6 +92,7 @@ def cases(tmp: Path) -> dict[str, Any]:
         "lbskew_iptables_save_file": token,
         "lbskew_rules_min_interval": 5.0,
         "lbskew_conntrack_command": "/nonexistent/conntrack",
+        "lbskew_conntrack_cpu": "2%",
         "lbskew_min_samples": 7,
         "safety_workload_other_nodes": 2,
         "safety_workload_window": 600.0,

@@ -142,7 +142,7 @@ async def test_zero_rules_loaded_is_visible(tmp_path: Path) -> None:
     try:
         await agent.tick_once()
         assert (await get_status(agent))["remediation"]["rules_loaded"] == 0
-        exp = agent.exposition()
+        exp = await agent.exposition()
         assert exp is not None and b"\nnodemedic_rules_loaded 0.0\n" in exp.text
     finally:
         await agent.stop()
