@@ -4,6 +4,7 @@ on, a detector factory with short publish/flush periods, and polling."""
 from __future__ import annotations
 
 import asyncio
+import inspect
 import os
 import time
 import uuid
@@ -17,6 +18,7 @@ import pytest_asyncio
 from agent.problems.detector import DetectorOptions, ProblemDetector
 from agent.problems.loader import load_problems
 from agent.testing.apiserver import ApiServer
+from tests.real_cluster import Backend
 
 KMSG = Path("/dev/kmsg")
 
@@ -41,11 +43,12 @@ def marker() -> str:
     return "nm" + uuid.uuid4().hex[:10]
 
 
-@pytest.fixture
-def node(apiserver: ApiServer, marker: str) -> str:
-    """A Node with the kubelet's Ready condition and another agent's condition."""
+@pytest_asyncio.fixture
+async def node(kube: Backend, marker: str) -> str:
+    """A Node with the kubelet's Ready condition and another agent's condition (on either
+    backend: tests/real_cluster.py)."""
     name = f"node-{marker}"
-    apiserver.create({
+    await kube.seed({
         "apiVersion": "v1", "kind": "Node", "metadata": {"name": name},
         "status": {"conditions": [
             {"type": "Ready", "status": "True", "reason": "KubeletReady",
@@ -81,6 +84,21 @@ async def detector(kube_api: Any, node: str) -> AsyncIterator[Factory]:
         await d.close()
 
 
+async def conditions_of(kube: Backend, node: str) -> dict[str, dict[str, Any]]:
+    """The node's conditions by type, read through the API (either backend)."""
+    obj = await kube.get("Node", "", node) or {}
+    return {c["type"]: c for c in (obj.get("status") or {}).get("conditions") or []}
+
+
+async def events_of(kube: Backend, kind: str, name: str) -> dict[str, dict[str, Any]]:
+    """nodemedic's Events about one object, by reason, read through the API (either backend)."""
+    _, body = await kube.request(
+        "GET", f"/api/v1/events?fieldSelector=involvedObject.kind={kind},"
+        f"involvedObject.name={name}")
+    return {e["reason"]: e for e in body.get("items", [])
+            if (e.get("source") or {}).get("component") == "nodemedic"}
+
+
 def conditions(apiserver: ApiServer, node: str) -> dict[str, dict[str, Any]]:
     obj = apiserver.get("Node", "", node) or {}
     return {c["type"]: c for c in (obj.get("status") or {}).get("conditions") or []}
@@ -93,10 +111,13 @@ def events(apiserver: ApiServer, kind: str, name: str) -> dict[str, dict[str, An
 
 
 async def until(check: Callable[[], Any], timeout: float = 10.0) -> Any:
-    """Poll ``check`` until it returns something truthy; fail with the last value."""
+    """Poll ``check`` (a function or a coroutine function) until it returns something truthy;
+    fail with the last value."""
     end = time.monotonic() + timeout
     while True:
         value = check()
+        if inspect.isawaitable(value):
+            value = await value
         if value:
             return value
         if time.monotonic() > end:
