@@ -2,7 +2,7 @@
 
 Called by agent.cli (``nodemedic run``) and by the demo (several agents in one process: nothing
 here is a process-wide global; signal handling is opt-in). One tick = collect (agent.runtime
-.pipeline) -> snapshot -> components (rules/remediation, agent.runtime.components) -> the
+.pipeline) -> snapshot -> components (rules and remediation, agent.runtime.components) -> the
 exposition marked stale (agent.exporter.render renders it on the first scrape after the tick)
 -> freed heap back to the kernel (agent.runtime.heap) -> WATCHDOG=1 when healthy.
 """
