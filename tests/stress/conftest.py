@@ -1,9 +1,5 @@
 """tests/stress: fault injection, fuzzing and flood tests (see docs/stress.md).
 
-Makes bench/ importable (bench/synthetic_node.py builds the cgroup trees the flood and vanishing
-tests use) and loads the in-memory API server fixtures."""
-
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+bench/synthetic_node.py (which builds the cgroup trees the flood and vanishing tests use) is
+imported as ``bench.synthetic_node``: pytest's ``pythonpath = ["."]`` puts the repository root on
+sys.path, so no path is patched here."""

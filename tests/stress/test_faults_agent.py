@@ -129,7 +129,7 @@ def _churn(root: Path, stop: threading.Event, seed: int) -> Iterator[int]:
 async def test_cgroups_vanishing_mid_tick_never_fail_the_collector(tmp_path: Path) -> None:
     """Pod cgroup directories are deleted and re-created while the collector reads them: every
     collection succeeds and reports only pods that exist; nothing raises."""
-    build_node = importlib.import_module("synthetic_node").build_node  # bench/, see conftest
+    build_node = importlib.import_module("bench.synthetic_node").build_node
 
     root = tmp_path / "node" / "cgroup"
     build_node(root, pods=40 if short_budget() else 250, containers=2, layout="v2-systemd")

@@ -89,7 +89,7 @@ async def test_agent_stays_responsive_during_an_oom_storm(tmp_path: Path) -> Non
     """500 containers each OOM-killed twice a second (60,000 kills a minute) on a 250-pod node:
     every /healthz probe answers 200 within the probe timeout, ticks keep finishing, the
     container-oom-storm rule fires, and /status keeps a bounded list of recent decisions."""
-    synthetic = importlib.import_module("synthetic_node")  # bench/, see conftest
+    synthetic = importlib.import_module("bench.synthetic_node")
     root = tmp_path / "cgroup"
     refs = synthetic.build_node(root, pods=CONTAINERS // 2, containers=2, layout="v2-systemd")
     fk = FakeKubelet(REPO / "tests" / "fixtures" / "kubelet")

@@ -17,12 +17,12 @@ import pytest
 import pytest_asyncio
 import structlog
 import yaml
-from k8s_helpers import NODE, Clock, ScriptedEngine, metric, node, pdb, settings, snapshot
 
 from agent.kube.conditions import patch_conditions, read_conditions
 from agent.runtime.remediation import RemediationStage
 from agent.structs.remediation import ActionRequest, ActionSpec, Target
 from tests.integration.k8s.conftest import RBAC, kubectl
+from tests.k8s_helpers import NODE, Clock, ScriptedEngine, metric, node, pdb, settings, snapshot
 from tests.real_cluster import Backend, Heartbeats, RealCluster
 
 pytestmark = [pytest.mark.backends, pytest.mark.real_only]

@@ -18,7 +18,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers_remediation import NODE, Clock, argv_log, node, recording_systemctl, settings
+
+from tests.integration.remediation.helpers_remediation import (
+    NODE,
+    Clock,
+    argv_log,
+    node,
+    recording_systemctl,
+    settings,
+)
 
 pytest.importorskip("cryptography", reason="cryptography is needed to make a test certificate")
 

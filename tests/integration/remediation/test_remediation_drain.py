@@ -6,7 +6,10 @@ import json
 from typing import Any
 
 import pytest
-from helpers_remediation import (
+
+from agent.runtime.remediation import STATE_ANNOTATION, RemediationStage
+from agent.testing.apiserver import ApiServer
+from tests.integration.remediation.helpers_remediation import (
     NODE,
     Clock,
     ScriptedEngine,
@@ -18,9 +21,6 @@ from helpers_remediation import (
     settings,
     snapshot,
 )
-
-from agent.runtime.remediation import STATE_ANNOTATION, RemediationStage
-from agent.testing.apiserver import ApiServer
 from tests.real_cluster import Backend
 
 pytestmark = pytest.mark.backends

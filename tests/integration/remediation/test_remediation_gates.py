@@ -16,7 +16,12 @@ from typing import Any
 
 import pytest
 from aiohttp import web
-from helpers_remediation import (
+
+from agent.rules.engine import RuleEngine
+from agent.rules.loader import RulesReloader
+from agent.runtime.remediation import HELD_RETRY_MAX_TICKS, RemediationStage
+from agent.testing.apiserver import ApiServer
+from tests.integration.remediation.helpers_remediation import (
     NODE,
     Clock,
     ScriptedEngine,
@@ -28,11 +33,6 @@ from helpers_remediation import (
     settings,
     snapshot,
 )
-
-from agent.rules.engine import RuleEngine
-from agent.rules.loader import RulesReloader
-from agent.runtime.remediation import HELD_RETRY_MAX_TICKS, RemediationStage
-from agent.testing.apiserver import ApiServer
 
 RULE = """
 rules:

@@ -13,12 +13,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers_remediation import NODE, Clock, metric, node, settings, snapshot
 
 from agent.rules.engine import RuleEngine
 from agent.rules.loader import load_rules_dir
 from agent.runtime.remediation import HELD_RETRY_MAX_TICKS, RemediationStage
 from agent.testing.apiserver import ApiServer
+from tests.integration.remediation.helpers_remediation import (
+    NODE,
+    Clock,
+    metric,
+    node,
+    settings,
+    snapshot,
+)
 from tests.real_cluster import Backend
 
 pytestmark = pytest.mark.backends

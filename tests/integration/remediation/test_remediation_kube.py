@@ -6,7 +6,12 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from helpers_remediation import (
+
+from agent.kube.nodes import ensure_annotations, update_node
+from agent.runtime.remediation import RemediationStage
+from agent.structs.remediation import ActionRequest, ActionSpec, Target
+from agent.testing.apiserver import ApiServer
+from tests.integration.remediation.helpers_remediation import (
     NODE,
     Clock,
     ScriptedEngine,
@@ -17,11 +22,6 @@ from helpers_remediation import (
     settings,
     snapshot,
 )
-
-from agent.kube.nodes import ensure_annotations, update_node
-from agent.runtime.remediation import RemediationStage
-from agent.structs.remediation import ActionRequest, ActionSpec, Target
-from agent.testing.apiserver import ApiServer
 
 
 async def test_concurrent_edit_is_not_overwritten(apiserver: ApiServer, kube_api: Any) -> None:

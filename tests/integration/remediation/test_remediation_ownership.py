@@ -10,7 +10,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from helpers_remediation import (
+from agent.rules.engine import RuleEngine
+from agent.rules.loader import load_rules_dir
+from agent.runtime.remediation import RemediationStage
+from agent.testing.apiserver import ApiServer
+from tests.integration.remediation.helpers_remediation import (
     NODE,
     Clock,
     ScriptedEngine,
@@ -21,11 +25,6 @@ from helpers_remediation import (
     settings,
     snapshot,
 )
-
-from agent.rules.engine import RuleEngine
-from agent.rules.loader import load_rules_dir
-from agent.runtime.remediation import RemediationStage
-from agent.testing.apiserver import ApiServer
 
 CLAIM = "nodemedic.io/cordoned-by"
 OVERRIDE = "nodemedic.io/uncordoned-by-admin"

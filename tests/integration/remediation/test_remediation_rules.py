@@ -9,7 +9,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers_remediation import (
+
+from agent.collectors.base import CollectorContext
+from agent.rules.engine import RuleEngine
+from agent.rules.loader import RulesError, load_rules_dir
+from agent.runtime.remediation import RemediationStage, build_stage
+from agent.settings import SettingsError
+from agent.testing.apiserver import ApiServer
+from tests.integration.remediation.helpers_remediation import (
     NODE,
     Clock,
     argv_log,
@@ -18,13 +25,6 @@ from helpers_remediation import (
     settings,
     snapshot,
 )
-
-from agent.collectors.base import CollectorContext
-from agent.rules.engine import RuleEngine
-from agent.rules.loader import RulesError, load_rules_dir
-from agent.runtime.remediation import RemediationStage, build_stage
-from agent.settings import SettingsError
-from agent.testing.apiserver import ApiServer
 
 RULES = Path(__file__).parents[3] / "rules"
 

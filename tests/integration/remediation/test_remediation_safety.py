@@ -9,7 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers_remediation import (
+
+from agent.runtime.remediation import RemediationStage
+from agent.testing.apiserver import ApiServer
+from tests.integration.remediation.helpers_remediation import (
     NODE,
     Clock,
     LadderEngine,
@@ -24,9 +27,6 @@ from helpers_remediation import (
     settings,
     snapshot,
 )
-
-from agent.runtime.remediation import RemediationStage
-from agent.testing.apiserver import ApiServer
 from tests.real_cluster import Backend
 
 pytestmark = pytest.mark.backends

@@ -8,7 +8,10 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from helpers_remediation import (
+from agent.kube.events import InvolvedObject, record_event
+from agent.runtime.remediation import RemediationStage
+from agent.testing.apiserver import ApiServer
+from tests.integration.remediation.helpers_remediation import (
     NODE,
     Clock,
     ScriptedEngine,
@@ -19,10 +22,6 @@ from helpers_remediation import (
     settings,
     snapshot,
 )
-
-from agent.kube.events import InvolvedObject, record_event
-from agent.runtime.remediation import RemediationStage
-from agent.testing.apiserver import ApiServer
 
 NODES = (NODE, "node-b", "node-c")
 NS = "shop"

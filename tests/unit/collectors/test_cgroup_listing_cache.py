@@ -9,17 +9,11 @@ from __future__ import annotations
 
 import os
 import shutil
-import sys
 from pathlib import Path
 
 from agent.collectors.cgroupfs import scan
 from agent.collectors.cgroupfs.layout import ListingCache
-
-REPO = Path(__file__).resolve().parents[3]
-if str(REPO) not in sys.path:  # bench/ is not an installed package
-    sys.path.insert(0, str(REPO))
-
-from bench.synthetic_node import build_node  # noqa: E402
+from bench.synthetic_node import build_node
 
 
 def seen(root: Path, cache: ListingCache | None) -> set[tuple[str, str]]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
@@ -11,12 +10,7 @@ from agent.collectors.base import CollectorContext
 from agent.collectors.cgroup import CgroupCollector
 from agent.settings import Settings
 from agent.structs.pods import PodRef
-
-REPO = Path(__file__).resolve().parents[3]
-if str(REPO) not in sys.path:  # bench/ is not an installed package
-    sys.path.insert(0, str(REPO))
-
-from bench.synthetic_node import build_node, pods_json  # noqa: E402
+from bench.synthetic_node import build_node, pods_json
 
 
 class _Kubelet:
