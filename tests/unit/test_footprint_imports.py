@@ -80,8 +80,22 @@ def test_nodemedic_run_does_not_import_the_other_subcommands() -> None:
         import agent.cli
         with mock.patch.object(agent.cli, "_cmd_run", lambda args: 0) as run:
             agent.cli.main(["run", "--node-name", "n1"])
-        heavy = ("agent.testing.apiserver", "agent.testing.cli", "agent.demo", "jsonpatch")
+        heavy = ("agent.testing.apiserver", "agent.testing.cli", "agent.demo", "agent.replay",
+                 "jsonpatch")
         print(json.dumps({"loaded": [m for m in heavy if m in sys.modules]}))
+    """)
+    assert out == {"loaded": []}
+
+
+def test_the_daemon_loads_nothing_of_the_simulation() -> None:
+    """Importing the daemon loads none of agent.testing, agent.demo or agent.replay (issue 16's
+    check; .importlinter's testing-not-in-agent contract forbids the direct imports)."""
+    out = run_python("""
+        import json, sys
+        import agent.runtime.daemon
+        sim = [m for m in sys.modules if m.split(".")[:2] in
+               (["agent", "testing"], ["agent", "demo"], ["agent", "replay"])]
+        print(json.dumps({"loaded": sim}))
     """)
     assert out == {"loaded": []}
 
