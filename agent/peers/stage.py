@@ -401,16 +401,24 @@ class FailoverStage:
         self._prune(set(infos))
 
     def _prune(self, nodes: set[str]) -> None:
-        """Forget per-node memory of deleted nodes (autoscaled clusters churn through names)."""
-        if len(self._announced) <= len(nodes) + 16:
+        """Forget per-node memory of deleted nodes (autoscaled clusters churn through names):
+        every per-node map and set, once any of them holds more names than there are nodes."""
+        maps: tuple[dict[str, Any], ...] = (
+            self._announced, self._healthy_since, self._failed_since, self._not_before,
+            self._stopped)
+        sets = (self._cordon_noted, self._capped_noted, self._settled)
+        biggest = max(len(c) for c in (*maps, *sets, self._work, self.remedy.targets))
+        if biggest <= len(nodes) + 16:
             return
-        for memory in (self._announced, self._healthy_since, self._failed_since,
-                       self._not_before):
+        for memory in maps:
             for gone in [n for n in memory if n not in nodes]:
                 del memory[gone]
+        for names in sets:
+            names.intersection_update(nodes)
+        for gone in [n for n, task in self._work.items() if n not in nodes and task.done()]:
+            del self._work[gone]  # a failover still running for a deleted node finishes first
         for gone in [n for n in self.remedy.targets if n not in nodes]:
             self.remedy.forget(gone)
-        self._settled &= nodes
 
     async def _mass_failure_event(self) -> None:
         a = self.assessment

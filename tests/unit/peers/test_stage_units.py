@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from agent.peers.cluster import ClusterView, reduce_node
 from agent.peers.stage import FailoverStage
 from agent.settings import settings_for_tests
@@ -55,3 +57,26 @@ async def test_peers_are_given_the_plain_probe_address() -> None:
     assert await FailoverStage(settings, None)._advertise_url() == "http://10.0.0.1:9679"
     plain = settings_for_tests(web_listen_address="10.0.0.1:9678")
     assert await FailoverStage(plain, None)._advertise_url() == "http://10.0.0.1:9678"
+
+
+async def test_node_churn_does_not_grow_the_leaders_memory() -> None:
+    """Every per-node map and set is pruned once nodes are deleted: 500 nodes that came and went
+    (autoscaling) leave nothing behind but the live one. Before, five of them kept every name."""
+    stage = FailoverStage(settings_for_tests(failover_enabled=True), None)
+    done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    done.set_result(None)
+    gone = [f"churn-{i}" for i in range(500)]
+    for name in gone:
+        stage._healthy_since[name] = 1.0
+        stage._failed_since[name] = 1.0
+        stage._not_before[name] = 1.0
+        stage._stopped[name] = "an admin uncordoned it"
+        stage._cordon_noted.add(name)
+        stage._capped_noted.add(name)
+        stage._settled.add(name)
+        stage._work[name] = done  # type: ignore[assignment]  # a finished failover
+    stage._prune({"live"})
+    counters = {"_probe_counts"}  # fixed keys (reachable, unreachable), not per node
+    sizes = {k: len(v) for k, v in vars(stage).items()
+             if k.startswith("_") and isinstance(v, dict | set) and k not in counters}
+    assert {k: n for k, n in sizes.items() if n} == {}
