@@ -15,6 +15,8 @@ all=(etcd "${kube_cmds[@]}")
 ready() { for b in "${all[@]}"; do [ -x "$bin/$b" ] || return 1; done; [ -f "$bin/.complete" ]; }
 if ready; then echo "$bin"; exit 0; fi
 
+# The official Go tarball's place, for shells whose PATH lacks it (CI runners, sudo).
+command -v go >/dev/null || export PATH="$PATH:/usr/local/go/bin"
 command -v go >/dev/null || { echo "k8s-build: 'go' is not installed (needs Go >= 1.25; see docs/real-k8s.md)" >&2; exit 1; }
 mkdir -p "$bin"
 export GOFLAGS="-mod=mod -trimpath -buildvcs=false" GOTOOLCHAIN=local CGO_ENABLED=0

@@ -10,6 +10,7 @@ here="$(cd "$(dirname "$0")" && pwd)"
 # shellcheck source=/dev/null
 source "$here/versions.env"
 export GOFLAGS=-mod=mod GOTOOLCHAIN=local
+command -v go >/dev/null || export PATH="$PATH:/usr/local/go/bin"
 
 kmod="$(go mod download -json "k8s.io/kubernetes@$KUBE_VERSION" | sed -n 's/.*"GoMod": "\(.*\)".*/\1/p')"
 [ -s "$kmod" ] || { echo "gen-mod: cannot download k8s.io/kubernetes@$KUBE_VERSION" >&2; exit 1; }
