@@ -23,6 +23,9 @@ stop_group() { # pid: TERM the process group, KILL after 5 s
   kill -KILL -- "-$pid" 2>/dev/null || true
 }
 
+# 0. The node's nodemedic agent (cluster-up.sh), so it does not act on a node going away.
+stop_group "$(pid_of nodemedic)"
+
 # 1. Pods first, through the API, while the kubelet and containerd still run.
 if [ -f "$dir/admin.kubeconfig" ] && kill -0 "$(pid_of kubelet)" 2>/dev/null; then
   "${kc[@]}" delete pods -A --field-selector "spec.nodeName=$name" --grace-period 0 --force \
@@ -70,7 +73,7 @@ ip link show "$BRIDGE" >/dev/null 2>&1 && ip link delete "$BRIDGE" 2>/dev/null
 
 # 4. The kubepods cgroups, if this node created them (children before parents).
 if [ -f "$nd/created-kubepods" ]; then
-  for h in /sys/fs/cgroup/*/kubepods /sys/fs/cgroup/unified/kubepods; do
+  for h in /sys/fs/cgroup/*/kubepods; do
     [ -d "$h" ] || continue
     find "$h" -depth -type d -exec rmdir {} \; 2>/dev/null
   done

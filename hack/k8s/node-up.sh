@@ -32,12 +32,14 @@ for c in containerd containerd-shim-runc-v2 runc ctr; do
   command -v "$c" >/dev/null || die "'$c' is not installed (apt-get install containerd runc)"
 done
 [ -x /usr/lib/cni/bridge ] || die "no CNI plugins in /usr/lib/cni (apt-get install containernetworking-plugins)"
+# cgroupRoot=/ (the layout nodemedic reads in production): one kubelet per host.
+[ -d /sys/fs/cgroup/memory/kubepods ] && die "/sys/fs/cgroup/memory/kubepods exists: another kubelet runs on this host (or its leftovers: rmdir the kubepods trees)"
 mkdir -p "$nd"/{containerd/root,containerd/state,runc,kubelet,certs,cni/net.d,cni/data,logs,images}
 t0=$(date +%s%N)
 : > "$nd/pids"
 # What node-down.sh may remove: network namespaces not present now, kubepods if we create it.
 find /run/netns -maxdepth 1 -name 'cni-*' 2>/dev/null > "$nd/netns-before" || true
-[ -d /sys/fs/cgroup/memory/kubepods ] || touch "$nd/created-kubepods"
+touch "$nd/created-kubepods"
 cleanup_on_error() { echo "node-up($name): failed; last log lines:" >&2; tail -n 15 "$nd"/logs/*.log >&2 || true; NODE_NAME="$name" bash "$here/node-down.sh" >&2 || true; }
 trap cleanup_on_error ERR
 
