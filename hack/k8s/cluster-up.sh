@@ -18,13 +18,16 @@ port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); p
 dry=(--dry-run); [ "${CLUSTER_DRY_RUN:-1}" = 0 ] && dry=()
 mkdir -p "$nd/nodemedic"
 setsid "$nodemedic" run --kubeconfig "$kubeconfig" --kubelet.url "$kubelet" --node-name "$name" \
-  --web.listen-address "127.0.0.1:$port" --state.dir "$nd/nodemedic" "${dry[@]}" \
+  --web.listen-address "127.0.0.1:$port" --state.dir "$nd/nodemedic" \
+  --rules.dir "$root/rules" --problems.dir "$root/problems" "${dry[@]}" \
   > "$nd/logs/nodemedic.log" 2>&1 < /dev/null &
 echo "nodemedic $!" >> "$nd/pids"
 url="http://127.0.0.1:$port"
 for _ in $(seq 1 60); do curl -sf --max-time 1 "$url/healthz" >/dev/null 2>&1 && break; sleep 0.5; done
-curl -sf --max-time 1 "$url/healthz" >/dev/null 2>&1 \
-  || echo "cluster-up: the nodemedic agent of $name does not answer on $url/healthz yet; see $nd/logs/nodemedic.log" >&2
+if ! curl -sf --max-time 1 "$url/healthz" >/dev/null 2>&1; then
+  echo "cluster-up: the nodemedic agent of $name did not answer on $url/healthz within 30 s:" >&2
+  tail -5 "$nd/logs/nodemedic.log" >&2; bash "$here/down.sh"; exit 1
+fi
 python3 - "$K8S_DIR/cluster.json" "$name" "$url" "$kubelet" <<'PY'
 import json, sys
 out, name, url, kubelet = sys.argv[1:]
