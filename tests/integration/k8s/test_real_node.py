@@ -98,8 +98,9 @@ async def test_nodemedic_attributes_the_oom_kill_to_namespace_pod_and_container(
     """The shell survives its child's OOM kill, so the container cgroup (and the kernel's count
     in it) stays while nodemedic reads it. On cgroup v1 a container whose only process is killed
     loses its cgroup (and the count) as soon as containerd reaps it."""
+    survivor = ["sh", "-c", " ".join(HOG) + "; sleep 3600"]
     code, body = await kube.request("POST", f"/api/v1/namespaces/{NS}/pods",
-                                    pod(oom_pod, node, ["sh", "-c", " ".join(HOG) + "; sleep 3600"]))
+                                    pod(oom_pod, node, survivor))
     assert code == 201, body
     got = await until(kube, oom_pod, lambda p: "running" in container_status(p).get("state", {}))
     uid = got["metadata"]["uid"]
