@@ -1,7 +1,8 @@
 """A real pod on a real node (tests/real_node.py: containerd + runc + the pinned kubelet): a
 container over its 32 MiB memory limit is OOM-killed by the kernel, the kubelet reports it
-OOMKilled, and nodemedic's cgroup collector attributes the kill to that namespace/pod/container,
-the same count the kernel wrote in the container's memory.oom_control.
+OOMKilled, nodemedic's cgroup collector attributes the kill to that namespace/pod/container (the
+same count the kernel wrote in the container's memory.oom_control), and an agent running the
+shipped rules on that node names the pod in its OOMStorm Event.
 
 Off unless NODEMEDIC_K8S_NODES=1 (see tests/real_node.py); when on, a node that cannot come up
 fails these tests with node-up.sh's error.
@@ -10,6 +11,10 @@ fails these tests with node-up.sh's error.
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -23,7 +28,7 @@ from agent.collectors.base import CollectorContext
 from agent.collectors.cgroup import CgroupCollector
 from agent.kubelet_client import KubeletClient
 from agent.settings import Settings
-from tests.real_cluster import Backend, RealCluster
+from tests.real_cluster import ROOT, Backend, RealCluster
 from tests.real_node import RealNode, cgroup_file, real_node
 
 pytestmark = [pytest.mark.backends, pytest.mark.real_only]
@@ -118,3 +123,61 @@ async def test_nodemedic_attributes_the_oom_kill_to_namespace_pod_and_container(
     assert kernel["oom_kill"] == "1", oom_control.read_text()
     assert kills == 1, fams["nodemedic_container_oom_kills_total"].samples
     assert fams["nodemedic_container_memory_limit_bytes"].get(**labels) == 32 << 20
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def agent(node: RealNode, real_cluster: RealCluster, tmp_path: Path) -> Iterator[str]:
+    """A nodemedic agent for the node, acting (not dry-run), with the shipped rules."""
+    assert real_cluster.creds is not None
+    port = free_port()
+    log = (tmp_path / "agent.log").open("wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "agent", "run", "--kubeconfig", str(real_cluster.creds.kubeconfig),
+         "--kubelet.url", node.kubelet_url, "--node-name", node.name,
+         "--web.listen-address", f"127.0.0.1:{port}", "--state.dir", str(tmp_path / "state"),
+         "--rules.dir", str(ROOT / "rules"), "--problems.dir", str(ROOT / "problems"),
+         "--collect.interval", "2s"],
+        cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env={k: v for k, v in os.environ.items()
+                                                   if not k.startswith("NODEMEDIC_")})
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
+async def test_the_oom_storm_rule_names_the_pod_in_an_event(
+        kube: Backend, node: RealNode, oom_pod: str, agent: str) -> None:
+    """Six kernel OOM kills in one container: rules/containers.yaml's container-oom-storm (more
+    than 3 in 10 minutes) fires and its Event names the pod."""
+    storm = ["sh", "-c", "for i in 1 2 3 4 5 6; do " + " ".join(HOG) + "; sleep 2; done; "
+             "sleep 3600"]
+    code, body = await kube.request("POST", f"/api/v1/namespaces/{NS}/pods",
+                                    pod(oom_pod, node, storm))
+    assert code == 201, body
+    end = time.monotonic() + 120
+    events: list[dict[str, Any]] = []
+    while time.monotonic() < end:
+        code, body = await kube.request(
+            "GET", f"/api/v1/namespaces/{NS}/events?fieldSelector=reason%3DOOMStorm")
+        events = [e for e in body.get("items", [])
+                  if e["involvedObject"].get("name") == oom_pod]
+        if events:
+            break
+        await asyncio.sleep(1)
+    assert events, f"no OOMStorm Event for {NS}/{oom_pod} within 120 s"
+    ev = events[0]
+    assert ev["involvedObject"]["kind"] == "Pod"
+    assert ev["source"] == {"component": "nodemedic", "host": node.name}, ev["source"]
+    assert f"{NS}/{oom_pod}" in ev["message"], ev["message"]
