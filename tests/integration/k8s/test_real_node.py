@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -131,6 +132,14 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def ready(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/readyz", timeout=2) as r:
+            return int(r.status) == 200
+    except OSError:
+        return False
+
+
 @pytest.fixture
 def agent(node: RealNode, real_cluster: RealCluster, tmp_path: Path) -> Iterator[str]:
     """A nodemedic agent for the node, acting (not dry-run), with the shipped rules."""
@@ -145,8 +154,15 @@ def agent(node: RealNode, real_cluster: RealCluster, tmp_path: Path) -> Iterator
          "--collect.interval", "2s"],
         cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env={k: v for k, v in os.environ.items()
                                                    if not k.startswith("NODEMEDIC_")})
+    url = f"http://127.0.0.1:{port}"
     try:
-        yield f"http://127.0.0.1:{port}"
+        # Ready before the pod starts: the rule counts the increase from the first sample it sees.
+        end = time.monotonic() + 60
+        while not ready(url):
+            assert proc.poll() is None and time.monotonic() < end, \
+                f"the agent did not become ready: {(tmp_path / 'agent.log').read_text()[-2000:]}"
+            time.sleep(0.5)
+        yield url
     finally:
         proc.terminate()
         try:
@@ -159,9 +175,10 @@ def agent(node: RealNode, real_cluster: RealCluster, tmp_path: Path) -> Iterator
 
 async def test_the_oom_storm_rule_names_the_pod_in_an_event(
         kube: Backend, node: RealNode, oom_pod: str, agent: str) -> None:
-    """Six kernel OOM kills in one container: rules/containers.yaml's container-oom-storm (more
-    than 3 in 10 minutes) fires and its Event names the pod."""
-    storm = ["sh", "-c", "for i in 1 2 3 4 5 6; do " + " ".join(HOG) + "; sleep 2; done; "
+    """Eight kernel OOM kills in one container, 2 s apart: rules/containers.yaml's
+    container-oom-storm (more than 3 in 10 minutes, counted from the agent's first sample of the
+    new container, taken every 2 s) fires and its Event names the pod."""
+    storm = ["sh", "-c", "for i in 1 2 3 4 5 6 7 8; do " + " ".join(HOG) + "; sleep 2; done; "
              "sleep 3600"]
     code, body = await kube.request("POST", f"/api/v1/namespaces/{NS}/pods",
                                     pod(oom_pod, node, storm))
