@@ -20,7 +20,7 @@ APT_PACKAGES := prometheus prometheus-node-exporter iptables conntrack ipvsadm i
 APT_PROBES := /usr/bin/promtool /usr/bin/prometheus /usr/bin/prometheus-node-exporter /usr/sbin/iptables /usr/sbin/conntrack /usr/sbin/ipvsadm /usr/sbin/ip /usr/bin/systemd-analyze /usr/bin/shellcheck /usr/bin/curl /lib/systemd/systemd-journal-remote /usr/sbin/debootstrap /usr/bin/systemd-nspawn /usr/bin/lintian /usr/bin/strip
 
 .PHONY: run test lint bench install uninstall venv system-deps clean demo apiserver check-rules deb dist \
-	k8s-build k8s-up k8s-down test-real
+	k8s-build k8s-up k8s-down test-real node-deps cluster-up cluster-down
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -72,6 +72,23 @@ k8s-up:
 	@bash hack/k8s/up.sh >/dev/null
 
 k8s-down:
+	@bash hack/k8s/down.sh
+
+## node-deps: what a real node needs from Debian (containerd, runc, CNI plugins, static busybox).
+NODE_APT_PACKAGES := containerd runc containernetworking-plugins busybox-static
+node-deps:
+	@if ! command -v containerd >/dev/null || ! test -x /usr/bin/runc || ! test -x /usr/lib/cni/bridge || ! file -L /bin/busybox | grep -q 'statically linked'; then \
+	  echo "installing Debian packages: $(NODE_APT_PACKAGES)"; \
+	  apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $(NODE_APT_PACKAGES) >/dev/null; \
+	fi
+	@# Debian's containerd package starts its own service where systemd runs; ours has its own socket.
+
+## cluster-up / cluster-down: the control plane + one real node (kubelet, containerd, runc) + its
+## nodemedic agent (dry-run); .k8s/cluster.json names the node, its agent URL and the local image.
+cluster-up: $(STAMP) k8s-build node-deps
+	@bash hack/k8s/cluster-up.sh
+
+cluster-down:
 	@bash hack/k8s/down.sh
 
 lint: $(STAMP)

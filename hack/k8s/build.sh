@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Builds the pinned etcd, kube-apiserver, kube-controller-manager, kube-scheduler and kubectl from
-# their Go modules into ~/.cache/nodemedic/k8s/<versions>/bin (outside the work tree), once.
+# Builds the pinned etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, kubelet
+# and kube-proxy from their Go modules into ~/.cache/nodemedic/k8s/<versions>/bin (outside the work
+# tree), once.
 # Prints the bin directory on stdout; a warm cache returns at once. NODEMEDIC_K8S_CACHE overrides
 # the cache root.
 set -euo pipefail
@@ -9,7 +10,7 @@ here="$(cd "$(dirname "$0")" && pwd)"
 source "$here/versions.env"
 cache="${NODEMEDIC_K8S_CACHE:-$HOME/.cache/nodemedic/k8s}/$KUBE_VERSION-etcd-$ETCD_VERSION"
 bin="$cache/bin"
-kube_cmds=(kube-apiserver kube-controller-manager kube-scheduler kubectl)
+kube_cmds=(kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kube-proxy)
 all=(etcd "${kube_cmds[@]}")
 
 ready() { for b in "${all[@]}"; do [ -x "$bin/$b" ] || return 1; done; [ -f "$bin/.complete" ]; }

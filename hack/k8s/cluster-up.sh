@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# `make cluster-up`: the control plane of up.sh, one real node of node-up.sh and a nodemedic agent
+# for that node (its own process and port, --dry-run unless CLUSTER_DRY_RUN=0), then
+# $K8S_DIR/cluster.json: {"image": ..., "nodes": [{"name", "nodemedic", "kubelet"}]}.
+# `make cluster-down` (down.sh) stops the agent, the node and the control plane.
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+root="$(cd "$here/../.." && pwd)"
+export K8S_DIR="${K8S_DIR:-$root/.k8s}"
+nodemedic="${CLUSTER_NODEMEDIC:-$root/.venv/bin/nodemedic}"
+[ -x "$nodemedic" ] || { echo "cluster-up: no $nodemedic (run 'make venv')" >&2; exit 1; }
+kubeconfig="$(bash "$here/up.sh")"
+name="${NODE_NAME:-nodemedic-node-1}"
+read -r name kubelet < <(NODE_NAME="$name" bash "$here/node-up.sh" | tail -1) \
+  || { bash "$here/down.sh"; exit 1; }
+nd="$K8S_DIR/nodes/$name"
+port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
+dry=(--dry-run); [ "${CLUSTER_DRY_RUN:-1}" = 0 ] && dry=()
+mkdir -p "$nd/nodemedic"
+setsid "$nodemedic" run --kubeconfig "$kubeconfig" --kubelet.url "$kubelet" --node-name "$name" \
+  --web.listen-address "127.0.0.1:$port" --state.dir "$nd/nodemedic" \
+  --rules.dir "$root/rules" --problems.dir "$root/problems" "${dry[@]}" \
+  > "$nd/logs/nodemedic.log" 2>&1 < /dev/null &
+echo "nodemedic $!" >> "$nd/pids"
+url="http://127.0.0.1:$port"
+for _ in $(seq 1 60); do curl -sf --max-time 1 "$url/healthz" >/dev/null 2>&1 && break; sleep 0.5; done
+if ! curl -sf --max-time 1 "$url/healthz" >/dev/null 2>&1; then
+  echo "cluster-up: the nodemedic agent of $name did not answer on $url/healthz within 30 s:" >&2
+  tail -5 "$nd/logs/nodemedic.log" >&2; bash "$here/down.sh"; exit 1
+fi
+python3 - "$K8S_DIR/cluster.json" "$name" "$url" "$kubelet" <<'PY'
+import json, sys
+out, name, url, kubelet = sys.argv[1:]
+json.dump({"image": "nodemedic.local/busybox:1", "kubeconfig": out.rsplit("/", 1)[0] + "/admin.kubeconfig",
+           "nodes": [{"name": name, "nodemedic": url, "kubelet": kubelet}]},
+          open(out, "w"), indent=2)
+PY
+echo "cluster-up: $name Ready, nodemedic on $url; $K8S_DIR/cluster.json, kubeconfig $kubeconfig" >&2

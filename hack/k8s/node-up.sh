@@ -1,0 +1,182 @@
+#!/usr/bin/env bash
+# Starts ONE real node under the control plane of up.sh: Debian's containerd + runc and the pinned
+# kubelet (build.sh), registered as $NODE_NAME (default nodemedic-node-1) with a client cert signed
+# by $K8S_DIR/pki/ca (CN=system:node:<name>, O=system:nodes: the Node authorizer's identity).
+#
+# Nothing is pulled: hack/k8s/oci_image.py builds nodemedic.local/busybox:1 (the test image) and
+# nodemedic.local/pause:1 (containerd's sandbox_image, `busybox sleep`) from busybox-static and
+# they are imported into containerd's k8s.io namespace. Pods get a CNI bridge (Debian's
+# containernetworking-plugins) so the node turns Ready; the bridge does no NAT (no iptables rules).
+#
+# Everything lives in $K8S_DIR/nodes/<name>/ (containerd root/state/socket, kubelet root dir,
+# certs, CNI state, logs, pids); the kubelet uses the cgroupfs driver (the host has no systemd)
+# with cgroupRoot=/ so pods land in the standard kubepods tree. node-down.sh undoes all of it.
+# Prints "<name> <kubelet read-only URL>" on stdout once the Node is Ready (90 s at most).
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+root="$(cd "$here/../.." && pwd)"
+dir="${K8S_DIR:-$root/.k8s}"
+name="${NODE_NAME:-nodemedic-node-1}"
+bin="$(bash "$here/build.sh")"
+nd="$dir/nodes/$name"
+pki="$dir/pki"
+IMAGE=nodemedic.local/busybox:1
+PAUSE=nodemedic.local/pause:1
+BRIDGE="${NODE_BRIDGE:-nmbr0}"
+POD_CIDR="${NODE_POD_CIDR:-10.244.1.0/24}"
+
+die() { echo "node-up($name): $*" >&2; exit 1; }
+[ -f "$dir/admin.kubeconfig" ] || die "no control plane in $dir (run hack/k8s/up.sh first)"
+[ -f "$nd/pids" ] && die "already running in $nd (run hack/k8s/node-down.sh first)"
+for c in containerd containerd-shim-runc-v2 runc ctr; do
+  command -v "$c" >/dev/null || die "'$c' is not installed (apt-get install containerd runc)"
+done
+[ -x /usr/lib/cni/bridge ] || die "no CNI plugins in /usr/lib/cni (apt-get install containernetworking-plugins)"
+# cgroupRoot=/ (the layout nodemedic reads in production): one kubelet per host.
+[ -d /sys/fs/cgroup/memory/kubepods ] && die "/sys/fs/cgroup/memory/kubepods exists: another kubelet runs on this host (or its leftovers: rmdir the kubepods trees)"
+mkdir -p "$nd"/{containerd/root,containerd/state,runc,kubelet,certs,cni/net.d,cni/data,logs,images}
+t0=$(date +%s%N)
+: > "$nd/pids"
+# What node-down.sh may remove: network namespaces not present now, kubepods if we create it.
+find /run/netns -maxdepth 1 -name 'cni-*' 2>/dev/null > "$nd/netns-before" || true
+touch "$nd/created-kubepods"
+cleanup_on_error() { echo "node-up($name): failed; last log lines:" >&2; tail -n 15 "$nd"/logs/*.log >&2 || true; NODE_NAME="$name" bash "$here/node-down.sh" >&2 || true; }
+trap cleanup_on_error ERR
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+kubelet_port=$(free_port); healthz_port=$(free_port); ro_port=$(free_port)
+# The kubelet refuses a loopback node IP ("nodeIP can't be loopback address"): the host's own.
+node_ip="${NODE_IP:-$(ip -4 -o route get 1.1.1.1 2>/dev/null | sed -n 's/.* src \([0-9.]*\).*/\1/p')}"
+[ -n "$node_ip" ] || die "cannot find this host's IPv4 address (set NODE_IP)"
+server="$(sed -n 's/.*server: "\(.*\)".*/\1/p' "$dir/admin.kubeconfig" | head -1)"
+
+# --- the node's identity
+openssl req -newkey rsa:2048 -nodes -subj "/CN=system:node:$name/O=system:nodes" \
+  -keyout "$nd/certs/kubelet-client.key" -out "$nd/certs/kubelet-client.csr" 2>/dev/null
+printf 'basicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=clientAuth\n' > "$nd/certs/ext"
+openssl x509 -req -in "$nd/certs/kubelet-client.csr" -CA "$pki/ca.crt" -CAkey "$pki/ca.key" \
+  -CAcreateserial -days 2 -extfile "$nd/certs/ext" -out "$nd/certs/kubelet-client.crt" 2>/dev/null
+rm -f "$nd/certs/kubelet-client.csr" "$nd/certs/ext"
+cat > "$nd/kubelet.kubeconfig" <<KC
+apiVersion: v1
+kind: Config
+clusters:
+- name: nodemedic-k8s
+  cluster: {server: "$server", certificate-authority: "$pki/ca.crt"}
+users:
+- name: system:node:$name
+  user: {client-certificate: "$nd/certs/kubelet-client.crt", client-key: "$nd/certs/kubelet-client.key"}
+contexts:
+- name: node@nodemedic-k8s
+  context: {cluster: nodemedic-k8s, user: "system:node:$name"}
+current-context: node@nodemedic-k8s
+KC
+
+# --- containerd (its own root, state, socket and runc root; CRI with the local sandbox image)
+sock="$nd/containerd/containerd.sock"
+cat > "$nd/containerd.toml" <<TOML
+version = 2
+root = "$nd/containerd/root"
+state = "$nd/containerd/state"
+disabled_plugins = ["io.containerd.internal.v1.opt", "io.containerd.snapshotter.v1.aufs", "io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper"]
+[grpc]
+  address = "$sock"
+[ttrpc]
+  address = "$sock.ttrpc"
+[debug]
+  address = ""
+[metrics]
+  address = ""
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "$PAUSE"
+  stream_server_address = "127.0.0.1"
+  stream_server_port = "0"
+  enable_cdi = false
+  # No CAP_SYS_RESOURCE here: runc cannot lower oom_score_adj (the sandbox asks -998) and fails
+  # with "can't get final child's PID from pipe: EOF". Keep scores >= containerd's own.
+  restrict_oom_score_adj = true
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    snapshotter = "overlayfs"
+    default_runtime_name = "runc"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+        SystemdCgroup = false
+        Root = "$nd/runc"
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "/usr/lib/cni"
+    conf_dir = "$nd/cni/net.d"
+TOML
+cat > "$nd/cni/net.d/10-nodemedic.conflist" <<CNI
+{"cniVersion": "0.4.0", "name": "nodemedic-$name", "plugins": [
+  {"type": "bridge", "bridge": "$BRIDGE", "isGateway": true, "ipMasq": false, "hairpinMode": true,
+   "ipam": {"type": "host-local", "dataDir": "$nd/cni/data", "ranges": [[{"subnet": "$POD_CIDR"}]],
+            "routes": [{"dst": "0.0.0.0/0"}]}},
+  {"type": "loopback"}]}
+CNI
+start() { # name args...
+  local pname=$1; shift
+  setsid "$@" > "$nd/logs/$pname.log" 2>&1 < /dev/null &
+  echo "$pname $!" >> "$nd/pids"
+}
+start containerd containerd --config "$nd/containerd.toml"
+for _ in $(seq 1 100); do ctr --address "$sock" version >/dev/null 2>&1 && break; sleep 0.1; done
+ctr --address "$sock" version >/dev/null 2>&1 || die "containerd did not answer on $sock"
+
+# --- the images (built once per busybox, cached next to the binaries)
+imgs="$(dirname "$bin")/images"; mkdir -p "$imgs"
+[ -s "$imgs/busybox.tar" ] || python3 "$here/oci_image.py" "$imgs/busybox.tar" "$IMAGE"
+[ -s "$imgs/pause.tar" ] || python3 "$here/oci_image.py" "$imgs/pause.tar" "$PAUSE" /bin/sleep 2147483647
+for t in busybox pause; do
+  ctr --address "$sock" -n k8s.io images import "$imgs/$t.tar" >> "$nd/logs/images.log" 2>&1
+done
+
+# --- kubelet
+cat > "$nd/kubelet.yaml" <<YAML
+apiVersion: kubelet.config.k8s.io/v1beta1
+kind: KubeletConfiguration
+# cgroup v1 host (hybrid): kubelet >= 1.35 refuses v1 unless told (KEP-5573).
+failCgroupV1: false
+cgroupDriver: cgroupfs
+cgroupRoot: /
+containerRuntimeEndpoint: unix://$sock
+address: $node_ip
+port: $kubelet_port
+readOnlyPort: $ro_port
+healthzBindAddress: 127.0.0.1
+healthzPort: $healthz_port
+authentication:
+  anonymous: {enabled: false}
+  webhook: {enabled: false}
+  x509: {clientCAFile: "$pki/ca.crt"}
+authorization: {mode: AlwaysAllow}
+failSwapOn: false
+# The imported images must never be garbage-collected: they cannot be pulled back.
+imageGCHighThresholdPercent: 100
+imageGCLowThresholdPercent: 99
+evictionHard: {memory.available: "1Mi", nodefs.available: "1%", imagefs.available: "1%"}
+podCIDR: "$POD_CIDR"
+resolvConf: ""
+staticPodPath: ""
+serializeImagePulls: false
+YAML
+start kubelet "$bin/kubelet" --config "$nd/kubelet.yaml" --kubeconfig "$nd/kubelet.kubeconfig" \
+  --root-dir "$nd/kubelet" --cert-dir "$nd/certs" --hostname-override "$name" \
+  --node-ip "$node_ip" --v 1
+
+kc=("$bin/kubectl" --kubeconfig "$dir/admin.kubeconfig")
+for _ in $(seq 1 180); do
+  ready="$("${kc[@]}" get node "$name" -o 'jsonpath={.status.conditions[?(@.type=="Ready")].status}' 2>/dev/null || true)"
+  if [ "$ready" = True ]; then
+    ms=$(( ($(date +%s%N) - t0) / 1000000 ))
+    echo "node-up($name): Ready in $((ms / 1000)).$((ms % 1000 / 100)) s; kubelet read-only http://$node_ip:$ro_port" >&2
+    printf '%s\n' "$ro_port" > "$nd/readonly-port"
+    echo "$name http://$node_ip:$ro_port"; exit 0
+  fi
+  while read -r pname pid; do
+    kill -0 "$pid" 2>/dev/null || { echo "node-up($name): $pname exited" >&2; false; }
+  done < "$nd/pids"
+  sleep 0.5
+done
+echo "node-up($name): the Node did not turn Ready within 90 s: $("${kc[@]}" get node "$name" -o 'jsonpath={.status.conditions[?(@.type=="Ready")].message}' 2>&1)" >&2
+false

@@ -1,0 +1,66 @@
+"""One real node (hack/k8s/node-up.sh: containerd + runc + the pinned kubelet) under the session's
+real control plane, for tests of what only a real kubelet and kernel produce.
+
+Off unless ``NODEMEDIC_K8S_NODES=1``: the node needs root, Debian's containerd, runc,
+containernetworking-plugins and busybox-static, and it uses host-wide things (the ``kubepods``
+cgroups, /run/netns, a bridge), so two sessions on one host would collide. When it is on and the
+node cannot come up, the test fails with node-up.sh's own error, never skips.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.real_cluster import HACK, RealCluster
+
+NODES_ENV = "NODEMEDIC_K8S_NODES"
+IMAGE = "nodemedic.local/busybox:1"
+
+
+@dataclass(frozen=True)
+class RealNode:
+    name: str
+    kubelet_url: str  # the kubelet's read-only port (http, no auth): /pods, /stats/summary
+    image: str = IMAGE
+
+
+def real_node(cluster: RealCluster, name: str = "nodemedic-node-1") -> Iterator[RealNode]:
+    """Generator for a fixture: the node Ready, then torn down (node-down.sh)."""
+    if os.environ.get(NODES_ENV) != "1":
+        pytest.skip(f"real nodes are off (set {NODES_ENV}=1; needs root and containerd)")
+    try:
+        cluster.start()
+    except RuntimeError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    if cluster.tmp is None:
+        pytest.fail("a real node needs the control plane of hack/k8s/up.sh (its CA signs the "
+                    "node's certificate); an existing cluster (NODEMEDIC_K8S_KUBECONFIG) has none",
+                    pytrace=False)
+    env = {**os.environ, "K8S_DIR": str(cluster.tmp / "k8s"), "NODE_NAME": name}
+    up = subprocess.run(["bash", str(HACK / "node-up.sh")], env=env, capture_output=True,
+                        text=True, timeout=600, check=False)
+    if up.returncode != 0:
+        pytest.fail(f"the real node did not come up (hack/k8s/node-up.sh exit {up.returncode}):"
+                    f"\n{up.stderr[-4000:]}", pytrace=False)
+    got_name, url = up.stdout.strip().splitlines()[-1].split()
+    try:
+        yield RealNode(got_name, url)
+    finally:
+        subprocess.run(["bash", str(HACK / "node-down.sh")], env=env, capture_output=True,
+                       check=False, timeout=180)
+
+
+def cgroup_file(hierarchy: str, pod_uid: str, container_id: str, name: str) -> Path:
+    """The v1 control file of a container the kubelet placed with the cgroupfs driver."""
+    base = Path("/sys/fs/cgroup") / hierarchy / "kubepods"
+    for qos in ("", "burstable", "besteffort"):
+        p = base / qos / f"pod{pod_uid}" / container_id / name
+        if p.exists():
+            return p
+    raise AssertionError(f"no {name} for pod {pod_uid} container {container_id} under {base}")
