@@ -177,12 +177,14 @@ def _strip_scheme(container_id: str) -> str:
 
 
 def parse_pod_list(doc: Any) -> PodList:
-    """Turn a decoded /pods PodList into :class:`PodDetail` objects, skipping malformed items."""
-    if not isinstance(doc, dict) or not isinstance(doc.get("items"), list):
+    """Turn a decoded /pods PodList into :class:`PodDetail` objects, skipping malformed items.
+    ``"items": null`` is an empty list: a real kubelet with no pods sends exactly that."""
+    items = doc.get("items", ()) if isinstance(doc, dict) else ()
+    if not isinstance(doc, dict) or not (items is None or isinstance(items, list)):
         raise KubeletBadBody("/pods: expected a PodList object with an items array")
     out: list[PodDetail] = []
     skipped = 0
-    for item in doc["items"]:
+    for item in items or []:
         try:
             meta = item["metadata"]
             uid, ns, name = str(meta["uid"]), str(meta["namespace"]), str(meta["name"])

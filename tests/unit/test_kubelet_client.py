@@ -276,3 +276,14 @@ async def test_missing_ca_file_is_reported(tmp_path: Path) -> None:
     assert ok is False
     assert "cannot load kubelet CA file" in detail and "missing-ca.pem" in detail
     assert c.requests[("healthz", "config_error")] == 1
+
+
+def test_a_kubelet_without_pods_sends_items_null() -> None:
+    """A real kubelet (v1.35.4, tests/integration/k8s/test_real_node.py's node) with no pods
+    answers /pods with ``"items":null``: that is an empty node, not a bad body (before, the
+    cgroup series lost their pod names on such a node); a body without items is still refused."""
+    empty = parse_pod_list({"kind": "PodList", "apiVersion": "v1", "metadata": {},
+                            "items": None})
+    assert empty.pods == () and empty.skipped == 0
+    with pytest.raises(KubeletBadBody):
+        parse_pod_list({"kind": "PodList", "apiVersion": "v1", "metadata": {}})
