@@ -115,8 +115,14 @@ exit 5
 
 def listening(pid: int) -> set[tuple[str, int]]:
     """(address, port) of every TCP socket ``pid`` listens on, read from its own netns."""
-    inodes = {os.readlink(f"/proc/{pid}/fd/{fd}")[8:-1] for fd in os.listdir(f"/proc/{pid}/fd")
-              if os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:[")}
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:  # the starting agent opens and closes files meanwhile: a vanished fd is no socket
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except FileNotFoundError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
     out = set()
     for table, width in (("tcp", 8), ("tcp6", 32)):
         for line in Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]:
