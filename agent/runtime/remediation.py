@@ -314,6 +314,7 @@ class RemediationStage:
         """Write the final state (best effort); the API client belongs to the caller."""
         await self.gate.alerts.close()
         self._local_dirty = True
+        self._state_retry_at = 0.0  # the last chance: a write backing off is tried once more
         await self._persist(force=self.api is not None)
 
     def _changed(self) -> None:

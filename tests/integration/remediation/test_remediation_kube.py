@@ -138,3 +138,26 @@ async def test_an_event_failing_on_every_retry_is_given_up(
     assert metric(fams, "nodemedic_remediation_events_dropped_total", reason="attempts") == 1
     assert metric(fams, "nodemedic_remediation_events_queued") == 0
     assert metric(fams, "nodemedic_remediation_events_failed_total") == 3
+
+
+async def test_a_refused_state_write_backs_off_and_is_retried_at_shutdown(
+    apiserver: ApiServer, kube_api: Any
+) -> None:
+    """Node updates refused (403): the cordon fails once, the state annotation is not re-PUT on
+    every tick (10 s, 20 s ... backoff), and close() still tries the last write."""
+    apiserver.create(node(NODE))
+    apiserver.faults.fail(1000, 403, verb="update", resource="nodes")
+    clock = Clock()
+    engine = ScriptedEngine()
+    stage = RemediationStage(settings(), kube_api, engine, clock=clock, monotonic=clock)
+    engine.queue = [ActionRequest("r", ActionSpec("cordon"), Target("node", NODE),
+                                  cooldown_seconds=600)]
+    for _ in range(8):  # 8 ticks, 1 s apart: within the first 10 s backoff
+        await stage.on_snapshot(snapshot())
+        clock.t += 1
+    assert metric(stage.families(), "nodemedic_state_writes_total", result="error") == 1
+    clock.t += 10  # past the backoff: one more try
+    await stage.on_snapshot(snapshot())
+    assert metric(stage.families(), "nodemedic_state_writes_total", result="error") == 2
+    await stage.close()  # inside the next (20 s) backoff, yet tried
+    assert metric(stage.families(), "nodemedic_state_writes_total", result="error") == 3
