@@ -161,13 +161,15 @@ class AlertGate:
     async def _run(self) -> None:
         async with aiohttp.ClientSession() as session:
             while True:
+                # Cleared before the poll: a reload during it wakes the next one at once (its
+                # answer to the old sources is discarded), not a whole interval later.
+                self._wake.clear()
                 if sources(self.settings):
                     try:
                         await self.poll(session)
                     except Exception as exc:  # never let the poller die: hold and say why
                         self._error = f"poll crashed: {type(exc).__name__}: {exc}"
                         log.exception("alert_gate_poll_crashed")
-                self._wake.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(),
                                            self.settings.safety_alert_gate_interval)
@@ -209,15 +211,22 @@ class AlertGate:
         try:
             async with session.get(full, timeout=aiohttp.ClientTimeout(total=limit),
                                    headers={"Accept": "application/json"}) as resp:
-                body = await resp.content.read(MAX_BODY + 1)
+                # read(n) returns what has arrived so far, not n bytes: a list sent in several
+                # pieces was cut and judged "not JSON" (every gated action held). Read it all.
+                chunks: list[bytes] = []
+                size = 0
+                async for chunk in resp.content.iter_chunked(65536):
+                    size += len(chunk)
+                    if size > MAX_BODY:
+                        raise PollError(f"answer larger than {MAX_BODY} bytes")
+                    chunks.append(chunk)
+                body = b"".join(chunks)
                 if resp.status != 200:
                     raise PollError(f"HTTP {resp.status}: {body[:200].decode(errors='replace')}")
         except (aiohttp.ClientError, OSError) as exc:
             raise PollError(f"{type(exc).__name__}: {exc}") from exc
         except TimeoutError as exc:
             raise PollError(f"no answer within {limit:g}s") from exc
-        if len(body) > MAX_BODY:
-            raise PollError(f"answer larger than {MAX_BODY} bytes")
         try:
             data = json.loads(body)
         except ValueError as exc:

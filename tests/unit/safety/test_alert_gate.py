@@ -75,3 +75,44 @@ def test_the_answer_ages_into_unknown_and_a_new_source_forgets_it() -> None:
     gate.reconfigure(s.model_copy(update={"safety_alert_gate_prometheus_url": "http://other"}))
     assert gate.check(sel) == "alert gate unknown: no answer from the alert sources yet"
     assert gate.check([]) is None  # nothing selected: nothing to hold for
+
+
+async def test_an_answer_sent_in_many_pieces_is_read_whole() -> None:
+    """3,000 firing alerts streamed in 8 KiB pieces (as a busy Prometheus sends them) are one
+    answer; before, only the first piece was read and every poll was 'not JSON' (all held)."""
+    import asyncio
+    import json
+
+    import aiohttp
+    from aiohttp import web
+
+    from tests.loopthread import free_port
+
+    alerts = [{"labels": {"alertname": f"A{i}", "severity": "page"}, "state": "firing"}
+              for i in range(3000)]
+    body = json.dumps({"status": "success", "data": {"alerts": alerts}}).encode()
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "application/json"})
+        await resp.prepare(request)
+        for i in range(0, len(body), 8192):
+            await resp.write(body[i:i + 8192])
+            await asyncio.sleep(0)  # let each piece leave separately
+        await resp.write_eof()
+        return resp
+
+    app = web.Application()
+    app.router.add_get("/api/v1/alerts", handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        gate = AlertGate(settings_for_tests(safety_alert_gate_prometheus_url=f"http://127.0.0.1:{port}",
+                                            safety_alert_gate_alerts=("A2999",)))
+        async with aiohttp.ClientSession() as session:
+            await gate.poll(session)
+        assert gate.status()["error"] in ("", None), gate.status()
+        assert [a["alertname"] for a in gate.firing([parse_selector("A2999")])] == ["A2999"]
+    finally:
+        await runner.cleanup()
