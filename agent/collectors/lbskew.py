@@ -550,14 +550,24 @@ class LbSkewCollector(Collector):
         now = self._clock()
         if self._walked is None or self._walks.due(now + 1.0):  # a second of tick jitter
             cpu0, wall0 = time.thread_time(), time.monotonic()
-            summary = self._read_conntrack(src, deadline)
-            cost = (time.thread_time() - cpu0 if src.conntrack == "proc"
-                    else time.monotonic() - wall0)  # the command's CPU is not in this thread
+
+            def cost() -> float:  # the command's CPU is not in this thread: its wall time
+                return (time.thread_time() - cpu0 if src.conntrack == "proc"
+                        else time.monotonic() - wall0)
+
+            try:
+                summary = self._read_conntrack(src, deadline)
+            except TimeoutError:
+                # A walk that ran into the deadline cost that much too: it counts against the
+                # budget, or the biggest tables would be walked to the deadline every tick.
+                self._walked = None
+                self._walks.record(now, cost())
+                raise
             if summary is None:
                 self._walked = None
                 self._walks.forget()
                 return None
-            self._walks.record(now, cost)
+            self._walks.record(now, cost())
             self._walked = (summary, src.conntrack)
         summary, src.conntrack = self._walked
         assert self._walks.last_at is not None
