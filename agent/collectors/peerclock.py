@@ -57,9 +57,10 @@ DRIFTED = MetricSpec(
 EXCHANGES = MetricSpec(
     "nodemedic_peer_clock_exchanges_total",
     "Clock exchanges with peer agents by result: ok, no_timestamps (an agent too old to send "
-    "t2/t3: ignored), failed (no answer).",
+    "t2/t3: ignored), refused (its web auth answered 401/403: serve /healthz on "
+    "--web.probe-address), failed (no answer).",
     "counter", ("result",))
-RESULTS = ("ok", "no_timestamps", "failed")
+RESULTS = ("ok", "no_timestamps", "refused", "failed")
 
 
 @register("peerclock", default_enabled=True)

@@ -90,6 +90,10 @@ class ClockTransport(Protocol):
     async def close(self) -> None: ...
 
 
+class ClockRefusedError(Exception):
+    """The peer's /healthz refused us (401/403: web auth without --web.probe-address)."""
+
+
 class HttpClockTransport:
     """GET <url>/healthz over one aiohttp session; any status carries the times."""
 
@@ -107,6 +111,8 @@ class HttpClockTransport:
             allow_redirects=False,
         ) as resp:
             t4 = wall_ns()
+            if resp.status in (401, 403):  # its web auth refused us: no times, not "too old"
+                raise ClockRefusedError(f"HTTP {resp.status}")
             return parse_sample(t1, t4, resp.headers)
 
     async def close(self) -> None:
@@ -167,6 +173,8 @@ class ClockSkew:
         self.results: Counter[str] = Counter()  # ok, no_timestamps, failed
         self.last_error = ""
         self._listed_at: float | None = None
+        # peer -> (its Lease's renewTime as last listed, our monotonic time it last changed)
+        self._renewals: dict[str, tuple[str, float]] = {}
 
     async def refresh_peers(self, *, force: bool = False) -> None:
         """Re-read the heartbeat Leases when due (every PEER_LIST_SECONDS, every round while
@@ -182,15 +190,25 @@ class ClockSkew:
             return
         self._listed_at = now
         self.last_error = ""
-        wall = self.wall_ns() / 1e9
         urls: dict[str, str] = {}
+        seen: dict[str, tuple[str, float]] = {}
         for obj in items:
             try:
                 node, url, _ = reduce_heartbeat(obj)
             except (KeyError, TypeError):
                 continue
-            if url and node != self.me and not leases.expired(obj.get("spec") or {}, wall):
+            # Stale = its renewTime has not changed for a lease duration of *our* monotonic
+            # time. Not renewTime against our wall clock: a node whose clock runs ahead would
+            # see every peer expired and lose the very measurement that should flag it.
+            spec = obj.get("spec") or {}
+            renew = str(spec.get("renewTime") or "")
+            prev = self._renewals.get(node)
+            changed_at = prev[1] if prev is not None and prev[0] == renew else now
+            seen[node] = (renew, changed_at)
+            duration = float(spec.get("leaseDurationSeconds") or PEER_LIST_SECONDS)
+            if url and node != self.me and now - changed_at <= max(duration, PEER_LIST_SECONDS):
                 urls[node] = url
+        self._renewals = seen
         chosen = choose_peers(self.me, sorted(urls), self.k)
         self.urls = {p: urls[p] for p in chosen}
         for gone in [p for p in self.samples if p not in self.urls]:
@@ -212,6 +230,8 @@ class ClockSkew:
         try:
             sample = await asyncio.wait_for(
                 self.transport.exchange(url, self.timeout, self.wall_ns), self.timeout + 0.5)
+        except ClockRefusedError:
+            return "refused"
         except (aiohttp.ClientError, OSError, TimeoutError):
             return "failed"
         return sample if sample is not None else "no_timestamps"

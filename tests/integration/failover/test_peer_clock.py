@@ -164,3 +164,21 @@ async def test_the_collector_finds_its_peers_and_measures_on_its_own(
         assert collector.status()["probed"] == ["node-b", "node-c", "node-old"]
     finally:
         await collector.close()
+
+
+async def test_a_clock_far_ahead_still_finds_its_peers_and_is_flagged(
+        kube_api: Any, fleet: dict[str, str]) -> None:
+    """A node whose clock runs an hour ahead sees its peers' heartbeat Leases as long expired
+    by its own wall clock; it must still measure them (staleness is judged by whether a Lease
+    changes, on its monotonic clock) and flag itself, not go silent."""
+    ahead = shifted(3600.0)
+    skew = ClockSkew(kube_api, NS, "node-fast", peers=5, window=4, interval=1.0, wall_ns=ahead)
+    await skew.refresh_peers(force=True)
+    assert {"node-a", "node-b", "node-c"} <= set(skew.urls), skew.urls
+    for _ in range(4):
+        await skew.probe_once()
+    await skew.close()
+    got = skew.majority()
+    assert got is not None, "no majority: the fast node lost its peers"
+    offset, _, _ = got
+    assert 3590 < offset < 3610, offset
