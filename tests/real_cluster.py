@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import os
 import shutil
@@ -123,8 +124,9 @@ class RealCluster:
         self.creds = Credentials.load(Path(proc.stdout.strip().splitlines()[-1]))
         return self.creds
 
-    @property
+    @functools.cached_property
     def bin_dir(self) -> Path:
+        """The pinned binaries (hack/k8s/build.sh, asked once)."""
         out = subprocess.run(["bash", str(HACK / "build.sh")], capture_output=True, text=True,
                              check=True)
         return Path(out.stdout.strip().splitlines()[-1])
@@ -298,6 +300,27 @@ def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S.000000Z", time.gmtime())
 
 
+def micro_time(now: float) -> str:
+    """``now`` as a Kubernetes MicroTime (what a kubelet writes in its Lease's renewTime)."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1e6):06d}Z"
+
+
+async def renew_node_lease(kube: Backend, node: str, *, create: bool = False,
+                           now: float | None = None) -> None:
+    """Renew ``node``'s Lease in kube-node-lease as its kubelet would (``create``: make it first,
+    or renew it if it exists)."""
+    stamp = micro_time(time.time() if now is None else now)
+    if create:
+        code, _ = await kube.request("POST", rest_path("Lease", "kube-node-lease"), {
+            "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+            "metadata": {"name": node, "namespace": "kube-node-lease"},
+            "spec": {"holderIdentity": node, "leaseDurationSeconds": 40, "renewTime": stamp}})
+        if code != 409:
+            return
+    await kube.request("PATCH", rest_path("Lease", "kube-node-lease", node),
+                       {"spec": {"renewTime": stamp}}, "application/merge-patch+json")
+
+
 class Heartbeats:
     """Renews each node's Lease in kube-node-lease (and its Ready heartbeat once), as kubelets
     do: without it a real node lifecycle controller marks a new node's pods NotReady at once and
@@ -332,18 +355,7 @@ class Heartbeats:
         self.alive.discard(node)
 
     async def _renew(self, node: str, create: bool = False) -> None:
-        body = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
-                "metadata": {"name": node, "namespace": "kube-node-lease"},
-                "spec": {"holderIdentity": node, "leaseDurationSeconds": 40,
-                         "renewTime": _now()}}
-        if create:
-            code, _ = await self.kube.request(
-                "POST", rest_path("Lease", "kube-node-lease"), body)
-            if code != 409:
-                return
-        await self.kube.request("PATCH", rest_path("Lease", "kube-node-lease", node),
-                                {"spec": {"renewTime": _now()}},
-                                "application/merge-patch+json")
+        await renew_node_lease(self.kube, node, create=create)
 
     async def _loop(self) -> None:
         while True:

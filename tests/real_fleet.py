@@ -23,7 +23,7 @@ from typing import Any
 import yaml
 
 from agent.demo.fleet import Fleet, Timings
-from tests.real_cluster import Backend, rest_path
+from tests.real_cluster import Backend, renew_node_lease, rest_path
 
 ZONE = "zone-a"
 
@@ -84,19 +84,9 @@ class Kubelets:
         self.alive.discard(node)
 
     async def _lease(self, node: str, create: bool = False) -> None:
-        now = time.time()  # MicroTime, as a kubelet writes it
-        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1e6):06d}Z"
+        now = time.time()
         self.renewed[node] = now
-        if create:
-            code, _ = await self.kube.request("POST", rest_path("Lease", "kube-node-lease"), {
-                "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
-                "metadata": {"name": node, "namespace": "kube-node-lease"},
-                "spec": {"holderIdentity": node, "leaseDurationSeconds": 40,
-                         "renewTime": stamp}})
-            if code != 409:
-                return
-        await self.kube.request("PATCH", rest_path("Lease", "kube-node-lease", node),
-                                {"spec": {"renewTime": stamp}}, "application/merge-patch+json")
+        await renew_node_lease(self.kube, node, create=create, now=now)
 
     async def _loop(self) -> None:
         while True:

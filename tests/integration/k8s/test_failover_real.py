@@ -154,8 +154,14 @@ async def test_dead_node_is_cordoned_drained_and_replaced(cluster: Cluster) -> N
     assert t_cordon >= T.node_grace - quiet - 0.05, "cordoned before the node's grace ran out"
     assert FAILED_TAINT in await c.taints(victim)
 
+    removed: dict[str, dict[str, Any]] = {}  # the victim's pods as last seen terminating
+
     async def replaced() -> bool:
-        live = [p for p in await pods(c.kube, c.ns)
+        now = await pods(c.kube, c.ns)
+        removed.update({p["metadata"]["name"]: p for p in now
+                        if p["spec"].get("nodeName") == victim
+                        and p["metadata"].get("deletionTimestamp")})
+        live = [p for p in now
                 if not p["metadata"].get("deletionTimestamp") and p["spec"].get("nodeName")]
         return len(live) == 3 and all(p["spec"]["nodeName"] != victim for p in live)
 
@@ -169,8 +175,8 @@ async def test_dead_node_is_cordoned_drained_and_replaced(cluster: Cluster) -> N
         raise AssertionError(f"{exc}; pods: {state}; events: {events}") from None
     t_bound = time.monotonic() - t0
     # Evicted through the Eviction API (DisruptionTarget set by the API server's eviction).
-    evicted = [p for p in await pods(c.kube, c.ns) if p["spec"].get("nodeName") == victim]
-    for p in evicted:
+    assert removed, "no pod of the failed node was seen terminating"
+    for p in removed.values():
         assert any(cond.get("type") == "DisruptionTarget"
                    for cond in p["status"].get("conditions", [])), p["status"]
 

@@ -102,8 +102,10 @@ async def test_problem_on_every_node_of_the_workload_blames_it(
     assert events[0]["involvedObject"]["name"] == "web"
     assert events[0]["involvedObject"]["apiVersion"] == "apps/v1"
 
-    # Final for the episode: not held, not asked again while the rule keeps firing.
+    # Final for the episode: not held, so the stage does not re-gate it on its own on later
+    # ticks (a held step would be re-asked on the next tick and add a decision).
     assert status["held"] == []
+    await stage.on_snapshot(snapshot())
     await stage.on_snapshot(snapshot())
     assert len(stage.status()["remediation"]["recent_decisions"]) == 1
     assert not unschedulable(apiserver)
