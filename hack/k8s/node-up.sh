@@ -41,7 +41,11 @@ t0=$(date +%s%N)
 find /run/netns -maxdepth 1 -name 'cni-*' 2>/dev/null > "$nd/netns-before" || true
 touch "$nd/created-kubepods"
 cleanup_on_error() { echo "node-up($name): failed; last log lines:" >&2; tail -n 15 "$nd"/logs/*.log >&2 || true; NODE_NAME="$name" bash "$here/node-down.sh" >&2 || true; }
-trap cleanup_on_error ERR
+# On every way out but success (a failed command, die, Ctrl-C, a timeout's TERM): what was
+# started so far is stopped, so the next node-up is not refused as "already running".
+up_ok=0
+trap '[ "$up_ok" = 1 ] || cleanup_on_error' EXIT
+trap 'exit 1' INT TERM
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 kubelet_port=$(free_port); healthz_port=$(free_port); ro_port=$(free_port)
@@ -171,7 +175,7 @@ for _ in $(seq 1 180); do
     ms=$(( ($(date +%s%N) - t0) / 1000000 ))
     echo "node-up($name): Ready in $((ms / 1000)).$((ms % 1000 / 100)) s; kubelet read-only http://$node_ip:$ro_port" >&2
     printf '%s\n' "$ro_port" > "$nd/readonly-port"
-    echo "$name http://$node_ip:$ro_port"; exit 0
+    up_ok=1; echo "$name http://$node_ip:$ro_port"; exit 0
   fi
   while read -r pname pid; do
     kill -0 "$pid" 2>/dev/null || { echo "node-up($name): $pname exited" >&2; false; }
