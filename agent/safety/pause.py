@@ -20,6 +20,7 @@ from typing import Any
 from agent.kube.configmaps import get_configmap_data
 from agent.kube.errors import KubeError
 from agent.kube.nodes import get_node, read_annotations
+from agent.safety.windows import FREEZE_KEY
 
 PAUSE_ANNOTATION = "nodemedic.io/paused"
 CACHE_SECONDS = 5.0
@@ -85,7 +86,7 @@ class PauseSwitch:
                 node=node,
                 node_paused=truthy(read_annotations(node).get(PAUSE_ANNOTATION)),
                 cluster_paused=truthy((data or {}).get("paused")),
-                freeze=(data or {}).get("freeze"),
+                freeze=(data or {}).get(FREEZE_KEY),
                 read_at=now,
             )
         self._view = view

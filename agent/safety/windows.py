@@ -29,6 +29,7 @@ import yaml
 
 from agent.structs.gatespec import Window, next_opening, parse_window, windows_allow
 from agent.structs.metrics import Family, MetricSpec
+from agent.structs.times import rfc3339
 
 FREEZE_KEY = "freeze"
 _OFF = ("", "false", "no", "off", "0")
@@ -58,14 +59,10 @@ class Freeze:
     note: str = ""  # e.g. that the until could not be read
 
     def describe(self, configmap: str) -> str:
-        until = f" until {_iso(self.until)}" if self.until is not None else " until removed"
+        until = f" until {rfc3339(self.until)}" if self.until is not None else " until removed"
         why = f": {self.reason}" if self.reason else ""
         note = f" ({self.note})" if self.note else ""
         return f"frozen cluster-wide by {configmap} key {FREEZE_KEY}{until}{why}{note}"
-
-
-def _iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _time(value: Any) -> float | None:
@@ -134,7 +131,7 @@ def window_denial(allow: Sequence[Sequence[Window]], deny: Sequence[Window],
            "outside the allow windows " + "; ".join(
                ", ".join(repr(w.text) for w in group) for group in allow if group))
     opens = next_opening(allow, deny, now)
-    when = (f"next opening {_iso(opens)}" if opens is not None
+    when = (f"next opening {rfc3339(opens)}" if opens is not None
             else "no opening in the next 8 days")
     return f"{why}; {when}"
 
@@ -169,13 +166,13 @@ class WindowState:
                 "deny": [w.text for w in deny],
                 "open": denial is None,
                 "detail": denial or "",
-                "next_opening": _iso(opens) if opens is not None else None,
+                "next_opening": rfc3339(opens) if opens is not None else None,
             },
             "freeze": {
                 "active": f is not None,
                 "known": self.freeze_known,
                 "reason": f.reason if f else "",
-                "until": _iso(f.until) if f is not None and f.until is not None else None,
+                "until": rfc3339(f.until) if f is not None and f.until is not None else None,
                 "detail": f.describe(configmap) if f is not None else "",
             },
         }
