@@ -349,6 +349,11 @@ class LbSkewCollector(Collector):
         self._unreadable: dict[str, str] = {}  # this tick's metrics whose source refused us
         self._walks = ctstats.WalkSchedule(ctstats.parse_share(ctx.settings.lbskew_conntrack_cpu))
         self._walked: tuple[conntrack.ConntrackSummary, str] | None = None  # last walk, source
+        self._walk_fresh = False  # the walk was made this tick
+        # Service labels -> its endpoints in the rules when the last walk was made: between
+        # walks a Service whose endpoints changed (a rollout, a scale-up) gets no counts, as
+        # the old counts would show its new endpoints idle and read as skew.
+        self._walk_endpoints: dict[tuple[str, str, str], frozenset[str]] = {}
 
     async def start(self) -> None:
         """Start the EndpointSlice watch when an API client is shared (else: comments only)."""
@@ -412,9 +417,18 @@ class LbSkewCollector(Collector):
         seen: set[tuple[str, ...]] = set()
         if rules is not None:
             flows = _flows_by_vip(summary) if summary is not None else None
+            if self._walk_fresh:
+                self._walk_endpoints = {}
             for labels, chains in _group_chains(rules).items():
                 self._used.add(labels)
-                self._emit_chain(fams, labels, chains, flows, seen)
+                chain_flows = flows
+                if flows is not None:
+                    eps = frozenset(e.address for ch in chains for e in ch.endpoints)
+                    if self._walk_fresh:
+                        self._walk_endpoints[labels] = eps
+                    elif self._walk_endpoints.get(labels) != eps:
+                        chain_flows = None  # the last walk saw other endpoints: no counts yet
+                self._emit_chain(fams, labels, chains, chain_flows, seen)
         if table is not None:
             for vs in table.services:
                 self._emit_ipvs(fams, vs, seen)
@@ -548,6 +562,7 @@ class LbSkewCollector(Collector):
     ) -> conntrack.ConntrackSummary | None:
         """This tick's per-endpoint counts: a new walk when one is due, else the last walk's."""
         now = self._clock()
+        self._walk_fresh = False
         if self._walked is None or self._walks.due(now + 1.0):  # a second of tick jitter
             cpu0, wall0 = time.thread_time(), time.monotonic()
 
@@ -569,6 +584,7 @@ class LbSkewCollector(Collector):
                 return None
             self._walks.record(now, cost())
             self._walked = (summary, src.conntrack)
+            self._walk_fresh = True
         summary, src.conntrack = self._walked
         assert self._walks.last_at is not None
         fams[WALK_AGE.name].add((), max(0.0, now - self._walks.last_at))

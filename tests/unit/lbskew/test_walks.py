@@ -100,3 +100,25 @@ async def test_ticks_between_walks_reuse_the_counts_and_say_how_old(tmp_path: Pa
     third = await c.collect()
     assert _value(third, "nodemedic_service_endpoint_connections", **EP) == 0
     assert _value(third, "nodemedic_lbskew_conntrack_walk_age_seconds") == 0.0
+
+
+async def test_a_service_whose_endpoints_changed_since_the_walk_gets_no_old_counts(
+        tmp_path: Path) -> None:
+    """Between walks, a rollout replaced an endpoint: the last walk's counts would show the new
+    endpoint idle and the Service skewed. Until the next walk that Service has no counts (its
+    skew series are absent: missing data, the rule waits), not the old ones."""
+    now = [1000.0]
+    rules = tmp_path / "nat.txt"
+    rules.write_text(LAB_RULES.read_text())
+    ctx = CollectorContext(settings_for_tests(
+        path_procfs=_procfs(tmp_path), lbskew_iptables_save_file=rules,
+        lbskew_conntrack_command="/nonexistent/conntrack", lbskew_conntrack_cpu="0.0001%"))
+    c = LbSkewCollector(ctx, clock=lambda: now[0])
+    first = await c.collect()
+    assert _value(first, "nodemedic_service_endpoint_connections", **EP) is not None
+    rules.write_text(LAB_RULES.read_text().replace("10.244.1.7:8080", "10.244.1.99:8080"))
+    now[0] += 10.0
+    second = await c.collect()
+    moved = {**EP, "endpoint": "10.244.1.99:8080"}
+    assert _value(second, "nodemedic_service_endpoint_connections", **moved) is None
+    assert _value(second, "nodemedic_service_skewed", namespace="shop", service="web") is None
