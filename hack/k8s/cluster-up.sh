@@ -10,9 +10,14 @@ export K8S_DIR="${K8S_DIR:-$root/.k8s}"
 nodemedic="${CLUSTER_NODEMEDIC:-$root/.venv/bin/nodemedic}"
 [ -x "$nodemedic" ] || { echo "cluster-up: no $nodemedic (run 'make venv')" >&2; exit 1; }
 kubeconfig="$(bash "$here/up.sh")"
+# From here on any failing way out (a failed command, Ctrl-C, a timeout's TERM) stops what was
+# started: down.sh stops the node(s) and the control plane.
+cluster_ok=0
+trap '[ "$cluster_ok" = 1 ] || bash "$here/down.sh" >&2' EXIT
+trap 'exit 1' INT TERM
 name="${NODE_NAME:-nodemedic-node-1}"
 read -r name kubelet < <(NODE_NAME="$name" bash "$here/node-up.sh" | tail -1) \
-  || { bash "$here/down.sh"; exit 1; }
+  || exit 1
 nd="$K8S_DIR/nodes/$name"
 port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
 dry=(--dry-run); [ "${CLUSTER_DRY_RUN:-1}" = 0 ] && dry=()
@@ -26,7 +31,7 @@ url="http://127.0.0.1:$port"
 for _ in $(seq 1 60); do curl -sf --max-time 1 "$url/healthz" >/dev/null 2>&1 && break; sleep 0.5; done
 if ! curl -sf --max-time 1 "$url/healthz" >/dev/null 2>&1; then
   echo "cluster-up: the nodemedic agent of $name did not answer on $url/healthz within 30 s:" >&2
-  tail -5 "$nd/logs/nodemedic.log" >&2; bash "$here/down.sh"; exit 1
+  tail -5 "$nd/logs/nodemedic.log" >&2; exit 1
 fi
 python3 - "$K8S_DIR/cluster.json" "$name" "$url" "$kubelet" <<'PY'
 import json, sys
@@ -36,3 +41,4 @@ json.dump({"image": "nodemedic.local/busybox:1", "kubeconfig": out.rsplit("/", 1
           open(out, "w"), indent=2)
 PY
 echo "cluster-up: $name Ready, nodemedic on $url; $K8S_DIR/cluster.json, kubeconfig $kubeconfig" >&2
+cluster_ok=1

@@ -81,7 +81,8 @@ fi
 
 # 5. The Node object (the control plane may already be gone) and the directory.
 [ -f "$dir/admin.kubeconfig" ] && "${kc[@]}" delete node "$name" --wait=false >/dev/null 2>&1
-rm -rf "$nd"
+# --one-file-system: never through a mount that did not come off (pod volumes, netns).
+rm -rf --one-file-system "$nd"
 rmdir "$dir/nodes" 2>/dev/null
 echo "node-down($name): stopped" >&2
 exit 0

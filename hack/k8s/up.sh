@@ -24,7 +24,7 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 etcd_port=$(free_port); etcd_peer=$(free_port); api_port=$(free_port); cm_port=$(free_port); sch_port=$(free_port)
 
 # --- PKI: one CA, the serving cert, client certs per component, the service-account key pair.
-ossl() { openssl "$@" 2>/dev/null; }
+ossl() { openssl "$@" 2>>"$dir/logs/pki.log" || { echo "k8s-up: openssl $1 failed:" >&2; tail -5 "$dir/logs/pki.log" >&2; exit 1; }; }
 ossl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=nodemedic-k8s-ca" \
   -keyout "$pki/ca.key" -out "$pki/ca.crt"
 issue() { # name CN O [SAN]
