@@ -11,9 +11,10 @@ with the selectors of ``--safety.alert-gate-alerts`` plus the rule's ``gates.ale
 waiting for the network.
 
 Fail safe: a source that cannot be reached or answers with an error, a poll that has not
-answered yet, a cached answer older than ``--safety.alert-gate-stale-intervals`` intervals,
-and selectors without any configured source all mean "cannot see the alerts" and hold, with the
-reason in the denial's detail (``unreachable: <error>``, ``unknown: ...``), in /status and in
+answered yet, a cached answer older than ``--safety.alert-gate-stale-intervals`` intervals
+(plus the time one poll may take), and selectors without any configured source all mean
+"cannot see the alerts" and hold, with the reason in the denial's detail
+(``unreachable: <error>``, ``unknown: ...``), in /status and in
 ``nodemedic_alert_gate_state``.
 """
 
@@ -115,6 +116,19 @@ def describe(labels: Mapping[str, str]) -> str:
     rest = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items())
                     if k in ("severity", "namespace", "instance", "node"))
     return f"{name}{{{rest}}}" if rest else name
+
+
+def stale_after(settings: Settings) -> float:
+    """Seconds after which the last answer no longer counts.
+
+    Answers land every interval *plus* the poll's own time (the sources are asked one after the
+    other, each for up to the timeout), so the limit allows for the poll in flight: with
+    ``--safety.alert-gate-stale-intervals=1`` a limit of exactly one interval made the gate flap
+    to unknown (and hold every gated action) at every poll that took longer than nothing.
+    """
+    s = settings
+    return (s.safety_alert_gate_interval * s.safety_alert_gate_stale_intervals
+            + s.safety_alert_gate_timeout * max(1, len(sources(s))))
 
 
 class AlertGate:
@@ -245,8 +259,7 @@ class AlertGate:
         if self._answered is None:
             return "unknown: no answer from the alert sources yet"
         age = self.monotonic() - self._answered
-        s = self.settings
-        limit = s.safety_alert_gate_interval * s.safety_alert_gate_stale_intervals
+        limit = stale_after(self.settings)
         if age > limit:
             return f"unknown: the last answer is {age:.0f}s old (stale after {limit:g}s)"
         return None

@@ -411,9 +411,9 @@ async def test_a_stale_answer_holds(
     try:
         await until(lambda: polls(agent, "ok") >= 1, "a first poll")
         await agent.stage.gate.alerts.close()  # the poller stops; its last answer ages
-        await agent.tick(n=6)  # 60 s of (fake) time later: older than 2 x 5 s
+        await agent.tick(n=6)  # 60 s of (fake) time later: older than 2 x 5 s + 0.5 s
         assert not cordoned(apiserver)
         ((_, reason, detail),) = agent.held()
-        assert reason == "alert_gate" and "stale after 10s" in detail
+        assert reason == "alert_gate" and "stale after 10.5s" in detail
     finally:
         await agent.stage.close()

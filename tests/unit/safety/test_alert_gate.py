@@ -68,13 +68,30 @@ def test_the_answer_ages_into_unknown_and_a_new_source_forgets_it() -> None:
     answered(gate, clock, {"alertname": "A", "severity": "page"})
     assert gate.check(sel) == 'alerts firing: A{severity="page"}'
     assert gate.state() == "firing"
-    clock.t += 31
-    assert gate.check(sel) == "alert gate unknown: the last answer is 31s old (stale after 30s)"
+    clock.t += 36  # 3 intervals of 10 s + the 5 s one poll may take
+    assert gate.check(sel) == "alert gate unknown: the last answer is 36s old (stale after 35s)"
     assert gate.state() == "unknown"
     answered(gate, clock)
     gate.reconfigure(s.model_copy(update={"safety_alert_gate_prometheus_url": "http://other"}))
     assert gate.check(sel) == "alert gate unknown: no answer from the alert sources yet"
     assert gate.check([]) is None  # nothing selected: nothing to hold for
+
+
+def test_one_stale_interval_does_not_flap_while_the_next_poll_is_in_flight() -> None:
+    """stale-intervals=1: the next answer lands an interval plus the poll's time later; until
+    then the gate keeps the last answer (it used to turn unknown and hold for that moment)."""
+    clock = Clock()
+    s = settings_for_tests(safety_alert_gate_prometheus_url=PROM,
+                           safety_alert_gate_alertmanager_url="http://am:9093",
+                           safety_alert_gate_alerts=("A",), safety_alert_gate_interval=15.0,
+                           safety_alert_gate_timeout=5.0, safety_alert_gate_stale_intervals=1)
+    gate = AlertGate(s, monotonic=clock)
+    sel = [parse_selector("A")]
+    answered(gate, clock, {"alertname": "B"})
+    clock.t += 15 + 2 * 5  # both sources took their whole timeout: still the last answer
+    assert gate.check(sel) is None and gate.state() == "clear"
+    clock.t += 1
+    assert gate.state() == "unknown"
 
 
 async def test_an_answer_sent_in_many_pieces_is_read_whole() -> None:
