@@ -234,7 +234,7 @@ class SafetyGate:
                 return self.deny(req, "paused", "paused by node annotation nodemedic.io/paused")
             node = view.node
             freeze = windows.parse_freeze(view.freeze, self.clock())
-            self.windows.saw_freeze(view.freeze)
+            self.windows.saw_freeze(view.freeze, self.clock())
         if act.cordons and req.rule in admin_override_rules(node):
             return self.deny(
                 req,
@@ -369,7 +369,7 @@ class SafetyGate:
         self.pause.invalidate()
         view = await self.pause.view()
         if view.ok:
-            self.windows.saw_freeze(view.freeze)
+            self.windows.saw_freeze(view.freeze, self.clock())
         try:
             total, cordoned = await count_nodes(self.api)
         except KubeError:

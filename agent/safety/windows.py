@@ -8,8 +8,11 @@ undo requests). Two checks, each a denial that holds the step until it clears:
   is ``true`` (frozen until removed), a mapping ``{until: 2026-12-27T08:00:00Z, reason: ...}``,
   or an RFC 3339 time followed by the reason (``2026-12-27T08:00:00Z year-end freeze``); any
   other text freezes until removed, with that text as the reason. ``false``, ``no``, ``off``,
-  ``0`` and empty mean no freeze. A freeze whose ``until`` has passed ends by itself; an
-  ``until`` that cannot be read freezes until removed (fail safe). Times without a zone are UTC.
+  ``0`` and empty mean no freeze. A freeze whose ``until`` has passed ends by itself, but not
+  silently: while the key is still set /status shows ``expired_at`` with a detail and the agent
+  logs ``freeze_expired`` once per value (a freeze written with last year's date by mistake is
+  visible, not a quiet "not frozen"); an ``until`` that cannot be read freezes until removed
+  (fail safe). Times without a zone are UTC.
   A freeze holds every disruptive action and every action of ``--safety.gated-actions``; a
   rule cannot opt out of it.
 * ``window``: ``--safety.allow-windows`` / ``--safety.deny-windows`` and a rule's
@@ -25,11 +28,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import structlog
 import yaml
 
 from agent.structs.gatespec import Window, next_opening, parse_window, windows_allow
 from agent.structs.metrics import Family, MetricSpec
 from agent.structs.times import rfc3339
+
+log = structlog.get_logger("nodemedic.safety.windows")
 
 FREEZE_KEY = "freeze"
 _OFF = ("", "false", "no", "off", "0")
@@ -81,17 +87,30 @@ def _time(value: Any) -> float | None:
     return dt.timestamp()
 
 
-def parse_freeze(raw: str | None, now: float) -> Freeze | None:
-    """The freeze a ConfigMap value means at Unix time ``now`` (None: not frozen)."""
+def _read_freeze(raw: str | None) -> Freeze | None:
+    """The freeze a ConfigMap value asks for, whenever it ends (None: the value means no freeze)."""
     text = (raw or "").strip()
     if text.lower() in _OFF:
         return None
     if text.lower() in _ON:
         return Freeze("", None)
-    freeze = _parse_value(text)
-    if freeze.until is not None and freeze.until <= now:
+    return _parse_value(text)
+
+
+def parse_freeze(raw: str | None, now: float) -> Freeze | None:
+    """The freeze a ConfigMap value means at Unix time ``now`` (None: not frozen)."""
+    freeze = _read_freeze(raw)
+    if freeze is not None and freeze.until is not None and freeze.until <= now:
         return None  # it ended by itself
     return freeze
+
+
+def expired_freeze(raw: str | None, now: float) -> Freeze | None:
+    """The freeze a value still set in the ConfigMap asked for if it has ended, else None."""
+    freeze = _read_freeze(raw)
+    if freeze is not None and freeze.until is not None and freeze.until <= now:
+        return freeze
+    return None
 
 
 def _parse_value(text: str) -> Freeze:
@@ -144,7 +163,13 @@ class WindowState:
         self.freeze_raw: str | None = None
         self.freeze_known = False  # False until the ConfigMap was read once
 
-    def saw_freeze(self, raw: str | None) -> None:
+    def saw_freeze(self, raw: str | None, now: float) -> None:
+        if raw != self.freeze_raw or not self.freeze_known:
+            ended = expired_freeze(raw, now)
+            if ended is not None and ended.until is not None:
+                log.warning("freeze_expired", value=raw, ended=rfc3339(ended.until),
+                            detail="the freeze key is still set but its time has passed: "
+                                   "not frozen")
         self.freeze_raw, self.freeze_known = raw, True
 
     def families(self, allow: Sequence[Window], deny: Sequence[Window],
@@ -160,6 +185,8 @@ class WindowState:
         denial = window_denial([allow], deny, now)
         opens = next_opening([allow], deny, now) if denial else None
         f = parse_freeze(self.freeze_raw, now)
+        ended = expired_freeze(self.freeze_raw, now) if f is None else None
+        ended_at = rfc3339(ended.until) if ended is not None and ended.until is not None else None
         return {
             "windows": {
                 "allow": [w.text for w in allow],
@@ -173,6 +200,9 @@ class WindowState:
                 "known": self.freeze_known,
                 "reason": f.reason if f else "",
                 "until": rfc3339(f.until) if f is not None and f.until is not None else None,
-                "detail": f.describe(configmap) if f is not None else "",
+                "expired_at": ended_at,
+                "detail": (f.describe(configmap) if f is not None else
+                           f"{configmap} key {FREEZE_KEY} asked for a freeze until {ended_at}, "
+                           "which has passed: not frozen (remove the key)" if ended_at else ""),
             },
         }

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
 from aiohttp import web
 
 from agent.rules.engine import RuleEngine
@@ -202,6 +203,27 @@ async def test_a_freeze_with_until_holds_and_ends_by_itself(
     await agent.tick(n=HELD_RETRY_MAX_TICKS + 1)
     assert cordoned(apiserver)
     assert metric(agent.stage.families(), "nodemedic_freeze_active") == 0
+    # Ended, but the key is still there: /status says so instead of a quiet "not frozen".
+    freeze = agent.gate_status()["freeze"]
+    assert (freeze["active"], freeze["expired_at"]) == (False, "2027-01-15T08:30:00Z")
+    assert "which has passed: not frozen" in freeze["detail"]
+
+
+async def test_a_freeze_written_with_a_past_date_is_reported_not_silently_ignored(
+    apiserver: ApiServer, kube_api: Any, tmp_path: Path
+) -> None:
+    """A freeze whose until has already passed when it is set (last year's date by mistake)
+    freezes nothing — as documented — but says so: a warning log and /status expired_at."""
+    apiserver.create(node(NODE))
+    configmap(apiserver, freeze="2025-12-27T08:00:00Z year-end freeze")
+    agent = Agent(kube_api, write_rules(tmp_path / "rules"), Clock(FRIDAY_8))
+    with structlog.testing.capture_logs() as logs:
+        await agent.tick(n=6)
+    assert cordoned(apiserver)
+    expired = [e for e in logs if e["event"] == "freeze_expired"]
+    assert len(expired) == 1 and expired[0]["ended"] == "2025-12-27T08:00:00Z"
+    freeze = agent.gate_status()["freeze"]
+    assert (freeze["active"], freeze["expired_at"]) == (False, "2025-12-27T08:00:00Z")
 
 
 async def test_a_freeze_cannot_be_opted_out_of_and_lifting_it_releases(
