@@ -60,6 +60,11 @@ EXCHANGES = MetricSpec(
     "t2/t3: ignored), refused (its web auth answered 401/403: serve /healthz on "
     "--web.probe-address), failed (no answer).",
     "counter", ("result",))
+STEPS = MetricSpec(
+    "nodemedic_peer_clock_steps_total",
+    "Exchanges that contradicted a peer's older samples beyond their error bounds (a clock "
+    "stepped on either side); the older samples were dropped so the offset shows the step.",
+    "counter")
 RESULTS = ("ok", "no_timestamps", "refused", "failed")
 
 
@@ -68,7 +73,7 @@ class PeerClockCollector(Collector):
     """See the module docstring."""
 
     metrics = (PEER_OFFSET, PEER_DELAY, MAJORITY_OFFSET, MAJORITY_ERROR, MAJORITY_PEERS, DRIFTED,
-               EXCHANGES)
+               EXCHANGES, STEPS)
     help = "clock offset against peer agents (NTP method) and the peer majority"
 
     def __init__(self, ctx: CollectorContext) -> None:
@@ -102,7 +107,9 @@ class PeerClockCollector(Collector):
         exchanges = EXCHANGES.family()
         for result in RESULTS:
             exchanges.add((result,), skew.results[result])
-        out = [offset, delay, exchanges]
+        steps = STEPS.family()
+        steps.add((), skew.steps)
+        out = [offset, delay, exchanges, steps]
         majority = skew.majority()
         if majority is not None:
             value, error, peers = majority

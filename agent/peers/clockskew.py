@@ -11,7 +11,11 @@ responder's RECEIVE_HEADER/TRANSMIT_HEADER (agent.exporter.server). Per exchange
     delay  = (t4 - t1) - (t3 - t2)          network round trip; |error of offset| <= delay / 2
 
 and per peer the sample of least delay among the last ``--peerclock.window`` is kept (queueing
-only ever adds delay, so the fastest exchange is the most accurate). A peer that answers without
+only ever adds delay, so the fastest exchange is the most accurate). A clock that steps (chrony
+correcting a drift, an admin's ``date -s``, on either side) makes the older samples false: each
+new sample drops those whose interval ``offset ± delay/2`` does not overlap its own (both cannot
+be true of the clocks as they are now), so a step shows at the next exchange instead of the
+window's old least-delay sample hiding it for up to ``max_age``. A peer that answers without
 the headers (an older agent) or with garbage gives no sample: it is ignored, never counted as
 zero skew. This node's offset from the peer *majority* is the median of the clocks of itself and
 its measured peers, relative to its own: one drifted node out of three or more is outvoted, and
@@ -121,6 +125,17 @@ class HttpClockTransport:
             self._session = None
 
 
+# Slack on top of the two error bounds: rounding and the few microseconds a clock slews between
+# two exchanges are not a step.
+STEP_SLACK = 0.002
+
+
+def consistent(old: Sample, new: Sample) -> bool:
+    """Whether ``old`` can still describe the clocks: its offset interval (± delay/2, the bound
+    on the error of an exchange) overlaps ``new``'s. When not, a clock moved in between."""
+    return abs(old.offset - new.offset) <= (old.delay + new.delay) / 2 + STEP_SLACK
+
+
 def choose_peers(me: str, peers: Sequence[str], k: int) -> list[str]:
     """``k`` of ``peers`` by rendezvous hashing on (me, peer): stable while the fleet changes,
     and different for every node, so no peer is probed by everyone."""
@@ -170,7 +185,8 @@ class ClockSkew:
         self.urls: dict[str, str] = {}  # peer -> agent URL (from its heartbeat Lease)
         # peer -> (monotonic time taken, sample); samples older than max_age are not used.
         self.samples: dict[str, deque[tuple[float, Sample]]] = {}
-        self.results: Counter[str] = Counter()  # ok, no_timestamps, failed
+        self.results: Counter[str] = Counter()  # ok, no_timestamps, refused, failed
+        self.steps = 0  # new samples that contradicted older ones of the same peer
         self.last_error = ""
         self._listed_at: float | None = None
         # peer -> (its Lease's renewTime as last listed, our monotonic time it last changed)
@@ -221,8 +237,13 @@ class ClockSkew:
         for peer, sample in zip(names, got, strict=True):
             if isinstance(sample, Sample):
                 self.results["ok"] += 1
-                self.samples.setdefault(peer, deque(maxlen=self.window)).append(
-                    (self.monotonic(), sample))
+                window = self.samples.setdefault(peer, deque(maxlen=self.window))
+                kept = [(at, s) for at, s in window if consistent(s, sample)]
+                if len(kept) < len(window):
+                    self.steps += 1
+                    window.clear()
+                    window.extend(kept)
+                window.append((self.monotonic(), sample))
             else:
                 self.results[sample] += 1
 

@@ -182,3 +182,24 @@ async def test_a_clock_far_ahead_still_finds_its_peers_and_is_flagged(
     assert got is not None, "no majority: the fast node lost its peers"
     offset, _, _ = got
     assert 3590 < offset < 3610, offset
+
+
+async def test_a_clock_step_shows_at_the_next_exchange(kube_api: Any,
+                                                       fleet: dict[str, str]) -> None:
+    """node-a's clock steps 3 s ahead (chrony stepping, `date -s`) after a full window of good
+    samples: the next exchange replaces them, instead of the window's old least-delay sample
+    hiding the step for up to max_age (16 intervals)."""
+    step = [0.0]
+    skew = ClockSkew(kube_api, NS, "node-a", peers=5, window=4, interval=1.0,
+                     wall_ns=lambda: time.time_ns() + int(step[0] * 1e9))
+    await skew.refresh_peers(force=True)
+    for _ in range(4):
+        await skew.probe_once()
+    assert abs(skew.peers()["node-b"].offset) < 0.5 and skew.steps == 0
+    step[0] = 3.0
+    await skew.probe_once()
+    await skew.close()
+    peers = skew.peers()
+    assert abs(peers["node-b"].offset + 3.0) <= peers["node-b"].delay / 2 + 1e-6
+    assert abs(peers["node-c"].offset - (DRIFT - 3.0)) <= peers["node-c"].delay / 2 + 1e-6
+    assert peers["node-b"].samples == 1 and skew.steps == 2
