@@ -43,6 +43,7 @@ from agent.kube import leases
 from agent.kube.errors import KubeError
 from agent.peers.cluster import reduce_heartbeat
 from agent.peers.heartbeat import HEARTBEAT_LABEL
+from agent.peers.prober import Healthz
 
 log = structlog.get_logger("nodemedic.clockskew")
 
@@ -102,27 +103,20 @@ class HttpClockTransport:
     """GET <url>/healthz over one aiohttp session; any status carries the times."""
 
     def __init__(self) -> None:
-        self._session: aiohttp.ClientSession | None = None
+        # Keep-alive: a reused connection keeps the TCP handshake out of the delay.
+        self._http = Healthz(limit=16, keepalive=True)
 
     async def exchange(self, url: str, time_limit: float,
                        wall_ns: Callable[[], int]) -> Sample | None:
-        if self._session is None or self._session.closed:
-            # Keep-alive: a reused connection keeps the TCP handshake out of the delay.
-            self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=16))
         t1 = wall_ns()
-        async with self._session.get(
-            url.rstrip("/") + "/healthz", timeout=aiohttp.ClientTimeout(total=time_limit),
-            allow_redirects=False,
-        ) as resp:
+        async with self._http.get(url, time_limit) as resp:
             t4 = wall_ns()
             if resp.status in (401, 403):  # its web auth refused us: no times, not "too old"
                 raise ClockRefusedError(f"HTTP {resp.status}")
             return parse_sample(t1, t4, resp.headers)
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        await self._http.close()
 
 
 # Slack on top of the two error bounds: rounding and the few microseconds a clock slews between

@@ -9,8 +9,9 @@ pluggable so the demo and the scenario tests can simulate partitions between par
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -29,30 +30,48 @@ class Transport(Protocol):
     async def close(self) -> None: ...
 
 
-class HttpTransport:
-    """The real thing: one aiohttp session, no retries (a retry would hide a flaky peer)."""
+class Healthz:
+    """GET <agent-url>/healthz over one lazily opened aiohttp session, no redirects, no retries
+    (a retry would hide a flaky peer). Shared by the failure detector's probes and the clock
+    exchanges of agent.peers.clockskew, which differ only in connection reuse."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, limit: int, keepalive: bool) -> None:
+        self.limit, self.keepalive = limit, keepalive
         self._session: aiohttp.ClientSession | None = None
 
-    async def healthz(self, url: str, time_limit: float) -> bool:
+    @contextlib.asynccontextmanager
+    async def get(self, url: str, time_limit: float) -> AsyncIterator[aiohttp.ClientResponse]:
         if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=64, force_close=True)
-            )
-        try:
-            async with self._session.get(
-                url.rstrip("/") + "/healthz", timeout=aiohttp.ClientTimeout(total=time_limit),
-                allow_redirects=False,
-            ) as resp:
-                return resp.status > 0
-        except (aiohttp.ClientError, OSError, TimeoutError):
-            return False
+            self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(
+                limit=self.limit, force_close=not self.keepalive))
+        async with self._session.get(
+            url.rstrip("/") + "/healthz", timeout=aiohttp.ClientTimeout(total=time_limit),
+            allow_redirects=False,
+        ) as resp:
+            yield resp
 
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+
+class HttpTransport:
+    """The real thing. A fresh connection per probe: a kept-alive one could outlive the very
+    network change the probe is there to notice."""
+
+    def __init__(self) -> None:
+        self._http = Healthz(limit=64, keepalive=False)
+
+    async def healthz(self, url: str, time_limit: float) -> bool:
+        try:
+            async with self._http.get(url, time_limit) as resp:
+                return resp.status > 0
+        except (aiohttp.ClientError, OSError, TimeoutError):
+            return False
+
+    async def close(self) -> None:
+        await self._http.close()
 
 
 # Per-node transport overrides, set by the demo and tests before the agents start.
