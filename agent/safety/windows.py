@@ -143,8 +143,14 @@ def windows_of(texts: Sequence[str]) -> tuple[Window, ...]:
 def window_denial(allow: Sequence[Sequence[Window]], deny: Sequence[Window],
                   now: float) -> str | None:
     """None when the windows let an action run at ``now``, else the detail of the denial."""
+    return _denial(allow, deny, now)[0]
+
+
+def _denial(allow: Sequence[Sequence[Window]], deny: Sequence[Window],
+            now: float) -> tuple[str | None, float | None]:
+    """(detail of the denial or None, the next opening when denied), the opening searched once."""
     if windows_allow(allow, deny, now):
-        return None
+        return None, None
     inside = [w.text for w in deny if w.contains(now)]
     why = (f"inside deny window {', '.join(repr(t) for t in inside)}" if inside else
            "outside the allow windows " + "; ".join(
@@ -152,7 +158,7 @@ def window_denial(allow: Sequence[Sequence[Window]], deny: Sequence[Window],
     opens = next_opening(allow, deny, now)
     when = (f"next opening {rfc3339(opens)}" if opens is not None
             else "no opening in the next 8 days")
-    return f"{why}; {when}"
+    return f"{why}; {when}", opens
 
 
 class WindowState:
@@ -182,8 +188,7 @@ class WindowState:
 
     def status(self, allow: Sequence[Window], deny: Sequence[Window], now: float,
                configmap: str) -> dict[str, Any]:
-        denial = window_denial([allow], deny, now)
-        opens = next_opening([allow], deny, now) if denial else None
+        denial, opens = _denial([allow], deny, now)
         f = parse_freeze(self.freeze_raw, now)
         ended = expired_freeze(self.freeze_raw, now) if f is None else None
         ended_at = rfc3339(ended.until) if ended is not None and ended.until is not None else None
