@@ -281,19 +281,28 @@ class Backend:
 
     async def cleanup(self) -> None:
         """Delete what the test created (real backend), pods without grace: no kubelet runs."""
-        if self.server is None:
-            for kind, ns, name in sorted(await self.inventory() - self.baseline):
-                if kind == "Namespace" and name in SYSTEM_NAMESPACES:
-                    continue
-                if kind == "Pod":
-                    # A finalizer a test set would keep the pod; drop it, then delete at once.
-                    await self.request("PATCH", rest_path(kind, ns, name),
-                                       {"metadata": {"finalizers": None}},
-                                       "application/merge-patch+json")
-                await self.request("DELETE", rest_path(kind, ns, name) + "?gracePeriodSeconds=0")
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        left: list[str] = []
+        try:
+            if self.server is None:
+                for kind, ns, name in sorted(await self.inventory() - self.baseline):
+                    if kind == "Namespace" and name in SYSTEM_NAMESPACES:
+                        continue
+                    if kind == "Pod":
+                        # A finalizer a test set would keep the pod; drop it, delete at once.
+                        await self.request("PATCH", rest_path(kind, ns, name),
+                                           {"metadata": {"finalizers": None}},
+                                           "application/merge-patch+json")
+                    code, body = await self.request(
+                        "DELETE", rest_path(kind, ns, name) + "?gracePeriodSeconds=0")
+                    if code not in (200, 202, 404):  # 404: gone with its owner already
+                        left.append(f"{kind} {ns}/{name}: DELETE answered {code} {body}")
+        finally:
+            if self._session is not None:
+                await self._session.close()
+                self._session = None
+        if left:  # the next test would find them: say so here, not as a puzzle later
+            raise AssertionError("objects this test created could not be deleted:\n"
+                                 + "\n".join(left))
 
 
 def _now() -> str:
