@@ -6,7 +6,7 @@ import asyncio
 import shutil
 import subprocess
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -15,6 +15,7 @@ import pytest_asyncio
 
 from agent.demo.cluster import SimCluster, SimConfig
 from agent.demo.fleet import Fleet, Timings
+from tests.polling import poll as wait_for
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -24,17 +25,6 @@ SLACK = 4.0  # upper-bound margin: this 2-core machine is shared with other test
 RENEW = 0.3  # kubelet lease renewal period in the simulation
 OOS = "node.kubernetes.io/out-of-service:NoExecute"
 FAILED_TAINT = "nodemedic.io/node-failed:NoSchedule"
-
-
-async def wait_for(cond: Callable[[], Any], limit: float) -> Any:
-    loop = asyncio.get_running_loop()
-    end = loop.time() + limit
-    while loop.time() < end:
-        value = cond()
-        if value:
-            return value
-        await asyncio.sleep(0.05)
-    return cond()
 
 
 async def start(nodes: int = 6, timings: Timings = T) -> tuple[SimCluster, Fleet]:

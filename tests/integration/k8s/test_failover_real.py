@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ import pytest
 import pytest_asyncio
 
 from agent.demo.fleet import Fleet, Timings
+from tests.polling import eventually
 from tests.real_cluster import Backend
 from tests.real_fleet import Kubelets, RealNodes, fleet, sa_kubeconfig
 
@@ -54,17 +55,6 @@ def workload(ns: str, replicas: int = 3) -> list[dict[str, Any]]:
          "metadata": {"name": "web", "namespace": ns},
          "spec": {"minAvailable": 2, "selector": {"matchLabels": labels}}},
     ]
-
-
-async def eventually(cond: Callable[[], Any], limit: float, what: str) -> Any:
-    end = time.monotonic() + limit
-    while True:
-        value = await cond()
-        if value:
-            return value
-        if time.monotonic() > end:
-            raise AssertionError(f"{what}: not within {limit:g}s")
-        await asyncio.sleep(0.25)
 
 
 async def pods(kube: Backend, ns: str) -> list[dict[str, Any]]:

@@ -3,10 +3,7 @@ on, a detector factory with short publish/flush periods, and polling."""
 
 from __future__ import annotations
 
-import asyncio
-import inspect
 import os
-import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -110,16 +107,3 @@ def events(apiserver: ApiServer, kind: str, name: str) -> dict[str, dict[str, An
             if e["involvedObject"]["kind"] == kind and e["involvedObject"]["name"] == name}
 
 
-async def until(check: Callable[[], Any], timeout: float = 10.0) -> Any:
-    """Poll ``check`` (a function or a coroutine function) until it returns something truthy;
-    fail with the last value."""
-    end = time.monotonic() + timeout
-    while True:
-        value = check()
-        if inspect.isawaitable(value):
-            value = await value
-        if value:
-            return value
-        if time.monotonic() > end:
-            raise AssertionError(f"condition not met within {timeout}s (last: {value!r})")
-        await asyncio.sleep(0.05)

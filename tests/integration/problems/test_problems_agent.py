@@ -14,7 +14,8 @@ from agent.rules.loader import load_rules_dir
 from agent.runtime.daemon import Agent
 from agent.settings import Settings
 from agent.testing.apiserver import ApiServer
-from tests.integration.problems.conftest import conditions, kmsg_write, until
+from tests.integration.problems.conftest import conditions, kmsg_write
+from tests.polling import eventually
 
 pytestmark = [pytest.mark.root, pytest.mark.usefixtures("need_kmsg")]
 
@@ -44,7 +45,7 @@ monitors:
     await agent.start()
     try:
         kmsg_write(f"EXT4-fs ({marker}): Remounting filesystem read-only")
-        await until(lambda: conditions(apiserver, node).get("ReadonlyFilesystem", {})
+        await eventually(lambda: conditions(apiserver, node).get("ReadonlyFilesystem", {})
                     .get("status") == "True")
         snap = await agent.tick_once()
         async with ClientSession() as s:

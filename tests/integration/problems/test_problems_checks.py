@@ -7,7 +7,8 @@ import time
 from pathlib import Path
 
 from agent.testing.apiserver import ApiServer
-from tests.integration.problems.conftest import Factory, conditions, events, until
+from tests.integration.problems.conftest import Factory, conditions, events
+from tests.polling import eventually
 
 
 async def test_check_sets_and_clears_its_condition(
@@ -38,16 +39,16 @@ async def test_check_sets_and_clears_its_condition(
         f'{{"type": "temporary", "reason": "Outside", "path": "{outside}"}}]}}')
     flag.write_text("1")
     await detector(defs, plugins)
-    down = await until(lambda: (c := conditions(apiserver, node).get("NTPProblem"))
+    down = await eventually(lambda: (c := conditions(apiserver, node).get("NTPProblem"))
                        and c["status"] == "True" and c)
     assert (down["reason"], down["message"]) == ("NTPIsDown", "ntp state 1")
-    assert (await until(lambda: events(apiserver, "Node", node).get("NTPIsDown")))
+    assert (await eventually(lambda: events(apiserver, "Node", node).get("NTPIsDown")))
     flag.write_text("0")
-    up = await until(lambda: (c := conditions(apiserver, node)["NTPProblem"])
+    up = await eventually(lambda: (c := conditions(apiserver, node)["NTPProblem"])
                      ["status"] == "False" and c)
     assert (up["reason"], up["message"]) == ("NTPIsUp", "ntp service is up")
     flag.write_text("2")
-    unknown = await until(lambda: (c := conditions(apiserver, node)["NTPProblem"])
+    unknown = await eventually(lambda: (c := conditions(apiserver, node)["NTPProblem"])
                           ["status"] == "Unknown" and c)
     assert unknown["message"] == "ntp state 2"
     assert not ran_outside.exists()
@@ -65,8 +66,8 @@ async def test_heartbeat_refreshes_without_touching_transition(
         "    rules: [{type: permanent, condition: SomeProblem, reason: Bad, pattern: bad}]\n")
     start = time.monotonic()
     d = await detector(defs, heartbeat=1.0)
-    first = await until(lambda: conditions(apiserver, node).get("SomeProblem"))
-    await until(lambda: conditions(apiserver, node)["SomeProblem"]["lastHeartbeatTime"]
+    first = await eventually(lambda: conditions(apiserver, node).get("SomeProblem"))
+    await eventually(lambda: conditions(apiserver, node)["SomeProblem"]["lastHeartbeatTime"]
                 != first["lastHeartbeatTime"])
     later = conditions(apiserver, node)["SomeProblem"]
     assert later["lastTransitionTime"] == first["lastTransitionTime"]

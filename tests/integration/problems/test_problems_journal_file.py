@@ -14,7 +14,8 @@ import psutil
 import pytest
 
 from agent.testing.apiserver import ApiServer
-from tests.integration.problems.conftest import Factory, conditions, events, until
+from tests.integration.problems.conftest import Factory, conditions, events
+from tests.polling import eventually
 
 JOURNAL_REMOTE = Path("/lib/systemd/systemd-journal-remote")
 
@@ -83,14 +84,14 @@ monitors:
 """)
     journal.log("Started kubelet.service - kubelet: The Kubernetes Node Agent.", "other")
     d = await detector(defs)
-    await until(lambda: d.stats and all(s.up for s in d.stats.values()))
+    await eventually(lambda: d.stats and all(s.up for s in d.stats.values()))
     await asyncio.sleep(0.5)
     for _ in range(3):
         journal.log("Started kubelet.service - kubelet: The Kubernetes Node Agent.")
-    cond = await until(lambda: (c := conditions(apiserver, node)["FrequentKubeletRestart"])
+    cond = await eventually(lambda: (c := conditions(apiserver, node)["FrequentKubeletRestart"])
                        ["status"] == "True" and c)
     assert cond["message"].startswith("Started kubelet.service")
-    ev = await until(lambda: (e := events(apiserver, "Node", node).get("KubeletStart"))
+    ev = await eventually(lambda: (e := events(apiserver, "Node", node).get("KubeletStart"))
                      and e["count"] == 3 and e)
     assert ev["type"] == "Warning"
     (stats,) = d.stats.values()
@@ -100,9 +101,9 @@ monitors:
     (child,) = [p for p in psutil.Process().children(recursive=True)
                 if p.name() == "journalctl" and str(journal.dir) in " ".join(p.cmdline())]
     child.kill()
-    await until(lambda: stats.restarts == 1 and stats.up, timeout=15)
+    await eventually(lambda: stats.restarts == 1 and stats.up, timeout=15)
     journal.log("Started kubelet.service - kubelet: The Kubernetes Node Agent.")
-    await until(lambda: events(apiserver, "Node", node)["KubeletStart"]["count"] == 4)
+    await eventually(lambda: events(apiserver, "Node", node)["KubeletStart"]["count"] == 4)
     await asyncio.sleep(1.0)
     assert events(apiserver, "Node", node)["KubeletStart"]["count"] == 4
     assert stats.read == 4
@@ -124,13 +125,13 @@ async def test_rotating_file_log(
         '"conditions": [], "rules": [{"type": "temporary", "reason": "IOError", '
         '"pattern": "Buffer I/O error .*"}]}')
     d = await detector(defs)
-    await until(lambda: d.stats and all(s.up for s in d.stats.values()))
+    await eventually(lambda: d.stats and all(s.up for s in d.stats.values()))
     line = f"Dec  2 10:00:00 host kernel: [ 12.345678] Buffer I/O error on dev {marker}\n"
     with log.open("a") as fh:
         fh.write(line)
-    ev = await until(lambda: events(apiserver, "Node", node).get("IOError"))
+    ev = await eventually(lambda: events(apiserver, "Node", node).get("IOError"))
     assert ev["message"] == f"Buffer I/O error on dev {marker}"
     log.rename(tmp_path / "kern.log.1")
     log.write_text(line.replace(marker, marker + "-rotated"))
-    await until(lambda: events(apiserver, "Node", node)["IOError"]["count"] == 2)
+    await eventually(lambda: events(apiserver, "Node", node)["IOError"]["count"] == 2)
     assert events(apiserver, "Node", node)["IOError"]["message"].endswith("-rotated")

@@ -24,9 +24,9 @@ from tests.integration.problems.conftest import (
     events,
     events_of,
     kmsg_write,
-    until,
 )
 from tests.integration.test_cgroup_kernel import KernelPod, need
+from tests.polling import eventually
 from tests.real_cluster import Backend
 
 pytestmark = [pytest.mark.root, pytest.mark.backends, pytest.mark.usefixtures("need_kmsg")]
@@ -86,23 +86,23 @@ async def test_condition_appears_and_survives_restart(
     defs = definitions(tmp_path, marker)
     before = await conditions_of(kube, node)
     a = await detector(defs)
-    await until(condition(kube, node, "ReadonlyFilesystem"))
+    await eventually(condition(kube, node, "ReadonlyFilesystem"))
     conds = await conditions_of(kube, node)
     assert conds["ReadonlyFilesystem"]["status"] == "False"
     assert conds["ReadonlyFilesystem"]["reason"] == "FilesystemIsNotReadOnly"
     assert {"ConntrackTableFull", "GPUFatalError", "KernelDeadlock"} <= set(conds)
 
     kmsg_write(f"EXT4-fs ({marker}): Remounting filesystem read-only")
-    ro = await until(condition(kube, node, "ReadonlyFilesystem", "True"))
+    ro = await eventually(condition(kube, node, "ReadonlyFilesystem", "True"))
     assert ro["reason"] == "FilesystemIsReadOnly"
     assert marker in ro["message"]
-    ev = await until(event(kube, node, "FilesystemIsReadOnly"))
+    ev = await eventually(event(kube, node, "FilesystemIsReadOnly"))
     assert ev["type"] == "Warning" and ev["source"]["component"] == "nodemedic"
     await a.close()
 
     await asyncio.sleep(1.1)  # a new transition would now carry a later second
     b = await detector(defs)
-    await until(lambda: b.counters.publishes >= 1)
+    await eventually(lambda: b.counters.publishes >= 1)
     again = await conditions_of(kube, node)
     assert again["ReadonlyFilesystem"]["status"] == "True"
     assert again["ReadonlyFilesystem"]["lastTransitionTime"] == ro["lastTransitionTime"]
@@ -120,15 +120,15 @@ async def test_clear_after_and_fatal_xid(
     """conntrack full sets a condition that clears on its own after clear_after; a fatal Xid
     sets GPUFatalError, a non-fatal one only makes an Event. On both backends."""
     d = await detector(definitions(tmp_path, marker))
-    await until(lambda: d.counters.publishes >= 1)
+    await eventually(lambda: d.counters.publishes >= 1)
     kmsg_write(f"{marker}: nf_conntrack: table full, dropping packet",
                f"NVRM: Xid (PCI:{marker}): 13, pid=1234, Graphics Exception",
                f"NVRM: Xid (PCI:{marker}): 79, pid=1234, GPU has fallen off the bus.")
-    full = await until(condition(kube, node, "ConntrackTableFull", "True"))
-    gpu = await until(condition(kube, node, "GPUFatalError", "True"))
+    full = await eventually(condition(kube, node, "ConntrackTableFull", "True"))
+    gpu = await eventually(condition(kube, node, "GPUFatalError", "True"))
     assert "79" in gpu["message"]
-    assert (await until(event(kube, node, "NvidiaXid")))["count"] == 1
-    cleared = await until(condition(kube, node, "ConntrackTableFull", "False"), timeout=8)
+    assert (await eventually(event(kube, node, "NvidiaXid")))["count"] == 1
+    cleared = await eventually(condition(kube, node, "ConntrackTableFull", "False"), timeout=8)
     assert cleared["reason"] == "ConntrackTableHasRoom"
     assert cleared["lastTransitionTime"] >= full["lastTransitionTime"]
     assert (await conditions_of(kube, node))["GPUFatalError"]["status"] == "True"
@@ -139,13 +139,13 @@ async def test_hung_task_of_a_host_process_is_a_node_problem(
     """A hung task outside any pod cgroup is the node's: a TaskHung Event on the node and, for
     the runtime's own task, the KernelDeadlock condition."""
     d = await detector(definitions(tmp_path, marker))
-    await until(lambda: d.counters.publishes >= 1)
+    await eventually(lambda: d.counters.publishes >= 1)
     pid = os.getpid()  # a live host process: its /proc/PID/cgroup is not a pod's
     kmsg_write(f"INFO: task {marker}:{pid} blocked for more than 120 seconds.",
                f"INFO: task {marker}d:{pid} blocked for more than 120 seconds.")
-    ev = await until(lambda: events(apiserver, "Node", node).get("TaskHung"))
+    ev = await eventually(lambda: events(apiserver, "Node", node).get("TaskHung"))
     assert marker in ev["message"]
-    dl = await until(lambda: (c := conditions(apiserver, node)["KernelDeadlock"])
+    dl = await eventually(lambda: (c := conditions(apiserver, node)["KernelDeadlock"])
                      ["status"] == "True" and c)
     assert dl["reason"] == "DockerHung"
 
@@ -171,7 +171,7 @@ async def test_pod_oom_kill_is_reported_against_the_pod(
         "spec": {"nodeName": node, "containers": [{"name": "c", "image": "busybox"}]},
     })
     d = await detector(definitions(tmp_path, marker))
-    await until(lambda: d.counters.publishes >= 1)
+    await eventually(lambda: d.counters.publishes >= 1)
     kp = KernelPod([memory])
     kp.uid = pod["metadata"]["uid"]
     try:
@@ -179,7 +179,7 @@ async def test_pod_oom_kill_is_reported_against_the_pod(
         (kp.container(memory) / "memory.limit_in_bytes").write_text(str(64 << 20))
         proc = kp.start("x = b'x' * (512 << 20)")
         await asyncio.to_thread(proc.wait, 30)
-        ev = await until(lambda: events(apiserver, "Pod", pod["metadata"]["name"])
+        ev = await eventually(lambda: events(apiserver, "Pod", pod["metadata"]["name"])
                          .get("OOMKilling"), timeout=15)
     finally:
         kp.close()
@@ -202,14 +202,14 @@ async def test_npd_shipped_configs_run_unchanged(
     npd = tmp_path / "npd"
     shutil.copytree(FIXTURES, npd)
     d = await detector(npd)
-    conds = await until(lambda: (c := conditions(apiserver, node)).get("XfsShutdown") and c)
+    conds = await eventually(lambda: (c := conditions(apiserver, node)).get("XfsShutdown") and c)
     assert conds["KernelDeadlock"]["reason"] == "KernelHasNoDeadlock"
     kmsg_write(f"EXT4-fs ({marker}): Remounting filesystem read-only",
                f"Buffer I/O error on dev {marker}, logical block 0, async page read")
-    ro = await until(lambda: (c := conditions(apiserver, node)["ReadonlyFilesystem"])
+    ro = await eventually(lambda: (c := conditions(apiserver, node)["ReadonlyFilesystem"])
                      ["status"] == "True" and c)
     assert ro["reason"] == "FilesystemIsReadOnly"
-    ev: dict[str, Any] = await until(lambda: events(apiserver, "Node", node).get("IOError"))
+    ev: dict[str, Any] = await eventually(lambda: events(apiserver, "Node", node).get("IOError"))
     assert marker in ev["message"]
     assert d.status()["checks"]["ntp-custom-plugin-monitor"]["rules"]["NTPIsDown"].startswith(
         "disabled")

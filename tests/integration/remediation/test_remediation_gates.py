@@ -9,7 +9,6 @@ runs the same gate against a real Prometheus).
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -34,6 +33,7 @@ from tests.integration.remediation.helpers_remediation import (
     settings,
     snapshot,
 )
+from tests.polling import eventually
 
 RULE = """
 rules:
@@ -321,15 +321,6 @@ def am_alert(name: str, severity: str, state: str = "active") -> dict[str, Any]:
             "status": {"state": state, "silencedBy": [], "inhibitedBy": []}}
 
 
-async def until(cond: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
-    while not cond():
-        if loop.time() > end:
-            pytest.fail(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
-
-
 def polls(agent: Agent, result: str) -> float:
     return metric(agent.stage.families(), "nodemedic_alert_gate_polls_total",
                   source="alertmanager", result=result) or 0.0
@@ -350,7 +341,7 @@ async def test_a_firing_alert_holds_the_cordon_until_it_resolves(
                   safety_alert_gate_stale_intervals=1000)
     await agent.stage.start()
     try:
-        await until(lambda: polls(agent, "ok") >= 1, "a first poll")
+        await eventually(lambda: polls(agent, "ok") >= 1, what="a first poll")
         assert fake.queries[0] == {"active": "true", "silenced": "false", "inhibited": "false"}
         await agent.tick(n=6)
         assert not cordoned(apiserver)
@@ -362,7 +353,7 @@ async def test_a_firing_alert_holds_the_cordon_until_it_resolves(
             'NodeDown{instance="x",severity="critical"}']
         fake.alerts = [am_alert("Other", "critical")]
         seen = polls(agent, "ok")
-        await until(lambda: polls(agent, "ok") > seen, "a poll after the alert resolved")
+        await eventually(lambda: polls(agent, "ok") > seen, what="a poll after the alert resolved")
         await agent.tick(n=HELD_RETRY_MAX_TICKS + 1)
         assert cordoned(apiserver)
         assert metric(agent.stage.families(), "nodemedic_alert_gate_state", state="clear") == 1
@@ -383,7 +374,7 @@ async def test_an_erroring_alertmanager_holds_and_says_so(
                   safety_alert_gate_interval=1.0, safety_alert_gate_timeout=0.5)
     await agent.stage.start()
     try:
-        await until(lambda: polls(agent, "error") >= 1, "a failed poll")
+        await eventually(lambda: polls(agent, "error") >= 1, what="a failed poll")
         await agent.tick(n=6)
         assert not cordoned(apiserver)
         ((_, reason, detail),) = agent.held()
@@ -408,7 +399,8 @@ async def test_an_unreachable_alert_source_holds(
                   safety_alert_gate_interval=1.0, safety_alert_gate_timeout=0.5)
     await agent.stage.start()
     try:
-        await until(lambda: agent.gate_status()["alert_gate"]["error"] != "", "a failed poll")
+        await eventually(lambda: agent.gate_status()["alert_gate"]["error"] != "",
+                         what="a failed poll")
         await agent.tick(n=6)
         assert not cordoned(apiserver)
         ((_, reason, detail),) = agent.held()
@@ -431,7 +423,7 @@ async def test_a_stale_answer_holds(
                   safety_alert_gate_stale_intervals=2)
     await agent.stage.start()
     try:
-        await until(lambda: polls(agent, "ok") >= 1, "a first poll")
+        await eventually(lambda: polls(agent, "ok") >= 1, what="a first poll")
         await agent.stage.gate.alerts.close()  # the poller stops; its last answer ages
         await agent.tick(n=6)  # 60 s of (fake) time later: older than 2 x 5 s + 0.5 s
         assert not cordoned(apiserver)
