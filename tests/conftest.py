@@ -12,11 +12,17 @@ test, so no test, in process or as a child agent, reads or writes the machine's
 before any per-test fixture, so the session gets one too: an agent such a fixture starts never
 sees /var/lib/nodemedic (agents sharing a fixture still share it unless given --state.dir).
 
+Under ``make test`` (``$NODEMEDIC_STRICT_SKIPS=1``) a skip is a failure: make test installs
+everything the tests need, so a test that skips for a missing tool, privilege or kernel feature
+would hide a part that CI no longer checks. The skips that are choices stay skips: the opt-in
+real-node tier and backends left out by ``$NODEMEDIC_K8S_BACKENDS``.
+
 agent.kube is imported first so that every test, like the daemon, sees kubernetes_asyncio through
 agent.kube.lazy (only the modules a call needs), not the fully imported package.
 """
 
-from collections.abc import AsyncIterator, Iterator
+import os
+from collections.abc import AsyncIterator, Generator, Iterator
 from typing import Any
 
 import pytest
@@ -25,6 +31,28 @@ import pytest_asyncio
 import agent.kube  # noqa: F401  (installs the lazy kubernetes_asyncio packages)
 from agent.testing.apiserver import ApiServer
 from tests.real_cluster import Backend, RealCluster, chosen_backends, cluster_singleton
+
+STRICT_SKIPS_ENV = "NODEMEDIC_STRICT_SKIPS"
+# Skips that are a choice of the person running the tests, not a missing part.
+CHOSEN_SKIPS = ("real nodes are off", "got empty parameter set")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, Any, None]:
+    outcome = yield
+    report = outcome.get_result()
+    if not report.skipped or os.environ.get(STRICT_SKIPS_ENV) != "1":
+        return
+    if hasattr(report, "wasxfail"):
+        return
+    reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+    if any(chosen in reason for chosen in CHOSEN_SKIPS):
+        return
+    report.outcome = "failed"
+    report.longrepr = (f"skipped under {STRICT_SKIPS_ENV}=1 (make test installs everything the "
+                       f"tests need, so this part would go unchecked): {reason}")
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
