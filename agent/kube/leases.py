@@ -137,7 +137,16 @@ async def try_acquire(
     if owner and owner != holder and not expired(cur_spec, now):
         return LockState(False, owner)
     # Replace with the resourceVersion we read: if anyone wrote in between, we get 409 and lose.
-    body = {"metadata": current.get("metadata") or {}, "spec": {**cur_spec, **spec}}
+    if not await _replace(coord, namespace, name, current, {**cur_spec, **spec}):
+        return LockState(False, owner)
+    return LockState(True, holder)
+
+
+async def _replace(coord: Any, namespace: str, name: str, current: dict[str, Any],
+                   spec: dict[str, Any]) -> bool:
+    """Replace the Lease as read (its resourceVersion) with ``spec``; False on 409: someone
+    wrote in between and won."""
+    body = {"metadata": current.get("metadata") or {}, "spec": spec}
     try:
         await call_json(
             coord.replace_namespaced_lease(
@@ -146,8 +155,8 @@ async def try_acquire(
             )
         )
     except KubeConflict:
-        return LockState(False, owner)
-    return LockState(True, holder)
+        return False
+    return True
 
 
 async def release(api: Any, namespace: str, name: str, holder: str) -> bool:
@@ -160,14 +169,4 @@ async def release(api: Any, namespace: str, name: str, holder: str) -> bool:
     spec = current.get("spec") or {}
     if spec.get("holderIdentity") != holder:
         return False
-    body = {"metadata": current.get("metadata") or {}, "spec": {**spec, "holderIdentity": ""}}
-    try:
-        await call_json(
-            coord.replace_namespaced_lease(
-                name, namespace, raw_body(body), _preload_content=False,
-                _request_timeout=REQUEST_TIMEOUT_SECONDS,
-            )
-        )
-    except KubeConflict:
-        return False
-    return True
+    return await _replace(coord, namespace, name, current, {**spec, "holderIdentity": ""})
