@@ -74,6 +74,8 @@ class Action(ABC):
     disruptive: ClassVar[bool] = False
     # Actions that make this node unschedulable are checked against the cluster cordon budget.
     cordons: ClassVar[bool] = False
+    # Multi-pass actions: with the API unreachable they wait (outcome retry) instead of failing.
+    resumable: ClassVar[bool] = False
 
     def check_target(self, req: ActionRequest) -> None:
         if req.target.kind not in self.targets:

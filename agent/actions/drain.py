@@ -104,6 +104,7 @@ class DrainMemory:
 @action("drain")
 class Drain(Action):
     disruptive = True
+    resumable = True
     cordons = True
 
     def options(self, req: ActionRequest, settings: Settings) -> tuple[float, float, bool]:

@@ -31,6 +31,7 @@ DEFAULT_TIMEOUT = 600.0
 class EvictPod(Action):
     targets = ("pod",)
     disruptive = True
+    resumable = True
 
     def plan(self, req: ActionRequest, settings: Settings) -> Plan:
         self.check_target(req)
