@@ -1,8 +1,9 @@
 """The action interface: a pure ``plan()`` and an idempotent ``execute()``, plus shared helpers.
 
 Implemented by one module per action under agent/actions/ (registered with
-``agent.actions.registry.action``); called only by agent.safety.gate (plan, to validate and
-explain) and agent.runtime.remediation (execute, after the gate allowed the request).
+``agent.actions.registry.action`` on the action's parameter model); called only by
+agent.safety.gate (plan, to validate and explain) and agent.actions.executor (execute, after the
+gate allowed the request, for the remediation stage and the failover leader alike).
 """
 
 from __future__ import annotations
@@ -10,14 +11,22 @@ from __future__ import annotations
 import math
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from agent.kube.nodes import ensure_annotations
 from agent.settings import Settings
+from agent.structs.actionparams import ActionParams
 from agent.structs.durations import parse_duration
-from agent.structs.remediation import ActionRequest, Decision, Outcome, OutcomeKind, TargetKind
+from agent.structs.remediation import (
+    ActionRequest,
+    Decision,
+    Outcome,
+    OutcomeKind,
+    Params,
+    TargetKind,
+)
 
 # Every key nodemedic writes on Kubernetes objects lives under this prefix (DESIGN.md §5).
 PREFIX = "nodemedic.io/"
@@ -66,7 +75,9 @@ class ActionContext:
 class Action(ABC):
     """One action type. Subclasses set the class attributes and implement plan/execute."""
 
-    name: ClassVar[str] = ""
+    name: ClassVar[str] = ""  # set by the registry from the model
+    # Its parameters as rules write them (agent.structs.actionparams), set by ``@action(model)``.
+    params_model: ClassVar[type[ActionParams]]
     targets: ClassVar[tuple[TargetKind, ...]] = ("node",)
     needs_api: ClassVar[bool] = True
     # Disruptive actions count against the global hourly cap; informational ones do not, so an
@@ -106,7 +117,7 @@ def outcome(decision: Decision, kind: OutcomeKind, message: str, **details: Any)
     return Outcome(decision=decision, kind=kind, message=message, details=details)
 
 
-def param_str(params: Mapping[str, Any], key: str, default: str | None = None) -> str:
+def param_str(params: Params, key: str, default: str | None = None) -> str:
     value = params.get(key, default)
     if value is None:
         raise InvalidParams(f"missing parameter {key!r}")
@@ -115,7 +126,7 @@ def param_str(params: Mapping[str, Any], key: str, default: str | None = None) -
     return value
 
 
-def param_duration(params: Mapping[str, Any], key: str, default: float) -> float:
+def param_duration(params: Params, key: str, default: float) -> float:
     if key not in params:
         return default
     try:

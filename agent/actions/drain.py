@@ -35,6 +35,7 @@ from agent.actions.registry import action
 from agent.kube.errors import KubeError, KubeNotFound, KubeTooManyRequests, KubeUnavailable
 from agent.kube.pods import evict_pod, list_node_pods
 from agent.settings import Settings
+from agent.structs import actionparams as ap
 from agent.structs.durations import format_duration
 from agent.structs.remediation import ActionRequest, Decision, Outcome
 
@@ -101,7 +102,7 @@ class DrainMemory:
         return delay
 
 
-@action("drain")
+@action(ap.Drain)
 class Drain(Action):
     disruptive = True
     resumable = True

@@ -14,6 +14,7 @@ from agent.actions.base import Action, ActionContext, InvalidParams, Plan, descr
 from agent.actions.registry import action
 from agent.kube.events import InvolvedObject, record_event
 from agent.settings import Settings
+from agent.structs import actionparams as ap
 from agent.structs.remediation import ActionRequest, Decision, Outcome
 
 REASON_RE = re.compile(r"^[A-Z][A-Za-z0-9]{0,127}$")
@@ -42,7 +43,7 @@ def involved(req: ActionRequest) -> InvolvedObject:
     return InvolvedObject("Node", req.target.node)
 
 
-@action("event")
+@action(ap.Event)
 class Event(Action):
     targets = ("node", "pod")
 

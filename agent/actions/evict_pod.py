@@ -21,13 +21,14 @@ from agent.actions.registry import action
 from agent.kube.errors import KubeNotFound, KubeTooManyRequests
 from agent.kube.pods import evict_pod, get_pod
 from agent.settings import Settings
+from agent.structs import actionparams as ap
 from agent.structs.durations import format_duration
 from agent.structs.remediation import ActionRequest, Decision, Outcome
 
 DEFAULT_TIMEOUT = 600.0
 
 
-@action("evict-pod")
+@action(ap.EvictPod)
 class EvictPod(Action):
     targets = ("pod",)
     disruptive = True

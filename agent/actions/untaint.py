@@ -19,10 +19,11 @@ from agent.actions.taint import EFFECTS, claimed_taint, claims, override, taint_
 from agent.actions.taint import write_claims as write
 from agent.kube.nodes import update_node
 from agent.settings import Settings
+from agent.structs import actionparams as ap
 from agent.structs.remediation import ActionRequest, Decision, Outcome
 
 
-@action("untaint")
+@action(ap.Untaint)
 class Untaint(Action):
     def plan(self, req: ActionRequest, settings: Settings) -> Plan:
         self.check_target(req)

@@ -23,6 +23,7 @@ from agent.actions.base import (
 )
 from agent.actions.registry import action
 from agent.settings import Settings
+from agent.structs import actionparams as ap
 from agent.structs.durations import format_duration
 from agent.structs.remediation import ActionRequest, Decision, Outcome
 
@@ -63,7 +64,7 @@ def payload(req: ActionRequest, node: str, now: float) -> dict[str, Any]:
     }
 
 
-@action("webhook")
+@action(ap.Webhook)
 class Webhook(Action):
     targets = ("node", "pod", "service")
     needs_api = False
