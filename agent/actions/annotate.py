@@ -53,8 +53,7 @@ def wanted(req: ActionRequest, settings: Settings) -> tuple[str, str, str]:
 class Annotate(Action):
     targets = ("node", "pod")
 
-    def plan(self, req: ActionRequest, settings: Settings) -> Plan:
-        self.check_target(req)
+    def explain(self, req: ActionRequest, settings: Settings) -> Plan:
         key, value, where = wanted(req, settings)
         subject = (
             f"node/{req.target.node}"

@@ -96,9 +96,14 @@ class Action(ABC):
         if req.target.kind == "pod" and not (req.target.namespace and req.target.name):
             raise InvalidParams(f"{self.name}: pod target needs namespace and name")
 
-    @abstractmethod
     def plan(self, req: ActionRequest, settings: Settings) -> Plan:
         """Validate and describe the change; pure (no I/O). Raises InvalidParams."""
+        self.check_target(req)
+        return self.explain(req, settings)
+
+    @abstractmethod
+    def explain(self, req: ActionRequest, settings: Settings) -> Plan:
+        """``plan()`` of a request whose target kind was checked: the parameters and the Plan."""
 
     @abstractmethod
     async def execute(self, decision: Decision, ctx: ActionContext) -> Outcome:

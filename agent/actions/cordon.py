@@ -149,8 +149,7 @@ class Cordon(Action):
     disruptive = True
     cordons = True
 
-    def plan(self, req: ActionRequest, settings: Settings) -> Plan:
-        self.check_target(req)
+    def explain(self, req: ActionRequest, settings: Settings) -> Plan:
         require_local(req, settings)
         return Plan(
             self.name,

@@ -121,8 +121,7 @@ class Drain(Action):
         require_local(req, settings)
         return timeout, cap, unmanaged
 
-    def plan(self, req: ActionRequest, settings: Settings) -> Plan:
-        self.check_target(req)
+    def explain(self, req: ActionRequest, settings: Settings) -> Plan:
         timeout, cap, unmanaged = self.options(req, settings)
         return Plan(
             self.name,

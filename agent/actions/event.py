@@ -47,8 +47,7 @@ def involved(req: ActionRequest) -> InvolvedObject:
 class Event(Action):
     targets = ("node", "pod")
 
-    def plan(self, req: ActionRequest, settings: Settings) -> Plan:
-        self.check_target(req)
+    def explain(self, req: ActionRequest, settings: Settings) -> Plan:
         reason, type_, message = event_fields(req, settings)
         return Plan(
             self.name, req.target.key, f"{type_} Event {reason} on {req.target.key}", (message,)

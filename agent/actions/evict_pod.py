@@ -34,8 +34,7 @@ class EvictPod(Action):
     disruptive = True
     resumable = True
 
-    def plan(self, req: ActionRequest, settings: Settings) -> Plan:
-        self.check_target(req)
+    def explain(self, req: ActionRequest, settings: Settings) -> Plan:
         require_local(req, settings, "pods of this node")
         param_duration(req.action.params, "timeout", DEFAULT_TIMEOUT)
         param_duration(req.action.params, "grace_period_cap", settings.safety_drain_grace_cap)

@@ -48,8 +48,7 @@ class RestartService(Action):
     needs_api = False
     disruptive = True
 
-    def plan(self, req: ActionRequest, settings: Settings) -> Plan:
-        self.check_target(req)
+    def explain(self, req: ActionRequest, settings: Settings) -> Plan:
         unit = allowed_unit(req, settings)
         return Plan(self.name, req.target.key, f"systemctl restart {unit}", (f"restart {unit}",))
 

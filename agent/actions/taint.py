@@ -117,8 +117,7 @@ def override(claim: dict[str, Any], keep: str | None = None) -> None:
 class Taint(Action):
     disruptive = True
 
-    def plan(self, req: ActionRequest, settings: Settings) -> Plan:
-        self.check_target(req)
+    def explain(self, req: ActionRequest, settings: Settings) -> Plan:
         t = taint_params(req, settings, need_effect=True)
         return Plan(
             self.name,

@@ -32,8 +32,7 @@ from agent.structs.remediation import ActionRequest, Decision, Outcome
 
 @action(ap.Uncordon)
 class Uncordon(Action):
-    def plan(self, req: ActionRequest, settings: Settings) -> Plan:
-        self.check_target(req)
+    def explain(self, req: ActionRequest, settings: Settings) -> Plan:
         require_local(req, settings)
         return Plan(
             self.name,

@@ -69,8 +69,7 @@ class Webhook(Action):
     targets = ("node", "pod", "service")
     needs_api = False
 
-    def plan(self, req: ActionRequest, settings: Settings) -> Plan:
-        self.check_target(req)
+    def explain(self, req: ActionRequest, settings: Settings) -> Plan:
         url, timeout = checked(req, settings)
         return Plan(self.name, req.target.key,
                     f"POST JSON to {url} (timeout {format_duration(timeout)})")
