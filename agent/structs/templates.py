@@ -1,9 +1,9 @@
 """Message templates of rule actions: ``str.format`` fields from a fixed list, nothing else.
 
 Used by agent.structs.actionparams (the ``event`` message and ``annotate`` value are validated
-with ``check_template`` when a rule file loads) and agent.rules.engine (``render_template`` fills
-them from the firing rule's fields). No attribute access, no indexing, no nested fields: nothing
-in a rule runs as code.
+with ``check_template`` when a rule file loads) and agent.rules.schema, which re-exports
+``render_template`` for the rules engine to fill them from the firing rule's fields. No attribute
+access, no indexing, no nested fields: nothing in a rule runs as code.
 """
 
 from __future__ import annotations
