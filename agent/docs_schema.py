@@ -1,5 +1,5 @@
-"""Markdown reference tables built from pydantic models: the rule actions (agent.rules.schema)
-and the nodemedic YAML problem definitions (agent.problems.schema).
+"""Markdown reference tables built from pydantic models: the rule actions
+(agent.structs.actionparams) and the nodemedic YAML problem definitions (agent.problems.schema).
 
 One row per field, with its type, default (or "required"), limits and description, read from the
 model itself, so a parameter added to a model appears in docs/ the next time ``python -m
@@ -129,22 +129,20 @@ def table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def actions_table() -> str:
-    """Every rule action: where it may be used, what it does and its parameters."""
-    from agent.rules.loader import UNDO_ACTIONS
-    from agent.rules.schema import ACTION_MODELS, NODE_ONLY, POD_ONLY
+    """Every rule action: where it may be used, what it does and its parameters, all read from
+    the action's one declaration (its model in agent.structs.actionparams)."""
+    from agent.structs.actionparams import ACTION_MODELS
 
     rows = []
     for name, model in ACTION_MODELS.items():
-        where = ("node rules" if name in NODE_ONLY else
-                 "pod rules" if name in POD_ONLY else "node and pod rules")
+        where = " and ".join(model.rule_targets) + " rules"
         params = "; ".join(
             f"{key} ({typ}, {default or 'optional'}{', ' + limits if limits else ''})"
             + (f": {meaning}" if meaning else "")
             for key, typ, default, limits, meaning in field_rows(model)
         ) or "–"
         doc = " ".join((model.__doc__ or "").split())
-        rows.append([f"`{name}`", where, "yes" if name in UNDO_ACTIONS else "no",
-                     _md(doc), params])
+        rows.append([f"`{name}`", where, "yes" if model.in_undo else "no", _md(doc), params])
     return table(["action", "allowed in", "in `undo`", "what it does", "parameters"], rows)
 
 

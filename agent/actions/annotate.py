@@ -27,6 +27,7 @@ from agent.kube.nodes import update_node
 from agent.kube.owners import top_owner, update_owner
 from agent.kube.pods import get_pod, update_pod
 from agent.settings import Settings
+from agent.structs import actionparams as ap
 from agent.structs.remediation import ActionRequest, Decision, Outcome
 
 VALUE_LIMIT = 4096
@@ -48,12 +49,11 @@ def wanted(req: ActionRequest, settings: Settings) -> tuple[str, str, str]:
     return key, value, where
 
 
-@action("annotate")
+@action(ap.Annotate)
 class Annotate(Action):
     targets = ("node", "pod")
 
-    def plan(self, req: ActionRequest, settings: Settings) -> Plan:
-        self.check_target(req)
+    def explain(self, req: ActionRequest, settings: Settings) -> Plan:
         key, value, where = wanted(req, settings)
         subject = (
             f"node/{req.target.node}"

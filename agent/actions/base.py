@@ -1,8 +1,9 @@
 """The action interface: a pure ``plan()`` and an idempotent ``execute()``, plus shared helpers.
 
 Implemented by one module per action under agent/actions/ (registered with
-``agent.actions.registry.action``); called only by agent.safety.gate (plan, to validate and
-explain) and agent.runtime.remediation (execute, after the gate allowed the request).
+``agent.actions.registry.action`` on the action's parameter model); called only by
+agent.safety.gate (plan, to validate and explain) and agent.actions.executor (execute, after the
+gate allowed the request, for the remediation stage and the failover leader alike).
 """
 
 from __future__ import annotations
@@ -10,14 +11,22 @@ from __future__ import annotations
 import math
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from agent.kube.nodes import ensure_annotations
 from agent.settings import Settings
+from agent.structs.actionparams import ActionParams
 from agent.structs.durations import parse_duration
-from agent.structs.remediation import ActionRequest, Decision, Outcome, OutcomeKind, TargetKind
+from agent.structs.remediation import (
+    ActionRequest,
+    Decision,
+    Outcome,
+    OutcomeKind,
+    Params,
+    TargetKind,
+)
 
 # Every key nodemedic writes on Kubernetes objects lives under this prefix (DESIGN.md §5).
 PREFIX = "nodemedic.io/"
@@ -66,7 +75,9 @@ class ActionContext:
 class Action(ABC):
     """One action type. Subclasses set the class attributes and implement plan/execute."""
 
-    name: ClassVar[str] = ""
+    name: ClassVar[str] = ""  # set by the registry from the model
+    # Its parameters as rules write them (agent.structs.actionparams), set by ``@action(model)``.
+    params_model: ClassVar[type[ActionParams]]
     targets: ClassVar[tuple[TargetKind, ...]] = ("node",)
     needs_api: ClassVar[bool] = True
     # Disruptive actions count against the global hourly cap; informational ones do not, so an
@@ -74,6 +85,8 @@ class Action(ABC):
     disruptive: ClassVar[bool] = False
     # Actions that make this node unschedulable are checked against the cluster cordon budget.
     cordons: ClassVar[bool] = False
+    # Multi-pass actions: with the API unreachable they wait (outcome retry) instead of failing.
+    resumable: ClassVar[bool] = False
 
     def check_target(self, req: ActionRequest) -> None:
         if req.target.kind not in self.targets:
@@ -83,9 +96,14 @@ class Action(ABC):
         if req.target.kind == "pod" and not (req.target.namespace and req.target.name):
             raise InvalidParams(f"{self.name}: pod target needs namespace and name")
 
-    @abstractmethod
     def plan(self, req: ActionRequest, settings: Settings) -> Plan:
         """Validate and describe the change; pure (no I/O). Raises InvalidParams."""
+        self.check_target(req)
+        return self.explain(req, settings)
+
+    @abstractmethod
+    def explain(self, req: ActionRequest, settings: Settings) -> Plan:
+        """``plan()`` of a request whose target kind was checked: the parameters and the Plan."""
 
     @abstractmethod
     async def execute(self, decision: Decision, ctx: ActionContext) -> Outcome:
@@ -104,7 +122,7 @@ def outcome(decision: Decision, kind: OutcomeKind, message: str, **details: Any)
     return Outcome(decision=decision, kind=kind, message=message, details=details)
 
 
-def param_str(params: Mapping[str, Any], key: str, default: str | None = None) -> str:
+def param_str(params: Params, key: str, default: str | None = None) -> str:
     value = params.get(key, default)
     if value is None:
         raise InvalidParams(f"missing parameter {key!r}")
@@ -113,7 +131,7 @@ def param_str(params: Mapping[str, Any], key: str, default: str | None = None) -
     return value
 
 
-def param_duration(params: Mapping[str, Any], key: str, default: float) -> float:
+def param_duration(params: Params, key: str, default: float) -> float:
     if key not in params:
         return default
     try:

@@ -41,6 +41,7 @@ from agent.kube.nodes import (
     update_node,
 )
 from agent.settings import Settings
+from agent.structs import actionparams as ap
 from agent.structs.remediation import ActionRequest, Decision, Outcome
 
 CordonResult = Literal["cordoned", "joined", "admin_cordoned", "admin_override"]
@@ -143,13 +144,12 @@ async def ensure_cordoned(api: Any, node_name: str, rule: str, now: float) -> Co
     return result[0]
 
 
-@action("cordon")
+@action(ap.Cordon)
 class Cordon(Action):
     disruptive = True
     cordons = True
 
-    def plan(self, req: ActionRequest, settings: Settings) -> Plan:
-        self.check_target(req)
+    def explain(self, req: ActionRequest, settings: Settings) -> Plan:
         require_local(req, settings)
         return Plan(
             self.name,

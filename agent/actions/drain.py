@@ -35,6 +35,7 @@ from agent.actions.registry import action
 from agent.kube.errors import KubeError, KubeNotFound, KubeTooManyRequests, KubeUnavailable
 from agent.kube.pods import evict_pod, list_node_pods
 from agent.settings import Settings
+from agent.structs import actionparams as ap
 from agent.structs.durations import format_duration
 from agent.structs.remediation import ActionRequest, Decision, Outcome
 
@@ -101,9 +102,10 @@ class DrainMemory:
         return delay
 
 
-@action("drain")
+@action(ap.Drain)
 class Drain(Action):
     disruptive = True
+    resumable = True
     cordons = True
 
     def options(self, req: ActionRequest, settings: Settings) -> tuple[float, float, bool]:
@@ -119,8 +121,7 @@ class Drain(Action):
         require_local(req, settings)
         return timeout, cap, unmanaged
 
-    def plan(self, req: ActionRequest, settings: Settings) -> Plan:
-        self.check_target(req)
+    def explain(self, req: ActionRequest, settings: Settings) -> Plan:
         timeout, cap, unmanaged = self.options(req, settings)
         return Plan(
             self.name,

@@ -14,6 +14,7 @@ from agent.actions.base import Action, ActionContext, InvalidParams, Plan, descr
 from agent.actions.registry import action
 from agent.kube.events import InvolvedObject, record_event
 from agent.settings import Settings
+from agent.structs import actionparams as ap
 from agent.structs.remediation import ActionRequest, Decision, Outcome
 
 REASON_RE = re.compile(r"^[A-Z][A-Za-z0-9]{0,127}$")
@@ -42,12 +43,11 @@ def involved(req: ActionRequest) -> InvolvedObject:
     return InvolvedObject("Node", req.target.node)
 
 
-@action("event")
+@action(ap.Event)
 class Event(Action):
     targets = ("node", "pod")
 
-    def plan(self, req: ActionRequest, settings: Settings) -> Plan:
-        self.check_target(req)
+    def explain(self, req: ActionRequest, settings: Settings) -> Plan:
         reason, type_, message = event_fields(req, settings)
         return Plan(
             self.name, req.target.key, f"{type_} Event {reason} on {req.target.key}", (message,)

@@ -21,19 +21,20 @@ from agent.actions.registry import action
 from agent.kube.errors import KubeNotFound, KubeTooManyRequests
 from agent.kube.pods import evict_pod, get_pod
 from agent.settings import Settings
+from agent.structs import actionparams as ap
 from agent.structs.durations import format_duration
 from agent.structs.remediation import ActionRequest, Decision, Outcome
 
 DEFAULT_TIMEOUT = 600.0
 
 
-@action("evict-pod")
+@action(ap.EvictPod)
 class EvictPod(Action):
     targets = ("pod",)
     disruptive = True
+    resumable = True
 
-    def plan(self, req: ActionRequest, settings: Settings) -> Plan:
-        self.check_target(req)
+    def explain(self, req: ActionRequest, settings: Settings) -> Plan:
         require_local(req, settings, "pods of this node")
         param_duration(req.action.params, "timeout", DEFAULT_TIMEOUT)
         param_duration(req.action.params, "grace_period_cap", settings.safety_drain_grace_cap)

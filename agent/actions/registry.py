@@ -1,8 +1,10 @@
-"""Registry of action types by name: ``@action("cordon")`` on an Action subclass.
+"""Registry of action types by name: ``@action(actionparams.Cordon)`` on an Action subclass.
 
-Read by agent.safety.gate and agent.runtime.remediation (look up the action of a request). Adding
-an action means adding one module and listing it in ``_BUILTIN_MODULES``; every name must be one
-of agent.structs.remediation.ACTION_TYPES (the names the rules know).
+Read by agent.actions.executor and agent.safety.gate (look up the action of a request). An action
+is its parameter model in agent.structs.actionparams (name, parameters, rule schema fragment,
+docs, where rules may use it) plus one module here with the class that plans and executes it,
+listed in ``_BUILTIN_MODULES``; the decorator takes the name from the model, so it is written
+once.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import importlib
 from collections.abc import Callable
 
 from agent.actions.base import Action
-from agent.structs.remediation import ACTION_TYPES
+from agent.structs.actionparams import ACTION_MODELS, ActionParams
 
 _REGISTRY: dict[str, Action] = {}
 
@@ -29,13 +31,15 @@ _BUILTIN_MODULES = (
 )
 
 
-def action(name: str) -> Callable[[type[Action]], type[Action]]:
-    """Class decorator: register one instance of the class under ``name``."""
-    if name not in ACTION_TYPES:
-        raise ValueError(f"action {name!r} is not in ACTION_TYPES")
+def action(model: type[ActionParams]) -> Callable[[type[Action]], type[Action]]:
+    """Class decorator: register one instance of the class as the executor of ``model``."""
+    name = model.action_name()
+    if ACTION_MODELS.get(name) is not model:
+        raise ValueError(f"action {name!r} is not declared in agent.structs.actionparams")
 
     def deco(cls: type[Action]) -> type[Action]:
         cls.name = name
+        cls.params_model = model
         existing = _REGISTRY.get(name)
         if existing is not None and type(existing) is not cls:
             raise ValueError(f"action {name!r} registered twice")

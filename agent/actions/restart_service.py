@@ -22,6 +22,7 @@ from agent.actions.base import (
 )
 from agent.actions.registry import action
 from agent.settings import Settings
+from agent.structs import actionparams as ap
 from agent.structs.durations import format_duration
 from agent.structs.remediation import ActionRequest, Decision, Outcome
 
@@ -42,13 +43,12 @@ def allowed_unit(req: ActionRequest, settings: Settings) -> str:
     return unit
 
 
-@action("restart-service")
+@action(ap.RestartService)
 class RestartService(Action):
     needs_api = False
     disruptive = True
 
-    def plan(self, req: ActionRequest, settings: Settings) -> Plan:
-        self.check_target(req)
+    def explain(self, req: ActionRequest, settings: Settings) -> Plan:
         unit = allowed_unit(req, settings)
         return Plan(self.name, req.target.key, f"systemctl restart {unit}", (f"restart {unit}",))
 

@@ -35,6 +35,7 @@ from agent.actions.cordon import iso
 from agent.actions.registry import action
 from agent.kube.nodes import ensure_annotations, update_node
 from agent.settings import Settings
+from agent.structs import actionparams as ap
 from agent.structs.remediation import ActionRequest, Decision, Outcome
 
 EFFECTS = ("NoSchedule", "PreferNoSchedule")
@@ -112,12 +113,11 @@ def override(claim: dict[str, Any], keep: str | None = None) -> None:
     claim["rules"] = []
 
 
-@action("taint")
+@action(ap.Taint)
 class Taint(Action):
     disruptive = True
 
-    def plan(self, req: ActionRequest, settings: Settings) -> Plan:
-        self.check_target(req)
+    def explain(self, req: ActionRequest, settings: Settings) -> Plan:
         t = taint_params(req, settings, need_effect=True)
         return Plan(
             self.name,

@@ -26,13 +26,13 @@ from agent.actions.cordon import cordon_is_ours, marker, marker_rules, release_c
 from agent.actions.registry import action
 from agent.kube.nodes import ensure_annotations, is_unschedulable, update_node
 from agent.settings import Settings
+from agent.structs import actionparams as ap
 from agent.structs.remediation import ActionRequest, Decision, Outcome
 
 
-@action("uncordon")
+@action(ap.Uncordon)
 class Uncordon(Action):
-    def plan(self, req: ActionRequest, settings: Settings) -> Plan:
-        self.check_target(req)
+    def explain(self, req: ActionRequest, settings: Settings) -> Plan:
         require_local(req, settings)
         return Plan(
             self.name,

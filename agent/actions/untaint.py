@@ -19,20 +19,17 @@ from agent.actions.taint import EFFECTS, claimed_taint, claims, override, taint_
 from agent.actions.taint import write_claims as write
 from agent.kube.nodes import update_node
 from agent.settings import Settings
+from agent.structs import actionparams as ap
 from agent.structs.remediation import ActionRequest, Decision, Outcome
 
 
-@action("untaint")
+@action(ap.Untaint)
 class Untaint(Action):
-    def plan(self, req: ActionRequest, settings: Settings) -> Plan:
-        self.check_target(req)
+    def explain(self, req: ActionRequest, settings: Settings) -> Plan:
         t = taint_params(req, settings, need_effect=False)
-        return Plan(
-            self.name,
-            req.target.key,
-            f"untaint node {req.target.node} if the taint is still nodemedic's",
-            (f"spec.taints -= {t['key']}{':' + t['effect'] if t['effect'] else ''}",),
-        )
+        slot = t["key"] + (":" + t["effect"] if t["effect"] else "")
+        what = f"untaint node {req.target.node} if the taint is still nodemedic's"
+        return Plan(self.name, req.target.key, what, (f"spec.taints -= {slot}",))
 
     async def execute(self, decision: Decision, ctx: ActionContext) -> Outcome:
         req = decision.request

@@ -23,6 +23,7 @@ from agent.actions.base import (
 )
 from agent.actions.registry import action
 from agent.settings import Settings
+from agent.structs import actionparams as ap
 from agent.structs.durations import format_duration
 from agent.structs.remediation import ActionRequest, Decision, Outcome
 
@@ -63,13 +64,12 @@ def payload(req: ActionRequest, node: str, now: float) -> dict[str, Any]:
     }
 
 
-@action("webhook")
+@action(ap.Webhook)
 class Webhook(Action):
     targets = ("node", "pod", "service")
     needs_api = False
 
-    def plan(self, req: ActionRequest, settings: Settings) -> Plan:
-        self.check_target(req)
+    def explain(self, req: ActionRequest, settings: Settings) -> Plan:
         url, timeout = checked(req, settings)
         return Plan(self.name, req.target.key,
                     f"POST JSON to {url} (timeout {format_duration(timeout)})")

@@ -1,9 +1,10 @@
 """Write core/v1 Events with repeat aggregation: the `kubectl describe` record of what we did.
 
-Called by agent.actions.event (rule-requested Events) and agent.runtime.remediation (one Event per
-real action, with the rule name and observed values). Repeats of the same reason on the same
-object update one Event (count + 1, lastTimestamp, latest message) instead of creating new ones,
-like the kubelet's event correlator, so an OOM storm cannot flood etcd.
+Called by agent.actions.event (rule-requested Events), agent.runtime.action_events (one Event per
+real action, with the rule name and observed values) and agent.peers.remedy (the failover's).
+Repeats of the same reason on the same object update one Event (count + 1, lastTimestamp, latest
+message) instead of creating new ones, like the kubelet's event correlator, so an OOM storm
+cannot flood etcd.
 """
 
 from __future__ import annotations

@@ -37,7 +37,7 @@ from typing import Any
 
 import structlog
 
-from agent.actions import registry
+from agent.actions import executor
 from agent.actions.base import ActionContext
 from agent.actions.drain import classify
 from agent.kube.errors import KubeError
@@ -203,25 +203,20 @@ class Remedy:
         self, node: str, spec: ActionSpec, reason: str, *, undo: bool = False,
         continuing: bool = False,
     ) -> tuple[Decision, Outcome | None]:
-        """Gate and (if allowed) execute one action on ``node``; never raises on API trouble."""
+        """Gate and (if allowed) execute one action on ``node`` through agent.actions.executor
+        (the rule actions' executor and error policy); never raises: whatever the action raises
+        is a failure, logged and counted, and explained by a Warning Event on the node."""
         ts = self.target(node)
         req = self._request(node, spec, reason, undo)
         decision = await ts.gate.decide(req, continuing=continuing)
         outcome: Outcome | None = None
         if decision.kind == "allowed":
-            act = registry.get(spec.type)
-            assert act is not None
             ctx = ActionContext(
                 api=self.api, node_name=node, settings=ts.settings, now=self.wall,
                 progress=ts.gate.drain_progress, started_at=ts.drain_started, extra=ts.extra,
             )
-            try:
-                outcome = await act.execute(decision, ctx)
-            except KubeError as exc:
-                outcome = Outcome(decision, "failure", f"API error: {exc}")
-            if not continuing:
-                ts.gate.record_execution(decision, outcome)
-        ts.gate.count(decision, outcome)
+            outcome = await executor.run(decision, ctx, continuing=continuing)
+        executor.record(ts.gate, decision, outcome, continuing)
         overridden = decision.reason == "admin_override" or (
             outcome is not None and outcome.details.get("reason") == "admin_override"
         )
@@ -235,10 +230,9 @@ class Remedy:
         emit = (log.debug if self._last_said.get((node, spec.type)) == said
                 else log.warning if failed else log.info)
         self._last_said[(node, spec.type)] = said
-        emit("failover_action", node=node, action=spec.type, decision=decision.kind,
-             reason=decision.reason, detail=decision.detail,
-             outcome=outcome.kind if outcome else None,
-             message=outcome.message if outcome else None)
+        emit("failover_action", **executor.fields(decision, outcome, continuing))
+        if failed and outcome is not None:
+            await self.event(node, *executor.event_text(decision, outcome))
         return decision, outcome
 
     async def isolate(self, node: str, reason: str) -> bool:

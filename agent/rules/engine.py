@@ -42,7 +42,6 @@ from .schema import (
     MetricCondition,
     NotOf,
     Rule,
-    action_params,
     render_template,
 )
 
@@ -211,7 +210,7 @@ class _Compiled:
 
 
 def _spec(action: Any) -> ActionSpec:
-    return ActionSpec(type=action.type, params=action_params(action))
+    return ActionSpec(type=action.type, params=action)  # the validated model, typed
 
 
 def _compile_rule(lr: LoadedRule, ids: dict[Any, int]) -> _Compiled:
@@ -1314,6 +1313,4 @@ def _render(spec: ActionSpec, fields: Mapping[str, object]) -> ActionSpec:
     key = {"event": "message", "annotate": "value"}.get(spec.type)
     if key is None or key not in spec.params:
         return spec
-    params = dict(spec.params)
-    params[key] = render_template(str(params[key]), dict(fields))
-    return ActionSpec(type=spec.type, params=params)
+    return spec.with_params(**{key: render_template(str(spec.params[key]), dict(fields))})

@@ -32,6 +32,7 @@ from .schema import (
     NODE_ONLY,
     POD_ONLY,
     RUNBOOK_BASE_URL,
+    UNDO_ACTIONS,
     AllOf,
     AnyOf,
     MetricCondition,
@@ -43,8 +44,6 @@ from .schema import (
 MAX_FILE_BYTES = 1 << 20
 MAX_NODES = 50_000  # per document; defeats "billion laughs" alias expansion
 RULE_SUFFIXES = (".yaml", ".yml")
-# Undo lists may only reverse or report, never disrupt.
-UNDO_ACTIONS = frozenset({"uncordon", "untaint", "annotate", "event", "webhook"})
 _COMMAND_KEYS = frozenset({"command", "cmd", "exec", "shell", "script", "run", "args", "bash"})
 
 Path_ = tuple[str | int, ...]

@@ -2,7 +2,9 @@
 
 Called by agent.rules.loader (which validates parsed YAML against :class:`RuleFile` and locates
 every error at its file:line:column), by agent.rules.engine (which compiles validated rules) and
-by ``python -m agent.rules.schema`` that regenerates rules/schema.json for editors.
+by ``python -m agent.rules.schema`` that regenerates rules/schema.json for editors. The actions'
+models (their parameters, where they may be used) are not declared here but once each in
+agent.structs.actionparams, shared with agent.actions; this module puts them into rules.
 
 Design notes (how others express the same ideas, and what we took):
 - medik8s NodeHealthCheck: ``unhealthyConditions`` with a ``duration`` and
@@ -26,28 +28,39 @@ Design notes (how others express the same ideas, and what we took):
 from __future__ import annotations
 
 import json
-import math
 import re
-import string
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeAlias
 
 from pydantic import (
     AfterValidator,
     BaseModel,
-    BeforeValidator,
     ConfigDict,
     Discriminator,
     Field,
     Tag,
-    WithJsonSchema,
     field_validator,
     model_validator,
 )
 
-from agent.structs.durations import parse_duration
+from agent.structs.actionparams import (
+    ACTION_MODELS,
+    NODE_ONLY,
+    POD_ONLY,
+    UNDO_ACTIONS,
+    Action,
+    Duration,
+    action_params,
+)
+from agent.structs.actionparams import StrictModel as _Model
 from agent.structs.gatespec import parse_selector, parse_window
 from agent.structs.remediation import ACTION_TYPES
+from agent.structs.templates import TEMPLATE_FIELDS, check_template, render_template
+
+# Re-exported for agent.rules.loader/engine and agent.docs_schema: actions are declared in
+# agent.structs.actionparams, templates in agent.structs.templates.
+__all__ = ["ACTION_MODELS", "NODE_ONLY", "POD_ONLY", "TEMPLATE_FIELDS", "UNDO_ACTIONS", "Action",
+           "Duration", "action_params", "check_template", "render_template"]
 
 # Relative ``runbook:`` values are resolved against this (overridable per file).
 RUNBOOK_BASE_URL = "https://github.com/nodemedic/nodemedic/blob/main/"
@@ -58,101 +71,11 @@ MAX_PER_HOUR_LIMIT = 60
 MIN_WINDOW_SECONDS = 30.0
 MAX_WINDOW_SECONDS = 86400.0
 MIN_ESCALATION_AFTER_SECONDS = 30.0
-MAX_DURATION_SECONDS = 7 * 86400.0
-MAX_DRAIN_GRACE_SECONDS = 3600.0
-MAX_DRAIN_TIMEOUT_SECONDS = 4 * 3600.0
-MAX_WEBHOOK_TIMEOUT_SECONDS = 30.0
-MAX_TEMPLATE_LENGTH = 1024
 
-# Fields an event message / annotation value template may use; filled by the engine.
-TEMPLATE_FIELDS = frozenset(
-    {"rule", "severity", "node", "target", "namespace", "pod", "container", "metric",
-     "value", "step", "runbook", "description"}
-)
-_TEMPLATE_SAMPLE: dict[str, object] = {
-    name: ("x" if name not in ("value", "step") else 1) for name in TEMPLATE_FIELDS
-}
-_TEMPLATE_SAMPLE["value"] = 1.5
 
 _RULE_NAME = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 _METRIC_NAME = r"^nodemedic_[a-zA-Z0-9_]+$"
 _LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
-_QUALIFIED = r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?"
-_NODEMEDIC_KEY = re.compile(rf"^nodemedic\.io/{_QUALIFIED}$")
-_LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$")
-# systemd unit names: no spaces, no shell metacharacters, and only .service units.
-_UNIT = re.compile(r"^[A-Za-z0-9:_.\\@-]{1,240}\.service$")
-_REASON = re.compile(r"^[A-Z][A-Za-z0-9]{0,127}$")
-_SHELLISH = re.compile(r"[\s;|&$`<>()'\"]")
-
-
-def _duration(value: Any) -> float:
-    if isinstance(value, (list, dict)):
-        raise ValueError("expected a duration like 10s, 2m or 1h30m")
-    seconds = parse_duration(value)
-    if not math.isfinite(seconds) or seconds > MAX_DURATION_SECONDS:
-        raise ValueError("duration longer than 7d is not supported")
-    return seconds
-
-
-Duration = Annotated[
-    float,
-    BeforeValidator(_duration),
-    WithJsonSchema(
-        {
-            "oneOf": [
-                {"type": "string", "pattern": r"^(\d+(\.\d+)?(ms|s|m|h|d|w))+$"},
-                {"type": "number", "minimum": 0},
-            ],
-            "description": "duration: 30s, 2m, 1h30m (or plain seconds)",
-        }
-    ),
-]
-
-
-def check_template(text: str) -> str:
-    """Validate an ``str.format`` template: only names from TEMPLATE_FIELDS, no attribute access,
-    no indexing, no nested fields; raise ValueError saying what is wrong."""
-    if len(text) > MAX_TEMPLATE_LENGTH:
-        raise ValueError(f"template longer than {MAX_TEMPLATE_LENGTH} characters")
-    try:
-        parts = list(string.Formatter().parse(text))
-    except ValueError as exc:
-        raise ValueError(f"bad template: {exc} (write {{{{ and }}}} for literal braces)") from exc
-    for _literal, field_name, spec, conversion in parts:
-        if field_name is None:
-            continue
-        if field_name not in TEMPLATE_FIELDS:
-            raise ValueError(
-                f"unknown template field {{{field_name}}}; allowed: "
-                + ", ".join(sorted(TEMPLATE_FIELDS))
-            )
-        if conversion not in (None, "s", "r"):
-            raise ValueError(f"bad conversion !{conversion} in {{{field_name}}}")
-        if spec and "{" in spec:
-            raise ValueError(f"nested fields are not allowed in {{{field_name}:{spec}}}")
-        if spec:
-            try:
-                format(_TEMPLATE_SAMPLE[field_name], spec)
-            except (ValueError, TypeError) as exc:
-                raise ValueError(f"bad format spec in {{{field_name}:{spec}}}: {exc}") from exc
-    return text
-
-
-def render_template(text: str, fields: dict[str, object]) -> str:
-    """Render a validated template; never raises (a broken render returns the raw template)."""
-    values = {name: fields.get(name, "") for name in TEMPLATE_FIELDS}
-    try:
-        return text.format_map(values)
-    except (ValueError, TypeError, KeyError, IndexError):
-        return text
-
-
-class _Model(BaseModel):
-    # strict: YAML already yields proper types, so "yes" must not become a bool or 5 a string.
-    model_config = ConfigDict(
-        extra="forbid", strict=True, populate_by_name=False, allow_inf_nan=False
-    )
 
 
 # --------------------------------------------------------------------------- conditions
@@ -306,209 +229,6 @@ Condition: TypeAlias = Annotated[
 AllOf.model_rebuild()
 AnyOf.model_rebuild()
 NotOf.model_rebuild()
-
-
-# --------------------------------------------------------------------------- actions
-
-
-def _nodemedic_key(v: str) -> str:
-    if not _NODEMEDIC_KEY.match(v):
-        raise ValueError("must be nodemedic.io/<name> (letters, digits, -, _, .; max 63)")
-    return v
-
-
-NodemedicKey = Annotated[str, BeforeValidator(lambda v: _nodemedic_key(v) if isinstance(v, str)
-                                              else v)]
-
-
-class Cordon(_Model):
-    """Mark this node unschedulable (recorded as done by nodemedic)."""
-
-    type: Literal["cordon"]
-
-
-class Uncordon(_Model):
-    """Make this node schedulable again, only if nodemedic cordoned it."""
-
-    type: Literal["uncordon"]
-
-
-class Taint(_Model):
-    """Add a ``nodemedic.io/`` taint to this node."""
-
-    type: Literal["taint"]
-    key: NodemedicKey
-    value: str = ""
-    # NoExecute parses (so the error can say why) but the schema does not offer it.
-    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] = Field(
-        json_schema_extra={"enum": ["NoSchedule", "PreferNoSchedule"]})
-
-    @field_validator("effect")
-    @classmethod
-    def _effect(cls, v: str) -> str:
-        if v == "NoExecute":
-            raise ValueError("NoExecute evicts pods without consulting PodDisruptionBudgets; "
-                             "use NoSchedule with a drain")
-        return v
-
-    @field_validator("value")
-    @classmethod
-    def _value(cls, v: str) -> str:
-        if not _LABEL_VALUE.match(v):
-            raise ValueError("taint value must be a label value (max 63 letters, digits, -_.)")
-        return v
-
-
-class Untaint(_Model):
-    """Remove a ``nodemedic.io/`` taint from this node."""
-
-    type: Literal["untaint"]
-    key: NodemedicKey
-
-
-class Drain(_Model):
-    """Cordon, then evict this node's pods through the Eviction API (PDBs respected, never a
-    force delete)."""
-
-    type: Literal["drain"]
-    grace_period_cap: Duration = Field(
-        description="upper bound on each pod's grace period (at most 1h)")
-    timeout: Duration = Field(description="give up (and report) after this long (1m to 4h)")
-    ignore_daemonsets: Literal[True] = True
-    evict_unmanaged: bool = Field(default=False,
-                                  description="also evict pods without a controller (lost!)")
-
-    @model_validator(mode="after")
-    def _bounds(self) -> Drain:
-        if self.grace_period_cap > MAX_DRAIN_GRACE_SECONDS:
-            raise ValueError("grace_period_cap must be at most 1h")
-        if not 60.0 <= self.timeout <= MAX_DRAIN_TIMEOUT_SECONDS:
-            raise ValueError("timeout must be between 1m and 4h")
-        return self
-
-
-class EvictPod(_Model):
-    """Evict the pod the rule fired for (pod-target rules only)."""
-
-    type: Literal["evict-pod"]
-    grace_period_cap: Duration = Field(
-        description="upper bound on the pod's grace period (at most 1h)")
-    timeout: Duration = Field(default=600.0,
-                              description="give up retrying after this long (10s to 1h)")
-
-    @field_validator("grace_period_cap")
-    @classmethod
-    def _cap(cls, v: float) -> float:
-        if v > MAX_DRAIN_GRACE_SECONDS:
-            raise ValueError("grace_period_cap must be at most 1h")
-        return v
-
-    @field_validator("timeout")
-    @classmethod
-    def _timeout(cls, v: float) -> float:
-        if not 10.0 <= v <= MAX_DRAIN_GRACE_SECONDS:
-            raise ValueError("timeout must be between 10s and 1h")
-        return v
-
-
-class RestartService(_Model):
-    """Restart a systemd unit on this node; the unit must also be in the agent's allow-list."""
-
-    type: Literal["restart-service"]
-    unit: str = Field(description="systemd unit name, e.g. kubelet.service")
-
-    @field_validator("unit")
-    @classmethod
-    def _unit(cls, v: str) -> str:
-        if _SHELLISH.search(v) or not _UNIT.match(v):
-            raise ValueError(
-                "must be a systemd .service unit name like kubelet.service, never a command line"
-            )
-        return v
-
-
-class Annotate(_Model):
-    """Set a ``nodemedic.io/`` annotation on the node, the pod, or the pod's owner."""
-
-    type: Literal["annotate"]
-    key: NodemedicKey
-    value: str = Field(description="template: {rule}, {value}, {pod}, ...")
-    target: Literal["node", "pod", "owner"] = "node"
-
-    @field_validator("value")
-    @classmethod
-    def _template(cls, v: str) -> str:
-        return check_template(v)
-
-
-class Event(_Model):
-    """Emit a Kubernetes Event on the node (node rules) or the pod (pod rules)."""
-
-    type: Literal["event"]
-    reason: str = Field(description="CamelCase reason, e.g. OOMStorm")
-    message: str = Field(description="template: {rule}, {value:.1f}, {pod}, ...")
-    event_type: Literal["Normal", "Warning"] | None = Field(
-        default=None, description="default: Normal for severity info, else Warning")
-
-    @field_validator("reason")
-    @classmethod
-    def _reason(cls, v: str) -> str:
-        if not _REASON.match(v):
-            raise ValueError("must be CamelCase letters and digits, e.g. OOMStorm")
-        return v
-
-    @field_validator("message")
-    @classmethod
-    def _template(cls, v: str) -> str:
-        return check_template(v)
-
-
-class Webhook(_Model):
-    """POST the request as JSON to a URL, with a timeout."""
-
-    type: Literal["webhook"]
-    url: str = Field(description="http:// or https:// URL; must also be in the allow-list")
-    timeout: Duration = Field(default=5.0, description="more than 0, at most 30s")
-
-    @field_validator("url")
-    @classmethod
-    def _url(cls, v: str) -> str:
-        if not re.match(r"^https?://[^\s/?#]+[^\s]*$", v):
-            raise ValueError("must be an http:// or https:// URL")
-        return v
-
-    @field_validator("timeout")
-    @classmethod
-    def _timeout(cls, v: float) -> float:
-        if not 0 < v <= MAX_WEBHOOK_TIMEOUT_SECONDS:
-            raise ValueError("timeout must be more than 0 and at most 30s")
-        return v
-
-
-ACTION_MODELS: dict[str, type[_Model]] = {
-    "cordon": Cordon, "uncordon": Uncordon, "taint": Taint, "untaint": Untaint,
-    "drain": Drain, "evict-pod": EvictPod, "restart-service": RestartService,
-    "annotate": Annotate, "event": Event, "webhook": Webhook,
-}
-assert tuple(ACTION_MODELS) == ACTION_TYPES, "schema and agent.structs.remediation disagree"
-
-Action = Annotated[
-    Cordon | Uncordon | Taint | Untaint | Drain | EvictPod | RestartService | Annotate | Event
-    | Webhook,
-    Field(discriminator="type"),
-]
-
-# Actions that change the node for everyone: not allowed from a pod-target rule (one bad pod
-# must never cordon or drain a node).
-NODE_DISRUPTIVE = frozenset({"cordon", "taint", "drain"})
-# Not allowed from a pod-target rule either: restarting a node service disrupts every pod.
-NODE_ONLY = NODE_DISRUPTIVE | {"restart-service"}
-POD_ONLY = frozenset({"evict-pod"})
-
-
-def action_params(action: BaseModel) -> dict[str, Any]:
-    """The validated parameters of an action (durations in seconds), without ``type``."""
-    return action.model_dump(by_alias=True, exclude={"type"}, exclude_none=True)
 
 
 # --------------------------------------------------------------------------- rules

@@ -11,30 +11,33 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from agent.structs.actionparams import ACTION_MODELS, ActionParams
+
 TargetKind = Literal["node", "pod", "service"]
 Severity = Literal["info", "warning", "critical"]
 
-# Action type names, shared by the rule schema (validation) and the action registry.
-ACTION_TYPES = (
-    "cordon",
-    "uncordon",
-    "taint",
-    "untaint",
-    "drain",
-    "evict-pod",
-    "restart-service",
-    "annotate",
-    "event",
-    "webhook",
-)
+# Action type names (settings, the action registry), from the one declaration of each action.
+ACTION_TYPES = tuple(ACTION_MODELS)
+
+# An action's parameters: the rule's validated model (agent.structs.actionparams), or a plain
+# mapping for requests made in code (the failover path, a ledger restored from JSON); both read
+# the same way (``params["timeout"]``, ``params.get("key")``, ``dict(params)``).
+Params = ActionParams | Mapping[str, Any]
 
 
 @dataclass(frozen=True, slots=True)
 class ActionSpec:
-    """One action of a rule as written in YAML: its type and validated parameters."""
+    """One action of a rule: its type and parameters (for a rule, the model the loader
+    validated, carried as is to the action's plan() and execute())."""
 
     type: str
-    params: Mapping[str, Any] = field(default_factory=dict)
+    params: Params = field(default_factory=dict)
+
+    def with_params(self, **changes: Any) -> ActionSpec:
+        """The same action with some parameters replaced (a rendered template), still typed."""
+        p = self.params
+        new = p.model_copy(update=changes) if isinstance(p, ActionParams) else {**p, **changes}
+        return ActionSpec(self.type, new)
 
 
 @dataclass(frozen=True, slots=True)

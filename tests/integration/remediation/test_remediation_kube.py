@@ -103,7 +103,7 @@ async def test_failed_events_are_retried_and_the_queue_is_bounded(
 ) -> None:
     """Event writes failing with 500 are queued and written on later ticks once the API
     answers; past the queue bound the oldest is dropped and counted."""
-    monkeypatch.setattr("agent.runtime.remediation.EVENT_RETRY_QUEUE", 2)
+    monkeypatch.setattr("agent.runtime.action_events.EVENT_RETRY_QUEUE", 2)
     apiserver.create(node(NODE))
     apiserver.faults.fail(100, 500, verb="create", resource="events")
     engine = ScriptedEngine()
@@ -126,7 +126,7 @@ async def test_an_event_failing_on_every_retry_is_given_up(
 ) -> None:
     """An Event the API keeps refusing is retried a bounded number of times, then dropped and
     counted as reason=attempts."""
-    monkeypatch.setattr("agent.runtime.remediation.EVENT_RETRY_ATTEMPTS", 3)
+    monkeypatch.setattr("agent.runtime.action_events.EVENT_RETRY_ATTEMPTS", 3)
     apiserver.create(node(NODE))
     apiserver.faults.fail(1000, 500, verb="create", resource="events")
     engine = ScriptedEngine()

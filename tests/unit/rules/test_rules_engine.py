@@ -8,6 +8,7 @@ from pathlib import Path
 from rules_testkit import NODE, engine, load, pod, snapshot
 
 from agent.rules.engine import RuleEngine
+from agent.structs import actionparams
 from agent.structs.snapshot import Snapshot
 
 KUBELET = """
@@ -107,7 +108,9 @@ def test_request_carries_rule_settings_for_the_gate() -> None:
     assert req.runbook == (
         "https://github.com/nodemedic/nodemedic/blob/main/docs/runbooks/KubeletUnhealthy.md")
     assert req.target.key == f"node/{NODE}"
-    assert req.action.params == {"unit": "kubelet.service"}
+    # The model the loader validated travels as is (typed, not re-parsed from a dict).
+    assert isinstance(req.action.params, actionparams.RestartService)
+    assert dict(req.action.params) == {"unit": "kubelet.service"}
     assert req.observed == {"nodemedic_kubelet_up": 0.0}
     assert "nodemedic_kubelet_up == 0 for 2m" in req.reason
 
