@@ -131,6 +131,13 @@ class RuleEngine:
         rs = self._rules.get(name)
         return rs.compiled.rule if rs is not None else None
 
+    def rule_metrics(self, name: str) -> tuple[str, ...]:
+        """Every metric rule ``name`` reads, ``divide_by`` ones included (empty when it is not
+        loaded): while one of them has no data the rule is frozen, and the stage does not
+        act on its held steps either."""
+        rs = self._rules.get(name)
+        return rs.compiled.metrics if rs is not None else ()
+
     # -- evaluation -------------------------------------------------------------------------
 
     def evaluate(self, snapshot: Snapshot, now: float) -> list[ActionRequest]:

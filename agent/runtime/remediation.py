@@ -38,7 +38,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
 
@@ -56,6 +56,10 @@ from agent.structs.durations import format_duration
 from agent.structs.metrics import Family, MetricSpec
 from agent.structs.remediation import ActionRequest, Decision, Outcome, OutcomeKind
 from agent.structs.snapshot import Snapshot
+
+if TYPE_CHECKING:  # agent.rules loads on first use (build_stage), not with this module
+    from agent.rules.loader import RuleSet
+    from agent.rules.schema import Rule
 
 log = structlog.get_logger("nodemedic.remediation")
 
@@ -139,13 +143,17 @@ HELD_DROPPED = MetricSpec(
 
 
 class Engine(Protocol):
-    """What the stage needs from agent.rules' engine."""
+    """What the stage needs from agent.rules' engine (agent.rules.engine.RuleEngine)."""
 
     def evaluate(self, snapshot: Snapshot, now: float) -> list[ActionRequest]: ...
     def export_state(self) -> Any: ...
     def restore_state(self, state: Any) -> Any: ...
     def families(self) -> list[Family]: ...
     def status(self) -> Any: ...
+    def rule(self, name: str) -> Rule | None: ...
+    def rule_metrics(self, name: str) -> tuple[str, ...]: ...
+    def set_rules(self, ruleset: RuleSet) -> None: ...
+    def wants(self, req: ActionRequest) -> bool: ...
 
 
 def _camel(action: str) -> str:
@@ -221,10 +229,9 @@ class RemediationStage:
     def ledger(self) -> Ledger:
         return self.gate.ledger
 
-    def _rule(self, name: str) -> Any:
+    def _rule(self, name: str) -> Rule | None:
         """The engine's loaded rule ``name`` (for the gate's per-rule gates), or None."""
-        lookup = getattr(self.engine, "rule", None)
-        return lookup(name) if callable(lookup) else None
+        return self.engine.rule(name)
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -344,12 +351,10 @@ class RemediationStage:
                 # compile fails the reload here instead of half-installing the set on commit.
                 RuleEngine(ruleset, settings.node_name)
         commit_gate = self.gate.prepare_reload(settings)
-        set_rules = getattr(self.engine, "set_rules", None)
 
         def commit() -> None:
             if ruleset is not None and self.reloader is not None:
-                if callable(set_rules):
-                    set_rules(ruleset)
+                self.engine.set_rules(ruleset)
                 self.reloader.commit(ruleset, settings.rules_dir)
             commit_gate()
             self.settings = settings
@@ -414,7 +419,6 @@ class RemediationStage:
     def _due_held(self, seen: set[str]) -> list[ActionRequest]:
         """Held steps to re-gate this tick (oldest first, bounded); forget those the rules no
         longer ask for, and those a new request or a running action replaced."""
-        wants = getattr(self.engine, "wants", None)
         due: list[ActionRequest] = []
         for key, held in list(self.ledger.held.items()):
             if key in seen:  # asked again this tick (fresher request) or already running
@@ -422,7 +426,7 @@ class RemediationStage:
                     del self.ledger.held[key]
                     self._changed()
                 continue
-            if callable(wants) and not wants(held.request):
+            if not self.engine.wants(held.request):
                 del self.ledger.held[key]
                 self._held_dropped["resolved"] += 1
                 self._changed()
@@ -467,9 +471,7 @@ class RemediationStage:
         metrics: set[str] = set()
         for key in req.observed:
             metrics.update(_METRIC_RE.findall(key))
-        rule_metrics = getattr(self.engine, "rule_metrics", None)
-        if callable(rule_metrics):
-            metrics.update(rule_metrics(req.rule))
+        metrics.update(self.engine.rule_metrics(req.rule))
         for metric in sorted(metrics):
             owner = snapshot.owners.get(metric)
             if owner is not None and not snapshot.has_data_for(metric):
