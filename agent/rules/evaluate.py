@@ -350,7 +350,7 @@ def _aggregate(how: str, values: list[float]) -> float:
 
 
 def eval_tree(tree: Tree, tick: Tick, target: str, metrics: tuple[str, ...],
-          hold: bool) -> frozenset[str]:
+              hold: bool) -> frozenset[str]:
     """Instances for which the condition holds. ``hold`` uses hysteresis (``clear``) thresholds,
     used to decide whether an already firing instance is still unhealthy. ``not`` negates
     within the base universe of ``metrics`` (:meth:`Tick.universe`); the caller adds the

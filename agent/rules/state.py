@@ -22,6 +22,16 @@ from .compile import CompiledRule
 STATE_VERSION = 1
 
 
+def _finite(v: object) -> bool:
+    """A JSON number that is a finite float (an integer too large for a float is not one)."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return False
+    try:
+        return math.isfinite(v)
+    except OverflowError:
+        return False
+
+
 @dataclass(slots=True)
 class Instance:
     """One target a rule tracks, with its timers (monotonic) and what was last observed."""
@@ -82,7 +92,7 @@ class Instance:
             v = d.get(key)
             if v is None and optional:
                 return None
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            if not _finite(v):
                 raise ValueError(f"bad {key}")
             return float(v)
 
@@ -99,9 +109,7 @@ class Instance:
             raise ValueError("resolving state without resolved_since")
         obs = d.get("observed") or {}
         if isinstance(obs, dict):
-            inst.observed = {str(k): float(v) for k, v in obs.items()
-                             if isinstance(v, (int, float)) and not isinstance(v, bool)
-                             and math.isfinite(v)}
+            inst.observed = {str(k): float(v) for k, v in obs.items() if _finite(v)}
         return inst
 
 
@@ -232,6 +240,6 @@ def restore_state(data: Any, rules: Mapping[str, RuleState], node: str, clock: T
             rs.put(key, inst)
             restored += 1
         nds = entry.get("no_data_since")
-        if isinstance(nds, (int, float)) and not isinstance(nds, bool) and math.isfinite(nds):
+        if _finite(nds):
             clock.restored_no_data(rs, float(nds))
     return restored, skipped
