@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeGuard
 
 from agent.structs.remediation import Target
 
@@ -22,7 +22,7 @@ from .compile import CompiledRule
 STATE_VERSION = 1
 
 
-def _finite(v: object) -> bool:
+def _finite(v: object) -> TypeGuard[int | float]:
     """A JSON number that is a finite float (an integer too large for a float is not one)."""
     if isinstance(v, bool) or not isinstance(v, (int, float)):
         return False
