@@ -142,6 +142,18 @@ class ScriptedEngine:
     def status(self) -> dict[str, Any]:
         return copy.deepcopy(self._status)
 
+    def rule(self, name: str) -> None:
+        return None  # no loaded rules: no per-rule gates
+
+    def rule_metrics(self, name: str) -> tuple[str, ...]:
+        return ()  # staleness comes from the metric names in each request's observed values
+
+    def set_rules(self, ruleset: Any) -> None:
+        pass
+
+    def wants(self, req: ActionRequest) -> bool:
+        return True  # a held step stays held until the gate decides it
+
 
 def recording_systemctl(tmp_path: Path) -> tuple[str, Path]:
     """A stand-in systemctl (PID 1 here is not systemd) that logs each argv as a JSON line."""

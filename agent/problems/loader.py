@@ -4,7 +4,7 @@ Called by the detector at start, by ``nodemedic check-rules --problems DIR`` and
 are ``*.json`` (NPD: ``plugin`` kmsg/journald/filelog is a system-log-monitor, ``custom`` a
 custom-plugin-monitor; other NPD monitor kinds, e.g. system-stats-monitor, are reported as
 unsupported) and ``*.yaml``/``*.yml`` (nodemedic). Every problem is a
-:class:`agent.rules.loader.Problem` (``file:line:column: field: message``), located with the
+:class:`agent.rules.located.Problem` (``file:line:column: field: message``), located with the
 same YAML position tracking as the rule loader (JSON is YAML once its tabs are spaces). A
 custom plugin outside ``plugin_dir`` (or missing, or not executable) is not an error, so NPD's
 shipped configs load: its rule is kept *disabled* with the reason, and nothing runs it.
@@ -31,15 +31,15 @@ from agent.problems.model import (
     ProblemSet,
 )
 from agent.problems.pattern import PatternError, compile_plain, compile_rule
-from agent.rules.loader import (  # the rule loader's position-tracking YAML helpers
+from agent.rules.files import read_text
+from agent.rules.located import (  # the rule loader's position-tracking YAML helpers
+    Doc,
     Path_,
     Problem,
     RulesError,
-    _Doc,
-    _mark_for,
-    _parse_yaml,
-    _read,
-    _validation_problems,
+    mark_for,
+    parse_yaml,
+    validation_problems,
 )
 
 SUFFIXES = (".json", ".yaml", ".yml")
@@ -51,13 +51,13 @@ RESERVED_CONDITIONS = frozenset(
 class _Ctx:
     """Per-file conversion state: where problems are reported."""
 
-    def __init__(self, file: str, doc: _Doc, plugin_dir: Path | None) -> None:
+    def __init__(self, file: str, doc: Doc, plugin_dir: Path | None) -> None:
         self.file, self.doc, self.plugin_dir = file, doc, plugin_dir
         self.problems: list[Problem] = []
 
     def err(self, path: Path_, message: str) -> None:
         field = ".".join(str(p) if isinstance(p, str) else f"[{p}]" for p in path)
-        self.problems.append(Problem(self.file, *_mark_for(self.doc, path),
+        self.problems.append(Problem(self.file, *mark_for(self.doc, path),
                                      field.replace(".[", "["), message))
 
 
@@ -197,7 +197,7 @@ def _validate(ctx: _Ctx, model: type[BaseModel], data: Any) -> Any:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        ctx.problems.extend(_validation_problems(ctx.file, ctx.doc, exc))
+        ctx.problems.extend(validation_problems(ctx.file, ctx.doc, exc))
         return None
 
 
@@ -214,7 +214,7 @@ def parse_text(text: str, file: str, plugin_dir: Path | None = None
             return [], [], [Problem(file, exc.lineno, exc.colno, "(json)", f"invalid JSON: "
                                     f"{exc.msg}")]
         text = text.replace("\t", " ")  # JSON whitespace; keeps every line and column
-    docs, problems = _parse_yaml(text, file)
+    docs, problems = parse_yaml(text, file)
     for doc in docs:
         ctx = _Ctx(file, doc, plugin_dir)
         if not isinstance(doc.data, dict):
@@ -251,7 +251,7 @@ def parse_text(text: str, file: str, plugin_dir: Path | None = None
     return logs, checks, problems
 
 
-def _rebase(p: Problem, base: Path_, doc: _Doc) -> Problem:
+def _rebase(p: Problem, base: Path_, doc: Doc) -> Problem:
     """A problem found inside checks[i] with a path relative to it: prefix the path."""
     prefix = ".".join(str(x) if isinstance(x, str) else f"[{x}]" for x in base).replace(".[", "[")
     return Problem(p.file, p.line, p.column, f"{prefix}.{p.field}", p.message)
@@ -281,7 +281,7 @@ def check_problems(paths: Iterable[Path | str], plugin_dir: Path | None = None
     checks: list[CheckMonitor] = []
     names: dict[str, str] = {}
     for path in files:
-        text, read_problems = _read(path)
+        text, read_problems = read_text(path)
         problems.extend(read_problems)
         if text is None:
             continue

@@ -19,7 +19,7 @@ finally let through it appears as fired/escalated at that step's time.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from types import MappingProxyType
@@ -29,7 +29,6 @@ from agent.replay.promql import Recorded
 from agent.replay.sim import FakeCluster, ReplayStage, SimClock
 from agent.rules.engine import RuleEngine
 from agent.rules.loader import RuleSet
-from agent.rules.schema import AllOf, AnyOf, MetricCondition, NotOf, Rule
 from agent.settings import Settings
 from agent.structs.metrics import Family, MetricSpec
 from agent.structs.remediation import Decision, Outcome
@@ -84,27 +83,6 @@ class Record:
         return out
 
 
-def condition_metrics(cond: Any) -> Iterable[str]:
-    """Every metric a condition reads (its own and the ``divide_by`` ones)."""
-    if isinstance(cond, MetricCondition):
-        yield cond.metric
-        if cond.divide_by:
-            yield cond.divide_by
-    elif isinstance(cond, AllOf):
-        for c in cond.all:
-            yield from condition_metrics(c)
-    elif isinstance(cond, AnyOf):
-        for c in cond.any:
-            yield from condition_metrics(c)
-    elif isinstance(cond, NotOf):
-        yield from condition_metrics(cond.not_)
-
-
-def rule_metrics(rule: Rule) -> list[str]:
-    conds = [rule.when] + ([rule.resolve] if rule.resolve is not None else [])
-    return sorted({m for c in conds for m in condition_metrics(c)})
-
-
 def what_of(decision: Decision) -> str:
     req = decision.request
     if decision.kind == "denied":
@@ -134,8 +112,8 @@ class Replay:
         self.times = list(times)
         self.nodes = list(nodes)
         self.catalogue = catalogue
-        enabled = [lr.rule for lr in ruleset.rules if lr.rule.enabled]
-        self.metrics_of = {r.name: rule_metrics(r) for r in enabled}
+        compiled = RuleEngine(ruleset, "")  # what each enabled rule reads, as the engine sees it
+        self.metrics_of = {r: list(compiled.rule_metrics(r)) for r in compiled.rule_names}
         self.metrics = sorted({m for ms in self.metrics_of.values() for m in ms})
         self.records: list[Record] = []
         self._tick: list[Record] = []

@@ -31,7 +31,7 @@ import re
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
 
@@ -52,6 +52,10 @@ from agent.structs.metrics import Family, MetricSpec
 from agent.structs.remediation import ActionRequest, Decision, Outcome
 from agent.structs.snapshot import Snapshot
 
+if TYPE_CHECKING:  # agent.rules loads on first use (build_stage), not with this module
+    from agent.rules.loader import RuleSet
+    from agent.rules.schema import Rule
+
 log = structlog.get_logger("nodemedic.remediation")
 
 __all__ = ["HELD_RETRY_MAX_TICKS", "STATE_ANNOTATION", "Engine", "RemediationStage", "build_stage",
@@ -71,14 +75,20 @@ PENDING = MetricSpec(
     "gauge",
     ("action",),
 )
+
+
 class Engine(Protocol):
-    """What the stage needs from agent.rules' engine."""
+    """What the stage needs from agent.rules' engine (agent.rules.engine.RuleEngine)."""
 
     def evaluate(self, snapshot: Snapshot, now: float) -> list[ActionRequest]: ...
     def export_state(self) -> Any: ...
     def restore_state(self, state: Any) -> Any: ...
     def families(self) -> list[Family]: ...
     def status(self) -> Any: ...
+    def rule(self, name: str) -> Rule | None: ...
+    def rule_metrics(self, name: str) -> tuple[str, ...]: ...
+    def set_rules(self, ruleset: RuleSet) -> None: ...
+    def wants(self, req: ActionRequest) -> bool: ...
 
 
 class RemediationStage:
@@ -126,10 +136,9 @@ class RemediationStage:
     def ledger(self) -> Ledger:
         return self.gate.ledger
 
-    def _rule(self, name: str) -> Any:
+    def _rule(self, name: str) -> Rule | None:
         """The engine's loaded rule ``name`` (for the gate's per-rule gates), or None."""
-        lookup = getattr(self.engine, "rule", None)
-        return lookup(name) if callable(lookup) else None
+        return self.engine.rule(name)
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -190,12 +199,10 @@ class RemediationStage:
                 # compile fails the reload here instead of half-installing the set on commit.
                 RuleEngine(ruleset, settings.node_name)
         commit_gate = self.gate.prepare_reload(settings)
-        set_rules = getattr(self.engine, "set_rules", None)
 
         def commit() -> None:
             if ruleset is not None and self.reloader is not None:
-                if callable(set_rules):
-                    set_rules(ruleset)
+                self.engine.set_rules(ruleset)
                 self.reloader.commit(ruleset, settings.rules_dir)
             commit_gate()
             self.settings = settings
@@ -224,9 +231,7 @@ class RemediationStage:
                 continue  # already running (the pending pass continues it) or a duplicate
             seen.add(key)
             work.append((req, False))
-        wants = getattr(self.engine, "wants", None)
-        work.extend((req, False) for req in self.held.due(seen, self._tick,
-                                                          wants if callable(wants) else None))
+        work.extend((req, False) for req in self.held.due(seen, self._tick, self.engine.wants))
 
         decisions: list[tuple[Decision, bool]] = []
         for req, continuing in work:
@@ -265,9 +270,7 @@ class RemediationStage:
         metrics: set[str] = set()
         for key in req.observed:
             metrics.update(_METRIC_RE.findall(key))
-        rule_metrics = getattr(self.engine, "rule_metrics", None)
-        if callable(rule_metrics):
-            metrics.update(rule_metrics(req.rule))
+        metrics.update(self.engine.rule_metrics(req.rule))
         for metric in sorted(metrics):
             owner = snapshot.owners.get(metric)
             if owner is not None and not snapshot.has_data_for(metric):

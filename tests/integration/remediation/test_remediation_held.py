@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import pytest
@@ -17,6 +18,8 @@ import pytest
 from agent.rules.engine import RuleEngine
 from agent.rules.loader import load_rules_dir
 from agent.runtime.remediation import HELD_RETRY_MAX_TICKS, RemediationStage
+from agent.structs.metrics import MetricSpec
+from agent.structs.snapshot import CollectorStatus, Snapshot
 from agent.testing.apiserver import ApiServer
 from tests.integration.remediation.helpers_remediation import (
     NODE,
@@ -252,3 +255,68 @@ async def test_pause_switch_refused_by_rbac_is_missing_data_not_unpaused(
     apiserver.faults.clear()
     await agent.tick(n=HELD_RETRY_MAX_TICKS + 1)
     assert cordoned(apiserver)
+
+
+# kubelet_up fires the rule; the lease age (no series on this node, so never among the values a
+# request records) is the rule's second metric, read from another collector.
+TWO_SOURCES = """
+rules:
+  - name: kubelet-down
+    when:
+      any:
+        - {metric: nodemedic_kubelet_up, op: "==", value: 0}
+        - {metric: nodemedic_node_lease_age_seconds, op: ">", value: 600}
+    for: 30s
+    cooldown: 10m
+    actions:
+      - type: cordon
+"""
+
+
+def two_sources(mono: float, lease_ok: bool) -> Snapshot:
+    up = MetricSpec("nodemedic_kubelet_up", "kubelet health", "gauge").family()
+    up.add((), 0.0)
+    fams = {up.name: up}
+    if lease_ok:
+        lease = MetricSpec("nodemedic_node_lease_age_seconds", "lease age", "gauge").family()
+        fams[lease.name] = lease
+    return Snapshot(
+        taken_at=0.0, monotonic=mono, families=MappingProxyType(fams),
+        collectors=MappingProxyType({
+            "kubelet": CollectorStatus("kubelet", True, 0.1, None),
+            "node": CollectorStatus("node", lease_ok, 0.1, None if lease_ok else "down")}),
+        owners=MappingProxyType({"nodemedic_kubelet_up": "kubelet",
+                                 "nodemedic_node_lease_age_seconds": "node"}),
+    )
+
+
+async def test_a_held_step_waits_while_any_metric_of_its_rule_has_no_data(
+    apiserver: ApiServer, kube_api: Any, tmp_path: Path
+) -> None:
+    """A cordon held while paused is not taken while the rule is frozen, even when the metric
+    without data is not among the request's observed values: the stage asks the engine for
+    every metric the rule reads. Once that metric's collector is back, the node is cordoned."""
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    (rules / "kubelet.yaml").write_text(TWO_SOURCES)
+    apiserver.create(node(NODE, **{"nodemedic.io/paused": "true"}))
+    agent = Agent(kube_api, rules, Clock())
+
+    async def tick(lease_ok: bool, n: int) -> None:
+        for _ in range(n):
+            await agent.stage.on_snapshot(two_sources(agent.mono(), lease_ok))
+            agent.clock.t += TICK
+
+    await tick(lease_ok=True, n=5)  # fires at 30 s while paused: held
+    assert held_reasons(agent) == [("cordon", "paused")]
+    (rule,) = agent.stage.status()["rules"]
+    assert list(rule["observed"]) == ["nodemedic_kubelet_up"]  # what the cordon request carries
+    await tick(lease_ok=False, n=1)  # the lease collector fails: the rule is frozen
+    set_paused(apiserver, agent, False)
+    await tick(lease_ok=False, n=HELD_RETRY_MAX_TICKS + 1)
+    assert not cordoned(apiserver)
+    assert held_reasons(agent) == [("cordon", "missing_data")]
+    assert "nodemedic_node_lease_age_seconds has no fresh data" in agent.held()[0]["detail"]
+    await tick(lease_ok=True, n=HELD_RETRY_MAX_TICKS + 1)
+    assert cordoned(apiserver)
+    assert agent.held() == []

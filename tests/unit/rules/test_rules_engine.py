@@ -155,11 +155,18 @@ def test_restore_state_skips_garbage_without_crashing() -> None:
            {"version": 1, "rules": {"kubelet-unhealthy": {"instances": {"node/node-a": {
                "target": {"kind": "node", "node": "node-a"}, "state": "firing",
                "pending_since": "yesterday"}}}}},
-           {"version": 1, "rules": {"gone-rule": {"instances": {}}}}]
+           {"version": 1, "rules": {"gone-rule": {"instances": {}}}},
+           # An integer no float can hold (json.loads gives one for 1 and 400 zeros).
+           {"version": 1, "rules": {"kubelet-unhealthy": {"instances": {"node/node-a": {
+               "target": {"kind": "node", "node": "node-a"}, "state": "pending",
+               "pending_since": 10**400}}}}}]
     for data in bad:
         assert eng.restore_state(data) == 0
     fam = {f.name: f for f in eng.families()}
     assert fam["nodemedic_rule_state_restore_skipped_total"].get() == len(bad)
+    huge_gap = {"version": 1, "rules": {"kubelet-unhealthy": {"instances": {},
+                                                              "no_data_since": 10**400}}}
+    assert eng.restore_state(huge_gap) == 0  # ignored, as any other bad no_data_since
     assert run(eng, 0, 0) == []
 
 

@@ -1,4 +1,4 @@
-"""rate()/increase() results carried over between ticks (agent.rules.engine._Windowed) never go
+"""rate()/increase() results carried over between ticks (agent.rules.history.Windowed) never go
 stale: a window passing an old change, a pod that goes and comes back, a frozen tick, a reload."""
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ import pytest
 from rules_testkit import CATALOGUE
 
 from agent import cli
-from agent.rules import loader
+from agent.rules import files, loader
 from agent.rules.loader import RulesError, check_files, load_rules_dir
 
 GOOD = """rules:
@@ -93,11 +93,11 @@ def test_check_rules_does_not_say_ok_for_a_fifo(tmp_path: Path,
 
 def test_huge_file_is_refused_with_the_limit(tmp_path: Path) -> None:
     big = tmp_path / "big.yaml"
-    big.write_bytes(b"#" * (loader.MAX_FILE_BYTES + 1))
+    big.write_bytes(b"#" * (files.MAX_FILE_BYTES + 1))
     _, problems = check_files([tmp_path], CATALOGUE)
     assert [p.message for p in problems] == [
-        f"file is {loader.MAX_FILE_BYTES + 1} bytes, larger than the limit of "
-        f"{loader.MAX_FILE_BYTES} bytes"]
+        f"file is {files.MAX_FILE_BYTES + 1} bytes, larger than the limit of "
+        f"{files.MAX_FILE_BYTES} bytes"]
 
 
 def test_file_vanishing_between_listing_and_reading(tmp_path: Path,

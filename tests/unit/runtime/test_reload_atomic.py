@@ -161,14 +161,14 @@ async def test_a_rule_that_does_not_compile_fails_the_reload_before_commit(
     from agent.rules import engine as engine_mod
 
     agent, stage, config, rules, _log = running
-    real = engine_mod._compile_rule
+    real = engine_mod.compile_rule
 
     def compile_or_fail(lr: Any, ids: Any) -> Any:
         if lr.rule.name == "new-rule":
             raise RuntimeError("cannot compile new-rule")
         return real(lr, ids)
 
-    monkeypatch.setattr(engine_mod, "_compile_rule", compile_or_fail)
+    monkeypatch.setattr(engine_mod, "compile_rule", compile_or_fail)
     write_config(config, rules, dry_run=False)
     (rules / "new.yaml").write_text(RULE.replace("kubelet-down", "new-rule"))
     await agent.reload()
