@@ -29,16 +29,15 @@ from __future__ import annotations
 import asyncio
 import codecs
 import os
-import selectors
-import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
 
+from agent import subproc
 from agent.collectors.base import CannotSee, Collector, CollectorContext
 from agent.collectors.registry import register
 from agent.netstate import conntrack, ctstats, ipvs, skew
@@ -793,87 +792,41 @@ def _group_chains(rules: NatRules) -> dict[tuple[str, str, str], list[ServiceCha
     return out
 
 
-def _spawn(argv: list[str]) -> subprocess.Popen[bytes] | None:
-    """Start ``argv`` (no shell); None when the tool is missing; CannotSee when we may not run
-    it."""
-    try:
-        return subprocess.Popen(
-            argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL
-        )
-    except FileNotFoundError:
-        return None
-    except PermissionError as exc:
-        raise CannotSee("permission", f"{argv[0]}: not executable for us: {exc}") from exc
-
-
-def _blocks(proc: subprocess.Popen[bytes], argv0: str, deadline: float) -> Iterator[bytes]:
-    """Yield stdout as it arrives; raise TimeoutError at ``deadline`` (a plain read would block
-    for as long as a hung tool keeps its pipe open)."""
-    assert proc.stdout is not None
-    fd = proc.stdout.fileno()
-    with selectors.DefaultSelector() as sel:
-        sel.register(fd, selectors.EVENT_READ)
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0 or not sel.select(timeout=left):
-                raise TimeoutError(f"{argv0}: no result before the collector's deadline")
-            block = os.read(fd, 1 << 20)
-            if not block:
-                return
-            yield block
-
-
-def _finish(proc: subprocess.Popen[bytes], deadline: float) -> tuple[int, str]:
-    """Wait for exit (killing at the deadline) and return (exit code, stderr head)."""
-    try:
-        proc.wait(timeout=max(deadline - time.monotonic(), 0.1))
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-        raise
-    assert proc.stderr is not None
-    err = proc.stderr.read(4096).decode("utf-8", "replace").strip()
-    return proc.returncode, err
-
-
 def _run_bounded(argv: list[str], deadline: float, max_bytes: int) -> str | None:
     """Run ``argv`` and return its stdout; None when the tool is missing (a machine without
     kube-proxy); CannotSee when it says we are not permitted; raise on timeout, oversized
     output or another failure."""
-    proc = _spawn(argv)
-    if proc is None:
+    res = _run(argv, deadline, max_stdout=max_bytes)
+    if res is None:
         return None
-    chunks: list[bytes] = []
-    size = 0
-    try:
-        for block in _blocks(proc, argv[0], deadline):
-            size += len(block)
-            if size > max_bytes:
-                raise RuntimeError(f"{argv[0]}: output exceeds {max_bytes} bytes")
-            chunks.append(block)
-        rc, err = _finish(proc, deadline)
-    except subprocess.TimeoutExpired as exc:
-        raise TimeoutError(f"{argv[0]}: did not exit before the collector's deadline") from exc
-    finally:
-        _reap(proc)
-    if rc != 0:
+    if res.truncated:
+        raise RuntimeError(f"{argv[0]}: output exceeds {max_bytes} bytes")
+    if res.returncode != 0:
+        err = res.stderr_text()
         if _not_permitted(err):
             raise CannotSee(
                 "permission",
-                f"{argv[0]} refused us ({err[:200]}): the nat rules cannot be read; run the "
+                f"{argv[0]} refused us ({err}): the nat rules cannot be read; run the "
                 "agent as root with CAP_NET_ADMIN or disable --no-collector.lbskew",
             )
-        raise RuntimeError(f"{argv[0]} exited {rc}: {err[:200]}")
-    return b"".join(chunks).decode("utf-8", "replace")
+        raise RuntimeError(f"{argv[0]} exited {res.returncode}: {err}")
+    return res.stdout.decode("utf-8", "replace")
 
 
-def _reap(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.kill()
-        proc.wait()
-    for stream in (proc.stdout, proc.stderr):
-        if stream is not None:
-            stream.close()
+def _run(argv: list[str], deadline: float, max_stdout: int = 0,
+         on_stdout: Callable[[bytes], None] | None = None) -> subproc.ProcResult | None:
+    """One run of ``argv`` (agent.subproc) killed at ``deadline``; None when the tool is
+    missing; CannotSee when we may not run it; TimeoutError at the deadline."""
+    try:
+        res = subproc.run_sync(argv, limit=deadline - time.monotonic(), max_stdout=max_stdout,
+                               overflow="kill", on_stdout=on_stdout)
+    except FileNotFoundError:
+        return None
+    except PermissionError as exc:
+        raise CannotSee("permission", f"{argv[0]}: not executable for us: {exc}") from exc
+    if res.timed_out:
+        raise TimeoutError(f"{argv[0]}: no result before the collector's deadline")
+    return res
 
 
 def _not_permitted(stderr: str) -> bool:
@@ -885,21 +838,14 @@ def _stream_command(argv: list[str], deadline: float) -> conntrack.ConntrackSumm
     """Stream ``conntrack -L`` stdout into the aggregator (memory bounded by the block size).
     None when the tool is missing or fails (no conntrack support); CannotSee when it says we
     are not permitted."""
-    proc = _spawn(argv)
-    if proc is None:
-        return None
     agg = conntrack.ConntrackAggregator()
     decoder = codecs.getincrementaldecoder("ascii")("replace")
-    try:
-        for block in _blocks(proc, argv[0], deadline):
-            agg.feed(decoder.decode(block))
-        rc, err = _finish(proc, deadline)
-    except subprocess.TimeoutExpired as exc:
-        raise TimeoutError(f"{argv[0]}: did not exit before the collector's deadline") from exc
-    finally:
-        _reap(proc)
-    if rc != 0:
+    res = _run(argv, deadline, on_stdout=lambda block: agg.feed(decoder.decode(block)))
+    if res is None:
+        return None
+    if res.returncode != 0:
+        err = res.stderr_text()
         if _not_permitted(err):
-            raise CannotSee("permission", f"{argv[0]} refused us: {err[:200]}")
+            raise CannotSee("permission", f"{argv[0]} refused us: {err}")
         return None
     return agg.finish()
