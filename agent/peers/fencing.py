@@ -1,6 +1,6 @@
 """When is a failed node fenced (safe to force-delete its pods), and the taints that follow.
 
-Called by agent.peers.stage. A node counts as fenced only when it is judged ``failed`` and either
+Called by agent.peers.work. A node counts as fenced only when it is judged ``failed`` and either
 - no peer and no heartbeat showed it alive for ``fencing_time`` (its agent is watchdog-restarted
   by systemd, so a node whose agent stays silent that long is powered off or fully isolated), or
 - an operator hook confirms it: the node annotation ``nodemedic.io/fenced=true`` (set by a human
