@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 
 from agent import subproc
+from agent.backoff import Backoff
 from agent.problems.linequeue import LineQueue
 
 JOURNALCTL = "journalctl"
@@ -71,7 +72,7 @@ async def run_journal(argv_for: Callable[[], list[str]], queue: LineQueue,
     """Run journalctl forever (``argv_for()`` gives each start's command line, so a restart
     resumes after the last cursor), restarting it with backoff; feed ``queue``."""
     stats = queue.stats
-    backoff = 1.0
+    backoff = Backoff(1.0, backoff_max)
     first = True
     while True:
         if not first:
@@ -93,9 +94,8 @@ async def run_journal(argv_for: Callable[[], list[str]], queue: LineQueue,
             stats.up = False
             stats.last_error = f"{argv[0]} exited with status {code}"
         if time.monotonic() - started > 60:
-            backoff = 1.0
-        await asyncio.sleep(backoff)
-        backoff = min(backoff * 2, backoff_max)
+            backoff.reset()
+        await asyncio.sleep(backoff.next())
 
 
 async def _pump(proc: asyncio.subprocess.Process, queue: LineQueue) -> None:
