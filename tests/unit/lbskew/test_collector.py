@@ -344,7 +344,7 @@ async def test_byte_series_past_the_bound_are_left_out_and_counted(
 ) -> None:
     """With room for one byte counter, the other endpoints get none (never a raw value that
     could go down) and the dropped gauge says how many."""
-    monkeypatch.setattr("agent.collectors.lbskew.MAX_BYTE_SERIES", 1)
+    monkeypatch.setattr("agent.collectors.lbskew_services.MAX_BYTE_SERIES", 1)
     c = _collector(path_procfs=_procfs(tmp_path), lbskew_iptables_save_file=LAB_RULES)
     fams = await c.collect()
     exported = next(f for f in fams if f.name == "nodemedic_service_endpoint_bytes_total")
