@@ -133,7 +133,7 @@ class LbSkewCollector(Collector):
 
     async def start(self) -> None:
         """Start the EndpointSlice watch when an API client is shared (else: comments only)."""
-        api = self.ctx.shared.get("api")
+        api = self.ctx.api
         if self._names is None and api is not None:
             from agent.kube.endpointslices import EndpointSliceCache
 

@@ -458,5 +458,5 @@ class FailoverStage(FailoverWork):
 
 
 async def build_failover_stage(settings: Settings, ctx: Any) -> FailoverStage:
-    """Component factory for agent.runtime.components: ``ctx.shared["api"]`` may be None."""
-    return FailoverStage(settings, ctx.shared.get("api"))
+    """Component factory for agent.runtime.components: ``ctx.api`` may be None."""
+    return FailoverStage(settings, ctx.api)
