@@ -4,13 +4,26 @@ Used by agent.kube.informer (watch reconnects, jittered), agent.problems.journal
 restarts) and agent.runtime.tasks (crashed supervised tasks). ``next()`` returns the delay to wait
 now and doubles (``factor``) the next one up to ``maximum``; ``reset()`` starts over after a
 success. With ``jitter=j`` each returned delay is the nominal one scaled by a uniform factor in
-[1 - j, 1 + j), so many agents reconnecting at once spread out.
+[1 - j, 1 + j), so many agents reconnecting at once spread out. ``delay_for(attempt, ...)`` is
+the same schedule for code that counts attempts instead of holding a Backoff.
 """
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Callable
+
+
+def delay_for(attempt: int, initial: float, maximum: float, factor: float = 2.0) -> float:
+    """The nominal delay before retry ``attempt`` (1 = the first): ``initial * factor **
+    (attempt - 1)`` capped at ``maximum`` (never overflows, however many attempts)."""
+    steps = max(attempt - 1, 0)
+    if factor <= 1.0 or initial >= maximum:
+        return min(initial, maximum)
+    if steps >= math.log(maximum / initial, factor):
+        return maximum
+    return min(maximum, initial * factor ** steps)
 
 
 class Backoff:

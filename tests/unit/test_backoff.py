@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from agent.backoff import Backoff
+from agent.backoff import Backoff, delay_for
 
 
 def test_doubles_up_to_the_cap_and_resets() -> None:
@@ -30,3 +30,10 @@ def test_nonsense_is_refused(args: tuple[float, ...]) -> None:
     jitter = rest[1] if len(rest) > 1 else 0.0
     with pytest.raises(ValueError, match="bad backoff"):
         Backoff(initial, maximum, factor=factor, jitter=jitter)
+
+
+def test_delay_for_counts_attempts_on_the_same_schedule() -> None:
+    b = Backoff(5.0, 120.0)
+    assert [delay_for(n, 5.0, 120.0) for n in range(1, 9)] == [b.next() for _ in range(8)]
+    assert delay_for(10**6, 1.0, 32.0) == 32.0  # no overflow
+    assert delay_for(0, 1.0, 32.0) == 1.0
