@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Final, Protocol
 
 from agent.structs.metrics import Family, MetricSpec
@@ -77,6 +77,7 @@ class CollectorContext:
     """
 
     settings: Settings
+    _: KW_ONLY
     kubelet: SharedKubelet | None = None
     api: Any | None = None
 
