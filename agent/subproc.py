@@ -76,14 +76,33 @@ def _pipe(cap: int, streaming: bool = False) -> int:
     return subprocess.PIPE if cap > 0 or streaming else subprocess.DEVNULL
 
 
+async def _start(argv: Sequence[str], stdout: int, stderr: int,
+                 limit: int = 65536) -> asyncio.subprocess.Process:
+    """Start ``argv`` in its own session. The start itself is shielded: a caller cancelled
+    meanwhile still gets the group killed (asyncio, cancelled inside create_subprocess_exec,
+    kills only the child and then waits for pipes a grandchild may hold open for ever)."""
+    starting = asyncio.ensure_future(asyncio.create_subprocess_exec(
+        *argv, stdin=asyncio.subprocess.DEVNULL, stdout=stdout, stderr=stderr, limit=limit,
+        start_new_session=True, close_fds=True))
+    try:
+        return await asyncio.shield(starting)
+    except asyncio.CancelledError:
+        try:
+            proc = await starting
+        except Exception:  # noqa: S110 - it did not start: nothing to kill
+            pass
+        else:
+            kill_group(proc.pid)
+            await proc.wait()
+        raise
+
+
 async def run(argv: Sequence[str], *, limit: float, max_stdout: int = 65536,
               max_stderr: int = 4096, overflow: Overflow = "discard") -> ProcResult:
     """Run ``argv`` for at most ``limit`` seconds. A cap of 0 sends that stream to
     /dev/null. Raises OSError when it cannot start; cancelling the caller kills the group."""
     start = time.monotonic()
-    proc = await asyncio.create_subprocess_exec(
-        *argv, stdin=asyncio.subprocess.DEVNULL, stdout=_pipe(max_stdout),
-        stderr=_pipe(max_stderr), start_new_session=True, close_fds=True)
+    proc = await _start(argv, _pipe(max_stdout), _pipe(max_stderr))
     out, err = _Capture(max_stdout), _Capture(max_stderr)
     killed = False
 
@@ -170,10 +189,8 @@ async def spawn(argv: Sequence[str], *, stream_limit: int = 65536,
                 stderr: bool = False) -> asyncio.subprocess.Process:
     """Start a long-running child in its own session whose stdout the caller reads (lines up
     to ``stream_limit`` bytes); end it with :func:`stop`. Raises OSError when it cannot start."""
-    return await asyncio.create_subprocess_exec(
-        *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE if stderr else asyncio.subprocess.DEVNULL,
-        limit=stream_limit, start_new_session=True, close_fds=True)
+    return await _start(argv, subprocess.PIPE, subprocess.PIPE if stderr else subprocess.DEVNULL,
+                        stream_limit)
 
 
 async def stop(proc: asyncio.subprocess.Process, grace: float = 2.0) -> None:

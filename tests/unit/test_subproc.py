@@ -68,8 +68,23 @@ async def test_cancelling_the_caller_kills_the_group(tmp_path: Path) -> None:
         await asyncio.sleep(0.02)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
-        await task
+        await asyncio.wait_for(task, 10)
     assert await gone(pidfile), "the grandchild survived the cancellation"
+
+
+async def test_a_caller_cancelled_while_the_child_starts_is_not_stuck(tmp_path: Path) -> None:
+    """Cancelled inside the start (a reload or shutdown at that moment): the run ends at once and
+    the group is killed. Before, asyncio waited for the pipes the grandchild held (300 s)."""
+    for i in range(10):
+        pidfile = tmp_path / f"child{i}.pid"
+        s = script(tmp_path, f"hang{i}.sh", f"sleep 300 &\necho $! > {pidfile}\nwait\n")
+        task = asyncio.create_task(subproc.run([s], limit=60))
+        await asyncio.sleep(i * 0.001)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(task, 10)
+        if pidfile.exists() and pidfile.read_text().strip():
+            assert await gone(pidfile), "the grandchild survived the cancellation"
 
 
 async def test_overflow_kill_ends_a_flooding_run(tmp_path: Path) -> None:
