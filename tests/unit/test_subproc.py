@@ -34,7 +34,10 @@ async def gone(pidfile: Path) -> bool:
     for _ in range(150):
         try:
             os.kill(child, 0)
-        except ProcessLookupError:
+            state = Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (ProcessLookupError, FileNotFoundError):
+            return True
+        if state == "Z":  # killed, waiting for init to reap it
             return True
         await asyncio.sleep(0.02)
     os.kill(child, 9)
