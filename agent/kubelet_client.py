@@ -1,7 +1,7 @@
 """HTTP client for the node's kubelet: /healthz, /pods, /stats/summary and /metrics.
 
 Created once by agent.runtime.components (``KubeletClient.from_settings``) and shared through
-``ctx.shared["kubelet"]``; used by the ``kubelet`` collector (health, stats, PLEG) and the
+``ctx.kubelet``; used by the ``kubelet`` collector (health, stats, PLEG) and the
 ``cgroup`` collector (``pods()`` for UID -> namespace/name attribution). Collectors built alone
 (tests, benchmarks) call :func:`get_or_create`.
 
@@ -477,9 +477,8 @@ def _check_healthz(body: bytes) -> str:
 
 
 def get_or_create(ctx: CollectorContext) -> KubeletClient:
-    """The shared client from ``ctx.shared["kubelet"]``, created there from settings if absent."""
-    client = ctx.shared.get("kubelet")
+    """The shared client ``ctx.kubelet``, created there from settings if absent."""
+    client = ctx.kubelet
     if not isinstance(client, KubeletClient):
-        client = KubeletClient.from_settings(ctx.settings)
-        ctx.shared["kubelet"] = client
+        client = ctx.kubelet = KubeletClient.from_settings(ctx.settings)
     return client

@@ -79,7 +79,7 @@ def _measure(fn: Callable[[], object]) -> dict[str, Any]:
 
 
 def bench_root(root: Path, refs: list[PodRef]) -> dict[str, Any]:
-    ctx = CollectorContext(Settings(path_cgroupfs=root), shared={"kubelet": _Kubelet(refs)})
+    ctx = CollectorContext(Settings(path_cgroupfs=root), kubelet=_Kubelet(refs))
     collector = CgroupCollector(ctx)
     loop = asyncio.new_event_loop()
     try:

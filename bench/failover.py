@@ -213,7 +213,7 @@ async def lead(url: str, steady: float) -> None:
         )
         agent = Agent(settings)
         await agent.start()
-        api = agent._ctx.shared.get("api") if agent._ctx else None
+        api = agent._ctx.api if agent._ctx else None
         if api is None:
             raise RuntimeError("the agent built no API client from the kubeconfig")
         api.user_agent = "nodemedic-leader"

@@ -23,10 +23,11 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, Final
+from dataclasses import KW_ONLY, dataclass
+from typing import TYPE_CHECKING, Any, ClassVar, Final, Protocol
 
 from agent.structs.metrics import Family, MetricSpec
+from agent.structs.pods import PodRef
 
 if TYPE_CHECKING:
     from agent.settings import Settings
@@ -56,17 +57,29 @@ def http_cannot_see(status: int) -> str | None:
     return {401: "unauthorized", 403: "forbidden"}.get(status)
 
 
+class SharedKubelet(Protocol):
+    """What collectors use of the shared kubelet client (agent.kubelet_client.KubeletClient;
+    declared here so that agent.collectors.base imports no HTTP library)."""
+
+    async def pods(self) -> list[PodRef]: ...
+    async def close(self) -> None: ...
+
+
 @dataclass
 class CollectorContext:
-    """What a collector gets at construction: settings plus shared clients.
+    """What a collector gets at construction: settings plus the clients several collectors
+    share, set by agent.runtime.components.build_shared (tests pass their own or fakes).
 
-    ``shared`` holds objects several collectors use (e.g. the kubelet client that both the
-    ``kubelet`` and ``cgroup`` collectors query, so /pods is fetched once per tick). Keys are
-    documented by the module that sets them.
+    ``kubelet``: the kubelet client the ``kubelet`` and ``cgroup`` collectors both query, so
+    /pods is fetched once per tick (agent.kubelet_client.get_or_create makes one if absent).
+    ``api``: the Kubernetes API client (agent.kube.client; kubernetes_asyncio's ApiClient, typed
+    Any because only agent.kube may import that library), None without a cluster.
     """
 
     settings: Settings
-    shared: dict[str, Any] = field(default_factory=dict)
+    _: KW_ONLY
+    kubelet: SharedKubelet | None = None
+    api: Any | None = None
 
 
 class Collector(ABC):

@@ -5,7 +5,7 @@ the kubepods cgroups under ``--path.cgroupfs`` (v1, v2 or hybrid; systemd or cgr
 a worker thread via agent.collectors.cgroupfs (directory listings cached while unchanged, see
 agent.collectors.cgroupfs.layout.ListingCache; the kubelet's container IDs make a pod whose new
 container the cache has not seen re-listed), and attributes them to namespace/pod/container
-with the kubelet's pod list from ``ctx.shared["kubelet"]`` when that client is present and
+with the kubelet's pod list from ``ctx.kubelet`` when that client is present and
 answers. Without it, series carry the pod UID with empty namespace/pod and the runtime container
 ID as ``container``. The ``qos`` label always comes from the cgroup path (where the kubelet
 actually placed the pod): ``guaranteed``, ``burstable`` or ``besteffort``.
@@ -157,7 +157,7 @@ ALL_METRICS = (*CGROUP_SERIES, READ_ERRORS, CGROUPS, ATTRIBUTION, CGROUP_PODS_WI
 
 @runtime_checkable
 class PodLister(Protocol):
-    """What the cgroup collector needs from ``ctx.shared["kubelet"]`` (agent.kubelet_client)."""
+    """What the cgroup collector needs from ``ctx.kubelet`` (agent.kubelet_client)."""
 
     async def pods(self) -> list[PodRef]: ...
 
@@ -242,7 +242,7 @@ class CgroupCollector(Collector):
 
     async def _pods(self) -> dict[str, PodRef] | None:
         """UID -> PodRef from the shared kubelet client, or None when absent or failing."""
-        client = self.ctx.shared.get("kubelet")
+        client = self.ctx.kubelet
         if client is None or not isinstance(client, PodLister):
             return None
         try:

@@ -1,7 +1,7 @@
 """The ``kubelet`` collector: kubelet health, pods by phase, /stats/summary usage and PLEG health.
 
 Built by agent.runtime.pipeline; talks to the kubelet through the shared
-agent.kubelet_client.KubeletClient (``ctx.shared["kubelet"]``), querying /healthz, /pods,
+agent.kubelet_client.KubeletClient (``ctx.kubelet``), querying /healthz, /pods,
 /stats/summary and the kubelet's own /metrics concurrently every tick.
 
 An unhealthy or unreachable kubelet (refused connection, timeout, HTTP 5xx, a bad answer) is an
@@ -323,7 +323,7 @@ class KubeletCollector(Collector):
 
     def __init__(self, ctx: CollectorContext) -> None:
         super().__init__(ctx)
-        self._owns_client = not ctx.shared.get("kubelet")
+        self._owns_client = not ctx.kubelet
         self.client = get_or_create(ctx)
         self.skipped: Counter[str] = Counter()
         # endpoint -> error message of this tick (None when fine); read by /status and tests.

@@ -1,7 +1,7 @@
 """The ``node`` collector: this node's conditions, taints, cordon flag and Lease heartbeat age.
 
 Built by agent.runtime.pipeline like every collector; needs the shared API client
-(``ctx.shared["api"]``, from agent.kube.client). ``start()`` launches two watches
+(``ctx.api``, from agent.kube.client). ``start()`` launches two watches
 (agent.kube.reflector): the Node named ``--node-name`` and its Lease in ``kube-node-lease``.
 ``collect()`` only reads their state, so a tick costs no API request. It raises (the runtime then
 marks the collector failed and drops its series) while there is no API client, while the Node
@@ -140,7 +140,7 @@ class NodeCollector(Collector):
         self._release: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        api = self.ctx.shared.get("api")
+        api = self.ctx.api
         if api is None:
             return
         name = self.ctx.settings.node_name
@@ -227,7 +227,7 @@ class NodeCollector(Collector):
         self._release = asyncio.create_task(self._release_claims(), name="node-claims")
 
     async def _release_claims(self) -> None:
-        api, name = self.ctx.shared.get("api"), self.ctx.settings.node_name
+        api, name = self.ctx.api, self.ctx.settings.node_name
         try:
             released = await release_reversed(api, name, time.time())
             if released:

@@ -84,7 +84,7 @@ class PeerClockCollector(Collector):
 
     async def start(self) -> None:
         s = self.ctx.settings
-        api = self.ctx.shared.get("api")
+        api = self.ctx.api
         if api is None or s.peerclock_peers == 0:
             return
         self.skew = ClockSkew(

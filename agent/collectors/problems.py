@@ -2,7 +2,7 @@
 
 ``start()`` loads ``--problems.dir`` (agent.problems.loader: NPD monitor JSON unchanged and
 nodemedic YAML) and starts an agent.problems.detector.ProblemDetector with the shared API client
-(``ctx.shared["api"]``; without one, problems are still detected and exported, only not
+(``ctx.api``; without one, problems are still detected and exported, only not
 published as conditions and Events). A missing directory means detection is off; invalid
 definitions make ``start()`` raise with every file:line problem: the agent refuses to start,
 and a reload keeps the running collector (all or nothing). ``collect()`` only reads counters:
@@ -110,7 +110,7 @@ class ProblemsCollector(Collector):
         self._loaded = problems
         if not len(problems):
             return
-        self.detector = ProblemDetector(problems, self.options(), self.ctx.shared.get("api"))
+        self.detector = ProblemDetector(problems, self.options(), self.ctx.api)
         await self.detector.start()
 
     async def files_changed(self) -> bool:

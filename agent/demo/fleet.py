@@ -134,7 +134,7 @@ class Fleet:
         set_transport(node, NetTransport(node, self.network, addresses))
         agent = Agent(self.settings(node))
         await agent.start()
-        api = agent._ctx.shared.get("api") if agent._ctx is not None else None
+        api = agent._ctx.api if agent._ctx is not None else None
         if api is not None:  # per-agent request accounting on the API server
             api.user_agent = f"nodemedic-{node}"
         stage = self._failover_of(agent)

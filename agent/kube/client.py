@@ -1,6 +1,6 @@
 """The agent's one place that builds a kubernetes_asyncio ApiClient.
 
-Called by agent.runtime.components.build_shared (``ctx.shared["api"]``) and by tests and benchmarks
+Called by agent.runtime.components.build_shared (``ctx.api``) and by tests and benchmarks
 that point the agent at the in-memory API server. The client comes from ``--kubeconfig`` when it
 is set, else from the in-cluster service account, else there is none (``None``: a node without a
 cluster is a normal state for local runs). Every request gets a default time limit so a hung API

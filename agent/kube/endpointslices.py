@@ -1,6 +1,6 @@
 """A bounded list+watch cache of discovery.k8s.io/v1 EndpointSlices for the lbskew collector.
 
-Started by agent.collectors.lbskew when an API client is shared (``ctx.shared["api"]``). One
+Started by agent.collectors.lbskew when an API client is shared (``ctx.api``). One
 agent.kube.informer watches all namespaces' EndpointSlices (LIST, then WATCH; relist on 410 Gone
 or a broken stream, with backoff on errors). Each slice is reduced to what
 lbskew needs: its Service (label ``kubernetes.io/service-name``), its ports, and per endpoint the

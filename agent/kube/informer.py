@@ -22,13 +22,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import random
 from collections.abc import Awaitable, Callable
 from typing import Any, Generic, Literal, TypeVar
 
 import structlog
 from kubernetes_asyncio import client
 
+from agent.backoff import Backoff
 from agent.kube.client import default_timeout
 from agent.kube.errors import LIST_TIMEOUT_SECONDS, KubeError, call_json
 
@@ -142,7 +142,7 @@ class Informer(Generic[T]):
     async def run(self) -> None:
         """LIST then WATCH until cancelled; never raises on API trouble (see ``last_error``)."""
         self._list, self._args = _lister(self._api, self.resource, self.namespace)
-        delay = self.backoff_initial
+        backoff = Backoff(self.backoff_initial, self.backoff_max, jitter=0.5)
         need_list = True
         while True:
             try:
@@ -151,7 +151,7 @@ class Informer(Generic[T]):
                     need_list = False
                 await self._watch()
                 self.watch_restarts += 1
-                delay = self.backoff_initial
+                backoff.reset()
                 continue
             except asyncio.CancelledError:
                 raise
@@ -167,9 +167,8 @@ class Informer(Generic[T]):
                 self._fail(f"{type(exc).__name__}: {exc}".rstrip(": "))
             need_list = True
             log.warning("watch_failed", resource=self.resource, error=self.last_error,
-                        retry_in=round(delay, 2))
-            await self._sleep(delay * (0.5 + random.random()))  # noqa: S311 - jitter only
-            delay = min(self.backoff_max, delay * 2)
+                        retry_in=round(backoff.current, 2))
+            await self._sleep(backoff.next())
 
     def _fail(self, message: str) -> None:
         self.synced.clear()

@@ -1,6 +1,6 @@
 """When is a failed node fenced (safe to force-delete its pods), and the taints that follow.
 
-Called by agent.peers.stage. A node counts as fenced only when it is judged ``failed`` and either
+Called by agent.peers.work. A node counts as fenced only when it is judged ``failed`` and either
 - no peer and no heartbeat showed it alive for ``fencing_time`` (its agent is watchdog-restarted
   by systemd, so a node whose agent stays silent that long is powered off or fully isolated), or
 - an operator hook confirms it: the node annotation ``nodemedic.io/fenced=true`` (set by a human
@@ -11,13 +11,12 @@ makes Kubernetes force-delete the node's pods and detach their volumes. ``fencin
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from collections.abc import Sequence
 from typing import Any
 
 import structlog
 
+from agent import subproc
 from agent.peers.detector import Verdict
 
 FENCED_ANNOTATION = "nodemedic.io/fenced"
@@ -45,30 +44,23 @@ def fencing_state(
 
 
 async def run_hook(argv: Sequence[str], node: str) -> bool:
-    """Run the operator's fencing command with the node name appended; True on exit status 0."""
+    """Run the operator's fencing command with the node name appended; True on exit status 0.
+    Its output is discarded; at HOOK_TIMEOUT its whole process group is killed."""
     if not argv:
         return False
     try:
-        proc = await asyncio.create_subprocess_exec(
-            *argv, node, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL
-        )
+        res = await subproc.run([*argv, node], limit=HOOK_TIMEOUT, max_stdout=0, max_stderr=0)
     except OSError as exc:
         log.warning("fence_command_failed", node=node, argv=[*argv, node],
                     error=f"cannot run: {exc}")
         return False
-    try:
-        async with asyncio.timeout(HOOK_TIMEOUT):
-            code = await proc.wait()
-    except TimeoutError:
-        with contextlib.suppress(ProcessLookupError):
-            proc.kill()
-        await proc.wait()
+    if res.timed_out:
         log.warning("fence_command_failed", node=node, argv=[*argv, node],
                     error=f"timed out after {HOOK_TIMEOUT:g}s")
         return False
     # A non-zero exit is the hook's answer ("not fenced"), not a failure.
-    log.info("fence_command_answered", node=node, exit_code=code, fenced=code == 0)
-    return code == 0
+    log.info("fence_command_answered", node=node, exit_code=res.returncode, fenced=res.ok)
+    return res.ok
 
 
 def same_taint(a: dict[str, Any], b: dict[str, Any]) -> bool:

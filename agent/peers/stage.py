@@ -8,9 +8,10 @@ in its own supervised tasks, so a slow API never stalls collection:
   the leader assigned it and publishes the results in its heartbeat Lease (agent.peers.heartbeat);
 - the leader only: three watches (agent.peers.cluster), the evaluation loop (pure
   agent.peers.detector on each change), the probe assignments it publishes on its Lease, and one
-  task per failed node walking the ladder of agent.peers.remedy under the Lease cap
-  (agent.peers.slots): cordon + taint -> evictions -> out-of-service once fenced -> (on recovery)
-  undo. Mass failure, partitions and unknown nodes get a metric and an Event, never an action.
+  task per failed node (agent.peers.work) walking the ladder of agent.peers.remedy under the
+  Lease cap (agent.peers.slots): cordon + taint -> evictions -> out-of-service once fenced -> (on
+  recovery) undo. Mass failure, partitions and unknown nodes get a metric and an Event, never an
+  action. What the leader remembers per node is one agent.peers.episodes record, pruned whole.
 A new leader resumes from the node's state annotation (agent.peers.remedy): an unfinished ladder
 is walked again (each step idempotent, each Event written once), and a node found fenced gets its
 Event and its slot release finished, in case the leader before died between them.
@@ -33,20 +34,14 @@ from agent.kube.errors import KubeError
 from agent.kube.events import InvolvedObject, record_event
 from agent.kube.nodes import get_node
 from agent.peers.cluster import ClusterView
-from agent.peers.detector import STATES, Assessment, DetectorConfig, Verdict, assess, parse_limit
-from agent.peers.fencing import FENCED_ANNOTATION, OUT_OF_SERVICE, fencing_state, run_hook
+from agent.peers.detector import STATES, Assessment, DetectorConfig, assess, parse_limit
+from agent.peers.episodes import PRUNE_SLACK, Episodes
 from agent.peers.heartbeat import Heartbeat
 from agent.peers.leader import LEADER, ElectionConfig, LeaderElector
 from agent.peers.prober import Prober, transport_for
-from agent.peers.remedy import (
-    STATE_ANNOTATION,
-    Remedy,
-    admin_reversal,
-    fenced_message,
-    isolated,
-    read_state,
-)
+from agent.peers.remedy import Remedy
 from agent.peers.slots import Slots
+from agent.peers.work import FailoverWork
 from agent.settings import Settings
 from agent.structs.metrics import Family, MetricSpec
 from agent.structs.snapshot import Snapshot
@@ -56,8 +51,6 @@ log = structlog.get_logger("nodemedic.failover")
 ASSIGNMENTS_ANNOTATION = "nodemedic.io/probe-assignments"
 TIMELINE_SIZE = 200
 EVAL_MIN_GAP = 0.2  # seconds between two evaluations of the whole cluster
-BACKOFF_PERIODS = 10  # retry periods before work that stopped short is tried again
-MAX_EVENTS_IN_FLIGHT = 8
 HEARTBEAT_REFRESH = 300.0  # heartbeat Lease rewritten at least this often (else only on change)
 
 PEER_NODES = MetricSpec(
@@ -98,11 +91,6 @@ METRICS = (PEER_NODES, MASS_FAILURE, FAILOVER_ACTIONS, REMEDIATIONS, CAP_DENIED,
            HEARTBEATS, EVENTS_FAILED)
 
 
-def evicted_message(node: str) -> str:
-    return (f"evicted every evictable pod of {node} through the Eviction API; controllers "
-            "recreate them elsewhere")
-
-
 def choose_probers(
     target: str, zone_of: dict[str, str], candidates: list[str], k: int
 ) -> list[str]:
@@ -120,7 +108,7 @@ def choose_probers(
     return chosen
 
 
-class FailoverStage:
+class FailoverStage(FailoverWork):
     """See the module docstring. Inert (only ``nodemedic_leader 0``) when disabled or no API."""
 
     def __init__(
@@ -145,20 +133,12 @@ class FailoverStage:
         self._stop = asyncio.Event()
         self._changed = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
-        self._work: dict[str, asyncio.Task[None]] = {}
-        self._failed_since: dict[str, float] = {}
-        self._healthy_since: dict[str, float] = {}
-        self._announced: dict[str, str] = {}  # node -> state we last recorded an Event for
+        self.episodes = Episodes()  # all per-node memory: one record per node, pruned whole
         self._suspects: dict[str, str] = {}  # target -> agent URL the leader probes
         self._mass_announced = False
         self._probe_counts = {"reachable": 0, "unreachable": 0}
         self._abandoned = False
-        self._cordon_noted: set[str] = set()
-        self._capped_noted: set[str] = set()
-        self._settled: set[str] = set()  # fenced nodes whose Event and slot release we saw done
-        self._not_before: dict[str, float] = {}
         self._event_tasks: set[asyncio.Task[None]] = set()
-        self._stopped: dict[str, str] = {}  # node -> why an admin's action stopped its failover
 
     # ---- component protocol ------------------------------------------------------------------
     async def start(self) -> None:
@@ -216,9 +196,10 @@ class FailoverStage:
 
     async def close(self) -> None:
         self._stop.set()
-        for t in [*self._work.values(), *self._tasks, *self._event_tasks]:
+        work = [rec.work for _, rec in self.episodes if rec.work is not None]
+        for t in [*work, *self._tasks, *self._event_tasks]:
             t.cancel()
-        for t in [*self._work.values(), *self._tasks, *self._event_tasks]:
+        for t in [*work, *self._tasks, *self._event_tasks]:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
         if self.view is not None:
@@ -245,19 +226,10 @@ class FailoverStage:
                 if restart is not None:
                     self._spawn(name, restart())
 
-    async def _sleep(self, seconds: float, event: asyncio.Event | None = None) -> None:
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(seconds):
-                await (event or self._stop).wait()
-
     def _leadership_changed(self, leading: bool) -> None:
         self._note("", "leader" if leading else "follower", f"{self.me} "
                    + ("became the leader" if leading else "stopped leading"))
         self._changed.set()
-
-    def _note(self, node: str, what: str, detail: str) -> None:
-        self.timeline.append({"at": round(self.wall(), 3), "node": node, "what": what,
-                              "detail": detail})
 
     async def _advertise_url(self) -> str:
         host, port = self.settings.listen_host_port()
@@ -340,12 +312,9 @@ class FailoverStage:
             await self._sleep(self.settings.failover_retry_period, self._changed)
 
     async def _step_down(self) -> None:
-        for task in self._work.values():
+        for task in self.episodes.step_down():  # the next leader reads the rest back
             task.cancel()
-        self._work.clear()
         self._suspects.clear()
-        self._settled.clear()
-        self._stopped.clear()  # the next leader reads it back from the annotations
         if self.view is not None:
             view, self.view = self.view, None
             await view.stop()
@@ -401,24 +370,15 @@ class FailoverStage:
         self._prune(set(infos))
 
     def _prune(self, nodes: set[str]) -> None:
-        """Forget per-node memory of deleted nodes (autoscaled clusters churn through names):
-        every per-node map and set, once any of them holds more names than there are nodes."""
-        maps: tuple[dict[str, Any], ...] = (
-            self._announced, self._healthy_since, self._failed_since, self._not_before,
-            self._stopped)
-        sets = (self._cordon_noted, self._capped_noted, self._settled)
-        biggest = max(len(c) for c in (*maps, *sets, self._work, self.remedy.targets))
-        if biggest <= len(nodes) + 16:
+        """Forget deleted nodes (autoscaled clusters churn through names): their episode records
+        as a whole, and the remedy's memory of them, once more names are held than there are
+        nodes. A failover still running for a deleted node finishes first."""
+        if max(len(self.episodes), len(self.remedy.targets)) <= len(nodes) + PRUNE_SLACK:
             return
-        for memory in maps:
-            for gone in [n for n in memory if n not in nodes]:
-                del memory[gone]
-        for names in sets:
-            names.intersection_update(nodes)
-        for gone in [n for n, task in self._work.items() if n not in nodes and task.done()]:
-            del self._work[gone]  # a failover still running for a deleted node finishes first
+        self.episodes.prune(nodes)
         for gone in [n for n in self.remedy.targets if n not in nodes]:
-            self.remedy.forget(gone)
+            if self.episodes.peek(gone) is None:
+                self.remedy.forget(gone)
 
     async def _mass_failure_event(self) -> None:
         a = self.assessment
@@ -445,241 +405,6 @@ class FailoverStage:
             self.remedy.event_failures += 1
             log.warning("failover_event_failed", reason=reason, error=str(exc))
 
-    async def _decide(self, name: str, verdict: Verdict, now: float) -> None:
-        assert self.view is not None
-        info = self.view.nodes.items.get(name)
-        if info is None:
-            return
-        raw_state = info.annotation(STATE_ANNOTATION)
-        if verdict.state == "healthy" and raw_state is None and (
-            self._announced.get(name, "healthy") == "healthy"
-        ):
-            # The common case, kept cheap: nothing was done to this node, nothing to do.
-            self._failed_since.pop(name, None)
-            self._announced.setdefault(name, "healthy")
-            return
-        state = read_state(raw_state)
-        busy = name in self._work and not self._work[name].done()
-        oos = (OUT_OF_SERVICE["key"], OUT_OF_SERVICE["effect"])
-        if state.get("oos") and not busy and oos not in info.taints:
-            # An admin removed the out-of-service taint we added: it is not ours any more, so an
-            # out-of-service taint found at recovery (theirs) is left in place.
-            try:
-                await self.remedy.set_state(name, oos=False)
-            except KubeError as exc:
-                log.warning("failover_state_write_failed", node=name, error=str(exc))
-                return
-            state = {**state, "oos": False}
-            self._note(name, "oos_released", "an admin removed nodemedic's out-of-service taint")
-            self._event_soon(name, "NodemedicClaimReleased",
-                             "an admin removed the out-of-service taint nodemedic added; "
-                             "nodemedic will not remove an out-of-service taint from this node")
-        if verdict.state == "healthy":
-            self._healthy_since.setdefault(name, now)
-            if not state:
-                self._not_before.pop(name, None)
-        else:
-            self._healthy_since.pop(name, None)
-        if verdict.state == "failed":
-            if name not in self._failed_since:
-                since = state.get("since")
-                self._failed_since[name] = (
-                    min(now, self.view.mono_from_wall(float(since)))
-                    if isinstance(since, (int, float)) else now
-                )
-        else:
-            self._failed_since.pop(name, None)
-        if self._announced.get(name) != verdict.state:
-            await self._announce(name, verdict)
-        if busy or now < self._not_before.get(name, 0.0):
-            return
-        if state.get("stopped"):
-            self._stopped[name] = str(state["stopped"])  # an admin ended it: never resumed
-        if self.assessment.actionable(name) and state.get("phase") != "fenced" and (
-            not state.get("stopped")
-        ):
-            self._start_work(name, self._remediate(name))
-        elif state.get("phase") == "fenced" and name not in self._settled:
-            self._start_work(name, self._settle(name, state))
-        elif state and verdict.state == "healthy" and not self.assessment.mass_failure:
-            healthy_for = now - self._healthy_since[name]
-            if healthy_for >= self.settings.failover_healthy_delay:
-                self._start_work(name, self._recover(name, state, healthy_for))
-
-    async def _announce(self, name: str, verdict: Verdict) -> None:
-        previous = self._announced.get(name)
-        self._announced[name] = verdict.state
-        if previous is None and verdict.state == "healthy":
-            return
-        self._note(name, verdict.state, verdict.reason)
-        log.info("peer_state", node=name, state=verdict.state, previous=previous,
-                 reason=verdict.reason)
-        if self.assessment.mass_failure:
-            return  # one cluster Event says it all; thousands of node Events would flood etcd
-        if verdict.state == "partitioned":
-            self._event_soon(name, "NodemedicNodePartitioned",
-                             f"{verdict.reason}: possible network partition; no action taken "
-                             "(its pods may still be running)")
-        elif verdict.state == "kubelet_down":
-            self._event_soon(name, "NodemedicKubeletDown",
-                             f"{verdict.reason}; the node's own agent remediates")
-
-    def _event_soon(self, node: str, reason: str, message: str) -> None:
-        """A Warning Event written in the background, so a slow API never stalls evaluation;
-        beyond MAX_EVENTS_IN_FLIGHT they are dropped and counted."""
-        self._event_tasks = {t for t in self._event_tasks if not t.done()}
-        if len(self._event_tasks) >= MAX_EVENTS_IN_FLIGHT:
-            self.remedy.event_failures += 1
-            return
-        self._event_tasks.add(asyncio.create_task(
-            self.remedy.event(node, reason, message, "Warning"), name="nodemedic:event"))
-
-    def _start_work(self, name: str, coro: Coroutine[Any, Any, None]) -> None:
-        self._work[name] = asyncio.create_task(self._guard_work(name, coro),
-                                               name=f"nodemedic:failover:{name}")
-
-    async def _guard_work(self, name: str, coro: Coroutine[Any, Any, None]) -> None:
-        try:
-            await coro
-        except asyncio.CancelledError:
-            raise
-        except KubeError as exc:
-            log.warning("failover_step_failed", node=name, error=str(exc))
-        except Exception:
-            log.exception("failover_work_crashed", node=name)
-        finally:
-            self._changed.set()
-
-    def _actionable(self, name: str) -> bool:
-        assert self.elector is not None
-        return self.elector.is_leader and self.assessment.actionable(name)
-
-    def _back_off(self, name: str) -> None:
-        """Do not start work on ``name`` again for a while (denied, capped, dry-run, failed)."""
-        wait = BACKOFF_PERIODS * self.settings.failover_retry_period
-        self._not_before[name] = self.clock() + wait
-
-    async def _remediate(self, name: str) -> None:
-        if not await self.slots.acquire(name):
-            if name not in self._capped_noted:
-                self._capped_noted.add(name)
-                self._note(name, "capped", "max-concurrent remediations reached; waiting")
-            self._back_off(name)
-            return
-        self._capped_noted.discard(name)
-        done = False
-        try:
-            done = await self._ladder(name)
-        finally:
-            if not done:
-                self._back_off(name)
-            if self._stop.is_set() or not (self.elector and self.elector.is_leader):
-                pass  # leadership moved: the slot stays with the node for the next leader
-            else:
-                await self.slots.release(name)
-                if done:
-                    self._settled.add(name)
-
-    async def _settle(self, name: str, state: dict[str, Any]) -> None:
-        """Finish a node an earlier leader fenced but may have died on before its Event or its
-        slot release (otherwise the slot stays taken until it expires, blocking other nodes)."""
-        if not (self.elector and self.elector.is_leader):
-            return
-        await self.remedy.event_once(
-            name, "NodemedicNodeFenced", fenced_message(name, "by an earlier leader"), "Warning",
-            since=state.get("since"))
-        await self.slots.release(name)
-        self._settled.add(name)
-
-    async def _ladder(self, name: str) -> bool:
-        """Walk the ladder; True once the node is fenced (nothing left to do until recovery)."""
-        assert self.view is not None
-        s = self.settings
-        if not self._actionable(name):
-            return False
-        verdict = self.assessment.verdicts[name]
-        if await self._stopped_by_admin(name):
-            return True
-        if not await self.remedy.isolate(name, verdict.reason):
-            self._note(name, "isolate_blocked", "cordon/taint denied or failed; see the log")
-            return False
-        if name not in self._cordon_noted:  # once per episode, even across leaders
-            self._cordon_noted.add(name)
-            self._note(name, "cordoned", f"cordoned and tainted {name}: {verdict.reason}")
-            await self.remedy.event_once(name, "NodemedicNodeFailed",
-                                         f"{verdict.reason}; cordoned, tainted "
-                                         "nodemedic.io/node-failed:NoSchedule, evicting its pods",
-                                         "Warning")
-        # Evictions and the fencing check run side by side: on a dead node a PodDisruptionBudget
-        # can block the eviction of pods that only out-of-service will ever free.
-        info = self.view.nodes.items.get(name) if self.view else None
-        state = self.remedy.states.get(name) or read_state(
-            info.annotation(STATE_ANNOTATION) if info else None)
-        evicted = state.get("phase") in ("evicted", "fenced")
-        if evicted:  # an earlier leader's: it may have died before its Event
-            await self.remedy.event_once(name, "NodemedicPodsEvicted", evicted_message(name))
-        hook_checked = -1e9
-        while True:
-            if not self._actionable(name):
-                return False
-            verdict = self.assessment.verdicts[name]
-            if await self._stopped_by_admin(name):
-                return True
-            if not evicted:
-                evicted, _left = await self.remedy.evict_pass(name, verdict.reason)
-                if evicted and not s.dry_run:
-                    self._note(name, "evicted", f"every evictable pod of {name} was evicted")
-                    await self.remedy.set_state(name, phase="evicted")
-                    await self.remedy.event(name, "NodemedicPodsEvicted", evicted_message(name))
-            info = self.view.nodes.items.get(name) if self.view else None
-            operator = bool(info and (info.annotation(FENCED_ANNOTATION) or "").lower() == "true")
-            if not operator and s.failover_fence_command and (
-                self.clock() - hook_checked >= 10 * s.failover_retry_period
-            ):
-                hook_checked = self.clock()
-                operator = await run_hook(s.failover_fence_command, name)
-            fenced, why = fencing_state(verdict, self._failed_since.get(name, self.clock()),
-                                        self.clock(), s.failover_fencing_time, operator)
-            if fenced and s.dry_run:
-                self._note(name, "would_fence", f"--dry-run: would add out-of-service ({why})")
-                await self.remedy.fence(name, why)  # counted as a dry_run decision
-                return False
-            if fenced and await self.remedy.fence(name, why):
-                self._note(name, "fenced", why)
-                return True
-            await self._sleep(s.failover_retry_period)
-
-    async def _stopped_by_admin(self, name: str) -> bool:
-        """Whether an admin undid this episode's isolation (seen by a step, or on the Node as the
-        watch shows it now); if so, record the stop once. True: nothing more to do."""
-        info = self.view.nodes.items.get(name) if self.view else None
-        state = self.remedy.states.get(name) or read_state(
-            info.annotation(STATE_ANNOTATION) if info else None)
-        if state.get("stopped"):
-            return True
-        why = self.remedy.reversed.get(name)
-        if why is None and info is not None and isolated(state):
-            why = admin_reversal(info.unschedulable, info.taints)
-        if why is None or not state.get("phase"):
-            return False
-        self._stopped[name] = why
-        self._note(name, "stopped", f"{why}: failover stopped")
-        await self.remedy.stop(name, why, self.settings.failover_healthy_delay)
-        return True
-
-    async def _recover(self, name: str, state: dict[str, Any], healthy_for: float) -> None:
-        if not (self.elector and self.elector.is_leader):
-            return
-        if not await self.remedy.recover(name, state, healthy_for):
-            self._back_off(name)
-        else:
-            self._note(name, "recovered", f"healthy for {healthy_for:.0f}s; taints and cordon "
-                       "removed")
-            self._cordon_noted.discard(name)
-            self._settled.discard(name)
-            self._stopped.pop(name, None)
-            self._announced[name] = "healthy"
-
     # ---- metrics and status ------------------------------------------------------------------
     def families(self) -> list[Family]:
         if self.elector is None:
@@ -699,7 +424,7 @@ class FailoverStage:
         for labels, n in sorted(self.remedy.actions.items()):
             actions.add(labels, n)
         work = REMEDIATIONS.family()
-        work.add((), sum(1 for t in self._work.values() if not t.done()))
+        work.add((), len(self.episodes.busy()))
         capped = CAP_DENIED.family()
         capped.add((), self.slots.denied)
         probes = PROBES.family()
@@ -725,12 +450,13 @@ class FailoverStage:
             "mass_reason": a.mass_reason,
             "nodes": {n: {"state": v.state, "reason": v.reason}
                       for n, v in sorted(a.verdicts.items()) if v.state != "healthy"},
-            "remediating": sorted(n for n, t in self._work.items() if not t.done()),
-            "stopped_by_admin": dict(sorted(self._stopped.items())),
+            "remediating": self.episodes.busy(),
+            "stopped_by_admin": {n: rec.stopped for n, rec in sorted(self.episodes)
+                                 if rec.stopped is not None},
             "timeline": list(self.timeline)[-20:],
         }}
 
 
 async def build_failover_stage(settings: Settings, ctx: Any) -> FailoverStage:
-    """Component factory for agent.runtime.components: ``ctx.shared["api"]`` may be None."""
-    return FailoverStage(settings, ctx.shared.get("api"))
+    """Component factory for agent.runtime.components: ``ctx.api`` may be None."""
+    return FailoverStage(settings, ctx.api)

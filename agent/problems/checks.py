@@ -3,24 +3,23 @@
 A check is an argv (never a shell string) whose program lies in ``--problems.plugin-dir`` (the
 loader resolves and checks that; others are disabled). Exit status 0 is OK, 1 a problem, anything
 else (and a timeout) unknown; the first ``max_output`` bytes of stdout are the message.
-Safety: every run gets its own session (process group) and is SIGKILLed as a group at its
-timeout, and the group is killed after the run too, so a forked grandchild cannot outlive it;
-stdout is read in bounded chunks and everything past the cap is discarded, so a flooding check
-costs no memory; ``concurrency`` bounds the checks running at once per monitor; a round that is
-still running when the next is due is skipped and counted, never stacked.
+Safety (agent.subproc): every run gets its own session (process group) and is SIGKILLed as a
+group at its timeout, and the group is killed after the run too, so a forked grandchild cannot
+outlive it; stdout is read in bounded chunks and everything past the cap is discarded, so a
+flooding check costs no memory; ``concurrency`` bounds the checks running at once per monitor; a
+round that is still running when the next is due is skipped and counted, never stacked.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import signal
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from agent import subproc
 from agent.problems.model import CheckMonitor, CheckRule
 from agent.structs.durations import format_duration
 
@@ -41,33 +40,12 @@ class CheckResult:
 async def run_plugin(argv: tuple[str, ...], limit: float, max_output: int
                      ) -> tuple[int, str, bool]:
     """(status, message, timed out) of one run limited to ``limit`` seconds."""
-    proc = await asyncio.create_subprocess_exec(
-        *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.DEVNULL, start_new_session=True, close_fds=True)
-    kept = bytearray()
-
-    async def read_all() -> None:
-        assert proc.stdout is not None
-        while chunk := await proc.stdout.read(65536):
-            if len(kept) < max_output:
-                kept.extend(chunk[: max_output - len(kept)])
-        await proc.wait()
-
-    timed_out = False
-    try:
-        await asyncio.wait_for(read_all(), limit)
-    except TimeoutError:
-        timed_out = True
-    finally:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGKILL)  # the whole group, stragglers included
-        if proc.returncode is None:
-            await proc.wait()
-    message = kept.decode("utf-8", "replace").strip()
-    if timed_out:
+    res = await subproc.run(argv, limit=limit, max_stdout=max_output, max_stderr=0)
+    message = res.stdout.decode("utf-8", "replace").strip()
+    if res.timed_out:
         why = f"timed out after {format_duration(limit)}" + (f": {message}" if message else "")
         return UNKNOWN, why, True
-    code = proc.returncode
+    code = res.returncode
     status = code if code in (OK, PROBLEM) else UNKNOWN
     return status, message, False
 

@@ -2,7 +2,8 @@
 
 One child per distinct filter (syslog identifiers ``-t`` and/or units ``-u``), started with an
 argv (never a shell), ``--since=@<now - lookback>`` so the lookback window is re-read at start,
-and restarted with backoff when it exits. Its stdout is read line by line with a bounded buffer:
+and restarted with backoff when it exits; agent.subproc starts it in its own process group and
+kills the whole group when it is stopped. Its stdout is read line by line with a bounded buffer:
 a line above ``max_line`` bytes is dropped and counted ``too_long``. Lines are parsed (JSON ->
 timestamp and MESSAGE) by the consumer in a worker thread, like every source.
 """
@@ -10,11 +11,12 @@ timestamp and MESSAGE) by the consumer in a worker thread, like every source.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import time
 from collections.abc import Callable
 
+from agent import subproc
+from agent.backoff import Backoff
 from agent.problems.linequeue import LineQueue
 
 JOURNALCTL = "journalctl"
@@ -70,7 +72,7 @@ async def run_journal(argv_for: Callable[[], list[str]], queue: LineQueue,
     """Run journalctl forever (``argv_for()`` gives each start's command line, so a restart
     resumes after the last cursor), restarting it with backoff; feed ``queue``."""
     stats = queue.stats
-    backoff = 1.0
+    backoff = Backoff(1.0, backoff_max)
     first = True
     while True:
         if not first:
@@ -79,9 +81,7 @@ async def run_journal(argv_for: Callable[[], list[str]], queue: LineQueue,
         started = time.monotonic()
         argv = argv_for()
         try:
-            proc = await asyncio.create_subprocess_exec(
-                *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.DEVNULL, limit=max_line, start_new_session=True)
+            proc = await subproc.spawn(argv, stream_limit=max_line)
         except OSError as exc:
             stats.up, stats.last_error = False, f"{argv[0]}: {exc.strerror or exc}"
         else:
@@ -89,14 +89,13 @@ async def run_journal(argv_for: Callable[[], list[str]], queue: LineQueue,
             try:
                 await _pump(proc, queue)
             finally:
-                await _stop(proc)
+                await subproc.stop(proc)
             code = proc.returncode
             stats.up = False
             stats.last_error = f"{argv[0]} exited with status {code}"
         if time.monotonic() - started > 60:
-            backoff = 1.0
-        await asyncio.sleep(backoff)
-        backoff = min(backoff * 2, backoff_max)
+            backoff.reset()
+        await asyncio.sleep(backoff.next())
 
 
 async def _pump(proc: asyncio.subprocess.Process, queue: LineQueue) -> None:
@@ -111,15 +110,3 @@ async def _pump(proc: asyncio.subprocess.Process, queue: LineQueue) -> None:
             return
         await queue.wait_room(1)  # journalctl blocks on its pipe meanwhile: nothing is lost
         queue.put_many((line,))
-
-
-async def _stop(proc: asyncio.subprocess.Process) -> None:
-    if proc.returncode is None:
-        with contextlib.suppress(ProcessLookupError):
-            proc.terminate()
-        try:
-            await asyncio.wait_for(proc.wait(), 2.0)
-        except TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-            await proc.wait()

@@ -1,9 +1,9 @@
 """Wiring: the shared clients collectors use, and the per-tick components after collection.
 
-Called by agent.runtime.daemon at start and on reload. ``build_shared`` puts the clients several
-collectors share into ``ctx.shared``:
-- ``"kubelet"``: agent.kubelet_client.KubeletClient (one /pods fetch per tick for all collectors);
-- ``"api"``: a kubernetes_asyncio ApiClient from agent.kube.client, or None without a cluster.
+Called by agent.runtime.daemon at start and on reload. ``build_shared`` sets the clients several
+collectors share on the CollectorContext:
+- ``ctx.kubelet``: agent.kubelet_client.KubeletClient (one /pods fetch per tick for all of them);
+- ``ctx.api``: a kubernetes_asyncio ApiClient from agent.kube.client, or None without a cluster.
 ``build_components`` returns the objects that see each snapshot (rules + remediation, and
 failover when enabled).
 """
@@ -48,18 +48,22 @@ async def build_shared(ctx: CollectorContext, api: Any | None = None) -> None:
 
     ``api``: an existing API client to keep (a reload rebuilding collectors must not close the
     client the remediation and failover stages hold)."""
-    ctx.shared["kubelet"] = KubeletClient.from_settings(ctx.settings)
-    ctx.shared["api"] = api
+    ctx.kubelet = KubeletClient.from_settings(ctx.settings)
+    ctx.api = api
     if api is None:
         try:
-            ctx.shared["api"] = await create_api_client(ctx.settings)
+            ctx.api = await create_api_client(ctx.settings)
         except Exception as exc:  # no cluster is a normal state for `make run`
             log.warning("api_client_unavailable", error=str(exc))
 
 
 async def close_shared(ctx: CollectorContext, keep_api: bool = False) -> None:
-    for key in ("kubelet",) if keep_api else ("kubelet", "api"):
-        client = ctx.shared.pop(key, None)
+    clients: list[tuple[str, Any]] = [("kubelet", ctx.kubelet)]
+    ctx.kubelet = None
+    if not keep_api:
+        clients.append(("api", ctx.api))
+        ctx.api = None
+    for key, client in clients:
         if client is not None:
             try:
                 await client.close()

@@ -129,13 +129,13 @@ class Agent:
         # bound port: with --web.listen-address :0 peers must be told the real one.
         host, port = self.settings.listen_host_port()
         self._web = await WebFront.create(
-            self.settings, lambda: self._ctx.shared.get("api") if self._ctx else None)
+            self.settings, lambda: self._ctx.api if self._ctx else None)
         self._runner, self.port = await self._web.serve(
             self, self.metrics, host, port, self.settings.web_max_connections)
         self.settings = self._with_bound_port(self.settings)
         self._ctx = CollectorContext(self.settings)
         await build_shared(self._ctx)
-        self._web.check_api(self._ctx.shared.get("api"))
+        self._web.check_api(self._ctx.api)
         self._components = await build_components(self.settings, self._ctx)
         self._collection = Collection(enabled_collectors(self.settings, self._ctx))
         for c in self._collection.collectors:
@@ -358,7 +358,7 @@ class Agent:
     async def _build_collection(self, settings: Settings) -> tuple[CollectorContext, Collection]:
         """New collectors for ``settings``, started, sharing the running API client; nothing of
         the running collectors is touched (they are closed only once the reload commits)."""
-        api = self._ctx.shared.get("api") if self._ctx is not None else None
+        api = self._ctx.api if self._ctx is not None else None
         ctx = CollectorContext(settings)
         try:
             await build_shared(ctx, api=api)

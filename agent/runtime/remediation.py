@@ -408,7 +408,7 @@ async def build_stage(settings: Settings, ctx: CollectorContext) -> RemediationS
     ruleset = await asyncio.to_thread(reloader.reload)
     engine = RuleEngine(ruleset, settings.node_name)
     return RemediationStage(
-        settings, ctx.shared.get("api"), engine, reloader=reloader,
+        settings, ctx.api, engine, reloader=reloader,
         local=LocalState(settings.state_dir),
     )
 

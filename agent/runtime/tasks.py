@@ -13,6 +13,8 @@ from collections.abc import Awaitable, Callable
 
 import structlog
 
+from agent.backoff import Backoff
+
 log = structlog.get_logger("nodemedic.tasks")
 
 Factory = Callable[[], Awaitable[None]]
@@ -36,7 +38,7 @@ class Supervisor:
         return task
 
     async def _run(self, name: str, factory: Factory, restart: bool) -> None:
-        delay = 1.0
+        backoff = Backoff(1.0, 30.0)
         while True:
             try:
                 await factory()
@@ -44,13 +46,13 @@ class Supervisor:
             except asyncio.CancelledError:
                 raise
             except Exception:
-                log.exception("task_crashed", task=name, restart_in=delay if restart else None)
+                log.exception("task_crashed", task=name,
+                              restart_in=backoff.current if restart else None)
                 if not restart:
                     raise
                 if self._on_restart is not None:
                     self._on_restart(name)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 30.0)
+                await asyncio.sleep(backoff.next())
 
     def names(self) -> list[str]:
         return sorted(n for n, t in self._tasks.items() if not t.done())

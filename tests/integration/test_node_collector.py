@@ -60,7 +60,7 @@ async def collector(apiserver: ApiServer, tmp_path: Path) -> AsyncIterator[NodeC
     kubeconfig = apiserver.write_kubeconfig(tmp_path / "kubeconfig")
     settings = settings_for_tests(node_name=NODE, kubeconfig=kubeconfig)
     api = await create_api_client(settings)
-    c = NodeCollector(CollectorContext(settings, shared={"api": api}))
+    c = NodeCollector(CollectorContext(settings, api=api))
     c.backoff_initial, c.backoff_max = 0.05, 0.2
     try:
         yield c
@@ -225,7 +225,7 @@ async def test_missing_node_raises(kube: Backend, collector: NodeCollector) -> N
 
 async def test_without_api_client_raises() -> None:
     """Without a cluster configured, collect() fails and says how to configure one."""
-    c = NodeCollector(CollectorContext(settings_for_tests(node_name="x"), shared={"api": None}))
+    c = NodeCollector(CollectorContext(settings_for_tests(node_name="x"), api=None))
     await c.start()
     with pytest.raises(RuntimeError, match="--kubeconfig"):
         await c.collect()
@@ -350,7 +350,7 @@ async def test_a_taint_removed_and_readded_by_an_admin_is_no_longer_ours(
                     manager="kubectl-taint")
     req = ActionRequest("disk", ActionSpec("untaint", {"key": TAINT_KEY}), Target("node", NODE),
                         undo=True)
-    ctx = ActionContext(api=collector.ctx.shared["api"], node_name=NODE,
+    ctx = ActionContext(api=collector.ctx.api, node_name=NODE,
                         settings=collector.ctx.settings)
     result = await Untaint().execute(Decision(req, "allowed", "ok"), ctx)
     assert result.kind == "noop"

@@ -26,11 +26,11 @@ async def test_reload_rebuilding_collectors_keeps_a_working_api_client(
     await agent.start()
     try:
         assert agent._ctx is not None
-        api = agent._ctx.shared["api"]
+        api = agent._ctx.api
         assert api is not None
         await agent.reload()
         assert agent.settings.collector_timeout == 3.0
-        assert agent._ctx.shared["api"] is api
+        assert agent._ctx.api is api
         nodes = await CoreV1Api(api).list_node()
         assert [n.metadata.name for n in nodes.items] == ["n1"]
     finally:

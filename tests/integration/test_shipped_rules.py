@@ -51,7 +51,7 @@ async def collection(apiserver: ApiServer, tmp_path: Path) -> AsyncIterator[Coll
     settings = settings_for_tests(node_name=NODE,
                                   kubeconfig=apiserver.write_kubeconfig(tmp_path / "kc"))
     api = await create_api_client(settings)
-    c = NodeCollector(CollectorContext(settings, shared={"api": api}))
+    c = NodeCollector(CollectorContext(settings, api=api))
     await c.start()
     coll = Collection([c])
     try:

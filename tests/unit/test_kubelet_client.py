@@ -256,11 +256,11 @@ async def test_unreadable_token_file_is_reported(tmp_path: Path) -> None:
 
 
 async def test_get_or_create_shares_one_client() -> None:
-    """Collectors built alone share the client they create through ctx.shared."""
+    """Collectors built alone share the client they create through ctx.kubelet."""
     ctx = CollectorContext(settings_for_tests(collect_interval=10.0, collector_timeout=5.0))
     a = get_or_create(ctx)
     b = get_or_create(ctx)
-    assert a is b is ctx.shared["kubelet"]
+    assert a is b is ctx.kubelet
     assert a.timeout == pytest.approx(4.0)
     assert a.pods_max_age == pytest.approx(5.0)
     await a.close()

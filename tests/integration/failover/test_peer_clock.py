@@ -114,7 +114,7 @@ async def test_only_the_drifted_node_is_flagged(kube_api: Any, fleet: dict[str, 
     flagged: dict[str, float | None] = {}
     offsets: dict[str, float | None] = {}
     for node in CLOCKS:
-        ctx = CollectorContext(settings(node_name=node), {"api": kube_api})
+        ctx = CollectorContext(settings(node_name=node), api=kube_api)
         collector = PeerClockCollector(ctx)
         collector.skew = await measure(kube_api, node)
         fams = await collector.collect()
@@ -136,7 +136,7 @@ async def test_one_peer_is_no_majority(kube_api: Any, fleet: dict[str, str]) -> 
     skew.urls = {"node-b": fleet["node-b"], "node-old": fleet["node-old"]}
     await skew.probe_once()
     await skew.close()
-    ctx = CollectorContext(settings(node_name="node-a"), {"api": kube_api})
+    ctx = CollectorContext(settings(node_name="node-a"), api=kube_api)
     collector = PeerClockCollector(ctx)
     collector.skew = skew
     fams = await collector.collect()
@@ -149,7 +149,7 @@ async def test_the_collector_finds_its_peers_and_measures_on_its_own(
     kube_api: Any, fleet: dict[str, str]
 ) -> None:
     """start() wiring: peers from the heartbeat Leases, the first round at once (real clocks)."""
-    ctx = CollectorContext(settings(node_name="node-a", peerclock_interval=1.0), {"api": kube_api})
+    ctx = CollectorContext(settings(node_name="node-a", peerclock_interval=1.0), api=kube_api)
     collector = PeerClockCollector(ctx)
     await collector.start()
     try:

@@ -352,7 +352,7 @@ async def test_failover_denied_while_paused_is_retried_after_unpause(
                                       for k in leader.remedy.actions), T.node_grace + SLACK)
     assert cluster.first("cordoned", victim) is None
     cluster.server.patch("ConfigMap", "kube-system", "nodemedic", {"data": {"paused": "false"}})
-    backoff = 10 * T.retry_period  # agent.peers.stage.BACKOFF_PERIODS retry periods
+    backoff = 10 * T.retry_period  # agent.peers.work.BACKOFF_PERIODS retry periods
     assert await wait_for(lambda: cluster.first("cordoned", victim), backoff + 2 * SLACK), (
         cluster.log[-10:])
 

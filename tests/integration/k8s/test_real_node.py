@@ -93,7 +93,7 @@ async def collect(url: str) -> dict[str, Any]:
     kubelet = KubeletClient(url, pods_max_age=0.0)
     try:
         ctx = CollectorContext(Settings(path_cgroupfs=Path("/sys/fs/cgroup"), kubelet_url=url),
-                               shared={"kubelet": kubelet})
+                               kubelet=kubelet)
         return {f.name: f for f in await CgroupCollector(ctx).collect()}
     finally:
         await kubelet.close()

@@ -92,7 +92,7 @@ async def test_build_stage_loads_rules_or_refuses(tmp_path: Path, kubelet_rules:
     """build_stage loads --rules.dir; an invalid rule file or a missing directory refuses to
     start; an empty directory = no rules."""
     stage = await build_stage(
-        settings(rules_dir=kubelet_rules), CollectorContext(settings(), {"api": None})
+        settings(rules_dir=kubelet_rules), CollectorContext(settings(), api=None)
     )
     names = {f.name for f in stage.families()}
     assert {"nodemedic_rules_loaded", "nodemedic_actions_total"} <= names
@@ -101,11 +101,11 @@ async def test_build_stage_loads_rules_or_refuses(tmp_path: Path, kubelet_rules:
     # A missing directory is refused (issue 12 item 6: it used to start with no rules).
     with pytest.raises(SettingsError, match=r"--rules\.dir=.*does not exist"):
         await build_stage(
-            settings(rules_dir=tmp_path / "absent"), CollectorContext(settings(), {"api": None})
+            settings(rules_dir=tmp_path / "absent"), CollectorContext(settings(), api=None)
         )
     (tmp_path / "empty").mkdir()
     empty = await build_stage(
-        settings(rules_dir=tmp_path / "empty"), CollectorContext(settings(), {"api": None})
+        settings(rules_dir=tmp_path / "empty"), CollectorContext(settings(), api=None)
     )
     assert empty.status()["rules"] == []
     assert empty.status()["remediation"]["rules_loaded"] == 0
@@ -113,5 +113,5 @@ async def test_build_stage_loads_rules_or_refuses(tmp_path: Path, kubelet_rules:
     (kubelet_rules / "bad.yaml").write_text("rules:\n  - name: Bad Name\n")
     with pytest.raises(RulesError):
         await build_stage(
-            settings(rules_dir=kubelet_rules), CollectorContext(settings(), {"api": None})
+            settings(rules_dir=kubelet_rules), CollectorContext(settings(), api=None)
         )

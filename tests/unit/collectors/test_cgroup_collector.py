@@ -67,7 +67,7 @@ class FakeKubelet:
 def collector(root: Path, kubelet: object | None = None) -> CgroupCollector:
     ctx = CollectorContext(Settings(path_cgroupfs=root))
     if kubelet is not None:
-        ctx.shared["kubelet"] = kubelet
+        ctx.kubelet = kubelet
     return CgroupCollector(ctx)
 
 
@@ -440,7 +440,7 @@ async def test_psi_scope_pod_reads_pod_cgroups_only_and_off_reads_none() -> None
     results = {}
     for scope in ("container", "pod", "off"):
         ctx = CollectorContext(Settings(path_cgroupfs=V2, cgroup_psi=scope))
-        ctx.shared["kubelet"] = FakeKubelet(real_pod_refs())
+        ctx.kubelet = FakeKubelet(real_pod_refs())
         results[scope] = {f.name: f for f in await CgroupCollector(ctx).collect()}
     levels = {
         scope: {lbl["container"] == "" for lbl, _ in fams[name].series()} if name in fams else set()

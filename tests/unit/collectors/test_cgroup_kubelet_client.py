@@ -25,7 +25,7 @@ async def test_real_kubelet_client_names_pods_then_kubelet_dies() -> None:
     try:
         settings = Settings(path_cgroupfs=FIX / "v2-systemd", kubelet_url=url,
                             collector_timeout=2.0)
-        collector = CgroupCollector(CollectorContext(settings, shared={"kubelet": client}))
+        collector = CgroupCollector(CollectorContext(settings, kubelet=client))
         fams = {f.name: f for f in await collector.collect()}
         usage = fams["nodemedic_container_memory_usage_bytes"]
         assert fams["nodemedic_cgroup_pod_attribution"].get() == 1
@@ -38,7 +38,7 @@ async def test_real_kubelet_client_names_pods_then_kubelet_dies() -> None:
         await fake.stop()
         await client.close()
         client = KubeletClient(url)  # no cached pod list: the next tick must ask again
-        collector.ctx.shared["kubelet"] = client
+        collector.ctx.kubelet = client
         fams = {f.name: f for f in await collector.collect()}
         assert fams["nodemedic_cgroup_pod_attribution"].get() == 0
         assert fams["nodemedic_container_memory_usage_bytes"].get(

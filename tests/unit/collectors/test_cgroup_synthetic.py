@@ -25,7 +25,7 @@ class _Kubelet:
 async def test_collector_reads_back_250_pods_by_2_containers(tmp_path: Path, layout: str) -> None:
     """All 250 pods and 500 containers of the synthetic node are found and attributed."""
     refs = build_node(tmp_path, pods=250, containers=2, layout=layout)  # type: ignore[arg-type]
-    ctx = CollectorContext(Settings(path_cgroupfs=tmp_path), shared={"kubelet": _Kubelet(refs)})
+    ctx = CollectorContext(Settings(path_cgroupfs=tmp_path), kubelet=_Kubelet(refs))
     fams = {f.name: f for f in await CgroupCollector(ctx).collect()}
     assert fams["nodemedic_cgroup_cgroups"].get(level="pod") == 250
     assert fams["nodemedic_cgroup_cgroups"].get(level="container") == 500

@@ -284,7 +284,7 @@ async def test_pods_shared_with_another_collector_in_one_tick(fake: FakeKubelet)
     fake.delays["/pods"] = 0.1
     c = _collector(fake.url)
     try:
-        fams, refs = await asyncio.gather(c.collect(), c.ctx.shared["kubelet"].pods())
+        fams, refs = await asyncio.gather(c.collect(), c.ctx.kubelet.pods())
     finally:
         await c.close()
     assert fake.hits["/pods"] == 1

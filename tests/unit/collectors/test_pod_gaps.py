@@ -28,7 +28,7 @@ async def test_cgroup_pod_without_readable_files_is_counted_and_named(tmp_path: 
     root = tmp_path / "v2"
     shutil.copytree(FIX / "cgroup" / "v2-systemd", root)
     ctx = CollectorContext(Settings(path_cgroupfs=root))
-    ctx.shared["kubelet"] = PodList()
+    ctx.kubelet = PodList()
     c = CgroupCollector(ctx)
     fams = {f.name: f for f in await c.collect()}
     assert fams["nodemedic_cgroup_pods_without_values"].get() == 0

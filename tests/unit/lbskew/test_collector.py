@@ -204,7 +204,7 @@ async def test_endpointslices_name_pods_and_reveal_stale_endpoints(
     reported stale until the watch brings it back."""
     apiserver.create(_slice("web-a", ["10.244.1.7", "10.244.2.7"]))
     c = _collector(path_procfs=_procfs(tmp_path), lbskew_iptables_save_file=LAB_RULES)
-    c.ctx.shared["api"] = kube_api
+    c.ctx.api = kube_api
     await c.start()
     try:
         cache: Any = c._names
@@ -269,7 +269,7 @@ async def test_unreachable_api_falls_back_to_rule_comments(tmp_path: Path) -> No
     cfg = client.Configuration(host="http://127.0.0.1:9")  # discard port: nothing listens
     api = client.ApiClient(cfg)
     c = _collector(path_procfs=_procfs(tmp_path), lbskew_iptables_save_file=LAB_RULES)
-    c.ctx.shared["api"] = api
+    c.ctx.api = api
     await c.start()
     try:
         fams = await c.collect()
@@ -313,7 +313,7 @@ async def test_ipvs_services_named_by_slices_stay_distinct(
     )
     save = _script(tmp_path, "iptables-save", 'printf "*nat\\nCOMMIT\\n"')
     c = _collector(path_procfs=procfs, lbskew_iptables_save_command=save)
-    c.ctx.shared["api"] = kube_api
+    c.ctx.api = kube_api
     await c.start()
     try:
         await _until(lambda: c._names is not None and c._names.size == 1, "first LIST")
@@ -344,7 +344,7 @@ async def test_byte_series_past_the_bound_are_left_out_and_counted(
 ) -> None:
     """With room for one byte counter, the other endpoints get none (never a raw value that
     could go down) and the dropped gauge says how many."""
-    monkeypatch.setattr("agent.collectors.lbskew.MAX_BYTE_SERIES", 1)
+    monkeypatch.setattr("agent.collectors.lbskew_services.MAX_BYTE_SERIES", 1)
     c = _collector(path_procfs=_procfs(tmp_path), lbskew_iptables_save_file=LAB_RULES)
     fams = await c.collect()
     exported = next(f for f in fams if f.name == "nodemedic_service_endpoint_bytes_total")

@@ -60,23 +60,27 @@ async def test_peers_are_given_the_plain_probe_address() -> None:
 
 
 async def test_node_churn_does_not_grow_the_leaders_memory() -> None:
-    """Every per-node map and set is pruned once nodes are deleted: 500 nodes that came and went
-    (autoscaling) leave nothing behind but the live one. Before, five of them kept every name."""
+    """Per-node memory is pruned once nodes are deleted: 500 nodes that came and went
+    (autoscaling) leave nothing behind but the live one and the one whose failover still runs.
+    Before, five per-node maps kept every name."""
     stage = FailoverStage(settings_for_tests(failover_enabled=True), None)
-    done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[None] = loop.create_future()
     done.set_result(None)
+    running: asyncio.Future[None] = loop.create_future()
     gone = [f"churn-{i}" for i in range(500)]
-    for name in gone:
-        stage._healthy_since[name] = 1.0
-        stage._failed_since[name] = 1.0
-        stage._not_before[name] = 1.0
-        stage._stopped[name] = "an admin uncordoned it"
-        stage._cordon_noted.add(name)
-        stage._capped_noted.add(name)
-        stage._settled.add(name)
-        stage._work[name] = done  # type: ignore[assignment]  # a finished failover
+    for name in [*gone, "live", "running"]:
+        ep = stage.episodes.get(name)
+        ep.announced, ep.healthy_since, ep.failed_since, ep.not_before = "failed", 1.0, 1.0, 1.0
+        ep.stopped = "an admin uncordoned it"
+        ep.cordon_noted = ep.capped_noted = ep.settled = True
+        ep.work = done  # type: ignore[assignment]  # a finished failover
+    stage.episodes.get("running").work = running  # type: ignore[assignment]
     stage._prune({"live"})
+    assert sorted(name for name, _ in stage.episodes) == ["live", "running"]
+    assert stage.episodes.get("live").stopped == "an admin uncordoned it"  # live nodes keep all
     counters = {"_probe_counts"}  # fixed keys (reachable, unreachable), not per node
     sizes = {k: len(v) for k, v in vars(stage).items()
              if k.startswith("_") and isinstance(v, dict | set) and k not in counters}
-    assert {k: n for k, n in sizes.items() if n} == {}
+    assert {k: n for k, n in sizes.items() if n} == {}  # no per-node map beside the records
+    running.set_result(None)
