@@ -8,9 +8,9 @@ inject a command. Tests point ``ActionContext.systemctl`` at a recording script.
 
 from __future__ import annotations
 
-import asyncio
 import re
 
+from agent import subproc
 from agent.actions.base import (
     Action,
     ActionContext,
@@ -56,31 +56,22 @@ class RestartService(Action):
         unit = allowed_unit(decision.request, ctx.settings)
         argv = [ctx.systemctl, "restart", unit]
         try:
-            proc = await asyncio.create_subprocess_exec(
-                *argv,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
-            )
+            res = await subproc.run(argv, limit=SYSTEMCTL_TIMEOUT, max_stdout=4096)
         except OSError as exc:
             return outcome(decision, "failure", f"cannot run {ctx.systemctl}: {exc}", argv=argv)
-        try:
-            out, err = await asyncio.wait_for(proc.communicate(), SYSTEMCTL_TIMEOUT)
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
+        if res.timed_out:
             return outcome(
                 decision,
                 "failure",
                 f"systemctl restart {unit} timed out after {format_duration(SYSTEMCTL_TIMEOUT)}",
                 argv=argv,
             )
-        if proc.returncode != 0:
-            tail = (err or out).decode("utf-8", "replace").strip()[-300:]
+        if not res.ok:
+            tail = (res.stderr or res.stdout).decode("utf-8", "replace").strip()[-300:]
             return outcome(
                 decision,
                 "failure",
-                f"systemctl restart {unit} exited {proc.returncode}: {tail}",
+                f"systemctl restart {unit} exited {res.returncode}: {tail}",
                 argv=argv,
             )
         return outcome(decision, "success", f"restarted {unit}", argv=argv)
