@@ -9,15 +9,23 @@ node cannot come up, the test fails with node-up.sh's own error, never skips.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from tests.real_cluster import HACK, RealCluster
+from agent.collectors.base import CollectorContext
+from agent.collectors.cgroup import CgroupCollector
+from agent.kubelet_client import KubeletClient
+from agent.settings import Settings
+from agent.structs.metrics import Family
+from tests.real_cluster import HACK, Backend, RealCluster
 
 NODES_ENV = "NODEMEDIC_K8S_NODES"
 IMAGE = "nodemedic.local/busybox:1"
@@ -64,3 +72,37 @@ def cgroup_file(hierarchy: str, pod_uid: str, container_id: str, name: str) -> P
         if p.exists():
             return p
     raise AssertionError(f"no {name} for pod {pod_uid} container {container_id} under {base}")
+
+
+async def until(kube: Backend, ns: str, name: str, done: Callable[[dict[str, Any]], bool],
+                timeout: float = 90.0) -> dict[str, Any]:
+    """Poll the pod until ``done(pod)``; fail with its last status otherwise."""
+    end = time.monotonic() + timeout
+    got: dict[str, Any] | None = None
+    while time.monotonic() < end:
+        got = await kube.get("Pod", ns, name)
+        if got is not None and done(got):
+            return got
+        await asyncio.sleep(0.5)
+    raise AssertionError(f"pod {ns}/{name} not there within {timeout} s: "
+                         f"{(got or {}).get('status')}")
+
+
+def container_status(p: dict[str, Any]) -> dict[str, Any]:
+    statuses = p.get("status", {}).get("containerStatuses") or [{}]
+    return dict(statuses[0])
+
+
+def running(p: dict[str, Any]) -> bool:
+    return "running" in container_status(p).get("state", {})
+
+
+async def collect_cgroups(kubelet_url: str) -> dict[str, Family]:
+    """One tick of nodemedic's cgroup collector on /sys/fs/cgroup, fed by the kubelet's /pods."""
+    kubelet = KubeletClient(kubelet_url, pods_max_age=0.0)
+    try:
+        ctx = CollectorContext(Settings(path_cgroupfs=Path("/sys/fs/cgroup"),
+                                        kubelet_url=kubelet_url), shared={"kubelet": kubelet})
+        return {f.name: f for f in await CgroupCollector(ctx).collect()}
+    finally:
+        await kubelet.close()
