@@ -35,11 +35,25 @@ IMAGE = "nodemedic.local/busybox:1"
 class RealNode:
     name: str
     kubelet_url: str  # the kubelet's read-only port (http, no auth): /pods, /stats/summary
+    directory: Path  # $K8S_DIR/nodes/<name>: its configs, logs; bound into an nspawn node
     image: str = IMAGE
+    leader: int | None = None  # NODE_NSPAWN=1: PID (host's view) of the node container's systemd
+
+    def inside(self, *argv: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        """Run a command in the nspawn node (its real systemd's systemctl, journalctl ...)."""
+        assert self.leader is not None, "not an nspawn node"
+        return subprocess.run(
+            ["nsenter", "-t", str(self.leader), "-m", "-u", "-i", "-p", "-C", "--", "env", "-i",
+             "PATH=/usr/sbin:/usr/bin:/sbin:/bin", "SYSTEMD_PAGER=", *argv],
+            capture_output=True, text=True, timeout=timeout, check=False)
 
 
-def real_node(cluster: RealCluster, name: str = "nodemedic-node-1") -> Iterator[RealNode]:
-    """Generator for a fixture: the node Ready, then torn down (node-down.sh)."""
+def real_node(cluster: RealCluster, name: str = "nodemedic-node-1", *, nspawn: bool = False,
+              binds: tuple[Path, ...] = (), binds_ro: tuple[Path, ...] = ()
+              ) -> Iterator[RealNode]:
+    """Generator for a fixture: the node Ready, then torn down (node-down.sh). ``nspawn``: the
+    kubelet and containerd as systemd units in a booted nspawn container (hack/k8s/nspawn.sh),
+    with ``binds`` / ``binds_ro`` host directories bound into it at the same paths."""
     if os.environ.get(NODES_ENV) != "1":
         pytest.skip(f"real nodes are off (set {NODES_ENV}=1; needs root and containerd)")
     try:
@@ -50,15 +64,21 @@ def real_node(cluster: RealCluster, name: str = "nodemedic-node-1") -> Iterator[
         pytest.fail("a real node needs the control plane of hack/k8s/up.sh (its CA signs the "
                     "node's certificate); an existing cluster (NODEMEDIC_K8S_KUBECONFIG) has none",
                     pytrace=False)
-    env = {**os.environ, "K8S_DIR": str(cluster.tmp / "k8s"), "NODE_NAME": name}
+    env = {**os.environ, "K8S_DIR": str(cluster.tmp / "k8s"), "NODE_NAME": name,
+           "NODE_NSPAWN": "1" if nspawn else "0",
+           "NODE_NSPAWN_BINDS": " ".join(map(str, binds)),
+           "NODE_NSPAWN_BINDS_RO": " ".join(map(str, binds_ro))}
     up = subprocess.run(["bash", str(HACK / "node-up.sh")], env=env, capture_output=True,
                         text=True, timeout=600, check=False)
     if up.returncode != 0:
         pytest.fail(f"the real node did not come up (hack/k8s/node-up.sh exit {up.returncode}):"
                     f"\n{up.stderr[-4000:]}", pytrace=False)
     got_name, url = up.stdout.strip().splitlines()[-1].split()
+    directory = cluster.tmp / "k8s" / "nodes" / got_name
+    leader_file = directory / "nspawn-leader"
+    leader = int(leader_file.read_text()) if leader_file.exists() else None
     try:
-        yield RealNode(got_name, url)
+        yield RealNode(got_name, url, directory, leader=leader)
     finally:
         subprocess.run(["bash", str(HACK / "node-down.sh")], env=env, capture_output=True,
                        check=False, timeout=180)

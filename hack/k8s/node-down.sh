@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Stops the node node-up.sh started ($NODE_NAME, default nodemedic-node-1, under $K8S_DIR) and
-# leaves nothing behind: its pods are deleted while the kubelet still runs (so containerd tears
+# leaves nothing behind (also the systemd-nspawn container of NODE_NSPAWN=1): its pods are deleted while the kubelet still runs (so containerd tears
 # their sandboxes and network namespaces down itself), then kubelet, containers, shims and
 # containerd are stopped, mounts under the node's directory unmounted, the CNI bridge and the
 # kubepods cgroups it created removed, the Node object deleted and $K8S_DIR/nodes/<name> removed.
@@ -25,6 +25,12 @@ stop_group() { # pid: TERM the process group, KILL after 5 s
 
 # 0. The node's nodemedic agent (cluster-up.sh), so it does not act on a node going away.
 stop_group "$(pid_of nodemedic)"
+
+# 0b. NODE_NSPAWN=1 (nspawn.sh): pods, kubelet.service and containerd.service inside the node
+#     container, then the container itself; the steps below find nothing more to stop.
+# shellcheck source=hack/k8s/nspawn.sh
+. "$here/nspawn.sh"
+nspawn_down
 
 # 1. Pods first, through the API, while the kubelet and containerd still run.
 if [ -f "$dir/admin.kubeconfig" ] && kill -0 "$(pid_of kubelet)" 2>/dev/null; then

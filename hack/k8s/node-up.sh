@@ -11,6 +11,15 @@
 # Everything lives in $K8S_DIR/nodes/<name>/ (containerd root/state/socket, kubelet root dir,
 # certs, CNI state, logs, pids); the kubelet uses the cgroupfs driver (the host has no systemd)
 # with cgroupRoot=/ so pods land in the standard kubepods tree. node-down.sh undoes all of it.
+#
+# NODE_NSPAWN=1: containerd and the kubelet run as systemd units (containerd.service,
+# kubelet.service, Restart=no) inside a booted Debian 12 systemd-nspawn container of
+# tests/system/build_rootfs.sh (an overlay in $nd/nspawn, the host's network, the node's dirs
+# bound at the same paths), so `systemctl restart kubelet.service` in that container restarts the
+# real kubelet through real systemd. nspawn mounts the v1 controllers read-only; they are
+# bind-remounted read-write inside so the kubelet can create kubepods. NODE_NSPAWN_BINDS: more
+# host directories (space-separated) bound read-write at the same path, NODE_NSPAWN_BINDS_RO
+# read-only (a checkout and its venv, to run an agent inside).
 # Prints "<name> <kubelet read-only URL>" on stdout once the Node is Ready (90 s at most).
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -123,7 +132,18 @@ start() { # name args...
   setsid "$@" > "$nd/logs/$pname.log" 2>&1 < /dev/null &
   echo "$pname $!" >> "$nd/pids"
 }
-start containerd containerd --config "$nd/containerd.toml"
+kubelet_args=(--config "$nd/kubelet.yaml" --kubeconfig "$nd/kubelet.kubeconfig"
+  --root-dir "$nd/kubelet" --cert-dir "$nd/certs" --hostname-override "$name"
+  --node-ip "$node_ip" --v 1)
+nspawn="${NODE_NSPAWN:-0}"
+if [ "$nspawn" = 1 ]; then
+  # shellcheck source=hack/k8s/nspawn.sh
+  . "$here/nspawn.sh"
+  nspawn_boot
+  nsx systemctl start containerd.service
+else
+  start containerd containerd --config "$nd/containerd.toml"
+fi
 for _ in $(seq 1 100); do ctr --address "$sock" version >/dev/null 2>&1 && break; sleep 0.1; done
 ctr --address "$sock" version >/dev/null 2>&1 || die "containerd did not answer on $sock"
 
@@ -164,9 +184,11 @@ resolvConf: ""
 staticPodPath: ""
 serializeImagePulls: false
 YAML
-start kubelet "$bin/kubelet" --config "$nd/kubelet.yaml" --kubeconfig "$nd/kubelet.kubeconfig" \
-  --root-dir "$nd/kubelet" --cert-dir "$nd/certs" --hostname-override "$name" \
-  --node-ip "$node_ip" --v 1
+if [ "$nspawn" = 1 ]; then
+  nsx systemctl start kubelet.service
+else
+  start kubelet "$bin/kubelet" "${kubelet_args[@]}"
+fi
 
 kc=("$bin/kubectl" --kubeconfig "$dir/admin.kubeconfig")
 for _ in $(seq 1 180); do
@@ -180,6 +202,11 @@ for _ in $(seq 1 180); do
   while read -r pname pid; do
     kill -0 "$pid" 2>/dev/null || { echo "node-up($name): $pname exited" >&2; false; }
   done < "$nd/pids"
+  if [ "$nspawn" = 1 ]; then
+    for u in containerd kubelet; do
+      nsx systemctl is-active -q "$u.service" || { echo "node-up($name): $u.service is $(nsx systemctl is-active "$u.service")" >&2; false; }
+    done
+  fi
   sleep 0.5
 done
 echo "node-up($name): the Node did not turn Ready within 90 s: $("${kc[@]}" get node "$name" -o 'jsonpath={.status.conditions[?(@.type=="Ready")].message}' 2>&1)" >&2
