@@ -71,7 +71,8 @@ nspawn_boot() {
   npid="$(awk '$1 == "nspawn" {print $2}' "$nd/pids")"
   for _ in $(seq 1 300); do
     kill -0 "$npid" 2>/dev/null || die "systemd-nspawn exited: $(tail -5 "$nd/logs/nspawn.log")"
-    read -ra kids < "/proc/$npid/task/$npid/children" 2>/dev/null || kids=()
+    kids=()  # the file has no final newline: read fills kids and still returns 1
+    read -ra kids < "/proc/$npid/task/$npid/children" 2>/dev/null || true
     for c in "${kids[@]}"; do
       [ "$(cat "/proc/$c/comm" 2>/dev/null)" = systemd ] && leader=$c
     done
