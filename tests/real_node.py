@@ -49,11 +49,12 @@ class RealNode:
 
 
 def real_node(cluster: RealCluster, name: str = "nodemedic-node-1", *, nspawn: bool = False,
-              binds: tuple[Path, ...] = (), binds_ro: tuple[Path, ...] = ()
-              ) -> Iterator[RealNode]:
+              binds: tuple[Path, ...] = (), binds_ro: tuple[Path, ...] = (),
+              kube_proxy: bool = False) -> Iterator[RealNode]:
     """Generator for a fixture: the node Ready, then torn down (node-down.sh). ``nspawn``: the
     kubelet and containerd as systemd units in a booted nspawn container (hack/k8s/nspawn.sh),
-    with ``binds`` / ``binds_ro`` host directories bound into it at the same paths."""
+    with ``binds`` / ``binds_ro`` host directories bound into it at the same paths.
+    ``kube_proxy``: kube-proxy in iptables mode too (its rules in the host's namespace)."""
     if os.environ.get(NODES_ENV) != "1":
         pytest.skip(f"real nodes are off (set {NODES_ENV}=1; needs root and containerd)")
     try:
@@ -65,7 +66,7 @@ def real_node(cluster: RealCluster, name: str = "nodemedic-node-1", *, nspawn: b
                     "node's certificate); an existing cluster (NODEMEDIC_K8S_KUBECONFIG) has none",
                     pytrace=False)
     env = {**os.environ, "K8S_DIR": str(cluster.tmp / "k8s"), "NODE_NAME": name,
-           "NODE_NSPAWN": "1" if nspawn else "0",
+           "NODE_NSPAWN": "1" if nspawn else "0", "NODE_KUBE_PROXY": "1" if kube_proxy else "0",
            "NODE_NSPAWN_BINDS": " ".join(map(str, binds)),
            "NODE_NSPAWN_BINDS_RO": " ".join(map(str, binds_ro))}
     up = subprocess.run(["bash", str(HACK / "node-up.sh")], env=env, capture_output=True,

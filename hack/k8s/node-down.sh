@@ -53,6 +53,13 @@ if ctr --address "$sock" version >/dev/null 2>&1; then
   done
 fi
 stop_group "$(pid_of containerd)"
+# kube-proxy's rules (its own --cleanup), then every KUBE-* chain node-up did not find (the
+# kubelet's KUBE-FIREWALL, KUBE-KUBELET-CANARY, KUBE-IPTABLES-HINT included).
+if [ -n "$(pid_of kube-proxy)" ]; then
+  stop_group "$(pid_of kube-proxy)"
+  "$bin/kube-proxy" --cleanup --v 0 >> "$nd/logs/kube-proxy-cleanup.log" 2>&1
+fi
+[ -f "$nd/iptables-before" ] && python3 "$here/kube_chains.py" remove-new "$nd/iptables-before" 2>/dev/null
 # Shims re-parent to init; ours are the ones started with our containerd's address.
 for p in /proc/[0-9]*; do
   cmd="$(tr '\0' ' ' 2>/dev/null < "$p/cmdline")" || continue

@@ -20,6 +20,11 @@
 # bind-remounted read-write inside so the kubelet can create kubepods. NODE_NSPAWN_BINDS: more
 # host directories (space-separated) bound read-write at the same path, NODE_NSPAWN_BINDS_RO
 # read-only (a checkout and its venv, to run an agent inside).
+#
+# NODE_KUBE_PROXY=1: the pinned kube-proxy too, in iptables mode, on the host's network namespace
+# (client cert CN=system:kube-proxy: the system:node-proxier binding), leaving the host's conntrack
+# sysctls alone. node-down.sh runs `kube-proxy --cleanup` and removes every KUBE-* chain that was
+# not there before node-up (hack/k8s/kube_chains.py: the kubelet adds some too).
 # Prints "<name> <kubelet read-only URL>" on stdout once the Node is Ready (90 s at most).
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -49,6 +54,7 @@ t0=$(date +%s%N)
 # What node-down.sh may remove: network namespaces not present now, kubepods if we create it.
 find /run/netns -maxdepth 1 -name 'cni-*' 2>/dev/null > "$nd/netns-before" || true
 touch "$nd/created-kubepods"
+python3 "$here/kube_chains.py" snapshot "$nd/iptables-before"
 cleanup_on_error() { echo "node-up($name): failed; last log lines:" >&2; tail -n 15 "$nd"/logs/*.log >&2 || true; NODE_NAME="$name" bash "$here/node-down.sh" >&2 || true; }
 # On every way out but success (a failed command, die, Ctrl-C, a timeout's TERM): what was
 # started so far is stopped, so the next node-up is not refused as "already running".
@@ -84,6 +90,17 @@ contexts:
   context: {cluster: nodemedic-k8s, user: "system:node:$name"}
 current-context: node@nodemedic-k8s
 KC
+
+if [ "${NODE_KUBE_PROXY:-0}" = 1 ]; then
+  openssl req -newkey rsa:2048 -nodes -subj "/CN=system:kube-proxy" \
+    -keyout "$nd/certs/kube-proxy.key" -out "$nd/certs/kube-proxy.csr" 2>/dev/null
+  printf 'basicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=clientAuth\n' > "$nd/certs/ext"
+  openssl x509 -req -in "$nd/certs/kube-proxy.csr" -CA "$pki/ca.crt" -CAkey "$pki/ca.key" \
+    -CAcreateserial -days 2 -extfile "$nd/certs/ext" -out "$nd/certs/kube-proxy.crt" 2>/dev/null
+  rm -f "$nd/certs/kube-proxy.csr" "$nd/certs/ext"
+  sed -e "s|kubelet-client|kube-proxy|g" -e "s|system:node:$name|system:kube-proxy|g" \
+    "$nd/kubelet.kubeconfig" > "$nd/kube-proxy.kubeconfig"
+fi
 
 # --- containerd (its own root, state, socket and runc root; CRI with the local sandbox image)
 sock="$nd/containerd/containerd.sock"
@@ -190,10 +207,28 @@ else
   start kubelet "$bin/kubelet" "${kubelet_args[@]}"
 fi
 
+if [ "${NODE_KUBE_PROXY:-0}" = 1 ]; then
+  cat > "$nd/kube-proxy.yaml" <<YAML
+apiVersion: kubeproxy.config.k8s.io/v1alpha1
+kind: KubeProxyConfiguration
+mode: iptables
+hostnameOverride: $name
+clientConnection: {kubeconfig: "$nd/kube-proxy.kubeconfig"}
+bindAddress: $node_ip
+healthzBindAddress: 127.0.0.1:$(free_port)
+metricsBindAddress: 127.0.0.1:$(free_port)
+# The host's conntrack sysctls (nf_conntrack_max, TCP timeouts) stay as they are; no
+# route_localnet for NodePorts on 127.0.0.1.
+conntrack: {maxPerCore: 0, min: 0, tcpEstablishedTimeout: 0s, tcpCloseWaitTimeout: 0s}
+iptables: {localhostNodePorts: false, syncPeriod: 30s, minSyncPeriod: 0s}
+YAML
+  start kube-proxy "$bin/kube-proxy" --config "$nd/kube-proxy.yaml" --v 1
+fi
+
 kc=("$bin/kubectl" --kubeconfig "$dir/admin.kubeconfig")
 for _ in $(seq 1 180); do
   ready="$("${kc[@]}" get node "$name" -o 'jsonpath={.status.conditions[?(@.type=="Ready")].status}' 2>/dev/null || true)"
-  if [ "$ready" = True ]; then
+  if [ "$ready" = True ] && { [ "${NODE_KUBE_PROXY:-0}" != 1 ] || iptables-save -t nat 2>/dev/null | grep -q '^:KUBE-SERVICES'; }; then
     ms=$(( ($(date +%s%N) - t0) / 1000000 ))
     echo "node-up($name): Ready in $((ms / 1000)).$((ms % 1000 / 100)) s; kubelet read-only http://$node_ip:$ro_port" >&2
     printf '%s\n' "$ro_port" > "$nd/readonly-port"
