@@ -10,6 +10,7 @@ node cannot come up, the test fails with node-up.sh's own error, never skips.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import subprocess
 import time
@@ -122,8 +123,12 @@ async def collect_cgroups(kubelet_url: str) -> dict[str, Family]:
     """One tick of nodemedic's cgroup collector on /sys/fs/cgroup, fed by the kubelet's /pods."""
     kubelet = KubeletClient(kubelet_url, pods_max_age=0.0)
     try:
-        ctx = CollectorContext(Settings(path_cgroupfs=Path("/sys/fs/cgroup"),
-                                        kubelet_url=kubelet_url), shared={"kubelet": kubelet})
+        settings = Settings(path_cgroupfs=Path("/sys/fs/cgroup"), kubelet_url=kubelet_url)
+        # The shared client is a typed field once issue 16's CollectorContext lands (a
+        # "shared" dict before it): the opt-in tier must not break silently on that merge.
+        names = {f.name for f in dataclasses.fields(CollectorContext)}
+        ctx = (CollectorContext(settings, kubelet=kubelet) if "kubelet" in names  # type: ignore[call-arg]
+               else CollectorContext(settings, shared={"kubelet": kubelet}))
         return {f.name: f for f in await CgroupCollector(ctx).collect()}
     finally:
         await kubelet.close()

@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
-# `make cluster-up`: the control plane of up.sh, one real node of node-up.sh and a nodemedic agent
-# for that node (its own process and port, --dry-run unless CLUSTER_DRY_RUN=0), then
+# `make cluster-up`: the control plane of up.sh, one real node of node-up.sh (with kube-proxy in
+# iptables mode unless CLUSTER_KUBE_PROXY=0) and a nodemedic agent for that node (its own process
+# and port, --dry-run unless CLUSTER_DRY_RUN=0), then
 # $K8S_DIR/cluster.json: {"image": ..., "nodes": [{"name", "nodemedic", "kubelet"}]}.
+# CLUSTER_NSPAWN=1: the node is a booted systemd-nspawn container (node-up.sh NODE_NSPAWN=1) and
+# the agent runs inside it as the transient unit nodemedic.service, so its restart-service
+# restarts the node's real kubelet.service.
 # `make cluster-down` (down.sh) stops the agent, the node and the control plane.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -16,17 +20,27 @@ cluster_ok=0
 trap '[ "$cluster_ok" = 1 ] || bash "$here/down.sh" >&2' EXIT
 trap 'exit 1' INT TERM
 name="${NODE_NAME:-nodemedic-node-1}"
-read -r name kubelet < <(NODE_NAME="$name" bash "$here/node-up.sh" | tail -1) \
-  || exit 1
+nspawn="${CLUSTER_NSPAWN:-0}"
+py="$(readlink -f "$nodemedic")"; py_base="$(dirname "$(dirname "$(readlink -f "$(dirname "$nodemedic")/python")")")"
+read -r name kubelet < <(NODE_NAME="$name" NODE_KUBE_PROXY="${CLUSTER_KUBE_PROXY:-1}" \
+  NODE_NSPAWN="$nspawn" NODE_NSPAWN_BINDS_RO="$root $(dirname "$(dirname "$py")") $py_base" \
+  bash "$here/node-up.sh" | tail -1) || exit 1
 nd="$K8S_DIR/nodes/$name"
 port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
 dry=(--dry-run); [ "${CLUSTER_DRY_RUN:-1}" = 0 ] && dry=()
 mkdir -p "$nd/nodemedic"
-setsid "$nodemedic" run --kubeconfig "$kubeconfig" --kubelet.url "$kubelet" --node-name "$name" \
-  --web.listen-address "127.0.0.1:$port" --state.dir "$nd/nodemedic" \
-  --rules.dir "$root/rules" --problems.dir "$root/problems" "${dry[@]}" \
-  > "$nd/logs/nodemedic.log" 2>&1 < /dev/null &
-echo "nodemedic $!" >> "$nd/pids"
+agent=("$nodemedic" run --kubeconfig "$kubeconfig" --kubelet.url "$kubelet" --node-name "$name"
+  --web.listen-address "127.0.0.1:$port" --state.dir "$nd/nodemedic"
+  --rules.dir "$root/rules" --problems.dir "$root/problems" "${dry[@]}")
+if [ "$nspawn" = 1 ]; then
+  # Inside the node container, under its systemd (stopped with the container by node-down.sh).
+  nsenter -t "$(cat "$nd/nspawn-leader")" -m -u -i -p -C -- systemd-run --unit=nodemedic.service \
+    --property="StandardOutput=append:$nd/logs/nodemedic.log" --property=StandardError=inherit \
+    "${agent[@]}" >/dev/null
+else
+  setsid "${agent[@]}" > "$nd/logs/nodemedic.log" 2>&1 < /dev/null &
+  echo "nodemedic $!" >> "$nd/pids"
+fi
 url="http://127.0.0.1:$port"
 for _ in $(seq 1 60); do curl -sf --max-time 1 "$url/healthz" >/dev/null 2>&1 && break; sleep 0.5; done
 if ! curl -sf --max-time 1 "$url/healthz" >/dev/null 2>&1; then

@@ -95,10 +95,11 @@ nspawn_boot() {
 }
 
 nspawn_down() { # stop the units, remove what the kubelet created inside, halt the container
-  [ -f "$nd/nspawn-leader" ] || return 0
   local npid
   npid="$(awk '$1 == "nspawn" {print $2}' "$nd/pids" 2>/dev/null)"
-  if [ -n "$npid" ] && kill -0 "$npid" 2>/dev/null; then
+  [ -n "$npid" ] || return 0
+  # Without a leader (its systemd never came up) there is nothing inside to stop first.
+  if [ -f "$nd/nspawn-leader" ] && kill -0 "$npid" 2>/dev/null; then
     if nsx systemctl is-active -q kubelet.service && [ -f "$dir/admin.kubeconfig" ]; then
       "${kc[@]}" delete pods -A --field-selector "spec.nodeName=$name" --grace-period 0 --force \
         --wait=false >/dev/null 2>&1 || true
@@ -120,9 +121,9 @@ nspawn_down() { # stop the units, remove what the kubelet created inside, halt t
     # The kubepods trees as the container sees them (its memory cgroup is not the host's root).
     # shellcheck disable=SC2016  # expanded by the container's sh
     nsx sh -c 'for h in /sys/fs/cgroup/*/kubepods; do [ -d "$h" ] && find "$h" -depth -type d -exec rmdir {} \; ; done' 2>/dev/null
-    kill -TERM "$npid" 2>/dev/null  # nspawn asks the container's systemd to halt
-    for _ in $(seq 1 300); do kill -0 "$npid" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$npid" 2>/dev/null
   fi
+  kill -TERM "$npid" 2>/dev/null  # nspawn asks the container's systemd to halt
+  for _ in $(seq 1 300); do kill -0 "$npid" 2>/dev/null || break; sleep 0.1; done
+  kill -KILL "$npid" 2>/dev/null
   rm -f "$nd/nspawn-leader"
 }

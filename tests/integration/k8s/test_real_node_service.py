@@ -112,7 +112,7 @@ def connect(vip: str, n: int) -> list[tuple[str, socket.socket]]:
 
 async def collect() -> dict[str, Family]:
     """One tick of a fresh lbskew collector (its first tick walks conntrack)."""
-    ctx = CollectorContext(Settings(), shared={})
+    ctx = CollectorContext(Settings())
     return {f.name: f for f in await LbSkewCollector(ctx).collect()}
 
 
