@@ -40,6 +40,13 @@ class RealNode:
     image: str = IMAGE
     leader: int | None = None  # NODE_NSPAWN=1: PID (host's view) of the node container's systemd
 
+    @property
+    def cgroupfs(self) -> Path:
+        """The cgroupfs as this node's agent sees it: the host's, or (a node with its own
+        cgroupRoot) node-up.sh's view with each hierarchy's root bound at <dir>/cgroupfs/<h>."""
+        view = self.directory / "cgroupfs"
+        return view if view.is_dir() else Path("/sys/fs/cgroup")
+
     def inside(self, *argv: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         """Run a command in the nspawn node (its real systemd's systemctl, journalctl ...)."""
         assert self.leader is not None, "not an nspawn node"
@@ -51,11 +58,14 @@ class RealNode:
 
 def real_node(cluster: RealCluster, name: str = "nodemedic-node-1", *, nspawn: bool = False,
               binds: tuple[Path, ...] = (), binds_ro: tuple[Path, ...] = (),
-              kube_proxy: bool = False) -> Iterator[RealNode]:
+              kube_proxy: bool = False, env: dict[str, str] | None = None
+              ) -> Iterator[RealNode]:
     """Generator for a fixture: the node Ready, then torn down (node-down.sh). ``nspawn``: the
     kubelet and containerd as systemd units in a booted nspawn container (hack/k8s/nspawn.sh),
     with ``binds`` / ``binds_ro`` host directories bound into it at the same paths.
-    ``kube_proxy``: kube-proxy in iptables mode too (its rules in the host's namespace)."""
+    ``kube_proxy``: kube-proxy in iptables mode too (its rules in the host's namespace).
+    ``env``: more node-up.sh settings (a second node's NODE_BRIDGE, NODE_POD_CIDR,
+    NODE_CGROUP_ROOT)."""
     if os.environ.get(NODES_ENV) != "1":
         pytest.skip(f"real nodes are off (set {NODES_ENV}=1; needs root and containerd)")
     try:
@@ -69,7 +79,7 @@ def real_node(cluster: RealCluster, name: str = "nodemedic-node-1", *, nspawn: b
     env = {**os.environ, "K8S_DIR": str(cluster.tmp / "k8s"), "NODE_NAME": name,
            "NODE_NSPAWN": "1" if nspawn else "0", "NODE_KUBE_PROXY": "1" if kube_proxy else "0",
            "NODE_NSPAWN_BINDS": " ".join(map(str, binds)),
-           "NODE_NSPAWN_BINDS_RO": " ".join(map(str, binds_ro))}
+           "NODE_NSPAWN_BINDS_RO": " ".join(map(str, binds_ro)), **(env or {})}
     up = subprocess.run(["bash", str(HACK / "node-up.sh")], env=env, capture_output=True,
                         text=True, timeout=600, check=False)
     if up.returncode != 0:
@@ -119,11 +129,12 @@ def running(p: dict[str, Any]) -> bool:
     return "running" in container_status(p).get("state", {})
 
 
-async def collect_cgroups(kubelet_url: str) -> dict[str, Family]:
-    """One tick of nodemedic's cgroup collector on /sys/fs/cgroup, fed by the kubelet's /pods."""
+async def collect_cgroups(kubelet_url: str, cgroupfs: Path = Path("/sys/fs/cgroup")
+                          ) -> dict[str, Family]:
+    """One tick of nodemedic's cgroup collector on ``cgroupfs``, fed by the kubelet's /pods."""
     kubelet = KubeletClient(kubelet_url, pods_max_age=0.0)
     try:
-        settings = Settings(path_cgroupfs=Path("/sys/fs/cgroup"), kubelet_url=kubelet_url)
+        settings = Settings(path_cgroupfs=cgroupfs, kubelet_url=kubelet_url)
         # The shared client is a typed field once issue 16's CollectorContext lands (a
         # "shared" dict before it): the opt-in tier must not break silently on that merge.
         names = {f.name for f in dataclasses.fields(CollectorContext)}

@@ -9,8 +9,9 @@ here="$(cd "$(dirname "$0")" && pwd)"
 dir="${K8S_DIR:-$(cd "$here/../.." && pwd)/.k8s}"
 name="${NODE_NAME:-nodemedic-node-1}"
 nd="$dir/nodes/$name"
-BRIDGE="${NODE_BRIDGE:-nmbr0}"
 [ -d "$nd" ] || exit 0
+BRIDGE="$(cat "$nd/bridge" 2>/dev/null || echo "${NODE_BRIDGE:-nmbr0}")"
+cg_sub="$(cat "$nd/cgroup-root" 2>/dev/null || echo /)"; cg_sub="${cg_sub#/}"
 bin="$(bash "$here/build.sh")"
 sock="$nd/containerd/containerd.sock"
 kc=("$bin/kubectl" --kubeconfig "$dir/admin.kubeconfig" --request-timeout 10s)
@@ -75,7 +76,9 @@ for _ in 1 2 3; do
   [ "${#mounts[@]}" -eq 0 ] && break
   for m in "${mounts[@]}"; do umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || true; done
 done
-if [ -f "$nd/netns-before" ]; then
+# Only while no other node runs: their sandboxes' namespaces are just as new.
+others="$(find "$dir/nodes" -mindepth 2 -maxdepth 2 -name pids ! -path "$nd/pids" 2>/dev/null)"
+if [ -f "$nd/netns-before" ] && [ -z "$others" ]; then
   for ns in /run/netns/cni-*; do
     [ -e "$ns" ] || continue
     grep -qxF "$ns" "$nd/netns-before" && continue
@@ -84,12 +87,17 @@ if [ -f "$nd/netns-before" ]; then
 fi
 ip link show "$BRIDGE" >/dev/null 2>&1 && ip link delete "$BRIDGE" 2>/dev/null
 
-# 4. The kubepods cgroups, if this node created them (children before parents).
+# 4. The kubepods cgroups under this node's cgroupRoot, if it created them (children before
+#    parents), and the cgroupRoot itself if node-up made it.
 if [ -f "$nd/created-kubepods" ]; then
-  for h in /sys/fs/cgroup/*/kubepods; do
+  for h in /sys/fs/cgroup/*/; do
+    h="${h%/}${cg_sub:+/$cg_sub}/kubepods"
     [ -d "$h" ] || continue
     find "$h" -depth -type d -exec rmdir {} \; 2>/dev/null
   done
+fi
+if [ -f "$nd/created-cgroup-root" ]; then
+  while read -r d; do rmdir "$d" 2>/dev/null; done < "$nd/created-cgroup-root"
 fi
 
 # 5. The Node object (the control plane may already be gone) and the directory.

@@ -12,6 +12,13 @@
 # certs, CNI state, logs, pids); the kubelet uses the cgroupfs driver (the host has no systemd)
 # with cgroupRoot=/ so pods land in the standard kubepods tree. node-down.sh undoes all of it.
 #
+# More nodes on one host: each needs its own NODE_NAME, NODE_BRIDGE, NODE_POD_CIDR and
+# NODE_CGROUP_ROOT (kubelet's cgroupRoot, e.g. /nodemedic-node-2: its pods in
+# /sys/fs/cgroup/<hierarchy>/nodemedic-node-2/kubepods, created here in every hierarchy);
+# $nd/cgroupfs then holds that node's view of the cgroupfs (each hierarchy's <root> bound at
+# cgroupfs/<hierarchy>) for its agent's --path.cgroupfs. Only one of them may run kube-proxy
+# (one set of KUBE-* chains per network namespace).
+#
 # NODE_NSPAWN=1: containerd and the kubelet run as systemd units (containerd.service,
 # kubelet.service, Restart=no) inside a booted Debian 12 systemd-nspawn container of
 # tests/system/build_rootfs.sh (an overlay in $nd/nspawn, the host's network, the node's dirs
@@ -38,6 +45,9 @@ IMAGE=nodemedic.local/busybox:1
 PAUSE=nodemedic.local/pause:1
 BRIDGE="${NODE_BRIDGE:-nmbr0}"
 POD_CIDR="${NODE_POD_CIDR:-10.244.1.0/24}"
+CGROUP_ROOT="${NODE_CGROUP_ROOT:-/}"
+case "$CGROUP_ROOT" in /|/[A-Za-z0-9]*) ;; *) echo "node-up: NODE_CGROUP_ROOT must be / or /<name>" >&2; exit 1 ;; esac
+cg_sub="${CGROUP_ROOT#/}"  # "" for the host's root
 
 die() { echo "node-up($name): $*" >&2; exit 1; }
 [ -f "$dir/admin.kubeconfig" ] || die "no control plane in $dir (run hack/k8s/up.sh first)"
@@ -47,13 +57,25 @@ for c in containerd containerd-shim-runc-v2 runc ctr; do
 done
 [ -x /usr/lib/cni/bridge ] || die "no CNI plugins in /usr/lib/cni (apt-get install containernetworking-plugins)"
 # cgroupRoot=/ (the layout nodemedic reads in production): one kubelet per host.
-[ -d /sys/fs/cgroup/memory/kubepods ] && die "/sys/fs/cgroup/memory/kubepods exists: another kubelet runs on this host (or its leftovers: rmdir the kubepods trees)"
+kp="/sys/fs/cgroup/memory${cg_sub:+/$cg_sub}/kubepods"
+[ -d "$kp" ] && die "$kp exists: another kubelet runs on this host with cgroupRoot $CGROUP_ROOT (or its leftovers: rmdir the kubepods trees)"
 mkdir -p "$nd"/{containerd/root,containerd/state,runc,kubelet,certs,cni/net.d,cni/data,logs,images}
 t0=$(date +%s%N)
 : > "$nd/pids"
 # What node-down.sh may remove: network namespaces not present now, kubepods if we create it.
 find /run/netns -maxdepth 1 -name 'cni-*' 2>/dev/null > "$nd/netns-before" || true
 touch "$nd/created-kubepods"
+printf '%s\n' "$CGROUP_ROOT" > "$nd/cgroup-root"
+printf '%s\n' "$BRIDGE" > "$nd/bridge"
+if [ -n "$cg_sub" ]; then
+  # The kubelet wants its cgroupRoot to exist in every hierarchy; its agent gets a view of it.
+  for h in /sys/fs/cgroup/*/; do
+    h="${h%/}"; [ -f "$h/cgroup.procs" ] || continue
+    [ -d "$h/$cg_sub" ] || { mkdir "$h/$cg_sub" && echo "$h/$cg_sub" >> "$nd/created-cgroup-root"; }
+    mkdir -p "$nd/cgroupfs/${h##*/}"
+    mount --bind "$h/$cg_sub" "$nd/cgroupfs/${h##*/}"
+  done
+fi
 python3 "$here/kube_chains.py" snapshot "$nd/iptables-before"
 cleanup_on_error() { echo "node-up($name): failed; last log lines:" >&2; tail -n 15 "$nd"/logs/*.log >&2 || true; NODE_NAME="$name" bash "$here/node-down.sh" >&2 || true; }
 # On every way out but success (a failed command, die, Ctrl-C, a timeout's TERM): what was
@@ -179,7 +201,7 @@ kind: KubeletConfiguration
 # cgroup v1 host (hybrid): kubelet >= 1.35 refuses v1 unless told (KEP-5573).
 failCgroupV1: false
 cgroupDriver: cgroupfs
-cgroupRoot: /
+cgroupRoot: $CGROUP_ROOT
 containerRuntimeEndpoint: unix://$sock
 address: $node_ip
 port: $kubelet_port
