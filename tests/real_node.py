@@ -56,6 +56,12 @@ class RealNode:
             capture_output=True, text=True, timeout=timeout, check=False)
 
 
+def require_nodes() -> None:
+    """Skip (a choice, also under make test's strict skips) unless the tier is switched on."""
+    if os.environ.get(NODES_ENV) != "1":
+        pytest.skip(f"real nodes are off (set {NODES_ENV}=1; needs root and containerd)")
+
+
 def real_node(cluster: RealCluster, name: str = "nodemedic-node-1", *, nspawn: bool = False,
               binds: tuple[Path, ...] = (), binds_ro: tuple[Path, ...] = (),
               kube_proxy: bool = False, env: dict[str, str] | None = None
@@ -66,8 +72,7 @@ def real_node(cluster: RealCluster, name: str = "nodemedic-node-1", *, nspawn: b
     ``kube_proxy``: kube-proxy in iptables mode too (its rules in the host's namespace).
     ``env``: more node-up.sh settings (a second node's NODE_BRIDGE, NODE_POD_CIDR,
     NODE_CGROUP_ROOT)."""
-    if os.environ.get(NODES_ENV) != "1":
-        pytest.skip(f"real nodes are off (set {NODES_ENV}=1; needs root and containerd)")
+    require_nodes()
     try:
         cluster.start()
     except RuntimeError as exc:

@@ -30,7 +30,7 @@ from agent.collectors.lbskew import LbSkewCollector
 from agent.settings import Settings
 from agent.structs.metrics import Family
 from tests.real_cluster import Backend, RealCluster
-from tests.real_node import RealNode, real_node, running, until
+from tests.real_node import RealNode, real_node, require_nodes, running, until
 
 pytestmark = [pytest.mark.backends, pytest.mark.real_only]
 
@@ -50,6 +50,7 @@ def kube_chains() -> set[str]:
 
 @pytest.fixture(scope="module")
 def node(real_cluster: RealCluster) -> Iterator[RealNode]:
+    require_nodes()
     before = kube_chains()
     yield from real_node(real_cluster, kube_proxy=True)
     left = kube_chains() - before
