@@ -56,7 +56,7 @@ for c in containerd containerd-shim-runc-v2 runc ctr; do
   command -v "$c" >/dev/null || die "'$c' is not installed (apt-get install containerd runc)"
 done
 [ -x /usr/lib/cni/bridge ] || die "no CNI plugins in /usr/lib/cni (apt-get install containernetworking-plugins)"
-# cgroupRoot=/ (the layout nodemedic reads in production): one kubelet per host.
+# One kubelet per cgroupRoot (/ is the layout nodemedic reads in production).
 kp="/sys/fs/cgroup/memory${cg_sub:+/$cg_sub}/kubepods"
 [ -d "$kp" ] && die "$kp exists: another kubelet runs on this host with cgroupRoot $CGROUP_ROOT (or its leftovers: rmdir the kubepods trees)"
 mkdir -p "$nd"/{containerd/root,containerd/state,runc,kubelet,certs,cni/net.d,cni/data,logs,images}
@@ -67,6 +67,13 @@ find /run/netns -maxdepth 1 -name 'cni-*' 2>/dev/null > "$nd/netns-before" || tr
 touch "$nd/created-kubepods"
 printf '%s\n' "$CGROUP_ROOT" > "$nd/cgroup-root"
 printf '%s\n' "$BRIDGE" > "$nd/bridge"
+python3 "$here/kube_chains.py" snapshot "$nd/iptables-before"
+cleanup_on_error() { echo "node-up($name): failed; last log lines:" >&2; tail -n 15 "$nd"/logs/*.log >&2 || true; NODE_NAME="$name" bash "$here/node-down.sh" >&2 || true; }
+# On every way out but success (a failed command, die, Ctrl-C, a timeout's TERM): what was
+# started so far is stopped, so the next node-up is not refused as "already running".
+up_ok=0
+trap '[ "$up_ok" = 1 ] || cleanup_on_error' EXIT
+trap 'exit 1' INT TERM
 if [ -n "$cg_sub" ]; then
   # The kubelet wants its cgroupRoot to exist in every hierarchy; its agent gets a view of it.
   for h in /sys/fs/cgroup/*/; do
@@ -76,13 +83,6 @@ if [ -n "$cg_sub" ]; then
     mount --bind "$h/$cg_sub" "$nd/cgroupfs/${h##*/}"
   done
 fi
-python3 "$here/kube_chains.py" snapshot "$nd/iptables-before"
-cleanup_on_error() { echo "node-up($name): failed; last log lines:" >&2; tail -n 15 "$nd"/logs/*.log >&2 || true; NODE_NAME="$name" bash "$here/node-down.sh" >&2 || true; }
-# On every way out but success (a failed command, die, Ctrl-C, a timeout's TERM): what was
-# started so far is stopped, so the next node-up is not refused as "already running".
-up_ok=0
-trap '[ "$up_ok" = 1 ] || cleanup_on_error' EXIT
-trap 'exit 1' INT TERM
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 kubelet_port=$(free_port); healthz_port=$(free_port); ro_port=$(free_port)
