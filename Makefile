@@ -83,8 +83,11 @@ node-deps:
 	fi
 	@# Debian's containerd package starts its own service where systemd runs; ours has its own socket.
 
-## cluster-up / cluster-down: the control plane + one real node (kubelet, containerd, runc) + its
-## nodemedic agent (dry-run); .k8s/cluster.json names the node, its agent URL and the local image.
+## cluster-up / cluster-down: the control plane + CLUSTER_NODES (default 2) real nodes (kubelet,
+## containerd, runc; kube-proxy in iptables mode on the first) + a nodemedic agent per node
+## (dry-run); .k8s/cluster.json names each node, its agent URL and the local image.
+## CLUSTER_NSPAWN=1: one node as a booted systemd-nspawn container, kubelet.service under its
+## systemd, the agent inside it.
 cluster-up: $(STAMP) k8s-build node-deps
 	@bash hack/k8s/cluster-up.sh
 

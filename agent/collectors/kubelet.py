@@ -242,6 +242,16 @@ def _psi(fam_avg: Family, fam_total: Family | None, prefix: tuple[str, ...], sta
                 _add(fam_total, (res, kind), _scale(_num(stats, res, "psi", kind, "total"), 1e-6))
 
 
+def _reads_psi(node: Any) -> bool:
+    """Whether the kubelet reads PSI at all. On a cgroup v1 host with a v2 unified mount its
+    cAdvisor reads none yet fills every PSI field with 0 (node and pods, avg and total), while
+    /proc/pressure shows stalls: a real node's stall totals since boot are never all zero, so
+    all-zero totals are missing data, not "no pressure"."""
+    totals = [_num(node, res, "psi", kind, "total")
+              for res in ("cpu", "memory", "io") for kind in ("some", "full")]
+    return any(totals)
+
+
 def _scale(v: float | None, factor: float) -> float | None:
     return None if v is None else v * factor
 
@@ -282,7 +292,9 @@ def summary_families(doc: Any, *, pod_psi: bool = True) -> tuple[list[Family], i
         _add(fam(NODE_FS_USED), (fs_name,), _num(fs, "usedBytes"))
         _add(fam(NODE_FS_INODES), (fs_name,), _num(fs, "inodes"))
         _add(fam(NODE_FS_INODES_FREE), (fs_name,), _num(fs, "inodesFree"))
-    _psi(fam(NODE_PSI_AVG10), fam(NODE_PSI_TOTAL), (), node)
+    psi = _reads_psi(node)
+    if psi:
+        _psi(fam(NODE_PSI_AVG10), fam(NODE_PSI_TOTAL), (), node)
 
     skipped = 0
     pods = doc.get("pods") or []
@@ -299,7 +311,7 @@ def summary_families(doc: Any, *, pod_psi: bool = True) -> tuple[list[Family], i
         _add(fam(POD_CPU), labels, _scale(_num(pod, "cpu", "usageNanoCores"), 1e-9))
         _add(fam(POD_MEM_WS), labels, _num(pod, "memory", "workingSetBytes"))
         _add(fam(POD_EPHEMERAL), labels, _num(pod, "ephemeral-storage", "usedBytes"))
-        if pod_psi:
+        if pod_psi and psi:
             _psi(fam(POD_PSI_AVG10), None, labels, pod)
     # A kubelet without PSI support (cgroup v1, < 1.33) gives no PSI: leave those families out.
     return [f for f in fams.values() if f.samples], skipped

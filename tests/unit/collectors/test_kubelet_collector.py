@@ -156,6 +156,22 @@ def test_summary_without_psi_leaves_psi_out() -> None:
     assert "nodemedic_kubelet_node_cpu_usage_cores" in names
 
 
+def test_summary_psi_of_all_zeros_is_missing_not_zero() -> None:
+    """A real kubelet 1.35 on a cgroup v1 host with a v2 unified mount (captured) fills every PSI
+    field of node and pods with 0 while /proc/pressure showed cpu some avg10=81: no PSI
+    families, not zeros."""
+    doc = json.loads((FIXTURES / "stats_summary_hybrid_v1.35_nodemedic.json").read_text())
+    assert doc["node"]["cpu"]["psi"]["some"] == {"total": 0, "avg10": 0, "avg60": 0, "avg300": 0}
+    names = {f.name for f in summary_families(doc, pod_psi=True)[0]}
+    assert not {n for n in names if "pressure" in n}, names
+    assert "nodemedic_kubelet_node_cpu_usage_cores" in names
+    # One non-zero total anywhere and PSI is read (the minikube capture's memory some is 15 us).
+    doc["node"]["memory"]["psi"]["some"]["total"] = 15
+    fams = {f.name: f for f in summary_families(doc, pod_psi=True)[0]}
+    assert fams["nodemedic_kubelet_node_pressure_avg10_ratio"].get(resource="cpu",
+                                                                   kind="some") == 0
+
+
 def test_summary_malformed_pods_skipped() -> None:
     """Pod entries without a usable podRef are skipped and counted; numbers stay right."""
     doc = {
