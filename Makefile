@@ -114,3 +114,17 @@ uninstall:
 
 clean:
 	rm -rf $(VENV) build dist .state *.egg-info .mypy_cache .ruff_cache .pytest_cache
+
+## kueue-build: build the Kueue manager pinned in hack/k8s/versions.env (KUEUE_VERSION) from its
+## Go module, with its CRDs, into ~/.cache/nodemedic/k8s/kueue-<version> (see docs/real-k8s.md).
+.PHONY: kueue-build kueue-up kueue-down
+kueue-build:
+	@bash hack/k8s/kueue-build.sh >/dev/null
+
+## kueue-up / kueue-down: Kueue's CRDs and its manager (a local process) on the control plane of
+## `make k8s-up`; its files in .k8s/kueue. k8s-down does not stop it: kueue-down first.
+kueue-up: kueue-build
+	@bash hack/k8s/kueue-up.sh >/dev/null
+
+kueue-down:
+	@bash hack/k8s/kueue-down.sh
