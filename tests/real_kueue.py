@@ -38,13 +38,12 @@ RACKS = {"node-a": "rack-1", "node-b": "rack-1", "node-c": "rack-2"}
 KUEUE_NODE_FAILURE_DELAY = 30.0
 
 
-def kueue_up(kubeconfig: Path, workdir: Path, gates: str | None = None) -> Path:
-    """Start Kueue on the cluster of ``kubeconfig``; its files in ``workdir``; ``gates`` replaces
-    kueue-up.sh's feature gates. Raises RuntimeError with kueue-up.sh's (or kueue-build.sh's)
-    error when it cannot."""
-    env = {**os.environ, "KUBECONFIG": str(kubeconfig), "KUEUE_DIR": str(workdir)}
-    if gates is not None:
-        env["KUEUE_FEATURE_GATES"] = gates
+def kueue_up(kubeconfig: Path, workdir: Path, extra_gates: str = "") -> Path:
+    """Start Kueue on the cluster of ``kubeconfig``; its files in ``workdir``; ``extra_gates``
+    (``Name=bool,...``) override kueue-up.sh's feature gates. Raises RuntimeError with
+    kueue-up.sh's (or kueue-build.sh's) error when it cannot."""
+    env = {**os.environ, "KUBECONFIG": str(kubeconfig), "KUEUE_DIR": str(workdir),
+           "KUEUE_EXTRA_FEATURE_GATES": extra_gates}
     proc = subprocess.run(["bash", str(HACK / "kueue-up.sh")], env=env, capture_output=True,
                           text=True, timeout=3600, check=False)
     if proc.returncode != 0:

@@ -13,7 +13,9 @@
 #     (/etc/kueue/metrics/certs, fixed in cmd/kueue/main.go), bind-mounted from $KUEUE_DIR in a
 #     private mount namespace (unshare -m), so the host's /etc gets only an empty mount point;
 #   - leader election off, only the batch/job integration, and the feature gates of
-#     KUEUE_FEATURE_GATES (default below: topology-aware scheduling and failed-node replacement).
+#     KUEUE_FEATURE_GATES (default below: topology-aware scheduling and failed-node replacement;
+#     VisibilityOnDemand off, its aggregated API server is not registered either), then those of
+#     KUEUE_EXTRA_FEATURE_GATES (a later value of the same gate wins).
 #
 # KUBECONFIG (default $K8S_DIR/admin.kubeconfig, cluster-admin) says where; everything lives in
 # $KUEUE_DIR (default $K8S_DIR/kueue). Waits for its /readyz (90 s at most) and prints KUEUE_DIR on
@@ -25,6 +27,7 @@ k8s_dir="${K8S_DIR:-$root/.k8s}"
 kubeconfig="${KUBECONFIG:-$k8s_dir/admin.kubeconfig}"
 dir="${KUEUE_DIR:-$k8s_dir/kueue}"
 gates="${KUEUE_FEATURE_GATES:-TopologyAwareScheduling=true,TASFailedNodeReplacement=true,TASFailedNodeReplacementFailFast=true,TASReplaceNodeOnPodTermination=true,TASReplaceNodeOnNodeTaints=true,VisibilityOnDemand=false}"
+gates="$gates${KUEUE_EXTRA_FEATURE_GATES:+,$KUEUE_EXTRA_FEATURE_GATES}"
 kbin="$(bash "$here/build.sh")"
 cache="$(bash "$here/kueue-build.sh")"
 [ -f "$kubeconfig" ] || { echo "kueue-up: no kubeconfig at $kubeconfig (run 'make k8s-up' first)" >&2; exit 1; }

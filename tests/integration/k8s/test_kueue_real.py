@@ -196,5 +196,6 @@ async def test_kueue_alone_keeps_the_dead_node_while_its_pod_runs(
         assert await sc.assigned() == before, "Kueue replaced the node without nodemedic"
         await asyncio.sleep(1)
     wl = await sc.workload()
-    assert wl is not None and not (wl["status"].get("unhealthyNodes")), wl["status"]
+    assert wl is not None
+    assert not wl["status"].get("unhealthyNodes"), wl["status"]
     await assert_not_evicted(sc)
