@@ -54,12 +54,12 @@ system-deps:
 	-@pkill -x prometheus >/dev/null 2>&1 || true
 	-@pkill -f prometheus-node-exporter >/dev/null 2>&1 || true
 
-## test: install everything the tests need (the real control plane included), then run them.
-test: system-deps $(STAMP) k8s-build
+## test: install everything the tests need (the real control plane, Kueue), then run them.
+test: system-deps $(STAMP) k8s-build kueue-build
 	$(VENV)/bin/pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
 ## test-real: only the real-control-plane tier (NODEMEDIC_K8S_KUBECONFIG=... for an existing cluster).
-test-real: system-deps $(STAMP) k8s-build
+test-real: system-deps $(STAMP) k8s-build kueue-build
 	$(VENV)/bin/pytest -q -p no:cacheprovider -m k8s_real $(PYTEST_ARGS)
 
 ## k8s-build: build etcd and the Kubernetes control plane pinned in hack/k8s/versions.env (cached
