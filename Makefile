@@ -54,12 +54,12 @@ system-deps:
 	-@pkill -x prometheus >/dev/null 2>&1 || true
 	-@pkill -f prometheus-node-exporter >/dev/null 2>&1 || true
 
-## test: install everything the tests need (the real control plane included), then run them.
-test: system-deps $(STAMP) k8s-build
+## test: install everything the tests need (the real control plane, Kueue), then run them.
+test: system-deps $(STAMP) k8s-build kueue-build
 	NODEMEDIC_STRICT_SKIPS=1 $(VENV)/bin/pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
 ## test-real: only the real-control-plane tier (NODEMEDIC_K8S_KUBECONFIG=... for an existing cluster).
-test-real: system-deps $(STAMP) k8s-build
+test-real: system-deps $(STAMP) k8s-build kueue-build
 	$(VENV)/bin/pytest -q -p no:cacheprovider -m k8s_real $(PYTEST_ARGS)
 
 ## k8s-build: build etcd and the Kubernetes control plane pinned in hack/k8s/versions.env (cached
@@ -117,3 +117,17 @@ uninstall:
 
 clean:
 	rm -rf $(VENV) build dist .state *.egg-info .mypy_cache .ruff_cache .pytest_cache
+
+## kueue-build: build the Kueue manager pinned in hack/k8s/versions.env (KUEUE_VERSION) from its
+## Go module, with its CRDs, into ~/.cache/nodemedic/k8s/kueue-<version> (see docs/real-k8s.md).
+.PHONY: kueue-build kueue-up kueue-down
+kueue-build:
+	@bash hack/k8s/kueue-build.sh >/dev/null
+
+## kueue-up / kueue-down: Kueue's CRDs and its manager (a local process) on the control plane of
+## `make k8s-up`; its files in .k8s/kueue. k8s-down does not stop it: kueue-down first.
+kueue-up: kueue-build
+	@bash hack/k8s/kueue-up.sh >/dev/null
+
+kueue-down:
+	@bash hack/k8s/kueue-down.sh
