@@ -13,8 +13,8 @@ import aiohttp
 import pytest
 import pytest_asyncio
 
-from agent.demo.cluster import SimCluster, SimConfig
-from agent.demo.fleet import Fleet, Timings
+from nodemedic_sim.demo.cluster import SimCluster, SimConfig
+from nodemedic_sim.demo.fleet import Fleet, Timings
 from tests.polling import poll as wait_for
 
 pytestmark = pytest.mark.timeout(90)
@@ -245,7 +245,7 @@ async def test_admin_cordon_survives_recovery(sim: tuple[SimCluster, Fleet]) -> 
 async def test_kueue_tas_workload_gets_one_node_replaced(sim: tuple[SimCluster, Fleet]) -> None:
     """A TAS job's pods on the dead node all turn terminating (Kueue's replacement trigger) while
     its pods on other nodes keep running: no whole-workload eviction."""
-    from agent.peers.kueue import replacement_ready
+    from nodemedic_sim.kueue import replacement_ready
 
     cluster, fleet = sim
     victim = victim_with_pods(cluster, fleet)

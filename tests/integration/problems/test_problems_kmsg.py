@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from agent.testing.apiserver import ApiServer
+from nodemedic_sim.apiserver import ApiServer
 from tests.integration.problems.conftest import (
     Factory,
     conditions,

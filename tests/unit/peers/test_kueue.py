@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.peers.kueue import assigned_nodes, replacement_ready
+from nodemedic_sim.kueue import assigned_nodes, replacement_ready
 
 FIXTURES = Path(__file__).parents[2] / "fixtures" / "failover"
 

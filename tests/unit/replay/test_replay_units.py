@@ -1,4 +1,5 @@
-"""agent.replay without Prometheus: time flags, the PromQL asked, and the Snapshot built per step.
+"""nodemedic_sim.replay without Prometheus: time flags, the PromQL asked, and the Snapshot built per
+step.
 
 The Snapshot is what makes "missing is never healthy" hold: a step where the collector was not
 recorded as successful, or where a metric recorded at other steps is absent, has no data for
@@ -12,11 +13,11 @@ from pathlib import Path
 import pytest
 
 from agent.collectors import registry
-from agent.replay.command import parse_time
-from agent.replay.promql import Recorded, query_for, steps
-from agent.replay.timeline import SUCCESS_METRIC, Replay, rfc3339
 from agent.rules.loader import load_rules_dir
 from agent.settings import settings_for_tests
+from nodemedic_sim.replay.command import parse_time
+from nodemedic_sim.replay.promql import Recorded, query_for, steps
+from nodemedic_sim.replay.timeline import SUCCESS_METRIC, Replay, rfc3339
 
 RULES = """\
 rules:
