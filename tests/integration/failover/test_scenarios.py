@@ -224,8 +224,13 @@ async def test_recovered_node_is_untainted_and_uncordoned(sim: tuple[SimCluster,
     back = cluster.first("uncordoned", victim)
     assert ready and back and back.at - ready.at >= T.healthy_delay - RENEW
     assert not taints(cluster, victim) & {FAILED_TAINT, OOS}
-    node = cluster.server.get("nodes", "", victim) or {}
-    assert "nodemedic.io/failover" not in (node["metadata"].get("annotations") or {})
+
+    def progress_annotation() -> str | None:
+        node = cluster.server.get("nodes", "", victim) or {}
+        return (node["metadata"].get("annotations") or {}).get("nodemedic.io/failover")
+
+    # Cleared by the write after the uncordon (the recovery's last step), not in the same one.
+    assert await wait_for(lambda: progress_annotation() is None, 5), progress_annotation()
     assert await wait_for(lambda: "NodemedicNodeRecovered" in node_events(cluster, victim), 10)
 
 
