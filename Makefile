@@ -23,7 +23,7 @@ APT_PROBES := /usr/bin/promtool /usr/bin/prometheus /usr/bin/prometheus-node-exp
 	k8s-build k8s-up k8s-down test-real node-deps cluster-up cluster-down
 
 # The agent and the simulation (sim/: the in-memory API server, the demo, replay) in one pip
-# call, so the `sim` and `test` extras' nodemedic-sim is this checkout's, never an index's.
+# call, so the `sim` extra's nodemedic-sim is this checkout's sim/, never an index's.
 $(STAMP): pyproject.toml sim/pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --disable-pip-version-check -U pip
