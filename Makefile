@@ -22,10 +22,12 @@ APT_PROBES := /usr/bin/promtool /usr/bin/prometheus /usr/bin/prometheus-node-exp
 .PHONY: run test lint bench install uninstall venv system-deps clean demo apiserver check-rules deb dist \
 	k8s-build k8s-up k8s-down test-real node-deps cluster-up cluster-down
 
-$(STAMP): pyproject.toml
+# The agent and the simulation (sim/: the in-memory API server, the demo, replay) in one pip
+# call, so the `sim` extra's nodemedic-sim is this checkout's sim/, never an index's.
+$(STAMP): pyproject.toml sim/pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --disable-pip-version-check -U pip
-	$(PIP) install -q --disable-pip-version-check -e '.[test]'
+	$(PIP) install -q --disable-pip-version-check -e '.[test,sim]' -e ./sim
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -95,8 +97,9 @@ cluster-down:
 	@bash hack/k8s/down.sh
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check agent tests bench dashboards
-	$(VENV)/bin/mypy --strict agent
+	$(VENV)/bin/ruff check agent sim tests bench dashboards
+	$(VENV)/bin/mypy --strict agent sim/nodemedic_sim
+	$(VENV)/bin/lint-imports
 
 bench: system-deps $(STAMP)
 	$(PY) bench/run_all.py
@@ -116,7 +119,7 @@ uninstall:
 	bash scripts/uninstall.sh
 
 clean:
-	rm -rf $(VENV) build dist .state *.egg-info .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) build dist .state *.egg-info sim/build sim/*.egg-info .mypy_cache .ruff_cache .pytest_cache
 
 ## kueue-build: build the Kueue manager pinned in hack/k8s/versions.env (KUEUE_VERSION) from its
 ## Go module, with its CRDs, into ~/.cache/nodemedic/k8s/kueue-<version> (see docs/real-k8s.md).

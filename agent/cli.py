@@ -2,10 +2,13 @@
 
 Entry point of the console script (pyproject ``[project.scripts]``) and of ``python -m agent``.
 Subcommands owned by other packages register themselves through an ``add_parser(subparsers)``
-function in their module (agent.rules.cli, agent.testing.cli, agent.demo,
-agent.replay.command); this module only parses, configures logging and hands over. ``run`` and
-``version`` are built in: invoked as one of them, the parser does not import those modules (the
-in-memory API server, jsonpatch and the demo would otherwise stay in every agent's memory).
+function in their module (agent.rules.cli; nodemedic_sim.apiserver.command, nodemedic_sim.demo
+and nodemedic_sim.replay.command from the separate ``nodemedic-sim`` distribution, installed by
+the ``nodemedic[sim]`` extra); this module only parses, configures logging and hands over.
+Without that distribution the simulation's subcommands are still listed, and invoking one prints
+a one-line "install nodemedic[sim]" error (exit 2). ``run`` and ``version`` are built in: invoked
+as one of them, the parser does not import those modules (the in-memory API server, jsonpatch and
+the demo would otherwise stay in every agent's memory).
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib
+import importlib.util
 import os
 import platform
 import re
@@ -27,8 +31,14 @@ from agent.settings import Settings, SettingsError, build_parser, check_paths, l
 from agent.settings_text import did_you_mean
 
 # Modules that contribute subcommands; each exposes add_parser(subparsers).
-_SUBCOMMAND_MODULES = (
-    "agent.rules.cli", "agent.testing.cli", "agent.demo", "agent.replay.command")
+_SUBCOMMAND_MODULES = ("agent.rules.cli",)
+# The simulation's subcommands (command -> its module), in the nodemedic-sim distribution.
+_SIM_PACKAGE = "nodemedic_sim"
+_SIM_COMMANDS = {
+    "apiserver": "nodemedic_sim.apiserver.command",
+    "demo": "nodemedic_sim.demo",
+    "replay": "nodemedic_sim.replay.command",
+}
 # Subcommands this module defines itself (make_parser); they need none of the modules above.
 _BUILTIN_COMMANDS = frozenset({"run", "version"})
 
@@ -99,7 +109,31 @@ def make_parser(command: str | None = None) -> argparse.ArgumentParser:
     if command not in _BUILTIN_COMMANDS:
         for mod_name in _SUBCOMMAND_MODULES:
             importlib.import_module(mod_name).add_parser(sub)
+        sim = sim_installed()
+        for name, mod_name in _SIM_COMMANDS.items():
+            if sim:
+                importlib.import_module(mod_name).add_parser(sub)
+            else:
+                stub = sub.add_parser(name, help="not installed: install nodemedic[sim]",
+                                      add_help=False)
+                stub.set_defaults(func=_needs_sim)
     return parser
+
+
+def sim_installed() -> bool:
+    """Whether the nodemedic-sim distribution (package nodemedic_sim) can be imported."""
+    return importlib.util.find_spec(_SIM_PACKAGE) is not None
+
+
+def sim_missing_message(command: str) -> str:
+    """The one line a simulation subcommand prints when nodemedic-sim is not installed."""
+    return (f"nodemedic {command}: not installed; it is part of the simulation package: "
+            "install nodemedic[sim] (pip install 'nodemedic[sim]', or -e ./sim from a checkout)")
+
+
+def _needs_sim(args: argparse.Namespace) -> int:
+    print(sim_missing_message(args.command), file=sys.stderr)
+    return 2
 
 
 def _cmd_version(_: argparse.Namespace) -> int:
@@ -144,6 +178,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in _SIM_COMMANDS and not sim_installed():
+        # Before parsing: the command's own flags (and --help) are unknown without the package.
+        print(sim_missing_message(argv[0]), file=sys.stderr)
+        return 2
     parser = make_parser(argv[0] if argv else None)
     args, extras = parser.parse_known_args(argv)
     if extras:

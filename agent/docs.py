@@ -97,8 +97,7 @@ def component_specs() -> list[tuple[str, MetricSpec]]:
     out: list[tuple[str, MetricSpec]] = []
     seen: set[str] = set(collector_names)
     for info in pkgutil.walk_packages(agent.__path__, "agent."):
-        if info.name.startswith(("agent.testing", "agent.collectors", "agent.cli", "agent.__main__",
-                                 "agent.demo")):
+        if info.name.startswith(("agent.collectors", "agent.cli", "agent.__main__")):
             continue
         try:
             mod = importlib.import_module(info.name)

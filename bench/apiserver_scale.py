@@ -37,7 +37,7 @@ import psutil
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from agent.testing.apiserver import ApiServer  # noqa: E402
+from nodemedic_sim.apiserver import ApiServer  # noqa: E402
 
 RESULTS = REPO / "bench" / "results"
 CONCURRENCY = 8

@@ -3,12 +3,12 @@
 Run by `make bench` (bench/run_all.py) or directly: `python bench/failover.py [--runs 3]
 [--scale 1000,5000] [--steady 20]`. Writes bench/results/failover.json and failover.md.
 
-Part 1, overhead (in this process): the simulated 6-node cluster of agent.demo with one real agent
-per node. A node with pods is killed; from the cluster's own log we take the time of the cordon
-and of the last of its pods turning Terminating (evicted), and report each *minus the configured
-detection window* (its last kubelet heartbeat + failover.node-grace): the time nodemedic adds on
-top of the window it was told to wait. Target: <= 2 s. Also API requests per agent per minute
-(leader and followers, from the API server's request accounting by User-Agent).
+Part 1, overhead (in this process): the simulated 6-node cluster of nodemedic_sim.demo with one real
+agent per node. A node with pods is killed; from the cluster's own log we take the time of the
+cordon and of the last of its pods turning Terminating (evicted), and report each *minus the
+configured detection window* (its last kubelet heartbeat + failover.node-grace): the time nodemedic
+adds on top of the window it was told to wait. Target: <= 2 s. Also API requests per agent per
+minute (leader and followers, from the API server's request accounting by User-Agent).
 
 Part 2, scale (three processes): an in-memory API server child seeded with N Nodes, their
 kube-node-lease Leases (renewed every 10 s, spread evenly, as kubelets do) and N agent heartbeat
@@ -48,8 +48,8 @@ def micro(ts: float) -> str:
 
 # ---- part 1: overhead above the detection window -----------------------------------------------
 async def one_failure(run: int) -> dict[str, Any]:
-    from agent.demo.cluster import SimCluster, SimConfig
-    from agent.demo.fleet import Fleet, Timings
+    from nodemedic_sim.demo.cluster import SimCluster, SimConfig
+    from nodemedic_sim.demo.fleet import Fleet, Timings
 
     cluster = SimCluster(SimConfig(nodes=6, lease_renew=RENEW, node_monitor_grace=GRACE + 2,
                                    period=0.02))
@@ -112,7 +112,7 @@ async def one_failure(run: int) -> dict[str, Any]:
 # ---- part 2: scale -------------------------------------------------------------------------------
 async def serve(nodes: int, renew: float) -> None:
     """Child: seeded API server + kubelet lease renewals; SIGUSR1 prints request stats."""
-    from agent.testing.apiserver import ApiServer
+    from nodemedic_sim.apiserver import ApiServer
 
     server = ApiServer(history_size=200_000)
     await server.start()

@@ -32,8 +32,8 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from agent.demo.fleet import Timings  # noqa: E402  (after the sys.path line above)
 from agent.settings import Settings  # noqa: E402
+from nodemedic_sim.demo.fleet import Timings  # noqa: E402  (after the sys.path line above)
 from tests.real_cluster import Backend, RealCluster, rest_path  # noqa: E402
 from tests.real_fleet import Kubelets, RealNodes, fleet, sa_kubeconfig  # noqa: E402
 

@@ -18,7 +18,7 @@ What is measured, each as the median (min–max) of --runs independent runs:
 - the same scrape figures, RSS and series count for prometheus-node-exporter (Debian), started
   on loopback in the same run.
 The node: bench/synthetic_node.py builds 250 pods x 2 containers in a cgroup v2 systemd-driver
-tree; a fake kubelet (agent.testing.fake_kubelet) serves the matching /pods in-process.
+tree; a fake kubelet (nodemedic_sim.fake_kubelet) serves the matching /pods in-process.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ sys.path.insert(0, str(REPO / "bench"))
 
 from synthetic_node import build_node, pods_json  # noqa: E402
 
-from agent.testing.fake_kubelet import FakeKubelet, Override  # noqa: E402
+from nodemedic_sim.fake_kubelet import FakeKubelet, Override  # noqa: E402
 
 RESULTS = REPO / "bench" / "results"
 NODE_EXPORTER = "/usr/bin/prometheus-node-exporter"

@@ -51,7 +51,7 @@ from footprint import (  # noqa: E402
 )
 from synthetic_node import build_node, pods_json  # noqa: E402
 
-from agent.testing.apiserver import ApiServer  # noqa: E402
+from nodemedic_sim.apiserver import ApiServer  # noqa: E402
 
 # Published, not measured: the resources of node-problem-detector's own DaemonSet manifest
 # (kubernetes/node-problem-detector deployment/node-problem-detector.yaml, v0.8.18).

@@ -4,7 +4,7 @@ Run by `make bench` (bench/run_all.py, 30 minutes by default) or directly:
 `python bench/soak.py --minutes 10`. Writes bench/results/soak.json and bench/results/soak.md.
 
 Set-up: bench/synthetic_node.py builds 250 pods x 2 containers (cgroup v2, systemd driver); the
-fake kubelet (agent.testing.fake_kubelet, on its own thread as in bench/footprint.py) serves the
+fake kubelet (nodemedic_sim.fake_kubelet, on its own thread as in bench/footprint.py) serves the
 matching /pods. The agent runs as a child process (``--child``: the same Agent that `nodemedic
 run` builds, plus one sampler task that writes ``len(asyncio.all_tasks())`` to a file, because
 /status only lists supervised tasks) with the default rules, ticking every 2 s. The parent

@@ -43,7 +43,7 @@ from agent.exporter.self_metrics import SelfMetrics  # noqa: E402
 from agent.exporter.webfront import WebFront  # noqa: E402
 from agent.settings import Settings, settings_for_tests  # noqa: E402
 from agent.structs.metrics import Family, MetricSpec  # noqa: E402
-from agent.testing.apiserver import ApiServer  # noqa: E402
+from nodemedic_sim.apiserver import ApiServer  # noqa: E402
 from tests.pki import Pki  # noqa: E402
 
 RESULTS = REPO / "bench" / "results"

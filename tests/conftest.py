@@ -29,7 +29,15 @@ import pytest
 import pytest_asyncio
 
 import agent.kube  # noqa: F401  (installs the lazy kubernetes_asyncio packages)
-from agent.testing.apiserver import ApiServer
+
+try:
+    from nodemedic_sim.apiserver import ApiServer
+except ModuleNotFoundError as exc:  # the tests drive the simulation distribution everywhere
+    if exc.name != "nodemedic_sim":
+        raise
+    raise pytest.UsageError(
+        "the tests need the simulation package nodemedic_sim: "
+        "pip install -e '.[test,sim]' -e ./sim (make venv does)") from exc
 from tests.real_cluster import Backend, RealCluster, chosen_backends, cluster_singleton
 
 STRICT_SKIPS_ENV = "NODEMEDIC_STRICT_SKIPS"

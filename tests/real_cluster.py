@@ -1,6 +1,6 @@
 """The two Kubernetes backends the API tests run on: the in-memory server and a real control plane.
 
-``memory`` is agent.testing's in-memory API server (fast, fault-injectable). ``real`` is the
+``memory`` is nodemedic_sim's in-memory API server (fast, fault-injectable). ``real`` is the
 etcd + kube-apiserver + kube-controller-manager + kube-scheduler that hack/k8s/up.sh starts from
 the versions pinned in hack/k8s/versions.env, once per test session, in a temporary directory
 (or an existing cluster: ``NODEMEDIC_K8S_KUBECONFIG=path``, which is never stopped and should be
@@ -35,7 +35,7 @@ from typing import Any
 import aiohttp
 import yaml
 
-from agent.testing.apiserver import ApiServer
+from nodemedic_sim.apiserver import ApiServer
 
 ROOT = Path(__file__).resolve().parent.parent
 HACK = ROOT / "hack" / "k8s"
@@ -141,7 +141,7 @@ class RealCluster:
         self.tmp = None
 
 
-# Kinds only the real server serves (the in-memory one knows agent.testing.apiserver.resources).
+# Kinds only the real server serves (the in-memory one knows nodemedic_sim.apiserver.resources).
 REAL_ONLY: dict[str, tuple[str, str, str, bool]] = {
     "Service": ("", "v1", "services", True),
     "ServiceAccount": ("", "v1", "serviceaccounts", True),

@@ -6,8 +6,8 @@ labels), renews its Lease in kube-node-lease, reports the pods the real schedule
 Running and Ready, and finishes their deletion (as a kubelet does once containers stopped).
 ``kill(node)`` stops all of that for one node at once, as a power cut would; the real node
 lifecycle controller, ReplicaSet controller, disruption controller, pod GC and scheduler do the
-rest. The agents are real agent.runtime.daemon.Agent instances (agent.demo.fleet.Fleet), each on
-its own loopback address, authenticated as the nodemedic ServiceAccount of deploy/rbac.yaml.
+rest. The agents are real agent.runtime.daemon.Agent instances (nodemedic_sim.demo.fleet.Fleet),
+each on its own loopback address, authenticated as the nodemedic ServiceAccount of deploy/rbac.yaml.
 
 Used by tests/integration/k8s/test_failover_real.py and bench/failover_real.py.
 """
@@ -22,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from agent.demo.fleet import Fleet, Timings
+from nodemedic_sim.demo.fleet import Fleet, Timings
 from tests.real_cluster import Backend, renew_node_lease, rest_path
 
 ZONE = "zone-a"
@@ -33,7 +33,7 @@ def now_rfc3339() -> str:
 
 
 def address(nodes: list[str], name: str) -> str:
-    """The loopback address of a node's agent (agent.demo.fleet gives each its own)."""
+    """The loopback address of a node's agent (nodemedic_sim.demo.fleet gives each its own)."""
     return f"127.0.0.{nodes.index(name) + 2}"
 
 
@@ -123,7 +123,7 @@ class Kubelets:
 
 
 class RealNodes:
-    """What agent.demo.fleet.Fleet needs of a cluster, for the real one."""
+    """What nodemedic_sim.demo.fleet.Fleet needs of a cluster, for the real one."""
 
     def __init__(self, kubeconfig: Path, kubelets: Kubelets) -> None:
         self.names = list(kubelets.nodes)

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Regenerates agent/testing/apiserver/openapi/ (the OpenAPI v2 and v3 documents the in-memory API
+# Regenerates sim/nodemedic_sim/apiserver/openapi/ (the OpenAPI v2 and v3 documents the in-memory API
 # server serves) from a running real kube-apiserver at the pinned version:
 #   KUBECONFIG=$(bash hack/k8s/up.sh) bash hack/k8s/capture-openapi.sh; bash hack/k8s/down.sh
 # openapi_filter.py fetches and filters the JSON documents (kubectl get --raw); the protobuf form
@@ -8,7 +8,7 @@
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
-out="$root/agent/testing/apiserver/openapi"
+out="$root/sim/nodemedic_sim/apiserver/openapi"
 # shellcheck source=/dev/null
 source "$here/versions.env"
 bin="$(bash "$here/build.sh")"
@@ -21,7 +21,7 @@ tmp="$(mktemp -d)"; trap 'rm -rf "$tmp"' EXIT
   go build -o "$tmp/openapi-pb" .)
 gzip -dc "$out/v2.json.gz" | "$tmp/openapi-pb" | gzip -9n > "$out/v2.pb.gz"
 cat > "$out/SOURCES" <<SRC
-OpenAPI documents served by the in-memory API server (agent/testing/apiserver/openapi.py).
+OpenAPI documents served by the in-memory API server (sim/nodemedic_sim/apiserver/openapi.py).
 
 Source: a real kube-apiserver $server (hack/k8s/up.sh, built by hack/k8s/build.sh from the
 k8s.io/kubernetes module at KUBE_VERSION in versions.env), captured on $(date -u +%Y-%m-%d) by
@@ -31,7 +31,7 @@ hack/k8s/capture-openapi.sh with:
   kubectl get --raw /openapi/v3/<path>     for api, apis, version, apis/<group> and each served
                                            group-version (api/v1, apis/<group>/<version>)
 Filtering (hack/k8s/openapi_filter.py): in v2.json.gz and each group-version's v3 document only
-the paths of the resources in agent/testing/apiserver/resources.py RESOURCES are kept (collection,
+the paths of the resources in sim/nodemedic_sim/apiserver/resources.py RESOURCES are kept (collection,
 object, watch, and the subresources each declares; other subresources such as pods/log, pods/exec
 or nodes/proxy are dropped), plus the group-version root path; then only the definitions
 (v2) / components (v3) those paths reference, transitively. Kept entries are the real JSON values,

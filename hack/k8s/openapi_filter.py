@@ -2,7 +2,7 @@
 
 Used by hack/k8s/capture-openapi.sh. Reads the documents a real server returned for
 ``/openapi/v2`` and ``/openapi/v3/<group-version>`` through ``kubectl get --raw`` (run here, argv
-only), keeps the paths of the resources in agent.testing.apiserver.resources.RESOURCES (and of the
+only), keeps the paths of the resources in nodemedic_sim.apiserver.resources.RESOURCES (and of the
 subresources each one declares) plus each group-version's root path, then keeps every
 definition / component the kept paths reference, transitively. Nothing is edited or added: every
 kept entry is the real server's JSON value, unchanged (written compact in the original key order,
@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from agent.testing.apiserver.resources import RESOURCES
+from nodemedic_sim.apiserver.resources import RESOURCES
 
 # The v3 index entries the in-memory server also serves (its /api, /apis, group and version docs).
 _V3_ROOTS = ("api", "apis", "version")
@@ -128,7 +128,7 @@ def main() -> None:
     """Fetch, filter and write the documents."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--kubectl", required=True, help="kubectl at the server's version")
-    ap.add_argument("--out", required=True, type=Path, help="agent/testing/apiserver/openapi")
+    ap.add_argument("--out", required=True, type=Path, help="sim/nodemedic_sim/apiserver/openapi")
     args = ap.parse_args()
     gvs = sorted({(r.group, r.version) for r in RESOURCES})
     prefixes = tuple(f"/apis/{g}/{v}" if g else f"/api/{v}" for g, v in gvs)

@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 from agent.runtime.remediation import RemediationStage
-from agent.testing.apiserver import ApiServer
+from nodemedic_sim.apiserver import ApiServer
 from tests.k8s_helpers import NODE, Clock, ScriptedEngine, metric, node, request, settings, snapshot
 from tests.loopthread import free_port
 

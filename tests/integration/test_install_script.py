@@ -8,6 +8,7 @@ the configured package index.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import stat
@@ -66,6 +67,31 @@ def test_venv_has_the_nodemedic_command_and_package(installed: Path) -> None:
     version, location = proc.stdout.split()
     assert version == __import__("agent").__version__
     assert location.startswith(str(venv)), "imported from the checkout, not the venv"
+
+
+def test_a_node_install_ships_no_simulation(installed: Path) -> None:
+    """The node's venv has the agent and none of the simulation (issue 16): no nodemedic_sim, no
+    in-memory API server, demo or replay files, and jsonpatch and nodemedic-sim required only by
+    the `sim`/`test` extras."""
+    venv = installed / "opt/nodemedic/venv"
+    proc = subprocess.run(
+        [str(venv / "bin/python"), "-c",
+         "import importlib.metadata as md, importlib.util, json; print(json.dumps({"
+         "'sim': importlib.util.find_spec('nodemedic_sim') is not None, "
+         "'files': [str(f) for f in md.files('nodemedic')], "
+         "'requires': md.requires('nodemedic')}))"],
+        check=True, capture_output=True, text=True, timeout=60, cwd=installed,
+    )
+    out = json.loads(proc.stdout)
+    assert out["sim"] is False
+    assert "agent/runtime/daemon.py" in out["files"]
+    shipped = [f for f in out["files"] if f.startswith(("nodemedic_sim/", "agent/testing/",
+                                                        "agent/demo/", "agent/replay/"))
+               or f.endswith((".json.gz", ".pb.gz"))]
+    assert shipped == []
+    for req in out["requires"]:
+        if req.startswith(("nodemedic-sim", "jsonpatch")):
+            assert "extra ==" in req, req
 
 
 def test_unit_and_defaults_are_installed_verbatim(installed: Path) -> None:

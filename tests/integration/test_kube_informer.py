@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 import pytest
 
 from agent.kube.informer import Informer
-from agent.testing.apiserver import ApiServer
+from nodemedic_sim.apiserver import ApiServer
 from tests.real_cluster import Backend
 
 pytestmark = pytest.mark.backends

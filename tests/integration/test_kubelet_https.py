@@ -16,7 +16,7 @@ from agent.runtime.daemon import Agent
 from agent.runtime.pipeline import Collection
 from agent.settings import Settings, settings_for_tests
 from agent.structs.metrics import Family
-from agent.testing.fake_kubelet import (
+from nodemedic_sim.fake_kubelet import (
     FakeKubelet,
     Override,
     make_self_signed_cert,

@@ -18,7 +18,7 @@ from agent.collectors.node import NodeCollector
 from agent.kube.client import create_api_client
 from agent.settings import settings_for_tests
 from agent.structs.metrics import Family
-from agent.testing.apiserver import ApiServer
+from nodemedic_sim.apiserver import ApiServer
 from tests.real_cluster import Backend
 
 pytestmark = pytest.mark.backends

@@ -1,6 +1,6 @@
 """Evaluates every dashboard query and alert expression on a real Prometheus scraping real agents.
 
-Starts, all on loopback: the in-memory API server (agent.testing.apiserver, in a background
+Starts, all on loopback: the in-memory API server (nodemedic_sim.apiserver, in a background
 thread) seeded with the captured minikube Node and the pause ConfigMap; a fake kubelet serving
 captured kubelet responses; two `nodemedic run` agents (`node-a` on the cgroup v2 systemd-driver
 fixture tree, `node-b` on the v1 cgroupfs tree plus the kube-proxy-like iptables/conntrack lab
@@ -248,7 +248,7 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """API server, fake kubelet, two agents and Prometheus; everything stopped afterwards."""
-    from agent.testing.apiserver import ApiServer
+    from nodemedic_sim.apiserver import ApiServer
 
     tmp = tmp_path_factory.mktemp("prom-assets")
     procs: list[subprocess.Popen[bytes]] = []
@@ -269,7 +269,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
         # Port 0 everywhere a process reports its address, so no other test can take the port
         # between choosing and binding it.
-        spawn("fake-kubelet", [sys.executable, "-m", "agent.testing.fake_kubelet",
+        spawn("fake-kubelet", [sys.executable, "-m", "nodemedic_sim.fake_kubelet",
                                "--fixtures", str(FIXTURES / "kubelet"), "--port", "0"])
         kubelet_url = _wait_for_log(stack, "fake-kubelet", r"(http://127\.0\.0\.1:\d+)")
         rules = tmp / "rules"

@@ -8,7 +8,7 @@ from kubernetes_asyncio.client import CoreV1Api
 
 from agent.runtime.daemon import Agent
 from agent.settings import Settings
-from agent.testing.apiserver import ApiServer
+from nodemedic_sim.apiserver import ApiServer
 
 OFF = {"cgroup": False, "kubelet": False, "host": False, "lbskew": False}
 

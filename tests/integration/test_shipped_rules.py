@@ -24,7 +24,7 @@ from agent.rules.engine import RuleEngine
 from agent.rules.loader import load_rules_dir
 from agent.runtime.pipeline import Collection
 from agent.settings import settings_for_tests
-from agent.testing.apiserver import ApiServer
+from nodemedic_sim.apiserver import ApiServer
 
 REPO = Path(__file__).resolve().parents[2]
 FIXTURES = REPO / "tests" / "fixtures" / "k8s"

@@ -137,7 +137,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     basic_file = tmp / "web-basic.yml"
     basic_file.write_text(f"basic_auth_users:\n  {USER}: {bcrypt_hash(PASSWORD, 10)}\n")
     st = Stack(tmp, pki, tls_file, basic_file)
-    from agent.testing.apiserver import ApiServer
+    from nodemedic_sim.apiserver import ApiServer
 
     loop = LoopThread()
     server = ApiServer()

@@ -31,8 +31,9 @@ LEASE = 0.6  # leader Lease duration: what a new leader waits out after a SIGKIL
 
 
 def failover_settings(node: str, fencing_time: float) -> Settings:
-    """The Fleet's failover settings (agent.demo.fleet), shortened. ``probers=0``: the leader's own
-    probe decides; peers would be other (dead) children that never publish their results."""
+    """The Fleet's failover settings (nodemedic_sim.demo.fleet), shortened. ``probers=0``: the
+    leader's own probe decides; peers would be other (dead) children that never publish their
+    results."""
     return Settings(
         node_name=node,
         web_listen_address="127.0.0.1:0",  # port 0: this agent advertises no probe URL

@@ -25,8 +25,8 @@ from agent.collectors.cgroup import CgroupCollector
 from agent.collectors.node import NodeCollector
 from agent.runtime.daemon import Agent
 from agent.settings import settings_for_tests
-from agent.testing.apiserver import ApiServer
-from agent.testing.fake_kubelet import FakeKubelet
+from nodemedic_sim.apiserver import ApiServer
+from nodemedic_sim.fake_kubelet import FakeKubelet
 
 REPO = Path(__file__).resolve().parents[2]
 KUBELET_FIXTURES = REPO / "tests" / "fixtures" / "kubelet"

@@ -40,8 +40,8 @@ from agent.kube.leases import micro_time
 from agent.peers.fencing import FAILED_TAINT, OUT_OF_SERVICE
 from agent.peers.remedy import STATE_ANNOTATION, read_state
 from agent.peers.slots import SLOT_PREFIX
-from agent.testing.apiserver import ApiServer
-from agent.testing.apiserver.store import Watcher, WatchEvent
+from nodemedic_sim.apiserver import ApiServer
+from nodemedic_sim.apiserver.store import Watcher, WatchEvent
 
 CHILD = Path(__file__).resolve().parent / "stress_failover_child.py"
 VICTIM = "node-a"

@@ -14,7 +14,7 @@ import pytest_asyncio
 from kubernetes_asyncio import client
 
 from agent.peers.leader import ElectionConfig, LeaderElector
-from agent.testing.apiserver import ApiServer
+from nodemedic_sim.apiserver import ApiServer
 
 LEASE, DEADLINE, RETRY = 1.5, 1.0, 0.2
 

@@ -35,7 +35,7 @@ from agent.rules.loader import catalogue_from_specs, parse_rules_text
 from agent.runtime.remediation import STATE_ANNOTATION, RemediationStage
 from agent.structs.metrics import Family
 from agent.structs.snapshot import CollectorStatus, Snapshot
-from agent.testing.apiserver import ApiServer
+from nodemedic_sim.apiserver import ApiServer
 
 CHILD = Path(__file__).resolve().parent / "stress_drain_child.py"
 

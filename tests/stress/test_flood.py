@@ -21,7 +21,7 @@ from agent.collectors.cgroup import OOM_KILLS
 from agent.rules.engine import RuleEngine
 from agent.rules.loader import RulesReloader
 from agent.structs.snapshot import CollectorStatus, Snapshot
-from agent.testing.fake_kubelet import FakeKubelet, Override
+from nodemedic_sim.fake_kubelet import FakeKubelet, Override
 
 REPO = Path(__file__).resolve().parents[2]
 CONTAINERS = 500

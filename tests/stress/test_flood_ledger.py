@@ -12,7 +12,7 @@ from stress_k8s import NODE, Clock, ScriptedEngine, metric, node, pod, settings,
 from agent.runtime.remediation import RemediationStage
 from agent.safety.ledger import MAX_LAST
 from agent.structs.remediation import ActionRequest, ActionSpec, Target
-from agent.testing.apiserver import ApiServer
+from nodemedic_sim.apiserver import ApiServer
 
 PODS = 250
 

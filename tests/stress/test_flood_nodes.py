@@ -17,7 +17,7 @@ from stress_agent import healthz, running_agent, short_budget
 
 from agent.peers.cluster import ClusterView
 from agent.peers.heartbeat import HEARTBEAT_LABEL, LEASE_PREFIX, PROBES_ANNOTATION, URL_ANNOTATION
-from agent.testing.apiserver import ApiServer
+from nodemedic_sim.apiserver import ApiServer
 
 NS = "kube-system"
 

@@ -8,25 +8,30 @@ points at a docs/ page that was renamed, misleads the next maintainer more than 
 from __future__ import annotations
 
 import ast
-import importlib.util
 import re
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-MODULES = sorted((ROOT / "agent").rglob("*.py"))
+# The agent and the simulation distribution (sim/nodemedic_sim), each named from its own root.
+SIM_ROOT = ROOT / "sim"
+MODULES = sorted([*(ROOT / "agent").rglob("*.py"), *(SIM_ROOT / "nodemedic_sim").rglob("*.py")])
 # A sentence naming callers: "Called by X", "Used by X and Y", "Read by X", "Started by X", ...
 _CALLERS = re.compile(
     r"\b(?:called|used|read|created|started|registered|imported|run)\b(?: once)?"
     r"(?: [\w ]{0,30}?)? by ((?:[^.;]|\.(?=\S))*)", re.I)  # to the end of the clause
-_MODULE_NAME = re.compile(r"\bagent(?:[./]\w+)+")
+_MODULE_NAME = re.compile(r"\b(?:agent|nodemedic_sim)(?:[./]\w+)+")
 _DOC_PATH = re.compile(r"(?<![\w/])((?:docs|deploy|rules|problems|systemd|bench|dashboards|"
                        r"packaging|scripts|tests)/[\w./-]*\w|[A-Z][A-Z_]+\.md)")
 
 
+def _root_of(path: Path) -> Path:
+    return SIM_ROOT if path.is_relative_to(SIM_ROOT) else ROOT
+
+
 def _module_name(path: Path) -> str:
-    rel = path.relative_to(ROOT).with_suffix("")
+    rel = path.relative_to(_root_of(path)).with_suffix("")
     parts = rel.parts[:-1] if rel.name == "__init__" else rel.parts
     return ".".join(parts)
 
@@ -38,9 +43,10 @@ def _docstring(path: Path) -> str:
 def _source_of(name: str) -> str:
     """The source text of module or package ``name`` (all its files), or of the module holding
     attribute ``name``; "" if nothing by that name exists."""
+    name = name.removeprefix("sim/")
     parts = name.replace("/", ".").removesuffix(".__init__").split(".")
     while parts:
-        base = ROOT.joinpath(*parts)
+        base = (SIM_ROOT if parts[0] == "nodemedic_sim" else ROOT).joinpath(*parts)
         if base.with_suffix(".py").is_file():
             return base.with_suffix(".py").read_text()
         if base.is_dir():
@@ -90,6 +96,6 @@ def test_named_callers_use_the_module(path: Path) -> None:
 
 def test_the_checks_catch_a_false_claim() -> None:
     """The caller check is not vacuous: a module nothing imports is not 'used' by the CLI."""
-    assert not _refers_to(_source_of("agent.cli"), "agent.peers.kueue")
+    assert not _refers_to(_source_of("agent.cli"), "nodemedic_sim.kueue")
     assert _refers_to(_source_of("agent.cli"), "agent.settings")
-    assert importlib.util.find_spec("agent.peers.kueue") is not None
+    assert _source_of("nodemedic_sim.kueue")

@@ -21,7 +21,7 @@ from agent.kubelet_client import (
     parse_pod_list,
 )
 from agent.settings import settings_for_tests
-from agent.testing.fake_kubelet import FakeKubelet, Override
+from nodemedic_sim.fake_kubelet import FakeKubelet, Override
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "kubelet"
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.testing.cli import _listen, load_seed
+from nodemedic_sim.apiserver.command import _listen, load_seed
 
 SEED = """\
 apiVersion: v1
@@ -39,7 +39,7 @@ async def test_serves_seeded_objects_to_kubectl(tmp_path: Path) -> None:
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "agent.testing.cli",
+        "nodemedic_sim.apiserver.command",
         "--listen",
         "127.0.0.1:0",
         "--kubeconfig-out",

@@ -11,7 +11,7 @@ import aiohttp
 import pytest
 from kubernetes_asyncio import client
 
-from agent.testing.apiserver import ApiServer
+from nodemedic_sim.apiserver import ApiServer
 from tests.real_cluster import Backend
 
 pytestmark = pytest.mark.backends

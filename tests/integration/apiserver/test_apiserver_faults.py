@@ -10,7 +10,7 @@ import aiohttp
 import pytest
 from kubernetes_asyncio import client
 
-from agent.testing.apiserver import ApiServer
+from nodemedic_sim.apiserver import ApiServer
 
 
 async def test_next_n_requests_fail_with_code(core: Any, apiserver: ApiServer) -> None:

@@ -17,7 +17,7 @@ from agent.kube.client import (
     default_timeout,
 )
 from agent.settings import settings_for_tests
-from agent.testing.apiserver import ApiServer
+from nodemedic_sim.apiserver import ApiServer
 
 
 async def test_kubeconfig_client_talks_to_server_as_nodemedic(

@@ -22,7 +22,7 @@ import aiohttp
 import pytest
 import yaml
 
-from agent.testing.apiserver import ApiServer
+from nodemedic_sim.apiserver import ApiServer
 
 HACK = Path(__file__).resolve().parents[3] / "hack" / "k8s"
 
@@ -388,7 +388,7 @@ async def test_field_validation_ignore_and_unsupported(apiserver: ApiServer) -> 
 async def test_every_served_resource_is_in_the_captured_documents(apiserver: ApiServer) -> None:
     """Each resource in resources.py has its collection path and its kind's schema in the v3
     document of its group-version (else: rerun hack/k8s/capture-openapi.sh)."""
-    from agent.testing.apiserver.resources import RESOURCES
+    from nodemedic_sim.apiserver.resources import RESOURCES
 
     async with aiohttp.ClientSession(apiserver.url) as http:
         for rt in RESOURCES:

@@ -13,7 +13,7 @@ from typing import Any
 from kubernetes_asyncio import client
 
 from agent.kube.nodes import field_owners
-from agent.testing.apiserver import ApiServer
+from nodemedic_sim.apiserver import ApiServer
 
 SMP = "application/strategic-merge-patch+json"
 

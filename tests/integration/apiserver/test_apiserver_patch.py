@@ -10,7 +10,7 @@ import pytest
 import yaml
 from kubernetes_asyncio import client
 
-from agent.testing.apiserver import ApiServer
+from nodemedic_sim.apiserver import ApiServer
 from tests.real_cluster import Backend
 
 pytestmark = pytest.mark.backends

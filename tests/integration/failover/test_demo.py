@@ -6,7 +6,7 @@ import argparse
 import io
 import re
 
-from agent.demo.command import add_parser, demo
+from nodemedic_sim.demo.command import add_parser, demo
 
 
 async def test_demo_prints_every_phase_and_succeeds() -> None:

@@ -9,7 +9,7 @@ from typing import Any
 
 from agent.peers.fencing import FAILED_TAINT, OUT_OF_SERVICE
 from agent.peers.remedy import STATE_ANNOTATION, Remedy
-from agent.testing.apiserver import ApiServer
+from nodemedic_sim.apiserver import ApiServer
 from tests.k8s_helpers import node, settings
 
 

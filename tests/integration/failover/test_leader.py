@@ -8,7 +8,7 @@ from functools import partial
 from typing import Any
 
 from agent.peers.leader import ELECTION_ERRORS, ElectionConfig, LeaderElector
-from agent.testing.apiserver import ApiServer
+from nodemedic_sim.apiserver import ApiServer
 
 LEASE_DURATION = 1.5
 

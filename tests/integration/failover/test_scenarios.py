@@ -13,8 +13,8 @@ import aiohttp
 import pytest
 import pytest_asyncio
 
-from agent.demo.cluster import SimCluster, SimConfig
-from agent.demo.fleet import Fleet, Timings
+from nodemedic_sim.demo.cluster import SimCluster, SimConfig
+from nodemedic_sim.demo.fleet import Fleet, Timings
 from tests.polling import poll as wait_for
 
 pytestmark = pytest.mark.timeout(90)
@@ -224,8 +224,13 @@ async def test_recovered_node_is_untainted_and_uncordoned(sim: tuple[SimCluster,
     back = cluster.first("uncordoned", victim)
     assert ready and back and back.at - ready.at >= T.healthy_delay - RENEW
     assert not taints(cluster, victim) & {FAILED_TAINT, OOS}
-    node = cluster.server.get("nodes", "", victim) or {}
-    assert "nodemedic.io/failover" not in (node["metadata"].get("annotations") or {})
+
+    def progress_annotation() -> str | None:
+        node = cluster.server.get("nodes", "", victim) or {}
+        return (node["metadata"].get("annotations") or {}).get("nodemedic.io/failover")
+
+    # Cleared by the write after the uncordon (the recovery's last step), not in the same one.
+    assert await wait_for(lambda: progress_annotation() is None, 5), progress_annotation()
     assert await wait_for(lambda: "NodemedicNodeRecovered" in node_events(cluster, victim), 10)
 
 
@@ -245,7 +250,7 @@ async def test_admin_cordon_survives_recovery(sim: tuple[SimCluster, Fleet]) -> 
 async def test_kueue_tas_workload_gets_one_node_replaced(sim: tuple[SimCluster, Fleet]) -> None:
     """A TAS job's pods on the dead node all turn terminating (Kueue's replacement trigger) while
     its pods on other nodes keep running: no whole-workload eviction."""
-    from agent.peers.kueue import replacement_ready
+    from nodemedic_sim.kueue import replacement_ready
 
     cluster, fleet = sim
     victim = victim_with_pods(cluster, fleet)

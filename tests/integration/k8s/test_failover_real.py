@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
-from agent.demo.fleet import Fleet, Timings
+from nodemedic_sim.demo.fleet import Fleet, Timings
 from tests.polling import eventually
 from tests.real_cluster import Backend
 from tests.real_fleet import Kubelets, RealNodes, fleet, sa_kubeconfig

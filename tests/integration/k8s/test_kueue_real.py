@@ -28,7 +28,7 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
-from agent.demo.fleet import Fleet, Timings
+from nodemedic_sim.demo.fleet import Fleet, Timings
 from tests.real_cluster import Backend, RealCluster
 from tests.real_fleet import RealNodes, fleet, sa_kubeconfig
 from tests.real_kueue import (

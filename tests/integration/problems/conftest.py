@@ -14,7 +14,7 @@ import pytest_asyncio
 
 from agent.problems.detector import DetectorOptions, ProblemDetector
 from agent.problems.loader import load_problems
-from agent.testing.apiserver import ApiServer
+from nodemedic_sim.apiserver import ApiServer
 from tests.real_cluster import Backend
 
 KMSG = Path("/dev/kmsg")

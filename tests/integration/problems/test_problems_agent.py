@@ -13,7 +13,7 @@ from agent.rules.engine import RuleEngine
 from agent.rules.loader import load_rules_dir
 from agent.runtime.daemon import Agent
 from agent.settings import Settings
-from agent.testing.apiserver import ApiServer
+from nodemedic_sim.apiserver import ApiServer
 from tests.integration.problems.conftest import conditions, kmsg_write
 from tests.polling import eventually
 

@@ -6,7 +6,7 @@ import asyncio
 import time
 from pathlib import Path
 
-from agent.testing.apiserver import ApiServer
+from nodemedic_sim.apiserver import ApiServer
 from tests.integration.problems.conftest import Factory, conditions, events
 from tests.polling import eventually
 

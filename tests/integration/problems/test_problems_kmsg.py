@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from agent.testing.apiserver import ApiServer
+from nodemedic_sim.apiserver import ApiServer
 from tests.integration.problems.conftest import (
     Factory,
     conditions,
@@ -25,7 +25,7 @@ from tests.integration.problems.conftest import (
     events_of,
     kmsg_write,
 )
-from tests.integration.test_cgroup_kernel import KernelPod, need
+from tests.kernel.test_cgroup_kernel import KernelPod, need
 from tests.polling import eventually
 from tests.real_cluster import Backend
 

@@ -1,6 +1,6 @@
 """A kubelet we cannot see is not a kubelet that is down (issue 12 item 2).
 
-A real HTTPS kubelet stand-in (agent.testing.fake_kubelet) answers 401 (wrong token), 403 (RBAC)
+A real HTTPS kubelet stand-in (nodemedic_sim.fake_kubelet) answers 401 (wrong token), 403 (RBAC)
 or presents a certificate our CA does not vouch for (another CA, or a certificate for another
 host). The real kubelet collector, the shipped rules/kubelet.yaml through the real rules engine,
 the gate and the in-memory API server run for longer than the rule's ``for`` and its escalation:
@@ -37,8 +37,8 @@ from agent.rules.loader import load_rules_dir
 from agent.runtime.pipeline import Collection
 from agent.runtime.remediation import RemediationStage
 from agent.structs.snapshot import Snapshot
-from agent.testing.apiserver import ApiServer
-from agent.testing.fake_kubelet import (
+from nodemedic_sim.apiserver import ApiServer
+from nodemedic_sim.fake_kubelet import (
     FakeKubelet,
     Override,
     make_self_signed_cert,

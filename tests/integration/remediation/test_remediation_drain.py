@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from agent.runtime.remediation import STATE_ANNOTATION, RemediationStage
-from agent.testing.apiserver import ApiServer
+from nodemedic_sim.apiserver import ApiServer
 from tests.integration.remediation.helpers_remediation import (
     NODE,
     Clock,

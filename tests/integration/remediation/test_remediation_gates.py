@@ -20,7 +20,7 @@ from aiohttp import web
 from agent.rules.engine import RuleEngine
 from agent.rules.loader import RulesReloader
 from agent.runtime.remediation import HELD_RETRY_MAX_TICKS, RemediationStage
-from agent.testing.apiserver import ApiServer
+from nodemedic_sim.apiserver import ApiServer
 from tests.integration.remediation.helpers_remediation import (
     NODE,
     Clock,

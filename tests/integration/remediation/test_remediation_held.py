@@ -20,7 +20,7 @@ from agent.rules.loader import load_rules_dir
 from agent.runtime.remediation import HELD_RETRY_MAX_TICKS, RemediationStage
 from agent.structs.metrics import MetricSpec
 from agent.structs.snapshot import CollectorStatus, Snapshot
-from agent.testing.apiserver import ApiServer
+from nodemedic_sim.apiserver import ApiServer
 from tests.integration.remediation.helpers_remediation import (
     NODE,
     Clock,

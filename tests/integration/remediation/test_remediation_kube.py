@@ -10,7 +10,7 @@ import pytest
 from agent.kube.nodes import ensure_annotations, update_node
 from agent.runtime.remediation import RemediationStage
 from agent.structs.remediation import ActionRequest, ActionSpec, Target
-from agent.testing.apiserver import ApiServer
+from nodemedic_sim.apiserver import ApiServer
 from tests.integration.remediation.helpers_remediation import (
     NODE,
     Clock,

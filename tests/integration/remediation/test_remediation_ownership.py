@@ -13,7 +13,7 @@ from typing import Any
 from agent.rules.engine import RuleEngine
 from agent.rules.loader import load_rules_dir
 from agent.runtime.remediation import RemediationStage
-from agent.testing.apiserver import ApiServer
+from nodemedic_sim.apiserver import ApiServer
 from tests.integration.remediation.helpers_remediation import (
     NODE,
     Clock,

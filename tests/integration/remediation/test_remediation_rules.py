@@ -15,7 +15,7 @@ from agent.rules.engine import RuleEngine
 from agent.rules.loader import RulesError, load_rules_dir
 from agent.runtime.remediation import RemediationStage, build_stage
 from agent.settings import SettingsError
-from agent.testing.apiserver import ApiServer
+from nodemedic_sim.apiserver import ApiServer
 from tests.integration.remediation.helpers_remediation import (
     NODE,
     Clock,

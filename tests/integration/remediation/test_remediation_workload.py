@@ -10,7 +10,7 @@ from typing import Any
 
 from agent.kube.events import InvolvedObject, record_event
 from agent.runtime.remediation import RemediationStage
-from agent.testing.apiserver import ApiServer
+from nodemedic_sim.apiserver import ApiServer
 from tests.integration.remediation.helpers_remediation import (
     NODE,
     Clock,

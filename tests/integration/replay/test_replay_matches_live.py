@@ -18,12 +18,12 @@ from typing import Any
 
 import structlog
 
-from agent.replay.timeline import rfc3339
 from agent.rules.engine import RuleEngine
 from agent.rules.loader import load_rules_dir
 from agent.runtime.remediation import RemediationStage
 from agent.settings import settings_for_tests
-from agent.testing.apiserver import ApiServer
+from nodemedic_sim.apiserver import ApiServer
+from nodemedic_sim.replay.timeline import rfc3339
 from tests.integration.replay import recording
 from tests.integration.replay.conftest import Recorded
 from tests.integration.replay.test_replay_prometheus import timeline

@@ -53,7 +53,7 @@ def timeline(rec: Recorded) -> list[dict[str, Any]]:
 
 
 def at(rec: Recorded, seconds: float) -> str:
-    from agent.replay.timeline import rfc3339
+    from nodemedic_sim.replay.timeline import rfc3339
 
     return rfc3339(rec.t0 + seconds)
 
@@ -169,7 +169,7 @@ def test_a_second_job_scraping_the_same_node_is_reported_not_merged(recorded: Re
 
 async def test_long_windows_are_fetched_in_chunks_with_the_same_result(
         recorded: Recorded, monkeypatch: pytest.MonkeyPatch) -> None:
-    from agent.replay import promql
+    from nodemedic_sim.replay import promql
 
     times = promql.steps(recorded.t0, recorded.t0 + (STEPS - 1) * STEP, STEP)
 

@@ -9,7 +9,7 @@ from agent.collectors.base import CollectorContext
 from agent.collectors.cgroup import CgroupCollector
 from agent.kubelet_client import KubeletClient
 from agent.settings import Settings
-from agent.testing.fake_kubelet import FakeKubelet
+from nodemedic_sim.fake_kubelet import FakeKubelet
 
 FIX = Path(__file__).resolve().parents[2] / "fixtures" / "cgroup"
 DAEMONSET = "45b528af-fb82-4e96-8103-b9da1194dd36"

@@ -15,7 +15,7 @@ from agent.collectors.base import CollectorContext
 from agent.collectors.kubelet import KubeletCollector, parse_pleg, summary_families
 from agent.settings import settings_for_tests
 from agent.structs.metrics import Family
-from agent.testing.fake_kubelet import FakeKubelet, Override
+from nodemedic_sim.fake_kubelet import FakeKubelet, Override
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "kubelet"
 PLEG_TEXT = (FIXTURES / "metrics_kubelet_eks_v1.21_subset.txt").read_text()

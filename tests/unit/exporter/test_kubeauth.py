@@ -17,7 +17,7 @@ from agent.exporter.self_metrics import SelfMetrics
 from agent.exporter.webconfig import WebConfigError
 from agent.exporter.webfront import WebFront
 from agent.settings import settings_for_tests
-from agent.testing.apiserver import ApiServer
+from nodemedic_sim.apiserver import ApiServer
 from tests.unit.exporter.test_webauth import FakeAgent
 
 PROM = "system:serviceaccount:monitoring:prometheus"

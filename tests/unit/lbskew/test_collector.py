@@ -15,7 +15,7 @@ from agent.collectors.base import CannotSee, CollectorContext
 from agent.collectors.lbskew import LbSkewCollector
 from agent.settings import settings_for_tests
 from agent.structs.metrics import Family
-from agent.testing.apiserver import ApiServer
+from nodemedic_sim.apiserver import ApiServer
 from tests.unprivileged import as_nobody
 
 LAB_RULES = fixture("lab_kubeproxy_like_iptables_save_nat.txt")

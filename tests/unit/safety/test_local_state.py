@@ -19,7 +19,7 @@ from agent.runtime.remediation import STATE_ANNOTATION, RemediationStage
 from agent.safety.ledger import Ledger, Pending, ledger_key, merge_unsynced
 from agent.safety.localstate import MAX_FILE_BYTES, STATE_FILE, LocalState
 from agent.structs.snapshot import Snapshot
-from agent.testing.apiserver import ApiServer
+from nodemedic_sim.apiserver import ApiServer
 from tests.k8s_helpers import ScriptedEngine, node, recording_systemctl
 
 RESTART = request(
