@@ -32,6 +32,7 @@ from agent.actions.base import (
 )
 from agent.actions.cordon import ensure_cordoned
 from agent.actions.registry import action
+from agent.backoff import delay_for
 from agent.kube.errors import KubeError, KubeNotFound, KubeTooManyRequests, KubeUnavailable
 from agent.kube.pods import evict_pod, list_node_pods
 from agent.settings import Settings
@@ -97,7 +98,7 @@ class DrainMemory:
     def backoff(self, key: str, now: float) -> float:
         n = self.failures.get(key, 0) + 1
         self.failures[key] = n
-        delay: float = min(BACKOFF_MAX, BACKOFF_BASE * 2.0 ** (n - 1))
+        delay = delay_for(n, BACKOFF_BASE, BACKOFF_MAX)
         self.next_try[key] = now + delay
         return delay
 

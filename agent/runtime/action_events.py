@@ -19,6 +19,7 @@ from typing import Any
 import structlog
 
 from agent.actions.executor import event_text
+from agent.backoff import delay_for
 from agent.kube.errors import KubeError
 from agent.kube.events import InvolvedObject, record_event
 from agent.structs.metrics import Family, MetricSpec
@@ -99,7 +100,7 @@ class EventQueue:
                 self._dropped["attempts"] += 1
                 log.warning("action_event_given_up", reason=ev.reason, error=str(exc))
                 return
-            ev.due = self.tick + min(2 ** (ev.attempts - 1), EVENT_RETRY_MAX_TICKS)
+            ev.due = self.tick + int(delay_for(ev.attempts, 1, EVENT_RETRY_MAX_TICKS))
             if len(self._queue) >= EVENT_RETRY_QUEUE:
                 dropped = self._queue.popleft()
                 self._dropped["queue_full"] += 1

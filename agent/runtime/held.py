@@ -16,6 +16,7 @@ from typing import Any
 
 import structlog
 
+from agent.backoff import delay_for
 from agent.safety.gate import HOLD_REASONS
 from agent.safety.ledger import Held, Ledger, ledger_key
 from agent.structs.metrics import Family, MetricSpec
@@ -107,7 +108,7 @@ class HeldSteps:
             self._changed()
         held.request, held.reason, held.detail = req, decision.reason, decision.detail
         held.attempts += 1
-        held.due = tick + min(2 ** min(held.attempts - 1, 8), HELD_RETRY_MAX_TICKS)
+        held.due = tick + int(delay_for(held.attempts, 1, HELD_RETRY_MAX_TICKS))
 
     def families(self) -> list[Family]:
         held = HELD.family()

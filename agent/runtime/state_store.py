@@ -23,6 +23,7 @@ from typing import Any
 
 import structlog
 
+from agent.backoff import delay_for
 from agent.kube.errors import KubeError
 from agent.kube.nodes import ensure_annotations, get_node, read_annotations, update_node
 from agent.safety.gate import SafetyGate
@@ -252,8 +253,8 @@ class StateStore:
         except KubeError as exc:
             self._writes["error"] += 1
             self._state_failures += 1
-            delay = min(STATE_RETRY_MAX_SECONDS,
-                        STATE_RETRY_BASE_SECONDS * 2.0 ** (self._state_failures - 1))
+            delay = delay_for(self._state_failures, STATE_RETRY_BASE_SECONDS,
+                              STATE_RETRY_MAX_SECONDS)
             self._state_retry_at = now + delay
             log.warning("state_write_failed", error=str(exc), retry_in=format_duration(delay))
             return
