@@ -263,16 +263,18 @@ class KubeletClient:
     # -- plumbing -------------------------------------------------------------------------------
 
     def _ssl(self) -> ssl.SSLContext | bool:
-        if not self.base_url.startswith("https://"):
-            return True  # aiohttp's default; unused for http://
+        """What the connector verifies with. Only a CA file needs a context of its own: every
+        SSLContext holds its own CA store (the system one is ~0.8 MiB and ~25 ms of CPU to
+        load), and aiohttp already holds one verifying with the system store (``True``) and
+        one that verifies nothing (``False``), shared by every session in the process."""
+        if self.insecure_skip_verify:
+            return False
+        if not self.base_url.startswith("https://") or not self.ca_file:
+            return True
         try:
-            ctx = ssl.create_default_context(cafile=str(self.ca_file) if self.ca_file else None)
+            return ssl.create_default_context(cafile=str(self.ca_file))
         except (OSError, ssl.SSLError) as exc:
             raise KubeletConfigError(f"cannot load kubelet CA file {self.ca_file}: {exc}") from exc
-        if self.insecure_skip_verify:
-            ctx.check_hostname = False
-            ctx.verify_mode = ssl.CERT_NONE
-        return ctx
 
     def _get_session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
