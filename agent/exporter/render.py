@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import math
+import sys
 import threading
 import time
 import zlib
@@ -179,6 +180,13 @@ class Renderer:
         next one."""
         self._head = generate_latest(self._registry)
         self._stale = True
+        with self._lock:
+            # A family that only this cache still holds can never be served again (nothing
+            # else has it): let it go now, so that the heap trim after the tick frees it
+            # instead of keeping the last rendered tick's samples until the next render.
+            # 2 = the reference in the cache's tuple + getrefcount's own argument.
+            self._members = {k: v for k, v in self._members.items()
+                             if sys.getrefcount(v[0]) > 2}
 
     async def current(self) -> Exposition | None:
         """The exposition of the latest finished tick (None before the first one), rendered now

@@ -147,3 +147,17 @@ def test_a_family_served_again_reuses_its_member_and_a_new_one_is_rendered() -> 
     assert parsed(third.text.decode()) == parsed(reference(changed))
     # and the label cache survived the re-used render: the same strings, nothing rebuilt twice
     assert len(r._family_renderer._prefixes[SPEC.name]) == 300
+
+
+def test_the_member_cache_lets_go_of_families_nobody_serves_any_more() -> None:
+    """After a tick whose collectors built new families, the last render's are no longer held
+    (the heap trim after the tick can free them); families still served stay cached."""
+    kept = fams([(f"ns{i % 20}", f"pod-{i}", float(i)) for i in range(300)], 1.0)
+    state = {"fams": fams([(f"ns{i % 20}", f"pod-{i}", float(i)) for i in range(300)], 1.0)}
+    reg = CollectorRegistry(auto_describe=False)
+    r = Renderer(reg, lambda: [*state["fams"], *kept[:1]])
+    r.render()
+    assert len(r._members) == 2
+    state["fams"] = []  # the next tick's collectors returned new objects; the old are dropped
+    r.invalidate()
+    assert [v[0] for v in r._members.values()] == [kept[0]]
