@@ -112,6 +112,8 @@ def start_agent(tree: Path, cgroot: Path, kubelet_url: str, port: int, node: str
                 kubeconfig: Path | None, extra: list[str],
                 python: str = sys.executable) -> subprocess.Popen[bytes]:
     env = dict(os.environ, NODEMEDIC_LOG_LEVEL="warning", NODEMEDIC_LOG_FORMAT="json")
+    env.update(f[len("env:"):].split("=", 1) for f in extra if f.startswith("env:"))  # type: ignore[misc]
+    extra = [f for f in extra if not f.startswith("env:")]
     env.pop("NOTIFY_SOCKET", None)
     env.pop("PYTHONPATH", None)
     args = [python, "-m", "agent", "run", "--web.listen-address", f"127.0.0.1:{port}",
@@ -196,9 +198,12 @@ def markdown(meta: dict[str, Any], summary: dict[str, dict[str, float]]) -> str:
     rows += ["", "API connection as the agents reported it (/status gate.api): "
              f"{', '.join(gates)}."]
     first, last = summary[labels[0]], summary[labels[-1]]
-    rows += ["", f"Total: {first['rss_mib']:.1f} → {last['rss_mib']:.1f} MiB RSS, "
+    rows += ["", f"Total ({labels[0]} → {labels[-1]}): {first['rss_mib']:.1f} → "
+             f"{last['rss_mib']:.1f} MiB RSS, "
              f"{first['cpu_pct_core']:.2f} → {last['cpu_pct_core']:.2f} % of a core. "
              "Targets (issue 17): ≤ 80 MiB, ≤ 0.5 % at defaults with the API connected.",
+             *([f"Skipped (revision not in this repository): {', '.join(meta['skipped'])}."]
+               if meta.get("skipped") else []),
              "", f"Command: `{meta['command']}`"]
     return "\n".join(rows) + "\n"
 
@@ -208,7 +213,8 @@ def main() -> int:
     ap.add_argument("--rev", action="append", required=True, metavar="LABEL=GITREV[+FLAG...]",
                     help="a revision to run, in lever order (repeatable); flags after '+' are "
                          "given to that agent only (a lever that is a flag, e.g. "
-                         "min-interval=HEAD+--cgroup.min-interval=30s)")
+                         "min-interval=HEAD+--cgroup.min-interval=30s; env:NAME=VALUE sets "
+                         "its environment)")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--window", type=float, default=120.0, help="seconds measured per round")
     ap.add_argument("--settle", type=float, default=20.0, help="seconds after start, unmeasured")
@@ -228,10 +234,18 @@ def main() -> int:
         rev, *flags[label] = spec.split("+")
         revs.append((label, rev))
     load_start = os.getloadavg()[0]
+    skipped: list[str] = []
     per_round: list[dict[str, dict[str, Any]]] = []
     with tempfile.TemporaryDirectory(prefix="nodemedic-levers-") as d:
         work = Path(d)
-        commits = {label: export_tree(rev, work / "trees" / label) for label, rev in revs}
+        commits: dict[str, str] = {}
+        for label, rev in list(revs):
+            try:
+                commits[label] = export_tree(rev, work / "trees" / label)
+            except subprocess.CalledProcessError:  # e.g. a squashed branch: not in history
+                print(f"skipping {label}: revision {rev} not in this repository", file=sys.stderr)
+                skipped.append(f"{label}={rev}")
+                revs.remove((label, rev))
         python = shipped_python(work) if args.shipped else sys.executable
         refs = build_node(work / "cgroup", pods=args.pods, containers=2, layout="v2-systemd")
         with KubeletThread(pods_json(refs)) as kubelet, ApiServerThread() as api:
@@ -271,6 +285,7 @@ def main() -> int:
                    for f in ("rss_mib", "rss_max_mib", "cpu_s", "cpu_pct_core")}
                for k in per_round[0]}
     meta = {"revs": [(label, commits[label]) for label, _ in revs], "flags": flags,
+            "skipped": skipped,
             "rounds": args.rounds,
             "window": args.window, "pods": args.pods, "api": args.api, "cpus": os.cpu_count(),
             "load_start": load_start, "load_end": os.getloadavg()[0], "shipped": args.shipped,

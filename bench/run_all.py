@@ -26,6 +26,7 @@ BENCHMARKS = (
     "footprint_cgroup_30s",  # same script with --cgroup.min-interval=30s (see VARIANTS)
     "footprint_psi_pod",  # same script with --cgroup.psi=pod
     "footprint_lean",  # both: --cgroup.psi=pod --cgroup.min-interval=30s
+    "footprint_levers_round3_api",  # ~8 min: each lever of round 3 side by side, API connected
     "cgroup_collect",
     "rules_eval",
     "web_auth",
@@ -45,6 +46,7 @@ BENCHMARKS = (
 # Results of benchmarks that compare git revisions (run by hand, see each script's docstring):
 # not rerun by `make bench`, but kept in the report beside the others when their files exist.
 COMPARISONS = (
+    "footprint_levers_round3",
     "footprint_levers_pair",
     "footprint_levers_api",
     "footprint_levers_round2",
@@ -55,7 +57,23 @@ COMPARISONS = (
 
 
 # Result name -> (script, extra arguments) for benchmarks that reuse another's script.
+# Issue 17, round 3: each lever as the commit that made it (they are on main's history; a
+# revision that does not resolve is skipped with a note) or as a flag on the current checkout,
+# then the flags still off by default; agents in a venv with the runtime dependencies only.
+ROUND3_LEVERS = [
+    "--rev", "base=9691093",
+    "--rev", "raw-watch=52a6fcf",
+    "--rev", "render-members=18f11b5",
+    "--rev", "kubelet-ssl=d4a26b0",
+    "--rev", "lazy-core-v1=930e3fc",
+    "--rev", "psi-pod-default=HEAD",
+    "--rev", "min-interval-30s=HEAD+--cgroup.min-interval=30s",
+    "--rev", "arena-max-1=HEAD+--cgroup.min-interval=30s+env:MALLOC_ARENA_MAX=1",
+]
 VARIANTS: dict[str, tuple[str, list[str]]] = {
+    "footprint_levers_round3_api": ("footprint_levers", [
+        *ROUND3_LEVERS, "--api", "--shipped", "--rounds", "2", "--window", "150",
+        "--name", "footprint_levers_round3_api"]),
     "footprint_cgroup_30s": ("footprint", ["--agent-arg=--cgroup.min-interval=30s",
                                            "--name", "footprint_cgroup_30s"]),
     "footprint_psi_pod": ("footprint", ["--agent-arg=--cgroup.psi=pod",
@@ -122,6 +140,10 @@ def main() -> int:
         if js.exists():
             merged[name] = json.loads(js.read_text())
     (RESULTS / "REPORT.json").write_text(json.dumps(merged, indent=2) + "\n")
+    for name in ("footprint_levers_round3_api", "footprint_levers_round3"):
+        md = RESULTS / f"{name}.md"
+        if md.exists():  # the lever table (issue 17): each lever's saving beside node_exporter
+            print(md.read_text())
     print(f"wrote {RESULTS / 'REPORT.md'}", file=sys.stderr)
     return 0 if all(r["exit_code"] == 0 for r in ran.values()) else 1
 
