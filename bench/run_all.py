@@ -23,9 +23,9 @@ RESULTS = BENCH / "results"
 # Order: cheap first; the report keeps this order.
 BENCHMARKS = (
     "footprint",
-    "footprint_cgroup_30s",  # same script with --cgroup.min-interval=30s (see VARIANTS)
-    "footprint_psi_pod",  # same script with --cgroup.psi=pod
-    "footprint_lean",  # both: --cgroup.psi=pod --cgroup.min-interval=30s
+    "footprint_cgroup_every_tick",  # same script with --cgroup.min-interval=0s (see VARIANTS)
+    "footprint_psi_container",  # same script with --cgroup.psi=container
+    "footprint_old_defaults",  # both: the defaults before issue 17's round 3
     "footprint_levers_round3_api",  # ~8 min: each lever of round 3 side by side, API connected
     "cgroup_collect",
     "rules_eval",
@@ -74,13 +74,13 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
     "footprint_levers_round3_api": ("footprint_levers", [
         *ROUND3_LEVERS, "--api", "--shipped", "--rounds", "2", "--window", "150",
         "--name", "footprint_levers_round3_api"]),
-    "footprint_cgroup_30s": ("footprint", ["--agent-arg=--cgroup.min-interval=30s",
-                                           "--name", "footprint_cgroup_30s"]),
-    "footprint_psi_pod": ("footprint", ["--agent-arg=--cgroup.psi=pod",
-                                        "--name", "footprint_psi_pod"]),
-    "footprint_lean": ("footprint", ["--agent-arg=--cgroup.psi=pod",
-                                     "--agent-arg=--cgroup.min-interval=30s",
-                                     "--name", "footprint_lean"]),
+    "footprint_cgroup_every_tick": ("footprint", ["--agent-arg=--cgroup.min-interval=0s",
+                                                  "--name", "footprint_cgroup_every_tick"]),
+    "footprint_psi_container": ("footprint", ["--agent-arg=--cgroup.psi=container",
+                                              "--name", "footprint_psi_container"]),
+    "footprint_old_defaults": ("footprint", ["--agent-arg=--cgroup.psi=container",
+                                             "--agent-arg=--cgroup.min-interval=0s",
+                                             "--name", "footprint_old_defaults"]),
 }
 
 

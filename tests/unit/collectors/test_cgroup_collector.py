@@ -65,8 +65,9 @@ class FakeKubelet:
 
 
 def collector(root: Path, kubelet: object | None = None) -> CgroupCollector:
-    """A collector reading every file there is (PSI per container too)."""
-    ctx = CollectorContext(Settings(path_cgroupfs=root, cgroup_psi="container"))
+    """A collector reading every file there is (PSI per container too) on every call."""
+    ctx = CollectorContext(Settings(path_cgroupfs=root, cgroup_psi="container",
+                                    cgroup_min_interval=0))
     if kubelet is not None:
         ctx.shared["kubelet"] = kubelet
     return CgroupCollector(ctx)

@@ -66,7 +66,7 @@ def cases(tmp: Path) -> dict[str, Any]:
         "state_dir": tmp / "state2",
         "collect_interval": 1800.0,
         "collector_timeout": 3.0,
-        "cgroup_min_interval": 30.0,
+        "cgroup_min_interval": 60.0,
         "cgroup_psi": "container",
         "dry_run": True,
         "actions_restart_allowlist": ("x.service",),
