@@ -66,9 +66,10 @@ ROUND3_LEVERS = [
     "--rev", "render-members=18f11b5",
     "--rev", "kubelet-ssl=d4a26b0",
     "--rev", "lazy-core-v1=930e3fc",
-    "--rev", "psi-pod-default=HEAD",
-    "--rev", "min-interval-30s=HEAD+--cgroup.min-interval=30s",
-    "--rev", "arena-max-1=HEAD+--cgroup.min-interval=30s+env:MALLOC_ARENA_MAX=1",
+    "--rev", "psi-pod-default=e1fa09e",
+    "--rev", "min-interval-30s-default=ba12bc8",
+    "--rev", "current=HEAD",
+    "--rev", "arena-max-1=HEAD+env:MALLOC_ARENA_MAX=1",  # not a default: a packaging choice
 ]
 VARIANTS: dict[str, tuple[str, list[str]]] = {
     "footprint_levers_round3_api": ("footprint_levers", [
