@@ -22,6 +22,7 @@ Why it looks like this:
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
 import ssl
@@ -242,6 +243,8 @@ class KubeletClient:
         self._pods_lock = asyncio.Lock()
         self._pods_at = -1e18
         self._pods: PodList | None = None
+        # digest of the last /pods body decoded, and what it decoded to
+        self._pods_parsed: tuple[bytes, PodList] | None = None
         self._pods_error: KubeletError | None = None
         self.requests: Counter[tuple[str, str]] = Counter()
         self.pods_cache_hits = 0
@@ -425,7 +428,8 @@ class KubeletClient:
                 assert self._pods is not None
                 return self._pods
             try:
-                pods = await self._get("/pods", "application/json", _decode_pods, threaded=True)
+                pods = await self._get("/pods", "application/json", self._decode_pods,
+                                       threaded=True)
             except KubeletError as exc:
                 self._pods, self._pods_error = None, exc
                 self._pods_at = time.monotonic()
@@ -433,6 +437,19 @@ class KubeletClient:
             self._pods, self._pods_error = pods, None
             self._pods_at = time.monotonic()
             return pods
+
+    def _decode_pods(self, body: bytes) -> PodList:
+        """/pods decoded, or the last result again when the body is byte for byte the same
+        (a BLAKE2b digest: ~1 ms at 1 MB against ~10 ms of JSON decoding and parsing). In a
+        steady state the kubelet's answer changes only when a pod or container changes state.
+        Runs in a worker thread, one at a time (under the pods lock)."""
+        digest = hashlib.blake2b(body, digest_size=16).digest()
+        last = self._pods_parsed
+        if last is not None and last[0] == digest:
+            return last[1]
+        pods = _decode_pods(body)
+        self._pods_parsed = (digest, pods)
+        return pods
 
     async def pods(self) -> list[PodRef]:
         """The pods on this node (see :meth:`pod_list` for caching)."""
