@@ -68,6 +68,7 @@ ROUND3_LEVERS = [
     "--rev", "lazy-core-v1=930e3fc",
     "--rev", "psi-pod-default=e1fa09e",
     "--rev", "min-interval-30s-default=ba12bc8",
+    "--rev", "kubelet-pods-digest=0725aba",
     "--rev", "current=HEAD",
     "--rev", "arena-max-1=HEAD+env:MALLOC_ARENA_MAX=1",  # not a default: a packaging choice
 ]
