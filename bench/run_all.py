@@ -53,6 +53,7 @@ COMPARISONS = (
     "footprint_levers_round2_api",
     "start_ready",
     "start_ready_source",
+    "start_ready_round3",
 )
 
 
