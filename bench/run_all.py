@@ -47,6 +47,7 @@ BENCHMARKS = (
 # not rerun by `make bench`, but kept in the report beside the others when their files exist.
 COMPARISONS = (
     "footprint_levers_round3",
+    "footprint_levers_probe",  # round 3's intermediate paired run (min-interval as a flag)
     "footprint_levers_pair",
     "footprint_levers_api",
     "footprint_levers_round2",
