@@ -97,12 +97,26 @@ def export_tree(rev: str, dest: Path) -> str:
     return commit
 
 
+def shipped_python(work: Path) -> str:
+    """A venv with nodemedic's runtime dependencies only, as packaging/build-deb.sh builds the
+    one under /opt/nodemedic: without the test extras (structlog imports `rich` whenever it is
+    installed, ~5 MiB). Each revision still runs its own exported tree (cwd comes first)."""
+    venv = work / "shipped-venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "--disable-pip-version-check",
+                    str(REPO)], check=True)
+    return str(venv / "bin" / "python")
+
+
 def start_agent(tree: Path, cgroot: Path, kubelet_url: str, port: int, node: str,
-                kubeconfig: Path | None, extra: list[str]) -> subprocess.Popen[bytes]:
+                kubeconfig: Path | None, extra: list[str],
+                python: str = sys.executable) -> subprocess.Popen[bytes]:
     env = dict(os.environ, NODEMEDIC_LOG_LEVEL="warning", NODEMEDIC_LOG_FORMAT="json")
+    env.update(f[len("env:"):].split("=", 1) for f in extra if f.startswith("env:"))  # type: ignore[misc]
+    extra = [f for f in extra if not f.startswith("env:")]
     env.pop("NOTIFY_SOCKET", None)
     env.pop("PYTHONPATH", None)
-    args = [sys.executable, "-m", "agent", "run", "--web.listen-address", f"127.0.0.1:{port}",
+    args = [python, "-m", "agent", "run", "--web.listen-address", f"127.0.0.1:{port}",
             "--path.cgroupfs", str(cgroot), "--kubelet.url", kubelet_url,
             "--collect.interval", "10s", "--rules.dir", str(tree / "rules"), "--node-name", node,
             *(["--kubeconfig", str(kubeconfig)] if kubeconfig else []), *extra]
@@ -151,7 +165,10 @@ def markdown(meta: dict[str, Any], summary: dict[str, dict[str, float]]) -> str:
         "# Footprint levers: one agent per revision, side by side, beside node_exporter",
         "",
         f"{meta['pods']} pods x 2 containers, default settings (10 s interval), a gzip scrape "
-        f"every {SCRAPE_EVERY:g} s, API connected: {meta['api']}. {meta['rounds']} rounds of "
+        f"every {SCRAPE_EVERY:g} s, API connected: {meta['api']}. Interpreter: "
+        + ("a venv with the runtime dependencies only, as the .deb ships them"
+           if meta.get("shipped") else "the bench's own venv (with the test extras: `rich`)")
+        + f". {meta['rounds']} rounds of "
         f"{meta['window']:g} s, all processes in the same window; median of rounds. Machine: "
         f"{meta['cpus']} vCPU, load average {meta['load_start']:.1f} at start, "
         f"{meta['load_end']:.1f} at end (other work on the machine: CPU figures are paired but "
@@ -166,7 +183,8 @@ def markdown(meta: dict[str, Any], summary: dict[str, dict[str, float]]) -> str:
         s = summary[label]
         d_rss = f"{prev['rss_mib'] - s['rss_mib']:+.1f} MiB" if prev else ""
         d_cpu = f"{prev['cpu_pct_core'] - s['cpu_pct_core']:+.2f}" if prev else ""
-        rows.append(f"| {label} | {commit[:10]} | {s['rss_mib']:.1f} MiB | {d_rss} "
+        fl = " ".join(f"`{f}`" for f in meta.get("flags", {}).get(label, []))
+        rows.append(f"| {label} | {commit[:10]} {fl} | {s['rss_mib']:.1f} MiB | {d_rss} "
                     f"| {s['rss_max_mib']:.1f} MiB | {s.get('cpu_s', float('nan')):.2f} "
                     f"| {s['cpu_pct_core']:.2f} % | {d_cpu} |")
         prev = s
@@ -180,17 +198,23 @@ def markdown(meta: dict[str, Any], summary: dict[str, dict[str, float]]) -> str:
     rows += ["", "API connection as the agents reported it (/status gate.api): "
              f"{', '.join(gates)}."]
     first, last = summary[labels[0]], summary[labels[-1]]
-    rows += ["", f"Total: {first['rss_mib']:.1f} → {last['rss_mib']:.1f} MiB RSS, "
+    rows += ["", f"Total ({labels[0]} → {labels[-1]}): {first['rss_mib']:.1f} → "
+             f"{last['rss_mib']:.1f} MiB RSS, "
              f"{first['cpu_pct_core']:.2f} → {last['cpu_pct_core']:.2f} % of a core. "
              "Targets (issue 17): ≤ 80 MiB, ≤ 0.5 % at defaults with the API connected.",
+             *([f"Skipped (revision not in this repository): {', '.join(meta['skipped'])}."]
+               if meta.get("skipped") else []),
              "", f"Command: `{meta['command']}`"]
     return "\n".join(rows) + "\n"
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rev", action="append", required=True, metavar="LABEL=GITREV",
-                    help="a revision to run, in lever order (repeatable)")
+    ap.add_argument("--rev", action="append", required=True, metavar="LABEL=GITREV[+FLAG...]",
+                    help="a revision to run, in lever order (repeatable); flags after '+' are "
+                         "given to that agent only (a lever that is a flag, e.g. "
+                         "min-interval=HEAD+--cgroup.min-interval=30s; env:NAME=VALUE sets "
+                         "its environment)")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--window", type=float, default=120.0, help="seconds measured per round")
     ap.add_argument("--settle", type=float, default=20.0, help="seconds after start, unmeasured")
@@ -198,14 +222,31 @@ def main() -> int:
     ap.add_argument("--api", action="store_true", help="connect every agent to an API server")
     ap.add_argument("--agent-arg", action="append", default=[], help="extra flag for every agent")
     ap.add_argument("--name", default="")
+    ap.add_argument("--shipped", action="store_true",
+                    help="run the agents in a venv with the runtime dependencies only (as the "
+                         ".deb ships them), not this interpreter's (which may have test extras)")
     args = ap.parse_args()
     name = args.name or ("footprint_levers_api" if args.api else "footprint_levers")
-    revs = [tuple(r.split("=", 1)) for r in args.rev]
+    revs: list[tuple[str, str]] = []
+    flags: dict[str, list[str]] = {}
+    for r in args.rev:
+        label, spec = r.split("=", 1)
+        rev, *flags[label] = spec.split("+")
+        revs.append((label, rev))
     load_start = os.getloadavg()[0]
+    skipped: list[str] = []
     per_round: list[dict[str, dict[str, Any]]] = []
     with tempfile.TemporaryDirectory(prefix="nodemedic-levers-") as d:
         work = Path(d)
-        commits = {label: export_tree(rev, work / "trees" / label) for label, rev in revs}
+        commits: dict[str, str] = {}
+        for label, rev in list(revs):
+            try:
+                commits[label] = export_tree(rev, work / "trees" / label)
+            except subprocess.CalledProcessError:  # e.g. a squashed branch: not in history
+                print(f"skipping {label}: revision {rev} not in this repository", file=sys.stderr)
+                skipped.append(f"{label}={rev}")
+                revs.remove((label, rev))
+        python = shipped_python(work) if args.shipped else sys.executable
         refs = build_node(work / "cgroup", pods=args.pods, containers=2, layout="v2-systemd")
         with KubeletThread(pods_json(refs)) as kubelet, ApiServerThread() as api:
             kubeconfig = api.server.write_kubeconfig(work / "kubeconfig") if args.api else None
@@ -221,7 +262,8 @@ def main() -> int:
                         port = free_port()
                         procs[label] = (start_agent(
                             work / "trees" / label, work / "cgroup", kubelet.url, port,
-                            f"bench-{label}", kubeconfig, args.agent_arg),
+                            f"bench-{label}", kubeconfig, [*args.agent_arg, *flags[label]],
+                            python),
                             f"http://127.0.0.1:{port}/metrics")
                     if Path(NODE_EXPORTER).exists():
                         port = free_port()
@@ -242,9 +284,11 @@ def main() -> int:
     summary = {k: {f: statistics.median(r[k][f] for r in per_round)
                    for f in ("rss_mib", "rss_max_mib", "cpu_s", "cpu_pct_core")}
                for k in per_round[0]}
-    meta = {"revs": [(label, commits[label]) for label, _ in revs], "rounds": args.rounds,
+    meta = {"revs": [(label, commits[label]) for label, _ in revs], "flags": flags,
+            "skipped": skipped,
+            "rounds": args.rounds,
             "window": args.window, "pods": args.pods, "api": args.api, "cpus": os.cpu_count(),
-            "load_start": load_start, "load_end": os.getloadavg()[0],
+            "load_start": load_start, "load_end": os.getloadavg()[0], "shipped": args.shipped,
             "per_round": per_round,
             "command": " ".join(["python", "bench/footprint_levers.py", *sys.argv[1:]])}
     RESULTS.mkdir(parents=True, exist_ok=True)

@@ -23,9 +23,10 @@ RESULTS = BENCH / "results"
 # Order: cheap first; the report keeps this order.
 BENCHMARKS = (
     "footprint",
-    "footprint_cgroup_30s",  # same script with --cgroup.min-interval=30s (see VARIANTS)
-    "footprint_psi_pod",  # same script with --cgroup.psi=pod
-    "footprint_lean",  # both: --cgroup.psi=pod --cgroup.min-interval=30s
+    "footprint_cgroup_every_tick",  # same script with --cgroup.min-interval=0s (see VARIANTS)
+    "footprint_psi_container",  # same script with --cgroup.psi=container
+    "footprint_old_defaults",  # both: the defaults before issue 17's round 3
+    "footprint_levers_round3_api",  # ~8 min: each lever of round 3 side by side, API connected
     "cgroup_collect",
     "rules_eval",
     "web_auth",
@@ -45,24 +46,45 @@ BENCHMARKS = (
 # Results of benchmarks that compare git revisions (run by hand, see each script's docstring):
 # not rerun by `make bench`, but kept in the report beside the others when their files exist.
 COMPARISONS = (
+    "footprint_levers_round3",
+    "footprint_levers_probe",  # round 3's intermediate paired run (min-interval as a flag)
     "footprint_levers_pair",
     "footprint_levers_api",
     "footprint_levers_round2",
     "footprint_levers_round2_api",
     "start_ready",
     "start_ready_source",
+    "start_ready_round3",
 )
 
 
 # Result name -> (script, extra arguments) for benchmarks that reuse another's script.
+# Issue 17, round 3: each lever as the commit that made it (they are on main's history; a
+# revision that does not resolve is skipped with a note) or as a flag on the current checkout,
+# then the flags still off by default; agents in a venv with the runtime dependencies only.
+ROUND3_LEVERS = [
+    "--rev", "base=9691093",
+    "--rev", "raw-watch=52a6fcf",
+    "--rev", "render-members=18f11b5",
+    "--rev", "kubelet-ssl=d4a26b0",
+    "--rev", "lazy-core-v1=930e3fc",
+    "--rev", "psi-pod-default=e1fa09e",
+    "--rev", "min-interval-30s-default=ba12bc8",
+    "--rev", "kubelet-pods-digest=0725aba",
+    "--rev", "current=HEAD",
+    "--rev", "arena-max-1=HEAD+env:MALLOC_ARENA_MAX=1",  # not a default: a packaging choice
+]
 VARIANTS: dict[str, tuple[str, list[str]]] = {
-    "footprint_cgroup_30s": ("footprint", ["--agent-arg=--cgroup.min-interval=30s",
-                                           "--name", "footprint_cgroup_30s"]),
-    "footprint_psi_pod": ("footprint", ["--agent-arg=--cgroup.psi=pod",
-                                        "--name", "footprint_psi_pod"]),
-    "footprint_lean": ("footprint", ["--agent-arg=--cgroup.psi=pod",
-                                     "--agent-arg=--cgroup.min-interval=30s",
-                                     "--name", "footprint_lean"]),
+    "footprint_levers_round3_api": ("footprint_levers", [
+        *ROUND3_LEVERS, "--api", "--shipped", "--rounds", "2", "--window", "150",
+        "--name", "footprint_levers_round3_api"]),
+    "footprint_cgroup_every_tick": ("footprint", ["--agent-arg=--cgroup.min-interval=0s",
+                                                  "--name", "footprint_cgroup_every_tick"]),
+    "footprint_psi_container": ("footprint", ["--agent-arg=--cgroup.psi=container",
+                                              "--name", "footprint_psi_container"]),
+    "footprint_old_defaults": ("footprint", ["--agent-arg=--cgroup.psi=container",
+                                             "--agent-arg=--cgroup.min-interval=0s",
+                                             "--name", "footprint_old_defaults"]),
 }
 
 
@@ -122,6 +144,10 @@ def main() -> int:
         if js.exists():
             merged[name] = json.loads(js.read_text())
     (RESULTS / "REPORT.json").write_text(json.dumps(merged, indent=2) + "\n")
+    for name in ("footprint_levers_round3_api", "footprint_levers_round3"):
+        md = RESULTS / f"{name}.md"
+        if md.exists():  # the lever table (issue 17): each lever's saving beside node_exporter
+            print(md.read_text())
     print(f"wrote {RESULTS / 'REPORT.md'}", file=sys.stderr)
     return 0 if all(r["exit_code"] == 0 for r in ran.values()) else 1
 

@@ -11,10 +11,15 @@ scrapers or with the series count.
 The agent's own metrics are prometheus_client objects rendered by ``generate_latest``; the
 collected families (tens of thousands of series on a busy node) go through FamilyRenderer, which
 writes the same text format with cached label strings (tests/unit/exporter/test_render.py proves
-it equal to what prometheus_client renders for the same families). The text is streamed into the
-gzip compressor family by family and only the compressed bytes are kept (a tenth of the text's
-size at 17k series); the rare client that does not accept gzip gets the text decompressed on
-demand.
+it equal to what prometheus_client renders for the same families). The text is compressed family by
+family and only the compressed bytes are kept (a tenth of the text's size at 17k series); the
+rare client that does not accept gzip gets the text decompressed on demand. The body is a series
+of gzip members (RFC 1952 §2.2; Go's and Python's readers and curl read them as one stream): the
+self-metrics, each family of 64 or more samples, and the small families between them. A big
+family that a collector serves again unchanged (the same Family object: the cgroup collector
+between reads under ``--cgroup.min-interval``) re-uses its member from the last render instead
+of being formatted and compressed again. Collectors never change a Family once returned (a
+render runs in a thread while the next tick collects), so the object is its content.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import math
+import sys
 import threading
 import time
 import zlib
@@ -33,6 +39,9 @@ from prometheus_client import CollectorRegistry, generate_latest
 from agent.structs.metrics import Family
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+# A family of at least this many samples is compressed as a gzip member of its own, re-used as
+# long as the collector serves the same Family object (smaller ones share a member).
+_OWN_MEMBER = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,41 +85,64 @@ class FamilyRenderer:
 
     def __init__(self) -> None:
         self._prefixes: dict[str, dict[tuple[str, ...], str]] = {}
+        self._next: dict[str, dict[tuple[str, ...], str]] = {}
 
     def render(self, families: Iterable[Family]) -> str:
         return "".join(self.chunks(families))
 
     def chunks(self, families: Iterable[Family]) -> Iterator[str]:
         """The text one family at a time (the label cache is swapped once it is exhausted)."""
-        new_prefixes: dict[str, dict[tuple[str, ...], str]] = {}
+        self.begin()
         for fam in families:
-            out: list[str] = []
-            append = out.append
-            spec = fam.spec
-            name = spec.name
-            typ = "gauge" if spec.type == "info" else spec.type
-            doc = spec.help.replace("\\", "\\\\").replace("\n", "\\n")
-            append(f"# HELP {name} {doc}\n# TYPE {name} {typ}\n")
-            if not spec.labelnames:
-                for _, value in fam.samples:
-                    append(f"{name} {_value(value)}\n")
-                yield "".join(out)
-                continue
-            old = self._prefixes.get(name, {})
-            cur = new_prefixes.setdefault(name, {})
-            heads = [f'{k}="' for k in spec.labelnames]
-            for values, value in fam.samples:
-                prefix = cur.get(values)
+            yield self.family(fam)
+        self.end()
+
+    def begin(self) -> None:
+        """Start a render: label strings not used until :meth:`end` are forgotten then."""
+        self._next = {}
+
+    def keep(self, name: str) -> None:
+        """A family rendered earlier is re-used as it was: keep its label strings."""
+        if name in self._prefixes:
+            self._next.setdefault(name, self._prefixes[name])
+
+    def end(self) -> None:
+        self._prefixes, self._next = self._next, {}
+
+    def family(self, fam: Family) -> str:
+        """One family's text (between :meth:`begin` and :meth:`end`)."""
+        out: list[str] = []
+        append = out.append
+        spec = fam.spec
+        name = spec.name
+        typ = "gauge" if spec.type == "info" else spec.type
+        doc = spec.help.replace("\\", "\\\\").replace("\n", "\\n")
+        append(f"# HELP {name} {doc}\n# TYPE {name} {typ}\n")
+        if not spec.labelnames:
+            for _, value in fam.samples:
+                append(f"{name} {_value(value)}\n")
+            return "".join(out)
+        old = self._prefixes.get(name, {})
+        cur = self._next.setdefault(name, {})
+        heads = [f'{k}="' for k in spec.labelnames]
+        for values, value in fam.samples:
+            prefix = cur.get(values)
+            if prefix is None:
+                prefix = old.get(values)
                 if prefix is None:
-                    prefix = old.get(values)
-                    if prefix is None:
-                        inner = ",".join([h + _escape(x) + '"'
-                                          for h, x in zip(heads, values, strict=True)])
-                        prefix = f"{name}{{{inner}}} "
-                    cur[values] = prefix
-                append(prefix + _value(value) + "\n")
-            yield "".join(out)
-        self._prefixes = new_prefixes
+                    inner = ",".join([h + _escape(x) + '"'
+                                      for h, x in zip(heads, values, strict=True)])
+                    prefix = f"{name}{{{inner}}} "
+                cur[values] = prefix
+            append(prefix + _value(value) + "\n")
+        return "".join(out)
+
+
+def _member(data: bytes) -> bytes:
+    """``data`` as one gzip member. Level 1: on repetitive exposition text it gets within ~10%
+    of level 5's size for half the CPU. wbits 31: a gzip stream (mtime 0)."""
+    z = zlib.compressobj(1, zlib.DEFLATED, 31)
+    return z.compress(data) + z.flush()
 
 
 class Renderer:
@@ -138,6 +170,8 @@ class Renderer:
         self._head: bytes | None = None  # self-metrics text as of the last invalidate()
         self._pending: asyncio.Future[Exposition] | None = None
         self.renders = 0  # renders done, for tests and /status
+        # id(family) -> (family, sample count, its gzip member) from the last render.
+        self._members: dict[int, tuple[Family, int, bytes]] = {}
 
     def invalidate(self) -> None:
         """A tick finished: the next :meth:`current` renders its data. The self-metrics are
@@ -146,6 +180,13 @@ class Renderer:
         next one."""
         self._head = generate_latest(self._registry)
         self._stale = True
+        with self._lock:
+            # A family that only this cache still holds can never be served again (nothing
+            # else has it): let it go now, so that the heap trim after the tick frees it
+            # instead of keeping the last rendered tick's samples until the next render.
+            # 2 = the reference in the cache's tuple + getrefcount's own argument.
+            self._members = {k: v for k, v in self._members.items()
+                             if sys.getrefcount(v[0]) > 2}
 
     async def current(self) -> Exposition | None:
         """The exposition of the latest finished tick (None before the first one), rendered now
@@ -181,14 +222,32 @@ class Renderer:
         if families is None and self._families is not None:
             families = self._families()
         with self._lock:
-            # Level 1: on repetitive exposition text it gets within ~10% of level 5's size
-            # for half the CPU. wbits 31: a gzip stream (mtime 0).
-            z = zlib.compressobj(1, zlib.DEFLATED, 31)
-            gz = [z.compress(head if head is not None else generate_latest(self._registry))]
-            for chunk in self._family_renderer.chunks(families or ()):
-                gz.append(z.compress(chunk.encode()))
-            gz.append(z.flush())
-            exp = Exposition(b"".join(gz), time.monotonic(), time.perf_counter() - start)
+            fr = self._family_renderer
+            members = [_member(head if head is not None else generate_latest(self._registry))]
+            small: list[bytes] = []  # consecutive small families: one member between big ones
+            reusable: dict[int, tuple[Family, int, bytes]] = {}
+            fr.begin()
+            for fam in families or ():
+                n = len(fam.samples)
+                if n < _OWN_MEMBER:
+                    small.append(fr.family(fam).encode())
+                    continue
+                if small:
+                    members.append(_member(b"".join(small)))
+                    small = []
+                hit = self._members.get(id(fam))
+                if hit is not None and hit[0] is fam and hit[1] == n:
+                    fr.keep(fam.spec.name)  # served again as it was (--cgroup.min-interval)
+                    member = hit[2]
+                else:
+                    member = _member(fr.family(fam).encode())
+                reusable[id(fam)] = (fam, n, member)
+                members.append(member)
+            if small:
+                members.append(_member(b"".join(small)))
+            fr.end()
+            self._members = reusable
+            exp = Exposition(b"".join(members), time.monotonic(), time.perf_counter() - start)
             self.latest = exp
             self.renders += 1
         return exp

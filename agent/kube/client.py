@@ -10,6 +10,7 @@ server cannot stall a tick; watches get a read limit derived from their ``timeou
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -46,6 +47,44 @@ class ApiClient(client.ApiClient):
             query = kwargs.get("query_params") or (args[3] if len(args) > 3 else None) or []
             kwargs["_request_timeout"] = default_timeout(query)
         return super().call_api(*args, **kwargs)
+
+
+class _NoModels:
+    """Stands in for the ApiClient a kubernetes_asyncio Watch builds for itself: a raw watch
+    deserializes nothing, and there is no session to close."""
+
+    def deserialize(self, *_: object, **__: object) -> Any:
+        raise TypeError("a raw watch builds no models")
+
+    async def close(self) -> None:
+        return None
+
+
+@functools.cache
+def raw_watch() -> type[Any]:
+    """kubernetes_asyncio's Watch leaving objects as the JSON dicts the informers reduce.
+
+    Building the generated models for hundreds of Lease updates a second would cost more than
+    all the rest. ``Watch()`` also builds an ApiClient of its own, used only to deserialize
+    models: a new aiohttp session and a new SSL context that loads the system CA store (~25 ms
+    of CPU and ~0.8 MiB each) for every watch, i.e. every informer once a minute. The request
+    itself goes through the ApiClient bound to the list call, so this one builds none.
+    Defined on first use: kubernetes_asyncio.watch imports the whole kubeconfig loader
+    (kubernetes_asyncio.config, urllib3), which an agent without a cluster never needs."""
+    from kubernetes_asyncio import watch
+
+    class RawWatch(watch.Watch):
+        def __init__(self) -> None:  # what Watch.__init__ sets, without its ApiClient
+            self._raw_return_type = None
+            self._stop = False
+            self._api_client: Any = _NoModels()
+            self.resource_version = None
+            self.resp = None
+
+        def get_return_type(self, func: object) -> str:
+            return ""
+
+    return RawWatch
 
 
 def default_timeout(query_params: list[tuple[str, Any]]) -> aiohttp.ClientTimeout:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 from collections.abc import Awaitable, Callable
 from typing import Any, Generic, Literal, TypeVar
 
@@ -29,7 +28,7 @@ import structlog
 from kubernetes_asyncio import client
 
 from agent.backoff import Backoff
-from agent.kube.client import default_timeout
+from agent.kube.client import default_timeout, raw_watch
 from agent.kube.errors import LIST_TIMEOUT_SECONDS, KubeError, call_json
 
 log = structlog.get_logger("nodemedic.informer")
@@ -42,21 +41,6 @@ _BAD_OBJECT = (KeyError, TypeError, ValueError, AttributeError, IndexError)
 
 class _Gone(Exception):
     """The watch's resourceVersion is older than the server's history (410 Gone)."""
-
-
-@functools.cache
-def _raw_watch() -> type[Any]:
-    """kubernetes_asyncio's Watch leaving objects as the JSON dicts we reduce: building the
-    generated models for hundreds of Lease updates a second would cost more than all the rest.
-    Defined on first use: kubernetes_asyncio.watch imports the whole kubeconfig loader
-    (kubernetes_asyncio.config, urllib3), which an agent without a cluster never needs."""
-    from kubernetes_asyncio import watch
-
-    class _RawWatch(watch.Watch):
-        def get_return_type(self, func: object) -> str:
-            return ""
-
-    return _RawWatch
 
 
 def _lister(api: Any, resource: Resource, namespace: str) -> tuple[Any, tuple[str, ...]]:
@@ -253,7 +237,7 @@ class Informer(Generic[T]):
 
     async def _watch(self) -> None:
         """Apply events until the server ends the watch; raises on failure, _Gone on 410."""
-        w = _raw_watch()()
+        w = raw_watch()()
         try:
             async for ev in w.stream(
                 self._list,

@@ -12,6 +12,13 @@ model up by name on ``kubernetes_asyncio.client.models``, still finds any model 
 The name → module map is read from the package's own ``__init__`` source, so it is whatever the
 installed version exports; nothing is listed here.
 
+One API module is big on its own: ``core_v1_api.py`` (2.8 MB of generated source, ~400 methods,
+2.8 MiB of code objects once imported) of which the agent calls about 15. An API class whose
+module is over :data:`BIG_API_BYTES` is served by :func:`_lazy_api_class`: a class whose
+methods are compiled from the library's own source on first use (the generated ``def`` is cut
+out of the file at the offset indexed once), so a method behaves exactly as the library's and
+any method a caller asks for exists; only the unused ones are never loaded.
+
 Called once by agent/kube/__init__.py, so every ``from kubernetes_asyncio import client`` in
 agent.kube goes through it. If kubernetes_asyncio was already imported (e.g. a test imported it
 first) the real packages stay and this does nothing.
@@ -33,6 +40,53 @@ ROOT = "kubernetes_asyncio"
 HEAVY_PACKAGES = (ROOT, f"{ROOT}.client", f"{ROOT}.client.api", f"{ROOT}.client.models")
 _FROM_IMPORT = re.compile(rf"^from ({ROOT}(?:\.\w+)+) import (\w+)\s*$", re.MULTILINE)
 _VERSION = re.compile(r"^__version__ = \"([^\"]+)\"", re.MULTILINE)
+# API modules bigger than this get their methods compiled on first use (core_v1_api: 2.8 MB).
+BIG_API_BYTES = 512 * 1024
+_METHOD = re.compile(rb"^    def (\w+)\(", re.MULTILINE)
+
+
+def _lazy_api_class(module: str, name: str) -> type[Any] | None:
+    """``name`` from the generated API module ``module``, with methods compiled on first use;
+    None when the module is small (imported as usual) or not laid out as expected."""
+    spec = importlib.util.find_spec(module)
+    origin = Path(spec.origin) if spec is not None and spec.origin else None
+    if origin is None or origin.suffix != ".py" or origin.stat().st_size < BIG_API_BYTES:
+        return None
+    data = origin.read_bytes()
+    head_end = data.find(f"\nclass {name}(".encode())
+    if head_end < 0:
+        return None
+    starts = [(m.group(1).decode(), m.start()) for m in _METHOD.finditer(data)]
+    spans: dict[str, tuple[int, int]] = {}
+    for (meth, start), (_, nxt) in zip(starts, [*starts[1:], ("", len(data))], strict=True):
+        spans.setdefault(meth, (start, nxt))
+    if "__init__" not in spans:
+        return None
+    namespace: dict[str, Any] = {"__name__": module}
+    # The library's own installed source, as an import would run it (its imports, then defs).
+    exec(compile(data[:head_end], str(origin), "exec"), namespace)  # noqa: S102
+    del data
+
+    def method(attr: str) -> Any:
+        start, end = spans[attr]
+        with origin.open("rb") as f:
+            f.seek(start)
+            source = f.read(end - start).decode("utf-8")
+        body: dict[str, Any] = {}
+        exec(compile(f"class _One:\n{source}", str(origin), "exec"), namespace, body)  # noqa: S102
+        return body["_One"].__dict__[attr]
+
+    def __getattr__(self: Any, attr: str) -> Any:
+        if attr not in spans or attr.startswith("__"):
+            raise AttributeError(f"{name!r} object has no attribute {attr!r}")
+        fn = method(attr)
+        setattr(cls, attr, fn)  # compiled once; later lookups are plain methods
+        return fn.__get__(self, cls)
+
+    cls = type(name, (object,), {"__init__": method("__init__"), "__getattr__": __getattr__,
+                                 "__module__": module,
+                                 "__doc__": f"{module}.{name}, methods compiled on first use"})
+    return cls
 
 
 class _LazyPackage(types.ModuleType):
@@ -64,7 +118,11 @@ class _LazyPackage(types.ModuleType):
             raise AttributeError(attr)
         module = self._exports().get(attr)
         if module is not None:
-            value = getattr(importlib.import_module(module), attr)
+            value: Any = None
+            if module.startswith(f"{ROOT}.client.api."):
+                value = _lazy_api_class(module, attr)
+            if value is None:
+                value = getattr(importlib.import_module(module), attr)
         elif any((Path(p) / attr).is_dir() or (Path(p) / f"{attr}.py").is_file()
                  for p in self.__path__):
             value = importlib.import_module(f"{self.__name__}.{attr}")

@@ -96,8 +96,8 @@ class Settings(BaseModel):
     )
     collect_interval: Annotated[float, COLLECTORS] = Field(default=10.0, ge=1.0, le=3600.0)
     collector_timeout: Annotated[float, COLLECTORS] = Field(default=5.0, gt=0.0, le=600.0)
-    cgroup_min_interval: Annotated[float, COLLECTORS] = Field(default=0.0, ge=0.0, le=3600.0)
-    cgroup_psi: Annotated[Literal["container", "pod", "off"], COLLECTORS] = "container"
+    cgroup_min_interval: Annotated[float, COLLECTORS] = Field(default=30.0, ge=0.0, le=3600.0)
+    cgroup_psi: Annotated[Literal["container", "pod", "off"], COLLECTORS] = "pod"
     dry_run: Annotated[bool, LIVE] = False
     actions_restart_allowlist: Annotated[tuple[str, ...], LIVE] = (
         "kubelet.service", "containerd.service")

@@ -195,9 +195,17 @@ async def test_relists_after_410_gone(apiserver: ApiServer, collector: NodeColle
     await _until(lambda: collector.node and collector.node.state.synced, "sync")
     assert collector.node is not None
     lists = collector.node.state.lists
+    # Deterministic: the open watch ends normally (as timeoutSeconds ends it) while the
+    # collector's resourceVersion is older than the compacted history, so the re-watch gets the
+    # 410. (Patching, compacting and cutting the watch abruptly raced the watch's own start: an
+    # open watch cut abruptly counts as a failure and re-lists without any 410.)
+    await _until(lambda: apiserver.store.watchers(), "the watch is open")
     apiserver.patch("Node", "", NODE, {"metadata": {"labels": {"x": "1"}}})
+    await _until(lambda: collector.node is not None and collector.node.state.obj is not None
+                 and collector.node.state.obj["metadata"]["labels"].get("x") == "1", "patch seen")
     apiserver.compact()
-    apiserver.drop_watches()
+    collector.node.informer.resource_version = "1"  # no await since: no event can move it
+    apiserver.store.close_watchers("timeout")
     await _until(
         lambda: (
             collector.node is not None

@@ -110,7 +110,7 @@ def kernel_pod(hierarchies: list[Path]) -> Iterator[KernelPod]:
 
 
 async def collect() -> dict[str, Family]:
-    ctx = CollectorContext(Settings(path_cgroupfs=CGROOT))
+    ctx = CollectorContext(Settings(path_cgroupfs=CGROOT, cgroup_psi="container"))
     return {f.name: f for f in await CgroupCollector(ctx).collect()}
 
 

@@ -134,7 +134,8 @@ async def test_cgroups_vanishing_mid_tick_never_fail_the_collector(tmp_path: Pat
     root = tmp_path / "node" / "cgroup"
     build_node(root, pods=40 if short_budget() else 250, containers=2, layout="v2-systemd")
     settings = settings_for_tests(path_cgroupfs=root, node_name=NODE,
-                                  kubelet_url="http://127.0.0.1:9")
+                                  kubelet_url="http://127.0.0.1:9",
+                                  cgroup_min_interval=0.0)  # a real read every collect()
     collector = CgroupCollector(CollectorContext(settings))
     await collector.start()
     stop = threading.Event()

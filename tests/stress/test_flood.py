@@ -101,7 +101,8 @@ async def test_agent_stays_responsive_during_an_oom_storm(tmp_path: Path) -> Non
     try:
         async with running_agent(tmp_path, ("cgroup",), path_cgroupfs=root, kubelet_url=url,
                                  rules_dir=REPO / "rules", collector_timeout=1.9,
-                                 collect_interval=2.0) as agent:
+                                 collect_interval=2.0,
+                                 cgroup_min_interval=0.0) as agent:  # every bump, every tick
             assert agent.port is not None
             while not agent.ready()[0]:
                 await asyncio.sleep(0.1)

@@ -287,3 +287,21 @@ def test_a_kubelet_without_pods_sends_items_null() -> None:
     assert empty.pods == () and empty.skipped == 0
     with pytest.raises(KubeletBadBody):
         parse_pod_list({"kind": "PodList", "apiVersion": "v1", "metadata": {}})
+
+
+async def test_an_unchanged_pods_body_is_not_decoded_again_and_a_changed_one_is(
+    fake: FakeKubelet,
+) -> None:
+    """The same /pods bytes give the same pods without decoding; any change is seen at once."""
+    c = KubeletClient(fake.url, pods_max_age=0.0)
+    try:
+        first = await c.pod_list()
+        again = await c.pod_list()
+        assert again is first  # the parsed list of the identical body, not a new decode
+        fake.overrides["/pods"] = Override(200, json.dumps({"items": []}).encode(),
+                                           "application/json")
+        changed = await c.pod_list()
+    finally:
+        await c.close()
+    assert fake.hits["/pods"] == 3
+    assert len(first.pods) == 24 and changed.pods == ()

@@ -127,7 +127,7 @@ def agent(node: RealNode, real_cluster: RealCluster, tmp_path: Path) -> Iterator
          "--kubelet.url", node.kubelet_url, "--node-name", node.name,
          "--web.listen-address", f"127.0.0.1:{port}", "--state.dir", str(tmp_path / "state"),
          "--rules.dir", str(ROOT / "rules"), "--problems.dir", str(ROOT / "problems"),
-         "--collect.interval", "2s"],
+         "--collect.interval", "2s", "--cgroup.min-interval", "0s"],
         cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env={k: v for k, v in os.environ.items()
                                                    if not k.startswith("NODEMEDIC_")})
     url = f"http://127.0.0.1:{port}"

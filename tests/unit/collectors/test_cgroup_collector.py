@@ -65,7 +65,9 @@ class FakeKubelet:
 
 
 def collector(root: Path, kubelet: object | None = None) -> CgroupCollector:
-    ctx = CollectorContext(Settings(path_cgroupfs=root))
+    """A collector reading every file there is (PSI per container too) on every call."""
+    ctx = CollectorContext(Settings(path_cgroupfs=root, cgroup_psi="container",
+                                    cgroup_min_interval=0))
     if kubelet is not None:
         ctx.kubelet = kubelet
     return CgroupCollector(ctx)
@@ -434,19 +436,21 @@ def test_endless_and_blocking_files_are_bounded_and_counted(v2_copy: Path) -> No
 
 
 async def test_psi_scope_pod_reads_pod_cgroups_only_and_off_reads_none() -> None:
-    """--cgroup.psi=pod keeps every pod's PSI and drops the containers'; off drops all PSI and
-    nothing else; the default reads both."""
+    """--cgroup.psi=pod (the default) keeps every pod's PSI and drops the containers'; off drops
+    all PSI and nothing else; container reads both."""
     name = "nodemedic_container_pressure_seconds_total"
     results = {}
-    for scope in ("container", "pod", "off"):
-        ctx = CollectorContext(Settings(path_cgroupfs=V2, cgroup_psi=scope))
+    for scope in ("container", "pod", "off", "default"):
+        settings = (Settings(path_cgroupfs=V2) if scope == "default" else
+                    Settings(path_cgroupfs=V2, cgroup_psi=scope))
+        ctx = CollectorContext(settings)
         ctx.kubelet = FakeKubelet(real_pod_refs())
         results[scope] = {f.name: f for f in await CgroupCollector(ctx).collect()}
     levels = {
         scope: {lbl["container"] == "" for lbl, _ in fams[name].series()} if name in fams else set()
         for scope, fams in results.items()
     }
-    assert levels == {"container": {True, False}, "pod": {True}, "off": set()}
+    assert levels == {"container": {True, False}, "pod": {True}, "off": set(), "default": {True}}
     pod = {"pod": "e2e-daemonset-kb65b", "container": "", "resource": "cpu", "kind": "some"}
     assert results["pod"][name].get(**pod) == results["container"][name].get(**pod) is not None
     usage = "nodemedic_container_memory_usage_bytes"

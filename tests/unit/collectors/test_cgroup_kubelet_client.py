@@ -24,7 +24,7 @@ async def test_real_kubelet_client_names_pods_then_kubelet_dies() -> None:
     client = KubeletClient(url)
     try:
         settings = Settings(path_cgroupfs=FIX / "v2-systemd", kubelet_url=url,
-                            collector_timeout=2.0)
+                            collector_timeout=2.0, cgroup_min_interval=0)  # read every call
         collector = CgroupCollector(CollectorContext(settings, kubelet=client))
         fams = {f.name: f for f in await collector.collect()}
         usage = fams["nodemedic_container_memory_usage_bytes"]

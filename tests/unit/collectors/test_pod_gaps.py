@@ -27,7 +27,7 @@ class PodList:
 async def test_cgroup_pod_without_readable_files_is_counted_and_named(tmp_path: Path) -> None:
     root = tmp_path / "v2"
     shutil.copytree(FIX / "cgroup" / "v2-systemd", root)
-    ctx = CollectorContext(Settings(path_cgroupfs=root))
+    ctx = CollectorContext(Settings(path_cgroupfs=root, cgroup_min_interval=0))  # every call
     ctx.kubelet = PodList()
     c = CgroupCollector(ctx)
     fams = {f.name: f for f in await c.collect()}

@@ -117,3 +117,47 @@ def test_the_kept_exposition_is_only_the_compressed_text() -> None:
     assert held * 3 < len(text)
     assert exp.text == text
     assert parsed(text.decode()) == parsed(reference(families))
+
+
+def test_a_family_served_again_reuses_its_member_and_a_new_one_is_rendered() -> None:
+    """Under --cgroup.min-interval the cgroup collector serves the same Family objects for a
+    few ticks: the body is then built from the last render's gzip member for them (no text
+    work), and any new family object, even with the same name, is rendered afresh."""
+    big = fams([(f"ns{i % 20}", f"pod-{i}", float(i)) for i in range(300)], 1.0)
+    state = {"fams": big}
+    reg = CollectorRegistry(auto_describe=False)
+    r = Renderer(reg, lambda: state["fams"])
+    first = r.render()
+    calls: list[str] = []
+    real = r._family_renderer.family
+
+    def counting(fam: Family) -> str:
+        calls.append(fam.spec.name)
+        return real(fam)
+
+    r._family_renderer.family = counting  # type: ignore[method-assign]
+    again = r.render()
+    assert SPEC.name not in calls  # the 300-sample family was re-used, not formatted
+    assert again.text == first.text
+    assert parsed(again.text.decode()) == parsed(reference(big))
+    changed = fams([(f"ns{i % 20}", f"pod-{i}", float(i) + 0.5) for i in range(300)], 1.0)
+    state["fams"] = changed
+    third = r.render()
+    assert SPEC.name in calls
+    assert parsed(third.text.decode()) == parsed(reference(changed))
+    # and the label cache survived the re-used render: the same strings, nothing rebuilt twice
+    assert len(r._family_renderer._prefixes[SPEC.name]) == 300
+
+
+def test_the_member_cache_lets_go_of_families_nobody_serves_any_more() -> None:
+    """After a tick whose collectors built new families, the last render's are no longer held
+    (the heap trim after the tick can free them); families still served stay cached."""
+    kept = fams([(f"ns{i % 20}", f"pod-{i}", float(i)) for i in range(300)], 1.0)
+    state = {"fams": fams([(f"ns{i % 20}", f"pod-{i}", float(i)) for i in range(300)], 1.0)}
+    reg = CollectorRegistry(auto_describe=False)
+    r = Renderer(reg, lambda: [*state["fams"], *kept[:1]])
+    r.render()
+    assert len(r._members) == 2
+    state["fams"] = []  # the next tick's collectors returned new objects; the old are dropped
+    r.invalidate()
+    assert [v[0] for v in r._members.values()] == [kept[0]]

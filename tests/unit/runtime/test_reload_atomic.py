@@ -196,6 +196,6 @@ async def test_a_one_phase_component_refusing_applies_nothing_elsewhere(running:
     config.write_text(config.read_text() + "cgroup.psi: \"off\"\n")
     await agent.reload()
     assert agent._collection is collection
-    assert agent.settings.cgroup_psi == "container"
+    assert agent.settings.cgroup_psi == "pod"
     assert stage.settings.dry_run is True and stage.gate.settings.dry_run is True
     assert (await status(agent))["last_reload_error"] == "one-phase refusal"

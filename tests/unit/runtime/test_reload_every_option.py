@@ -66,8 +66,8 @@ def cases(tmp: Path) -> dict[str, Any]:
         "state_dir": tmp / "state2",
         "collect_interval": 1800.0,
         "collector_timeout": 3.0,
-        "cgroup_min_interval": 30.0,
-        "cgroup_psi": "pod",
+        "cgroup_min_interval": 60.0,
+        "cgroup_psi": "container",
         "dry_run": True,
         "actions_restart_allowlist": ("x.service",),
         "actions_webhook_allowlist": ("http://hook.example/",),
@@ -257,7 +257,7 @@ async def test_reload_applies_or_reports_every_option(
 async def test_psi_off_reload_removes_the_psi_series(
     tmp_path: Path, agent: tuple[Agent, Callable[[Settings], None]]
 ) -> None:
-    """The reproduction of issue 16: cgroup.psi container -> off by SIGHUP drops the PSI series
+    """The reproduction of issue 16: cgroup.psi pod (default) -> off by SIGHUP drops the PSI series
     from /metrics (before the fix the collectors kept reading PSI)."""
     a, set_next = agent
 
