@@ -20,7 +20,7 @@ ENV_PREFIX = "NODEMEDIC_"
 # setting, so that a misspelt one is refused instead of silently ignored.
 NOT_SETTINGS = frozenset({
     "NODEMEDIC_ARGS", "NODEMEDIC_PIP_ARGS", "NODEMEDIC_STRESS_BUDGET", "NODEMEDIC_TEST_DEB",
-    "NODEMEDIC_DEBIAN_MIRROR",
+    "NODEMEDIC_DEBIAN_MIRROR", "NODEMEDIC_STRICT_SKIPS",
 })
 # ... and whole families of them: the real-Kubernetes harness (hack/k8s, tests/real_cluster.py).
 NOT_SETTINGS_PREFIXES = ("NODEMEDIC_K8S_",)
