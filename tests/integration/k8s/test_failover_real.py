@@ -142,7 +142,11 @@ async def test_dead_node_is_cordoned_drained_and_replaced(cluster: Cluster) -> N
         raise AssertionError(f"{exc}; leader {lead}: {c.fleet.stages[lead].status()}") from None
     t_cordon = time.monotonic() - t0
     assert t_cordon >= T.node_grace - quiet - 0.05, "cordoned before the node's grace ran out"
-    assert FAILED_TAINT in await c.taints(victim)
+
+    async def failed_taint() -> bool:  # the cordon and the taint are two writes, a moment apart
+        return FAILED_TAINT in await c.taints(victim)
+
+    await eventually(failed_taint, 5, f"{victim} tainted {FAILED_TAINT}")
 
     removed: dict[str, dict[str, Any]] = {}  # the victim's pods as last seen terminating
 
