@@ -122,7 +122,8 @@ async def one_run(cluster: RealCluster, kube: Backend, token: str, ns: str, timi
                 victim = next(n for n in names if n != fl.leader())
                 t0 = time.monotonic()
                 await fl.kill(victim)
-                tl = await failover_timeline(kube, ns, victim, t0, limit)
+                tl = await failover_timeline(kube, ns, victim, t0, limit, stop_at=(
+                    ("running",) if timings.dry_run else ("running", "gone")))
             finally:
                 await fl.stop()
         print(f"{ns}: {tl.summary()}", flush=True)

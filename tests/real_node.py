@@ -261,17 +261,19 @@ class Timeline:
 
 
 async def failover_timeline(kube: Backend, ns: str, victim: str, t0: float, limit: float,
-                            stop_at: str = "running", replicas: int = 3) -> Timeline:
+                            stop_at: tuple[str, ...] = ("running",), replicas: int = 3
+                            ) -> Timeline:
     """Poll (every 0.25 s) the victim Node and the workload's pods from ``t0`` (monotonic, the
-    failure) until ``stop_at`` is reached or ``limit`` s passed; marks: ``cordon`` (unschedulable),
-    ``unreachable`` (the node lifecycle controller's taint), ``evicted`` (every pod on the victim
-    terminating or gone), ``fenced`` (out-of-service taint), ``gone`` (no pod left on the
-    victim), ``bound`` (``replicas`` live pods, all on other nodes), ``running`` (those pods
-    Running with their container running, as their kubelets report)."""
+    failure) until every mark of ``stop_at`` is reached or ``limit`` s passed. Marks:
+    ``cordon`` (unschedulable), ``unreachable`` (the node lifecycle controller's taint),
+    ``evicted`` (every pod on the victim terminating or gone), ``fenced`` (out-of-service
+    taint), ``gone`` (no pod left on the victim), ``bound`` (``replicas`` live pods, all on
+    other nodes), ``running`` (those pods Running with their container running, as their
+    kubelets report)."""
     marks: dict[str, float | None] = dict.fromkeys(
         ("cordon", "unreachable", "evicted", "fenced", "gone", "bound", "running"))
     now: list[dict[str, Any]] = []
-    while time.monotonic() - t0 < limit and marks[stop_at] is None:
+    while time.monotonic() - t0 < limit and any(marks[k] is None for k in stop_at):
         node = await kube.get("Node", "", victim) or {}
         now = await namespace_pods(kube, ns)
         keys = {t["key"] for t in node.get("spec", {}).get("taints") or []}

@@ -134,7 +134,8 @@ async def test_dead_real_node_is_fenced_and_its_pod_runs_on_a_healthy_real_kubel
     t0 = time.monotonic()
     quiet = time.time() - renewed  # the kubelet's heartbeat age at the failure
     await s.fleet.kill(victim.name)  # kubelet + containers SIGKILLed, agent stopped
-    tl = await failover_timeline(s.kube, s.ns, victim.name, t0, limit=120)
+    tl = await failover_timeline(s.kube, s.ns, victim.name, t0, limit=120,
+                                 stop_at=("running", "gone"))
     print(f"real-node failover ({victim.name}, leader {lead}, lease {quiet:.1f}s old): "
           f"{tl.summary()}")
     m = tl.marks
