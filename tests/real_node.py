@@ -10,9 +10,12 @@ node cannot come up, the test fails with node-up.sh's own error, never skips.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import signal
 import subprocess
 import time
+import urllib.parse
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -143,3 +146,154 @@ async def collect_cgroups(kubelet_url: str, cgroupfs: Path = Path("/sys/fs/cgrou
         return {f.name: f for f in await CgroupCollector(ctx).collect()}
     finally:
         await kubelet.close()
+
+
+def node_env(index: int) -> dict[str, str]:
+    """node-up.sh settings of the ``index``-th real node on this host (1-based): node 1 in the
+    standard kubepods tree, node i > 1 with its own bridge, pod CIDR and cgroupRoot."""
+    if index == 1:
+        return {}
+    return {"NODE_BRIDGE": f"nmbr{index - 1}", "NODE_POD_CIDR": f"10.244.{index}.0/24",
+            "NODE_CGROUP_ROOT": f"/nodemedic-node-{index}"}
+
+
+def real_nodes(cluster: RealCluster, count: int) -> Iterator[list[RealNode]]:
+    """Generator for a fixture: ``count`` real nodes (nodemedic-node-1..count, see node_env)
+    Ready, then every one torn down, the last one started first."""
+    with contextlib.ExitStack() as stack:
+        nodes: list[RealNode] = []
+        for i in range(1, count + 1):
+            up = contextlib.contextmanager(real_node)  # leaving it runs node-down.sh
+            nodes.append(stack.enter_context(up(cluster, f"nodemedic-node-{i}", env=node_env(i))))
+        yield nodes
+
+
+def fail_node(node: RealNode) -> list[str]:
+    """A node dies: its kubelet is SIGKILLed (its whole process group), then every container
+    task in its containerd is SIGKILLed, so its pods really stop and nothing reports on them.
+    containerd itself is left running, idle (nothing talks to it with the kubelet gone), so that
+    node-down.sh can still delete the dead tasks. Returns the killed task ids."""
+    pids = dict(line.split() for line in (node.directory / "pids").read_text().splitlines()
+                if line.strip())
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(int(pids["kubelet"]), signal.SIGKILL)
+    ctr = ["ctr", "--address", str(node.directory / "containerd" / "containerd.sock"),
+           "-n", "k8s.io", "tasks"]
+    tasks = subprocess.run([*ctr, "list", "-q"], capture_output=True, text=True, timeout=30,
+                           check=False).stdout.split()
+    for task in tasks:
+        subprocess.run([*ctr, "kill", "-s", "SIGKILL", task], capture_output=True, timeout=30,
+                       check=False)
+    return tasks
+
+
+class KubeletNodes:
+    """What nodemedic_sim.demo.fleet.Fleet needs of a cluster (tests/real_fleet.RealNodes' part)
+    for real nodes: each agent listens on its node's InternalIP (the host's address, shared by
+    all nodes here; a port each), and ``stop_kubelet`` is :func:`fail_node`."""
+
+    def __init__(self, kubeconfig: Path, nodes: list[RealNode]) -> None:
+        self.nodes = {n.name: n for n in nodes}
+        self.names = list(self.nodes)
+        self.server = self  # Fleet asks cluster.server.write_kubeconfig()
+        self._kubeconfig = kubeconfig
+        self.log: list[tuple[float, str, str]] = []
+
+    def write_kubeconfig(self, path: Path) -> Path:
+        path.write_text(self._kubeconfig.read_text())
+        path.chmod(0o600)
+        return path
+
+    def address(self, name: str) -> str:
+        return str(urllib.parse.urlsplit(self.nodes[name].kubelet_url).hostname)
+
+    def stop_kubelet(self, name: str) -> None:
+        fail_node(self.nodes[name])
+
+    def start_kubelet(self, name: str) -> None:
+        raise NotImplementedError("a failed real node comes back only through node-up.sh")
+
+    def record(self, kind: str, detail: str) -> None:
+        self.log.append((time.monotonic(), kind, detail))
+
+
+def spread_workload(ns: str, image: str = IMAGE, replicas: int = 3) -> list[dict[str, Any]]:
+    """A Deployment of ``replicas`` sleeping busybox pods, one per node (topology spread that
+    ignores tainted nodes, so replacements may skew onto the healthy ones), and a PDB
+    (maxUnavailable 1)."""
+    labels = {"app": "web"}
+    spread = {"maxSkew": 1, "topologyKey": "kubernetes.io/hostname",
+              "whenUnsatisfiable": "DoNotSchedule", "nodeTaintsPolicy": "Honor",
+              "labelSelector": {"matchLabels": labels}}
+    return [
+        {"apiVersion": "apps/v1", "kind": "Deployment",
+         "metadata": {"name": "web", "namespace": ns},
+         "spec": {"replicas": replicas, "selector": {"matchLabels": labels},
+                  "template": {"metadata": {"labels": labels}, "spec": {
+                      "terminationGracePeriodSeconds": 5, "automountServiceAccountToken": False,
+                      "containers": [{"name": "c", "image": image, "imagePullPolicy": "Never",
+                                      "command": ["sleep", "3600"]}],
+                      "topologySpreadConstraints": [spread]}}}},
+        {"apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
+         "metadata": {"name": "web", "namespace": ns},
+         "spec": {"maxUnavailable": 1, "selector": {"matchLabels": labels}}},
+    ]
+
+
+async def namespace_pods(kube: Backend, ns: str) -> list[dict[str, Any]]:
+    _, body = await kube.request("GET", f"/api/v1/namespaces/{ns}/pods")
+    return list(body.get("items", []))
+
+
+UNREACHABLE_KEY = "node.kubernetes.io/unreachable"
+OUT_OF_SERVICE_KEY = "node.kubernetes.io/out-of-service"
+
+
+@dataclass
+class Timeline:
+    """Seconds from the failure to each mark (None: not reached), and the last pods seen."""
+
+    marks: dict[str, float | None]
+    pods: list[dict[str, Any]]
+
+    def summary(self) -> str:
+        return ", ".join(f"{k} {'-' if v is None else f'{v:.1f}s'}" for k, v in self.marks.items())
+
+
+async def failover_timeline(kube: Backend, ns: str, victim: str, t0: float, limit: float,
+                            stop_at: tuple[str, ...] = ("running",), replicas: int = 3
+                            ) -> Timeline:
+    """Poll (every 0.25 s) the victim Node and the workload's pods from ``t0`` (monotonic, the
+    failure) until every mark of ``stop_at`` is reached or ``limit`` s passed. Marks:
+    ``cordon`` (unschedulable), ``unreachable`` (the node lifecycle controller's taint),
+    ``evicted`` (every pod on the victim terminating or gone), ``fenced`` (out-of-service
+    taint), ``gone`` (no pod left on the victim), ``bound`` (``replicas`` live pods, all on
+    other nodes), ``running`` (those pods Running with their container running, as their
+    kubelets report)."""
+    marks: dict[str, float | None] = dict.fromkeys(
+        ("cordon", "unreachable", "evicted", "fenced", "gone", "bound", "running"))
+    now: list[dict[str, Any]] = []
+    while time.monotonic() - t0 < limit and any(marks[k] is None for k in stop_at):
+        node = await kube.get("Node", "", victim) or {}
+        now = await namespace_pods(kube, ns)
+        keys = {t["key"] for t in node.get("spec", {}).get("taints") or []}
+        on = [p for p in now if p["spec"].get("nodeName") == victim]
+        live = [p for p in now
+                if not p["metadata"].get("deletionTimestamp") and p["spec"].get("nodeName")]
+        moved = len(live) == replicas and all(p["spec"]["nodeName"] != victim for p in live)
+        seen = {
+            "cordon": bool(node.get("spec", {}).get("unschedulable")),
+            "unreachable": UNREACHABLE_KEY in keys,
+            "evicted": all(p["metadata"].get("deletionTimestamp") for p in on),
+            "fenced": OUT_OF_SERVICE_KEY in keys,
+            "gone": not on,
+            "bound": moved,
+            "running": moved and all(p["status"].get("phase") == "Running" and running(p)
+                                     for p in live),
+        }
+        t = round(time.monotonic() - t0, 1)
+        for k, hit in seen.items():
+            if hit and marks[k] is None:
+                marks[k] = t
+        await asyncio.sleep(0.25)
+    return Timeline(marks, now)
