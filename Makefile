@@ -56,9 +56,11 @@ system-deps:
 	-@pkill -x prometheus >/dev/null 2>&1 || true
 	-@pkill -f prometheus-node-exporter >/dev/null 2>&1 || true
 
-## test: install everything the tests need (the real control plane, Kueue), then run them.
-test: system-deps $(STAMP) k8s-build kueue-build
-	NODEMEDIC_STRICT_SKIPS=1 $(VENV)/bin/pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+## test: install everything the tests need (the real control plane, Kueue, what real nodes need),
+## then run them, the real-node tier included (root; `make test NODEMEDIC_K8S_NODES=0` leaves it out).
+NODEMEDIC_K8S_NODES ?= 1
+test: system-deps node-deps $(STAMP) k8s-build kueue-build
+	NODEMEDIC_STRICT_SKIPS=1 NODEMEDIC_K8S_NODES=$(NODEMEDIC_K8S_NODES) $(VENV)/bin/pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
 ## test-real: only the real-control-plane tier (NODEMEDIC_K8S_KUBECONFIG=... for an existing cluster).
 test-real: system-deps $(STAMP) k8s-build kueue-build
