@@ -141,7 +141,11 @@ async def collect_cgroups(kubelet_url: str, cgroupfs: Path = Path("/sys/fs/cgrou
     """One tick of nodemedic's cgroup collector on ``cgroupfs``, fed by the kubelet's /pods."""
     kubelet = KubeletClient(kubelet_url, pods_max_age=0.0)
     try:
-        settings = Settings(path_cgroupfs=cgroupfs, kubelet_url=kubelet_url)
+        # Every call reads the files now and per container: the tests compare nodemedic's
+        # figures with reads of the same files taken around it (the defaults re-serve a read
+        # for up to 30 s and keep PSI per pod).
+        settings = Settings(path_cgroupfs=cgroupfs, kubelet_url=kubelet_url,
+                            cgroup_min_interval=0.0, cgroup_psi="container")
         ctx = CollectorContext(settings, kubelet=kubelet)
         return {f.name: f for f in await CgroupCollector(ctx).collect()}
     finally:
