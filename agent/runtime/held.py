@@ -58,7 +58,7 @@ class HeldSteps:
         self.dropped = {"resolved": 0, "full": 0}
 
     def due(self, seen: set[str], tick: int,
-            wants: Callable[[ActionRequest], bool] | None) -> list[ActionRequest]:
+            wants: Callable[[ActionRequest], bool]) -> list[ActionRequest]:
         """Held steps to re-gate this tick (oldest first, bounded); forget those the rules no
         longer ask for, and those a new request or a running action replaced."""
         ledger = self._ledger()
@@ -69,7 +69,7 @@ class HeldSteps:
                     del ledger.held[key]
                     self._changed()
                 continue
-            if wants is not None and not wants(held.request):
+            if not wants(held.request):
                 del ledger.held[key]
                 self.dropped["resolved"] += 1
                 self._changed()
