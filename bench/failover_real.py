@@ -21,10 +21,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
 import sys
 import tempfile
-import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -34,12 +32,12 @@ sys.path.insert(0, str(REPO))
 
 from agent.settings import Settings  # noqa: E402
 from nodemedic_sim.demo.fleet import Timings  # noqa: E402  (after the sys.path line above)
-from tests.real_cluster import Backend, RealCluster, rest_path  # noqa: E402
+from tests.polling import seconds_until as until  # noqa: E402
+from tests.real_cluster import Backend, RealCluster, nodemedic_token, rest_path  # noqa: E402
 from tests.real_fleet import Kubelets, RealNodes, fleet, sa_kubeconfig  # noqa: E402
 
 RESULTS = REPO / "bench" / "results"
 NODES = ["node-a", "node-b", "node-c"]
-RBAC = REPO / "deploy" / "rbac.yaml"
 
 
 def defaults() -> Timings:
@@ -68,16 +66,6 @@ def workload(ns: str) -> list[dict[str, Any]]:
          "metadata": {"name": "web", "namespace": ns},
          "spec": {"minAvailable": 2, "selector": {"matchLabels": labels}}},
     ]
-
-
-async def until(cond: Any, limit: float) -> float | None:
-    """Seconds until ``await cond()`` is true (polled every 0.25 s), or None."""
-    start = time.monotonic()
-    while time.monotonic() - start < limit:
-        if await cond():
-            return time.monotonic() - start
-        await asyncio.sleep(0.25)
-    return None
 
 
 async def pods(kube: Backend, ns: str) -> list[dict[str, Any]]:
@@ -182,15 +170,9 @@ async def run() -> dict[str, Any]:
     creds = cluster.start()
     kube = Backend("real", creds.server, None, creds=creds)
     try:
-        subprocess.run([str(cluster.bin_dir / "kubectl"), "--kubeconfig", str(creds.kubeconfig),
-                        "apply", "-f", str(RBAC)], check=True, capture_output=True)
-        code, tr = await kube.request(
-            "POST", "/api/v1/namespaces/kube-system/serviceaccounts/nodemedic/token",
-            {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
-             "spec": {"expirationSeconds": 3600}})
-        assert code == 201, tr
+        token = await nodemedic_token(cluster, kube)
         with tempfile.TemporaryDirectory() as tmp:
-            with_nm = await with_nodemedic(kube, tr["status"]["token"], Path(tmp))
+            with_nm = await with_nodemedic(kube, token, Path(tmp))
         for n in NODES:  # a clean slate for the second run
             await kube.request("DELETE", rest_path("Node", "", n))
             await kube.request("DELETE", rest_path("Lease", "kube-node-lease", n))

@@ -31,7 +31,6 @@ import contextlib
 import dataclasses
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -44,7 +43,8 @@ sys.path.insert(0, str(REPO))
 
 from agent.settings import Settings  # noqa: E402  (after the sys.path line above)
 from nodemedic_sim.demo.fleet import Timings  # noqa: E402
-from tests.real_cluster import Backend, RealCluster  # noqa: E402
+from tests.polling import eventually as until  # noqa: E402
+from tests.real_cluster import Backend, RealCluster, nodemedic_token  # noqa: E402
 from tests.real_fleet import fleet, sa_kubeconfig  # noqa: E402
 from tests.real_node import (  # noqa: E402
     NODES_ENV,
@@ -57,7 +57,6 @@ from tests.real_node import (  # noqa: E402
 )
 
 RESULTS = REPO / "bench" / "results"
-RBAC = REPO / "deploy" / "rbac.yaml"
 ALONE_LIMIT = 420.0
 # tests/integration/k8s/test_real_node_failover.py's timings (why 25 s: see there).
 TEST = Timings(node_grace=25.0, fencing_time=8.0, healthy_delay=3.0, lease_duration=3.0,
@@ -71,15 +70,6 @@ def defaults() -> Timings:
                    lease_duration=s.failover_lease_duration,
                    retry_period=s.failover_retry_period, probe_timeout=s.failover_probe_timeout,
                    probers=s.failover_probers, max_cordoned="1")
-
-
-async def until(cond: Any, limit: float, what: str) -> None:
-    end = time.monotonic() + limit
-    while time.monotonic() < end:
-        if await cond():
-            return
-        await asyncio.sleep(0.5)
-    raise RuntimeError(f"not within {limit:g} s: {what}")
 
 
 async def one_run(cluster: RealCluster, kube: Backend, token: str, ns: str, timings: Timings,
@@ -141,14 +131,7 @@ async def run(test_timings: bool) -> dict[str, Any]:
     kube = Backend("real", creds.server, None, creds=creds)
     timings = TEST if test_timings else defaults()
     try:
-        subprocess.run([str(cluster.bin_dir / "kubectl"), "--kubeconfig", str(creds.kubeconfig),
-                        "apply", "-f", str(RBAC)], check=True, capture_output=True)
-        code, tr = await kube.request(
-            "POST", "/api/v1/namespaces/kube-system/serviceaccounts/nodemedic/token",
-            {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
-             "spec": {"expirationSeconds": 3600}})
-        assert code == 201, tr
-        token = str(tr["status"]["token"])
+        token = await nodemedic_token(cluster, kube)
         with_nm = await one_run(cluster, kube, token, "bench-with", timings, 240)
         alone = await one_run(cluster, kube, token, "bench-alone",
                               dataclasses.replace(timings, dry_run=True), ALONE_LIMIT)

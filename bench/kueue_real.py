@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
 import sys
 import tempfile
 import time
@@ -44,7 +43,7 @@ sys.path.insert(0, str(REPO))
 
 from agent.settings import Settings  # noqa: E402
 from nodemedic_sim.demo.fleet import Fleet, Timings  # noqa: E402  (after the sys.path line above)
-from tests.real_cluster import Backend, RealCluster, rest_path  # noqa: E402
+from tests.real_cluster import Backend, RealCluster, nodemedic_token, rest_path  # noqa: E402
 from tests.real_fleet import RealNodes, fleet, sa_kubeconfig  # noqa: E402
 from tests.real_kueue import (  # noqa: E402
     NODES,
@@ -55,7 +54,6 @@ from tests.real_kueue import (  # noqa: E402
 )
 
 RESULTS = REPO / "bench" / "results"
-RBAC = REPO / "deploy" / "rbac.yaml"
 Check = Callable[[], Awaitable[bool]]
 # The third run's change to kueue-up.sh's feature gates.
 NO_POD_TERMINATION = "TASReplaceNodeOnPodTermination=false"
@@ -156,16 +154,8 @@ async def run() -> dict[str, Any]:
         work = Path(tmp)
         up = False
         try:
-            subprocess.run([str(cluster.bin_dir / "kubectl"), "--kubeconfig",
-                            str(creds.kubeconfig), "apply", "-f", str(RBAC)],
-                           check=True, capture_output=True)
-            code, tr = await kube.request(
-                "POST", "/api/v1/namespaces/kube-system/serviceaccounts/nodemedic/token",
-                {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
-                 "spec": {"expirationSeconds": 3600}})
-            assert code == 201, tr
-            kc = sa_kubeconfig(work / "sa.kubeconfig", creds.server, creds.ca,
-                               tr["status"]["token"])
+            token = await nodemedic_token(cluster, kube)
+            kc = sa_kubeconfig(work / "sa.kubeconfig", creds.server, creds.ca, token)
             t0 = time.monotonic()
             kueue_up(creds.kubeconfig, work / "kueue")
             kueue_start = round(time.monotonic() - t0, 1)

@@ -1,7 +1,8 @@
 """Waiting in tests: poll a condition (a function or a coroutine function) until it holds.
 
 ``eventually`` fails with what was awaited and the last value seen; ``poll`` returns the last
-value instead, for callers that assert with their own message (a cluster's log, say).
+value instead, for callers that assert with their own message (a cluster's log, say);
+``seconds_until`` measures how long the wait took (None: not within the limit), for benches.
 """
 
 from __future__ import annotations
@@ -37,3 +38,10 @@ async def eventually(check: Callable[[], Any], timeout: float = 10.0,
         raise AssertionError(f"{what}: not within {timeout:g}s (last: {value!r}, "
                              f"{time.monotonic() - start:.1f}s)")
     return value
+
+
+async def seconds_until(check: Callable[[], Any], limit: float, *,
+                        every: float = 0.25) -> float | None:
+    """Seconds until ``check()`` is truthy, or None when it is not within ``limit`` seconds."""
+    start = time.monotonic()
+    return time.monotonic() - start if await poll(check, limit, every=every) else None

@@ -380,3 +380,28 @@ def cluster_singleton() -> Iterator[RealCluster]:
         yield cluster
     finally:
         cluster.stop()
+
+
+RBAC = ROOT / "deploy" / "rbac.yaml"
+SA = "/api/v1/namespaces/kube-system/serviceaccounts/nodemedic"
+
+
+def kubectl(cluster: RealCluster, kube: Backend, *args: str, stdin: str | None = None) -> str:
+    """Run the pinned kubectl as cluster-admin; fails with its stderr."""
+    assert kube.creds is not None
+    out = subprocess.run(
+        [str(cluster.bin_dir / "kubectl"), "--kubeconfig", str(kube.creds.kubeconfig), *args],
+        input=stdin, capture_output=True, text=True, timeout=60, check=False)
+    assert out.returncode == 0, f"kubectl {' '.join(args)}: {out.stderr}"
+    return out.stdout
+
+
+async def nodemedic_token(cluster: RealCluster, kube: Backend) -> str:
+    """deploy/rbac.yaml applied; a one-hour token of its nodemedic ServiceAccount (TokenRequest,
+    as `kubectl create token nodemedic -n kube-system` gives)."""
+    await asyncio.to_thread(kubectl, cluster, kube, "apply", "-f", str(RBAC))
+    code, tr = await kube.request("POST", f"{SA}/token", {
+        "apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+        "spec": {"expirationSeconds": 3600}})
+    assert code == 201, tr
+    return str(tr["status"]["token"])

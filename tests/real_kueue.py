@@ -16,14 +16,12 @@ workload's ``topologyAssignment`` (Kueue's v1beta2 slices) into node names.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import subprocess
-import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from tests.polling import seconds_until as until
 from tests.real_cluster import HACK, Backend, rest_path
 from tests.real_fleet import Kubelets
 
@@ -61,17 +59,6 @@ def kueue_down(kubeconfig: Path, workdir: Path) -> None:
 def kueue_log(workdir: Path, lines: int = 30) -> str:
     log = workdir / "logs" / "kueue.log"
     return "\n".join(log.read_text().splitlines()[-lines:]) if log.exists() else "(no log)"
-
-
-async def until(cond: Callable[[], Awaitable[Any]], limit: float,
-                every: float = 0.25) -> float | None:
-    """Seconds until ``await cond()`` is true, or None after ``limit`` seconds."""
-    start = time.monotonic()
-    while time.monotonic() - start < limit:
-        if await cond():
-            return time.monotonic() - start
-        await asyncio.sleep(every)
-    return None
 
 
 def condition(obj: dict[str, Any], kind: str) -> bool:

@@ -29,6 +29,7 @@ import pytest
 import pytest_asyncio
 
 from nodemedic_sim.demo.fleet import Fleet, Timings
+from tests.polling import seconds_until as until
 from tests.real_cluster import Backend, RealCluster
 from tests.real_fleet import RealNodes, fleet, sa_kubeconfig
 from tests.real_kueue import (
@@ -40,7 +41,6 @@ from tests.real_kueue import (
     kueue_log,
     kueue_up,
     pod_states,
-    until,
 )
 
 pytestmark = [pytest.mark.backends, pytest.mark.real_only, pytest.mark.timeout(300)]

@@ -21,9 +21,8 @@ import yaml
 from agent.kube.conditions import patch_conditions, read_conditions
 from agent.runtime.remediation import RemediationStage
 from agent.structs.remediation import ActionRequest, ActionSpec, Target
-from tests.integration.k8s.conftest import RBAC, kubectl
 from tests.k8s_helpers import NODE, Clock, ScriptedEngine, metric, node, pdb, settings, snapshot
-from tests.real_cluster import Backend, Heartbeats, RealCluster
+from tests.real_cluster import RBAC, Backend, Heartbeats, RealCluster, kubectl
 
 pytestmark = [pytest.mark.backends, pytest.mark.real_only]
 
