@@ -147,6 +147,7 @@ class RuleEngine:
         self._clock.set_offset(now - snapshot.monotonic)
         now = snapshot.monotonic
         self._history.update(snapshot, now)
+        self._memo.next_tick()
         tick = Tick(self.node_name, self._history, self._memo, snapshot, now)
         out: list[ActionRequest] = []
         # Rules share metric sets: look each set up once per tick, not once per rule.

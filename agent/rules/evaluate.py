@@ -4,7 +4,12 @@ A :class:`Tick` is the per-tick view shared by all rules: each leaf's selection 
 function via :class:`agent.rules.history.History`, division, grouping per target, aggregate) is
 computed once and memoised, and :func:`eval_tree` / :func:`holds_at` combine leaf results by
 ``all``/``any``/``not``. Selections by label that do not change between ticks are kept in a
-:class:`SelectionMemo` across ticks. Pure: no I/O, reads only the snapshot and the history.
+:class:`SelectionMemo` across ticks, and so is a leaf's whole result while its inputs are the
+very objects of last tick: a collector serving the same family again (the cgroup collector under
+``--cgroup.min-interval``: two ticks of three at the defaults) and a windowed result that did
+not move (:meth:`agent.rules.history.Windowed.compute` returns the same list then) cost one
+identity test per leaf instead of a selection over every series. Pure: no I/O, reads only the
+snapshot and the history.
 """
 
 from __future__ import annotations
@@ -30,11 +35,38 @@ OPS: dict[str, Callable[[float, float], bool]] = {
 
 class SelectionMemo:
     """Selections by label that do not change between ticks (positions, pod keys, ratio
-    alignments), reused while the label values are the same as last tick. Bounded."""
+    alignments), reused while the label values are the same as last tick. Bounded.
+
+    ``carried`` holds last tick's results (selection, grouping, truth, pod keys) with the
+    objects they were computed from; a tick that finds the same objects (``is``) reuses the
+    result, and stores what it used in ``kept`` (:meth:`next_tick` swaps them, so only what the
+    last tick used is held: bounded by the rules' leaves, and an input no longer read is
+    released)."""
 
     def __init__(self) -> None:
         self.indexes: dict[tuple[Any, ...], tuple[Any, ...]] = {}
         self.alignments: dict[tuple[Any, ...], tuple[Any, ...]] = {}
+        self.carried: dict[tuple[Any, ...], tuple[tuple[object, ...], Any]] = {}
+        self.kept: dict[tuple[Any, ...], tuple[tuple[object, ...], Any]] = {}
+        self.reused = 0  # results carried over (tests, the bench)
+
+    def next_tick(self) -> None:
+        self.carried, self.kept = self.kept, {}
+
+    def carry(self, key: tuple[Any, ...], inputs: tuple[object, ...]) -> Any:
+        """Last tick's result for ``key`` if it was computed from these very objects."""
+        got = self.carried.get(key)
+        if got is None:
+            return None
+        old = got[0]
+        if len(old) != len(inputs) or any(a is not b for a, b in zip(old, inputs, strict=True)):
+            return None
+        self.kept[key] = got
+        self.reused += 1
+        return got[1]
+
+    def keep(self, key: tuple[Any, ...], inputs: tuple[object, ...], result: Any) -> None:
+        self.kept[key] = (inputs, result)
 
     @staticmethod
     def remember(memo: dict[tuple[Any, ...], tuple[Any, ...]], key: tuple[Any, ...],
@@ -204,13 +236,26 @@ class Tick:
             return got
         src = (leaf.metric, leaf.function, leaf.window)
         samples = self._function(*src)
+        dsrc = (leaf.divide_by, leaf.function, leaf.window) if leaf.divide_by else None
+        den_samples = self._function(*dsrc) if dsrc is not None else None
+        inputs = (samples, den_samples)
+        carried: tuple[Series, list[str]] | None = self.memo.carry(key, inputs)
+        if carried is not None:
+            self._selected[key] = carried
+            return carried
+        got = self._select(leaf, src, samples, dsrc, den_samples)
+        self.memo.keep(key, inputs, got)
+        self._selected[key] = got
+        return got
+
+    def _select(self, leaf: Leaf, src: tuple[Any, ...], samples: Series,
+                dsrc: tuple[Any, ...] | None,
+                den_samples: Series | None) -> tuple[Series, list[str]]:
         lvs = self._labels(src, samples)
         idx, insts = self._index(leaf, src, lvs)
         if len(idx) != len(samples):
             samples = [samples[i] for i in idx]
-        if leaf.divide_by:
-            dsrc = (leaf.divide_by, leaf.function, leaf.window)
-            den_samples = self._function(*dsrc)
+        if dsrc is not None and den_samples is not None:
             aligned = self._align(src, lvs, dsrc, self._labels(dsrc, den_samples))
             divided: Series = []
             kept: list[str] = []
@@ -222,9 +267,7 @@ class Tick:
                         divided.append((lv, v / d))
                         kept.append(inst)
             samples, insts = divided, kept
-        got = (samples, insts)
-        self._selected[key] = got
-        return got
+        return samples, insts
 
     def groups(self, leaf: Leaf, target: str) -> Extremes:
         """The leaf's series per target instance."""
@@ -232,15 +275,22 @@ class Tick:
         got = self._groups.get(key)
         if got is not None:
             return got
-        samples, insts = self.select(leaf)
+        sel = self.select(leaf)
+        ckey = ("groups", *key)
+        ext: Extremes | None = self.memo.carry(ckey, (sel,))
+        if ext is None:
+            ext = self._group(leaf, target, *sel)
+            self.memo.keep(ckey, (sel,), ext)
+        self._groups[key] = ext
+        return ext
+
+    def _group(self, leaf: Leaf, target: str, samples: Series, insts: list[str]) -> Extremes:
         out: dict[str, list[tuple[float, tuple[str, ...]]]] = {}
         if (target == "pod" and leaf.aggregate != "count" and all(insts)
                 and len(set(insts)) == len(insts)):
             # One series per pod (the usual shape after a container!="" matcher or with an
             # aggregate): no grouping needed, and any aggregate of one value is that value.
-            ext = Extremes(unique=(insts, samples))
-            self._groups[key] = ext
-            return ext
+            return Extremes(unique=(insts, samples))
         if target == "node":
             if samples:
                 out[self.node_key] = [(v, lv) for lv, v in samples]
@@ -256,16 +306,19 @@ class Tick:
             for k, vals in out.items():
                 if len(vals) > 1 or how == "count":
                     out[k] = [(_aggregate(how, [v for v, _ in vals]), vals[0][1])]
-        ext = Extremes(out)
-        self._groups[key] = ext
-        return ext
+        return Extremes(out)
 
     def truth(self, leaf: Leaf, target: str, threshold: float) -> frozenset[str]:
         """Instances where the leaf holds at ``threshold``."""
         key = (target, leaf.op, threshold, *leaf.select_key)
         got = self._truth.get(key)
         if got is None:
-            got = self.groups(leaf, target).holds(leaf.op, threshold)
+            ext = self.groups(leaf, target)
+            ckey = ("truth", *key)
+            got = self.memo.carry(ckey, (ext,))
+            if got is None:
+                got = ext.holds(leaf.op, threshold)
+                self.memo.keep(ckey, (ext,), got)
             self._truth[key] = got
         return got
 
@@ -304,8 +357,16 @@ class Tick:
         names = fam.spec.labelnames
         if "namespace" not in names or "pod" not in names:
             return EMPTY
-        lvs = self._labels((metric, "value", 0.0), fam.samples)
         mkey = ("pods", metric)
+        carried: frozenset[str] | None = self.memo.carry(mkey, (fam.samples,))
+        if carried is not None:
+            return carried
+        got = self._pods_of(mkey, names, self._labels((metric, "value", 0.0), fam.samples))
+        self.memo.keep(mkey, (fam.samples,), got)
+        return got
+
+    def _pods_of(self, mkey: tuple[str, str], names: tuple[str, ...],
+                 lvs: list[tuple[str, ...]]) -> frozenset[str]:
         memo = self.memo.indexes.get(mkey)
         if memo is not None and memo[0] == lvs:
             cached: frozenset[str] = memo[1]

@@ -86,6 +86,8 @@ class Windowed:
     tick: only series that changed, or whose window start passed one of their change points
     (``due``, a heap of (window start, position)), are recomputed. Rebuilt from scratch when
     series come or go, after a tick it was not asked for, or when ``due`` grows past its bound.
+    A tick where nothing was recomputed returns the very list of the last one (never changed
+    once returned), so callers can carry their results over by identity.
     """
 
     __slots__ = ("counters", "due", "gen", "lvs", "out", "pos", "tick")
@@ -127,15 +129,23 @@ class Windowed:
             due = self.due
             while due and due[0][0] <= start:
                 dirty.add(heapq.heappop(due)[1])
-            out, lvs = self.out, self.lvs
+            if not dirty:
+                self.tick = tick
+                return self.out
+            out, lvs = list(self.out), self.lvs
+            moved = False
             for i in dirty:
                 v = self.value(i, start, window, now, rate)
                 if v is None:  # cannot happen while no series is new: start afresh
                     break
-                out[i] = (lvs[i], v)
+                if v != out[i][1]:
+                    out[i] = (lvs[i], v)
+                    moved = True
             else:
                 self.tick = tick
-                return list(out)
+                if moved:
+                    self.out = out
+                return self.out
         self.lvs, self.counters = list(hist), list(hist.values())
         self.due = []
         out = []
@@ -148,7 +158,7 @@ class Windowed:
             out.append((lv, v))
         self.out, self.pos = out, {lv: i for i, lv in enumerate(self.lvs)}
         self.gen, self.tick = (gen, tick) if complete else (-1, -1)
-        return list(out)
+        return out
 
 
 
@@ -168,6 +178,9 @@ class History:
         self._gen: dict[str, int] = {}
         self._windows: dict[tuple[str, str, float], Windowed] = {}
         self._horizons: dict[str, float] = {}
+        # The family each counter was last recorded from: the same object again (a collector
+        # re-serving its last read) holds no new observation, so it is not walked again.
+        self._recorded: dict[str, object] = {}
         self._tick = 0
 
     @property
@@ -188,6 +201,7 @@ class History:
         self._series = {m: h for m, h in self._series.items() if m in horizons}
         self._changed = {m: c for m, c in self._changed.items() if m in horizons}
         self._gen = {m: g for m, g in self._gen.items() if m in horizons}
+        self._recorded.clear()
         self._windows.clear()  # rebuilt on the next tick for the windows the new rules read
 
     def update(self, snapshot: Snapshot, now: float) -> None:
@@ -201,6 +215,10 @@ class History:
                 self._gen[metric] = self._gen.get(metric, 0) + 1
                 continue  # frozen: keep the history as it was
             fam = snapshot.family(metric)
+            if fam is not None and self._recorded.get(metric) is fam:
+                self._changed[metric] = []
+                continue
+            self._recorded[metric] = fam
             hist = self._series.setdefault(metric, {})
             samples = fam.samples if fam is not None else []
             seen = 0
