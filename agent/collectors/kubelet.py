@@ -183,6 +183,9 @@ class KubeletCollector(Collector):
         self._gaps: dict[str, Any] = {}  # /stats/summary pods without any usage value
         # The cgroup collector is on by default; when it runs, its PSI is the per-pod source.
         self._pod_psi = not ctx.settings.collector_enabled("cgroup", True)
+        # The families of the last /pods decode: the client returns the same PodList while the
+        # body is unchanged, and the same families then cost the rules and the render nothing.
+        self._pod_fams: tuple[PodList, list[Family]] | None = None
 
     async def collect(self) -> list[Family]:
         health, pods, summary, pleg = await asyncio.gather(
@@ -290,6 +293,15 @@ class KubeletCollector(Collector):
 
     def _pod_families(self, pods: PodList) -> list[Family]:
         self.skipped["pods"] += pods.skipped
+        last = self._pod_fams
+        if last is not None and last[0] is pods:
+            return list(last[1])
+        fams = self._build_pod_families(pods)
+        self._pod_fams = (pods, fams)
+        return list(fams)
+
+    @staticmethod
+    def _build_pod_families(pods: PodList) -> list[Family]:
         phases: Counter[str] = Counter(dict.fromkeys(_PHASES, 0))
         waiting: Counter[str] = Counter()
         restarts = RESTARTS.family()

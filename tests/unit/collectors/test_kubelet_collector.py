@@ -322,3 +322,32 @@ def test_summary_value_beyond_float_range_drops_only_that_value() -> None:
     fams, _ = summary_families(doc)
     ws = {f.name: f for f in fams}["nodemedic_kubelet_pod_memory_working_set_bytes"]
     assert list(ws.series()) == [({"namespace": "a", "pod": "p", "uid": "u"}, 7.0)]
+
+
+async def test_unchanged_pod_list_serves_the_same_families(fake: FakeKubelet) -> None:
+    """While /pods answers the same bytes, the pod families are the very objects of the last
+    tick (the rules carry their results over and the render re-uses their compressed text);
+    a changed restartCount gives new families with the new value."""
+    settings = settings_for_tests(kubelet_url=fake.url, collector_timeout=2.0)
+    c = KubeletCollector(CollectorContext(settings))
+    c.client.pods_max_age = 0.0  # every tick fetches /pods again
+    name = "nodemedic_kubelet_container_restarts_total"
+    try:
+        first = {f.name: f for f in await c.collect()}
+        again = {f.name: f for f in await c.collect()}
+        assert fake.hits["/pods"] == 2
+        assert again[name] is first[name]
+        doc = json.loads((FIXTURES / "pods_minikube_v1.35.json").read_text())
+        pod = doc["items"][0]
+        cs = pod["status"]["containerStatuses"][0]
+        cs["restartCount"] += 7
+        fake.overrides["/pods"] = Override(body=json.dumps(doc).encode(),
+                                           content_type="application/json")
+        changed = {f.name: f for f in await c.collect()}
+    finally:
+        await c.close()
+    assert changed[name] is not first[name]
+    labels = {"namespace": pod["metadata"]["namespace"], "pod": pod["metadata"]["name"],
+              "container": cs["name"]}
+    assert changed[name].get(**labels) == cs["restartCount"]
+    assert first[name].get(**labels) == cs["restartCount"] - 7
