@@ -45,7 +45,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from synthetic_node import build_node, pods_json  # noqa: E402
+from synthetic_node import build_node, pods_json, summary_json  # noqa: E402
 
 from nodemedic_sim.fake_kubelet import FakeKubelet, Override  # noqa: E402
 
@@ -75,13 +75,18 @@ def pct(values: list[float], q: float) -> float:
 
 
 class KubeletThread:
-    """The fake kubelet on its own event loop thread, serving the synthetic node's /pods."""
+    """The fake kubelet on its own event loop thread, serving the synthetic node's /pods (and
+    its /stats/summary when given)."""
 
-    def __init__(self, pods_doc: dict[str, Any]) -> None:
+    def __init__(self, pods_doc: dict[str, Any],
+                 summary_doc: dict[str, Any] | None = None) -> None:
         self.loop = asyncio.new_event_loop()
         self.fk = FakeKubelet(REPO / "tests" / "fixtures" / "kubelet")
         self.fk.overrides["/pods"] = Override(200, json.dumps(pods_doc).encode(),
                                               "application/json")
+        if summary_doc is not None:  # else the 17-pod capture
+            self.fk.overrides["/stats/summary"] = Override(
+                200, json.dumps(summary_doc).encode(), "application/json")
         self.url = ""
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
 
@@ -316,7 +321,7 @@ def main() -> int:
         work = Path(d)
         refs = build_node(work / "cgroup", pods=args.pods, containers=args.containers,
                           layout=args.layout)
-        with KubeletThread(pods_json(refs)) as kubelet:
+        with KubeletThread(pods_json(refs), summary_json(refs)) as kubelet:
             for i in range(args.runs):
                 print(f"footprint run {i + 1}/{args.runs}", file=sys.stderr)
                 runs.append(one_run(work, kubelet.url, args.scrapes, args.window,

@@ -49,7 +49,7 @@ from footprint import (  # noqa: E402
     get,
     wait_http,
 )
-from synthetic_node import build_node, pods_json  # noqa: E402
+from synthetic_node import build_node, pods_json, summary_json  # noqa: E402
 
 from nodemedic_sim.apiserver import ApiServer  # noqa: E402
 
@@ -248,7 +248,8 @@ def main() -> int:
                 revs.remove((label, rev))
         python = shipped_python(work) if args.shipped else sys.executable
         refs = build_node(work / "cgroup", pods=args.pods, containers=2, layout="v2-systemd")
-        with KubeletThread(pods_json(refs)) as kubelet, ApiServerThread() as api:
+        with (KubeletThread(pods_json(refs), summary_json(refs)) as kubelet,
+              ApiServerThread() as api):
             kubeconfig = api.server.write_kubeconfig(work / "kubeconfig") if args.api else None
             for label, _ in revs:
                 api.add_node(f"bench-{label}")

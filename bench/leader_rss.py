@@ -35,7 +35,7 @@ sys.path.insert(0, str(REPO / "bench"))
 
 from failover import read_json  # noqa: E402
 from footprint import RESULTS, KubeletThread, cpu_seconds, free_port, get  # noqa: E402
-from synthetic_node import build_node, pods_json  # noqa: E402
+from synthetic_node import build_node, pods_json, summary_json  # noqa: E402
 
 GOAL_MIB = 100.0
 
@@ -120,7 +120,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="nodemedic-leader-") as d:
         work = Path(d)
         refs = build_node(work / "cgroup", pods=250, containers=2, layout="v2-systemd")
-        with KubeletThread(pods_json(refs)) as kubelet:
+        with KubeletThread(pods_json(refs), summary_json(refs)) as kubelet:
             for i in range(args.runs):
                 print(f"leader run {i + 1}/{args.runs}", file=sys.stderr)
                 runs.append(one_run(work, kubelet.url, args.nodes, args.steady))

@@ -38,7 +38,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
 from footprint import KubeletThread, free_port, get, wait_http  # noqa: E402
-from synthetic_node import build_node, pods_json  # noqa: E402
+from synthetic_node import build_node, pods_json, summary_json  # noqa: E402
 
 RESULTS = REPO / "bench" / "results"
 SAMPLE_EVERY = 30.0
@@ -146,7 +146,7 @@ def run(minutes: float, interval: str) -> dict[str, Any]:
         cgroot = work / "cgroup"
         refs = build_node(cgroot, pods=250, containers=2, layout="v2-systemd")
         task_file = work / "tasks.json"
-        with KubeletThread(pods_json(refs, "soak-node")) as kt:
+        with KubeletThread(pods_json(refs, "soak-node"), summary_json(refs, "soak-node")) as kt:
             port = free_port()
             env = dict(os.environ, NODEMEDIC_LOG_LEVEL="warning", NODEMEDIC_LOG_FORMAT="json")
             env.pop("NOTIFY_SOCKET", None)

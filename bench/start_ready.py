@@ -36,7 +36,7 @@ sys.path.insert(0, str(REPO / "bench"))
 
 from footprint import RESULTS, KubeletThread, free_port  # noqa: E402
 from footprint_levers import export_tree  # noqa: E402
-from synthetic_node import build_node, pods_json  # noqa: E402
+from synthetic_node import build_node, pods_json, summary_json  # noqa: E402
 
 
 def compile_tree(tree: Path) -> None:
@@ -96,7 +96,7 @@ def main() -> int:
             for label, _ in revs:
                 compile_tree(work / "trees" / label)
         refs = build_node(work / "cgroup", pods=250, containers=2, layout="v2-systemd")
-        with KubeletThread(pods_json(refs)) as kubelet:
+        with KubeletThread(pods_json(refs), summary_json(refs)) as kubelet:
             for label, _ in revs:  # warm the disk cache and the .pyc files of every tree
                 start_once(work / "trees" / label, work / "cgroup", kubelet.url)
             for i in range(args.runs):
