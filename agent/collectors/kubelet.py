@@ -2,7 +2,8 @@
 
 Built by agent.runtime.pipeline; talks to the kubelet through the shared
 agent.kubelet_client.KubeletClient (``ctx.kubelet``), querying /healthz, /pods,
-/stats/summary and the kubelet's own /metrics concurrently every tick.
+/stats/summary and the kubelet's own /metrics concurrently every tick (/stats/summary at most
+once per ``--kubelet.summary-min-interval``, its families re-served in between).
 
 An unhealthy or unreachable kubelet (refused connection, timeout, HTTP 5xx, a bad answer) is an
 observation, not a collector failure: the collector succeeds and reports ``nodemedic_kubelet_up 0``
@@ -186,6 +187,7 @@ class KubeletCollector(Collector):
         # The families of the last /pods decode: the client returns the same PodList while the
         # body is unchanged, and the same families then cost the rules and the render nothing.
         self._pod_fams: tuple[PodList, list[Family]] | None = None
+        self._summary_read: tuple[float, list[Family]] | None = None  # (monotonic, families)
 
     async def collect(self) -> list[Family]:
         health, pods, summary, pleg = await asyncio.gather(
@@ -282,10 +284,21 @@ class KubeletCollector(Collector):
         return f"unexpected result {type(result).__name__}"
 
     async def _summary(self) -> tuple[list[Family], int]:
+        """/stats/summary's families; at most one read per --kubelet.summary-min-interval (a
+        250-pod summary is ~0.9 MB of JSON, and each read makes the kubelet gather every
+        container's stats): ticks in between re-serve the last read's very families (the
+        second of slack absorbs tick jitter). A failed read is retried on the next tick."""
+        now, every = time.monotonic(), self.ctx.settings.kubelet_summary_min_interval
+        last, self._summary_read = self._summary_read, None
+        if last is not None and now - last[0] < every - 1.0:
+            self._summary_read = last
+            return list(last[1]), 0
         doc = await self.client.get_json("/stats/summary")
         fams, skipped = summary_families(doc, pod_psi=self._pod_psi)
         gaps, self._gaps = report(KUBELET_PODS_WITHOUT_STATS, summary_pods_without_stats(doc))
-        return [*fams, gaps], skipped
+        out = [*fams, gaps]
+        self._summary_read = (now, out)
+        return list(out), skipped
 
     async def _pleg(self) -> dict[str, tuple[float, float]]:
         text = await self.client.get_text("/metrics")

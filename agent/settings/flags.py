@@ -51,6 +51,10 @@ FLAGS: tuple[Flag, ...] = (
     Flag("kubelet.token-file", "optpath", "bearer token file for the kubelet's HTTPS port"),
     Flag("kubelet.ca-file", "optpath", "CA bundle that signed the kubelet's serving certificate"),
     Flag("kubelet.insecure-skip-verify", "bool", "do not verify the kubelet's certificate"),
+    Flag("kubelet.summary-min-interval", "duration",
+         "least time between two reads of the kubelet's /stats/summary (~3.5 KB per pod to "
+         "decode, and the kubelet's own stats work); ticks in between re-serve its families "
+         "(default 30s, as --cgroup.min-interval; 0 = every tick)"),
     Flag("kubeconfig", "optpath", "kubeconfig for the API server; unset = in-cluster or none"),
     Flag("node-name", "str", "this node's Kubernetes name"),
     Flag("rules.dir", "path", "directory of YAML remediation rules"),

@@ -85,6 +85,8 @@ class Settings(BaseModel):
     kubelet_token_file: Annotated[Path | None, COLLECTORS] = None
     kubelet_ca_file: Annotated[Path | None, COLLECTORS] = None
     kubelet_insecure_skip_verify: Annotated[bool, COLLECTORS] = False
+    kubelet_summary_min_interval: Annotated[float, COLLECTORS] = Field(
+        default=30.0, ge=0.0, le=3600.0)
     kubeconfig: Annotated[Path | None, RESTART] = None
     node_name: Annotated[str, RESTART] = Field(default_factory=_hostname, min_length=1)
     rules_dir: Annotated[Path, LIVE] = Path("/etc/nodemedic/rules")

@@ -351,3 +351,30 @@ async def test_unchanged_pod_list_serves_the_same_families(fake: FakeKubelet) ->
               "container": cs["name"]}
     assert changed[name].get(**labels) == cs["restartCount"]
     assert first[name].get(**labels) == cs["restartCount"] - 7
+
+
+async def test_summary_read_at_most_once_per_min_interval(fake: FakeKubelet) -> None:
+    """--kubelet.summary-min-interval (30s): a second tick re-serves the last read's families
+    without asking the kubelet again; 0 reads every tick; a failed read is retried at once."""
+    name = "nodemedic_kubelet_node_fs_available_bytes"
+    c = _collector(fake.url)
+    try:
+        first = {f.name: f for f in await c.collect()}
+        again = {f.name: f for f in await c.collect()}
+        assert fake.hits["/stats/summary"] == 1
+        assert again[name] is first[name]
+    finally:
+        await c.close()
+    every = KubeletCollector(CollectorContext(settings_for_tests(
+        kubelet_url=fake.url, collector_timeout=2.0, kubelet_summary_min_interval=0.0)))
+    try:
+        fake.overrides["/stats/summary"] = Override(status=500, body=b"boom")
+        failed = {f.name: f for f in await every.collect()}
+        assert name not in failed
+        del fake.overrides["/stats/summary"]
+        read = {f.name: f for f in await every.collect()}
+        reread = {f.name: f for f in await every.collect()}
+    finally:
+        await every.close()
+    assert fake.hits["/stats/summary"] == 4
+    assert read[name] is not reread[name] and read[name].samples == reread[name].samples

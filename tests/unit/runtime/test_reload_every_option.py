@@ -60,6 +60,7 @@ def cases(tmp: Path) -> dict[str, Any]:
         "kubelet_token_file": token,
         "kubelet_ca_file": token,
         "kubelet_insecure_skip_verify": True,
+        "kubelet_summary_min_interval": 0.0,
         "kubeconfig": tmp / "kubeconfig",
         "node_name": "n2",
         "rules_dir": rules2,
