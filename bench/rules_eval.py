@@ -14,6 +14,7 @@ instances go pending -> firing and requests are built).
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -279,7 +280,14 @@ def write(result: dict[str, Any]) -> None:
     (RESULTS / "rules_eval.md").write_text("\n".join(lines))
 
 
-if __name__ == "__main__":
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.parse_args()
     res = measure()
     write(res)
     print((RESULTS / "rules_eval.md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
