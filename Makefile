@@ -43,18 +43,27 @@ demo: $(STAMP)
 check-rules: $(STAMP)
 	$(VENV)/bin/nodemedic check-rules rules/ --problems problems/
 
+# Debian's prometheus and prometheus-node-exporter start their services when installed (on
+# :9090 and :9100); the tests run their own instances on free ports and need none. Only a service
+# this target itself just installed is stopped (systemctl when systemd is PID 1, else the package's
+# init.d script): an operator's own Prometheus on the machine is never touched.
+APT_SERVICES := prometheus prometheus-node-exporter
 system-deps:
 	@missing=0; for p in $(APT_PROBES); do test -x $$p || missing=1; done; \
 	if [ $$missing = 1 ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    new=; for s in $(APT_SERVICES); do \
+	      dpkg-query -W -f='$${Status}' $$s 2>/dev/null | grep -q ' installed$$' || new="$$new $$s"; \
+	    done; \
 	    echo "installing Debian packages: $(APT_PACKAGES)"; \
 	    apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $(APT_PACKAGES) >/dev/null; \
+	    rc=$$?; for s in $$new; do \
+	      if [ "$$(cat /proc/1/comm 2>/dev/null)" = systemd ]; then systemctl stop "$$s" >/dev/null 2>&1 || true; \
+	      elif [ -x "/etc/init.d/$$s" ]; then "/etc/init.d/$$s" stop >/dev/null 2>&1 || true; fi; \
+	    done; \
+	    [ $$rc = 0 ] || exit $$rc; \
 	  else echo "warning: not root or no apt-get; tests needing $(APT_PACKAGES) will skip"; fi; \
 	fi
-	@# Debian's packages start their services; tests run their own instances on free ports.
-	-@systemctl stop prometheus prometheus-node-exporter >/dev/null 2>&1 || true
-	-@pkill -x prometheus >/dev/null 2>&1 || true
-	-@pkill -f prometheus-node-exporter >/dev/null 2>&1 || true
 
 ## test: install everything the tests need (the real control plane, Kueue, what real nodes need),
 ## then run them, the real-node tier included (root; `make test NODEMEDIC_K8S_NODES=0` leaves it out).

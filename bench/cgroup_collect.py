@@ -17,6 +17,7 @@ Budget context: the whole agent must stay under 0.5% of one core at a 10 s inter
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import os
@@ -135,6 +136,8 @@ def kernel_node(pods: int, containers: int) -> Iterator[tuple[Path, list[PodRef]
 
 
 def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.parse_args()
     results: dict[str, Any] = {
         "pods": PODS,
         "containers_per_pod": CONTAINERS,

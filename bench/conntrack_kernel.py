@@ -27,6 +27,7 @@ and how old its per-endpoint counts get. The namespace (and its table) is delete
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shutil
@@ -221,6 +222,8 @@ def markdown(doc: dict[str, Any]) -> str:
 
 
 def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.parse_args()
     RESULTS.mkdir(parents=True, exist_ok=True)
     doc: dict[str, Any] = {"kernel": os.uname().release, "cpus": os.cpu_count(),
                            "load": os.getloadavg()[0], "target_entries": ENTRIES}

@@ -14,6 +14,7 @@ with the same Services shows that memory follows Services, not entries. Target: 
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -99,6 +100,8 @@ def run_case(path: Path) -> dict[str, Any]:
 
 
 def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.parse_args()
     cases = [("262144 entries, acct off", ENTRIES, False),
              ("262144 entries, acct on", ENTRIES, True),
              ("65536 entries, acct on", ENTRIES // 4, True)]

@@ -19,6 +19,7 @@ a PDB (minAvailable 2). Two runs in the same cluster:
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import sys
@@ -185,6 +186,8 @@ async def run() -> dict[str, Any]:
 
 
 def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.parse_args()
     res = asyncio.run(run())
     res["when"] = datetime.now(UTC).isoformat(timespec="seconds")
     RESULTS.mkdir(exist_ok=True)

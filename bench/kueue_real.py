@@ -28,6 +28,7 @@ the healthy node's pod was kept.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import sys
@@ -233,7 +234,10 @@ def render(res: dict[str, Any]) -> list[str]:
 
 
 def main() -> int:
-    if sys.argv[1:] == ["--render"]:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--render", action="store_true",
+                    help="rewrite kueue_real.md from the saved kueue_real.json without running")
+    if ap.parse_args().render:
         res = json.loads((RESULTS / "kueue_real.json").read_text())
     else:
         res = asyncio.run(run())

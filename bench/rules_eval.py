@@ -16,6 +16,7 @@ same families on the two ticks between reads; the engine carries its results ove
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -289,7 +290,14 @@ def write(result: dict[str, Any]) -> None:
     (RESULTS / "rules_eval.md").write_text("\n".join(lines))
 
 
-if __name__ == "__main__":
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.parse_args()
     res = measure()
     write(res)
     print((RESULTS / "rules_eval.md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -132,6 +132,12 @@ class RealNodes:
         self._kubeconfig = kubeconfig
         self.log: list[tuple[float, str, str]] = []
 
+    @property
+    def lease_renew_interval(self) -> float:
+        """How often :class:`Kubelets` renews the Leases: Fleet lets the agents' node grace go
+        down to twice this (a real kubelet's 10 s would need 20 s)."""
+        return self.kubelets.every
+
     def write_kubeconfig(self, path: Path) -> Path:
         path.write_text(self._kubeconfig.read_text())
         path.chmod(0o600)

@@ -39,6 +39,8 @@ from agent.settings.flags import (
 )
 from agent.settings.model import (
     COLLECTORS,
+    KUBELET_LEASE_RENEW_INTERVAL,
+    LEASE_RENEW_CONTEXT,
     LIVE,
     RESTART,
     Combination,
@@ -51,7 +53,8 @@ from agent.settings.model import (
 from agent.settings_text import ENV_PREFIX, did_you_mean, unknown_env_name
 
 __all__ = [
-    "COLLECTORS", "FLAGS", "LIVE", "RESTART", "Flag", "OnReload", "ReloadMode", "Settings",
+    "COLLECTORS", "FLAGS", "KUBELET_LEASE_RENEW_INTERVAL", "LEASE_RENEW_CONTEXT", "LIVE",
+    "RESTART", "Flag", "OnReload", "ReloadMode", "Settings",
     "SettingsError", "build_parser", "check_paths", "display_value", "flag_default", "flag_name",
     "load_settings", "reload_mode", "settings_for_tests",
 ]

@@ -17,7 +17,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from agent.structs.durations import format_duration
 from agent.structs.gatespec import check_selectors, check_windows
@@ -59,6 +66,16 @@ RESTART = OnReload("restart")
 
 _SHARE = r"^[0-9]{1,6}%?$"  # a node count N or a share N%
 _URL = r"^$|^https?://[^\s/?#]+[^\s?#]*$"  # empty (off) or an http(s) base URL
+# How often a kubelet renews its node Lease in kube-node-lease: renewInterval = 0.25 x
+# nodeLeaseDurationSeconds, whose default is 40 s (KubeletConfiguration; pkg/kubelet/nodelease's
+# renewIntervalFraction 0.25), so every 10 s. The agent cannot read the kubelets' setting; the
+# failover node grace is checked against this (see Settings._check_combinations).
+KUBELET_LEASE_RENEW_INTERVAL = 10.0
+# The validation-context key by which a test harness whose fake kubelets renew faster says how
+# often they do, e.g. ``Settings.model_validate(values, context={LEASE_RENEW_CONTEXT: 0.5})``
+# (nodemedic_sim.demo.fleet). Never set on the load path (load_settings, reload): a real agent
+# always assumes the kubelet's 10 s.
+LEASE_RENEW_CONTEXT = "kubelet_lease_renew_interval"
 # RFC 1123 DNS subdomain, as Kubernetes requires of node names.
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 
@@ -238,8 +255,19 @@ class Settings(BaseModel):
         return data
 
     @model_validator(mode="after")
-    def _check_combinations(self) -> Settings:
+    def _check_combinations(self, info: ValidationInfo) -> Settings:
         """Settings that are each valid but contradict each other (each message names both)."""
+        renew = float((info.context or {}).get(LEASE_RENEW_CONTEXT, KUBELET_LEASE_RENEW_INTERVAL))
+        if self.failover_enabled and self.failover_node_grace < 2 * renew:
+            # A peer counts as a prober only while its lease is younger than half the grace:
+            # under two renewals the probers change at every renewal and healthy nodes look down.
+            raise Combination(
+                "failover_node_grace",
+                f"must be at least {format_duration(2 * renew)} with --failover.enabled, twice "
+                f"the kubelet's node-Lease renewal interval ({format_duration(renew)}): peers "
+                "probe only while their lease is younger than half the grace, so a shorter "
+                "grace changes the probers at every renewal and healthy nodes look down",
+            )
         if self.collector_timeout >= self.collect_interval:
             raise Combination(
                 "collector_timeout",

@@ -5,9 +5,17 @@
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 dir="${K8S_DIR:-$(cd "$here/../.." && pwd)/.k8s}"
-# Nodes of node-up.sh first, while the API server can still delete their pods.
-for n in "$dir"/nodes/*/; do
-  if [ -d "$n" ]; then K8S_DIR="$dir" NODE_NAME="$(basename "$n")" bash "$here/node-down.sh"; fi
+# Nodes of node-up.sh first, while the API server can still delete their pods, the last one
+# started first (cluster-up.sh starts nodemedic-node-1, -2, ... in turn; sort -V puts -10 after
+# -9). What each node-up.sh found already there (netns-before, iptables-before) includes the
+# nodes started before it, so only the first node's lists tell every node's leftovers apart: its
+# node-down.sh must run last, when no other node runs (it sweeps network namespaces only then)
+# and no other kubelet re-creates its KUBE-* chains. In name order the last-started node swept
+# with lists already holding the other nodes' namespaces and chains: those were left behind.
+mapfile -t nodes < <(find "$dir/nodes" -mindepth 1 -maxdepth 1 -type d -printf '%f\n' \
+  2>/dev/null | sort -rV)
+for n in "${nodes[@]}"; do
+  K8S_DIR="$dir" NODE_NAME="$n" bash "$here/node-down.sh"
 done
 if [ -f "$dir/pids" ]; then
   # Reverse order: scheduler and controller-manager, then the apiserver, etcd last.

@@ -128,6 +128,12 @@ class SimCluster:
         for fn in self.listeners:
             fn(entry)
 
+    @property
+    def lease_renew_interval(self) -> float:
+        """How often the simulated kubelets renew their Leases (nodemedic_sim.demo.fleet lets
+        the agents' node grace go down to twice this, instead of twice a real kubelet's 10 s)."""
+        return self.cfg.lease_renew
+
     def last_heartbeat(self, name: str) -> float:
         """Wall-clock time of the node's last kube-node-lease renewal."""
         return self._renewed[name]

@@ -18,7 +18,7 @@ from agent.collectors import registry as collector_registry
 from agent.peers.prober import HttpTransport, set_transport
 from agent.peers.stage import FailoverStage
 from agent.runtime.daemon import Agent
-from agent.settings import Settings
+from agent.settings import LEASE_RENEW_CONTEXT, Settings
 from nodemedic_sim.demo.cluster import SimCluster
 
 
@@ -100,7 +100,12 @@ class Fleet:
         port = self.ports.setdefault(node, free_port(addr))
         collector_registry.load_builtin()
         (self.workdir / "rules").mkdir(exist_ok=True)  # no rules: the demo is about failover
-        return Settings(
+        # Fake kubelets (SimCluster, tests/real_fleet.Kubelets) renew their Leases faster than a
+        # real kubelet's 10 s and say how often (``lease_renew_interval``), which lets the node
+        # grace be that much shorter; real kubelets (tests/real_node) say nothing: 10 s holds.
+        renew = getattr(self.cluster, "lease_renew_interval", None)
+        context = None if renew is None else {LEASE_RENEW_CONTEXT: float(renew)}
+        return Settings.model_validate(dict(
             node_name=node,
             web_listen_address=f"{addr}:{port}",
             kubeconfig=self.cluster.server.write_kubeconfig(self.workdir / "kubeconfig"),
@@ -123,7 +128,7 @@ class Fleet:
             failover_max_unhealthy=t.max_unhealthy,
             failover_max_unhealthy_zone=t.max_unhealthy_zone,
             failover_max_concurrent=t.max_concurrent,
-        )
+        ), context=context)
 
     async def start(self, nodes: list[str] | None = None) -> None:
         for node in nodes or self.cluster.names:

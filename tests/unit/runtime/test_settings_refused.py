@@ -17,7 +17,13 @@ from aiohttp import ClientSession
 
 from agent import cli
 from agent.runtime.daemon import Agent
-from agent.settings import Settings, SettingsError, build_parser, load_settings
+from agent.settings import (
+    LEASE_RENEW_CONTEXT,
+    Settings,
+    SettingsError,
+    build_parser,
+    load_settings,
+)
 
 OFF = {"cgroup": False, "kubelet": False, "host": False, "lbskew": False, "node": False}
 
@@ -146,3 +152,67 @@ async def test_zero_rules_loaded_is_visible(tmp_path: Path) -> None:
         assert exp is not None and b"\nnodemedic_rules_loaded 0.0\n" in exp.text
     finally:
         await agent.stop()
+
+
+# A real kubelet renews its node Lease every 10 s; a peer probes only while its lease is younger
+# than half the node grace, so a grace under 20 s changes the probers at every renewal (seen: a
+# 4 s grace tripped mass-failure protection on a healthy cluster).
+def test_failover_grace_under_two_lease_renewals_is_refused() -> None:
+    with pytest.raises(SettingsError) as err:
+        load_settings(parse(["--failover.enabled", "--failover.node-grace", "4s"]), environ={})
+    msg = str(err.value)
+    assert msg.startswith("--failover.node-grace='4s': must be at least 20s with "
+                          "--failover.enabled"), msg
+    assert "renewal interval (10s)" in msg and "\n" not in msg
+
+
+def test_failover_grace_in_config_file_is_refused_with_its_location(tmp_path: Path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text("failover.enabled: true\nfailover.node-grace: 19s\n")
+    with pytest.raises(SettingsError) as err:
+        load_settings(None, environ={"NODEMEDIC_CONFIG": str(config)})
+    assert str(err.value).startswith(f"{config}: failover.node-grace='19s': must be at least 20s")
+
+
+@pytest.mark.parametrize("argv", [
+    ["--failover.enabled", "--failover.node-grace", "20s"],
+    ["--failover.node-grace", "4s"],  # failover off: the grace is not used
+])
+def test_failover_grace_of_two_renewals_or_failover_off_is_accepted(argv: list[str]) -> None:
+    load_settings(parse(argv), environ={})
+
+
+async def test_failover_grace_refused_at_reload_keeps_the_last_good(tmp_path: Path) -> None:
+    """failover.node-grace is applied live: a reload to 4s is refused, 40s stays in force."""
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    config = tmp_path / "c.yaml"
+    config.write_text(f"rules.dir: {rules}\nnode-name: n1\nfailover.enabled: true\n")
+
+    def reread() -> Settings:
+        return load_settings(None, environ={"NODEMEDIC_CONFIG": str(config),
+                                            "NODEMEDIC_WEB_LISTEN_ADDRESS": "127.0.0.1:0"})
+
+    agent = Agent(settings(rules, failover_enabled=True), reload_settings=reread)
+    await agent.start()
+    try:
+        config.write_text(f"rules.dir: {rules}\nnode-name: n1\nfailover.enabled: true\n"
+                          "failover.node-grace: 4s\n")
+        await agent.reload()
+        body = await get_status(agent)
+        assert "failover.node-grace='4s': must be at least 20s" in body["last_reload_error"]
+        assert agent.settings.failover_node_grace == 40.0
+    finally:
+        await agent.stop()
+
+
+def test_a_harness_with_faster_fake_kubelets_says_so_explicitly() -> None:
+    """nodemedic_sim's Fleet states its fake kubelets' renewal interval; the rule is the same."""
+    base = {"failover_enabled": True, "node_name": "n1"}
+    fast = {LEASE_RENEW_CONTEXT: 1.0}
+    assert Settings.model_validate({**base, "failover_node_grace": 2.0},
+                                   context=fast).failover_node_grace == 2.0
+    with pytest.raises(ValueError, match="at least 2s"):
+        Settings.model_validate({**base, "failover_node_grace": 1.5}, context=fast)
+    with pytest.raises(ValueError, match="at least 20s"):
+        Settings(**base, failover_node_grace=2.0)  # no context: a real kubelet's 10 s
