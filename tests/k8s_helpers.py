@@ -93,6 +93,7 @@ def request(
     node_name: str = NODE, step: int = 0, **kw: Any,
 ) -> ActionRequest:
     kw.setdefault("observed", {"nodemedic_kubelet_up": 0.0})
+    kw.setdefault("metrics", ("nodemedic_kubelet_up",))  # what a kubelet rule reads
     return ActionRequest(
         rule=rule, action=ActionSpec(action, params or {}), target=Target("node", node_name),
         step=step, **kw,
@@ -144,9 +145,6 @@ class ScriptedEngine:
 
     def rule(self, name: str) -> None:
         return None  # no loaded rules: no per-rule gates
-
-    def rule_metrics(self, name: str) -> tuple[str, ...]:
-        return ()  # staleness comes from the metric names in each request's observed values
 
     def set_rules(self, ruleset: Any) -> None:
         pass

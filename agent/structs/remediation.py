@@ -63,7 +63,11 @@ class ActionRequest:
 
     ``step`` is the index in the rule's escalation ladder (0 = first action set); ``undo`` marks
     requests made after the healthy delay to reverse what the rule did (e.g. uncordon).
-    ``observed`` carries the values that made the rule fire, for Events and logs.
+    ``observed`` carries the values that made the rule fire, for Events and logs; ``metrics``
+    names every metric the rule reads (its conditions and ``divide_by``): the stage refuses the
+    request as ``missing_data`` while a collector behind one of them failed. A request made in
+    code reads nothing (``()``); ``None`` means unknown (restored from a state written before
+    requests recorded it): then any failed collector refuses it.
     """
 
     rule: str
@@ -82,6 +86,7 @@ class ActionRequest:
     # before a disruptive node action, agent.safety.attribution looks for the same owner's pods
     # showing them on other nodes. Empty: the problem is the node's, no check.
     workload_reasons: tuple[str, ...] = ()
+    metrics: tuple[str, ...] | None = ()
 
 
 DecisionKind = Literal["allowed", "dry_run", "denied"]

@@ -112,6 +112,7 @@ def test_request_carries_rule_settings_for_the_gate() -> None:
     assert isinstance(req.action.params, actionparams.RestartService)
     assert dict(req.action.params) == {"unit": "kubelet.service"}
     assert req.observed == {"nodemedic_kubelet_up": 0.0}
+    assert req.metrics == ("nodemedic_kubelet_up",)  # what the stage checks for fresh data
     assert "nodemedic_kubelet_up == 0 for 2m" in req.reason
 
 
