@@ -82,7 +82,7 @@ def fields(decision: Decision, outcome: Outcome | None, continuing: bool) -> dic
     return {
         "rule": req.rule,
         "action": req.action.type,
-        "params": dict(req.action.params),
+        "params": req.action.params.params(),
         "target": req.target.key,
         "node": req.target.node,
         "step": req.step,

@@ -45,7 +45,7 @@ def request_to_json(req: ActionRequest) -> dict[str, Any]:
     return {
         "rule": req.rule,
         "type": req.action.type,
-        "params": dict(req.action.params),
+        "params": req.action.params.params(),
         "target": {"kind": t.kind, "node": t.node, "namespace": t.namespace, "name": t.name},
         "step": req.step,
         "severity": req.severity,
@@ -62,8 +62,9 @@ def request_to_json(req: ActionRequest) -> dict[str, Any]:
 
 
 def request_from_json(data: dict[str, Any]) -> ActionRequest:
-    """Inverse of request_to_json; raises KeyError/TypeError/ValueError on garbage. A state
-    written before requests recorded their metrics restores them as unknown (None)."""
+    """Inverse of request_to_json; raises KeyError/TypeError/ValueError on garbage, and a
+    ValueError when the parameters no longer validate (ActionSpec.of: the action's model). A
+    state written before requests recorded their metrics restores them as unknown (None)."""
     t = data["target"]
     kind = t["kind"]
     if kind not in ("node", "pod", "service"):
@@ -73,7 +74,7 @@ def request_from_json(data: dict[str, Any]) -> ActionRequest:
         severity = "warning"
     return ActionRequest(
         rule=str(data["rule"]),
-        action=ActionSpec(str(data["type"]), dict(data.get("params") or {})),
+        action=ActionSpec.of(str(data["type"]), dict(data.get("params") or {})),
         target=Target(kind, str(t["node"]), str(t.get("namespace", "")), str(t.get("name", ""))),
         step=int(data.get("step", 0)),
         severity=severity,

@@ -19,25 +19,33 @@ Severity = Literal["info", "warning", "critical"]
 # Action type names (settings, the action registry), from the one declaration of each action.
 ACTION_TYPES = tuple(ACTION_MODELS)
 
-# An action's parameters: the rule's validated model (agent.structs.actionparams), or a plain
-# mapping for requests made in code (the failover path, a ledger restored from JSON); both read
-# the same way (``params["timeout"]``, ``params.get("key")``, ``dict(params)``).
-Params = ActionParams | Mapping[str, Any]
-
-
 @dataclass(frozen=True, slots=True)
 class ActionSpec:
-    """One action of a rule: its type and parameters (for a rule, the model the loader
-    validated, carried as is to the action's plan() and execute())."""
+    """One action: its validated parameter model (agent.structs.actionparams), which names the
+    action (``type``). A rule's comes from the loader; a request made in code (the failover
+    path, a ledger restored from JSON, tests) is built with :meth:`of`, which validates through
+    the same model, so a bad parameter fails where the request is made, not in the action."""
 
-    type: str
-    params: Params = field(default_factory=dict)
+    params: ActionParams
+
+    @property
+    def type(self) -> str:
+        """The action's name (``drain``, ``evict-pod``, ...)."""
+        return self.params.action_name()
+
+    @classmethod
+    def of(cls, name: str, params: Mapping[str, Any] | None = None) -> ActionSpec:
+        """The action ``name`` with ``params`` (as a rule writes them: ``{"timeout": "1h"}``),
+        validated by the action's model; ValueError (a pydantic ValidationError) on an unknown
+        action or a parameter the model refuses."""
+        model = ACTION_MODELS.get(name)
+        if model is None:
+            raise ValueError(f"no action named {name!r}")
+        return cls(model.model_validate({**(params or {}), "type": name}))
 
     def with_params(self, **changes: Any) -> ActionSpec:
         """The same action with some parameters replaced (a rendered template), still typed."""
-        p = self.params
-        new = p.model_copy(update=changes) if isinstance(p, ActionParams) else {**p, **changes}
-        return ActionSpec(self.type, new)
+        return ActionSpec(self.params.model_copy(update=changes))
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,7 +9,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from agent.actions import executor
+from agent.actions import executor, registry
 from agent.actions.base import ActionContext
 from agent.actions.cordon import Cordon
 from agent.actions.drain import Drain
@@ -55,7 +55,7 @@ async def test_an_unreachable_api_makes_resumable_and_continuing_work_wait(
 ) -> None:
     raising(Drain, KubeUnavailable("down"), monkeypatch)
     raising(Cordon, KubeUnavailable("down"), monkeypatch)
-    drain = allowed("drain", {"timeout": 600})
+    drain = allowed("drain", {"timeout": 600, "grace_period_cap": 30})
     assert (await executor.run(drain, ctx())).kind == "retry"
     assert (await executor.run(allowed("cordon"), ctx(), continuing=True)).kind == "retry"
 
@@ -66,6 +66,8 @@ async def test_a_cancellation_is_not_an_error(monkeypatch: pytest.MonkeyPatch) -
         await executor.run(allowed("cordon"), ctx())
 
 
-async def test_an_unknown_action_is_a_failure() -> None:
-    out = await executor.run(allowed("no-such-action"), ctx())
-    assert (out.kind, out.message) == ("failure", "no action named 'no-such-action'")
+async def test_an_unknown_action_is_a_failure(monkeypatch: pytest.MonkeyPatch) -> None:
+    decision = allowed("cordon")
+    monkeypatch.setattr(registry, "get", lambda name: None)  # declared, not implemented
+    out = await executor.run(decision, ctx())
+    assert (out.kind, out.message) == ("failure", "no action named 'cordon'")
