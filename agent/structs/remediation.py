@@ -110,6 +110,10 @@ class Decision:
     kind: DecisionKind
     reason: str
     detail: str = ""
+    # The action the gate looked up for the request (an agent.actions.base.Action, typed
+    # loosely: agent.structs imports nothing of agent.actions); the executor and the ledger use
+    # it instead of looking it up again. None when the gate found none (a denial).
+    action: object = field(default=None, compare=False, repr=False)
 
 
 OutcomeKind = Literal["success", "failure", "retry", "noop", "skipped"]
