@@ -17,6 +17,7 @@ from agent.settings import Settings, settings_for_tests
 from agent.structs.metrics import Family, MetricSpec
 from agent.structs.remediation import ActionRequest, ActionSpec, Target
 from agent.structs.snapshot import CollectorStatus, Snapshot
+from tests.action_params import params_for
 
 NODE = "node-a"
 KUBELET_UP = MetricSpec("nodemedic_kubelet_up", "kubelet health", "gauge")
@@ -93,8 +94,10 @@ def request(
     node_name: str = NODE, step: int = 0, **kw: Any,
 ) -> ActionRequest:
     kw.setdefault("observed", {"nodemedic_kubelet_up": 0.0})
+    kw.setdefault("metrics", ("nodemedic_kubelet_up",))  # what a kubelet rule reads
     return ActionRequest(
-        rule=rule, action=ActionSpec(action, params or {}), target=Target("node", node_name),
+        rule=rule, action=ActionSpec.of(action, params_for(action, params)),
+        target=Target("node", node_name),
         step=step, **kw,
     )
 
@@ -144,9 +147,6 @@ class ScriptedEngine:
 
     def rule(self, name: str) -> None:
         return None  # no loaded rules: no per-rule gates
-
-    def rule_metrics(self, name: str) -> tuple[str, ...]:
-        return ()  # staleness comes from the metric names in each request's observed values
 
     def set_rules(self, ruleset: Any) -> None:
         pass

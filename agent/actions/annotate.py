@@ -18,7 +18,7 @@ from agent.actions.base import (
     check_key,
     ensure_annotations,
     outcome,
-    param_str,
+    params_of,
     require_local,
 )
 from agent.actions.registry import action
@@ -35,14 +35,10 @@ VALUE_LIMIT = 4096
 
 def wanted(req: ActionRequest, settings: Settings) -> tuple[str, str, str]:
     """(key, value, where) with where in node/pod/owner."""
-    params = req.action.params
-    key = check_key(param_str(params, "key"))
-    value = param_str(params, "value", "")
-    if len(value) > VALUE_LIMIT:
+    p = params_of(req, ap.Annotate)
+    key, value, where = check_key(p.key), p.value, p.target
+    if len(value) > VALUE_LIMIT:  # the rendered value: the model checked the template
         raise InvalidParams(f"annotation {key}: value longer than {VALUE_LIMIT} characters")
-    where = param_str(params, "target", "node")
-    if where not in ("node", "pod", "owner"):
-        raise InvalidParams("parameter 'target' must be node, pod or owner")
     if where != "node" and req.target.kind != "pod":
         raise InvalidParams(f"target {where} needs a pod rule")
     require_local(req, settings, "this node and its pods")

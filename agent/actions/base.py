@@ -3,28 +3,29 @@
 Implemented by one module per action under agent/actions/ (registered with
 ``agent.actions.registry.action`` on the action's parameter model); called only by
 agent.safety.gate (plan, to validate and explain) and agent.actions.executor (execute, after the
-gate allowed the request, for the remediation stage and the failover leader alike).
+gate allowed the request, for the remediation stage and the failover leader alike). Each action
+reads its request's validated parameter model as typed attributes (``params_of``): types,
+ranges and template fields are the model's checks; an action checks what depends on this node
+and its settings (allow-lists, the grace cap, the target) and keeps its safety boundaries
+(``check_key``: nodemedic only writes its own keys).
 """
 
 from __future__ import annotations
 
-import math
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 from agent.kube.nodes import ensure_annotations
 from agent.settings import Settings
 from agent.structs.actionparams import ActionParams
-from agent.structs.durations import parse_duration
 from agent.structs.remediation import (
     ActionRequest,
     Decision,
     Outcome,
     OutcomeKind,
-    Params,
     TargetKind,
 )
 
@@ -33,6 +34,8 @@ PREFIX = "nodemedic.io/"
 CORDONED_BY = PREFIX + "cordoned-by"
 ADMIN_UNCORDONED = PREFIX + "uncordoned-by-admin"
 TAINTED_BY = PREFIX + "tainted-by"
+
+P = TypeVar("P", bound=ActionParams)
 
 
 __all__ = ["ensure_annotations"]  # re-exported for actions that edit annotations
@@ -122,25 +125,14 @@ def outcome(decision: Decision, kind: OutcomeKind, message: str, **details: Any)
     return Outcome(decision=decision, kind=kind, message=message, details=details)
 
 
-def param_str(params: Params, key: str, default: str | None = None) -> str:
-    value = params.get(key, default)
-    if value is None:
-        raise InvalidParams(f"missing parameter {key!r}")
-    if not isinstance(value, str):
-        raise InvalidParams(f"parameter {key!r} must be a string")
-    return value
-
-
-def param_duration(params: Params, key: str, default: float) -> float:
-    if key not in params:
-        return default
-    try:
-        seconds = parse_duration(params[key])
-    except (ValueError, TypeError) as exc:
-        raise InvalidParams(f"parameter {key!r}: {exc}") from exc
-    if not math.isfinite(seconds):
-        raise InvalidParams(f"parameter {key!r} must be a finite duration")
-    return seconds
+def params_of(req: ActionRequest, model: type[P]) -> P:
+    """The request's validated parameters as ``model`` (the action's own, ``@action(model)``),
+    to read as typed attributes. The request's action type is its model's, so this only refuses
+    a request routed to the wrong action."""
+    params = req.action.params
+    if not isinstance(params, model):
+        raise InvalidParams(f"{model.action_name()} cannot run {req.action.type} parameters")
+    return params
 
 
 def check_key(key: str) -> str:

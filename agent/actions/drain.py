@@ -11,8 +11,8 @@ pods, so it converges from any crash point. Policy, as ``kubectl drain`` without
   (an eviction would lose them for good);
 - each eviction asks for the pod's terminationGracePeriodSeconds capped at
   ``--safety.drain-grace-cap`` (or the rule's lower ``grace_period_cap``).
-The drain succeeds when no evictable pod is left, and fails after ``timeout`` (a rule must set it,
-1m to 4h; the failover path asks for 1h; 15m if a request has none).
+The drain succeeds when no evictable pod is left, and fails after ``timeout`` (every request sets
+it, 1m to 4h: the model requires it; the failover path asks for 1h).
 """
 
 from __future__ import annotations
@@ -24,10 +24,9 @@ from typing import Any, Literal
 from agent.actions.base import (
     Action,
     ActionContext,
-    InvalidParams,
     Plan,
     outcome,
-    param_duration,
+    params_of,
     require_local,
 )
 from agent.actions.cordon import ensure_cordoned
@@ -40,7 +39,6 @@ from agent.structs import actionparams as ap
 from agent.structs.durations import format_duration
 from agent.structs.remediation import ActionRequest, Decision, Outcome
 
-DEFAULT_TIMEOUT = 900.0
 DEFAULT_GRACE = 30  # what the API server assumes when a pod does not say
 BACKOFF_BASE = 5.0
 BACKOFF_MAX = 120.0
@@ -110,17 +108,12 @@ class Drain(Action):
     cordons = True
 
     def options(self, req: ActionRequest, settings: Settings) -> tuple[float, float, bool]:
-        params = req.action.params
-        timeout = param_duration(params, "timeout", DEFAULT_TIMEOUT)
-        cap = min(
-            param_duration(params, "grace_period_cap", settings.safety_drain_grace_cap),
-            settings.safety_drain_grace_cap,
-        )
-        unmanaged = params.get("evict_unmanaged", False)
-        if not isinstance(unmanaged, bool):
-            raise InvalidParams("parameter 'evict_unmanaged' must be true or false")
+        """(timeout, grace cap, evict unmanaged pods): the rule's, the cap never above
+        ``--safety.drain-grace-cap``."""
+        p = params_of(req, ap.Drain)
         require_local(req, settings)
-        return timeout, cap, unmanaged
+        return p.timeout, min(p.grace_period_cap, settings.safety_drain_grace_cap), \
+            p.evict_unmanaged
 
     def explain(self, req: ActionRequest, settings: Settings) -> Plan:
         timeout, cap, unmanaged = self.options(req, settings)

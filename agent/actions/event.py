@@ -8,33 +8,19 @@ by the engine) and ``event_type`` (Normal or Warning).
 
 from __future__ import annotations
 
-import re
-
-from agent.actions.base import Action, ActionContext, InvalidParams, Plan, describe, outcome
+from agent.actions.base import Action, ActionContext, Plan, describe, outcome, params_of
 from agent.actions.registry import action
 from agent.kube.events import InvolvedObject, record_event
 from agent.settings import Settings
 from agent.structs import actionparams as ap
 from agent.structs.remediation import ActionRequest, Decision, Outcome
 
-REASON_RE = re.compile(r"^[A-Z][A-Za-z0-9]{0,127}$")
-DEFAULT_REASON = "NodemedicRuleFiring"
-
 
 def event_fields(req: ActionRequest, settings: Settings) -> tuple[str, str, str]:
-    params = req.action.params
-    reason = params.get("reason", DEFAULT_REASON)
-    if not isinstance(reason, str) or not REASON_RE.match(reason):
-        raise InvalidParams("parameter 'reason' must be UpperCamelCase letters and digits")
-    type_ = params.get("event_type", "Normal" if req.severity == "info" else "Warning")
-    if type_ not in ("Normal", "Warning"):
-        raise InvalidParams("parameter 'event_type' must be Normal or Warning")
-    text = params.get("message")
-    if text is not None and not isinstance(text, str):
-        raise InvalidParams("parameter 'message' must be a string")
+    p = params_of(req, ap.Event)  # the model checks the reason and the event type
+    type_ = p.event_type or ("Normal" if req.severity == "info" else "Warning")
     # The engine renders message templates; without a message we explain the rule ourselves.
-    message = text if text else describe(req)
-    return reason, str(type_), message
+    return p.reason, type_, p.message or describe(req)
 
 
 def involved(req: ActionRequest) -> InvolvedObject:

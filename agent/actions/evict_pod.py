@@ -13,7 +13,7 @@ from agent.actions.base import (
     ActionContext,
     Plan,
     outcome,
-    param_duration,
+    params_of,
     require_local,
 )
 from agent.actions.drain import classify, grace_seconds
@@ -25,8 +25,6 @@ from agent.structs import actionparams as ap
 from agent.structs.durations import format_duration
 from agent.structs.remediation import ActionRequest, Decision, Outcome
 
-DEFAULT_TIMEOUT = 600.0
-
 
 @action(ap.EvictPod)
 class EvictPod(Action):
@@ -35,9 +33,8 @@ class EvictPod(Action):
     resumable = True
 
     def explain(self, req: ActionRequest, settings: Settings) -> Plan:
+        params_of(req, ap.EvictPod)
         require_local(req, settings, "pods of this node")
-        param_duration(req.action.params, "timeout", DEFAULT_TIMEOUT)
-        param_duration(req.action.params, "grace_period_cap", settings.safety_drain_grace_cap)
         return Plan(
             self.name,
             req.target.key,
@@ -48,7 +45,8 @@ class EvictPod(Action):
     async def execute(self, decision: Decision, ctx: ActionContext) -> Outcome:
         req = decision.request
         ns, name = req.target.namespace, req.target.name
-        timeout = param_duration(req.action.params, "timeout", DEFAULT_TIMEOUT)
+        p = params_of(req, ap.EvictPod)
+        timeout = p.timeout
         now = ctx.now()
         started = ctx.started_at if ctx.started_at is not None else now
         try:
@@ -63,12 +61,7 @@ class EvictPod(Action):
         if kind in ("terminating", "finished"):
             return outcome(decision, "noop", f"pod {ns}/{name} is already {kind}")
         uid = str((pod.get("metadata") or {}).get("uid", ""))
-        cap = min(
-            param_duration(
-                req.action.params, "grace_period_cap", ctx.settings.safety_drain_grace_cap
-            ),
-            ctx.settings.safety_drain_grace_cap,
-        )
+        cap = min(p.grace_period_cap, ctx.settings.safety_drain_grace_cap)
         try:
             await evict_pod(ctx.api, ns, name, grace_seconds(pod, cap), uid)
         except KubeNotFound:

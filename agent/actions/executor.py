@@ -2,8 +2,8 @@
 
 Called by agent.runtime.remediation (rule actions on this node) and agent.peers.remedy (the
 leader's failover actions on a peer node), always after the safety gate allowed the request:
-``run`` looks the action up once and executes it; whatever goes wrong becomes an ``Outcome``,
-never an exception:
+``run`` executes the action the gate looked up (``Decision.action``); whatever goes wrong
+becomes an ``Outcome``, never an exception:
 - the API unreachable (``KubeUnavailable``): ``retry`` for a resumable action (drain, evict-pod:
   ``Action.resumable``) or a continuing pass, so it waits for the API; ``failure`` otherwise;
 - any other Kubernetes error: ``failure`` with the API's message;
@@ -22,8 +22,7 @@ from typing import Any, Protocol
 
 import structlog
 
-from agent.actions import registry
-from agent.actions.base import ActionContext, describe
+from agent.actions.base import Action, ActionContext, describe
 from agent.kube.errors import KubeError, KubeUnavailable
 from agent.structs.remediation import Decision, Outcome, OutcomeKind
 
@@ -40,8 +39,8 @@ class Recorder(Protocol):
 async def run(decision: Decision, ctx: ActionContext, *, continuing: bool = False) -> Outcome:
     """Execute the allowed ``decision``'s action; never raises but for cancellation."""
     req = decision.request
-    act = registry.get(req.action.type)
-    if act is None:  # the gate denies unknown actions; kept as a failure, not an assert
+    act = decision.action  # looked up once, by the gate that allowed it
+    if not isinstance(act, Action):  # the gate denies unknown actions: a failure, not an assert
         return Outcome(decision, "failure", f"no action named {req.action.type!r}")
     try:
         return await act.execute(decision, ctx)
@@ -82,7 +81,7 @@ def fields(decision: Decision, outcome: Outcome | None, continuing: bool) -> dic
     return {
         "rule": req.rule,
         "action": req.action.type,
-        "params": dict(req.action.params),
+        "params": req.action.params.params(),
         "target": req.target.key,
         "node": req.target.node,
         "step": req.step,

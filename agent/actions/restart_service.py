@@ -17,7 +17,7 @@ from agent.actions.base import (
     InvalidParams,
     Plan,
     outcome,
-    param_str,
+    params_of,
     require_local,
 )
 from agent.actions.registry import action
@@ -31,7 +31,7 @@ SYSTEMCTL_TIMEOUT = 90.0  # systemctl waits for the restart job; kubelet stop ca
 
 
 def allowed_unit(req: ActionRequest, settings: Settings) -> str:
-    unit = param_str(req.action.params, "unit")
+    unit = params_of(req, ap.RestartService).unit
     if not UNIT_RE.match(unit):
         raise InvalidParams(f"unit {unit!r} is not a valid systemd unit name")
     if unit not in settings.actions_restart_allowlist:

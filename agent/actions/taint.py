@@ -1,7 +1,7 @@
 """``taint``: add a ``nodemedic.io/...`` taint to this node (NoSchedule or PreferNoSchedule).
 
 Run through the safety gate by the remediation stage (also for the failover path's failed-node
-taint); ``taint_params``, ``claims`` and ``write_claims`` are shared with agent.actions.untaint.
+taint); ``untaint_key``, ``claims`` and ``write_claims`` are shared with agent.actions.untaint.
 NoExecute is refused on purpose: it makes the kubelet evict every intolerant pod at once without
 consulting PodDisruptionBudgets; use ``drain``, which does.
 
@@ -29,6 +29,7 @@ from agent.actions.base import (
     Plan,
     check_key,
     outcome,
+    params_of,
     require_local,
 )
 from agent.actions.cordon import iso
@@ -42,24 +43,22 @@ EFFECTS = ("NoSchedule", "PreferNoSchedule")
 TaintState = Literal["ours", "removed", "replaced", "unclaimed", "absent"]
 
 
-def taint_params(req: ActionRequest, settings: Settings, *, need_effect: bool) -> dict[str, str]:
-    params = req.action.params
-    key = params.get("key")
-    if not isinstance(key, str):
-        raise InvalidParams("parameter 'key' (a nodemedic.io/ taint key) is required")
-    check_key(key)
-    value = params.get("value", "")
-    if not isinstance(value, str) or len(value) > 63:
-        raise InvalidParams("parameter 'value' must be a string of at most 63 characters")
-    effect = params.get("effect", "NoSchedule" if need_effect else "")
-    if effect == "NoExecute":
+def taint_params(req: ActionRequest, settings: Settings) -> dict[str, str]:
+    """Key, value and effect of a taint request on this node."""
+    p = params_of(req, ap.Taint)
+    if p.effect not in EFFECTS:  # the model refuses it too: this is the safety boundary
         raise InvalidParams(
             "effect NoExecute is refused: it bypasses PodDisruptionBudgets; use drain"
         )
-    if not isinstance(effect, str) or (effect and effect not in EFFECTS):
-        raise InvalidParams(f"parameter 'effect' must be one of {', '.join(EFFECTS)}")
     require_local(req, settings)
-    return {"key": key, "value": value, "effect": effect}
+    return {"key": check_key(p.key), "value": p.value, "effect": p.effect}
+
+
+def untaint_key(req: ActionRequest, settings: Settings) -> str:
+    """The key of an untaint request on this node (its taint goes for every effect)."""
+    key = check_key(params_of(req, ap.Untaint).key)
+    require_local(req, settings)
+    return key
 
 
 def taints(node: dict[str, Any]) -> list[dict[str, Any]]:
@@ -118,7 +117,7 @@ class Taint(Action):
     disruptive = True
 
     def explain(self, req: ActionRequest, settings: Settings) -> Plan:
-        t = taint_params(req, settings, need_effect=True)
+        t = taint_params(req, settings)
         return Plan(
             self.name,
             req.target.key,
@@ -129,7 +128,7 @@ class Taint(Action):
 
     async def execute(self, decision: Decision, ctx: ActionContext) -> Outcome:
         req = decision.request
-        t = taint_params(req, ctx.settings, need_effect=True)
+        t = taint_params(req, ctx.settings)
         slot = f"{t['key']}:{t['effect']}"
         result: list[str] = []
 

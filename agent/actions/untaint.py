@@ -15,7 +15,7 @@ from typing import Any
 
 from agent.actions.base import Action, ActionContext, Plan, outcome
 from agent.actions.registry import action
-from agent.actions.taint import EFFECTS, claimed_taint, claims, override, taint_params, taints
+from agent.actions.taint import EFFECTS, claimed_taint, claims, override, taints, untaint_key
 from agent.actions.taint import write_claims as write
 from agent.kube.nodes import update_node
 from agent.settings import Settings
@@ -26,24 +26,22 @@ from agent.structs.remediation import ActionRequest, Decision, Outcome
 @action(ap.Untaint)
 class Untaint(Action):
     def explain(self, req: ActionRequest, settings: Settings) -> Plan:
-        t = taint_params(req, settings, need_effect=False)
-        slot = t["key"] + (":" + t["effect"] if t["effect"] else "")
+        slot = untaint_key(req, settings)
         what = f"untaint node {req.target.node} if the taint is still nodemedic's"
         return Plan(self.name, req.target.key, what, (f"spec.taints -= {slot}",))
 
     async def execute(self, decision: Decision, ctx: ActionContext) -> Outcome:
         req = decision.request
-        t = taint_params(req, ctx.settings, need_effect=False)
-        effects = [t["effect"]] if t["effect"] else list(EFFECTS)
+        key = untaint_key(req, ctx.settings)
         said: dict[str, str] = {}
 
         def mutate(node: dict[str, Any]) -> bool:
             said.clear()
             data = claims(node)
             changed = False
-            for effect in effects:
-                slot = f"{t['key']}:{effect}"
-                state = claimed_taint(node, t["key"], effect)
+            for effect in EFFECTS:
+                slot = f"{key}:{effect}"
+                state = claimed_taint(node, key, effect)
                 claim = data.get(slot)
                 if claim is not None and req.rule in (claim.get("overridden") or []):
                     claim["overridden"] = [r for r in claim["overridden"] if r != req.rule]
@@ -66,7 +64,7 @@ class Untaint(Action):
                     said[slot] = "held"
                     continue
                 node["spec"]["taints"] = [
-                    i for i in taints(node) if not (i.get("key") == t["key"]
+                    i for i in taints(node) if not (i.get("key") == key
                                                     and i.get("effect") == effect)]
                 said[slot] = "removed_ours"
             if changed:
@@ -90,5 +88,5 @@ class Untaint(Action):
             return outcome(decision, "noop", "other rules still hold nodemedic's taint")
         if said:
             return outcome(decision, "noop",
-                           f"taint {t['key']} on node {node} is not nodemedic's; left alone")
-        return outcome(decision, "noop", f"no taint {t['key']} on node {node}")
+                           f"taint {key} on node {node} is not nodemedic's; left alone")
+        return outcome(decision, "noop", f"no taint {key} on node {node}")

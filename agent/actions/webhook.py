@@ -18,8 +18,7 @@ from agent.actions.base import (
     InvalidParams,
     Plan,
     outcome,
-    param_duration,
-    param_str,
+    params_of,
 )
 from agent.actions.registry import action
 from agent.settings import Settings
@@ -27,25 +26,16 @@ from agent.structs import actionparams as ap
 from agent.structs.durations import format_duration
 from agent.structs.remediation import ActionRequest, Decision, Outcome
 
-DEFAULT_TIMEOUT = 5.0
-MAX_TIMEOUT = 30.0
-
 
 def url_allowed(url: str, allowlist: tuple[str, ...]) -> bool:
     return any(url == e or (e.endswith("/") and url.startswith(e)) for e in allowlist)
 
 
 def checked(req: ActionRequest, settings: Settings) -> tuple[str, float]:
-    url = param_str(req.action.params, "url")
-    if not url.startswith(("http://", "https://")):
-        raise InvalidParams("parameter 'url' must be an http:// or https:// URL")
-    if not url_allowed(url, settings.actions_webhook_allowlist):
-        raise InvalidParams(f"url {url!r} is not in --actions.webhook-allowlist")
-    timeout = param_duration(req.action.params, "timeout", DEFAULT_TIMEOUT)
-    if not 0 < timeout <= MAX_TIMEOUT:
-        raise InvalidParams(
-            f"parameter 'timeout' must be above 0 and at most {format_duration(MAX_TIMEOUT)}")
-    return url, timeout
+    p = params_of(req, ap.Webhook)  # the model checks the URL's scheme and the timeout's range
+    if not url_allowed(p.url, settings.actions_webhook_allowlist):
+        raise InvalidParams(f"url {p.url!r} is not in --actions.webhook-allowlist")
+    return p.url, p.timeout
 
 
 def payload(req: ActionRequest, node: str, now: float) -> dict[str, Any]:

@@ -49,6 +49,7 @@ from agent.safety.gate import SafetyGate
 from agent.safety.pause import PauseSwitch
 from agent.safety.windows import parse_freeze
 from agent.settings import Settings
+from agent.structs.actionparams import MAX_DRAIN_GRACE_SECONDS
 from agent.structs.remediation import ActionRequest, ActionSpec, Decision, Outcome, Target
 
 log = structlog.get_logger("nodemedic.failover")
@@ -57,6 +58,21 @@ RULE = "failed-node"
 STATE_ANNOTATION = "nodemedic.io/failover"
 STOPPED_EVENT = "NodemedicFailoverStopped"
 RUNBOOK = ""  # no runbook for failed-node actions yet (see the failover README section)
+# The failover actions, validated by the same models as a rule's (a bad one fails at import).
+CORDON = ActionSpec.of("cordon")
+TAINT = ActionSpec.of("taint", {"key": FAILED_TAINT["key"], "effect": FAILED_TAINT["effect"]})
+UNTAINT = ActionSpec.of("untaint", {"key": FAILED_TAINT["key"]})
+UNCORDON = ActionSpec.of("uncordon")
+DRAIN_TIMEOUT = "1h"
+
+
+def drain_spec(settings: Settings) -> ActionSpec:
+    """The failover drain: 1h, each pod's grace period capped by ``--safety.drain-grace-cap``
+    (and, as for any drain, by the model's 1h)."""
+    return ActionSpec.of("drain", {
+        "timeout": DRAIN_TIMEOUT,
+        "grace_period_cap": min(settings.safety_drain_grace_cap, MAX_DRAIN_GRACE_SECONDS),
+    })
 
 
 def fenced_message(node: str, why: str) -> str:
@@ -237,9 +253,8 @@ class Remedy:
 
     async def isolate(self, node: str, reason: str) -> bool:
         """Cordon + NoSchedule taint. True when both are in place (or dry-run said they would)."""
-        d1, o1 = await self.run(node, ActionSpec("cordon"), reason)
-        d2, o2 = await self.run(node, ActionSpec("taint", {
-            "key": FAILED_TAINT["key"], "effect": FAILED_TAINT["effect"]}), reason)
+        d1, o1 = await self.run(node, CORDON, reason)
+        d2, o2 = await self.run(node, TAINT, reason)
         ok = all(
             d.kind == "dry_run" or (o is not None and o.kind in ("success", "noop"))
             for d, o in ((d1, o1), (d2, o2))
@@ -255,7 +270,7 @@ class Remedy:
         if ts.drain_started is None:
             ts.drain_started = self.wall()
         decision, outcome = await self.run(
-            node, ActionSpec("drain", {"timeout": "1h"}), reason, continuing=ts.drain_passes > 0,
+            node, drain_spec(ts.settings), reason, continuing=ts.drain_passes > 0,
         )
         ts.drain_passes += 1
         if decision.kind == "dry_run":
@@ -362,7 +377,7 @@ class Remedy:
             except KubeError as exc:
                 ok = False
                 log.warning("out_of_service_removal_failed", node=node, error=str(exc))
-        for spec in (ActionSpec("untaint", {"key": FAILED_TAINT["key"]}), ActionSpec("uncordon")):
+        for spec in (UNTAINT, UNCORDON):
             d, o = await self.run(node, spec, reason, undo=True)
             # "skipped": the cordon was an admin's by now; our claim is released, nothing to undo.
             ok = ok and d.kind == "allowed" and o is not None and o.kind in (

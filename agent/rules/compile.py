@@ -14,6 +14,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from agent.structs import actionparams as ap
 from agent.structs.durations import format_duration
 from agent.structs.remediation import ActionSpec
 
@@ -144,8 +145,8 @@ class CompiledRule:
     expr: str
 
 
-def _spec(action: Any) -> ActionSpec:
-    return ActionSpec(type=action.type, params=action)  # the validated model, typed
+def _spec(action: ap.ActionParams) -> ActionSpec:
+    return ActionSpec(action)  # the validated model, typed
 
 
 def compile_rule(lr: LoadedRule, ids: dict[Any, int]) -> CompiledRule:
@@ -177,7 +178,9 @@ def describe(tree: Tree, top: bool = False) -> str:
 
 def render_action(spec: ActionSpec, fields: Mapping[str, object]) -> ActionSpec:
     """Fill event messages / annotation values from the observed fields (no code runs)."""
-    key = {"event": "message", "annotate": "value"}.get(spec.type)
-    if key is None or key not in spec.params:
-        return spec
-    return spec.with_params(**{key: render_template(str(spec.params[key]), dict(fields))})
+    p = spec.params
+    if isinstance(p, ap.Event):
+        return spec.with_params(message=render_template(p.message, dict(fields)))
+    if isinstance(p, ap.Annotate):
+        return spec.with_params(value=render_template(p.value, dict(fields)))
+    return spec

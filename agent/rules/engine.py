@@ -133,8 +133,8 @@ class RuleEngine:
 
     def rule_metrics(self, name: str) -> tuple[str, ...]:
         """Every metric rule ``name`` reads, ``divide_by`` ones included (empty when it is not
-        loaded): while one of them has no data the rule is frozen, and the stage does not
-        act on its held steps either."""
+        loaded): while one of them has no data the rule is frozen. Each request carries the
+        same tuple (``ActionRequest.metrics``), which the stage checks before acting."""
         rs = self._rules.get(name)
         return rs.compiled.metrics if rs is not None else ()
 
@@ -320,7 +320,7 @@ class RuleEngine:
                 severity=rule.severity, dry_run=rule.dry_run, undo=undo,
                 observed=dict(inst.observed), reason=reason, runbook=c.runbook,
                 cooldown_seconds=rule.cooldown, max_per_hour=rule.max_per_hour,
-                workload_reasons=tuple(rule.workload_reasons),
+                workload_reasons=tuple(rule.workload_reasons), metrics=c.metrics,
             ))
         if undo:
             rs.undo_requests += len(out)

@@ -3,8 +3,8 @@
 Called by the daemon through agent.runtime.components (``build_stage``): ``start()``
 once, ``on_snapshot()`` after every collection, ``families()`` / ``status()`` for /metrics and
 /status, ``close()`` on shutdown. For every request the engine makes it
-1. refuses it as ``missing_data`` when a collector behind the rule's observed series failed this
-   tick (never act on stale or absent data);
+1. refuses it as ``missing_data`` when a collector behind a metric its rule reads (the request's
+   ``metrics``) failed this tick (never act on stale or absent data);
 2. asks the gate (the only path to execution);
 3. runs allowed actions concurrently (bounded) through agent.actions.executor, the one executor
    and error policy (shared with the failover path), each failure contained to its own request;
@@ -27,7 +27,6 @@ Durations (cooldowns, caps, in-progress timeouts, persist/refresh intervals) use
 from __future__ import annotations
 
 import asyncio
-import re
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -67,7 +66,6 @@ DEFAULT_CONCURRENCY = 4
 # Denials that only pause an in-progress action (it resumes when they clear); any other denial
 # of a continuing action ends it.
 WAIT_REASONS = frozenset({"paused", "missing_data", "dry_run", "freeze", "window", "alert_gate"})
-_METRIC_RE = re.compile(r"nodemedic_[A-Za-z0-9_]+")
 
 PENDING = MetricSpec(
     "nodemedic_actions_in_progress",
@@ -86,7 +84,6 @@ class Engine(Protocol):
     def families(self) -> list[Family]: ...
     def status(self) -> Any: ...
     def rule(self, name: str) -> Rule | None: ...
-    def rule_metrics(self, name: str) -> tuple[str, ...]: ...
     def set_rules(self, ruleset: RuleSet) -> None: ...
     def wants(self, req: ActionRequest) -> bool: ...
 
@@ -266,12 +263,11 @@ class RemediationStage:
             await self.gate.refresh()
 
     def _stale(self, req: ActionRequest, snapshot: Snapshot) -> Decision | None:
-        """missing_data when a collector behind this request's series failed this tick."""
-        metrics: set[str] = set()
-        for key in req.observed:
-            metrics.update(_METRIC_RE.findall(key))
-        metrics.update(self.engine.rule_metrics(req.rule))
-        for metric in sorted(metrics):
+        """missing_data when a collector behind a metric the request's rule reads failed this
+        tick; for a request whose metrics are unknown (``None``: restored from a state written
+        before requests recorded them), behind any metric (fail safe)."""
+        metrics = req.metrics if req.metrics is not None else sorted(snapshot.owners)
+        for metric in metrics:
             owner = snapshot.owners.get(metric)
             if owner is not None and not snapshot.has_data_for(metric):
                 detail = f"collector {owner} failed this tick; {metric} has no fresh data"

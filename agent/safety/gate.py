@@ -47,7 +47,7 @@ from typing import Any
 import structlog
 
 from agent.actions import registry
-from agent.actions.base import InvalidParams, Plan
+from agent.actions.base import Action, InvalidParams, Plan
 from agent.actions.cordon import admin_override_rules
 from agent.kube import leases
 from agent.kube.errors import KubeError
@@ -198,9 +198,9 @@ class SafetyGate:
 
     # --- deciding ----------------------------------------------------------------------------
 
-    def plan(self, req: ActionRequest) -> Plan | Decision:
-        """The action's plan, or a denial when the action is unknown or its params are bad."""
-        act = registry.get(req.action.type)
+    def plan(self, req: ActionRequest, act: Action | None) -> Plan | Decision:
+        """``act``'s plan for ``req``, or a denial when there is no such action (``act`` None)
+        or the action refuses the request (its target, or settings such as an allow-list)."""
         if act is None:
             return self.deny(req, "unknown_action", f"no action named {req.action.type!r}")
         try:
@@ -209,11 +209,13 @@ class SafetyGate:
             return self.deny(req, "invalid_params", str(exc))
 
     async def decide(self, req: ActionRequest, *, continuing: bool = False) -> Decision:
-        """Run every check; never raises (API trouble becomes missing_data)."""
-        planned = self.plan(req)
+        """Run every check; never raises (API trouble becomes missing_data). The action is
+        looked up here, once, and travels on the decision (``Decision.action``) to the
+        executor and to :meth:`record_execution`."""
+        act = registry.get(req.action.type)
+        planned = self.plan(req, act)
         if isinstance(planned, Decision):
             return planned
-        act = registry.get(req.action.type)
         assert act is not None
         now = self.monotonic()
         node: dict[str, Any] = {}
@@ -258,8 +260,9 @@ class SafetyGate:
                     return denied
         if self.settings.dry_run or req.dry_run:
             scope = "--dry-run" if self.settings.dry_run else f"rule {req.rule} dry_run"
-            return self._decision(req, "dry_run", "dry_run", f"{scope}: would {planned.summary}")
-        return self._decision(req, "allowed", "ok", planned.summary)
+            return self._decision(req, "dry_run", "dry_run", f"{scope}: would {planned.summary}",
+                                  act)
+        return self._decision(req, "allowed", "ok", planned.summary, act)
 
     def _held(self, req: ActionRequest, disruptive: bool, freeze: windows.Freeze | None,
               gates: Any) -> Decision | None:
@@ -383,8 +386,9 @@ class SafetyGate:
         return self._decision(req, "denied", reason, detail)
 
     @staticmethod
-    def _decision(req: ActionRequest, kind: DecisionKind, reason: str, detail: str) -> Decision:
-        return Decision(request=req, kind=kind, reason=reason, detail=detail)
+    def _decision(req: ActionRequest, kind: DecisionKind, reason: str, detail: str,
+                  act: Action | None = None) -> Decision:
+        return Decision(request=req, kind=kind, reason=reason, detail=detail, action=act)
 
     # --- recording ---------------------------------------------------------------------------
 
@@ -397,8 +401,9 @@ class SafetyGate:
 
     def record_execution(self, decision: Decision, outcome: Outcome) -> None:
         """Remember an executed request for cooldowns and caps (first pass only)."""
-        act = registry.get(decision.request.action.type)
-        self.ledger.record(decision.request, self.monotonic(), bool(act and act.disruptive))
+        act = decision.action if isinstance(decision.action, Action) else None
+        # A decision without its action was not made by a gate: count it against the caps.
+        self.ledger.record(decision.request, self.monotonic(), act is None or act.disruptive)
         cordoned_now = outcome.kind in ("success", "retry") and outcome.details.get("cordon") in (
             None,
             "cordoned",

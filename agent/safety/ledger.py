@@ -45,7 +45,7 @@ def request_to_json(req: ActionRequest) -> dict[str, Any]:
     return {
         "rule": req.rule,
         "type": req.action.type,
-        "params": dict(req.action.params),
+        "params": req.action.params.params(),
         "target": {"kind": t.kind, "node": t.node, "namespace": t.namespace, "name": t.name},
         "step": req.step,
         "severity": req.severity,
@@ -57,11 +57,14 @@ def request_to_json(req: ActionRequest) -> dict[str, Any]:
         "cooldown": req.cooldown_seconds,
         "max_per_hour": req.max_per_hour,
         **({"workload_reasons": list(req.workload_reasons)} if req.workload_reasons else {}),
+        **({"metrics": list(req.metrics)} if req.metrics is not None else {}),
     }
 
 
 def request_from_json(data: dict[str, Any]) -> ActionRequest:
-    """Inverse of request_to_json; raises KeyError/TypeError/ValueError on garbage."""
+    """Inverse of request_to_json; raises KeyError/TypeError/ValueError on garbage, and a
+    ValueError when the parameters no longer validate (ActionSpec.of: the action's model). A
+    state written before requests recorded their metrics restores them as unknown (None)."""
     t = data["target"]
     kind = t["kind"]
     if kind not in ("node", "pod", "service"):
@@ -71,7 +74,7 @@ def request_from_json(data: dict[str, Any]) -> ActionRequest:
         severity = "warning"
     return ActionRequest(
         rule=str(data["rule"]),
-        action=ActionSpec(str(data["type"]), dict(data.get("params") or {})),
+        action=ActionSpec.of(str(data["type"]), dict(data.get("params") or {})),
         target=Target(kind, str(t["node"]), str(t.get("namespace", "")), str(t.get("name", ""))),
         step=int(data.get("step", 0)),
         severity=severity,
@@ -83,6 +86,7 @@ def request_from_json(data: dict[str, Any]) -> ActionRequest:
         cooldown_seconds=float(data.get("cooldown", 0.0)),
         max_per_hour=int(data.get("max_per_hour", 0)),
         workload_reasons=tuple(str(r) for r in data.get("workload_reasons") or ()),
+        metrics=tuple(str(m) for m in data["metrics"]) if "metrics" in data else None,
     )
 
 

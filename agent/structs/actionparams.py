@@ -7,9 +7,10 @@ rule files with them, once, at load), and its class variables say where the acti
 (``rule_targets``: node and/or pod rules; ``in_undo``: allowed in undo lists, which may only
 reverse or report, never disrupt). The validated model travels in
 agent.structs.remediation.ActionSpec to the action's ``plan()``/``execute()`` (agent.actions: each
-action class names its model with ``@action(Model)``); it reads like the mapping of its
-parameters (durations in seconds, without ``type``), which is also what logs and the ledger
-record. Pure data: imported by agent.rules (which must not import agent.actions) and agent.actions.
+action class names its model with ``@action(Model)`` and reads its typed attributes); requests
+made in code validate through the same model (``ActionSpec.of``). ``params()`` is the mapping of
+its parameters (durations in seconds, without ``type``) that logs and the ledger record. Pure
+data: imported by agent.rules (which must not import agent.actions) and agent.actions.
 
 Design: actions are flat mappings discriminated by ``type`` so each one validates on its own; a
 ``drain`` *requires* ``grace_period_cap`` and ``timeout`` (there is no unbounded drain); units are
@@ -21,7 +22,6 @@ from __future__ import annotations
 import math
 import re
 import typing
-from collections.abc import KeysView
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
@@ -84,32 +84,28 @@ class StrictModel(BaseModel):
     )
 
 
+_NAMES: dict[type[ActionParams], str] = {}
+
+
 class ActionParams(StrictModel):
-    """One action as a rule wrote it, validated; reads as the mapping of its parameters."""
+    """One action as a rule (or code, through ActionSpec.of) wrote it, validated."""
 
     rule_targets: ClassVar[tuple[str, ...]] = ("node", "pod")
     in_undo: ClassVar[bool] = False
 
     @classmethod
     def action_name(cls) -> str:
-        """The action's name: the one value of its ``type`` field."""
-        return str(typing.get_args(cls.model_fields["type"].annotation)[0])
+        """The action's name: the one value of its ``type`` field (``ActionSpec.type``, read
+        for every request: cached)."""
+        name = _NAMES.get(cls)
+        if name is None:
+            name = _NAMES[cls] = str(typing.get_args(cls.model_fields["type"].annotation)[0])
+        return name
 
     def params(self) -> dict[str, Any]:
-        """The validated parameters (durations in seconds), without ``type``."""
+        """The validated parameters (durations in seconds), without ``type``: what logs and the
+        ledger record (actions read the typed attributes)."""
         return self.model_dump(by_alias=True, exclude={"type"}, exclude_none=True)
-
-    def keys(self) -> KeysView[str]:
-        return self.params().keys()
-
-    def __getitem__(self, key: str) -> Any:
-        return self.params()[key]
-
-    def __contains__(self, key: object) -> bool:
-        return key in self.params()
-
-    def get(self, key: str, default: Any = None) -> Any:
-        return self.params().get(key, default)
 
 
 def _nodemedic_key(v: str) -> str:

@@ -19,25 +19,33 @@ Severity = Literal["info", "warning", "critical"]
 # Action type names (settings, the action registry), from the one declaration of each action.
 ACTION_TYPES = tuple(ACTION_MODELS)
 
-# An action's parameters: the rule's validated model (agent.structs.actionparams), or a plain
-# mapping for requests made in code (the failover path, a ledger restored from JSON); both read
-# the same way (``params["timeout"]``, ``params.get("key")``, ``dict(params)``).
-Params = ActionParams | Mapping[str, Any]
-
-
 @dataclass(frozen=True, slots=True)
 class ActionSpec:
-    """One action of a rule: its type and parameters (for a rule, the model the loader
-    validated, carried as is to the action's plan() and execute())."""
+    """One action: its validated parameter model (agent.structs.actionparams), which names the
+    action (``type``). A rule's comes from the loader; a request made in code (the failover
+    path, a ledger restored from JSON, tests) is built with :meth:`of`, which validates through
+    the same model, so a bad parameter fails where the request is made, not in the action."""
 
-    type: str
-    params: Params = field(default_factory=dict)
+    params: ActionParams
+
+    @property
+    def type(self) -> str:
+        """The action's name (``drain``, ``evict-pod``, ...)."""
+        return self.params.action_name()
+
+    @classmethod
+    def of(cls, name: str, params: Mapping[str, Any] | None = None) -> ActionSpec:
+        """The action ``name`` with ``params`` (as a rule writes them: ``{"timeout": "1h"}``),
+        validated by the action's model; ValueError (a pydantic ValidationError) on an unknown
+        action or a parameter the model refuses."""
+        model = ACTION_MODELS.get(name)
+        if model is None:
+            raise ValueError(f"no action named {name!r}")
+        return cls(model.model_validate({**(params or {}), "type": name}))
 
     def with_params(self, **changes: Any) -> ActionSpec:
         """The same action with some parameters replaced (a rendered template), still typed."""
-        p = self.params
-        new = p.model_copy(update=changes) if isinstance(p, ActionParams) else {**p, **changes}
-        return ActionSpec(self.type, new)
+        return ActionSpec(self.params.model_copy(update=changes))
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,7 +71,11 @@ class ActionRequest:
 
     ``step`` is the index in the rule's escalation ladder (0 = first action set); ``undo`` marks
     requests made after the healthy delay to reverse what the rule did (e.g. uncordon).
-    ``observed`` carries the values that made the rule fire, for Events and logs.
+    ``observed`` carries the values that made the rule fire, for Events and logs; ``metrics``
+    names every metric the rule reads (its conditions and ``divide_by``): the stage refuses the
+    request as ``missing_data`` while a collector behind one of them failed. A request made in
+    code reads nothing (``()``); ``None`` means unknown (restored from a state written before
+    requests recorded it): then any failed collector refuses it.
     """
 
     rule: str
@@ -82,6 +94,7 @@ class ActionRequest:
     # before a disruptive node action, agent.safety.attribution looks for the same owner's pods
     # showing them on other nodes. Empty: the problem is the node's, no check.
     workload_reasons: tuple[str, ...] = ()
+    metrics: tuple[str, ...] | None = ()
 
 
 DecisionKind = Literal["allowed", "dry_run", "denied"]
@@ -97,6 +110,10 @@ class Decision:
     kind: DecisionKind
     reason: str
     detail: str = ""
+    # The action the gate looked up for the request (an agent.actions.base.Action, typed
+    # loosely: agent.structs imports nothing of agent.actions); the executor and the ledger use
+    # it instead of looking it up again. None when the gate found none (a denial).
+    action: object = field(default=None, compare=False, repr=False)
 
 
 OutcomeKind = Literal["success", "failure", "retry", "noop", "skipped"]

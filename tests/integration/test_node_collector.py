@@ -356,7 +356,7 @@ async def test_a_taint_removed_and_readded_by_an_admin_is_no_longer_ours(
         "nodemedic.io/tainted-by", ""), "release")
     apiserver.patch("Node", "", NODE, {"spec": {"taints": [*taints, ours]}},
                     manager="kubectl-taint")
-    req = ActionRequest("disk", ActionSpec("untaint", {"key": TAINT_KEY}), Target("node", NODE),
+    req = ActionRequest("disk", ActionSpec.of("untaint", {"key": TAINT_KEY}), Target("node", NODE),
                         undo=True)
     ctx = ActionContext(api=collector.ctx.api, node_name=NODE,
                         settings=collector.ctx.settings)

@@ -64,7 +64,8 @@ async def _drain_under_faults(apiserver: ApiServer, kube_api: Any) -> Remediatio
     engine = ScriptedEngine()
     stage = RemediationStage(settings(), kube_api, engine, clock=clock)
     await stage.start()
-    engine.queue = [request("drain", {"timeout": 3600.0}, rule="node-broken")]
+    engine.queue = [request("drain", {"timeout": 3600.0, "grace_period_cap": "1h"},
+                            rule="node-broken")]
     for _ in range(30):
         await stage.on_snapshot(snapshot())
         clock.t += 60

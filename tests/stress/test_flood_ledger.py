@@ -22,7 +22,7 @@ def storm() -> list[ActionRequest]:
     return [
         ActionRequest(
             rule="container-oom-storm",
-            action=ActionSpec("event", {"reason": "OOMStorm", "message": "OOM kills"}),
+            action=ActionSpec.of("event", {"reason": "OOMStorm", "message": "OOM kills"}),
             target=Target("pod", NODE, "shop", f"web-{i}"),
             step=0, observed={"nodemedic_kubelet_up": 0.0}, cooldown_seconds=1800,
         )

@@ -69,7 +69,7 @@ async def run(stage: RemediationStage, engine: ScriptedEngine, clock: Clock,
 
 def req(action: str, params: dict[str, Any] | None = None, *, target: Target | None = None,
         undo: bool = False, rule: str = "node-broken", cooldown: float = 0.0) -> ActionRequest:
-    return ActionRequest(rule=rule, action=ActionSpec(action, params or {}),
+    return ActionRequest(rule=rule, action=ActionSpec.of(action, params or {}),
                          target=target or Target("node", NODE), undo=undo,
                          observed={"nodemedic_kubelet_up": 0.0}, cooldown_seconds=cooldown)
 
@@ -134,16 +134,18 @@ async def _every_action(kube: Backend, sa_api: Any) -> None:
     assert web_a is None or web_a["metadata"].get("deletionTimestamp")
 
     got = await run(stage, engine, clock, [req("drain", {"timeout": "60s",
+                                                          "grace_period_cap": "1h",
                                                           "evict_unmanaged": True})])
     for _ in range(60):  # over later ticks, as the disruption controller recounts the budget
         if got and got[-1][1] not in ("retry", "started", "progress"):
             break
         await asyncio.sleep(0.5)
         got = await run(stage, engine, clock, [req("drain", {"timeout": "60s",
+                                                              "grace_period_cap": "1h",
                                                               "evict_unmanaged": True})])
     assert got[-1][1] == "success", got
     got = await run(stage, engine, clock, [
-        req("untaint", {"key": "nodemedic.io/unhealthy", "effect": "NoSchedule"}, undo=True),
+        req("untaint", {"key": "nodemedic.io/unhealthy"}, undo=True),  # every effect of the key
         req("uncordon", undo=True),
     ])
     assert [g[1] for g in got] == ["success", "success"], got

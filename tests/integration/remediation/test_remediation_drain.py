@@ -50,7 +50,8 @@ async def test_drain_waits_for_the_pdb_then_finishes(apiserver: ApiServer, kube_
     engine = ScriptedEngine()
     stage = RemediationStage(settings(), kube_api, engine, clock=clock, monotonic=clock)
     await stage.start()
-    engine.queue = [request("drain", {"timeout": 900.0}, rule="node-broken")]
+    engine.queue = [request("drain", {"timeout": 900.0, "grace_period_cap": "1h"},
+                            rule="node-broken")]
     await stage.on_snapshot(snapshot())
 
     stored = apiserver.get("Node", "", NODE)
@@ -165,7 +166,7 @@ async def test_taint_event_and_owner_annotation(apiserver: ApiServer, kube_api: 
     for i in range(3):
         clock.t += 60
         engine.queue = [
-            ActionRequest("oom-storm", ActionSpec("event", {"reason": "OOMStorm",
+            ActionRequest("oom-storm", ActionSpec.of("event", {"reason": "OOMStorm",
                                                             "message": f"{i + 3} OOM kills"}),
                           oom, step=i),
         ]
@@ -175,7 +176,7 @@ async def test_taint_event_and_owner_annotation(apiserver: ApiServer, kube_api: 
     assert event["involvedObject"] == {"apiVersion": "v1", "kind": "Pod", "name": "agent-abc",
                                        "namespace": "shop"}
 
-    engine.queue = [ActionRequest("oom-storm", ActionSpec(
+    engine.queue = [ActionRequest("oom-storm", ActionSpec.of(
         "annotate", {"key": "nodemedic.io/oom-storm", "value": "3 kills", "target": "owner"}),
         oom)]
     await stage.on_snapshot(snapshot())

@@ -257,7 +257,8 @@ async def test_a_freeze_mid_drain_pauses_it_and_lifting_it_finishes_it(
     clock = Clock(FRIDAY_8)
     engine = ScriptedEngine()
     stage = RemediationStage(settings(), kube_api, engine, clock=clock, monotonic=clock)
-    engine.queue = [request("drain", {"timeout": 3600.0}, rule="node-broken")]
+    engine.queue = [request("drain", {"timeout": 3600.0, "grace_period_cap": "1h"},
+                            rule="node-broken")]
     await stage.on_snapshot(snapshot())
     assert len(stage.ledger.pending) == 1  # blocked by the PDB
 

@@ -294,8 +294,9 @@ async def test_a_held_step_waits_while_any_metric_of_its_rule_has_no_data(
     apiserver: ApiServer, kube_api: Any, tmp_path: Path
 ) -> None:
     """A cordon held while paused is not taken while the rule is frozen, even when the metric
-    without data is not among the request's observed values: the stage asks the engine for
-    every metric the rule reads. Once that metric's collector is back, the node is cordoned."""
+    without data is not among the request's observed values: the request carries every metric
+    its rule reads, through an agent restart too (the held step comes back from the state
+    annotation). Once that metric's collector is back, the node is cordoned."""
     rules = tmp_path / "rules"
     rules.mkdir()
     (rules / "kubelet.yaml").write_text(TWO_SOURCES)
@@ -311,6 +312,10 @@ async def test_a_held_step_waits_while_any_metric_of_its_rule_has_no_data(
     assert held_reasons(agent) == [("cordon", "paused")]
     (rule,) = agent.stage.status()["rules"]
     assert list(rule["observed"]) == ["nodemedic_kubelet_up"]  # what the cordon request carries
+    await agent.stage.close()
+    agent = Agent(kube_api, rules, agent.clock, base=1.6e9)  # restarted: state from the API
+    await agent.stage.start()
+    assert held_reasons(agent) == [("cordon", "paused")]
     await tick(lease_ok=False, n=1)  # the lease collector fails: the rule is frozen
     set_paused(apiserver, agent, False)
     await tick(lease_ok=False, n=HELD_RETRY_MAX_TICKS + 1)

@@ -50,7 +50,7 @@ async def test_transient_409s_are_retried(apiserver: ApiServer, kube_api: Any) -
     apiserver.faults.fail(2, 409, verb="update", resource="nodes")
     engine = ScriptedEngine()
     stage = RemediationStage(settings(), kube_api, engine, clock=Clock())
-    engine.queue = [ActionRequest("r", ActionSpec("cordon"), Target("node", NODE))]
+    engine.queue = [ActionRequest("r", ActionSpec.of("cordon"), Target("node", NODE))]
     await stage.on_snapshot(snapshot())
     assert apiserver.get("Node", "", NODE)["spec"]["unschedulable"] is True  # type: ignore[index]
     assert apiserver.faults.pending() == 0  # both 409s were really served
@@ -68,9 +68,9 @@ async def test_evict_pod_waits_for_the_budget(apiserver: ApiServer, kube_api: An
     engine = ScriptedEngine()
     stage = RemediationStage(settings(), kube_api, engine, clock=clock, monotonic=clock)
     engine.queue = [
-        ActionRequest("mem", ActionSpec("evict-pod", {"grace_period_cap": 0}),
+        ActionRequest("mem", ActionSpec.of("evict-pod", {"grace_period_cap": 0}),
                       Target("pod", NODE, "shop", "web-a")),
-        ActionRequest("mem", ActionSpec("evict-pod", {"grace_period_cap": 0}),
+        ActionRequest("mem", ActionSpec.of("evict-pod", {"grace_period_cap": 0}),
                       Target("pod", NODE, "shop", "agent-x")),
     ]
     await stage.on_snapshot(snapshot())
@@ -90,7 +90,7 @@ async def test_evict_pod_waits_for_the_budget(apiserver: ApiServer, kube_api: An
 
 
 def _cordons(*rules: str) -> list[ActionRequest]:
-    return [ActionRequest(r, ActionSpec("cordon"), Target("node", NODE)) for r in rules]
+    return [ActionRequest(r, ActionSpec.of("cordon"), Target("node", NODE)) for r in rules]
 
 
 def _cordon_event_count(apiserver: ApiServer) -> int:
@@ -150,7 +150,7 @@ async def test_a_refused_state_write_backs_off_and_is_retried_at_shutdown(
     clock = Clock()
     engine = ScriptedEngine()
     stage = RemediationStage(settings(), kube_api, engine, clock=clock, monotonic=clock)
-    engine.queue = [ActionRequest("r", ActionSpec("cordon"), Target("node", NODE),
+    engine.queue = [ActionRequest("r", ActionSpec.of("cordon"), Target("node", NODE),
                                   cooldown_seconds=600)]
     for _ in range(8):  # 8 ticks, 1 s apart: within the first 10 s backoff
         await stage.on_snapshot(snapshot())

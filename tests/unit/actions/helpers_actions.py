@@ -6,6 +6,7 @@ from typing import Any
 
 from agent.settings import Settings, settings_for_tests
 from agent.structs.remediation import ActionRequest, ActionSpec, Target
+from tests.action_params import params_for
 
 NODE = "node-a"
 
@@ -29,7 +30,7 @@ def request(
 ) -> ActionRequest:
     return ActionRequest(
         rule=rule,
-        action=ActionSpec(action, params or {}),
+        action=ActionSpec.of(action, params_for(action, params)),
         target=Target(kind, node, namespace, name),  # type: ignore[arg-type]
         **kw,
     )

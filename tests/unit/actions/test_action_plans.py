@@ -1,6 +1,11 @@
-"""Action plans: what each action would change, and every parameter it refuses (pure, no API)."""
+"""Action plans: what each action would change, and every parameter it refuses (pure, no API).
+
+Parameters the action's model refuses fail where the request is built (``ActionSpec.of``, as a
+rule's fail at load); what depends on the node and its settings, ``plan()`` refuses."""
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 import pytest
 from helpers_actions import NODE, request, settings
@@ -9,14 +14,30 @@ from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
 from agent.actions import registry
-from agent.actions.base import InvalidParams
-from agent.structs.remediation import ACTION_TYPES
+from agent.actions.base import InvalidParams, Plan
+from agent.structs.remediation import ACTION_TYPES, ActionRequest, ActionSpec
+
+# Parameters each action's model accepts.
+VALID: dict[str, dict[str, object]] = {
+    "taint": {"key": "nodemedic.io/x", "value": "v", "effect": "NoSchedule"},
+    "untaint": {"key": "nodemedic.io/x"},
+    "drain": {"timeout": "10m", "grace_period_cap": "30s"},
+    "evict-pod": {"grace_period_cap": "30s"},
+    "restart-service": {"unit": "kubelet.service"},
+    "annotate": {"key": "nodemedic.io/x", "value": "v"},
+}
 
 
 def plan(action: str, params: dict | None = None, **kw):  # type: ignore[no-untyped-def]
     act = registry.get(action)
     assert act is not None
     return act.plan(request(action, params, **kw), settings(**kw.pop("settings", {})))
+
+
+def plan_of(req: ActionRequest) -> Plan:
+    act = registry.get(req.action.type)
+    assert act is not None
+    return act.plan(req, settings())
 
 
 def test_every_action_type_is_registered() -> None:
@@ -39,10 +60,9 @@ def test_cordon_plan_says_what_changes() -> None:
 def test_node_actions_refuse_other_nodes(action: str) -> None:
     """An agent never cordons, drains, taints, annotates, evicts or restarts anything on another
     node, and says which node it is limited to."""
-    params = {"key": "nodemedic.io/x", "value": "v", "unit": "kubelet.service"}
     kind = {"evict-pod": "pod"}.get(action, "node")
     with pytest.raises(InvalidParams, match=f"{action} only acts on .*this node.* \\({NODE}\\)"):
-        plan(action, params, node="node-b", kind=kind, namespace="ns", name="p")
+        plan(action, VALID.get(action), node="node-b", kind=kind, namespace="ns", name="p")
 
 
 @pytest.mark.parametrize(
@@ -56,15 +76,29 @@ def test_node_actions_refuse_other_nodes(action: str) -> None:
     ],
 )
 def test_taint_refuses_unsafe_params(params: dict, message: str) -> None:
-    """Taints outside nodemedic.io/, NoExecute (bypasses PDBs) and bad values are refused."""
-    with pytest.raises(InvalidParams, match=message):
-        plan("taint", params)
+    """Taints outside nodemedic.io/, NoExecute (bypasses PDBs) and bad values are refused where
+    the request is built, in code as in a rule."""
+    with pytest.raises(ValueError, match=message):
+        request("taint", params)
+
+
+def test_taint_and_untaint_refuse_unsafe_params_that_skipped_the_model() -> None:
+    """The action keeps its safety boundaries for a model changed without validation
+    (``model_copy``): no NoExecute taint, no key outside nodemedic.io/."""
+    taint = request("taint", VALID["taint"])
+    unsafe = taint.action.params.model_copy(update={"effect": "NoExecute"})
+    with pytest.raises(InvalidParams, match="PodDisruptionBudgets"):
+        plan_of(replace(taint, action=ActionSpec(unsafe)))
+    untaint = request("untaint", VALID["untaint"])
+    admins = untaint.action.params.model_copy(update={"key": "dedicated"})
+    with pytest.raises(InvalidParams, match=r"nodemedic\.io/"):
+        plan_of(replace(untaint, action=ActionSpec(admins)))
 
 
 def test_untaint_only_touches_nodemedic_keys() -> None:
     """untaint of an admin's taint key is refused before any API call."""
-    with pytest.raises(InvalidParams, match=r"nodemedic\.io/"):
-        plan("untaint", {"key": "dedicated"})
+    with pytest.raises(ValueError, match=r"nodemedic\.io/"):
+        request("untaint", {"key": "dedicated"})
     assert plan("untaint", {"key": "nodemedic.io/disk"}).changes == (
         "spec.taints -= nodemedic.io/disk",
     )
@@ -84,13 +118,8 @@ def test_restart_service_needs_the_allow_list() -> None:
 )
 def test_restart_service_refuses_shell_like_units(unit: str) -> None:
     """Anything that is not a plain unit name is refused, even if someone allow-listed it."""
-    act = registry.get("restart-service")
-    assert act is not None
-    with pytest.raises(InvalidParams):
-        act.plan(
-            request("restart-service", {"unit": unit}),
-            settings(actions_restart_allowlist=(unit,)),
-        )
+    with pytest.raises(ValueError, match=r"systemd \.service unit name"):
+        request("restart-service", {"unit": unit})
 
 
 def test_webhook_url_must_be_allow_listed() -> None:
@@ -102,10 +131,8 @@ def test_webhook_url_must_be_allow_listed() -> None:
     assert "https://hooks.example/nodemedic/page" in ok.summary
     with pytest.raises(InvalidParams, match="allowlist"):
         act.plan(request("webhook", {"url": "https://evil.example/nodemedic/"}), s)
-    with pytest.raises(InvalidParams, match="timeout"):
-        act.plan(
-            request("webhook", {"url": "https://hooks.example/nodemedic/x", "timeout": 60}), s
-        )
+    with pytest.raises(ValueError, match="timeout"):
+        request("webhook", {"url": "https://hooks.example/nodemedic/x", "timeout": 60})
 
 
 def test_annotate_owner_needs_a_pod_rule() -> None:
@@ -124,8 +151,8 @@ def test_annotate_owner_needs_a_pod_rule() -> None:
 
 def test_event_reason_must_be_camel_case() -> None:
     """Event reasons follow the Kubernetes convention (UpperCamelCase)."""
-    with pytest.raises(InvalidParams, match="UpperCamelCase"):
-        plan("event", {"reason": "oom storm"})
+    with pytest.raises(ValueError, match="CamelCase"):
+        request("event", {"reason": "oom storm", "message": "m"})
     p = plan("event", {"reason": "OOMStorm", "message": "3 kills"}, severity="warning")
     assert p.summary == f"Warning Event OOMStorm on node/{NODE}"
 
@@ -133,13 +160,13 @@ def test_event_reason_must_be_camel_case() -> None:
 def test_evict_pod_needs_a_pod_target() -> None:
     """evict-pod on a node target is refused."""
     with pytest.raises(InvalidParams, match="pod targets"):
-        plan("evict-pod")
+        plan("evict-pod", VALID["evict-pod"])
 
 
 def test_drain_grace_cap_never_exceeds_the_setting() -> None:
     """A rule may lower the drain grace cap but never raise it above --safety.drain-grace-cap."""
-    assert "grace cap 2m" in plan("drain", {"grace_period_cap": 600}).summary
-    assert "grace cap 10s" in plan("drain", {"grace_period_cap": "10s"}).summary
+    assert "grace cap 2m" in plan("drain", {"grace_period_cap": 600, "timeout": "1h"}).summary
+    assert "grace cap 10s" in plan("drain", {"grace_period_cap": "10s", "timeout": "1h"}).summary
 
 
 _VALUES = st.recursive(
@@ -160,11 +187,16 @@ _KEYS = st.sampled_from(
     st.sampled_from(["node", "pod", "service"]),
 )
 def test_plans_never_crash_on_garbage_params(action: str, params: dict, kind: str) -> None:
-    """Whatever a rule passes, plan() returns a Plan or raises InvalidParams, nothing else."""
+    """Whatever a request is built with, building it raises ValueError (the model) or plan()
+    returns a Plan or raises InvalidParams, nothing else."""
     act = registry.get(action)
     assert act is not None
-    req = request(action, params, kind=kind, namespace="ns" if kind != "node" else "",
-                  name="p" if kind != "node" else "")
+    try:
+        req = request(action, params, kind=kind, namespace="ns" if kind != "node" else "",
+                      name="p" if kind != "node" else "")
+    except ValueError as exc:
+        assert str(exc)
+        return
     try:
         out = act.plan(req, settings(actions_webhook_allowlist=("http://h/",)))
     except InvalidParams as exc:

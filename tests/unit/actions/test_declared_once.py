@@ -51,12 +51,20 @@ def test_schema_and_docs_are_read_from_the_models() -> None:
         assert row.split(" | ")[2] == ("yes" if model.in_undo else "no")
 
 
-def test_a_typed_spec_plans_like_its_mapping() -> None:
+def test_a_code_built_spec_is_the_rules_model() -> None:
+    """A request built in code carries the same validated model as a rule's, and plans the
+    same; a parameter the model refuses fails where the request is built."""
     model = actionparams.Drain.model_validate(
         {"type": "drain", "timeout": "10m", "grace_period_cap": "30s"})
-    typed = replace(request("drain", rule="node-broken"), action=ActionSpec("drain", model))
-    plain = request("drain", dict(model), rule="node-broken")
+    built = request("drain", {"timeout": "10m", "grace_period_cap": "30s"}, rule="node-broken")
+    typed = replace(built, action=ActionSpec(model))
+    assert built.action == typed.action
+    assert isinstance(built.action.params, actionparams.Drain)
     act = registry.get("drain")
     assert act is not None
-    assert act.plan(typed, settings()) == act.plan(plain, settings())
-    assert "timeout 10m" in act.plan(typed, settings()).summary
+    assert act.plan(typed, settings()) == act.plan(built, settings())
+    assert "timeout 10m" in act.plan(built, settings()).summary
+    with pytest.raises(ValueError, match="grace_period_cap"):
+        ActionSpec.of("drain", {"timeout": "1h"})  # there is no unbounded drain, not in code either
+    with pytest.raises(ValueError, match="no action named 'reboot'"):
+        ActionSpec.of("reboot")

@@ -9,17 +9,20 @@ from typing import Any
 import aiohttp
 import pytest
 
-from agent.actions import executor
+from agent.actions import executor, registry
 from agent.actions.base import ActionContext
 from agent.actions.cordon import Cordon
 from agent.actions.drain import Drain
+from agent.actions.restart_service import RestartService
 from agent.kube.errors import KubeError, KubeUnavailable
+from agent.safety.gate import SafetyGate
 from agent.structs.remediation import Decision, Outcome
 from tests.unit.actions.helpers_actions import request, settings
 
 
 def allowed(action: str, params: dict[str, Any] | None = None) -> Decision:
-    return Decision(request(action, params), "allowed", "ok")
+    """An allowed decision as the gate makes it: with the action it looked up."""
+    return Decision(request(action, params), "allowed", "ok", action=registry.get(action))
 
 
 def ctx() -> ActionContext:
@@ -55,7 +58,7 @@ async def test_an_unreachable_api_makes_resumable_and_continuing_work_wait(
 ) -> None:
     raising(Drain, KubeUnavailable("down"), monkeypatch)
     raising(Cordon, KubeUnavailable("down"), monkeypatch)
-    drain = allowed("drain", {"timeout": 600})
+    drain = allowed("drain", {"timeout": 600, "grace_period_cap": 30})
     assert (await executor.run(drain, ctx())).kind == "retry"
     assert (await executor.run(allowed("cordon"), ctx(), continuing=True)).kind == "retry"
 
@@ -66,6 +69,34 @@ async def test_a_cancellation_is_not_an_error(monkeypatch: pytest.MonkeyPatch) -
         await executor.run(allowed("cordon"), ctx())
 
 
-async def test_an_unknown_action_is_a_failure() -> None:
-    out = await executor.run(allowed("no-such-action"), ctx())
-    assert (out.kind, out.message) == ("failure", "no action named 'no-such-action'")
+async def test_a_decision_without_its_action_is_a_failure() -> None:
+    """The executor runs the action the gate looked up; a decision without one (the gate
+    found none) fails instead of being looked up again."""
+    out = await executor.run(Decision(request("cordon"), "allowed", "ok"), ctx())
+    assert (out.kind, out.message) == ("failure", "no action named 'cordon'")
+
+
+async def test_the_action_is_looked_up_once_per_request(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Gate, executor and the execution record share one registry lookup per request."""
+    calls: list[str] = []
+    real = registry.get
+
+    def counting(name: str) -> Any:
+        calls.append(name)
+        return real(name)
+
+    async def restarted(self: Any, decision: Decision, ctx: ActionContext) -> Outcome:
+        return Outcome(decision, "success", "restarted")
+
+    monkeypatch.setattr(registry, "get", counting)
+    monkeypatch.setattr(RestartService, "execute", restarted)
+    gate = SafetyGate(settings(), None)
+    decision = await gate.decide(request("restart-service", {"unit": "kubelet.service"}))
+    assert decision.kind == "allowed"
+    out = await executor.run(decision, ctx())
+    executor.record(gate, decision, out, continuing=False)
+    assert out.kind == "success"
+    assert calls == ["restart-service"]
+    assert len(gate.ledger.history) == 1 and gate.ledger.history[0][3]  # counted as disruptive

@@ -53,7 +53,7 @@ def _fired(fams: list[Family]) -> list[str]:
     reasons = []
     for minute in range(0, 20):
         for req in engine.evaluate(_snapshot(minute * 60.0, fams), minute * 60.0):
-            reasons.append(str(req.action.params.get("reason")))
+            reasons.append(str(getattr(req.action.params, "reason", None)))
     return reasons
 
 

@@ -110,8 +110,9 @@ def test_request_carries_rule_settings_for_the_gate() -> None:
     assert req.target.key == f"node/{NODE}"
     # The model the loader validated travels as is (typed, not re-parsed from a dict).
     assert isinstance(req.action.params, actionparams.RestartService)
-    assert dict(req.action.params) == {"unit": "kubelet.service"}
+    assert req.action.params.params() == {"unit": "kubelet.service"}
     assert req.observed == {"nodemedic_kubelet_up": 0.0}
+    assert req.metrics == ("nodemedic_kubelet_up",)  # what the stage checks for fresh data
     assert "nodemedic_kubelet_up == 0 for 2m" in req.reason
 
 
@@ -213,7 +214,7 @@ def disk(eng: RuleEngine, t: float, ratio: float) -> list[str]:
         "nodemedic_host_filesystem_size_bytes": [({"path": "/"}, 1000.0),
                                                  ({"path": "/data"}, 1000.0)],
     })
-    return [f"{r.action.params['reason']}:{r.action.params['message']}"
+    return [f"{r.action.params.reason}:{r.action.params.message}"
             for r in eng.evaluate(snap, t)]
 
 
@@ -283,7 +284,7 @@ def test_per_pod_instances_from_series_labels() -> None:
     reqs = eng.evaluate(oom(60, counts), 60)
     assert {r.target.key for r in reqs} == {"pod/shop/a"}
     event = next(r for r in reqs if r.action.type == "event")
-    assert event.action.params["message"] == "shop/a: 4 OOM kills"
+    assert event.action.params.message == "shop/a: 4 OOM kills"
     assert event.target.namespace == "shop" and event.target.name == "a"
     assert event.target.node == NODE
 
@@ -298,7 +299,7 @@ def test_increase_window_forgets_old_kills_and_survives_counter_reset() -> None:
     # Counter reset to 2 (2 new kills, not -1), then 2 more: 4 kills within the window.
     assert eng.evaluate(oom(710, {key: 2}), 710) == []
     reqs = eng.evaluate(oom(720, {key: 4}), 720)
-    assert reqs[0].action.params["message"] == "shop/a: 4 OOM kills"
+    assert reqs[0].action.params.message == "shop/a: 4 OOM kills"
 
 
 def test_history_is_bounded_and_evictions_counted() -> None:
@@ -377,7 +378,7 @@ def test_ratios_follow_changing_pods_and_skip_unlimited_containers() -> None:
                   if lim is not None]
         snap = snapshot(t, {"nodemedic_container_memory_working_set_bytes": ws,
                             "nodemedic_container_memory_limit_bytes": limits})
-        return sorted(r.action.params["message"] for r in eng.evaluate(snap, t))
+        return sorted(r.action.params.message for r in eng.evaluate(snap, t))
 
     assert tick(0, {"a": (95, 100), "b": (50, 100), "u": (10**12, None)}) == ["a/app 95%"]
     assert tick(10, {"c": (99, 100), "b": (50, 100), "a": (95, 100)}) == ["c/app 99%"]

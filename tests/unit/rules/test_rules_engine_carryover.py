@@ -42,7 +42,7 @@ def test_firing_ends_when_the_window_passes_a_burst_of_an_idle_counter() -> None
     counts["a"] = 100.0
     t = 10.0
     reqs = eng.evaluate(snap(t, counts), t)
-    assert [r.action.params["message"] for r in reqs] == ["shop/a 100"]
+    assert [r.action.params.message for r in reqs] == ["shop/a 100"]
     while t < 60:  # other series keep moving, "a" stays at 100
         t += 10
         counts["b"] += 1

@@ -177,7 +177,7 @@ def test_merge_lets_the_api_drop_what_it_has_seen() -> None:
 def test_merge_resumes_local_in_progress_actions_and_keeps_unknown_only_if_newer() -> None:
     """A drain only the local state knows is resumed; the API's own entry wins for a key both
     know; 'unknown since' survives only if the API's state is older than it."""
-    drain = request("drain", {}, rule="r")
+    drain = request("drain", rule="r")
     api, local = Ledger(), Ledger()
     local.pending[ledger_key(drain)] = Pending(drain, 300.0, 2)
     local.unknown_since = 250.0

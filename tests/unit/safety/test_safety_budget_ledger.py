@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agent.safety.budget import cordon_allowed, cordon_limit
-from agent.safety.ledger import HOUR, MAX_STATE_BYTES, Ledger, Pending, ledger_key
+from agent.safety.ledger import HOUR, MAX_STATE_BYTES, Held, Ledger, Pending, ledger_key
 
 
 @pytest.mark.parametrize(
@@ -47,7 +47,7 @@ def test_state_round_trips_through_json() -> None:
     led = Ledger()
     cordon = request("cordon", observed={"nodemedic_kubelet_up": 0.0}, step=1)
     led.record(cordon, 1000.0, disruptive=True)
-    drain = request("drain", {"timeout": 900.0}, step=2)
+    drain = request("drain", {"timeout": 900.0, "grace_period_cap": 30.0}, step=2)
     led.pending[ledger_key(drain)] = Pending(drain, 1010.0, 3)
     text = led.to_json(1020.0, engine_state={"kubelet-down": {"step": 2}})
     back, engine, problems = Ledger.from_json(text)
@@ -58,6 +58,32 @@ def test_state_round_trips_through_json() -> None:
     restored = back.pending[ledger_key(drain)]
     assert restored.request == drain
     assert (restored.started, restored.attempts) == (1010.0, 3)
+
+
+def test_held_steps_keep_their_metrics_and_typed_params_across_a_restart() -> None:
+    """A held step's metrics (what the stage checks for fresh data) and its validated
+    parameters survive the JSON; one written before requests recorded their metrics comes back
+    with them unknown (None: the stage then waits for every collector), and one whose
+    parameters the action's model refuses is skipped as a problem, never resumed."""
+    led = Ledger()
+    drain = request("drain", {"timeout": "10m", "grace_period_cap": "30s"},
+                    metrics=("nodemedic_kubelet_up", "nodemedic_node_lease_age_seconds"))
+    led.held[ledger_key(drain)] = Held(drain, "paused", "paused by node annotation", 1000.0)
+    doc = json.loads(led.to_json(1020.0))
+    back, _, problems = Ledger.from_json(json.dumps(doc))
+    assert problems == []
+    restored = back.held[ledger_key(drain)].request
+    assert restored == drain
+    assert restored.action.params.timeout == 600.0  # typed, not a mapping of strings
+
+    del doc["q"][0]["req"]["metrics"]
+    old, _, problems = Ledger.from_json(json.dumps(doc))
+    assert problems == [] and old.held[ledger_key(drain)].request.metrics is None
+
+    doc["q"][0]["req"]["params"] = {"timeout": 600.0}  # no grace_period_cap: no such drain
+    bad, _, problems = Ledger.from_json(json.dumps(doc))
+    assert bad.held == {}
+    assert len(problems) == 1 and "grace_period_cap" in problems[0]
 
 
 def test_state_is_bounded() -> None:

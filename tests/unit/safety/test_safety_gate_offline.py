@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
 from helpers_safety import request, settings
 
+from agent.actions import registry
 from agent.safety.gate import SafetyGate
 from agent.structs.remediation import Outcome
 
@@ -56,13 +58,20 @@ async def test_per_rule_dry_run() -> None:
     assert "rule kubelet-down dry_run" in d.detail
 
 
-async def test_invalid_params_and_unknown_actions_are_denied() -> None:
-    """A non-allow-listed unit and an unknown action never reach execution."""
+async def test_invalid_params_and_unknown_actions_are_denied(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A non-allow-listed unit and an unknown action never reach execution; an action no rule
+    can name cannot even be asked for."""
     g = gate()
     d = await g.decide(request("restart-service", {"unit": "sshd.service"}))
     assert (d.kind, d.reason) == ("denied", "invalid_params")
-    d = await g.decide(request("reboot"))
+    with pytest.raises(ValueError, match="no action named 'reboot'"):
+        request("reboot")
+    monkeypatch.setattr(registry, "get", lambda name: None)  # declared, not implemented
+    d = await g.decide(request("cordon"))
     assert (d.kind, d.reason) == ("denied", "unknown_action")
+    monkeypatch.undo()
     fam = {f.name: f for f in g.families()}["nodemedic_actions_denied_total"]
     assert fam.get(action="restart-service", reason="invalid_params") == 1
 

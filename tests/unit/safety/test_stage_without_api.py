@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from types import MappingProxyType
 
@@ -44,7 +45,8 @@ def snapshot(kubelet_ok: bool) -> Snapshot:
 
 
 RESTART = request(
-    "restart-service", {"unit": "kubelet.service"}, observed={"nodemedic_kubelet_up": 0.0}
+    "restart-service", {"unit": "kubelet.service"}, observed={"nodemedic_kubelet_up": 0.0},
+    metrics=("nodemedic_kubelet_up",),
 )
 
 
@@ -77,6 +79,22 @@ async def test_no_action_when_the_rules_collector_failed(tmp_path: Path) -> None
     assert not log.exists()
     fam = {f.name: f for f in stage.families()}["nodemedic_actions_denied_total"]
     assert fam.get(reason="missing_data") == 1
+
+
+async def test_a_request_waits_only_for_the_metrics_it_reads(tmp_path: Path) -> None:
+    """The stage checks the metrics a request says its rule reads: a request reading nothing
+    (made in code) is not held back by an unrelated failed collector; one whose metrics are
+    unknown (restored from an older state) is, by any failed collector (fail safe)."""
+    script, log = recording_systemctl(tmp_path)
+    engine = ScriptedEngine()
+    stage = RemediationStage(settings(), None, engine, systemctl=script)
+    engine.queue = [replace(RESTART, metrics=None)]
+    await stage.on_snapshot(snapshot(kubelet_ok=False))
+    assert not log.exists()
+    assert actions_total(stage).get(decision="denied", outcome="none") == 1
+    engine.queue = [replace(RESTART, rule="reads-nothing", metrics=())]
+    await stage.on_snapshot(snapshot(kubelet_ok=False))
+    assert json.loads(log.read_text()) == ["restart", "kubelet.service"]
 
 
 async def test_dry_run_records_but_executes_nothing(tmp_path: Path) -> None:
