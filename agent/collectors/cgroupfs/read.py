@@ -154,10 +154,9 @@ class LimitCache:
         return entry
 
     def store(self, directory: str) -> CgroupLimits:
-        """The entry of ``directory`` to cache a freshly parsed limit in."""
-        entry = self._used.get(directory)
-        if entry is None:
-            entry = self._used[directory] = CgroupLimits()
+        """A new entry for ``directory`` (which :meth:`get` did not find) to cache freshly
+        parsed limits in."""
+        entry = self._used[directory] = CgroupLimits()
         return entry
 
     def forget(self, directory: str) -> None:
@@ -244,7 +243,8 @@ class _Reader:
     def enter(self, directory: str) -> None:
         """Start reading ``directory``."""
         self.directory = directory
-        self.cached = self.limits.get(directory) if self.limits is not None else None
+        limits = self.limits
+        self.cached = None if limits is None or limits.full else limits.get(directory)
 
     def hit(self) -> None:
         """A limit was served from the cache instead of being read."""
