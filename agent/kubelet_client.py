@@ -16,7 +16,9 @@ Why it looks like this:
 - the bearer token is re-read whenever its file changes (projected service-account tokens rotate
   by an atomic symlink swap, so the inode changes);
 - JSON and pod-list parsing of big bodies runs in a worker thread (/stats/summary is MBs);
-- ``pods()`` fetches /pods at most once per ``pods_max_age`` however many collectors ask at once.
+- ``pods()`` fetches /pods at most once per ``pods_max_age`` however many collectors ask at once;
+  ``pods_generation`` changes whenever the body does (the ``cgroup`` collector re-reads the
+  limit files of its cgroups then: pod resizes show in /pods).
 """
 
 from __future__ import annotations
@@ -245,6 +247,9 @@ class KubeletClient:
         self._pods: PodList | None = None
         self._pods_parsed: tuple[bytes, PodList] | None = None  # (body digest, its decode)
         self._pods_error: KubeletError | None = None
+        # Bumped whenever a /pods body differs from the one before (any pod created, deleted,
+        # resized or with a new status): lets a caller skip work while nothing changed.
+        self.pods_generation = 0
         self.requests: Counter[tuple[str, str]] = Counter()
         self.pods_cache_hits = 0
 
@@ -445,6 +450,7 @@ class KubeletClient:
             return last[1]
         pods = _decode_pods(body)
         self._pods_parsed = (digest, pods)
+        self.pods_generation += 1
         return pods
 
     async def pods(self) -> list[PodRef]:

@@ -4,7 +4,8 @@ Run by `make bench` (bench/run_all.py) or directly: `python bench/cgroup_collect
 bench/results/cgroup_collect.json and .md. Measures, per layout, the process CPU time (all
 threads: the collector reads in a worker thread) and wall time of ``CgroupCollector.collect()``
 with kubelet attribution, plus its two halves (``scan``: discovery + file reads;
-``build_families``: samples), on:
+``build_families``: samples), and the control files one scan at the defaults opens with and
+without limits from the cache (agent.collectors.cgroupfs.read.LimitCache), on:
 
 - the synthetic node of bench/synthetic_node.py (v2 systemd driver, v1 cgroupfs driver) on disk;
 - when run as root on a host with cgroup v1 controllers: the same 250 x 3 cgroups created for real
@@ -42,7 +43,7 @@ from agent.collectors.base import CollectorContext  # noqa: E402
 from agent.collectors.cgroup import CgroupCollector, build_families  # noqa: E402
 from agent.collectors.cgroupfs import scan  # noqa: E402
 from agent.collectors.cgroupfs.layout import ListingCache, detect, discover  # noqa: E402
-from agent.collectors.cgroupfs.read import WATCHED_FILES  # noqa: E402
+from agent.collectors.cgroupfs.read import WATCHED_FILES, LimitCache  # noqa: E402
 from agent.settings import Settings  # noqa: E402
 from agent.structs.pods import PodRef  # noqa: E402
 
@@ -53,6 +54,8 @@ PODS, CONTAINERS, ROUNDS = 250, 2, 30
 class _Kubelet:
     def __init__(self, refs: list[PodRef]) -> None:
         self.refs = refs
+        self.pods_generation = 1  # an unchanged pod list, as KubeletClient reports it
+
 
     async def pods(self) -> list[PodRef]:
         return self.refs
@@ -79,8 +82,27 @@ def _measure(fn: Callable[[], object]) -> dict[str, Any]:
     return {"cpu": _stats(cpu), "wall": _stats(wall)}
 
 
+def files_opened(fn: Callable[[], object]) -> int:
+    """Control files ``fn`` opens (relative to a cgroup directory fd, as the reader does)."""
+    real, n = os.open, 0
+
+    def counting(path: str, flags: int, mode: int = 0o777, *, dir_fd: int | None = None) -> int:
+        nonlocal n
+        n += dir_fd is not None
+        return real(path, flags, mode, dir_fd=dir_fd)
+
+    os.open = counting  # type: ignore[assignment]
+    try:
+        fn()
+    finally:
+        os.open = real
+    return n
+
+
 def bench_root(root: Path, refs: list[PodRef]) -> dict[str, Any]:
-    ctx = CollectorContext(Settings(path_cgroupfs=root), kubelet=_Kubelet(refs))
+    # min-interval 0: every collect() reads (at the default 30 s most would re-serve the last).
+    ctx = CollectorContext(Settings(path_cgroupfs=root, cgroup_min_interval=0),
+                           kubelet=_Kubelet(refs))
     collector = CgroupCollector(ctx)
     loop = asyncio.new_event_loop()
     try:
@@ -100,6 +122,17 @@ def bench_root(root: Path, refs: list[PodRef]) -> dict[str, Any]:
     dcache = ListingCache(full_every=10**9)
     out["discover_cached"] = _measure(lambda: discover(layout, dcache))
     out["build_families"] = _measure(lambda: build_families(result, pods))
+    # At the defaults (--cgroup.psi=pod, listings cached): every limit file read (as on a pod
+    # list change, every 10th read, or without the kubelet) vs limits from the cache.
+    dflt = ListingCache(full_every=10**9)
+    out["scan_default"] = _measure(lambda: scan(root, psi="pod", cache=dflt))
+    limits = LimitCache(full_every=10**9)
+    lcache = ListingCache(full_every=10**9)
+    out["scan_default_limits_cached"] = _measure(
+        lambda: scan(root, psi="pod", cache=lcache, limits=limits))
+    out["files_per_scan"] = files_opened(lambda: scan(root, psi="pod", cache=dflt))
+    out["files_per_scan_limits_cached"] = files_opened(
+        lambda: scan(root, psi="pod", cache=lcache, limits=limits))
     out["cgroups"] = len(result.stats)
     out["series"] = sum(len(f.samples) for f in fams)
     out["mode"] = result.layout.mode
@@ -164,8 +197,9 @@ def main() -> int:
         "per 10 s tick (0.5% of a core).",
         "",
         "| tree | mode | cgroups | series | collect CPU ms | collect wall ms | scan CPU ms "
-        "| scan CPU ms, listings cached | discovery CPU ms | discovery, cached | build CPU ms |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| scan CPU ms, listings cached | discovery CPU ms | discovery, cached | build CPU ms "
+        "| files per default scan | ms | with limits cached: files | ms |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, r in results["layouts"].items():
         c = r["collect"]
@@ -175,15 +209,22 @@ def main() -> int:
             f"| {c['wall']['median_ms']} / {c['wall']['p90_ms']} "
             f"| {r['scan']['cpu']['median_ms']} | {r['scan_cached']['cpu']['median_ms']} "
             f"| {r['discover']['cpu']['median_ms']} | {r['discover_cached']['cpu']['median_ms']} "
-            f"| {r['build_families']['cpu']['median_ms']} |"
+            f"| {r['build_families']['cpu']['median_ms']} "
+            f"| {r['files_per_scan']} | {r['scan_default']['cpu']['median_ms']} "
+            f"| {r['files_per_scan_limits_cached']} "
+            f"| {r['scan_default_limits_cached']['cpu']['median_ms']} |"
         )
     lines += [
         "",
         "`kernel-hybrid`: empty cgroups created in the real v1 memory/cpu/cpuacct and v2 unified "
         "hierarchies (present only when run as root); the synthetic trees are plain files. "
         "`collect` is the collector as it runs (its listing cache re-lists everything every 6th "
-        "read); the cached columns serve every listing after the first from the cache (a stat "
-        "per directory instead of a scandir).",
+        "read, its limit cache re-reads every limit file every 10th read and after a pod-list "
+        "change); the cached columns serve every listing after the first from the cache (a stat "
+        "per directory instead of a scandir). The last four columns: one read at the defaults "
+        "(`--cgroup.psi=pod`, listings cached), files opened and CPU ms, reading every limit "
+        "file (as before the limit cache, and now on a pod-list change or every 10th read) and "
+        "with limits from the cache (the other reads).",
     ]
     (RESULTS / "cgroup_collect.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

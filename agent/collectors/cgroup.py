@@ -4,11 +4,12 @@ Built by agent.runtime.pipeline (registered as ``cgroup``, enabled by default). 
 the kubepods cgroups under ``--path.cgroupfs`` (v1, v2 or hybrid; systemd or cgroupfs driver) in
 a worker thread via agent.collectors.cgroupfs (directory listings cached while unchanged, see
 agent.collectors.cgroupfs.layout.ListingCache; the kubelet's container IDs make a pod whose new
-container the cache has not seen re-listed), and attributes them to namespace/pod/container
-with the kubelet's pod list from ``ctx.kubelet`` when that client is present and
-answers. Without it, series carry the pod UID with empty namespace/pod and the runtime container
-ID as ``container``. The ``qos`` label always comes from the cgroup path (where the kubelet
-actually placed the pod): ``guaranteed``, ``burstable`` or ``besteffort``.
+container the cache has not seen re-listed; limit files kept between reads while the kubelet's
+pod list is unchanged, see agent.collectors.cgroupfs.read.LimitCache), and attributes them to
+namespace/pod/container with the kubelet's pod list from ``ctx.kubelet`` when that client is
+present and answers. Without it, series carry the pod UID with empty namespace/pod and the
+runtime container ID as ``container``. The ``qos`` label always comes from the cgroup path
+(where the kubelet actually placed the pod): ``guaranteed``, ``burstable`` or ``besteffort``.
 
 A cgroup file we may not read (EACCES: an AppArmor/SELinux profile, a missing capability) skips
 that value and counts it, and makes this tick's per-cgroup metrics ``unreadable()``
@@ -30,13 +31,17 @@ import structlog
 from agent.collectors.base import Collector, CollectorContext
 from agent.collectors.cgroupfs import REASONS, NodeScan, scan
 from agent.collectors.cgroupfs.layout import ListingCache
-from agent.collectors.cgroupfs.read import PERMISSION
+from agent.collectors.cgroupfs.read import PERMISSION, LimitCache
 from agent.collectors.podgaps import CGROUP_PODS_WITHOUT_VALUES, cgroup_pods_without_values, report
 from agent.collectors.registry import register
 from agent.structs.metrics import Family, LabelValues, MetricSpec
 from agent.structs.pods import PodRef
 
 log = structlog.get_logger("nodemedic.collector.cgroup")
+
+# Every LIMITS_FULL_EVERY-th read re-reads every limit file even when the kubelet's pod list has
+# not changed: bounds how long a limit written outside the kubelet goes unseen (5 min at 30 s).
+LIMITS_FULL_EVERY = 10
 
 _L = ("namespace", "pod", "uid", "container", "qos")
 _LP = (*_L, "resource", "kind")
@@ -157,7 +162,12 @@ ALL_METRICS = (*CGROUP_SERIES, READ_ERRORS, CGROUPS, ATTRIBUTION, CGROUP_PODS_WI
 
 @runtime_checkable
 class PodLister(Protocol):
-    """What the cgroup collector needs from ``ctx.kubelet`` (agent.kubelet_client)."""
+    """What the cgroup collector needs from ``ctx.kubelet`` (agent.kubelet_client).
+
+    A client with an int ``pods_generation`` that changes whenever the pod list does (as
+    KubeletClient has) lets the collector keep limit files between reads; without one they are
+    read every time.
+    """
 
     async def pods(self) -> list[PodRef]: ...
 
@@ -239,6 +249,11 @@ class CgroupCollector(Collector):
         # Directory listings reused while unchanged; everything re-listed every 6th read (a
         # minute at the default interval) in case a swap slipped past the cache's key.
         self._listings = ListingCache(full_every=6)
+        # Limit files (memory.max, cpu.max, v1 limit/quota/period) kept between reads: they
+        # change when the kubelet resizes a pod (then its /pods body changes, see _read) or by
+        # hand, which every 10th read (5 minutes at the default interval) catches.
+        self._limits = LimitCache(full_every=LIMITS_FULL_EVERY)
+        self._limits_generation: tuple[object, int] | None = None  # pod list read after
 
     async def _pods(self) -> dict[str, PodRef] | None:
         """UID -> PodRef from the shared kubelet client, or None when absent or failing."""
@@ -262,6 +277,12 @@ class CgroupCollector(Collector):
         self._kubelet_ok = True
         self._kubelet_cannot_see = None
         return {r.uid.lower(): r for r in refs}
+
+    def _generation(self) -> tuple[object, int] | None:
+        """(kubelet client, its ``pods_generation``), None when it has no such counter."""
+        client = self.ctx.kubelet
+        generation = getattr(client, "pods_generation", None)
+        return (client, generation) if type(generation) is int else None
 
     async def collect(self) -> list[Family]:
         # --cgroup.min-interval: on big nodes reading every cgroup file every tick costs more
@@ -287,7 +308,8 @@ class CgroupCollector(Collector):
         cancelled first) cannot leave it set."""
         self._reading = True
         try:
-            return scan(root, psi=self.ctx.settings.cgroup_psi, cache=self._listings)
+            return scan(root, psi=self.ctx.settings.cgroup_psi, cache=self._listings,
+                        limits=self._limits)
         finally:
             self._reading = False
 
@@ -298,6 +320,15 @@ class CgroupCollector(Collector):
                 f"the previous read of {root} is still running (cgroupfs hanging?); not starting "
                 "another"
             )
+        # Limits are re-read when the pod list changed since they were last read (what the
+        # shared client saw up to now, e.g. through the kubelet collector's fetch; a change
+        # seen by the fetch running alongside this read makes the next read re-read them: a
+        # resize shows in /pods once the kubelet has written the cgroup), and always while the
+        # last fetch failed or the client cannot tell changes: nothing would tell us then.
+        generation = self._generation() if self._kubelet_ok else None
+        if generation is None or generation != self._limits_generation:
+            self._limits.invalidate()
+        self._limits_generation = generation
         pods, result = await asyncio.gather(self._pods(), asyncio.to_thread(self._scan, root))
         if pods is not None:  # the next read re-lists a pod whose new container it has not seen
             self._listings.expect({u: frozenset(p.containers) for u, p in pods.items()})
