@@ -1,6 +1,7 @@
 """Registry of action types by name: ``@action(actionparams.Cordon)`` on an Action subclass.
 
-Read by agent.actions.executor and agent.safety.gate (look up the action of a request). An action
+Read by agent.safety.gate, which looks up the action of a request once and hands it on with
+the decision (the executor and the record use that). An action
 is its parameter model in agent.structs.actionparams (name, parameters, rule schema fragment,
 docs, where rules may use it) plus one module here with the class that plans and executes it,
 listed in ``_BUILTIN_MODULES``; the decorator takes the name from the model, so it is written
