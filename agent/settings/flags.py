@@ -127,7 +127,9 @@ FLAGS: tuple[Flag, ...] = (
          "offset from the peer majority beyond which nodemedic_clock_majority_drifted is 1"),
     Flag("failover.enabled", "bool", "take part in failed-node detection and leader election"),
     Flag("failover.lease-namespace", "str", "namespace of the leader, heartbeat and cap Leases"),
-    Flag("failover.node-grace", "duration", "node lease age before a node is suspect (k8s 40-50s)"),
+    Flag("failover.node-grace", "duration",
+         "node lease age before a node is suspect (k8s 40-50s; at least twice the kubelet's "
+         "10s Lease renewal)"),
     Flag("failover.probers", "int", "peers probing a suspect node besides the leader"),
     Flag("failover.probe-timeout", "duration", "time limit of one /healthz probe of a peer"),
     Flag("failover.max-unhealthy", "str", "unhealthy nodes (N or N%) above which nothing is done"),
