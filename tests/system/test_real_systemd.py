@@ -152,6 +152,9 @@ def test_configured_service_reaches_running_with_status_text(box: Booted) -> Non
     state = running(box)
     assert (state["ActiveState"], state["SubState"]) == ("active", "running"), state
     assert state["StatusText"], state
+    # The unit's environment reaches the agent: one malloc arena (less RSS, see the unit).
+    environ = box.sh(f"cat /proc/{state['MainPID']}/environ").stdout.split("\0")
+    assert "MALLOC_ARENA_MAX=1" in environ, environ
 
 
 def test_watchdog_pings_arrive(box: Booted) -> None:
