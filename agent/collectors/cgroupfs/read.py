@@ -26,7 +26,7 @@ import errno
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Final, Literal, TypeVar, cast
 
 from agent.collectors.cgroupfs.layout import (
     CgroupRef,
@@ -90,6 +90,7 @@ class _Unset(enum.Enum):
 
 
 UNSET: Final = _Unset.UNSET  # "not cached", as opposed to a cached None ("no limit")
+_T = TypeVar("_T")
 
 
 class CgroupLimits:
@@ -257,6 +258,26 @@ class _Reader:
             self.cached = self.limits.store(self.directory)
         return self.cached
 
+    def limit(self, h: Hierarchy, d: int, kind: Literal["memory", "cpu"], name: str,
+              parse: Callable[[bytes], _T]) -> _T | _Unset:
+        """The ``kind`` limit of this cgroup: cached, else file ``name`` read and parsed (and
+        cached once parsed); UNSET when the file could not be read or parsed (counted)."""
+        cached = self.cached
+        if cached is not None and (value := getattr(cached, kind)) is not UNSET:
+            self.hit()
+            return cast("_T", value)
+        data = self.read(h, d, name)
+        if data is None:
+            return UNSET
+        try:
+            parsed = parse(data)
+        except ParseError as exc:
+            self.bad(name, exc)
+            return UNSET
+        if (keep := self.remember()) is not None:
+            setattr(keep, kind, parsed)
+        return parsed
+
     def error(self, reason: str, message: str) -> None:
         errors = self.scan.errors
         errors[reason] = errors.get(reason, 0) + 1
@@ -333,20 +354,9 @@ def _read_v1_memory(r: _Reader, h: Hierarchy, d: int, s: CgroupStats) -> None:
             s.memory_inactive_file = v
         except ParseError as exc:
             r.bad("memory.stat", exc)
-    cached = r.cached
-    if cached is not None and cached.memory is not UNSET:
-        s.memory_limit = cached.memory
-        r.hit()
-    else:
-        data = r.read(h, d, "memory.limit_in_bytes")
-        if data is not None:
-            try:
-                s.memory_limit = parse_v1_memory_limit(data)
-            except ParseError as exc:
-                r.bad("memory.limit_in_bytes", exc)
-            else:
-                if (keep := r.remember()) is not None:
-                    keep.memory = s.memory_limit
+    if (mem := r.limit(h, d, "memory", "memory.limit_in_bytes", parse_v1_memory_limit)
+            ) is not UNSET:
+        s.memory_limit = mem
     data = r.read(h, d, "memory.oom_control")
     if data is not None:
         try:
@@ -435,18 +445,8 @@ def _read_v2(r: _Reader, h: Hierarchy, d: int, s: CgroupStats) -> None:
                     s.memory_inactive_file = v
                 except ParseError as exc:
                     r.bad("memory.stat", exc)
-            cached = r.cached
-            if cached is not None and cached.memory is not UNSET:
-                s.memory_limit = cached.memory
-                r.hit()
-            elif (data := r.read(h, d, "memory.max")) is not None:
-                try:
-                    s.memory_limit = parse_v2_max(data)
-                except ParseError as exc:
-                    r.bad("memory.max", exc)
-                else:
-                    if (keep := r.remember()) is not None:
-                        keep.memory = s.memory_limit
+            if (mem := r.limit(h, d, "memory", "memory.max", parse_v2_max)) is not UNSET:
+                s.memory_limit = mem
     if s.oom_kills is None:
         data = r.read(h, d, "memory.events")
         if data is not None:
@@ -477,20 +477,9 @@ def _read_v2(r: _Reader, h: Hierarchy, d: int, s: CgroupStats) -> None:
                     s.cfs_throttled_seconds = kv[b"throttled_usec"] / 1e6
             except ParseError as exc:
                 r.bad("cpu.stat", exc)
-        cached = r.cached
-        if s.cpu_quota_cores is not None:
-            pass
-        elif cached is not None and cached.cpu is not UNSET:
-            s.cpu_quota_cores = cached.cpu
-            r.hit()
-        elif (data := r.read(h, d, "cpu.max")) is not None:
-            try:
-                s.cpu_quota_cores = parse_v2_cpu_max(data)
-            except ParseError as exc:
-                r.bad("cpu.max", exc)
-            else:
-                if (keep := r.remember()) is not None:
-                    keep.cpu = s.cpu_quota_cores
+        if s.cpu_quota_cores is None and (
+                quota := r.limit(h, d, "cpu", "cpu.max", parse_v2_cpu_max)) is not UNSET:
+            s.cpu_quota_cores = quota
     # Three files per cgroup: on nodes with many containers PSI is the largest share of reads.
     wanted = r.psi == "container" or (r.psi == "pod" and not s.container_id)
     if wanted and not s.psi:
