@@ -31,7 +31,6 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from agent.settings import Settings  # noqa: E402
 from nodemedic_sim.demo.fleet import Timings  # noqa: E402  (after the sys.path line above)
 from tests.polling import seconds_until as until  # noqa: E402
 from tests.real_cluster import Backend, RealCluster, nodemedic_token, rest_path  # noqa: E402
@@ -39,15 +38,6 @@ from tests.real_fleet import Kubelets, RealNodes, fleet, sa_kubeconfig  # noqa: 
 
 RESULTS = REPO / "bench" / "results"
 NODES = ["node-a", "node-b", "node-c"]
-
-
-def defaults() -> Timings:
-    s = Settings()
-    return Timings(node_grace=s.failover_node_grace, fencing_time=s.failover_fencing_time,
-                   healthy_delay=s.failover_healthy_delay,
-                   lease_duration=s.failover_lease_duration,
-                   retry_period=s.failover_retry_period, probe_timeout=s.failover_probe_timeout,
-                   probers=s.failover_probers, max_cordoned="1")
 
 
 def workload(ns: str) -> list[dict[str, Any]]:
@@ -108,7 +98,7 @@ async def with_nodemedic(kube: Backend, token: str, work: Path) -> dict[str, Any
     kubelets = await setup(kube, ns)
     assert kube.creds is not None
     kc = sa_kubeconfig(work / "sa.kubeconfig", kube.creds.server, kube.creds.ca, token)
-    timings = defaults()
+    timings = Timings.production()
     fl = fleet(RealNodes(kc, kubelets), timings, work)
     await fl.start()
     try:

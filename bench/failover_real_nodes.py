@@ -41,7 +41,6 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from agent.settings import Settings  # noqa: E402  (after the sys.path line above)
 from nodemedic_sim.demo.fleet import Timings  # noqa: E402
 from tests.polling import eventually as until  # noqa: E402
 from tests.real_cluster import Backend, RealCluster, nodemedic_token  # noqa: E402
@@ -61,15 +60,6 @@ ALONE_LIMIT = 420.0
 # tests/integration/k8s/test_real_node_failover.py's timings (why 25 s: see there).
 TEST = Timings(node_grace=25.0, fencing_time=8.0, healthy_delay=3.0, lease_duration=3.0,
                retry_period=0.5, probe_timeout=1.0, max_cordoned="1", max_unhealthy="40%")
-
-
-def defaults() -> Timings:
-    s = Settings()
-    return Timings(node_grace=s.failover_node_grace, fencing_time=s.failover_fencing_time,
-                   healthy_delay=s.failover_healthy_delay,
-                   lease_duration=s.failover_lease_duration,
-                   retry_period=s.failover_retry_period, probe_timeout=s.failover_probe_timeout,
-                   probers=s.failover_probers, max_cordoned="1")
 
 
 async def one_run(cluster: RealCluster, kube: Backend, token: str, ns: str, timings: Timings,
@@ -129,7 +119,7 @@ async def run(test_timings: bool) -> dict[str, Any]:
     cluster = RealCluster(defaults=not test_timings)
     creds = cluster.start()
     kube = Backend("real", creds.server, None, creds=creds)
-    timings = TEST if test_timings else defaults()
+    timings = TEST if test_timings else Timings.production()
     try:
         token = await nodemedic_token(cluster, kube)
         with_nm = await one_run(cluster, kube, token, "bench-with", timings, 240)

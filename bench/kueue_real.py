@@ -42,7 +42,6 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from agent.settings import Settings  # noqa: E402
 from nodemedic_sim.demo.fleet import Fleet, Timings  # noqa: E402  (after the sys.path line above)
 from tests.real_cluster import Backend, RealCluster, nodemedic_token, rest_path  # noqa: E402
 from tests.real_fleet import RealNodes, fleet, sa_kubeconfig  # noqa: E402
@@ -60,15 +59,6 @@ Check = Callable[[], Awaitable[bool]]
 NO_POD_TERMINATION = "TASReplaceNodeOnPodTermination=false"
 # How long each run watches after the failure (seconds).
 LIMITS = {"with": 120.0, "alone": 480.0, "alone30": 240.0}
-
-
-def defaults() -> Timings:
-    s = Settings()
-    return Timings(node_grace=s.failover_node_grace, fencing_time=s.failover_fencing_time,
-                   healthy_delay=s.failover_healthy_delay,
-                   lease_duration=s.failover_lease_duration,
-                   retry_period=s.failover_retry_period, probe_timeout=s.failover_probe_timeout,
-                   probers=s.failover_probers, max_cordoned="1")
 
 
 async def first_seen(checks: dict[str, Check], limit: float) -> dict[str, float | None]:
@@ -150,7 +140,7 @@ async def run() -> dict[str, Any]:
     cluster = RealCluster(defaults=True)
     creds = cluster.start()
     kube = Backend("real", creds.server, None, creds=creds)
-    timings = defaults()
+    timings = Timings.production()
     with tempfile.TemporaryDirectory(prefix="nodemedic-kueue-bench-") as tmp:
         work = Path(tmp)
         up = False

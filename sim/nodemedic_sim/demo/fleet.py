@@ -78,6 +78,17 @@ class Timings:
     max_cordoned: str = "2"
     dry_run: bool = False
 
+    @classmethod
+    def production(cls, max_cordoned: str = "1") -> Timings:
+        """The agent's own failover defaults (agent.settings), for benches that measure them;
+        ``max_cordoned`` fits a small cluster (the default is a share of a big one)."""
+        s = Settings()
+        return cls(node_grace=s.failover_node_grace, fencing_time=s.failover_fencing_time,
+                   healthy_delay=s.failover_healthy_delay,
+                   lease_duration=s.failover_lease_duration,
+                   retry_period=s.failover_retry_period, probe_timeout=s.failover_probe_timeout,
+                   probers=s.failover_probers, max_cordoned=max_cordoned)
+
 
 class Fleet:
     """Start/stop/kill the agents of a SimCluster."""
