@@ -413,9 +413,10 @@ class KubeletClient:
         """GET ``path`` as text (Prometheus exposition etc.)."""
         return await self._get(path, "text/plain;version=0.0.4;q=0.9,*/*;q=0.1", _decode_text)
 
-    async def get_json(self, path: str) -> Any:
-        """GET ``path`` and decode JSON (off the event loop for big bodies)."""
-        return await self._get(path, "application/json", _decode_json)
+    async def get_json(self, path: str, decode: Callable[[bytes], Any] | None = None) -> Any:
+        """GET ``path`` and decode JSON (off the event loop for big bodies); ``decode`` replaces
+        the plain JSON decode (e.g. one that keeps only the fields its caller reads)."""
+        return await self._get(path, "application/json", decode or decode_json)
 
     async def pod_list(self) -> PodList:
         """/pods parsed, fetched at most once per ``pods_max_age`` for all concurrent callers.
@@ -473,7 +474,8 @@ class KubeletClient:
             self._session = None
 
 
-def _decode_json(body: bytes) -> Any:
+def decode_json(body: bytes) -> Any:
+    """``body`` as JSON; a KubeletBadBody (a ValueError) when it is not."""
     try:
         return json.loads(body)
     except ValueError as exc:
@@ -485,7 +487,7 @@ def _decode_text(body: bytes) -> str:
 
 
 def _decode_pods(body: bytes) -> PodList:
-    return parse_pod_list(_decode_json(body))
+    return parse_pod_list(decode_json(body))
 
 
 def _check_healthz(body: bytes) -> str:

@@ -54,6 +54,7 @@ from agent.collectors.kubelet_summary import (
     POD_MEM_WS,
     POD_PSI_AVG10,
     KubeletBadSummary,
+    decode_summary,
     summary_families,
 )
 from agent.collectors.podgaps import KUBELET_PODS_WITHOUT_STATS, report, summary_pods_without_stats
@@ -293,7 +294,7 @@ class KubeletCollector(Collector):
         if last is not None and now - last[0] < every - 1.0:
             self._summary_read = last
             return list(last[1]), 0
-        doc = await self.client.get_json("/stats/summary")
+        doc = await self.client.get_json("/stats/summary", decode_summary)
         fams, skipped = summary_families(doc, pod_psi=self._pod_psi)
         gaps, self._gaps = report(KUBELET_PODS_WITHOUT_STATS, summary_pods_without_stats(doc))
         out = [*fams, gaps]

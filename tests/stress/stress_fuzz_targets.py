@@ -13,7 +13,6 @@ Already fuzzed elsewhere (not repeated here): the rules loader and engine
 
 from __future__ import annotations
 
-import json
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,7 +21,8 @@ from pathlib import Path
 from agent.collectors.cgroupfs.layout import container_id, pod_uid
 from agent.collectors.host import parse_pressure
 from agent.collectors.kubelet import parse_pleg, summary_families
-from agent.kubelet_client import KubeletError, _check_healthz, _decode_pods
+from agent.collectors.kubelet_summary import decode_summary
+from agent.kubelet_client import KubeletBadBody, KubeletError, _check_healthz, _decode_pods
 from agent.netstate.conntrack import aggregate_text
 from agent.netstate.iptables import parse_iptables_save
 from agent.netstate.ipvs import parse_ip_vs, parse_ip_vs_stats
@@ -51,9 +51,9 @@ def _text(data: bytes) -> str:
 
 def _summary(data: bytes) -> object:
     try:
-        doc = json.loads(data)
-    except ValueError:
-        return None  # the client's _decode_json turns this into KubeletBadBody first
+        doc = decode_summary(data)  # the collector's own decode (trimmed, json.loads fallback)
+    except KubeletBadBody:
+        return None  # the client reports the body as bad
     return summary_families(doc)
 
 
