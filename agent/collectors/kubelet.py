@@ -3,7 +3,8 @@
 Built by agent.runtime.pipeline; talks to the kubelet through the shared
 agent.kubelet_client.KubeletClient (``ctx.kubelet``), querying /healthz, /pods,
 /stats/summary and the kubelet's own /metrics concurrently every tick (/stats/summary at most
-once per ``--kubelet.summary-min-interval``, its families re-served in between).
+once per ``--kubelet.summary-min-interval``, its families re-served in between — never on a
+tick whose /healthz failed: the kubelet's last figures are not exported beside ``kubelet_up 0``).
 
 An unhealthy or unreachable kubelet (refused connection, timeout, HTTP 5xx, a bad answer) is an
 observation, not a collector failure: the collector succeeds and reports ``nodemedic_kubelet_up 0``
@@ -226,7 +227,15 @@ class KubeletCollector(Collector):
             fams += self._pod_families(pods)
         else:
             results["pods"] = self._error(pods)
-        if isinstance(summary, tuple):
+        if isinstance(summary, tuple) and not (ok or summary[2]):
+            # /healthz failed and this summary is an earlier read re-served: exporting it beside
+            # kubelet_up 0 would show the dead kubelet's pods as still using what they used.
+            # Missing data instead, and the next tick asks again (no waiting out the interval).
+            self._summary_read = None
+            results["stats_summary"] = ("not re-served while /healthz fails (the last read is "
+                                        "from before this tick)")
+            self._gaps = {}
+        elif isinstance(summary, tuple):
             results["stats_summary"] = None
             fams += summary[0]
             self.skipped["stats_summary"] += summary[1]
@@ -284,22 +293,23 @@ class KubeletCollector(Collector):
             raise result
         return f"unexpected result {type(result).__name__}"
 
-    async def _summary(self) -> tuple[list[Family], int]:
-        """/stats/summary's families; at most one read per --kubelet.summary-min-interval (a
-        250-pod summary is ~0.9 MB of JSON, and each read makes the kubelet gather every
-        container's stats): ticks in between re-serve the last read's very families (the
-        second of slack absorbs tick jitter). A failed read is retried on the next tick."""
+    async def _summary(self) -> tuple[list[Family], int, bool]:
+        """/stats/summary's families, the pod entries skipped, and whether it was read now; at
+        most one read per --kubelet.summary-min-interval (a 250-pod summary is ~0.9 MB of JSON,
+        and each read makes the kubelet gather every container's stats): ticks in between
+        re-serve the last read's very families (the second of slack absorbs tick jitter). A
+        failed read is retried on the next tick."""
         now, every = time.monotonic(), self.ctx.settings.kubelet_summary_min_interval
         last, self._summary_read = self._summary_read, None
         if last is not None and now - last[0] < every - 1.0:
             self._summary_read = last
-            return list(last[1]), 0
+            return list(last[1]), 0, False
         doc = await self.client.get_json("/stats/summary", decode_summary)
         fams, skipped = summary_families(doc, pod_psi=self._pod_psi)
         gaps, self._gaps = report(KUBELET_PODS_WITHOUT_STATS, summary_pods_without_stats(doc))
         out = [*fams, gaps]
         self._summary_read = (now, out)
-        return list(out), skipped
+        return list(out), skipped, True
 
     async def _pleg(self) -> dict[str, tuple[float, float]]:
         text = await self.client.get_text("/metrics")

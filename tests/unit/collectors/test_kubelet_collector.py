@@ -378,3 +378,27 @@ async def test_summary_read_at_most_once_per_min_interval(fake: FakeKubelet) -> 
         await every.close()
     assert fake.hits["/stats/summary"] == 4
     assert read[name] is not reread[name] and read[name].samples == reread[name].samples
+
+
+async def test_summary_is_not_re_served_while_the_kubelet_is_down(fake: FakeKubelet) -> None:
+    """Between two reads the summary is re-served, but not on a tick whose /healthz fails: the
+    dead kubelet's pod usage would be exported beside kubelet_up 0 as if current. It is missing
+    data then (scrape_success 0), and read again on the first tick the kubelet answers."""
+    name = "nodemedic_kubelet_pod_memory_working_set_bytes"
+    c = _collector(fake.url)
+    try:
+        first = {f.name: f for f in await c.collect()}
+        assert name in first
+        fake.healthz_mode = "fail"
+        down = {f.name: f for f in await c.collect()}
+        assert down["nodemedic_kubelet_up"].get() == 0
+        assert name not in down
+        assert down["nodemedic_kubelet_scrape_success"].get(endpoint="stats_summary") == 0
+        assert "healthz" in (c.status()["endpoint_errors"]["stats_summary"] or "")
+        assert fake.hits["/stats/summary"] == 1  # the kubelet was not asked again meanwhile
+        fake.healthz_mode = "ok"
+        back = {f.name: f for f in await c.collect()}
+    finally:
+        await c.close()
+    assert fake.hits["/stats/summary"] == 2  # read at once, not 30 s after the last read
+    assert back[name].samples == first[name].samples
