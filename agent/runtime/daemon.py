@@ -235,13 +235,18 @@ class Agent:
         self.metrics.tick_duration.observe(self._last_tick_seconds)
         self.metrics.last_tick.set(time.time())
         self._exported = snapshot
-        # Rendered by the first scrape after this tick, if any (self-metrics frozen now).
-        await asyncio.to_thread(self._renderer.invalidate)
-        await asyncio.to_thread(heap.trim)  # return the tick's freed heap (glibc; no-op on musl)
+        # Rendered by the first scrape after this tick, if any (self-metrics frozen now); then
+        # the tick's freed heap goes back to the kernel (glibc; no-op on musl). One hand-off.
+        await asyncio.to_thread(self._end_of_tick)
         self._last_tick_mono = time.monotonic()
         if self.healthy()[0]:
             self._notifier.watchdog()
         return snapshot
+
+    def _end_of_tick(self) -> None:
+        """In a worker thread: freeze the self-metrics for the next render, trim the heap."""
+        self._renderer.invalidate()
+        heap.trim()
 
     async def _tick_loop(self) -> None:
         interval = self.settings.collect_interval
