@@ -111,9 +111,12 @@ class Windowed:
             span = window if window <= age else age
             if span <= 0:
                 return None
+            if age < window and inc:
+                # The span still grows: recompute next tick. Not for a series that has not
+                # moved since it was first seen (most OOM and throttling counters): its rate is
+                # 0 over any span until it moves (``changed``) or outlives the window (``due``).
+                stale = start
             inc /= span
-            if age < window:
-                stale = start  # the span still grows: recompute next tick
         if stale != math.inf:
             heapq.heappush(self.due, (stale, i))
         return inc
