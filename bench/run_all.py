@@ -26,7 +26,8 @@ BENCHMARKS = (
     "footprint_cgroup_every_tick",  # same script with --cgroup.min-interval=0s (see VARIANTS)
     "footprint_psi_container",  # same script with --cgroup.psi=container
     "footprint_old_defaults",  # both: the defaults before issue 17's round 3
-    "footprint_levers_round3_api",  # ~8 min: each lever of round 3 side by side, API connected
+    "footprint_levers_round6_api",  # ~12 min: the levers since round 5 side by side, API connected
+    "footprint_round6_alone",  # ~10 min: the current revision alone beside node_exporter, API
     "cgroup_collect",
     "rules_eval",
     "web_auth",
@@ -46,6 +47,10 @@ BENCHMARKS = (
 # Results of benchmarks that compare git revisions (run by hand, see each script's docstring):
 # not rerun by `make bench`, but kept in the report beside the others when their files exist.
 COMPARISONS = (
+    "footprint_levers_round3_api",  # round 3's levers (the commits are on main's history)
+    "footprint_levers_round4_api",
+    "footprint_levers_round5_api",
+    "footprint_levers_round5_arena",
     "footprint_levers_round3",
     "footprint_levers_probe",  # round 3's intermediate paired run (min-interval as a flag)
     "footprint_levers_pair",
@@ -74,10 +79,26 @@ ROUND3_LEVERS = [
     "--rev", "current=HEAD",
     "--rev", "arena-max-1=HEAD+env:MALLOC_ARENA_MAX=1",  # not a default: a packaging choice
 ]
+# Issue 17, round 6: the levers since round 5, each as the commit that made it. Four agents on
+# 2 cores load each other (the same revision measures ~0.6 % beside one other agent and ~0.8 %
+# beside three): the table's savings are paired, the absolute figure is footprint_round6_alone.
+ROUND6_LEVERS = [
+    "--rev", "base=3a4cf68",  # round 5's base (the start of stop 25)
+    "--rev", "summary-30s=bb0aff4",  # --kubelet.summary-min-interval=30s
+    "--rev", "stop-25=2620127",  # + rules carry-over, pod families, limit cache, grace floor
+    "--rev", "msgspec-summary=16af7a4",  # + /stats/summary decoded to the fields read
+    "--rev", "current=HEAD",  # + unmoved young series' rates not recomputed, one hand-off
+]
 VARIANTS: dict[str, tuple[str, list[str]]] = {
     "footprint_levers_round3_api": ("footprint_levers", [
         *ROUND3_LEVERS, "--api", "--shipped", "--rounds", "2", "--window", "150",
         "--name", "footprint_levers_round3_api"]),
+    "footprint_levers_round6_api": ("footprint_levers", [
+        *ROUND6_LEVERS, "--api", "--shipped", "--rounds", "3", "--window", "150",
+        "--name", "footprint_levers_round6_api"]),
+    "footprint_round6_alone": ("footprint_levers", [
+        "--rev", "current=HEAD", "--api", "--shipped", "--rounds", "3", "--window", "150",
+        "--name", "footprint_round6_alone"]),
     "footprint_cgroup_every_tick": ("footprint", ["--agent-arg=--cgroup.min-interval=0s",
                                                   "--name", "footprint_cgroup_every_tick"]),
     "footprint_psi_container": ("footprint", ["--agent-arg=--cgroup.psi=container",
@@ -144,7 +165,7 @@ def main() -> int:
         if js.exists():
             merged[name] = json.loads(js.read_text())
     (RESULTS / "REPORT.json").write_text(json.dumps(merged, indent=2) + "\n")
-    for name in ("footprint_levers_round3_api", "footprint_levers_round3"):
+    for name in ("footprint_levers_round6_api", "footprint_round6_alone"):
         md = RESULTS / f"{name}.md"
         if md.exists():  # the lever table (issue 17): each lever's saving beside node_exporter
             print(md.read_text())
