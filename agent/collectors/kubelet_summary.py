@@ -122,6 +122,8 @@ class _Summary(msgspec.Struct):
 
 
 _DECODER = msgspec.json.Decoder(_Summary)
+# (JSON name, attribute) of each kept pod field, from _Pod itself: declared once.
+_POD_FIELDS = tuple((f.encode_name, f.name) for f in msgspec.structs.fields(_Pod))
 
 
 def decode_summary(body: bytes) -> Any:
@@ -132,9 +134,8 @@ def decode_summary(body: bytes) -> Any:
         doc = _DECODER.decode(body)
     except msgspec.DecodeError:  # ValidationError (a body of another shape) is one too
         return decode_json(body)
-    return {"node": doc.node, "pods": [
-        {"podRef": p.pod_ref, "cpu": p.cpu, "memory": p.memory, "io": p.io,
-         "ephemeral-storage": p.ephemeral_storage} for p in doc.pods]}
+    return {"node": doc.node,
+            "pods": [{key: getattr(p, attr) for key, attr in _POD_FIELDS} for p in doc.pods]}
 
 
 def _num(obj: Any, *keys: str) -> float | None:
