@@ -79,9 +79,10 @@ ROUND3_LEVERS = [
     "--rev", "current=HEAD",
     "--rev", "arena-max-1=HEAD+env:MALLOC_ARENA_MAX=1",  # not a default: a packaging choice
 ]
-# Issue 17, round 6: the levers since round 5, each as the commit that made it. Four agents on
-# 2 cores load each other (the same revision measures ~0.6 % beside one other agent and ~0.8 %
-# beside three): the table's savings are paired, the absolute figure is footprint_round6_alone.
+# Issue 17, round 6: the levers since round 5, each as the commit that made it. Agents on 2 cores
+# load each other (2620127 measured 0.59 % beside one other agent, 0.49 % beside four on a quieter
+# machine, and round 5's 0.84 % for a near-identical revision beside three under load): the
+# table's savings are paired; footprint_round6_alone is the current revision on its own.
 ROUND6_LEVERS = [
     "--rev", "base=3a4cf68",  # round 5's base (the start of stop 25)
     "--rev", "summary-30s=bb0aff4",  # --kubelet.summary-min-interval=30s
