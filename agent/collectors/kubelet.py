@@ -27,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 import structlog
 from prometheus_client.parser import text_string_to_metric_families
@@ -157,6 +157,14 @@ def parse_pleg(text: str) -> dict[str, tuple[float, float]]:
     return out
 
 
+class _SummaryRead(NamedTuple):
+    """One tick's /stats/summary families: read now (``fresh``) or re-served from the last read."""
+
+    families: list[Family]
+    skipped: int  # pod entries skipped by this read (0 when re-served)
+    fresh: bool
+
+
 # --- collector -----------------------------------------------------------------------------------
 @register("kubelet")
 class KubeletCollector(Collector):
@@ -227,7 +235,7 @@ class KubeletCollector(Collector):
             fams += self._pod_families(pods)
         else:
             results["pods"] = self._error(pods)
-        if isinstance(summary, tuple) and not (ok or summary[2]):
+        if isinstance(summary, _SummaryRead) and not (ok or summary.fresh):
             # /healthz failed and this summary is an earlier read re-served: exporting it beside
             # kubelet_up 0 would show the dead kubelet's pods as still using what they used.
             # Missing data instead, and the next tick asks again (no waiting out the interval).
@@ -235,10 +243,10 @@ class KubeletCollector(Collector):
             results["stats_summary"] = ("not re-served while /healthz fails (the last read is "
                                         "from before this tick)")
             self._gaps = {}
-        elif isinstance(summary, tuple):
+        elif isinstance(summary, _SummaryRead):
             results["stats_summary"] = None
-            fams += summary[0]
-            self.skipped["stats_summary"] += summary[1]
+            fams += summary.families
+            self.skipped["stats_summary"] += summary.skipped
         else:
             results["stats_summary"] = self._error(summary)
             self._gaps = {}
@@ -293,7 +301,7 @@ class KubeletCollector(Collector):
             raise result
         return f"unexpected result {type(result).__name__}"
 
-    async def _summary(self) -> tuple[list[Family], int, bool]:
+    async def _summary(self) -> _SummaryRead:
         """/stats/summary's families, the pod entries skipped, and whether it was read now; at
         most one read per --kubelet.summary-min-interval (a 250-pod summary is ~0.9 MB of JSON,
         and each read makes the kubelet gather every container's stats): ticks in between
@@ -303,13 +311,13 @@ class KubeletCollector(Collector):
         last, self._summary_read = self._summary_read, None
         if last is not None and now - last[0] < every - 1.0:
             self._summary_read = last
-            return list(last[1]), 0, False
+            return _SummaryRead(list(last[1]), 0, fresh=False)
         doc = await self.client.get_json("/stats/summary", decode_summary)
         fams, skipped = summary_families(doc, pod_psi=self._pod_psi)
         gaps, self._gaps = report(KUBELET_PODS_WITHOUT_STATS, summary_pods_without_stats(doc))
         out = [*fams, gaps]
         self._summary_read = (now, out)
-        return list(out), skipped, True
+        return _SummaryRead(list(out), skipped, fresh=True)
 
     async def _pleg(self) -> dict[str, tuple[float, float]]:
         text = await self.client.get_text("/metrics")
