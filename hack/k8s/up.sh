@@ -5,7 +5,11 @@
 #
 # Everything it creates lives in $K8S_DIR (default: <work tree>/.k8s, ignored by git): PKI,
 # etcd data, logs, pids and admin.kubeconfig (cluster-admin). down.sh removes all of it.
-# Waits until /readyz answers ok (60 s at most) and prints the kubeconfig path on stdout.
+# Waits until /readyz answers ok, the controller-manager and scheduler answer /healthz and the
+# default ServiceAccount exists (NODEMEDIC_K8S_START_TIMEOUT seconds at most, default 180, for
+# each of the two waits) and prints the kubeconfig path on stdout. When a wait runs out it says
+# which check failed, what each unhealthy component's /healthz?verbose reports and its last error
+# lines, before down.sh removes the logs.
 # NODEMEDIC_K8S_EXTRA_CM_FLAGS adds flags to the controller-manager (tests shorten grace periods).
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -93,20 +97,41 @@ ready() {
   curl -sf --max-time 2 --cacert "$pki/ca.crt" --cert "$pki/admin.crt" --key "$pki/admin.key" \
     "$server/readyz" 2>/dev/null | grep -qx ok
 }
-wait_ready() {
-  for _ in $(seq 1 120); do
+timeout_s="${NODEMEDIC_K8S_START_TIMEOUT:-180}"
+# Each component's last error/warning lines (klog E/W), shortened: what a CI log needs to say why.
+log_errors() { # name
+  local f="$dir/logs/$1.log"
+  [ -f "$f" ] || return 0
+  # Without the timestamp and pid, repeats once; the requestheader CA (no front proxy here) and
+  # "Skipping API ... no resources" are complaints every start makes.
+  grep -E '^[EWF][0-9]{4} ' "$f" | grep -v -e 'requestheader-client-ca-file' -e 'because it has no resources' \
+    | sed -E 's/^([EWF])[0-9]{4} [0-9:.]+ +[0-9]+ /\1 /' | awk '!seen[$0]++' | tail -6 \
+    | cut -c1-240 | sed "s/^/  $1: /" >&2 || true
+}
+# Any component that exited fails the start at once, with its last log lines.
+check_alive() {
+  while read -r name pid; do
+    kill -0 "$pid" 2>/dev/null || { echo "k8s-up: $name exited; last log lines:" >&2
+      tail -20 "$dir/logs/$name.log" >&2; bash "$here/down.sh" >&2; exit 1; }
+  done < "$dir/pids"
+}
+wait_ready() { # deadline (epoch seconds)
+  while :; do
     ready && return 0
-    while read -r name pid; do
-      kill -0 "$pid" 2>/dev/null || { echo "k8s-up: $name exited; last log lines:" >&2; tail -20 "$dir/logs/$name.log" >&2; bash "$here/down.sh" >&2; exit 1; }
-    done < "$dir/pids"
+    check_alive
+    if [ "$(date +%s)" -ge "$1" ]; then
+      echo "k8s-up: /readyz did not answer ok within ${timeout_s} s; see $dir/logs" >&2
+      curl -s --max-time 5 --cacert "$pki/ca.crt" --cert "$pki/admin.crt" --key "$pki/admin.key" \
+        "$server/readyz?verbose" 2>&1 | grep -v '^\[+\]' | head -20 | sed 's/^/  readyz: /' >&2 || true
+      log_errors etcd; log_errors kube-apiserver
+      bash "$here/down.sh" >&2; exit 1
+    fi
     sleep 0.5
   done
-  echo "k8s-up: /readyz did not answer ok within 60 s; see $dir/logs" >&2
-  bash "$here/down.sh" >&2; exit 1
 }
 # The controllers start once the apiserver has bootstrapped its RBAC policy: before that, their
 # first reads are forbidden and they exit.
-wait_ready
+wait_ready $(( $(date +%s) + timeout_s ))
 # shellcheck disable=SC2086  # the extra flags are a word list on purpose
 start kube-controller-manager "$bin/kube-controller-manager" \
   --kubeconfig "$dir/controller-manager.kubeconfig" \
@@ -128,16 +153,35 @@ api_ok() {
     "$server$1" >/dev/null 2>&1
 }
 healthy() { curl -skf --max-time 2 "https://127.0.0.1:$1/healthz" 2>/dev/null | grep -qx ok; }
-for _ in $(seq 1 120); do
+# Why a component is not healthy: the HTTP status of its /healthz and the checks it fails.
+unhealthy_report() { # name port
+  local body code
+  body=$(curl -sk --max-time 5 -w '\nHTTP %{http_code}' "https://127.0.0.1:$2/healthz?verbose" 2>&1) || true
+  code=$(tail -1 <<<"$body")
+  echo "k8s-up: $1 /healthz on :$2 is not ok (${code:-no answer}); failing checks:" >&2
+  grep -E '^\[-\]|refused|timed out|error' <<<"$body" | head -12 | sed "s/^/  $1: /" >&2 || true
+  log_errors "$1"
+}
+deadline=$(( $(date +%s) + timeout_s ))
+while :; do
   # ... and the ServiceAccount controller made default/default: until then every new pod is
   # refused ("serviceaccount default not found").
-  if healthy "$cm_port" && healthy "$sch_port" && api_ok /api/v1/namespaces/default/serviceaccounts/default; then
+  cm=0; sch=0; sa=0
+  healthy "$cm_port" && cm=1
+  healthy "$sch_port" && sch=1
+  api_ok /api/v1/namespaces/default/serviceaccounts/default && sa=1
+  if [ "$cm" = 1 ] && [ "$sch" = 1 ] && [ "$sa" = 1 ]; then
     ms=$(( ($(date +%s%N) - t0) / 1000000 ))
     echo "k8s-up: $server ready in $((ms / 1000)).$((ms % 1000 / 100)) s; kubeconfig: $dir/admin.kubeconfig" >&2
     echo "$dir/admin.kubeconfig"; exit 0
   fi
-  wait_ready  # also notices a component that exited
+  check_alive
+  [ "$(date +%s)" -lt "$deadline" ] || break
+  ready || wait_ready "$deadline"
   sleep 0.5
 done
-echo "k8s-up: the controller-manager or scheduler did not become healthy within 60 s; see $dir/logs" >&2
+echo "k8s-up: not ready within ${timeout_s} s of the API server: controller-manager healthy=$cm, scheduler healthy=$sch, default ServiceAccount present=$sa; see $dir/logs" >&2
+[ "$cm" = 1 ] || unhealthy_report kube-controller-manager "$cm_port"
+[ "$sch" = 1 ] || unhealthy_report kube-scheduler "$sch_port"
+[ "$sa" = 1 ] || log_errors kube-controller-manager
 bash "$here/down.sh" >&2; exit 1
