@@ -87,10 +87,11 @@ k8s-up:
 k8s-down:
 	@bash hack/k8s/down.sh
 
-## node-deps: what a real node needs from Debian (containerd, runc, CNI plugins, static busybox).
-NODE_APT_PACKAGES := containerd runc containernetworking-plugins busybox-static
+## node-deps: what a real node needs from Debian (containerd, runc, CNI plugins, static busybox;
+## gcc and libc6-dev build Kubernetes' pause.c static for the sandbox image).
+NODE_APT_PACKAGES := containerd runc containernetworking-plugins busybox-static gcc libc6-dev
 node-deps:
-	@if ! command -v containerd >/dev/null || ! test -x /usr/bin/runc || ! test -x /usr/lib/cni/bridge || ! file -L /bin/busybox | grep -q 'statically linked'; then \
+	@if ! command -v containerd >/dev/null || ! test -x /usr/bin/runc || ! test -x /usr/lib/cni/bridge || ! file -L /bin/busybox | grep -q 'statically linked' || ! command -v gcc >/dev/null || ! test -f /usr/lib/x86_64-linux-gnu/libc.a; then \
 	  echo "installing Debian packages: $(NODE_APT_PACKAGES)"; \
 	  apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $(NODE_APT_PACKAGES) >/dev/null; \
 	fi

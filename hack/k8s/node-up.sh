@@ -3,9 +3,11 @@
 # kubelet (build.sh), registered as $NODE_NAME (default nodemedic-node-1) with a client cert signed
 # by $K8S_DIR/pki/ca (CN=system:node:<name>, O=system:nodes: the Node authorizer's identity).
 #
-# Nothing is pulled: hack/k8s/oci_image.py builds nodemedic.local/busybox:1 (the test image) and
-# nodemedic.local/pause:1 (containerd's sandbox_image, `busybox sleep`) from busybox-static and
-# they are imported into containerd's k8s.io namespace. Pods get a CNI bridge (Debian's
+# Nothing is pulled: hack/k8s/oci_image.py builds nodemedic.local/busybox:1 (the test image) from
+# busybox-static and nodemedic.local/pause:2 (containerd's sandbox_image: Kubernetes' own pause,
+# build/pause/linux/pause.c of the pinned k8s.io/kubernetes module compiled static with gcc, as
+# /pause, so every pod sandbox runs a process named pause as on any node), and they are imported
+# into containerd's k8s.io namespace. Pods get a CNI bridge (Debian's
 # containernetworking-plugins) so the node turns Ready; the bridge does no NAT (no iptables rules).
 #
 # Everything lives in $K8S_DIR/nodes/<name>/ (containerd root/state/socket, kubelet root dir,
@@ -42,7 +44,7 @@ bin="$(bash "$here/build.sh")"
 nd="$dir/nodes/$name"
 pki="$dir/pki"
 IMAGE=nodemedic.local/busybox:1
-PAUSE=nodemedic.local/pause:1
+PAUSE=nodemedic.local/pause:2
 BRIDGE="${NODE_BRIDGE:-nmbr0}"
 POD_CIDR="${NODE_POD_CIDR:-10.244.1.0/24}"
 CGROUP_ROOT="${NODE_CGROUP_ROOT:-/}"
@@ -189,8 +191,18 @@ ctr --address "$sock" version >/dev/null 2>&1 || die "containerd did not answer 
 # --- the images (built once per busybox, cached next to the binaries)
 imgs="$(dirname "$bin")/images"; mkdir -p "$imgs"
 [ -s "$imgs/busybox.tar" ] || python3 "$here/oci_image.py" "$imgs/busybox.tar" "$IMAGE"
-[ -s "$imgs/pause.tar" ] || python3 "$here/oci_image.py" "$imgs/pause.tar" "$PAUSE" /bin/sleep 2147483647
-for t in busybox pause; do
+if [ ! -s "$imgs/pause-2.tar" ]; then
+  command -v go >/dev/null || export PATH="$PATH:/usr/local/go/bin"
+  kube_dir=$(cd "$here/kube" && GOFLAGS=-mod=mod GOTOOLCHAIN=local go mod download -json k8s.io/kubernetes \
+    | python3 -c 'import json, sys; print(json.load(sys.stdin)["Dir"])') \
+    || die "cannot download the k8s.io/kubernetes module for pause.c (see make k8s-build)"
+  # shellcheck source=/dev/null
+  gcc -Os -Wall -Werror -static -DVERSION="$(source "$here/versions.env"; echo "$KUBE_VERSION")" \
+    -o "$imgs/pause" "$kube_dir/build/pause/linux/pause.c" 2>> "$nd/logs/images.log" \
+    || die "gcc could not build pause.c (needs gcc and libc6-dev); see $nd/logs/images.log"
+  python3 "$here/oci_image.py" "$imgs/pause-2.tar" "$PAUSE" --add "/pause=$imgs/pause" /pause
+fi
+for t in busybox pause-2; do
   ctr --address "$sock" -n k8s.io images import "$imgs/$t.tar" >> "$nd/logs/images.log" 2>&1
 done
 

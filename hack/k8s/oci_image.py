@@ -1,11 +1,12 @@
 """Builds a one-layer OCI image archive from Debian's static busybox, for a cluster that can pull
 nothing: `ctr -n k8s.io images import` reads it (the name comes from the index annotations).
 
-    python3 hack/k8s/oci_image.py OUT.tar REF [ENTRYPOINT ...]
+    python3 hack/k8s/oci_image.py OUT.tar REF [--add PATH=FILE ...] [ENTRYPOINT ...]
 
 The layer holds /bin/busybox and a symlink per applet the tests use, plus the empty directories
-a container's root needs. Everything is deterministic (mtime 0, sorted), so the same busybox gives
-the same digest every time.
+a container's root needs, and each ``--add``ed static executable at PATH (node-up.sh adds
+Kubernetes' own pause as /pause). Everything is deterministic (mtime 0, sorted), so the same
+inputs give the same digest every time.
 """
 
 from __future__ import annotations
@@ -29,8 +30,8 @@ def _info(name: str, kind: bytes, mode: int, size: int = 0, link: str = "") -> t
     return info
 
 
-def layer() -> bytes:
-    """The uncompressed layer tar."""
+def layer(extra: dict[str, Path]) -> bytes:
+    """The uncompressed layer tar; ``extra`` maps a path in the image to a host executable."""
     data = BUSYBOX.read_bytes()
     if b"GLIBC" in data[:4096] or not data.startswith(b"\x7fELF"):
         raise SystemExit(f"oci_image: {BUSYBOX} is not a static ELF (install busybox-static)")
@@ -43,6 +44,10 @@ def layer() -> bytes:
             tar.addfile(_info(f"bin/{a}", tarfile.SYMTYPE, 0o777, link="busybox"))
         passwd = b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n"
         tar.addfile(_info("etc/passwd", tarfile.REGTYPE, 0o644, len(passwd)), io.BytesIO(passwd))
+        for path, src in sorted(extra.items()):
+            body = src.read_bytes()
+            tar.addfile(_info(path.lstrip("/"), tarfile.REGTYPE, 0o755, len(body)),
+                        io.BytesIO(body))
     return buf.getvalue()
 
 
@@ -53,8 +58,8 @@ def blob(tar: tarfile.TarFile, data: bytes) -> str:
     return f"sha256:{digest}"
 
 
-def main(out: str, ref: str, entrypoint: list[str]) -> None:
-    lay = layer()
+def main(out: str, ref: str, entrypoint: list[str], extra: dict[str, Path]) -> None:
+    lay = layer(extra)
     lay_digest = f"sha256:{hashlib.sha256(lay).hexdigest()}"
     config = json.dumps({
         "architecture": "amd64", "os": "linux",
@@ -92,4 +97,9 @@ def main(out: str, ref: str, entrypoint: list[str]) -> None:
 if __name__ == "__main__":
     if len(sys.argv) < 3:
         raise SystemExit(__doc__)
-    main(sys.argv[1], sys.argv[2], sys.argv[3:])
+    rest, added = sys.argv[3:], {}
+    while len(rest) >= 2 and rest[0] == "--add" and "=" in rest[1]:
+        dest, _, src = rest[1].partition("=")
+        added[dest] = Path(src)
+        rest = rest[2:]
+    main(sys.argv[1], sys.argv[2], rest, added)
