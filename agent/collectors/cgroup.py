@@ -10,6 +10,8 @@ namespace/pod/container with the kubelet's pod list from ``ctx.kubelet`` when th
 present and answers. Without it, series carry the pod UID with empty namespace/pod and the
 runtime container ID as ``container``. The ``qos`` label always comes from the cgroup path
 (where the kubelet actually placed the pod): ``guaranteed``, ``burstable`` or ``besteffort``.
+Pod sandboxes (the runtime's pause container) are found and counted, not read (see
+agent.collectors.cgroupfs.layout).
 
 A cgroup file we may not read (EACCES: an AppArmor/SELinux profile, a missing capability) skips
 that value and counts it, and makes this tick's per-cgroup metrics ``unreadable()``
@@ -131,7 +133,8 @@ READ_ERRORS = MetricSpec(
 )
 CGROUPS = MetricSpec(
     "nodemedic_cgroup_cgroups",
-    "kubepods cgroups read this tick, by level (pod or container).",
+    "kubepods cgroups found this tick, by level: pod and container (read) and sandbox (the "
+    "runtime's pause container: not read, its usage is in its pod's cgroup).",
     "gauge",
     ("level",),
 )
@@ -307,6 +310,7 @@ class CgroupCollector(Collector):
         """Worker-thread body; the flag is set here, so a thread that never started (collect()
         cancelled first) cannot leave it set."""
         self._reading = True
+        self._listings.procfs = str(self.ctx.settings.path_procfs)  # tells sandboxes apart
         try:
             return scan(root, psi=self.ctx.settings.cgroup_psi, cache=self._listings,
                         limits=self._limits)
@@ -353,6 +357,7 @@ class CgroupCollector(Collector):
         levels = CGROUPS.family()
         levels.add(("pod",), n_pods)
         levels.add(("container",), n_containers)
+        levels.add(("sandbox",), result.sandboxes)
         attribution = ATTRIBUTION.family()
         attribution.add((), 1.0 if pods is not None else 0.0)
         gaps, self._gaps = report(CGROUP_PODS_WITHOUT_VALUES,

@@ -15,6 +15,14 @@ cheap: a directory is re-listed only when its (inode, mtime, link count) changed
   and ``crio-<id>.scope``) and cgroupfs driver (``kubepods/burstable/pod<uid>/<id>``, Guaranteed
   pods directly under ``kubepods``).
 
+A pod's sandbox (the runtime's ``pause`` container, which containerd, CRI-O and cri-dockerd put
+in the pod cgroup beside its containers) is not a container: it has no limits of its own, its
+usage is already in its pod's cgroup, and the kubelet never reports it. :func:`discover` leaves
+it out (counted in :attr:`ListingCache.sandboxes`) when its cgroup holds exactly one process whose
+``comm`` is ``pause`` and the kubelet does not list its ID as a container of the pod (an
+overprovisioning pod that runs the pause image as its container keeps it). The check costs two
+small reads, once per new container cgroup.
+
 Everything here is synchronous and cheap (a few ``stat``/``scandir`` calls per directory); the
 collector runs it in a worker thread.
 """
@@ -169,6 +177,28 @@ def container_id(name: str) -> str | None:
     return name
 
 
+SANDBOX_COMM = b"pause\n"
+
+
+def is_sandbox(path: str, procfs: str) -> bool | None:
+    """True when the cgroup at ``path`` holds exactly one process and its ``comm`` is ``pause``;
+    False when it holds another; None when that cannot be told yet (no process, unreadable)."""
+    try:
+        with open(os.path.join(path, "cgroup.procs"), "rb") as f:
+            pids = f.read(64).split()
+    except OSError:
+        return None
+    if not pids:
+        return None
+    if len(pids) != 1 or not pids[0].isdigit() or len(pids[0]) > 10:
+        return False
+    try:
+        with open(os.path.join(procfs, pids[0].decode(), "comm"), "rb") as f:
+            return f.read(32) == SANDBOX_COMM
+    except OSError:
+        return None
+
+
 def _subdirs(path: str) -> list[str]:
     """Names of the subdirectories of ``path``; [] when it vanished or cannot be listed."""
     try:
@@ -192,15 +222,21 @@ class ListingCache:
     everything afresh. ``full_every=1`` disables the cache.
     """
 
-    def __init__(self, full_every: int = 6) -> None:
+    def __init__(self, full_every: int = 6, procfs: str = "/proc") -> None:
         self.full_every = max(1, full_every)
+        self.procfs = procfs
         self._dirs: dict[str, tuple[tuple[int, int, int], list[str]]] = {}
         self._used: dict[str, tuple[tuple[int, int, int], list[str]]] = {}
         self._rounds = 0
         self._expected: dict[str, frozenset[str]] = {}
         self._checked: set[tuple[str, str]] = set()
+        # Container ID -> is it a sandbox, once told (a process's comm does not change while it
+        # runs; a sandbox's ID is never reused by a container). Kept for IDs seen this round.
+        self._sandbox: dict[str, bool] = {}
+        self._sandbox_used: dict[str, bool] = {}
         self.listed = 0  # directories listed (not served from the cache) by the last discovery
         self.stale_pods = 0  # pods re-listed because the kubelet knew a container we did not
+        self.sandboxes = 0  # pod sandbox cgroups left out by the last discovery
 
     def expect(self, containers: dict[str, frozenset[str]]) -> None:
         """Pod UID -> runtime container IDs the kubelet reported (the previous tick's answer)."""
@@ -212,10 +248,12 @@ class ListingCache:
             self._dirs = {}
             self._checked = set()
         self._used = {}
-        self.listed = self.stale_pods = 0
+        self._sandbox_used = {}
+        self.listed = self.stale_pods = self.sandboxes = 0
 
     def end(self) -> None:
         self._dirs = self._used  # only directories seen this round stay cached
+        self._sandbox = self._sandbox_used
 
     def forget(self, path: str) -> None:
         self._dirs.pop(path, None)
@@ -235,6 +273,21 @@ class ListingCache:
             self.listed += 1
         self._used[path] = hit
         return hit[1]
+
+    def sandbox(self, uid: str, cid: str, path: str) -> bool:
+        """True when the container cgroup ``cid`` of pod ``uid`` at ``path`` is the pod's sandbox
+        (see :func:`is_sandbox`); a container the kubelet lists for the pod never is."""
+        if cid in self._expected.get(uid, ()):
+            return False
+        told = self._sandbox.get(cid)
+        if told is None:
+            told = is_sandbox(path, self.procfs)
+            if told is None:
+                return False  # no process yet: read as a container, asked again next round
+        self._sandbox_used[cid] = told
+        if told:
+            self.sandboxes += 1
+        return told
 
     def missing(self, uid: str, ids: set[str]) -> bool:
         """True (once per container) when the kubelet reports a container of ``uid`` that the
@@ -296,14 +349,16 @@ class _Discovery:
             self.add(h, os.path.join(path, cname), (uid, ident), qos, probe=False)
 
     def _containers(self, path: str, uid: str) -> list[tuple[str, str]]:
-        """(directory name, container ID) of each container cgroup in the pod directory."""
+        """(directory name, container ID) of each container cgroup in the pod directory, the
+        pod's sandbox left out."""
         names = self.cache.subdirs(path)
         out = [(n, i) for n in names if (i := container_id(n)) is not None]
         if self.cache.missing(uid, {i for _, i in out}):
             self.cache.stale_pods += 1
             names = self.cache.subdirs(path, fresh=True)
             out = [(n, i) for n in names if (i := container_id(n)) is not None]
-        return out
+        sandbox = self.cache.sandbox
+        return [(n, i) for n, i in out if not sandbox(uid, i, os.path.join(path, n))]
 
     def add(
         self, h: Hierarchy, path: str, key: tuple[str, str], qos: str, *, probe: bool

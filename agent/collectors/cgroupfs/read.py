@@ -225,6 +225,7 @@ class NodeScan:
     stats: list[CgroupStats] = field(default_factory=list)
     errors: dict[str, int] = field(default_factory=dict)
     messages: list[str] = field(default_factory=list)  # first few error details, for logs
+    sandboxes: int = 0  # pod sandbox (pause) cgroups found and left out, see layout.discover
 
 
 class _Reader:
@@ -538,8 +539,9 @@ def scan(
 ) -> NodeScan:
     """Detect, discover and read every kubepods cgroup under ``root``.
 
-    ``cache`` keeps directory listings between calls (see :class:`ListingCache`); without one
-    every directory is listed. ``limits`` keeps parsed limit files between calls (see
+    ``cache`` keeps directory listings between calls (see :class:`ListingCache`, which also
+    names the procfs root used to tell pod sandboxes apart); without one every directory is
+    listed and /proc is used. ``limits`` keeps parsed limit files between calls (see
     :class:`LimitCache`); without one every limit file is read.
 
     ``psi`` is --cgroup.psi: read the pressure files of every cgroup, of pod cgroups only, or
@@ -550,7 +552,10 @@ def scan(
     """
     layout = detect(os.fspath(root), WATCHED_FILES)
     result = NodeScan(layout)
+    if cache is None:
+        cache = ListingCache(full_every=1)
     refs = discover(layout, cache)
+    result.sandboxes = cache.sandboxes
     if after_discover is not None:
         after_discover(refs)
     reader = _Reader(result, psi, limits)
@@ -564,9 +569,8 @@ def scan(
             continue
         for _, d, _ in ref.dirs:
             # Vanished: list its pod (and what held it) afresh next time, read its limits anew.
-            if cache is not None:
-                cache.forget(d)
-                cache.forget(os.path.dirname(d))
+            cache.forget(d)
+            cache.forget(os.path.dirname(d))
             if limits is not None:
                 limits.forget(d)
     if limits is not None:

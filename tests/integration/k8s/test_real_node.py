@@ -100,6 +100,16 @@ async def test_nodemedic_attributes_the_oom_kill_to_namespace_pod_and_container(
     assert kernel["oom_kill"] == "1", oom_control.read_text()
     assert kills == 1, fams["nodemedic_container_oom_kills_total"].samples
     assert fams["nodemedic_container_memory_limit_bytes"].get(**labels) == 32 << 20
+    # containerd put the pod's sandbox (pause) beside "hog" in the pod cgroup: it is counted,
+    # and no series names it as a container (it used to appear under its 64-hex ID).
+    pod_dir = oom_control.parent.parent
+    others = [d.name for d in pod_dir.iterdir() if d.is_dir() and d.name != cid]
+    assert len(others) == 1, others
+    assert (Path("/proc") / (pod_dir / others[0] / "cgroup.procs").read_text().split()[0]
+            / "comm").read_text() == "pause\n"
+    usage = fams["nodemedic_container_memory_usage_bytes"]
+    assert {lv[3] for lv, _ in usage.samples if lv[2] == uid} == {"", "hog"}, usage.samples
+    assert (fams["nodemedic_cgroup_cgroups"].get(level="sandbox") or 0) >= 1
 
 
 def free_port() -> int:

@@ -154,7 +154,8 @@ async def test_no_kubelet_labels_carry_uid_and_container_id() -> None:
 
 
 async def test_sandbox_not_in_pod_list_keeps_its_id() -> None:
-    """A cgroup the kubelet does not list (pod sandbox) is named by its ID, never by a guess."""
+    """A cgroup the kubelet does not list, not told for a sandbox (the fixture's has no
+    cgroup.procs: test_cgroup_sandbox.py writes one), is named by its ID, never by a guess."""
     fams = await collect(V2, FakeKubelet(real_pod_refs()))
     usage = fams["nodemedic_container_memory_usage_bytes"]
     assert usage.get(pod="e2e-daemonset-kb65b", container=SANDBOX) == 10498404352
