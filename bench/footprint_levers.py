@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import statistics
@@ -49,7 +50,13 @@ from footprint import (  # noqa: E402
     get,
     wait_http,
 )
-from synthetic_node import build_node, pods_json, summary_json  # noqa: E402
+from synthetic_node import (  # noqa: E402
+    Advancer,
+    build_node,
+    pause_process,
+    pods_json,
+    summary_json,
+)
 
 from nodemedic_sim.apiserver import ApiServer  # noqa: E402
 
@@ -165,7 +172,10 @@ def markdown(meta: dict[str, Any], summary: dict[str, dict[str, float]]) -> str:
         "# Footprint levers: one agent per revision, side by side, beside node_exporter",
         "",
         f"{meta['pods']} pods x 2 containers, default settings (10 s interval), a gzip scrape "
-        f"every {SCRAPE_EVERY:g} s, API connected: {meta['api']}. Interpreter: "
+        f"every {SCRAPE_EVERY:g} s, API connected: {meta['api']}. "
+        + ("Node as a live one: a pause sandbox cgroup per pod, counters moving every 10 s. "
+           if meta.get("real_node") else "")
+        + "Interpreter: "
         + ("a venv with the runtime dependencies only, as the .deb ships them"
            if meta.get("shipped") else "the bench's own venv (with the test extras: `rich`)")
         + f". {meta['rounds']} rounds of "
@@ -220,6 +230,9 @@ def main() -> int:
     ap.add_argument("--settle", type=float, default=20.0, help="seconds after start, unmeasured")
     ap.add_argument("--pods", type=int, default=250)
     ap.add_argument("--api", action="store_true", help="connect every agent to an API server")
+    ap.add_argument("--real-node", action="store_true",
+                    help="the node as a live one is: a sandbox (pause) cgroup per pod and the "
+                         "kernel's counters moving every 10 s (bench/synthetic_node.py)")
     ap.add_argument("--agent-arg", action="append", default=[], help="extra flag for every agent")
     ap.add_argument("--name", default="")
     ap.add_argument("--shipped", action="store_true",
@@ -247,9 +260,14 @@ def main() -> int:
                 skipped.append(f"{label}={rev}")
                 revs.remove((label, rev))
         python = shipped_python(work) if args.shipped else sys.executable
-        refs = build_node(work / "cgroup", pods=args.pods, containers=2, layout="v2-systemd")
-        with (KubeletThread(pods_json(refs), summary_json(refs)) as kubelet,
-              ApiServerThread() as api):
+        with contextlib.ExitStack() as node:
+            pid = node.enter_context(pause_process()) if args.real_node else None
+            refs = build_node(work / "cgroup", pods=args.pods, containers=2,
+                              layout="v2-systemd", sandbox_pid=pid)
+            if args.real_node:
+                node.callback(Advancer(work / "cgroup").start().stop)
+            kubelet = node.enter_context(KubeletThread(pods_json(refs), summary_json(refs)))
+            api = node.enter_context(ApiServerThread())
             kubeconfig = api.server.write_kubeconfig(work / "kubeconfig") if args.api else None
             for label, _ in revs:
                 api.add_node(f"bench-{label}")
@@ -287,7 +305,7 @@ def main() -> int:
                for k in per_round[0]}
     meta = {"revs": [(label, commits[label]) for label, _ in revs], "flags": flags,
             "skipped": skipped,
-            "rounds": args.rounds,
+            "rounds": args.rounds, "real_node": args.real_node,
             "window": args.window, "pods": args.pods, "api": args.api, "cpus": os.cpu_count(),
             "load_start": load_start, "load_end": os.getloadavg()[0], "shipped": args.shipped,
             "per_round": per_round,

@@ -28,6 +28,7 @@ BENCHMARKS = (
     "footprint_old_defaults",  # both: the defaults before issue 17's round 3
     "footprint_levers_round6_api",  # ~12 min: the levers since round 5 side by side, API connected
     "footprint_round6_alone",  # ~10 min: the current revision alone beside node_exporter, API
+    "footprint_round7_real_node",  # ~10 min: stop 26's end and HEAD on the node as a live one
     "cgroup_collect",
     "rules_eval",
     "web_auth",
@@ -90,6 +91,12 @@ ROUND6_LEVERS = [
     "--rev", "msgspec-summary=16af7a4",  # + /stats/summary decoded to the fields read
     "--rev", "current=HEAD",  # + unmoved young series' rates not recomputed, one hand-off
 ]
+# Round 7: the reference node made honest (a pause sandbox cgroup per pod as containerd makes
+# it, counters moving every 10 s); stop 26's end read every sandbox as a container.
+ROUND7_REAL_NODE = [
+    "--rev", "stop-26=a196085",  # stop 26's end: every sandbox read and exported as a container
+    "--rev", "current=HEAD",  # + sandboxes counted, not read
+]
 VARIANTS: dict[str, tuple[str, list[str]]] = {
     "footprint_levers_round3_api": ("footprint_levers", [
         *ROUND3_LEVERS, "--api", "--shipped", "--rounds", "2", "--window", "150",
@@ -97,6 +104,9 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
     "footprint_levers_round6_api": ("footprint_levers", [
         *ROUND6_LEVERS, "--api", "--shipped", "--rounds", "3", "--window", "150",
         "--name", "footprint_levers_round6_api"]),
+    "footprint_round7_real_node": ("footprint_levers", [
+        *ROUND7_REAL_NODE, "--api", "--shipped", "--real-node", "--rounds", "3",
+        "--window", "150", "--name", "footprint_round7_real_node"]),
     "footprint_round6_alone": ("footprint_levers", [
         "--rev", "current=HEAD", "--api", "--shipped", "--rounds", "3", "--window", "150",
         "--name", "footprint_round6_alone"]),
@@ -166,7 +176,8 @@ def main() -> int:
         if js.exists():
             merged[name] = json.loads(js.read_text())
     (RESULTS / "REPORT.json").write_text(json.dumps(merged, indent=2) + "\n")
-    for name in ("footprint_levers_round6_api", "footprint_round6_alone"):
+    for name in ("footprint_levers_round6_api", "footprint_round6_alone",
+                 "footprint_round7_real_node"):
         md = RESULTS / f"{name}.md"
         if md.exists():  # the lever table (issue 17): each lever's saving beside node_exporter
             print(md.read_text())

@@ -10,16 +10,32 @@ limits, quotas, throttling and OOM kills are set according to each pod's QoS cla
     refs = build_node(Path("/tmp/node"), pods=250, containers=2, layout="v2-systemd")
     doc = pods_json(refs)   # serve as the kubelet's /pods
     summary = summary_json(refs)   # and as its /stats/summary
+
+Two things make it a real node rather than a kind one, both opt-in (the benches that compare
+with earlier rounds keep the node those rounds had):
+
+- ``sandbox_pid``: every pod also holds its sandbox, as containerd makes it (a
+  ``cri-containerd-<id>.scope`` beside the containers, no limits, not in the kubelet's lists)
+  whose ``cgroup.procs`` names that process; :func:`pause_process` runs one whose ``comm`` is
+  ``pause``, as the runtime's is.
+- :class:`Advancer`: the kernel's counters move between reads (CPU usage, CFS periods and
+  throttled periods of limited containers, PSI totals of pressured ones, memory usage jitter),
+  so history and windowed rules work on changing series as on a live node.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
 import random
 import re
+import subprocess
+import tempfile
+import threading
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -131,8 +147,10 @@ def build_node(
     layout: Layout = "v2-systemd",
     *,
     seed: int = 2,
+    sandbox_pid: int | None = None,
 ) -> list[PodRef]:
-    """Write the tree under ``root`` (created) and return the pods it holds."""
+    """Write the tree under ``root`` (created) and return the pods it holds; with
+    ``sandbox_pid``, each pod's sandbox cgroup too (holding that process)."""
     if layout not in ("v2-systemd", "v1-cgroupfs"):
         raise ValueError(f"layout must be v2-systemd or v1-cgroupfs, got {layout!r}")
     rng = random.Random(seed)
@@ -172,6 +190,11 @@ def build_node(
             _write(pod_dir, _v2_files(base, rng, qos))
             for cid in ctrs:
                 _write(pod_dir / f"cri-containerd-{cid}.scope", _v2_files(base, rng, qos))
+            if sandbox_pid is not None:
+                # containerd gives the sandbox no limits of its own (the pod's apply).
+                files = _v2_files(base, rng, "BestEffort")
+                files["cgroup.procs"] = f"{sandbox_pid}\n".encode()
+                _write(pod_dir / f"cri-containerd-{rng.getrandbits(256):064x}.scope", files)
         else:
             rel = f"pod{uid}" if qos == "Guaranteed" else f"{ql}/pod{uid}"
             m, c = _v1_files(mem_base, cpu_base, rng, qos)
@@ -181,7 +204,92 @@ def build_node(
                 m, c = _v1_files(mem_base, cpu_base, rng, qos)
                 _write(mtop / rel / cid, m)
                 _write(ctop / rel / cid, c)
+            if sandbox_pid is not None:
+                m, c = _v1_files(mem_base, cpu_base, rng, "BestEffort")
+                procs = f"{sandbox_pid}\n".encode()
+                sid = f"{rng.getrandbits(256):064x}"
+                _write(mtop / rel / sid, {**m, "cgroup.procs": procs})
+                _write(ctop / rel / sid, {**c, "cgroup.procs": procs})
     return refs
+
+
+@contextlib.contextmanager
+def pause_process() -> Iterator[int]:
+    """A process whose ``comm`` is ``pause`` (``sleep`` run through a symlink of that name, as
+    the kernel names a process after the file it executed); yields its PID, stops it after."""
+    with tempfile.TemporaryDirectory(prefix="nodemedic-pause-") as d:
+        link = Path(d) / "pause"
+        os.symlink("/bin/sleep", link)
+        proc = subprocess.Popen([str(link), "infinity"])
+        try:
+            yield proc.pid
+        finally:
+            proc.terminate()
+            proc.wait(10)
+
+
+def _replace(path: Path, data: bytes) -> None:
+    """Write ``path`` whole at once, as a kernel file reads: never empty or half-written."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+_CPU_KEYS = re.compile(rb"^([\w.]+) (\d+)$", re.M)
+
+
+class Advancer:
+    """Moves the counters of every container and pod cgroup under a v2 ``root`` as a live node
+    does, once per :meth:`step` (or every ``every`` seconds in a thread, :meth:`start`): CPU usage
+    grows, limited cgroups count CFS periods (throttled ones throttled periods and time),
+    pressured ones PSI totals, and memory usage wanders by up to 2 %."""
+
+    def __init__(self, root: Path, every: float = 10.0, seed: int = 3) -> None:
+        self.dirs = sorted(d for d in root.rglob("*") if (d / "cpu.stat").is_file())
+        self.every = every
+        self.rng = random.Random(seed)
+        self.steps = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def step(self) -> None:
+        rng = self.rng
+        for d in self.dirs:
+            stat = (d / "cpu.stat").read_bytes()
+            vals = {k: int(v) for k, v in _CPU_KEYS.findall(stat)}
+            used = rng.randrange(1_000, 2_000_000)  # 0.001..2 s of CPU per step
+            inc = {b"usage_usec": used, b"user_usec": used * 2 // 3, b"system_usec": used // 3}
+            if vals.get(b"nr_periods"):
+                inc[b"nr_periods"] = int(self.every * 10)  # 100 ms periods
+                if vals.get(b"nr_throttled"):
+                    thr = rng.randrange(0, int(self.every * 10))
+                    inc[b"nr_throttled"] = thr
+                    inc[b"throttled_usec"] = thr * 37_000
+            _replace(d / "cpu.stat", b"".join(
+                k + b" " + str(v + inc.get(k, 0)).encode() + b"\n" for k, v in vals.items()))
+            mem = d / "memory.current"
+            usage = int(mem.read_bytes())
+            _replace(mem, f"{max(4096, int(usage * rng.uniform(0.98, 1.02)))}\n".encode())
+            psi = d / "cpu.pressure"
+            text = psi.read_bytes()
+            if b"avg10=0.00" not in text:  # pressured: the stall totals grow
+                _replace(psi, re.sub(rb"total=(\d+)", lambda m: b"total=" + str(
+                    int(m.group(1)) + rng.randrange(1_000, 500_000)).encode(), text))
+        self.steps += 1
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every):
+            self.step()
+
+    def start(self) -> Advancer:
+        self._thread = threading.Thread(target=self._run, name="advancer", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(30)
 
 
 def pods_json(refs: list[PodRef], node_name: str = "synthetic-node") -> dict[str, Any]:
