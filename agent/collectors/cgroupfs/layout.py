@@ -192,6 +192,10 @@ def is_sandbox(path: str, procfs: str) -> bool | None:
         return None
     if len(pids) != 1 or not pids[0].isdigit() or len(pids[0]) > 10:
         return False
+    if pids[0] == b"0":
+        # The process is outside our PID namespace (an agent container without hostPID): it
+        # cannot be told, ever; read as a container, as before, and not asked again.
+        return False
     try:
         with open(os.path.join(procfs, pids[0].decode(), "comm"), "rb") as f:
             return f.read(32) == SANDBOX_COMM

@@ -150,12 +150,14 @@ def test_told_once_then_from_the_cache(tree: Path, procfs: Path) -> None:
 
 
 def test_is_sandbox_reads_bounded_and_odd_files(tmp_path: Path) -> None:
+    """One process named pause: True; none or one that is gone: not told yet (None); more, a
+    non-PID, or PID 0 (outside our PID namespace: never told) are containers (False)."""
     (tmp_path / "proc").mkdir()
     proc(tmp_path / "proc", "7", "pause")
     cg = tmp_path / "cg"
     cg.mkdir()
     assert is_sandbox(str(cg), str(tmp_path / "proc")) is None  # no cgroup.procs
     for text, told in [("", None), ("7\n", True), ("7\n8\n", False), ("x\n", False),
-                       ("9\n", None), ("7" * 100, False)]:
+                       ("9\n", None), ("7" * 100, False), ("0\n", False)]:
         (cg / "cgroup.procs").write_text(text)
         assert is_sandbox(str(cg), str(tmp_path / "proc")) is told, text
