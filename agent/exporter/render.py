@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import gzip
-import math
 import sys
 import threading
 import time
@@ -64,14 +63,14 @@ def _escape(v: str) -> str:
     return v
 
 
+# repr() of the float specials, as the text format spells them. Every other float's and int's
+# repr ends in a digit, so one look at the last character tells them apart.
+_SPECIAL = {"nan": "NaN", "inf": "+Inf", "-inf": "-Inf"}
+
+
 def _value(v: float) -> str:
-    if math.isnan(v):
-        return "NaN"
-    if v == math.inf:
-        return "+Inf"
-    if v == -math.inf:
-        return "-Inf"
-    return repr(v)
+    s = repr(v)
+    return _SPECIAL[s] if s[-1] in "nf" else s
 
 
 class FamilyRenderer:
@@ -122,19 +121,20 @@ class FamilyRenderer:
             for _, value in fam.samples:
                 append(f"{name} {_value(value)}\n")
             return "".join(out)
-        old = self._prefixes.get(name, {})
+        old_get = self._prefixes.get(name, {}).get
         cur = self._next.setdefault(name, {})
         heads = [f'{k}="' for k in spec.labelnames]
+        special = _SPECIAL
+        # One lookup per sample on the common path (a series rendered last time); the value
+        # formatting of _value() inlined: at 10k series this loop is the render.
         for values, value in fam.samples:
-            prefix = cur.get(values)
+            prefix = old_get(values) or cur.get(values)
             if prefix is None:
-                prefix = old.get(values)
-                if prefix is None:
-                    inner = ",".join([h + _escape(x) + '"'
-                                      for h, x in zip(heads, values, strict=True)])
-                    prefix = f"{name}{{{inner}}} "
-                cur[values] = prefix
-            append(prefix + _value(value) + "\n")
+                inner = ",".join([h + _escape(x) + '"' for h, x in zip(heads, values, strict=True)])
+                prefix = f"{name}{{{inner}}} "
+            cur[values] = prefix
+            v = repr(value)
+            append(f"{prefix}{special[v] if v[-1] in 'nf' else v}\n")
         return "".join(out)
 
 

@@ -161,3 +161,21 @@ def test_the_member_cache_lets_go_of_families_nobody_serves_any_more() -> None:
     state["fams"] = []  # the next tick's collectors returned new objects; the old are dropped
     r.invalidate()
     assert [v[0] for v in r._members.values()] == [kept[0]]
+
+
+def test_values_are_spelled_as_the_text_format_spells_them() -> None:
+    """Specials as NaN/+Inf/-Inf, everything else as Python's shortest repr (prometheus_client
+    writes the same, except Go-style exponents from 1e16 up: 9007199254740992.0 here,
+    9.007199254740992e+15 there, one number to every parser); and the same meaning as
+    generate_latest's for every value."""
+    values = [math.nan, math.inf, -math.inf, 0.0, -0.0, 1e300, 1e-300, 1e17, 0.1, 250, 2**53]
+    rows = [("ns", f"p{i}", v) for i, v in enumerate(values)]
+    families = fams(rows, math.nan)
+    ours = FamilyRenderer().render(families)
+    samples = [ln for ln in ours.splitlines() if not ln.startswith("#")]
+    assert [ln.rsplit(" ", 1)[1] for ln in samples[:len(values)]] == [
+        "NaN", "+Inf", "-Inf", "0.0", "-0.0", "1e+300", "1e-300", "1e+17", "0.1", "250.0",
+        "9007199254740992.0"]
+    nan_free = [("ns", f"p{i}", v) for i, v in enumerate(values) if not math.isnan(v)]
+    assert parsed(FamilyRenderer().render(fams(nan_free, 1.0))) == parsed(
+        reference(fams(nan_free, 1.0)))
