@@ -278,14 +278,15 @@ class ListingCache:
         self._used[path] = hit
         return hit[1]
 
-    def sandbox(self, uid: str, cid: str, path: str) -> bool:
-        """True when the container cgroup ``cid`` of pod ``uid`` at ``path`` is the pod's sandbox
-        (see :func:`is_sandbox`); a container the kubelet lists for the pod never is."""
+    def sandbox(self, uid: str, cid: str, pod_dir: str, name: str) -> bool:
+        """True when the container cgroup ``cid`` of pod ``uid`` (``name`` in ``pod_dir``) is the
+        pod's sandbox (see :func:`is_sandbox`); a container the kubelet lists for the pod never
+        is."""
         if cid in self._expected.get(uid, ()):
             return False
         told = self._sandbox.get(cid)
         if told is None:
-            told = is_sandbox(path, self.procfs)
+            told = is_sandbox(os.path.join(pod_dir, name), self.procfs)
             if told is None:
                 return False  # no process yet: read as a container, asked again next round
         self._sandbox_used[cid] = told
@@ -362,7 +363,7 @@ class _Discovery:
             names = self.cache.subdirs(path, fresh=True)
             out = [(n, i) for n in names if (i := container_id(n)) is not None]
         sandbox = self.cache.sandbox
-        return [(n, i) for n, i in out if not sandbox(uid, i, os.path.join(path, n))]
+        return [(n, i) for n, i in out if not sandbox(uid, i, path, n)]
 
     def add(
         self, h: Hierarchy, path: str, key: tuple[str, str], qos: str, *, probe: bool
