@@ -45,16 +45,46 @@ _OWN_MEMBER = 64
 
 @dataclass(frozen=True, slots=True)
 class Exposition:
-    """One rendered exposition, kept gzip-compressed; ``rendered_at`` is monotonic seconds."""
+    """One rendered exposition, kept gzip-compressed; ``rendered_at`` is monotonic seconds;
+    ``text_size`` the length of its text."""
 
     gzipped: bytes
     rendered_at: float
     render_seconds: float
+    text_size: int = -1
 
     @property
     def text(self) -> bytes:
-        """The text format, decompressed on demand (Prometheus itself always accepts gzip)."""
+        """The text format, decompressed whole (for tests and small callers; a scrape without
+        gzip is served from :meth:`text_chunks`)."""
         return gzip.decompress(self.gzipped)
+
+    def text_chunks(self, step: int = 8192) -> Iterator[bytes]:
+        """The text in pieces, ``step`` compressed bytes at a time (a few tens of KiB of text
+        each), member after member. Decompressing the whole text for a client that does not
+        accept gzip allocated its full size (MBs at 10k series) per scrape; glibc then serves
+        later allocations of that size from the heap instead of mmap, and a leader polled
+        that way sat ~20 MiB higher (99 instead of 79 MiB at 1,000 nodes)."""
+        view = memoryview(self.gzipped)
+        d = zlib.decompressobj(31)
+        pos, pending = 0, b""
+        data: bytes | memoryview
+        while True:
+            if pending:
+                data, pending = pending, b""
+            elif pos < len(view):
+                data, pos = view[pos:pos + step], pos + step
+            else:
+                break
+            out = d.decompress(data)
+            if out:
+                yield out
+            if d.eof:  # one member ends; the next starts in what is left
+                pending = d.unused_data
+                d = zlib.decompressobj(31)
+        tail = d.flush()
+        if tail:
+            yield tail
 
 
 def _escape(v: str) -> str:
@@ -170,8 +200,8 @@ class Renderer:
         self._head: bytes | None = None  # self-metrics text as of the last invalidate()
         self._pending: asyncio.Future[Exposition] | None = None
         self.renders = 0  # renders done, for tests and /status
-        # id(family) -> (family, sample count, its gzip member) from the last render.
-        self._members: dict[int, tuple[Family, int, bytes]] = {}
+        # id(family) -> (family, sample count, its gzip member, its text length), last render.
+        self._members: dict[int, tuple[Family, int, bytes, int]] = {}
 
     def invalidate(self) -> None:
         """A tick finished: the next :meth:`current` renders its data. The self-metrics are
@@ -223,9 +253,10 @@ class Renderer:
             families = self._families()
         with self._lock:
             fr = self._family_renderer
-            members = [_member(head if head is not None else generate_latest(self._registry))]
+            top = head if head is not None else generate_latest(self._registry)
+            members, size = [_member(top)], len(top)
             small: list[bytes] = []  # consecutive small families: one member between big ones
-            reusable: dict[int, tuple[Family, int, bytes]] = {}
+            reusable: dict[int, tuple[Family, int, bytes, int]] = {}
             fr.begin()
             for fam in families or ():
                 n = len(fam.samples)
@@ -233,21 +264,28 @@ class Renderer:
                     small.append(fr.family(fam).encode())
                     continue
                 if small:
-                    members.append(_member(b"".join(small)))
+                    text = b"".join(small)
+                    members.append(_member(text))
+                    size += len(text)
                     small = []
                 hit = self._members.get(id(fam))
                 if hit is not None and hit[0] is fam and hit[1] == n:
                     fr.keep(fam.spec.name)  # served again as it was (--cgroup.min-interval)
-                    member = hit[2]
+                    member, length = hit[2], hit[3]
                 else:
-                    member = _member(fr.family(fam).encode())
-                reusable[id(fam)] = (fam, n, member)
+                    text = fr.family(fam).encode()
+                    member, length = _member(text), len(text)
+                reusable[id(fam)] = (fam, n, member, length)
                 members.append(member)
+                size += length
             if small:
-                members.append(_member(b"".join(small)))
+                text = b"".join(small)
+                members.append(_member(text))
+                size += len(text)
             fr.end()
             self._members = reusable
-            exp = Exposition(b"".join(members), time.monotonic(), time.perf_counter() - start)
+            exp = Exposition(b"".join(members), time.monotonic(), time.perf_counter() - start,
+                             size)
             self.latest = exp
             self.renders += 1
         return exp

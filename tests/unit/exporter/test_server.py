@@ -100,6 +100,51 @@ async def test_gzip_when_accepted_and_same_bytes_for_every_scraper() -> None:
         assert body == await r2.read()
 
 
+def big_families() -> list[Family]:
+    """Two families of 20,000 and 3,000 samples and small ones between: several gzip members,
+    a text of a few MB, as on a 250-pod node."""
+    mem, oom = MEM.family(), OOM.family()
+    for i in range(20_000):
+        mem.add([f"ns-{i % 7}", f"pod-{i}", f"c{i % 3}"], float(i) * 1.5)
+    for i in range(3_000):
+        oom.add([f"ns-{i % 7}", f"pod-{i}", "app"], i % 4)
+    small = [MEM.family() for _ in range(3)]
+    for j, f in enumerate(small):
+        f.add(["x", f"s{j}", "c"], j)
+    return [small[0], mem, small[1], oom, small[2]]
+
+
+async def test_a_scrape_without_gzip_gets_the_whole_text_streamed_with_its_length() -> None:
+    """A client that does not accept gzip gets the same text as a gzip scrape, with the right
+    Content-Length, from every member, whatever the size: served piece by piece."""
+    reg = CollectorRegistry(auto_describe=False)
+    sm = SelfMetrics(reg)
+    fams = big_families()
+    renderer = Renderer(reg, lambda: fams)
+    exp = renderer.render()
+    pieces = list(exp.text_chunks())
+    assert len(pieces) > 20 and max(map(len, pieces)) < 256 * 1024
+    assert b"".join(pieces) == exp.text
+    assert exp.text_size == len(exp.text)
+    assert exp.gzipped.count(b"\x1f\x8b\x08") >= 4  # several members
+    async with TestClient(TestServer(build_app(FakeAgent(renderer), sm))) as client:
+        gz = await client.get("/metrics", headers={"Accept-Encoding": "gzip"},
+                              auto_decompress=False)
+        plain = await client.get("/metrics", headers={"Accept-Encoding": "identity"})
+        body = await plain.read()
+        assert plain.status == 200
+        assert int(plain.headers["Content-Length"]) == len(body) == exp.text_size
+        assert "Content-Encoding" not in plain.headers
+        assert body == gzip.decompress(await gz.read())
+        head = await client.head("/metrics", headers={"Accept-Encoding": "identity"})
+        assert head.status == 200 and int(head.headers["Content-Length"]) == exp.text_size
+    # A second render re-uses the big members (same Family objects): the length still adds up.
+    reused = {k: v[2] for k, v in renderer._members.items()}
+    again = renderer.render()
+    assert all(renderer._members[k][2] is m for k, m in reused.items())
+    assert again.text_size == len(again.text)
+
+
 async def test_status_is_json_and_nothing_is_writable() -> None:
     """/status is JSON; POST/PUT/DELETE anywhere are refused; unknown paths are 404."""
     agent, sm, renderer = make()
