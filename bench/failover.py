@@ -209,7 +209,7 @@ async def lead(url: str, steady: float) -> None:
             node_name="bench-leader", web_listen_address="127.0.0.1:0",
             kubeconfig=kubeconfig, rules_dir=Path(tmp) / "rules", collect_interval=10.0,
             log_level="error", collectors=dict.fromkeys(collector_registry.collectors(), False),
-            failover_enabled=True,
+            failover_enabled=True, state_dir=Path(tmp) / "state",
         )
         agent = Agent(settings)
         await agent.start()

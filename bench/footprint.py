@@ -130,7 +130,8 @@ def start_agent(
         [sys.executable, "-m", "agent", "run", "--web.listen-address", f"127.0.0.1:{port}",
          "--path.cgroupfs", str(cgroot), "--kubelet.url", kubelet_url,
          "--collect.interval", interval, "--rules.dir", str(REPO / "rules"),
-         "--node-name", "bench-node", *AGENT_ARGS],
+         "--node-name", "bench-node", "--state.dir", str(cgroot.parent / f"state-{port}"),
+         *AGENT_ARGS],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
 

@@ -126,6 +126,8 @@ def start_agent(tree: Path, cgroot: Path, kubelet_url: str, port: int, node: str
     args = [python, "-m", "agent", "run", "--web.listen-address", f"127.0.0.1:{port}",
             "--path.cgroupfs", str(cgroot), "--kubelet.url", kubelet_url,
             "--collect.interval", "10s", "--rules.dir", str(tree / "rules"), "--node-name", node,
+            # Its own state file: never the machine's /var/lib/nodemedic, never another agent's.
+            "--state.dir", str(cgroot.parent / f"state-{port}"),
             *(["--kubeconfig", str(kubeconfig)] if kubeconfig else []), *extra]
     # cwd=tree: `python -m agent` imports the exported revision, not the editable install.
     return subprocess.Popen(args, cwd=tree, env=env, stdout=subprocess.DEVNULL,

@@ -154,7 +154,8 @@ def run(minutes: float, interval: str) -> dict[str, Any]:
                 [sys.executable, str(Path(__file__)), "--child", str(task_file), "--",
                  "--web.listen-address", f"127.0.0.1:{port}", "--path.cgroupfs", str(cgroot),
                  "--kubelet.url", kt.url, "--collect.interval", interval,
-                 "--rules.dir", str(REPO / "rules"), "--node-name", "soak-node"],
+                 "--rules.dir", str(REPO / "rules"), "--node-name", "soak-node",
+                 "--state.dir", str(work / "state")],
                 env=env, stdout=subprocess.DEVNULL, stderr=(work / "agent.log").open("wb"),
             )
             base = f"http://127.0.0.1:{port}"

@@ -54,7 +54,8 @@ def start_once(tree: Path, cgroot: Path, kubelet_url: str) -> tuple[float, float
     proc = subprocess.Popen(
         [sys.executable, "-m", "agent", "run", "--web.listen-address", f"127.0.0.1:{port}",
          "--path.cgroupfs", str(cgroot), "--kubelet.url", kubelet_url,
-         "--rules.dir", str(tree / "rules"), "--node-name", "bench-node"],
+         "--rules.dir", str(tree / "rules"), "--node-name", "bench-node",
+         "--state.dir", str(cgroot.parent / f"state-{port}")],
         cwd=tree, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         p = psutil.Process(proc.pid)
