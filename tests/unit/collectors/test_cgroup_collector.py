@@ -77,20 +77,6 @@ async def collect(root: Path, kubelet: object | None = None) -> dict[str, Family
     return {f.name: f for f in await collector(root, kubelet).collect()}
 
 
-@pytest.fixture
-def v2_copy(tmp_path: Path) -> Path:
-    dst = tmp_path / "v2"
-    shutil.copytree(V2, dst, symlinks=True)
-    return dst
-
-
-@pytest.fixture
-def v1_copy(tmp_path: Path) -> Path:
-    dst = tmp_path / "v1"
-    shutil.copytree(V1, dst, symlinks=True)
-    return dst
-
-
 def v2_container(root: Path, uid: str, cid: str, qos: str = "burstable") -> Path:
     u = uid.replace("-", "_")
     return (root / "kubepods.slice" / f"kubepods-{qos}.slice" / f"kubepods-{qos}-pod{u}.slice"

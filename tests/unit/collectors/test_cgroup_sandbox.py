@@ -24,7 +24,6 @@ from tests.unit.collectors.test_cgroup_collector import (
     DAEMONSET,
     DS_CID,
     SANDBOX,
-    V2,
     FakeKubelet,
     real_pod_refs,
     v2_container,
@@ -34,10 +33,9 @@ PAUSE_PID = "4242"
 
 
 @pytest.fixture
-def tree(tmp_path: Path) -> Path:
-    dst = tmp_path / "v2"
-    shutil.copytree(V2, dst, symlinks=True)
-    return dst
+def tree(v2_copy: Path) -> Path:
+    """The writable v2 fixture tree (conftest.py)."""
+    return v2_copy
 
 
 @pytest.fixture
