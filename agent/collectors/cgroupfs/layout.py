@@ -178,11 +178,15 @@ def container_id(name: str) -> str | None:
 
 
 SANDBOX_COMM = b"pause\n"
+# What a container's one process is called between the runtime creating it and its exec
+# (runc's "runc:[2:INIT]", crun's "crun"): not told yet, whatever it becomes.
+_RUNTIME_INIT = (b"runc:", b"crun")
 
 
 def is_sandbox(path: str, procfs: str) -> bool | None:
     """True when the cgroup at ``path`` holds exactly one process and its ``comm`` is ``pause``;
-    False when it holds another; None when that cannot be told yet (no process, unreadable)."""
+    False when it holds another; None when that cannot be told yet (no process, the runtime's
+    init not yet exec'd, unreadable)."""
     try:
         with open(os.path.join(path, "cgroup.procs"), "rb") as f:
             pids = f.read(64).split()
@@ -198,9 +202,12 @@ def is_sandbox(path: str, procfs: str) -> bool | None:
         return False
     try:
         with open(os.path.join(procfs, pids[0].decode(), "comm"), "rb") as f:
-            return f.read(32) == SANDBOX_COMM
+            comm = f.read(32)
     except OSError:
         return None
+    if comm.startswith(_RUNTIME_INIT):
+        return None  # the runtime's init, before it execs the container's process: ask again
+    return comm == SANDBOX_COMM
 
 
 def _subdirs(path: str) -> list[str]:

@@ -148,8 +148,9 @@ def test_told_once_then_from_the_cache(tree: Path, procfs: Path) -> None:
 
 
 def test_is_sandbox_reads_bounded_and_odd_files(tmp_path: Path) -> None:
-    """One process named pause: True; none or one that is gone: not told yet (None); more, a
-    non-PID, or PID 0 (outside our PID namespace: never told) are containers (False)."""
+    """One process named pause: True; none, one that is gone or the runtime's init: not told
+    yet (None); more, a non-PID, or PID 0 (outside our PID namespace: never told) are
+    containers (False)."""
     (tmp_path / "proc").mkdir()
     proc(tmp_path / "proc", "7", "pause")
     cg = tmp_path / "cg"
@@ -159,3 +160,8 @@ def test_is_sandbox_reads_bounded_and_odd_files(tmp_path: Path) -> None:
                        ("9\n", None), ("7" * 100, False), ("0\n", False)]:
         (cg / "cgroup.procs").write_text(text)
         assert is_sandbox(str(cg), str(tmp_path / "proc")) is told, text
+    # Between create and exec the one process is the runtime's init: not told yet.
+    (cg / "cgroup.procs").write_text("7\n")
+    for comm, told in [("runc:[2:INIT]", None), ("crun", None), ("sleep", False)]:
+        proc(tmp_path / "proc", "7", comm)
+        assert is_sandbox(str(cg), str(tmp_path / "proc")) is told, comm
